@@ -1,0 +1,352 @@
+"""The STT core layers against the plain NumPy reference (tests/stt_reference.py)."""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+import stt_reference as ref
+from layer_checks import assert_close, check_layer
+from stt_keras.layers import (
+    NSMQuerySelection,
+    SparseTemporalTransformer,
+    key_set_size,
+    key_window_radii,
+    nsm_score,
+)
+
+
+def weights_of(layer):
+    return {v.path.split("/")[-1]: np.asarray(v.numpy(), np.float64) for v in layer.weights}
+
+
+def random_clip(batch, frames, h, w, d, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(batch, h, w, d)).astype("float32")
+    k = rng.normal(size=(batch, frames, h, w, d)).astype("float32")
+    return q, k
+
+
+def randomize(layer, seed=1):
+    """Non-trivial weights (non-zero biases, non-unit norms) so every term is tested."""
+    rng = np.random.default_rng(seed)
+    for v in layer.weights:
+        scale = 1.0 / np.sqrt(v.shape[0]) if len(v.shape) == 2 else 0.3
+        base = 1.0 if v.path.endswith("gamma") else 0.0
+        v.assign((base + scale * rng.normal(size=v.shape)).astype("float32"))
+
+
+# ---------------------------------------------------------------- key windows
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ((7, 1, 5, 1), [5, 5, 5, 4, 3, 2, 1]),
+        ((3, 2, 3, 2), [3, 3, 2]),
+        ((4, 2, 9, 0), [2, 2, 2, 2]),
+        ((1, 3, 3, 1), [3]),
+        ((5, 1, 2, 1), [2, 2, 2, 2, 1]),
+    ],
+)
+def test_key_window_radii(args, expected):
+    assert key_window_radii(*args) == expected == ref.key_window_radii(*args)
+    assert key_set_size(*args) == sum((2 * r + 1) ** 2 for r in expected)
+
+
+def test_key_set_size_paper():
+    assert key_set_size(7, 1, 5, 1) == 3 * 121 + 81 + 49 + 25 + 9 == 527
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_key_frames=0), "num_key_frames"),
+        (dict(num_key_frames=2.5), "num_key_frames"),
+        (dict(num_key_frames=3, start_size=0), "start_size"),
+        (dict(num_key_frames=3, start_size=4, end_size=2), "start_size"),
+        (dict(num_key_frames=3, expansion=-1), "expansion"),
+    ],
+)
+def test_key_window_radii_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        key_window_radii(**kwargs)
+
+
+# ----------------------------------------------------------------- NSM score
+@pytest.mark.parametrize(
+    "shape, radius",
+    [((2, 9, 13, 6), 2), ((1, 16, 16, 4), 5), ((1, 3, 20, 5), 3), ((1, 1, 1, 3), 2), ((1, 5, 4, 8), 0)],
+)
+def test_nsm_score_matches_reference(shape, radius):
+    x = np.random.default_rng(3).normal(size=shape).astype("float32")
+    ours = nsm_score(x, radius).numpy()
+    expected = ref.nsm_score(x.astype(np.float64), radius)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_nsm_score_zero_on_uniform_map():
+    x = np.ones((1, 10, 12, 4), "float32") * 0.7
+    np.testing.assert_allclose(nsm_score(x, 3).numpy(), 0.0, atol=1e-5)
+
+
+def test_nsm_score_is_high_on_a_boundary():
+    x = np.zeros((1, 12, 12, 2), "float32")
+    x[:, :, :6, 0] = 1.0
+    x[:, :, 6:, 1] = 1.0
+    s = nsm_score(x, 2).numpy()[0]
+    assert s[:, 5:7].min() > s[:, :3].max() + 0.1
+
+
+def test_query_selection_matches_reference(tmp_path):
+    x = np.random.default_rng(4).normal(size=(2, 9, 11, 8)).astype("float32")
+    layer, (idx, scores) = check_layer(lambda: NSMQuerySelection(radius=2, top_ratio=0.3), (x,), tmp_path)
+    expected = ref.select_queries(ref.nsm_score(x.astype(np.float64), 2), 0.3)
+    assert idx.shape == expected.shape == (2, 30)
+    for b in range(2):
+        assert set(idx.numpy()[b]) == set(expected[b])
+
+
+@pytest.mark.parametrize("ratio, count", [(0.0, 0), (1.0, 99), (0.5, 50), (0.001, 1)])
+def test_query_selection_counts(ratio, count):
+    idx, _ = NSMQuerySelection(radius=1, top_ratio=ratio)(np.random.rand(1, 9, 11, 2).astype("float32"))
+    assert idx.shape == (1, count)
+    assert len(set(idx.numpy()[0])) == count
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5, "half"])
+def test_query_selection_rejects_bad_ratio(ratio):
+    with pytest.raises(ValueError, match="top_ratio"):
+        NSMQuerySelection(top_ratio=ratio)
+
+
+def test_query_selection_rejects_bad_rank():
+    with pytest.raises(ValueError, match="rank 4"):
+        NSMQuerySelection()(np.zeros((2, 3, 4), "float32"))
+
+
+# ------------------------------------------------------ STT against NumPy
+CASES = [
+    # (batch, T, h, w, d, heads, s, e, eps, r, top_ratio, key_selection)
+    (2, 3, 9, 13, 32, 2, 1, 3, 1, 2, 0.5, "window"),  # windows clipped by every border
+    (1, 2, 16, 16, 16, 2, 2, 4, 2, 1, 0.3, "window"),  # two full tiles
+    (1, 7, 10, 12, 32, 4, 1, 5, 1, 5, 0.5, "window"),  # paper radii on a small map
+    (1, 2, 5, 7, 16, 1, 1, 1, 0, 3, 1.0, "window"),  # every point a query
+    (2, 2, 6, 5, 16, 2, 1, 2, 1, 2, 0.4, "all"),  # vanilla
+    (1, 3, 1, 1, 16, 2, 1, 2, 1, 1, 1.0, "window"),  # 1x1 map
+    (1, 2, 3, 17, 16, 4, 3, 3, 1, 2, 0.7, "window"),  # h smaller than the radius
+]
+
+
+def make_stt(case, **extra):
+    b, t, h, w, d, heads, s, e, eps, r, ratio, sel = case
+    return SparseTemporalTransformer(
+        num_key_frames=t, start_size=s, end_size=e, expansion=eps, neighborhood_radius=r,
+        top_ratio=ratio, num_heads=heads, reduction=4, key_selection=sel, **extra,
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-1]}-{c[-2]}")
+def test_stt_matches_reference(case):
+    b, t, h, w, d, heads, s, e, eps, r, ratio, sel = case
+    q, k = random_clip(b, t, h, w, d)
+    layer = make_stt(case)
+    layer(q, k)
+    randomize(layer)
+    ours = layer(q, k).numpy()
+    expected = ref.stt_block(
+        q.astype(np.float64), k.astype(np.float64), weights_of(layer), num_key_frames=t,
+        start_size=s, end_size=e, expansion=eps, neighborhood_radius=r, top_ratio=ratio,
+        num_heads=heads, key_selection=sel, epsilon=1e-5,
+    )
+    np.testing.assert_allclose(ours, expected, rtol=2e-4, atol=2e-4)
+    changed = np.abs(ours - q).max(axis=-1) > 0
+    assert changed.sum() == b * max(1, int(np.floor(ratio * h * w + 0.5)))
+
+
+def test_window_equals_all_keys_when_windows_cover_the_map():
+    q, k = random_clip(2, 2, 4, 5, 16)
+    win = SparseTemporalTransformer(num_key_frames=2, start_size=5, end_size=5, num_heads=2, top_ratio=0.6, neighborhood_radius=1)
+    full = SparseTemporalTransformer.from_config({**win.get_config(), "key_selection": "all"})
+    win(q, k)
+    randomize(win)
+    full(q, k)
+    full.set_weights(win.get_weights())
+    assert_close(win(q, k), full(q, k), atol=1e-5)
+
+
+def test_top_ratio_zero_is_identity():
+    q, k = random_clip(2, 3, 6, 7, 16)
+    layer = SparseTemporalTransformer(num_key_frames=3, num_heads=2, top_ratio=0.0)
+    np.testing.assert_array_equal(layer(q, k).numpy(), q)
+
+
+def test_key_outside_every_window_has_no_effect_and_inside_does():
+    # T=1, radius 1: the key frame influences selected points only within 1 pixel.
+    h, w = 12, 12
+    q, k = random_clip(1, 1, h, w, 16, seed=7)
+    layer = SparseTemporalTransformer(num_key_frames=1, start_size=1, end_size=1, num_heads=2, top_ratio=0.05, neighborhood_radius=1)
+    base = layer(q, k).numpy()
+    selected = np.argwhere(np.abs(base - q).max(-1)[0] > 0)
+    near = np.zeros((h, w), bool)
+    for u, v in selected:
+        near[max(u - 1, 0): u + 2, max(v - 1, 0): v + 2] = True
+    far = np.argwhere(~near)[0]
+    k_far = k.copy()
+    k_far[0, 0, far[0], far[1]] += 5.0
+    np.testing.assert_array_equal(layer(q, k_far).numpy(), base)
+    u, v = selected[0]
+    k_near = k.copy()
+    k_near[0, 0, u, v] += 5.0
+    assert np.abs(layer(q, k_near).numpy() - base).max() > 1e-3
+
+
+def test_batch_elements_are_independent():
+    case = CASES[0]
+    q, k = random_clip(2, 3, 9, 13, 32)
+    layer = make_stt(case)
+    both = layer(q, k).numpy()
+    for i in range(2):
+        assert_close(layer(q[i: i + 1], k[i: i + 1]), both[i: i + 1], atol=1e-5)
+
+
+def test_layer_checks_window(tmp_path):
+    q, k = random_clip(2, 3, 9, 13, 32)
+    check_layer(lambda: make_stt(CASES[0]), (q, k), tmp_path, atol=1e-5)
+
+
+def test_layer_checks_all_keys(tmp_path):
+    q, k = random_clip(2, 2, 6, 5, 16)
+    check_layer(lambda: make_stt(CASES[4]), (q, k), tmp_path, atol=1e-5)
+
+
+def test_projected_keys_path_equals_call():
+    q, k = random_clip(1, 3, 9, 13, 32)
+    layer = make_stt(CASES[0])
+    assert_close(layer.attend(q, layer.project_keys(k)), layer(q, k), atol=1e-6)
+    # Frame-by-frame projection (what streaming caches) equals the batched one.
+    per_frame = tf.stack([layer.project_keys(k[:, i]) for i in range(3)], axis=1)
+    assert_close(per_frame, layer.project_keys(k), atol=1e-6)
+
+
+def test_dynamic_spatial_shape():
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2)
+    qi = keras.Input((None, None, 16))
+    ki = keras.Input((2, None, None, 16))
+    model = keras.Model([qi, ki], layer(qi, ki))
+    for h, w in [(5, 9), (11, 8)]:
+        q, k = random_clip(1, 2, h, w, 16)
+        assert_close(model([q, k]), layer(q, k), atol=1e-6)
+        assert model([q, k]).shape == (1, h, w, 16)
+
+
+# ------------------------------------------------------------- gradients
+def test_gradients_reach_every_weight_and_both_inputs():
+    q, k = random_clip(2, 2, 9, 10, 16)
+    q, k = tf.constant(q), tf.constant(k)
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, top_ratio=0.5, neighborhood_radius=2)
+    layer(q, k)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([q, k])
+        loss = tf.reduce_sum(tf.sin(layer(q, k)))
+    grads = tape.gradient(loss, layer.trainable_weights + [q, k])
+    for var, g in zip(layer.trainable_weights + ["query", "keys"], grads):
+        name = getattr(var, "path", var)
+        assert g is not None, f"no gradient for {name}"
+        assert np.abs(np.asarray(g)).max() > 0, f"zero gradient for {name}"
+
+
+@pytest.mark.parametrize("sel", ["window", "all"])
+def test_gradients_match_finite_differences(sel):
+    # top_ratio=1 keeps the (piecewise constant) selection fixed under perturbation.
+    rng = np.random.default_rng(11)
+    q = tf.constant(rng.normal(size=(1, 4, 5, 8)), tf.float64)
+    k = tf.constant(rng.normal(size=(1, 2, 4, 5, 8)), tf.float64)
+    layer = SparseTemporalTransformer(num_key_frames=2, start_size=1, end_size=2, num_heads=2, top_ratio=1.0, neighborhood_radius=1, key_selection=sel)
+    layer(q, k)
+    randomize(layer)
+    probe = tf.constant(rng.normal(size=(1, 4, 5, 8)), tf.float32)
+
+    def loss(q, k):
+        return tf.reduce_sum(layer(q, k) * probe)
+
+    with tf.GradientTape() as tape:
+        tape.watch([q, k])
+        value = loss(q, k)
+    gq, gk = tape.gradient(value, [q, k])
+    gw = None
+    with tf.GradientTape() as tape:
+        value = loss(q, k)
+    gw = tape.gradient(value, layer.ffn1_kernel)
+    eps = 1e-2
+    for _ in range(4):
+        i = tuple(rng.integers(0, s) for s in q.shape)
+        dq = np.zeros(q.shape)
+        dq[i] = eps
+        fd = (loss(q + dq, k) - loss(q - dq, k)).numpy() / (2 * eps)
+        np.testing.assert_allclose(gq.numpy()[i], fd, rtol=0.05, atol=2e-3)
+        j = tuple(rng.integers(0, s) for s in k.shape)
+        dk = np.zeros(k.shape)
+        dk[j] = eps
+        fd = (loss(q, k + dk) - loss(q, k - dk)).numpy() / (2 * eps)
+        np.testing.assert_allclose(gk.numpy()[j], fd, rtol=0.05, atol=2e-3)
+    w0 = layer.ffn1_kernel.numpy()
+    m = (1, 2)
+    for sign in (1, -1):
+        w = w0.copy()
+        w[m] += sign * eps
+        layer.ffn1_kernel.assign(w)
+        if sign == 1:
+            plus = loss(q, k).numpy()
+        else:
+            minus = loss(q, k).numpy()
+    layer.ffn1_kernel.assign(w0)
+    np.testing.assert_allclose(gw.numpy()[m], (plus - minus) / (2 * eps), rtol=0.05, atol=2e-3)
+
+
+# --------------------------------------------------------- mixed precision
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(policy):
+    q, k = random_clip(1, 2, 9, 10, 16)
+    ref_layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2)
+    expected = ref_layer(q, k).numpy()
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2, dtype=policy)
+    layer(q, k)
+    layer.set_weights(ref_layer.get_weights())
+    out = layer(q, k)
+    assert out.dtype == tf.float16 if policy == "mixed_float16" else tf.bfloat16
+    tol = 0.05 if policy == "mixed_float16" else 0.2
+    np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=tol, rtol=tol)
+    xla = tf.function(lambda a, b: layer(a, b), jit_compile=True)(q, k)
+    assert np.isfinite(np.asarray(xla, np.float32)).all()
+
+
+# ------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, q_shape, k_shape, message",
+    [
+        ({}, (1, 8, 8), (1, 2, 8, 8, 16), "query"),
+        ({}, (1, 8, 8, 16), (1, 8, 8, 16), "keys"),
+        ({}, (1, 8, 8, 16), (1, 3, 8, 8, 16), "num_key_frames=2"),
+        ({}, (1, 8, 8, 16), (1, 2, 8, 9, 16), "width"),
+        ({"num_heads": 3}, (1, 8, 8, 16), (1, 2, 8, 8, 16), "divisible"),
+        ({"num_heads": 4, "reduction": 8}, (1, 8, 8, 16), (1, 2, 8, 8, 16), "divisible"),
+    ],
+)
+def test_stt_rejects_bad_input(kwargs, q_shape, k_shape, message):
+    layer = SparseTemporalTransformer(num_key_frames=2, **{"num_heads": 2, **kwargs})
+    with pytest.raises(ValueError, match=message):
+        layer(np.zeros(q_shape, "float32"), np.zeros(k_shape, "float32"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_ratio": 1.2}, "top_ratio"),
+        ({"key_selection": "dense"}, "key_selection"),
+        ({"start_size": 6, "end_size": 5}, "start_size"),
+        ({"num_heads": 0}, "num_heads"),
+        ({"neighborhood_radius": -1}, "neighborhood_radius"),
+    ],
+)
+def test_stt_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SparseTemporalTransformer(**kwargs)
