@@ -1,0 +1,36 @@
+"""The preset registry: one name -> one explicit model recipe (plain dicts, no inheritance)."""
+
+# The paper's STT setting (METHOD.md): T=7, s=1, e=5, eps=1, r=5, top 50%, 8 heads, reduction 4.
+PAPER_STT = dict(
+    num_key_frames=7, start_size=1, end_size=5, expansion=1, neighborhood_radius=5,
+    top_ratio=0.5, num_heads=8, reduction=4,
+)
+# Small STT for the tiny CPU models: 3 key frames, radii [3, 2, 1], r=3, 4 heads.
+TINY_STT = dict(
+    num_key_frames=3, start_size=1, end_size=3, expansion=1, neighborhood_radius=3,
+    top_ratio=0.5, num_heads=4, reduction=4,
+)
+
+_PSP = dict(arch="pspnet", head_channels=512)
+_BISE = dict(arch="bisenet")
+
+PRESETS = {
+    # STT models, paper settings.
+    "stt_psp18": dict(_PSP, backbone="resnet18", stt=PAPER_STT, description="STT-PSP18: PSPNet, ResNet-18 (OS 8), d_t=512"),
+    "stt_psp50": dict(_PSP, backbone="resnet50", feature_channels=512, stt=PAPER_STT, description="STT-PSP50: PSPNet, ResNet-50 (OS 8), d_t=512"),
+    "stt_psp101": dict(_PSP, backbone="resnet101", feature_channels=512, stt=PAPER_STT, description="STT-PSP101: PSPNet, ResNet-101 (OS 8), d_t=512"),
+    "stt_bise18": dict(_BISE, backbone="resnet18", stt=PAPER_STT, description="STT-BiSe18: BiSeNet, ResNet-18 context path, STT on 1/32 features"),
+    "stt_bise34": dict(_BISE, backbone="resnet34", stt=PAPER_STT, description="STT-BiSe34: BiSeNet, ResNet-34 (vd) context path, STT on 1/32 features"),
+    # Per-frame baselines.
+    "psp18": dict(_PSP, backbone="resnet18", stt=None, description="PSPNet18 per-frame baseline"),
+    "psp50": dict(_PSP, backbone="resnet50", feature_channels=512, stt=None, description="PSPNet50 per-frame baseline"),
+    "psp101": dict(_PSP, backbone="resnet101", feature_channels=512, stt=None, description="PSPNet101 per-frame baseline"),
+    "bise18": dict(_BISE, backbone="resnet18", stt=None, description="BiSeNet18 per-frame baseline"),
+    "bise34": dict(_BISE, backbone="resnet34", stt=None, description="BiSeNet34 per-frame baseline"),
+    # CPU-sized models for tests and the quickstart: one ResNet block per stage
+    # (64/64/96/128 channels, no pretrained weights), a 128-wide head, small STT.
+    "stt_psp_tiny": dict(arch="pspnet", backbone="resnet_tiny", head_channels=128, stt=TINY_STT, description="tiny STT-PSP for CPU: 1-block ResNet, OS 8, d_t=128, T=3"),
+    "psp_tiny": dict(arch="pspnet", backbone="resnet_tiny", head_channels=128, stt=None, description="tiny PSPNet per-frame baseline"),
+    "stt_bise_tiny": dict(arch="bisenet", backbone="resnet_tiny", stt=TINY_STT, description="tiny STT-BiSeNet for CPU: 1-block ResNet context path, T=3"),
+    "bise_tiny": dict(arch="bisenet", backbone="resnet_tiny", stt=None, description="tiny BiSeNet per-frame baseline"),
+}

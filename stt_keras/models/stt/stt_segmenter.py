@@ -1,0 +1,233 @@
+"""STTSegmenter: shared encoder on every frame -> Sparse Temporal Transformer -> decoder."""
+
+import keras
+import tensorflow as tf
+
+from stt_keras.layers import SparseTemporalTransformer
+from stt_keras.models.bisenet.bisenet_decoder import BiSeNetDecoder
+from stt_keras.models.bisenet.bisenet_encoder import BiSeNetEncoder
+from stt_keras.models.pspnet.pspnet_decoder import PSPNetDecoder
+from stt_keras.models.pspnet.pspnet_encoder import PSPNetEncoder
+from stt_keras.models.stt.stt_presets import PRESETS
+
+_STT_KEYS = {
+    "num_key_frames", "start_size", "end_size", "expansion", "neighborhood_radius", "top_ratio",
+    "num_heads", "reduction", "key_selection", "ffn_multiplier",
+}
+_ARCH_KEYS = {"backbone", "feature_channels", "head_channels", "output_stride"}
+_MODEL_KEYS = {"stop_key_gradients", "aux_weight"}
+
+
+def list_presets():
+    """{preset name: description} of every model `STTSegmenter.from_preset` can build."""
+    return {name: recipe["description"] for name, recipe in PRESETS.items()}
+
+
+@keras.saving.register_keras_serializable(package="stt_keras")
+class STTSegmenter(keras.Model):
+    """Video semantic segmentation: logits for the last frame of a clip.
+
+    With an STT (`stt` not None): input a clip [B, T+1, H, W, 3], uint8 or float in
+    [0, 255], the LAST frame the one segmented. Every frame goes through the same
+    encoder; the last frame's features are the query, the T earlier ones the keys
+    (clip[:, 0] the farthest); the STT output goes through the decoder together
+    with the last frame's skip features. Output: float32 logits [B, H, W, classes].
+
+    Without an STT it is the per-frame baseline: input [B, H, W, 3] (a clip is
+    accepted too and its last frame used).
+
+    Args:
+        encoder: PSPNetEncoder or BiSeNetEncoder.
+        decoder: the matching decoder.
+        stt: a SparseTemporalTransformer, or None for the per-frame model.
+        stop_key_gradients: no gradient into the key frames' encoder passes
+            (saves activation memory; the paper trains with gradients).
+        aux_weight: weight of the auxiliary head's loss in `fit` (0 disables it).
+
+    Example:
+    >>> import numpy as np
+    >>> model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=5)
+    >>> clip = np.zeros((1, 4, 64, 64, 3), "uint8")
+    >>> tuple(model(clip).shape)
+    (1, 64, 64, 5)
+    """
+
+    def __init__(self, encoder, decoder, stt=None, stop_key_gradients=False, aux_weight=0.4, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.stt = stt
+        self.stop_key_gradients = stop_key_gradients
+        self.aux_weight = float(aux_weight)
+        self.num_key_frames = 0 if stt is None else stt.num_key_frames
+        self.num_classes = decoder.num_classes
+        self._aux_logits = None
+
+    # ----------------------------------------------------------- construction
+    @classmethod
+    def from_preset(cls, name, num_classes, backbone_weights=None, **overrides):
+        """Builds a preset (see `list_presets()`), e.g. `from_preset("stt_psp18", num_classes=19)`.
+
+        Args:
+            name: preset name.
+            num_classes: output classes.
+            backbone_weights: None, "imagenet" (KerasHub preset of the backbone) or a
+                KerasHub preset directory.
+            **overrides: STT arguments (top_ratio=0.3, key_selection="all", ...),
+                encoder/decoder arguments (feature_channels, head_channels,
+                output_stride, backbone) or stop_key_gradients / aux_weight.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}. Available presets: {', '.join(sorted(PRESETS))}.")
+        unknown = set(overrides) - _STT_KEYS - _ARCH_KEYS - _MODEL_KEYS - {"dtype"}
+        if unknown:
+            raise ValueError(
+                f"Unknown override(s) {sorted(unknown)} for preset {name!r}; allowed: "
+                f"{sorted(_STT_KEYS | _ARCH_KEYS | _MODEL_KEYS)}."
+            )
+        recipe = dict(PRESETS[name])
+        stt_config = recipe.pop("stt")
+        stt_overrides = {k: v for k, v in overrides.items() if k in _STT_KEYS}
+        if stt_config is None and stt_overrides:
+            raise ValueError(f"Preset {name!r} is a per-frame model; it takes no STT overrides {sorted(stt_overrides)}.")
+        dtype = overrides.get("dtype")
+        arch = recipe["arch"]
+        backbone = overrides.get("backbone", recipe["backbone"])
+        if arch == "pspnet":
+            encoder = PSPNetEncoder(
+                backbone, feature_channels=overrides.get("feature_channels", recipe.get("feature_channels")),
+                output_stride=overrides.get("output_stride", 8), backbone_weights=backbone_weights,
+                dtype=dtype, name="encoder",
+            )
+            decoder = PSPNetDecoder(
+                num_classes, head_channels=overrides.get("head_channels", recipe["head_channels"]),
+                dtype=dtype, name="decoder",
+            )
+        else:
+            encoder = BiSeNetEncoder(backbone, backbone_weights=backbone_weights, dtype=dtype, name="encoder")
+            decoder = BiSeNetDecoder(num_classes, dtype=dtype, name="decoder")
+        stt = None
+        if stt_config is not None:
+            stt = SparseTemporalTransformer(**{**stt_config, **stt_overrides}, dtype=dtype, name="stt")
+        model_kwargs = {k: v for k, v in overrides.items() if k in _MODEL_KEYS}
+        return cls(encoder, decoder, stt, name=name, **model_kwargs)
+
+    # ------------------------------------------------------------------ call
+    def _encode(self, frames, training):
+        """Encoder on [N, H, W, 3]; returns (features, skips)."""
+        out = self.encoder(frames, training=training)
+        features = out.pop("features")
+        return features, out
+
+    def _check_input(self, x):
+        rank = x.shape.rank
+        if self.stt is None:
+            if rank not in (4, 5):
+                raise ValueError(f"Expected frames [B, H, W, 3] or a clip [B, T+1, H, W, 3], got shape {x.shape}.")
+        else:
+            if rank != 5:
+                raise ValueError(f"Expected a clip [B, T+1, H, W, 3] with T+1={self.num_key_frames + 1}, got shape {x.shape}.")
+            if x.shape[1] is not None and x.shape[1] != self.num_key_frames + 1:
+                raise ValueError(
+                    f"Clip has {x.shape[1]} frames but this model needs T+1={self.num_key_frames + 1} "
+                    f"(T={self.num_key_frames} key frames and the frame to segment)."
+                )
+        if x.shape[-1] != 3:
+            raise ValueError(f"Frames must have 3 (RGB) channels, got shape {x.shape}.")
+        if x.dtype not in (tf.uint8, tf.float16, tf.bfloat16, tf.float32, tf.float64):
+            raise ValueError(f"Frames must be uint8 or float in [0, 255], got dtype {x.dtype.name}.")
+
+    def call(self, inputs, training=None):
+        x = tf.convert_to_tensor(inputs)
+        self._check_input(x)
+        size = (tf.shape(x)[-3], tf.shape(x)[-2])
+        if x.shape[-3] is not None and x.shape[-2] is not None:
+            size = (x.shape[-3], x.shape[-2])
+        if self.stt is None:
+            frame = x[:, -1] if x.shape.rank == 5 else x
+            features, skips = self._encode(frame, training)
+            mixed = features
+        else:
+            frames = x.shape[1]
+            if self.stop_key_gradients:
+                key_frames = tf.reshape(x[:, :-1], tf.concat([[-1], tf.shape(x)[2:]], 0))
+                keys, _ = self._encode(key_frames, training)
+                keys = tf.stop_gradient(keys)
+                query, skips = self._encode(x[:, -1], training)
+                keys = tf.reshape(keys, tf.concat([[-1, frames - 1], tf.shape(keys)[1:]], 0))
+            else:
+                all_frames = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+                features, skips = self._encode(all_frames, training)
+                features = tf.reshape(features, tf.concat([[-1, frames], tf.shape(features)[1:]], 0))
+                skips = {
+                    k: tf.reshape(v, tf.concat([[-1, frames], tf.shape(v)[1:]], 0))[:, -1] for k, v in skips.items()
+                }
+                query, keys = features[:, -1], features[:, :-1]
+            mixed = self.stt(query, keys)
+        logits = self.decoder(mixed, skips, output_size=size, training=training)
+        self._aux_logits = None
+        if training and self.aux_weight > 0 and getattr(self.decoder, "aux_head", False):
+            self._aux_logits = tf.cast(self.decoder.aux_logits(mixed, skips, size, training=training), tf.float32)
+        return tf.cast(logits, tf.float32)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        # The auxiliary head (computed in the same traced train step) adds its
+        # loss with `aux_weight`, through the loss function given to compile().
+        if training and self._aux_logits is not None and callable(self.loss):
+            loss = loss + self.aux_weight * self.loss(y, self._aux_logits, sample_weight)
+        return loss
+
+    # ------------------------------------------------------------ streaming
+    def initial_state(self, batch, height, width):
+        """All-zero streaming state [B, T, h, w, 2 d_r] for a frame size (with reset=True first)."""
+        probe = tf.zeros([1, height, width, 3], tf.float32)
+        features, _ = self._encode(probe, False)
+        h, w = features.shape[1], features.shape[2]
+        return tf.zeros([batch, self.num_key_frames, h, w, 2 * self.stt.reduced_channels], tf.float32)
+
+    def stream_step(self, frame, state, reset):
+        """One streaming step as a pure function: (frame, state, reset) -> (logits, new_state).
+
+        The frame is encoded once; its projected key/value map is appended to the
+        state (a ring buffer of the T most recent frames, oldest first) for the
+        next T steps. When `reset` is true the state is first filled with this
+        frame's own projected map (the first-frame policy: the first frame attends
+        to T copies of itself), so step k of a stream equals the clip model on
+        [f_1 repeated T + 2 - k times, f_2, ..., f_k] for k <= T + 1.
+
+        Args:
+            frame: [B, H, W, 3] uint8 or float in [0, 255].
+            state: float32 [B, T, h, w, 2 d_r].
+            reset: bool scalar (or [B]) tensor.
+        """
+        if self.stt is None:
+            raise ValueError("stream_step needs an STT model; a per-frame model has no state.")
+        frame = tf.convert_to_tensor(frame)
+        size = (frame.shape[1], frame.shape[2])
+        features, skips = self._encode(frame, False)
+        current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
+        reset = tf.reshape(tf.cast(reset, tf.bool), [-1, 1, 1, 1, 1])
+        state = tf.where(reset, tf.repeat(current, self.num_key_frames, axis=1), state)
+        mixed = self.stt.attend(features, state)
+        logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
+        return logits, tf.concat([state[:, 1:], current], axis=1)
+
+    # ---------------------------------------------------------------- config
+    def get_config(self):
+        return {
+            "name": self.name,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "stt": None if self.stt is None else keras.saving.serialize_keras_object(self.stt),
+            "stop_key_gradients": self.stop_key_gradients,
+            "aux_weight": self.aux_weight,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "decoder", "stt"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
