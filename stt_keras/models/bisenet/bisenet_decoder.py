@@ -73,6 +73,10 @@ class BiSeNetDecoder(keras.layers.Layer):
             self.aux_conv = ConvBNReLU(64, 3, name="aux_conv", **p)
             self.aux_classifier = keras.layers.Conv2D(num_classes, 1, name="aux_classifier", **p)
 
+    def build(self, *shapes):
+        # Sublayers build on first call: their shapes depend on the input size.
+        self.built = True
+
     def _context16(self, features, skips, training):
         p4 = skips["p4"]
         glob = self.global_context(ops.mean(features, axis=(1, 2), keepdims=True), training=training)

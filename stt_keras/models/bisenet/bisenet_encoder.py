@@ -35,6 +35,10 @@ class BiSeNetEncoder(keras.layers.Layer):
         ]
         self.feature_channels = self.resnet.channels[-1]
 
+    def build(self, *shapes):
+        # Sublayers build on first call: their shapes depend on the input size.
+        self.built = True
+
     def call(self, frames, training=None):
         pyramid = self.resnet(frames, training=training)
         s = keras.ops.cast(frames, self.compute_dtype) / 255.0 - 0.5

@@ -32,6 +32,10 @@ class PSPNetEncoder(keras.layers.Layer):
         if self.feature_channels != native:
             self.reduce = ConvBNReLU(self.feature_channels, 1, dtype=self.dtype_policy, name="reduce")
 
+    def build(self, *shapes):
+        # Sublayers build on first call: their shapes depend on the input size.
+        self.built = True
+
     def call(self, frames, training=None):
         pyramid = self.resnet(frames, training=training)
         x = pyramid["P5"]

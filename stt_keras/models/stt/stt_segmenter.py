@@ -184,7 +184,8 @@ class STTSegmenter(keras.Model):
         probe = tf.zeros([1, height, width, 3], tf.float32)
         features, _ = self._encode(probe, False)
         h, w = features.shape[1], features.shape[2]
-        return tf.zeros([batch, self.num_key_frames, h, w, 2 * self.stt.reduced_channels], tf.float32)
+        d_r = features.shape[-1] // self.stt.reduction
+        return tf.zeros([batch, self.num_key_frames, h, w, 2 * d_r], tf.float32)
 
     def stream_step(self, frame, state, reset):
         """One streaming step as a pure function: (frame, state, reset) -> (logits, new_state).

@@ -1,0 +1,53 @@
+"""Streaming inference: each frame is encoded once and reused as a key for the next T frames."""
+
+import tensorflow as tf
+
+
+class StreamingSegmenter:
+    """Segments a video frame by frame with a ring buffer of cached key features.
+
+    The state is the projected key/value map of the T most recent frames (what
+    the STT reads), so a frame costs one encoder pass + STT + decoder, the same
+    for every frame. First-frame policy: the buffer starts filled with the first
+    frame's own map, so frame k <= T + 1 sees [f_1 x (T + 2 - k), f_2, ..., f_{k-1}]
+    as keys - exactly what the clip model computes on that padded clip.
+
+    Args:
+        model: an STTSegmenter with an STT.
+        jit_compile: compile the step with XLA.
+
+    Example:
+    >>> import numpy as np
+    >>> from stt_keras.models import STTSegmenter
+    >>> stream = StreamingSegmenter(STTSegmenter.from_preset("stt_psp_tiny", num_classes=5))
+    >>> logits = stream.step(np.zeros((64, 64, 3), "uint8"))
+    >>> tuple(logits.shape)
+    (64, 64, 5)
+    """
+
+    def __init__(self, model, jit_compile=False):
+        if getattr(model, "stt", None) is None:
+            raise ValueError("StreamingSegmenter needs an STT model (a per-frame model needs no stream).")
+        self.model = model
+        self._step = tf.function(model.stream_step, jit_compile=jit_compile)
+        self.state = None
+        self._frame_shape = None
+
+    def reset(self):
+        """Forget the past: the next frame starts a new stream."""
+        self.state = None
+
+    def step(self, frame):
+        """frame [H, W, 3] or [1, H, W, 3] uint8/float in [0, 255] -> float32 logits of the same rank."""
+        frame = tf.convert_to_tensor(frame)
+        single = frame.shape.rank == 3
+        if single:
+            frame = frame[None]
+        if frame.shape.rank != 4 or frame.shape[-1] != 3:
+            raise ValueError(f"Expected a frame [H, W, 3] or [B, H, W, 3], got shape {frame.shape}.")
+        reset = self.state is None or self._frame_shape != tuple(frame.shape)
+        if reset:
+            self._frame_shape = tuple(frame.shape)
+            self.state = self.model.initial_state(frame.shape[0], frame.shape[1], frame.shape[2])
+        logits, self.state = self._step(frame, self.state, tf.constant(reset))
+        return logits[0] if single else logits

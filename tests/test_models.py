@@ -1,0 +1,250 @@
+"""Segmentation models: backbones, heads, STTSegmenter, presets, saving, training, streaming."""
+
+import numpy as np
+import pytest
+import keras
+import keras_hub
+import tensorflow as tf
+
+from stt_keras import StreamingSegmenter
+from stt_keras.models import STTSegmenter, list_presets
+from stt_keras.models.blocks import adaptive_average_pool
+from stt_keras.models.resnet_features import RESNET_VARIANTS, ResNetFeatures
+
+H, W, CLASSES = 64, 64, 5
+
+
+def clip(batch=1, frames=4, seed=0, h=H, w=W):
+    return np.random.default_rng(seed).integers(0, 256, size=(batch, frames, h, w, 3)).astype("uint8")
+
+
+# ------------------------------------------------------------- backbones
+def test_output_strides_share_weights_and_early_stages():
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    models = {s: ResNetFeatures("resnet_tiny", s) for s in (8, 16, 32)}
+    for m in models.values():
+        m(x)
+    weights = models[32].get_weights()
+    for s in (8, 16):
+        assert [w.shape for w in models[s].get_weights()] == [w.shape for w in weights]
+        models[s].set_weights(weights)
+    out = {s: m(x) for s, m in models.items()}
+    for s in (8, 16):
+        np.testing.assert_allclose(out[s]["P3"], out[32]["P3"], atol=1e-5)  # stages before the change agree
+    assert out[8]["P5"].shape == (1, 8, 8, 128)
+    assert out[16]["P5"].shape == (1, 4, 4, 128)
+    assert out[32]["P5"].shape == (1, 2, 2, 128)
+
+
+def test_dilation_is_applied_at_output_stride_8():
+    f = ResNetFeatures("resnet_tiny", 8)
+    rates = {l.name: l.dilation_rate for l in f.backbone.layers if isinstance(l, keras.layers.Conv2D) and l.kernel_size == (3, 3)}
+    assert rates["stack2_block0_1_conv"] == (2, 2)
+    assert rates["stack3_block0_2_conv"] == (4, 4)
+    assert rates["stack1_block0_1_conv"] == (1, 1)
+    # An impulse reaches farther in P5 than it would without dilation.
+    x = np.zeros((1, 192, 192, 3), "float32")
+    x[0, 96, 96] = 255.0
+    base = f(np.zeros_like(x))["P5"].numpy()
+    reach = np.abs(f(x)["P5"].numpy() - base).max(axis=(0, 3)) > 1e-6
+    f2 = ResNetFeatures("resnet_tiny", 8)
+    for layer in f2.backbone.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.dilation_rate = (1, 1)
+    f2(x)
+    f2.set_weights(f.get_weights())
+    reach2 = np.abs(f2(x)["P5"].numpy() - f2(np.zeros_like(x))["P5"].numpy()).max(axis=(0, 3)) > 1e-6
+    assert reach.sum() > reach2.sum()
+
+
+def test_imagenet_weights_load_through_from_preset_from_a_local_directory(tmp_path):
+    cfg = {k: v for k, v in RESNET_VARIANTS["resnet18"].items() if k != "preset"}
+    source = keras_hub.models.ResNetBackbone(**cfg, stackwise_num_strides=[1, 2, 2, 2])
+    rng = np.random.default_rng(0)
+    source.set_weights([rng.normal(size=w.shape).astype("float32") for w in source.get_weights()])
+    source.save_to_preset(str(tmp_path / "resnet18_preset"))
+    features = ResNetFeatures("resnet18", 8, weights=str(tmp_path / "resnet18_preset"))
+    for a, b in zip(features.backbone.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unreachable_preset_gives_a_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="save_to_preset"):
+        ResNetFeatures("resnet18", 8, weights=str(tmp_path / "missing_preset"))
+
+
+def test_preset_of_another_architecture_is_rejected(tmp_path):
+    cfg = {k: v for k, v in RESNET_VARIANTS["resnet_tiny"].items() if k != "preset"}
+    keras_hub.models.ResNetBackbone(**cfg, stackwise_num_strides=[1, 2, 2, 2]).save_to_preset(str(tmp_path / "tiny"))
+    with pytest.raises(ValueError, match="does not fit resnet18"):
+        ResNetFeatures("resnet18", 8, weights=str(tmp_path / "tiny"))
+
+
+@pytest.mark.parametrize("h, w", [(7, 10), (6, 6), (13, 5)])
+def test_adaptive_average_pool_matches_pytorch_definition(h, w):
+    x = np.random.default_rng(1).normal(size=(2, h, w, 3)).astype("float32")
+    for bins in (1, 2, 3, 6):
+        ours = adaptive_average_pool(tf.constant(x), bins).numpy()
+        expected = np.zeros((2, bins, bins, 3), "float32")
+        for i in range(bins):
+            for j in range(bins):
+                y0, y1 = (i * h) // bins, -(-((i + 1) * h) // bins)
+                x0, x1 = (j * w) // bins, -(-((j + 1) * w) // bins)
+                expected[:, i, j] = x[:, y0:y1, x0:x1].mean(axis=(1, 2))
+        np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+# --------------------------------------------------------------- presets
+def test_presets_listed():
+    names = set(list_presets())
+    for required in ("stt_psp18", "stt_psp50", "stt_psp101", "stt_bise18", "stt_bise34",
+                     "psp18", "psp50", "psp101", "bise18", "bise34", "stt_psp_tiny", "psp_tiny"):
+        assert required in names
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="stt_psp18"):
+        STTSegmenter.from_preset("stt_psp19", num_classes=19)
+
+
+def test_unknown_override_is_rejected():
+    with pytest.raises(ValueError, match="top_ratio"):
+        STTSegmenter.from_preset("stt_psp_tiny", num_classes=3, top_raito=0.3)
+    with pytest.raises(ValueError, match="per-frame"):
+        STTSegmenter.from_preset("psp_tiny", num_classes=3, top_ratio=0.3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["stt_psp18", "stt_bise18", "psp18"])
+def test_paper_presets_build(name):
+    model = STTSegmenter.from_preset(name, num_classes=19)
+    frames = 8 if name.startswith("stt") else 1
+    x = clip(frames=frames, h=64, w=128)
+    out = model(x if frames > 1 else x[:, 0])
+    assert out.shape == (1, 64, 128, 19)
+
+
+# ------------------------------------------------------- the clip model
+@pytest.mark.parametrize("name", ["stt_psp_tiny", "stt_bise_tiny"])
+def test_clip_model_is_encoder_stt_decoder(name):
+    model = STTSegmenter.from_preset(name, num_classes=CLASSES)
+    x = clip()
+    out = model(x).numpy()
+    enc = [model.encoder(x[:, i]) for i in range(4)]
+    keys = tf.stack([e["features"] for e in enc[:3]], axis=1)
+    mixed = model.stt(enc[3]["features"], keys)
+    skips = {k: v for k, v in enc[3].items() if k != "features"}
+    expected = model.decoder(mixed, skips, output_size=(H, W)).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    # The past matters: other key frames change the prediction.
+    other = x.copy()
+    other[:, :3] = clip(seed=5)[:, :3]
+    assert np.abs(model(other).numpy() - out).max() > 1e-4
+
+
+def test_top_ratio_zero_equals_the_per_frame_model():
+    stt = STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES, top_ratio=0.0)
+    base = STTSegmenter.from_preset("psp_tiny", num_classes=CLASSES)
+    x = clip()
+    stt(x)
+    base(x[:, -1])
+    base.encoder.set_weights(stt.encoder.get_weights())
+    base.decoder.set_weights(stt.decoder.get_weights())
+    np.testing.assert_allclose(stt(x).numpy(), base(x[:, -1]).numpy(), atol=1e-5)
+    np.testing.assert_allclose(base(x).numpy(), base(x[:, -1]).numpy(), atol=1e-6)  # a clip uses its last frame
+
+
+def test_keras_round_trip_in_safe_mode(tmp_path):
+    for name in ("stt_psp_tiny", "stt_bise_tiny", "psp_tiny"):
+        model = STTSegmenter.from_preset(name, num_classes=CLASSES)
+        x = clip() if name.startswith("stt") else clip()[:, -1]
+        expected = model(x).numpy()
+        path = str(tmp_path / f"{name}.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path, safe_mode=True)
+        np.testing.assert_array_equal(loaded(x).numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, message",
+    [((1, 3, H, W, 3), "uint8", "T\\+1=4"), ((1, 4, H, W, 1), "uint8", "3 \\(RGB\\)"),
+     ((1, H, W, 3), "uint8", "clip"), ((1, 4, H, W, 3), "int32", "dtype")],
+)
+def test_bad_input_is_named(shape, dtype, message):
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES)
+    with pytest.raises(ValueError, match=message):
+        model(np.zeros(shape, dtype))
+
+
+# ---------------------------------------------------------------- training
+def _input_gradient(stop_key_gradients):
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES, stop_key_gradients=stop_key_gradients)
+    x = tf.constant(clip().astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(tf.sin(model(x, training=True)))
+    return tape.gradient(loss, x).numpy()
+
+
+def test_gradients_flow_through_every_frame_unless_stopped():
+    g = _input_gradient(False)
+    assert all(np.abs(g[:, i]).max() > 0 for i in range(4))
+    g = _input_gradient(True)
+    assert np.abs(g[:, :3]).max() == 0 and np.abs(g[:, 3]).max() > 0
+
+
+def test_fit_on_clips_reduces_the_loss_and_uses_the_aux_head():
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES)
+    x = clip(batch=2)
+    # Labels that depend on the image: a class per horizontal band.
+    y = np.repeat((np.arange(H) * CLASSES // H)[None, :, None], W, axis=2).repeat(2, axis=0).astype("int32")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    history = model.fit(x, y, epochs=8, batch_size=2, verbose=0)
+    assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
+    # The aux head adds aux_weight * its loss to the training loss.
+    logits = model(x, training=True)
+    main = float(loss(y, logits))
+    total = float(model.compute_loss(x=x, y=y, y_pred=logits, training=True))
+    aux = float(loss(y, model._aux_logits))
+    np.testing.assert_allclose(total, main + 0.4 * aux, rtol=1e-4)
+
+
+# --------------------------------------------------------------- streaming
+@pytest.mark.parametrize("name", ["stt_psp_tiny", "stt_bise_tiny"])
+def test_streaming_equals_the_clip_model_under_the_first_frame_policy(name):
+    model = STTSegmenter.from_preset(name, num_classes=CLASSES)
+    video = clip(frames=6, seed=3)[0]  # 6 frames, T = 3
+    stream = StreamingSegmenter(model)
+    for k in range(1, 7):
+        streamed = stream.step(video[k - 1]).numpy()
+        past = [video[0]] * max(0, 4 - k) + list(video[max(0, k - 4): k])  # T+1 = 4 frames ending at f_k
+        expected = model(np.stack(past)[None]).numpy()[0]
+        np.testing.assert_allclose(streamed, expected, atol=2e-4, err_msg=f"frame {k}")
+    stream.reset()
+    np.testing.assert_allclose(stream.step(video[2]).numpy(), model(np.stack([video[2]] * 4)[None]).numpy()[0], atol=2e-4)
+
+
+def test_stream_step_is_a_pure_function_of_explicit_state():
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES)
+    video = clip(frames=3, seed=4)[0]
+    state = model.initial_state(1, H, W)
+    assert state.shape == (1, 3, H // 8, W // 8, 2 * 128 // 4)  # d_t = 128, reduction 4
+    step = tf.function(model.stream_step)
+    l1, s1 = step(video[None, 0], state, tf.constant(True))
+    l2, s2 = step(video[None, 1], s1, tf.constant(False))
+    l2_again, s2_again = step(video[None, 1], s1, tf.constant(False))
+    np.testing.assert_array_equal(l2.numpy(), l2_again.numpy())
+    np.testing.assert_array_equal(s2.numpy(), s2_again.numpy())
+    # The newest slot holds this frame's projected features; the older ones shift.
+    np.testing.assert_allclose(s2.numpy()[:, :-1], s1.numpy()[:, 1:])
+    projected = model.stt.project_keys(model.encoder(video[None, 1])["features"]).numpy()
+    np.testing.assert_allclose(s2.numpy()[:, -1], projected, atol=1e-5)
+
+
+def test_streaming_rejects_per_frame_models_and_bad_frames():
+    with pytest.raises(ValueError, match="STT model"):
+        StreamingSegmenter(STTSegmenter.from_preset("psp_tiny", num_classes=CLASSES))
+    stream = StreamingSegmenter(STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES))
+    with pytest.raises(ValueError, match="frame"):
+        stream.step(np.zeros((H, W), "uint8"))
