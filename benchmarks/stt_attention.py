@@ -69,7 +69,8 @@ def useful_flops(h, w, d, form, top_ratio=0.5, all_keys=False, ffn_multiplier=4)
     frames = cfg["num_key_frames"] if form == "clip" else 1
     flops = 2 * hw * n_b * d  # NSM dot products (cosines reuse them)
     flops += 2 * frames * hw * (d * d_r + d_r * 2 * d_r)  # key side: reduce, W^K, W^V
-    flops += 2 * n_q * (d * d_r + d_r * d_r)  # query side: reduce, W^Q
+    # Query side: W^Q, and the reduction unless the stream shares it with the key side.
+    flops += 2 * n_q * (d_r * d_r + (d * d_r if form == "clip" else 0))
     flops += 2 * 2 * n_q * n_k * d_r  # scores and weighted values
     flops += 2 * n_q * (d_r * d_r + 2 * d_r * ffn_multiplier * d_r + d_r * d)  # W^O, FFN, expand
     return flops
@@ -84,16 +85,13 @@ def make_block(h, w, d, top_ratio, key_selection, weights=None):
 
 
 def compiled(layer, form, jit):
-    if form == "clip":
-        fn = lambda q, k: layer(q, k)  # noqa: E731
-    else:
-        fn = lambda q, k: layer.attend(q, k)  # noqa: E731  (k: cached projected frames)
-
     def step(q, k, current):
         if form == "stream":
-            # The current frame's key side is computed once per frame, for later use.
-            return fn(q, k), layer.project_keys(current)
-        return fn(q, k)
+            # k: the cached projected frames. The current frame is projected once:
+            # its reduction serves the query, its key/value map the next T frames.
+            reduced, projected = layer.project_frame(current)
+            return layer.attend(q, k, reduced=reduced), projected
+        return layer(q, k)
 
     return tf.function(step, jit_compile=jit)
 
@@ -103,7 +101,7 @@ def time_block(layer, h, w, d, form, repeats):
     q = tf.constant(rng.normal(size=(1, h, w, d)).astype("float32"))
     keys = tf.constant(rng.normal(size=(1, PAPER["num_key_frames"], h, w, d)).astype("float32"))
     k = layer.project_keys(keys) if form == "stream" else keys
-    current = q[:, None]
+    current = q
     best = None
     for jit in (False, True):
         fn = compiled(layer, form, jit)

@@ -225,6 +225,9 @@ def test_projected_keys_path_equals_call():
     # Frame-by-frame projection (what streaming caches) equals the batched one.
     per_frame = tf.stack([layer.project_keys(k[:, i]) for i in range(3)], axis=1)
     assert_close(per_frame, layer.project_keys(k), atol=1e-6)
+    # Reusing the query's own reduction (the streaming path) changes nothing.
+    reduced, _ = layer.project_frame(q)
+    assert_close(layer.attend(q, layer.project_keys(k), reduced=reduced), layer(q, k), atol=1e-6)
 
 
 def test_dynamic_spatial_shape():

@@ -183,17 +183,28 @@ class SparseTemporalTransformer(keras.layers.Layer):
         Per frame and independent of the query, so streaming inference computes
         it once per frame and caches it.
         """
-        keys = tf.convert_to_tensor(keys)
-        self._build_for_channels(keys.shape[-1])
-        if keys.dtype != self.compute_dtype:
-            keys = tf.cast(keys, self.compute_dtype)
-        reduced = self._reduce(keys)
+        return self.project_frame(keys)[1]
+
+    def project_frame(self, features):
+        """(reduced, key_values) of frame features [..., h, w, d].
+
+        `reduced` (d_r channels, compute dtype) can be passed to `attend` when the
+        same frame is also the query, so the shared reduction runs once.
+        """
+        features = tf.convert_to_tensor(features)
+        self._build_for_channels(features.shape[-1])
+        if features.dtype != self.compute_dtype:
+            features = tf.cast(features, self.compute_dtype)
+        reduced = self._reduce(features)
         kernel = tf.concat([self.key_kernel, self.value_kernel], axis=1)
         bias = tf.concat([self.key_bias, self.value_bias], axis=0)
-        return tf.cast(self._linear(reduced, kernel, bias), tf.float32)
+        return reduced, tf.cast(self._linear(reduced, kernel, bias), tf.float32)
 
-    def attend(self, query, key_values):
-        """STT output for a query map and projected key/values from `project_keys`."""
+    def attend(self, query, key_values, reduced=None):
+        """STT output for a query map and projected key/values from `project_keys`.
+
+        `reduced`: the query's reduced features from `project_frame`, if at hand.
+        """
         query = tf.convert_to_tensor(query)
         self._build_for_channels(query.shape[-1])
         if query.dtype != self.compute_dtype:
@@ -217,7 +228,9 @@ class SparseTemporalTransformer(keras.layers.Layer):
         if self.key_selection == "window":
             # The tiled kernel scores whole 8x8 tiles, so every point is projected;
             # only the selected points go on through the rest of the block.
-            reduced = tf.cast(self._reduce(query), tf.float32)  # [B, h, w, d_r]
+            if reduced is None:
+                reduced = self._reduce(query)
+            reduced = tf.cast(reduced, tf.float32)  # [B, h, w, d_r]
             q = (tf.matmul(reduced, query_kernel) + query_bias) * scale
             attended = temporal_attention.windowed_attention(
                 q, key_values, self.radii, self.num_heads, self.tiles_per_step

@@ -207,10 +207,11 @@ class STTSegmenter(keras.Model):
         frame = tf.convert_to_tensor(frame)
         size = (frame.shape[1], frame.shape[2])
         features, skips = self._encode(frame, False)
-        current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
+        reduced, current = self.stt.project_frame(features)
+        current = current[:, None]  # [B, 1, h, w, 2 d_r]
         reset = tf.reshape(tf.cast(reset, tf.bool), [-1, 1, 1, 1, 1])
         state = tf.where(reset, tf.repeat(current, self.num_key_frames, axis=1), state)
-        mixed = self.stt.attend(features, state)
+        mixed = self.stt.attend(features, state, reduced=reduced)
         logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
         return logits, tf.concat([state[:, 1:], current], axis=1)
 
