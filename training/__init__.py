@@ -1,0 +1,1 @@
+"""Training: data pipelines, losses, metrics and the fit CLI for stt-keras."""

@@ -1,0 +1,130 @@
+"""tf.data clip pipelines: (clip [T+1, H, W, 3] uint8, label [H, W] int32 of the LAST frame).
+
+A sample is a clip of T+1 frames taken every `frame_stride` frames and ending at
+a labelled frame. Training augmentation is geometric and identical for every
+frame of a clip and its label (random scale, random crop with 255-padding of the
+label where the scaled image is smaller than the crop, horizontal flip), plus a
+photometric jitter drawn once per clip (brightness and contrast: the frames of a
+real clip come from one camera). All randomness is stateless and keyed by
+(seed, sample index), so a pipeline is deterministic under its seed whatever the
+parallelism.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+IGNORE_LABEL = 255
+
+
+def clip_indices(num_frames, labelled, num_key_frames, frame_stride=1):
+    """Frame indices [T+1] of the clip ending at each labelled frame that has enough history.
+
+    Args:
+        num_frames: frames in the sequence.
+        labelled: indices of the labelled frames.
+        num_key_frames: T.
+        frame_stride: step between the clip's frames.
+
+    Returns:
+        int array [n, T+1], oldest frame first, the labelled frame last.
+    """
+    span = num_key_frames * frame_stride
+    rows = [np.arange(end - span, end + 1, frame_stride) for end in labelled if end - span >= 0 and end < num_frames]
+    return np.array(rows, np.int64).reshape(-1, num_key_frames + 1)
+
+
+def check_label_values(label, num_classes, where):
+    """Raises if a label holds values outside [0, num_classes) other than 255."""
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != IGNORE_LABEL)]
+    if bad.size:
+        raise ValueError(
+            f"{where}: label values {bad.tolist()} are outside the {num_classes} classes "
+            f"(0..{num_classes - 1}, and {IGNORE_LABEL} for ignore)."
+        )
+
+
+def synthetic_arrays(video, num_key_frames, frame_stride=1, labelled_every=1):
+    """All clips of a SyntheticVideo as in-memory arrays.
+
+    Returns (frames uint8 [S, N, H, W, 3], labels uint8 [S, N, H, W], index int64 [n, 2]
+    of (sequence, end frame)) where every `labelled_every`-th frame with enough history
+    ends a clip.
+    """
+    frames, labels = zip(*(video.sequence(i) for i in range(len(video))))
+    frames, labels = np.stack(frames), np.stack(labels)
+    ends = clip_indices(frames.shape[1], range(0, frames.shape[1], labelled_every), num_key_frames, frame_stride)[:, -1]
+    index = np.array([(s, e) for s in range(frames.shape[0]) for e in ends], np.int64)
+    return frames, labels, index
+
+
+def augment(clip, label, seed, crop_size, scale_range=(0.75, 1.5), jitter=0.2):
+    """Identical random scale / crop / flip on every frame and the label, one photometric jitter.
+
+    Args:
+        clip: uint8 [F, H, W, 3]. label: int32 [H, W]. seed: int32 [2] stateless seed.
+        crop_size: (height, width) of the output.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    h, w = tf.shape(clip)[1], tf.shape(clip)[2]
+    ch, cw = crop_size
+    scale = tf.random.stateless_uniform([], seeds[0], *scale_range)
+    sh = tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32)
+    sw = tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32)
+    frames = tf.image.resize(tf.cast(clip, tf.float32), [sh, sw], method="bilinear")
+    lab = tf.image.resize(label[..., None], [sh, sw], method="nearest")[..., 0]
+    # Pad to at least the crop (frames with 0, labels with ignore), then crop.
+    ph, pw = tf.maximum(ch - sh, 0), tf.maximum(cw - sw, 0)
+    frames = tf.pad(frames, [[0, 0], [0, ph], [0, pw], [0, 0]])
+    lab = tf.pad(lab, [[0, ph], [0, pw]], constant_values=IGNORE_LABEL)
+    oy = tf.random.stateless_uniform([], seeds[1], 0, tf.shape(lab)[0] - ch + 1, dtype=tf.int32)
+    ox = tf.random.stateless_uniform([], seeds[2], 0, tf.shape(lab)[1] - cw + 1, dtype=tf.int32)
+    frames = frames[:, oy: oy + ch, ox: ox + cw]
+    lab = lab[oy: oy + ch, ox: ox + cw]
+    flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
+    frames = tf.where(flip, frames[:, :, ::-1], frames)
+    lab = tf.where(flip, lab[:, ::-1], lab)
+    brightness = tf.random.stateless_uniform([], seeds[4], -jitter, jitter) * 255.0
+    contrast = tf.random.stateless_uniform([], seeds[5], 1.0 - jitter, 1.0 + jitter)
+    mean = tf.reduce_mean(frames)
+    frames = (frames - mean) * contrast + mean + brightness
+    frames = tf.cast(tf.clip_by_value(tf.round(frames), 0, 255), tf.uint8)
+    return tf.ensure_shape(frames, [None, ch, cw, 3]), tf.ensure_shape(lab, [ch, cw])
+
+
+def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, training=True, seed=0,
+                           frame_stride=1, labelled_every=1, repeat=None):
+    """Batched (clip [B, T+1, H, W, 3] uint8, label [B, H, W] int32) from a SyntheticVideo.
+
+    Args:
+        video: a SyntheticVideo.
+        num_key_frames: T.
+        batch_size: clips per batch.
+        crop_size: (h, w) crop for training; None keeps the frame size.
+        training: shuffle and augment; otherwise a fixed order without augmentation.
+        seed: seed of the shuffle and of every augmentation.
+        frame_stride: step between the frames of a clip.
+        labelled_every: only every n-th frame ends a clip (sparse annotation).
+        repeat: repeat the data (default: when training).
+    """
+    frames, labels, index = synthetic_arrays(video, num_key_frames, frame_stride, labelled_every)
+    check_label_values(labels, video.num_classes, "synthetic video")
+    frames, labels = tf.constant(frames), tf.constant(labels)
+    offsets = tf.range(-num_key_frames * frame_stride, 1, frame_stride, dtype=tf.int64)
+    size = crop_size or (video.height, video.width)
+
+    def load(i, sample):
+        seq, end = sample[0], sample[1]
+        clip = tf.gather(frames[seq], end + offsets)
+        label = tf.cast(labels[seq, end], tf.int32)
+        if training:
+            clip, label = augment(clip, label, tf.stack([tf.cast(seed, tf.int64), i]), size)
+        return clip, label
+
+    ds = tf.data.Dataset.from_tensor_slices(index).enumerate()
+    if training:
+        ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    if repeat if repeat is not None else training:
+        ds = ds.repeat()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

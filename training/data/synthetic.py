@@ -1,0 +1,196 @@
+"""A built-in synthetic street-like video set where temporal context genuinely helps.
+
+Every sequence is a little driving scene: sky, buildings and trees along a
+horizon that scrolls with the camera's pan, a road with sidewalks, and cars and
+people that move, grow as they approach, and occlude each other by depth. Each
+frame is then degraded: sensor noise, occasional blur, brightness flicker, and
+brief occluders (a wiper, a splash) that hide part of the view for a frame or
+two while the label keeps the true scene underneath. Class appearances overlap
+on purpose (grey cars on a grey road, green-clad people by the trees), so a
+single frame is ambiguous exactly where the previous ones are not.
+
+Everything is generated lazily and deterministically from (seed, sequence index),
+and every frame has a label, so temporal consistency and all-frame mIoU can be
+measured even though training uses only each clip's last label.
+"""
+
+import numpy as np
+
+CLASS_NAMES = ("road", "sidewalk", "building", "vegetation", "sky", "car", "person")
+PALETTE = np.array(
+    [[128, 64, 128], [244, 35, 232], [70, 70, 70], [107, 142, 35], [70, 130, 180], [0, 0, 142], [220, 20, 60]],
+    np.uint8,
+)  # Cityscapes colours of the same classes
+ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, CAR, PERSON = range(7)
+
+# Mean RGB of each class and how far an instance may stray from it. Road,
+# sidewalk and cars share greys; people share vegetation's greens.
+_BASE = np.array(
+    [[105, 105, 110], [125, 120, 118], [110, 95, 90], [70, 110, 60], [150, 175, 210], [100, 100, 108], [85, 115, 70]],
+    np.float32,
+)
+_SPREAD = np.array([10, 12, 35, 20, 15, 60, 45], np.float32)
+
+
+def palette():
+    """[num_classes, 3] uint8 colours for drawing labels."""
+    return PALETTE.copy()
+
+
+class SyntheticVideo:
+    """Deterministic synthetic video sequences with per-frame labels.
+
+    Args:
+        num_sequences: how many sequences the set has.
+        frames_per_sequence: frames in each sequence.
+        height, width: frame size.
+        seed: the set's seed; sequence i depends only on (seed, i).
+
+    Example:
+    >>> video = SyntheticVideo(num_sequences=2, frames_per_sequence=8, height=64, width=128)
+    >>> frames, labels = video.sequence(0)
+    >>> frames.shape, labels.shape
+    ((8, 64, 128, 3), (8, 64, 128))
+    """
+
+    num_classes = len(CLASS_NAMES)
+    class_names = CLASS_NAMES
+
+    def __init__(self, num_sequences, frames_per_sequence=30, height=128, width=256, seed=0):
+        for name, value, low in (("num_sequences", num_sequences, 1), ("frames_per_sequence", frames_per_sequence, 1),
+                                 ("height", height, 16), ("width", width, 16)):
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+        self.num_sequences = int(num_sequences)
+        self.frames_per_sequence = int(frames_per_sequence)
+        self.height = int(height)
+        self.width = int(width)
+        self.seed = int(seed)
+
+    def __len__(self):
+        return self.num_sequences
+
+    def sequence(self, index):
+        """(frames uint8 [N, H, W, 3], labels uint8 [N, H, W]) of sequence `index`."""
+        if not 0 <= index < self.num_sequences:
+            raise IndexError(f"sequence {index} out of range [0, {self.num_sequences}).")
+        rng = np.random.default_rng([self.seed, int(index)])
+        scene = _Scene(rng, self.height, self.width, self.frames_per_sequence)
+        frames = np.empty((self.frames_per_sequence, self.height, self.width, 3), np.uint8)
+        labels = np.empty((self.frames_per_sequence, self.height, self.width), np.uint8)
+        for t in range(self.frames_per_sequence):
+            image, label = scene.render(t)
+            frames[t] = _degrade(image, label, rng)
+            labels[t] = label
+        return frames, labels
+
+
+class _Scene:
+    """The static layout and the moving objects of one sequence."""
+
+    def __init__(self, rng, h, w, frames):
+        self.rng, self.h, self.w = rng, h, w
+        self.horizon = int(h * rng.uniform(0.35, 0.5))
+        self.pan = rng.uniform(-1.5, 1.5) * w / 128  # pixels per frame of camera pan
+        span = w + int(abs(self.pan) * frames) + 8  # the background strip the camera pans over
+        self.span = span
+        # Skyline: buildings and trees along the horizon, as column heights.
+        self.top = np.full(span, self.horizon, np.int32)
+        self.top_class = np.full(span, SKY, np.uint8)
+        x = 0
+        while x < span:
+            width = int(rng.integers(w // 16, w // 5))
+            cls = BUILDING if rng.random() < 0.65 else VEGETATION
+            height = int(rng.integers(h // 10, int(h * 0.3)))
+            self.top[x: x + width] = self.horizon - height
+            self.top_class[x: x + width] = cls
+            x += width + int(rng.integers(0, w // 12))
+        self.shade = {c: _BASE[c] + rng.normal(0, _SPREAD[c] / 2, 3) for c in range(7)}
+        self.texture = rng.normal(0, 1, (h, span)).astype(np.float32)
+        self.objects = [self._new_object() for _ in range(int(rng.integers(2, 6)))]
+
+    def _new_object(self):
+        rng, h, w = self.rng, self.h, self.w
+        cls = CAR if rng.random() < 0.6 else PERSON
+        y = rng.uniform(self.horizon + 0.1 * h, h * 0.95)  # bottom edge on the ground
+        return dict(
+            cls=cls, x=rng.uniform(0, w), y=y, vx=rng.uniform(-2.5, 2.5) * w / 128,
+            vy=rng.uniform(-0.3, 0.6) * h / 128, growth=rng.uniform(0.99, 1.03),
+            size=rng.uniform(0.1, 0.22) * h * (1.0 if cls == CAR else 0.8),
+            colour=_BASE[cls] + rng.normal(0, _SPREAD[cls], 3),
+        )
+
+    def render(self, t):
+        h, w, rng = self.h, self.w, self.rng
+        offset = int(round(t * self.pan)) % max(1, self.span - w)
+        cols = slice(offset, offset + w)
+        label = np.full((h, w), SKY, np.uint8)
+        rows = np.arange(h)[:, None]
+        top = self.top[cols][None, :]
+        label = np.where(rows >= top, self.top_class[cols][None, :], label)
+        label[self.horizon:] = SIDEWALK
+        # The road narrows towards the horizon (a trapezoid).
+        depth = (np.arange(h) - self.horizon).clip(0) / max(1, h - self.horizon)
+        half = (0.08 + 0.42 * depth) * w
+        centre = w / 2 + 0.15 * w * np.sin(0.05 * t)
+        xs = np.arange(w)[None, :]
+        road = (rows >= self.horizon) & (np.abs(xs - centre) <= half[:, None])
+        label[road] = ROAD
+        image = self.shade_of(label, cols)
+        # Objects, far (small y) first so near ones occlude them.
+        for obj in sorted(self.objects, key=lambda o: o["y"]):
+            self._draw(obj, image, label, t)
+        for obj in self.objects:  # advance, wrap around when leaving the frame
+            obj["x"] += obj["vx"]
+            obj["y"] = min(obj["y"] + obj["vy"], h * 1.05)
+            obj["size"] *= obj["growth"]
+            if obj["x"] < -obj["size"] * 2 or obj["x"] > w + obj["size"] * 2 or obj["size"] > 0.6 * h:
+                obj.update(self._new_object())
+        return image, label
+
+    def shade_of(self, label, cols):
+        image = np.empty(label.shape + (3,), np.float32)
+        for c in range(7):
+            image[label == c] = self.shade[c]
+        # Texture scrolls with the background; its strength differs per class.
+        strength = np.array([6, 8, 14, 22, 3, 0, 0], np.float32)[label]
+        return image + (self.texture[:, cols] * strength)[..., None]
+
+    def _draw(self, obj, image, label, t):
+        h, w = label.shape
+        s = obj["size"]
+        x0, y1 = obj["x"], obj["y"]
+        if obj["cls"] == CAR:
+            bw, bh = 1.8 * s, 0.9 * s
+        else:
+            bw, bh = 0.45 * s, 1.4 * s
+            bw *= 1.0 + 0.15 * np.sin(0.8 * t + x0)  # walking: the silhouette deforms
+        top, bottom = int(y1 - bh), int(y1)
+        left, right = int(x0 - bw / 2), int(x0 + bw / 2)
+        if bottom <= 0 or top >= h or right <= 0 or left >= w:
+            return
+        yy, xx = np.mgrid[max(top, 0): min(bottom, h), max(left, 0): min(right, w)]
+        if obj["cls"] == CAR:  # a body with a narrower cabin on top
+            cabin = (yy < top + 0.4 * bh) & (np.abs(xx - x0) > 0.3 * bw)
+            mask = ~cabin
+        else:  # a head (ellipse) on a body
+            head = (yy < top + 0.25 * bh)
+            mask = ~head | (((xx - x0) / (0.3 * bw + 1e-6)) ** 2 + ((yy - top - 0.12 * bh) / (0.12 * bh + 1e-6)) ** 2 <= 1)
+        ys, xs = yy[mask], xx[mask]
+        label[ys, xs] = obj["cls"]
+        image[ys, xs] = obj["colour"]
+
+
+def _degrade(image, label, rng):
+    """Per-frame nuisances; the label (the true scene) is left as it is."""
+    h, w = label.shape
+    image = image * rng.uniform(0.75, 1.25)  # brightness flicker
+    if rng.random() < 0.25:  # motion blur / defocus
+        k = int(rng.integers(2, 5))
+        image = (image + np.roll(image, k, axis=1) + np.roll(image, -k, axis=1)) / 3.0
+    if rng.random() < 0.2:  # a brief occluder: a blob of random colour
+        oh, ow = int(rng.integers(h // 6, h // 2)), int(rng.integers(w // 8, w // 3))
+        y, x = int(rng.integers(0, h - oh)), int(rng.integers(0, w - ow))
+        image[y: y + oh, x: x + ow] = rng.uniform(40, 200, 3)
+    image = image + rng.normal(0, rng.uniform(4, 14), image.shape)  # sensor noise
+    return np.clip(image, 0, 255).astype(np.uint8)
