@@ -115,7 +115,7 @@ def test_unknown_override_is_rejected():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["stt_psp18", "stt_bise18", "psp18"])
+@pytest.mark.parametrize("name", ["stt_psp18", "stt_bise18", "psp18", "stt_psp50", "psp101", "stt_bise34"])
 def test_paper_presets_build(name):
     model = STTSegmenter.from_preset(name, num_classes=19)
     frames = 8 if name.startswith("stt") else 1
