@@ -1,6 +1,11 @@
-"""Video clip data: the built-in synthetic set and tf.data clip pipelines."""
+"""Video clip data: real dataset readers, the built-in synthetic set, tf.data clip pipelines."""
 
+from training.data.files import make_file_dataset
 from training.data.pipeline import augment, clip_indices, make_synthetic_dataset
+from training.data.readers import camvid_colour_to_index, camvid_samples, cityscapes_samples, folder_samples
 from training.data.synthetic import CLASS_NAMES, SyntheticVideo, palette
 
-__all__ = ["CLASS_NAMES", "SyntheticVideo", "augment", "clip_indices", "make_synthetic_dataset", "palette"]
+__all__ = [
+    "CLASS_NAMES", "SyntheticVideo", "augment", "camvid_colour_to_index", "camvid_samples", "cityscapes_samples",
+    "clip_indices", "folder_samples", "make_file_dataset", "make_synthetic_dataset", "palette",
+]

@@ -1,0 +1,86 @@
+"""tf.data pipeline over sample lists of image files (Cityscapes, CamVid, generic folders)."""
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from training.data.cityscapes_ids import to_train_ids
+from training.data.pipeline import IGNORE_LABEL, augment, check_label_values
+
+
+def read_frame(path):
+    """RGB uint8 [H, W, 3] of an image file; a clear error if it is missing or unreadable."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"Cannot read frame {path}: missing, truncated or not an image.")
+    return image[..., ::-1]
+
+
+def read_label(path, num_classes, label_format):
+    """uint8 [H, W] train ids of a label file ('cityscapes' labelIds or plain 'index' labels)."""
+    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise ValueError(f"Cannot read label {path}: missing, truncated or not an image.")
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise ValueError(f"Label {path} must be a single-channel 8-bit image, got shape {label.shape}, dtype {label.dtype}.")
+    if label_format == "cityscapes":
+        if label.max() > 33 and (label[label > 33] != 255).any():
+            raise ValueError(f"Label {path} has labelIds above 33: {sorted(set(label[label > 33].tolist()) - {255})}.")
+        label = to_train_ids(label)
+    check_label_values(label, num_classes, f"label {path}")
+    return label
+
+
+def load_clip(frame_paths, label_path, num_classes, label_format):
+    frames = [read_frame(p) for p in frame_paths]
+    shapes = {f.shape for f in frames}
+    label = read_label(label_path, num_classes, label_format)
+    if len(shapes) != 1 or next(iter(shapes))[:2] != label.shape:
+        raise ValueError(f"Frames {frame_paths} and label {label_path} differ in size: {sorted(shapes)} vs {label.shape}.")
+    return np.stack(frames), label
+
+
+def make_file_dataset(samples, num_classes, batch_size, crop_size=None, training=True, seed=0,
+                      label_format="index", repeat=None):
+    """Batched (clip uint8 [B, T+1, H, W, 3], label int32 [B, H, W]) from (frame paths, label path) samples.
+
+    Decoding runs in parallel (OpenCV releases the GIL) and any unreadable file
+    stops the pipeline with an error naming it. Without a crop, every image must
+    have the same size.
+
+    Args:
+        samples: list of (frame paths, label path), e.g. from `cityscapes_samples`.
+        num_classes: classes of the labels (after mapping).
+        label_format: "cityscapes" (labelIds, mapped to train ids) or "index".
+    """
+    if not samples:
+        raise ValueError("No samples to read.")
+    if label_format not in ("cityscapes", "index"):
+        raise ValueError(f"label_format must be 'cityscapes' or 'index', got {label_format!r}.")
+    frame_paths = tf.constant([list(p) for p, _ in samples])
+    label_paths = tf.constant([l for _, l in samples])
+    num_frames = len(samples[0][0])
+
+    def decode(frames, label):
+        clip, lab = load_clip([f.decode() for f in frames.numpy()], label.numpy().decode(), num_classes, label_format)
+        return clip, lab.astype(np.int32)
+
+    def load(i, sample):
+        frames, label = sample
+        clip, lab = tf.py_function(decode, [frames, label], [tf.uint8, tf.int32])
+        clip = tf.ensure_shape(clip, [num_frames, None, None, 3])
+        lab = tf.ensure_shape(lab, [None, None])
+        if training:
+            clip, lab = augment(clip, lab, tf.stack([tf.cast(seed, tf.int64), i]), crop_size or (512, 1024))
+        elif crop_size is not None:
+            clip = tf.image.resize_with_crop_or_pad(clip, *crop_size)
+            lab = tf.image.resize_with_crop_or_pad(lab[..., None] - IGNORE_LABEL, *crop_size)[..., 0] + IGNORE_LABEL
+        return clip, lab
+
+    ds = tf.data.Dataset.from_tensor_slices((frame_paths, label_paths)).enumerate()
+    if training:
+        ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
+    if repeat if repeat is not None else training:
+        ds = ds.repeat()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,153 @@
+"""Sample lists for real video datasets, in their exact on-disk layouts.
+
+A sample is (frame paths [T+1] oldest first, label path): a clip of T+1 frames
+taken every `frame_stride` frames and ending at an annotated frame. Listing
+checks that every frame exists; a missing one raises FileNotFoundError naming it,
+unless `skip_incomplete=True`, in which case the sample is dropped and counted
+(`SampleList.skipped`).
+
+Cityscapes video:
+    leftImg8bit_sequence/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png
+    gtFine/{split}/{city}/{city}_{seq:06d}_{frame:06d}_gtFine_labelIds.png
+  Each 30-frame snippet is annotated at its 20th frame (snippet index 19): the
+  gtFine file's frame number. The clip is that frame and the T * stride frames
+  before it, by frame number. Labels are labelIds, mapped to the 19 train ids.
+
+CamVid video (our layout; the official release has no video frames):
+    {root}/frames/{seq}/{seq}_{frame:06d}.png   every frame of the 30 Hz recordings
+    {root}/labels/{split}/{seq}_{frame:06d}.png class indices 0..10, 255 = void
+  Produce it from the official files: extract the frames of 0001TP, 0006R0,
+  0016E5 and Seq05VD with `ffmpeg -i 0016E5.MXF frames/0016E5/0016E5_%06d.png`
+  (frame numbers must match the numbers in the label names, e.g. 0016E5_08550),
+  and convert the colour labels (`*_L.png`) with `camvid_colour_to_index`, which
+  knows the 11 class colours (Sky, Building, Pole, Road, Sidewalk, Tree,
+  SignSymbol, Fence, Car, Pedestrian, Bicyclist); any other colour becomes void.
+  The usual split (367 / 101 / 233 labelled frames) goes into labels/train, val
+  and test. Check the frame offset of your ffmpeg extraction on one labelled
+  frame: some tools number from 1.
+
+Generic folders:
+    {root}/frames/{seq}/*.png|*.jpg     every frame, ordered by file name
+    {root}/labels/{seq}/{stem}.png      sparse labels, same stem as their frame,
+                                        class indices, 255 ignored
+"""
+
+import glob
+import os
+import re
+
+import numpy as np
+
+CAMVID_CLASSES = (
+    "Sky", "Building", "Column_Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+)
+# RGB colours of the 11 CamVid classes in the official colour labels.
+CAMVID_COLOURS = np.array(
+    [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [0, 0, 192], [128, 128, 0],
+     [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]],
+    np.uint8,
+)
+
+
+class SampleList(list):
+    """A list of (frame paths, label path) with the number of samples skipped."""
+
+    skipped = 0
+
+
+def _clip(frame_path_of, end, num_key_frames, frame_stride):
+    return [frame_path_of(end - k * frame_stride) for k in range(num_key_frames, -1, -1)]
+
+
+def _collect(candidates, num_key_frames, frame_stride, skip_incomplete):
+    samples = SampleList()
+    for frame_path_of, end, label in candidates:
+        if end - num_key_frames * frame_stride < 0:
+            missing = f"frame {end - num_key_frames * frame_stride} (before the start of the sequence)"
+            paths = None
+        else:
+            paths = _clip(frame_path_of, end, num_key_frames, frame_stride)
+            missing = next((p for p in paths if not os.path.isfile(p)), None)
+        if missing is not None:
+            if skip_incomplete:
+                samples.skipped += 1
+                continue
+            raise FileNotFoundError(
+                f"Clip for label {label} needs {missing}, which does not exist "
+                f"(T={num_key_frames}, stride={frame_stride}; pass skip_incomplete=True to skip such clips)."
+            )
+        samples.append((paths, label))
+    return samples
+
+
+def cityscapes_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False):
+    """Clips ending at every annotated frame of a Cityscapes split."""
+    label_dir = os.path.join(root, "gtFine", split)
+    if not os.path.isdir(label_dir):
+        raise FileNotFoundError(f"No Cityscapes labels at {label_dir}.")
+    pattern = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_gtFine_labelIds\.png$")
+    candidates = []
+    for label in sorted(glob.glob(os.path.join(label_dir, "*", "*_gtFine_labelIds.png"))):
+        m = pattern.match(os.path.basename(label))
+        if m is None:
+            continue
+        city, seq = m["city"], int(m["seq"])
+        frame_dir = os.path.join(root, "leftImg8bit_sequence", split, city)
+
+        def path_of(f, city=city, seq=seq, frame_dir=frame_dir):
+            return os.path.join(frame_dir, f"{city}_{seq:06d}_{f:06d}_leftImg8bit.png")
+
+        candidates.append((path_of, int(m["frame"]), label))
+    if not candidates:
+        raise FileNotFoundError(f"No *_gtFine_labelIds.png files under {label_dir}.")
+    return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
+
+
+def camvid_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False):
+    """Clips ending at every labelled frame of a CamVid split (layout above)."""
+    label_dir = os.path.join(root, "labels", split)
+    if not os.path.isdir(label_dir):
+        raise FileNotFoundError(f"No CamVid labels at {label_dir}.")
+    pattern = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.png$")
+    candidates = []
+    for label in sorted(glob.glob(os.path.join(label_dir, "*.png"))):
+        m = pattern.match(os.path.basename(label))
+        if m is None:
+            raise ValueError(f"CamVid label {label} is not named {{sequence}}_{{frame}}.png.")
+        seq = m["seq"]
+
+        def path_of(f, seq=seq):
+            return os.path.join(root, "frames", seq, f"{seq}_{f:06d}.png")
+
+        candidates.append((path_of, int(m["frame"]), label))
+    return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
+
+
+def folder_samples(root, num_key_frames, frame_stride=1, skip_incomplete=False):
+    """Clips ending at every labelled frame of the generic folder layout (above)."""
+    frames_root = os.path.join(root, "frames")
+    if not os.path.isdir(frames_root):
+        raise FileNotFoundError(f"No frame folders at {frames_root}.")
+    candidates = []
+    for seq in sorted(os.listdir(frames_root)):
+        frames = sorted(
+            p for p in glob.glob(os.path.join(frames_root, seq, "*")) if p.lower().endswith((".png", ".jpg", ".jpeg"))
+        )
+        position = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(frames)}
+        for label in sorted(glob.glob(os.path.join(root, "labels", seq, "*.png"))):
+            stem = os.path.splitext(os.path.basename(label))[0]
+            if stem not in position:
+                raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(frames_root, seq)}.")
+            candidates.append((lambda i, frames=frames: frames[i], position[stem], label))
+    return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
+
+
+def camvid_colour_to_index(colour_label):
+    """RGB colour label [H, W, 3] -> class indices [H, W] (0..10, 255 for every other colour)."""
+    colour_label = np.asarray(colour_label)
+    if colour_label.ndim != 3 or colour_label.shape[-1] != 3:
+        raise ValueError(f"Expected an RGB colour label [H, W, 3], got shape {colour_label.shape}.")
+    out = np.full(colour_label.shape[:2], 255, np.uint8)
+    for index, colour in enumerate(CAMVID_COLOURS):
+        out[np.all(colour_label == colour, axis=-1)] = index
+    return out
