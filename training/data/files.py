@@ -41,7 +41,7 @@ def load_clip(frame_paths, label_path, num_classes, label_format):
 
 
 def make_file_dataset(samples, num_classes, batch_size, crop_size=None, training=True, seed=0,
-                      label_format="index", repeat=None):
+                      label_format="index", repeat=None, skip=0):
     """Batched (clip uint8 [B, T+1, H, W, 3], label int32 [B, H, W]) from (frame paths, label path) samples.
 
     Decoding runs in parallel (OpenCV releases the GIL) and any unreadable file
@@ -82,5 +82,7 @@ def make_file_dataset(samples, num_classes, batch_size, crop_size=None, training
         ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
     if repeat if repeat is not None else training:
         ds = ds.repeat()
+    if skip:
+        ds = ds.skip(skip)  # resume: the samples already trained on, before any decoding
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

@@ -93,7 +93,7 @@ def augment(clip, label, seed, crop_size, scale_range=(0.75, 1.5), jitter=0.2):
 
 
 def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, training=True, seed=0,
-                           frame_stride=1, labelled_every=1, repeat=None):
+                           frame_stride=1, labelled_every=1, repeat=None, skip=0):
     """Batched (clip [B, T+1, H, W, 3] uint8, label [B, H, W] int32) from a SyntheticVideo.
 
     Args:
@@ -106,6 +106,7 @@ def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, tr
         frame_stride: step between the frames of a clip.
         labelled_every: only every n-th frame ends a clip (sparse annotation).
         repeat: repeat the data (default: when training).
+        skip: samples to skip first (resuming an interrupted run).
     """
     frames, labels, index = synthetic_arrays(video, num_key_frames, frame_stride, labelled_every)
     check_label_values(labels, video.num_classes, "synthetic video")
@@ -126,5 +127,7 @@ def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, tr
         ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
     if repeat if repeat is not None else training:
         ds = ds.repeat()
+    if skip:
+        ds = ds.skip(skip)  # resume: the samples already trained on, before any decoding
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

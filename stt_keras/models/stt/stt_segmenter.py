@@ -166,8 +166,13 @@ class STTSegmenter(keras.Model):
             mixed = self.stt(query, keys)
         logits = self.decoder(mixed, skips, output_size=size, training=training)
         self._aux_logits = None
-        if training and self.aux_weight > 0 and getattr(self.decoder, "aux_head", False):
-            self._aux_logits = tf.cast(self.decoder.aux_logits(mixed, skips, size, training=training), tf.float32)
+        if getattr(self.decoder, "aux_head", False):
+            # Build the aux head on the first call even at inference (its result is
+            # then unused and pruned from the graph), so a reloaded model has the
+            # same variables, and optimizer slots, as the one that was trained.
+            if (training and self.aux_weight > 0) or not self.decoder.aux_classifier.built:
+                aux = tf.cast(self.decoder.aux_logits(mixed, skips, size, training=training), tf.float32)
+                self._aux_logits = aux if training else None
         return tf.cast(logits, tf.float32)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
