@@ -1,0 +1,139 @@
+"""stt-eval: mIoU, per-class IoU, temporal consistency and frames/s of a saved model on whole sequences.
+
+Each sequence is run frame by frame the way the model is deployed: an STT model
+through StreamingSegmenter (every frame encoded once, the first-frame policy at
+the start of every sequence), a per-frame model on each frame alone. mIoU is
+over the labelled frames; TC (ETC's protocol, METHOD.md) over every consecutive
+pair of predicted frames, with OpenCV DIS flow.
+
+    stt-eval --model runs/synthetic_stt/best.keras --dataset synthetic --out runs/synthetic_stt/eval
+    stt-eval --model m.keras --dataset cityscapes --data-root /data/cityscapes --split val --out eval/
+
+Cityscapes TC clips follow ETC: the 19 frames before the annotated one, the
+annotated one and the 10 after (the whole 30-frame snippet).
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from stt_keras import StreamingSegmenter, load_model
+from training.data import cityscapes_ids
+from training.data.files import read_frame, read_label
+from training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+from training.data.synthetic import SyntheticVideo
+from training.metrics import FLOW_ESTIMATOR, MeanIoU, TemporalConsistency
+
+
+def synthetic_sequences(num_sequences=6, frames=30, size=(128, 256), seed=1000, labelled_every=1):
+    """Held-out synthetic sequences (a seed the training set does not use): (frames, {index: label})."""
+    video = SyntheticVideo(num_sequences, frames, *size, seed=seed)
+    for i in range(num_sequences):
+        f, l = video.sequence(i)
+        yield f, {t: l[t] for t in range(0, frames, labelled_every)}
+
+
+def cityscapes_sequences(root, split):
+    """Cityscapes 30-frame snippets around every annotated frame: (frames, {19: label})."""
+    for label_path in sorted(glob.glob(os.path.join(root, "gtFine", split, "*", "*_gtFine_labelIds.png"))):
+        city, seq, frame = os.path.basename(label_path).split("_")[:3]
+        start = int(frame) - 19
+        paths = [os.path.join(root, "leftImg8bit_sequence", split, city, f"{city}_{seq}_{start + k:06d}_leftImg8bit.png")
+                 for k in range(30)]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"TC clip of {label_path} needs {missing[0]}.")
+        yield np.stack([read_frame(p) for p in paths]), {19: read_label(label_path, 19, "cityscapes")}
+
+
+def evaluate(model, sequences, num_classes, max_sequences=None):
+    """Runs `model` over sequences; returns the metrics dict."""
+    miou = MeanIoU(num_classes)
+    tc = TemporalConsistency(num_classes, masked=True)
+    stream = StreamingSegmenter(model) if model.stt is not None else None
+    seconds, frames_timed = 0.0, 0
+    for n, (frames, labels) in enumerate(sequences):
+        if max_sequences is not None and n >= max_sequences:
+            break
+        if stream is not None:
+            stream.reset()
+        predictions = []
+        for t, frame in enumerate(frames):
+            start = time.perf_counter()
+            logits = stream.step(frame) if stream is not None else model(frame[None])[0]
+            prediction = np.asarray(logits).argmax(-1)
+            if t > 0:  # the first frame of a sequence includes tracing and warm-up
+                seconds += time.perf_counter() - start
+                frames_timed += 1
+            predictions.append(prediction)
+            if t in labels:
+                miou.update_state(labels[t][None].astype(np.int64), prediction[None])
+        tc.update(frames, np.stack(predictions))
+    per_class = miou.per_class_iou().numpy()
+    return {
+        "miou": float(miou.result()),
+        "per_class_iou": [None if np.isnan(v) else float(v) for v in per_class],
+        "tc": tc.result(),
+        "tc_occlusion_masked": tc.result_masked(),
+        "tc_flow": FLOW_ESTIMATOR,
+        "frames_per_second": frames_timed / seconds if seconds else None,
+        "frames_timed": frames_timed,
+    }
+
+
+def markdown_report(results, class_names, title):
+    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    lines.append(f"| mIoU | {100 * results['miou']:.1f} |")
+    lines.append(f"| TC ({results['tc_flow']}) | {100 * results['tc']:.1f} |")
+    lines.append(f"| TC, occlusion-masked (forward-backward check) | {100 * results['tc_occlusion_masked']:.1f} |")
+    fps = results["frames_per_second"]
+    lines.append(f"| frames/s (batch 1, this machine) | {fps:.2f} |" if fps else "| frames/s | n/a |")
+    lines += ["", "| class | IoU |", "|---|---|"]
+    for name, iou in zip(class_names, results["per_class_iou"]):
+        lines.append(f"| {name} | {'absent' if iou is None else f'{100 * iou:.1f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="stt-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a .keras file from stt-train")
+    p.add_argument("--dataset", choices=["synthetic", "cityscapes"], default="synthetic")
+    p.add_argument("--data-root")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", required=True, help="folder for results.json and report.md")
+    p.add_argument("--max-sequences", type=int, default=None)
+    p.add_argument("--synthetic-sequences", type=int, default=6)
+    p.add_argument("--synthetic-size", default="128x256")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    model = load_model(args.model, compile=False)
+    if args.dataset == "synthetic":
+        size = tuple(int(v) for v in args.synthetic_size.split("x"))
+        sequences, names = synthetic_sequences(args.synthetic_sequences, size=size), SYNTHETIC_CLASSES
+    else:
+        if not args.data_root:
+            raise SystemExit("stt-eval: --data-root is required for cityscapes.")
+        sequences, names = cityscapes_sequences(args.data_root, args.split), cityscapes_ids.CLASS_NAMES
+    if model.num_classes != len(names):
+        raise SystemExit(f"stt-eval: the model predicts {model.num_classes} classes, the dataset has {len(names)}.")
+    results = evaluate(model, sequences, len(names), args.max_sequences)
+    results.update(model=os.path.abspath(args.model), dataset=args.dataset, split=args.split, class_names=list(names))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    report = markdown_report(results, names, f"{os.path.basename(args.model)} on {args.dataset} {args.split}")
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
