@@ -54,6 +54,8 @@ def build_parser():
     p.add_argument("--poly-power", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled (AdamW-style) decay of SGD")
     p.add_argument("--aux-weight", type=float, default=0.4)
+    p.add_argument("--top-ratio", type=float, default=None, help="override the preset's STT query ratio")
+    p.add_argument("--key-selection", choices=["window", "all"], default=None, help="override the preset's key selection")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA")
     p.add_argument("--distribute", choices=["none", "mirrored", "multiworker"], default="none",
@@ -134,6 +136,12 @@ def main(argv=None):
 
 def train(args):
     """Runs one (possibly resumed) training; returns the trained model."""
+    overrides = dict(getattr(args, "stt_overrides", {}))
+    if args.top_ratio is not None:
+        overrides["top_ratio"] = args.top_ratio
+    if args.key_selection is not None:
+        overrides["key_selection"] = args.key_selection
+    args.stt_overrides = overrides
     if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
         raise SystemExit("stt-train: --steps, --checkpoint-every and --batch-size must be positive.")
     os.makedirs(args.out, exist_ok=True)
@@ -159,7 +167,8 @@ def train(args):
 
     with strategy.scope():
         model = STTSegmenter.from_preset(
-            args.preset, num_classes=num_classes, backbone_weights=args.backbone_weights, aux_weight=args.aux_weight
+            args.preset, num_classes=num_classes, backbone_weights=args.backbone_weights, aux_weight=args.aux_weight,
+            **getattr(args, "stt_overrides", {}),
         )
         schedule = keras.optimizers.schedules.PolynomialDecay(args.lr, args.steps, 0.0, power=args.poly_power)
         optimizer = keras.optimizers.SGD(schedule, momentum=args.momentum, weight_decay=args.weight_decay)
