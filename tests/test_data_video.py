@@ -1,0 +1,60 @@
+"""Video files through OpenCV, with labels keyed by frame index."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from training.data.video import make_sequence_dataset, read_video, read_video_labels
+
+
+def write_video(path, n=12, h=32, w=48):
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    assert writer.isOpened()
+    for i in range(n):
+        writer.write(np.full((h, w, 3), 20 * i, np.uint8))
+    writer.release()
+
+
+def test_read_video_and_clips(tmp_path):
+    path = str(tmp_path / "drive.avi")
+    write_video(path)
+    frames = read_video(path)
+    assert frames.shape == (12, 32, 48, 3)
+    assert np.abs(frames[:, 5, 5, 0].astype(int) - 20 * np.arange(12)).max() <= 4  # order kept (MJPG is lossy)
+    os.makedirs(tmp_path / "labels")
+    cv2.imwrite(str(tmp_path / "labels" / "000010.png"), np.full((32, 48), 2, np.uint8))
+    labels = read_video_labels(str(tmp_path / "labels"), len(frames), num_classes=3)
+    ds = make_sequence_dataset([(frames, labels)], num_key_frames=2, batch_size=1, training=False, frame_stride=3)
+    clip, label = next(iter(ds))
+    np.testing.assert_array_equal(clip.numpy()[0], frames[[4, 7, 10]])
+    assert (label.numpy() == 2).all()
+
+
+def test_bad_videos_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.avi"):
+        read_video(str(tmp_path / "missing.avi"))
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"RIFF....AVI garbage")
+    with pytest.raises(ValueError, match="bad.avi"):
+        read_video(str(bad))
+    path = str(tmp_path / "drive.avi")
+    write_video(path)
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: int(len(data) * 0.9)])  # the last frames and the index are gone
+    with pytest.raises(ValueError, match=r"cut.avi is truncated: \d+ frames decoded of 12 declared"):
+        read_video(str(cut))
+    cut.write_bytes(data[: len(data) // 2])  # so much is gone that the container no longer opens
+    with pytest.raises(ValueError, match="cannot open video .*cut.avi"):
+        read_video(str(cut))
+
+
+def test_bad_labels_are_named(tmp_path):
+    os.makedirs(tmp_path / "labels")
+    cv2.imwrite(str(tmp_path / "labels" / "000003.png"), np.full((4, 4), 7, np.uint8))
+    with pytest.raises(ValueError, match="000003.png"):
+        read_video_labels(str(tmp_path / "labels"), 10, num_classes=3)
+    with pytest.raises(ValueError, match="frame 3"):
+        read_video_labels(str(tmp_path / "labels"), 2, num_classes=10)

@@ -1,0 +1,101 @@
+"""Video files read with OpenCV, with sparse labels keyed by frame index.
+
+Layout: any video file OpenCV can decode, and a label folder with
+`{frame:06d}.png` class-index images (255 ignored) for the labelled frames,
+numbered from 0 in decoding order.
+"""
+
+import glob
+import os
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from training.data.pipeline import augment, check_label_values, clip_indices
+
+
+def read_video(path, max_frames=None):
+    """RGB uint8 [N, H, W, 3] of a video file; clear errors for missing, unreadable or truncated files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No video file at {path}.")
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise ValueError(f"OpenCV cannot open video {path} (unknown container or codec).")
+    declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    frames = []
+    try:
+        while max_frames is None or len(frames) < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame[..., ::-1])
+    finally:
+        capture.release()
+    if not frames:
+        raise ValueError(f"Video {path} has no decodable frame (empty or corrupt).")
+    if max_frames is None and declared > 0 and len(frames) < declared:
+        raise ValueError(f"Video {path} is truncated: {len(frames)} frames decoded of {declared} declared.")
+    return np.stack(frames)
+
+
+def read_video_labels(label_dir, num_frames, num_classes):
+    """{frame index: uint8 label} from `{frame:06d}.png` files."""
+    labels = {}
+    for path in sorted(glob.glob(os.path.join(label_dir, "*.png"))):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if not stem.isdigit():
+            raise ValueError(f"Label {path} is not named by frame index ({{frame:06d}}.png).")
+        index = int(stem)
+        if index >= num_frames:
+            raise ValueError(f"Label {path} is for frame {index}, but the video has {num_frames} frames.")
+        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if label is None or label.ndim != 2:
+            raise ValueError(f"Cannot read label {path} as a single-channel image.")
+        check_label_values(label, num_classes, f"label {path}")
+        labels[index] = label
+    if not labels:
+        raise FileNotFoundError(f"No {{frame:06d}}.png labels in {label_dir}.")
+    return labels
+
+
+def make_sequence_dataset(sequences, num_key_frames, batch_size, crop_size=None, training=True, seed=0,
+                          frame_stride=1, repeat=None, skip=0):
+    """Batched clips from in-memory sequences [(frames [N, H, W, 3], {index: label})] of one frame size."""
+    shapes = {frames.shape[1:] for frames, _ in sequences}
+    if len(shapes) != 1:
+        raise ValueError(f"All sequences must share one frame size, got {sorted(shapes)}.")
+    all_frames, all_labels, ends, label_rows = [], [], [], []
+    offset = 0
+    for frames, labels in sequences:
+        rows = clip_indices(len(frames), sorted(labels), num_key_frames, frame_stride)
+        for row in rows:
+            ends.append(offset + row[-1])
+            label_rows.append(len(all_labels))
+            all_labels.append(labels[int(row[-1])])
+        all_frames.append(frames)
+        offset += len(frames)
+    if not ends:
+        raise ValueError(f"No labelled frame has {num_key_frames * frame_stride} frames before it.")
+    frames_t = tf.constant(np.concatenate(all_frames))
+    labels_t = tf.constant(np.stack(all_labels))
+    offsets = tf.range(-num_key_frames * frame_stride, 1, frame_stride, dtype=tf.int64)
+    size = crop_size or tuple(next(iter(shapes))[:2])
+
+    def load(i, sample):
+        end, row = sample[0], sample[1]
+        clip = tf.gather(frames_t, end + offsets)
+        label = tf.cast(labels_t[row], tf.int32)
+        if training:
+            clip, label = augment(clip, label, tf.stack([tf.cast(seed, tf.int64), i]), size)
+        return clip, label
+
+    ds = tf.data.Dataset.from_tensor_slices(np.stack([ends, label_rows], axis=1).astype(np.int64)).enumerate()
+    if training:
+        ds = ds.shuffle(len(ends), seed=seed, reshuffle_each_iteration=True)
+    if repeat if repeat is not None else training:
+        ds = ds.repeat()
+    if skip:
+        ds = ds.skip(skip)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
