@@ -99,3 +99,21 @@ def test_multi_worker_strategy_with_two_processes(tmp_path):
         assert p.returncode == 0, text[-3000:]
     assert "MultiWorkerMirroredStrategy with 2 replica(s)" in outputs[0]
     assert "done, 6 steps" in outputs[0]
+
+
+def test_init_from_copies_encoder_and_decoder(tmp_path):
+    from stt_keras.models import STTSegmenter
+    from training.train import init_from
+
+    base = STTSegmenter.from_preset("psp_tiny", num_classes=7)
+    base(np.zeros((1, 64, 64, 3), np.uint8))
+    base.save(str(tmp_path / "base.keras"))
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7)
+    model(np.zeros((1, 4, 64, 64, 3), np.uint8))
+    init_from(model, str(tmp_path / "base.keras"))
+    for a, b in zip(model.encoder.get_weights() + model.decoder.get_weights(), base.encoder.get_weights() + base.decoder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    other = STTSegmenter.from_preset("stt_bise_tiny", num_classes=7)
+    other(np.zeros((1, 4, 64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="does not match"):
+        init_from(other, str(tmp_path / "base.keras"))

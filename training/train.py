@@ -62,6 +62,8 @@ def build_parser():
                    help="mirrored: all local devices; multiworker: TF_CONFIG cluster")
     p.add_argument("--cpu-devices", type=int, default=0,
                    help="split the CPU into N logical devices (to run --distribute mirrored without GPUs)")
+    p.add_argument("--init-from", default=None,
+                   help="a .keras model (e.g. the per-frame baseline) whose encoder and decoder weights start this run")
     p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic-sequences", type=int, default=24)
@@ -120,6 +122,19 @@ def make_datasets(args, num_key_frames, start_step):
     return train, val, num_classes
 
 
+def init_from(model, path):
+    """Copies encoder and decoder weights from another saved model (the paper fine-tunes an image model)."""
+    from stt_keras import load_model
+
+    source = load_model(path, compile=False)
+    for part in ("encoder", "decoder"):
+        ours, theirs = getattr(model, part), getattr(source, part)
+        if [w.shape for w in ours.weights] != [w.shape for w in theirs.weights]:
+            raise ValueError(f"--init-from {path}: its {part} does not match {model.name}'s.")
+        ours.set_weights(theirs.get_weights())
+    print(f"stt-train: encoder and decoder initialised from {path}")
+
+
 def completed_epochs(backup_dir):
     """Epochs finished by an earlier, interrupted run (BackupAndRestore's metadata), else 0."""
     path = os.path.join(backup_dir, "training_metadata.json")
@@ -176,6 +191,8 @@ def train(args):
         model.compile(optimizer=optimizer, loss=loss, metrics=[MeanIoU(num_classes)], jit_compile=args.xla)
         sample, _ = next(iter(train))
         model(sample[:1] if num_key_frames else sample[:1, -1])  # BackupAndRestore needs a built model
+        if args.init_from and not done:
+            init_from(model, args.init_from)
 
     callbacks = [
         keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=False),
