@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from training.data.cityscapes_ids import to_train_ids
-from training.data.pipeline import IGNORE_LABEL, augment, check_label_values
+from training.data.pipeline import IGNORE_LABEL, augment, check_label_values, sample_dataset
 
 
 def read_frame(path):
@@ -77,12 +77,4 @@ def make_file_dataset(samples, num_classes, batch_size, crop_size=None, training
             lab = tf.image.resize_with_crop_or_pad(lab[..., None] - IGNORE_LABEL, *crop_size)[..., 0] + IGNORE_LABEL
         return clip, lab
 
-    ds = tf.data.Dataset.from_tensor_slices((frame_paths, label_paths)).enumerate()
-    if training:
-        ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
-    if repeat if repeat is not None else training:
-        ds = ds.repeat()
-    if skip:
-        ds = ds.skip(skip)  # resume: the samples already trained on, before any decoding
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    return sample_dataset((frame_paths, label_paths), load, batch_size, training, seed, repeat, skip)

@@ -122,12 +122,23 @@ def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, tr
             clip, label = augment(clip, label, tf.stack([tf.cast(seed, tf.int64), i]), size)
         return clip, label
 
-    ds = tf.data.Dataset.from_tensor_slices(index).enumerate()
+    return sample_dataset(index, load, batch_size, training, seed, repeat, skip)
+
+
+def sample_dataset(samples, load, batch_size, training, seed, repeat=None, skip=0):
+    """The shared tail of every clip pipeline: (index, sample) -> shuffle, repeat, skip, load, batch.
+
+    Enumerating before shuffling gives every sample a stable index, which keys its
+    stateless augmentation; skipping happens before `load`, so resuming a run does
+    not decode the samples it skips.
+    """
+    ds = tf.data.Dataset.from_tensor_slices(samples).enumerate()
     if training:
-        ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(samples[0]) if isinstance(samples, tuple) else len(samples), seed=seed,
+                        reshuffle_each_iteration=True)
     if repeat if repeat is not None else training:
         ds = ds.repeat()
     if skip:
-        ds = ds.skip(skip)  # resume: the samples already trained on, before any decoding
+        ds = ds.skip(skip)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

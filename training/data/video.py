@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from training.data.pipeline import augment, check_label_values, clip_indices
+from training.data.pipeline import augment, check_label_values, clip_indices, sample_dataset
 
 
 def read_video(path, max_frames=None):
@@ -90,12 +90,5 @@ def make_sequence_dataset(sequences, num_key_frames, batch_size, crop_size=None,
             clip, label = augment(clip, label, tf.stack([tf.cast(seed, tf.int64), i]), size)
         return clip, label
 
-    ds = tf.data.Dataset.from_tensor_slices(np.stack([ends, label_rows], axis=1).astype(np.int64)).enumerate()
-    if training:
-        ds = ds.shuffle(len(ends), seed=seed, reshuffle_each_iteration=True)
-    if repeat if repeat is not None else training:
-        ds = ds.repeat()
-    if skip:
-        ds = ds.skip(skip)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    samples = np.stack([ends, label_rows], axis=1).astype(np.int64)
+    return sample_dataset(samples, load, batch_size, training, seed, repeat, skip)
