@@ -13,9 +13,7 @@ Run: python benchmarks/streaming.py [--height 512 --width 1024] [--preset stt_ps
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,17 +21,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from timing import timeit  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
 
 
-def timeit(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def best_of(make_fn, args, repeats):

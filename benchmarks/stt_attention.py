@@ -22,9 +22,7 @@ Run: python benchmarks/stt_attention.py [--quick] [--threads N]
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -32,21 +30,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from timing import timeit  # noqa: E402
 from stt_keras.layers import SparseTemporalTransformer, key_window_radii  # noqa: E402
 from stt_keras.layers.windows import num_selected  # noqa: E402
 
 PAPER = dict(num_key_frames=7, start_size=1, end_size=5, expansion=1, neighborhood_radius=5, num_heads=8, reduction=4)
 
 
-def timeit(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_rate():
