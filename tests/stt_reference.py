@@ -63,7 +63,8 @@ def layer_norm(x, gamma, beta, epsilon):
 
 
 def stt_block(query, keys, weights, *, num_key_frames, start_size=1, end_size=5, expansion=1,
-              neighborhood_radius=5, top_ratio=0.5, num_heads=8, key_selection="window", epsilon=1e-5):
+              neighborhood_radius=5, top_ratio=0.5, num_heads=8, key_selection="window", epsilon=1e-5,
+              residual=False):
     W = weights
     b_size, h, w, d = query.shape
     d_r = W["reduce_kernel"].shape[1]
@@ -107,5 +108,5 @@ def stt_block(query, keys, weights, *, num_key_frames, start_size=1, end_size=5,
             x = layer_norm(q0 + mh, W["norm1_gamma"], W["norm1_beta"], epsilon)
             ffn = np.maximum(0.0, x @ W["ffn1_kernel"] + W["ffn1_bias"]) @ W["ffn2_kernel"] + W["ffn2_bias"]
             y = layer_norm(x + ffn, W["norm2_gamma"], W["norm2_beta"], epsilon)
-            out[b, u, v] = y @ W["expand_kernel"] + W["expand_bias"]
+            out[b, u, v] = y @ W["expand_kernel"] + W["expand_bias"] + (query[b, u, v] if residual else 0.0)
     return out

@@ -162,6 +162,16 @@ def test_stt_matches_reference(case):
     assert changed.sum() == b * max(1, int(np.floor(ratio * h * w + 0.5)))
 
 
+def test_residual_variant_matches_reference_and_starts_as_identity():
+    q, k = random_clip(1, 2, 9, 10, 16)
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2, residual=True)
+    np.testing.assert_allclose(layer(q, k).numpy(), q, atol=1e-6)  # zero expansion, zero bias
+    randomize(layer)
+    expected = ref.stt_block(q.astype(np.float64), k.astype(np.float64), weights_of(layer), num_key_frames=2,
+                             neighborhood_radius=2, top_ratio=0.5, num_heads=2, residual=True)
+    np.testing.assert_allclose(layer(q, k).numpy(), expected, rtol=2e-4, atol=2e-4)
+
+
 def test_window_equals_all_keys_when_windows_cover_the_map():
     q, k = random_clip(2, 2, 4, 5, 16)
     win = SparseTemporalTransformer(num_key_frames=2, start_size=5, end_size=5, num_heads=2, top_ratio=0.6, neighborhood_radius=1)

@@ -56,6 +56,7 @@ def build_parser():
     p.add_argument("--aux-weight", type=float, default=0.4)
     p.add_argument("--top-ratio", type=float, default=None, help="override the preset's STT query ratio")
     p.add_argument("--key-selection", choices=["window", "all"], default=None, help="override the preset's key selection")
+    p.add_argument("--stt-residual", action="store_true", help="STT adds to selected points instead of replacing them (not in the paper)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA")
     p.add_argument("--distribute", choices=["none", "mirrored", "multiworker"], default="none",
@@ -156,6 +157,8 @@ def train(args):
         overrides["top_ratio"] = args.top_ratio
     if args.key_selection is not None:
         overrides["key_selection"] = args.key_selection
+    if args.stt_residual:
+        overrides["residual"] = True
     args.stt_overrides = overrides
     if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
         raise SystemExit("stt-train: --steps, --checkpoint-every and --batch-size must be positive.")

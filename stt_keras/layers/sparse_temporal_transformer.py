@@ -47,6 +47,10 @@ class SparseTemporalTransformer(keras.layers.Layer):
         layer_norm_epsilon: epsilon of both layer norms.
         tiles_per_step: query tiles per loop step of the windowed attention.
         query_chunk: queries per loop step of the all-keys attention.
+        residual: not in the paper. Add the expansion to the selected points
+            instead of replacing them, with the expansion initialised to zero, so
+            an untrained block is the identity (useful when fine-tuning a trained
+            per-frame model).
 
     Example:
     >>> import numpy as np
@@ -72,6 +76,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         layer_norm_epsilon=1e-5,
         tiles_per_step=4,
         query_chunk=256,
+        residual=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -100,6 +105,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.tiles_per_step = tiles_per_step
         self.query_chunk = query_chunk
+        self.residual = bool(residual)
 
     # ------------------------------------------------------------------ build
     def _check_shapes(self, query_shape, keys_shape):
@@ -157,6 +163,8 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self.ffn2_kernel, self.ffn2_bias = dense("ffn2", f, d_r)
         self.norm2_gamma, self.norm2_beta = norm("norm2")
         self.expand_kernel, self.expand_bias = dense("expand", d_r, d)
+        if self.residual:  # start as the identity: selected points keep their features
+            self.expand_kernel.assign(tf.zeros_like(self.expand_kernel))
         self.built = True
 
     # ------------------------------------------------------------- pieces
@@ -250,6 +258,8 @@ class SparseTemporalTransformer(keras.layers.Layer):
         ffn = self._linear(hidden, tf.cast(self.ffn2_kernel, tf.float32), tf.cast(self.ffn2_bias, tf.float32))
         y = self._layer_norm(x + ffn, self.norm2_gamma, self.norm2_beta)
         out = self._linear(tf.cast(y, query.dtype), self.expand_kernel, self.expand_bias)  # [B, N_q, d]
+        if self.residual:
+            out = out + tf.gather(flat_query, selected, batch_dims=1)
 
         batch_index = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(selected))
         positions = tf.stack([batch_index, selected], axis=-1)
@@ -285,6 +295,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "tiles_per_step": self.tiles_per_step,
                 "query_chunk": self.query_chunk,
+                "residual": self.residual,
             }
         )
         return config
