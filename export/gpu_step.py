@@ -1,0 +1,218 @@
+"""The delegate-friendly streaming step: the same function as `STTSegmenter.stream_step`,
+built only from ops a mobile GPU delegate accepts.
+
+What changes against the library's step (and why):
+- No loops: the tile loops of the NSM score and the windowed attention become one
+  batched computation over all tiles (WHILE is not a GPU op).
+- No rank-5 tensors: tiles are cut by GATHER with constant int32 indices from a
+  [points, channels] table (not by reshape/transpose through rank 6), and the
+  state is packed [1, h, w, T * C].
+- No top-k: the top `top_ratio` points are found by bisection on a score threshold
+  (a fixed number of halvings, unrolled), giving a 0/1 mask. This selects exactly
+  the top-k set unless the k-th and (k+1)-th scores are within float rounding of
+  each other (ties), where the library's top-k keeps the lower index and the mask
+  keeps both; tests measure how often that happens.
+- No scatter: every point goes through the transformer and the mask blends the
+  result in (unselected points keep their features). That costs the attention,
+  FFN and expansion of the unselected points too (the library's CPU step skips the
+  FFN/expansion for them), in exchange for a graph a GPU runs in one piece.
+- No masked-softmax with huge negative constants inside exponentials: masked
+  entries are zeroed after exp (an exact zero weight), and the max used for
+  stability is taken over the window only.
+- Dense layers on maps are 1x1 convolutions (CONV_2D is every delegate's first
+  op); the decoder's argmax is left to the caller (ARG_MAX is not a GPU op).
+
+Batch 1 and static frame size only (what the exporter uses).
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from stt_keras.layers import windows
+
+NSM_TILE = 8  # query tile of the NSM score (as in the library)
+ATTENTION_TILE = 4  # query tile of the windowed attention (as in the library)
+BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
+STT_SCOPE = "stt_block"
+_FILL = 3.0e4  # fills masked entries before the max; fp16-representable
+_EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
+
+
+# ---------------------------------------------------------------- constant tables
+def _tile_tables(h, w, radii, tile, frames_packed=None):
+    """Numpy tables for cutting `tile x tile` query blocks and their halos by gather.
+
+    Returns (query_index [n_tiles, tile^2], inverse [h*w], halo_index
+    [n_tiles, n_halo], mask [n_tiles, tile^2, n_halo] float32, count
+    [n_tiles, tile^2] float32). Query/inverse indices address a table of h*w
+    rows plus one zero row (h*w). Halo indices address a table of T*h*w rows
+    plus a zero row; with `frames_packed`=T the rows are ordered point-major,
+    (y*w + x) * T + frame, which is a plain reshape of a packed state.
+    """
+    with tf.init_scope():  # evaluate eagerly even while a tf.function traces
+        index, valid, window = (t.numpy() for t in windows.halo_tables(h, w, radii, tile))
+    nth, ntw = windows.num_tiles(h, tile), windows.num_tiles(w, tile)
+    ty, tx = np.meshgrid(np.arange(nth), np.arange(ntw), indexing="ij")
+    py, px = np.meshgrid(np.arange(tile), np.arange(tile), indexing="ij")
+    y = ty.reshape(-1, 1) * tile + py.reshape(1, -1)
+    x = tx.reshape(-1, 1) * tile + px.reshape(1, -1)
+    inside = (y < h) & (x < w)
+    query_index = np.where(inside, y * w + x, h * w).astype(np.int32)
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    inverse = ((yy // tile) * ntw + xx // tile) * tile * tile + (yy % tile) * tile + (xx % tile)
+    inverse = inverse.reshape(-1).astype(np.int32)
+    outside = len(radii) * h * w
+    if frames_packed:
+        frame, position = index // (h * w), index % (h * w)
+        index = np.where(index == outside, outside, position * frames_packed + frame)
+    mask = (window[None] & valid[:, None, :]).astype(np.float32)
+    count = np.maximum(mask.sum(-1), 1.0).astype(np.float32)
+    return query_index, inverse, index.astype(np.int32), mask, count
+
+
+def _with_zero_row(table):
+    return tf.concat([table, tf.zeros([1, table.shape[-1]], table.dtype)], axis=0)
+
+
+def _from_tiles(tiled, inverse, h, w):
+    """[n_tiles, tile^2, C] -> [1, h, w, C] by one gather."""
+    c = tiled.shape[-1]
+    flat = tf.reshape(tiled, [-1, c])
+    return tf.reshape(tf.gather(flat, inverse), [1, h, w, c])
+
+
+# ------------------------------------------------------------------- the pieces
+def nsm_score(features, radius):
+    """NSM score [1, h, w, 1] of float32 features [1, h, w, d]; equals `stt_keras.layers.nsm_score`."""
+    _, h, w, d = features.shape
+    q_index, inverse, halo_index, mask, count = _tile_tables(h, w, [radius], NSM_TILE)
+    table = _with_zero_row(tf.reshape(features, [h * w, d]))
+    q = tf.gather(table, q_index)  # [tiles, 64, d]
+    halo = tf.gather(table, halo_index)  # [tiles, halo, d]
+    dots = tf.matmul(q, tf.transpose(halo, [0, 2, 1]))  # [tiles, 64, halo]
+    mask = tf.constant(mask)
+    count = tf.constant(count)
+    peak = tf.reduce_max(dots * mask - (1.0 - mask) * _FILL, axis=-1, keepdims=True)
+    # min(., 0): a masked entry may exceed the window's max; it must not overflow.
+    exp = tf.exp(tf.minimum(dots - peak, 0.0)) * mask
+    logsumexp = peak[..., 0] + tf.math.log(tf.reduce_sum(exp, axis=-1))
+    mean_dot = tf.reduce_sum(dots * mask, axis=-1) / count
+    q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1))
+    halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1))
+    cosine = dots / tf.maximum(q_norm[:, :, None] * halo_norm[:, None, :], _EPS)
+    cos_term = tf.reduce_sum((1.0 - cosine) * mask, axis=-1) / count
+    score = logsumexp - mean_dot - tf.math.log(count) + cos_term  # [tiles, 64]
+    return _from_tiles(score[..., None], inverse, h, w)
+
+
+def top_mask(scores, top_ratio):
+    """0/1 float mask [1, h, w, 1] of the round(top_ratio * h * w) highest scores.
+
+    Bisection keeps lo <= k-th largest score < hi; after BISECTION_STEPS halvings
+    the interval is below float32 spacing, so `scores >= lo` is the top-k set
+    (plus any exact ties at the threshold).
+    """
+    _, h, w, _ = scores.shape
+    k = float(windows.num_selected(top_ratio, h * w))
+    if k >= h * w:
+        return tf.ones_like(scores)
+    lo = tf.reduce_min(scores)
+    hi = tf.reduce_max(scores) + 1.0
+    for _ in range(BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        enough = tf.cast(tf.reduce_sum(tf.cast(scores >= mid, tf.float32)) >= k, tf.float32)
+        lo = lo + enough * (mid - lo)
+        hi = mid + enough * (hi - mid)
+    return tf.cast(scores >= lo, tf.float32)
+
+
+def windowed_attention(queries, state, radii, num_heads):
+    """Every point's attention to its key windows, from the packed state.
+
+    Args:
+        queries: float32 [1, h, w, d_r], projected and scaled.
+        state: float32 [1, h, w, T * 2 d_r] (keys then values per frame, oldest first).
+    Returns:
+        float32 [1, h, w, d_r].
+    """
+    _, h, w, d_r = queries.shape
+    frames = len(radii)
+    channels = 2 * d_r
+    d_head = d_r // num_heads
+    q_index, inverse, halo_index, mask, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
+    points = ATTENTION_TILE**2
+    q = tf.gather(_with_zero_row(tf.reshape(queries, [h * w, d_r])), q_index)  # [tiles, 16, d_r]
+    kv = tf.gather(_with_zero_row(tf.reshape(state, [h * w * frames, channels])), halo_index)
+    n_tiles, n_halo = halo_index.shape
+    q = tf.transpose(tf.reshape(q, [n_tiles, points, num_heads, d_head]), [0, 2, 1, 3])
+    k = tf.transpose(tf.reshape(kv[:, :, :d_r], [n_tiles, n_halo, num_heads, d_head]), [0, 2, 3, 1])
+    v = tf.transpose(tf.reshape(kv[:, :, d_r:], [n_tiles, n_halo, num_heads, d_head]), [0, 2, 1, 3])
+    logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
+    mask = tf.constant(mask[:, None])  # [tiles, 1, 16, halo]
+    peak = tf.reduce_max(logits * mask - (1.0 - mask) * _FILL, axis=-1, keepdims=True)
+    e = tf.exp(tf.minimum(logits - peak, 0.0)) * mask
+    out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
+    out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [n_tiles, points, d_r])
+    return _from_tiles(out, inverse, h, w)
+
+
+def _dense(x, kernel, bias):
+    """A Dense on a map as a 1x1 convolution."""
+    kernel = tf.cast(kernel, tf.float32)
+    out = tf.nn.conv2d(x, kernel[None, None], strides=1, padding="VALID")
+    return out + tf.cast(bias, tf.float32)
+
+
+def _layer_norm(x, gamma, beta, epsilon):
+    mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    var = tf.reduce_mean(centred * centred, axis=-1, keepdims=True)
+    return centred * tf.math.rsqrt(var + epsilon) * tf.cast(gamma, tf.float32) + tf.cast(beta, tf.float32)
+
+
+def project_frame(stt, features):
+    """(reduced [1,h,w,d_r], key/values [1,h,w,2 d_r]) of a frame, as `stt.project_frame`."""
+    reduced = _dense(features, stt.reduce_kernel, stt.reduce_bias)
+    kernel = tf.concat([stt.key_kernel, stt.value_kernel], axis=1)
+    bias = tf.concat([stt.key_bias, stt.value_bias], axis=0)
+    return reduced, _dense(reduced, kernel, bias)
+
+
+def attend(stt, features, reduced, state):
+    """`stt.attend(features, state)` without loops, top-k or scatter."""
+    if stt.key_selection != "window":
+        raise ValueError("The delegate-friendly step implements key_selection='window' only.")
+    if stt.top_ratio == 0.0:
+        return features
+    scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
+    mask = top_mask(nsm_score(features, stt.neighborhood_radius), stt.top_ratio)
+    q = _dense(reduced, stt.query_kernel, stt.query_bias) * scale
+    attended = windowed_attention(q, state, stt.radii, stt.num_heads)
+    mixed = _dense(attended, stt.output_kernel, stt.output_bias)
+    x = _layer_norm(reduced + mixed, stt.norm1_gamma, stt.norm1_beta, stt.layer_norm_epsilon)
+    hidden = tf.nn.relu(_dense(x, stt.ffn1_kernel, stt.ffn1_bias))
+    y = _layer_norm(x + _dense(hidden, stt.ffn2_kernel, stt.ffn2_bias), stt.norm2_gamma, stt.norm2_beta, stt.layer_norm_epsilon)
+    out = _dense(y, stt.expand_kernel, stt.expand_bias)
+    if stt.residual:
+        return features + mask * out
+    return mask * out + (1.0 - mask) * features
+
+
+def stream_step(model, frame, state, reset):
+    """(frame [1,H,W,3] float32, packed state, reset [1]) -> (logits [1,H,W,classes], new packed state)."""
+    stt = model.stt
+    height, width = frame.shape[1], frame.shape[2]
+    features, skips = model._encode(frame, False)
+    features = tf.cast(features, tf.float32)
+    # One name scope around the STT, so int8 export can keep exactly these ops in float.
+    with tf.name_scope(STT_SCOPE):
+        reduced, current = project_frame(stt, features)
+        reset = tf.reshape(reset, [1, 1, 1, 1])
+        fresh = tf.concat([current] * model.num_key_frames, axis=-1)
+        state = state * (1.0 - reset) + fresh * reset
+        mixed = attend(stt, features, reduced, state)
+    logits = model.decoder(tf.cast(mixed, model.decoder.compute_dtype), skips, output_size=(height, width), training=False)
+    channels = current.shape[-1]
+    return tf.cast(logits, tf.float32), tf.concat([state[..., channels:], current], axis=-1)

@@ -1,0 +1,263 @@
+"""stt-export: step forms, SavedModel signatures, TFLite op lists and parity, ONNX, atomic writes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
+from onnx import TensorProto, helper
+
+import stt_keras
+from export import atomic, cli, gpu_step, onnx_export, step as step_lib, tflite
+from stt_keras.layers import nsm, temporal_attention
+from stt_keras.models import STTSegmenter
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+SIZE = (64, 128)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    tf.keras.utils.set_random_seed(3)
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7)
+    model(np.zeros((1, 4, *SIZE, 3), np.uint8))
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained_model_path(tmp_path_factory):
+    """stt_psp_tiny trained briefly on the synthetic video (int8 parity needs a model that decides)."""
+    out = str(tmp_path_factory.mktemp("train") / "run")
+    args = ["--preset", "stt_psp_tiny", "--batch-size", "2", "--synthetic-sequences", "4", "--synthetic-size",
+            "64x128", "--val-batches", "1", "--verbose", "2", "--steps", "100", "--checkpoint-every", "100", "--out", out]
+    result = subprocess.run([sys.executable, "-m", "training.train", *args], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return os.path.join(out, "last.keras")
+
+
+@pytest.fixture(scope="module")
+def exported(trained_model_path, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("exports") / "tiny")
+    args = cli.build_parser().parse_args(
+        ["--model", trained_model_path, "--out", out, "--size", "64x128", "--parity-sequences", "2", "--parity-frames", "6",
+         "--calibration-sequences", "3", "--calibration-frames", "6"])
+    report = cli.run_export(args)
+    return out, report
+
+
+# ------------------------------------------------------------ the two forms
+def test_gpu_pieces_equal_library_pieces():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 13, 19, 16)).astype(np.float32)
+    x[0, 3, 4] = 0.0  # a zero vector: cosine must be 0, not NaN
+    np.testing.assert_allclose(gpu_step.nsm_score(tf.constant(x), 3)[..., 0], nsm.nsm_score(x, 3), rtol=1e-5, atol=1e-5)
+
+    scores = rng.permutation(13 * 19).reshape(1, 13, 19, 1).astype(np.float32) * 0.37
+    for ratio in (0.05, 0.5, 0.93, 1.0):
+        mask = gpu_step.top_mask(tf.constant(scores), ratio).numpy().reshape(-1)
+        chosen = nsm.select_top(scores[..., 0], ratio).numpy()[0]
+        expected = np.zeros(13 * 19, np.float32)
+        expected[chosen] = 1.0
+        np.testing.assert_array_equal(mask, expected)
+
+    radii = [2, 1, 1]
+    q = rng.normal(size=(1, 9, 14, 8)).astype(np.float32)
+    kv = rng.normal(size=(1, 3, 9, 14, 16)).astype(np.float32)
+    expected = temporal_attention.windowed_attention(q, kv, radii, num_heads=2)
+    got = gpu_step.windowed_attention(tf.constant(q), step_lib.pack_state(tf.constant(kv)), radii, num_heads=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_step_forms_match_stream_step(tiny_model):
+    default = step_lib.make_step_function(tiny_model, *SIZE, "default")
+    gpu = step_lib.make_step_function(tiny_model, *SIZE, "gpu")
+    shape = default.get_concrete_function().structured_input_signature[0][1].shape
+    state_d = state_g = np.zeros(shape, np.float32)
+    state_5d = None
+    rng = np.random.default_rng(1)
+    for t in range(4):
+        frame = rng.integers(0, 256, (1, *SIZE, 3)).astype(np.uint8)
+        reset = np.array([1.0 if t == 0 else 0.0], np.float32)
+        if state_5d is None:
+            state_5d = tiny_model.initial_state(1, *SIZE)
+        logits, state_5d = tiny_model.stream_step(frame, state_5d, t == 0)
+        out_d = default(frame, state_d, reset)
+        out_g = gpu(frame.astype(np.float32), state_g, reset)
+        np.testing.assert_allclose(out_d["logits"], logits, atol=1e-5)
+        np.testing.assert_allclose(out_g["logits"], logits, atol=1e-4)
+        np.testing.assert_array_equal(out_d["labels"], np.argmax(logits, -1))
+        np.testing.assert_allclose(out_d["next_state"], step_lib.pack_state(state_5d), atol=1e-6)
+        np.testing.assert_allclose(out_g["next_state"], out_d["next_state"], atol=1e-5)
+        state_d, state_g = out_d["next_state"].numpy(), out_g["next_state"].numpy()
+
+
+def test_pack_unpack_state_round_trip():
+    x = np.random.default_rng(2).normal(size=(1, 3, 4, 5, 6)).astype(np.float32)
+    packed = step_lib.pack_state(tf.constant(x))
+    assert packed.shape == (1, 4, 5, 18)
+    np.testing.assert_array_equal(packed[0, 1, 2, 6:12], x[0, 1, 1, 2])  # frame 1 is the second channel block
+    np.testing.assert_array_equal(step_lib.unpack_state(packed, 3), x)
+
+
+# ------------------------------------------------------------ the CLI export
+def test_export_writes_every_model_with_metadata(exported):
+    out, report = exported
+    expected = ["stt_float32", "stt_float16", "stt_dynamic_range", "stt_gpu_float32", "stt_gpu_float16",
+                "stt_gpu_dynamic_range", "stt_int8"]
+    for name in expected:
+        path = os.path.join(out, name + ".tflite")
+        tflite.check_ops(open(path, "rb").read())  # no Flex / variable ops / unfolded BN
+        meta = json.load(open(os.path.join(out, name + ".json")))
+        assert meta["input_size"] == list(SIZE) and meta["num_key_frames"] == 3
+        assert meta["classes"][0] == "road" and len(meta["palette"]) == 7
+        assert meta["inputs"]["state"]["shape"] == [1, 8, 16, 3 * 64]
+        assert set(meta["outputs"]) >= {"logits", "next_state"}
+        assert meta["converter"]["supported_ops"][0].startswith("TFLITE_BUILTINS")
+    for name in ("stt_step", "stt_gpu_step"):
+        assert os.path.isfile(os.path.join(out, name + ".onnx")) and os.path.isfile(os.path.join(out, name + ".json"))
+    assert os.path.isfile(os.path.join(out, "saved_model", "1", "saved_model.pb"))
+    assert "stt_int8.tflite" in open(os.path.join(out, "export_report.md")).read()
+    assert not [n for n in os.listdir(os.path.dirname(out)) if ".partial-" in n or ".old-" in n]
+
+
+def test_gpu_form_has_no_loops_topk_or_scatter(exported):
+    out, _ = exported
+    for name in ("stt_gpu_float32", "stt_gpu_float16", "stt_int8"):
+        ops = {op for op, _ in tflite.read_ops(open(os.path.join(out, name + ".tflite"), "rb").read())}
+        assert not ops & {"WHILE", "TOPK_V2", "SCATTER_ND", "GATHER_ND", "ARG_MAX"}, (name, ops)
+    ops = {op for op, _ in tflite.read_ops(open(os.path.join(out, "stt_float32.tflite"), "rb").read())}
+    assert {"TOPK_V2", "SCATTER_ND"} <= ops  # the default form really is the other one
+
+
+def test_parity_meets_the_targets(exported):
+    _, report = exported
+    files = report["files"]
+    for name in ("stt_float32.tflite", "stt_gpu_float32.tflite", "stt_step.onnx", "stt_gpu_step.onnx"):
+        p = files[name]["parity"]
+        assert p["label_agreement"] >= 0.999, (name, p)
+        assert p["logits_max_abs_diff"] <= 1e-4 * max(1.0, p["logits_max_abs"]), (name, p)
+    int8 = files["stt_int8.tflite"]["parity"]
+    assert int8["label_agreement"] >= 0.98, int8
+    assert int8["miou_drop_points"] <= 1.0, int8
+    # The convolutions are int8, the STT block is float32.
+    model = open(os.path.join(exported[0], "stt_int8.tflite"), "rb").read()
+    assert tflite.tensor_types(model).get("INT8", 0) > 50
+    assert "BATCH_MATMUL" in files["stt_int8.tflite"]["float_ops"]
+
+
+def test_onnx_tensorrt_limits(exported):
+    _, report = exported
+    assert report["files"]["stt_gpu_step.onnx"]["tensorrt_issues"] == []
+    assert any("Loop" in issue for issue in report["files"]["stt_step.onnx"]["tensorrt_issues"])
+
+    def topk_model(k, reduction=None):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8192])
+        v = helper.make_tensor_value_info("v", TensorProto.FLOAT, None)
+        k_const = helper.make_node("Constant", [], ["k"], value=helper.make_tensor("kv", TensorProto.INT64, [1], [k]))
+        nodes = [k_const, helper.make_node("TopK", ["x", "k"], ["v", "i"])]
+        if reduction:
+            nodes.append(helper.make_node("ScatterND", ["x", "i2", "u"], ["s"], reduction=reduction))
+        return helper.make_model(helper.make_graph(nodes, "g", [x], [v]))
+
+    assert onnx_export.tensorrt_issues(topk_model(3840)) == []
+    assert "K=4096 > 3840" in onnx_export.tensorrt_issues(topk_model(4096))[0]
+    assert any("reduction=add" in i for i in onnx_export.tensorrt_issues(topk_model(10, "add")))
+
+
+def test_saved_model_cli_show_and_run(exported, tmp_path):
+    out, _ = exported
+    directory = os.path.join(out, "saved_model", "1")
+    cli_tool = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli_tool, "show", "--dir", directory, "--all"], env=ENV, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for text in ("signature_def['serving_default']", "signature_def['step']", "clip", "probabilities", "next_state"):
+        assert text in shown.stdout, text
+
+    meta = json.load(open(os.path.join(out, "stt_float32.json")))
+    frame = np.random.default_rng(4).integers(0, 256, (1, *SIZE, 3)).astype(np.uint8)
+    state = np.zeros(meta["inputs"]["state"]["shape"], np.float32)
+    reset = np.ones([1], np.float32)
+    for name, value in (("frame", frame), ("state", state), ("reset", reset)):
+        np.save(tmp_path / f"{name}.npy", value)
+    inputs = ";".join(f"{n}={tmp_path / (n + '.npy')}" for n in ("frame", "state", "reset"))
+    ran = subprocess.run([cli_tool, "run", "--dir", directory, "--tag_set", "serve", "--signature_def", "step",
+                          "--inputs", inputs, "--outdir", str(tmp_path / "out")], env=ENV, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    labels = np.load(tmp_path / "out" / "labels.npy")
+    model = stt_keras.load_model(meta_model_path(out), compile=False)
+    logits, _ = model.stream_step(frame, model.initial_state(1, *SIZE), True)
+    np.testing.assert_array_equal(labels, np.argmax(logits, -1))
+
+
+def meta_model_path(out):
+    return json.load(open(os.path.join(out, "export_report.json")))["model"]
+
+
+# ------------------------------------------------------------ op checks, atomicity
+def test_check_ops_rejects_variables_and_flex(tmp_path):
+    class WithVariable(tf.Module):
+        def __init__(self):
+            self.v = tf.Variable(tf.ones([4]))
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+        def __call__(self, x):
+            self.v.assign_add(x[0])
+            return x * self.v
+
+    module = WithVariable()
+    tf.saved_model.save(module, str(tmp_path / "sm"))
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
+    with pytest.raises(ValueError, match="VAR_HANDLE|ASSIGN_VARIABLE|READ_VARIABLE"):
+        tflite.check_ops(converter.convert())
+
+    @tf.function(input_signature=[tf.TensorSpec([2, 2], tf.float32)])
+    def flex(x):
+        return tf.linalg.det(x)[None]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([flex.get_concrete_function()], tf.Module())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    with pytest.raises(ValueError, match="Flex"):
+        tflite.check_ops(converter.convert())
+
+
+def test_failed_export_leaves_destination_untouched(trained_model_path, tmp_path, monkeypatch):
+    out = tmp_path / "exports" / "model"
+    out.mkdir(parents=True)
+    (out / "previous.txt").write_text("the last good export")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(tflite, "convert", broken)
+    args = cli.build_parser().parse_args(["--model", trained_model_path, "--out", str(out), "--size", "64x128",
+                                          "--formats", "savedmodel,tflite", "--forms", "default"])
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        cli.run_export(args)
+    assert sorted(os.listdir(out)) == ["previous.txt"]
+    assert sorted(os.listdir(out.parent)) == ["model"]  # no partial folder left behind
+
+
+def test_atomic_directory_replaces_on_success(tmp_path):
+    target = tmp_path / "x"
+    target.mkdir()
+    (target / "old").write_text("1")
+    with atomic.atomic_directory(str(target)) as tmp:
+        open(os.path.join(tmp, "new"), "w").write("2")
+        assert not (target / "new").exists()  # nothing visible before the end
+    assert sorted(os.listdir(target)) == ["new"]
+
+
+def test_cli_rejects_bad_arguments(trained_model_path, tmp_path):
+    for argv, message in ((["--size", "64by128"], "--size"), (["--forms", "cuda"], "--forms"),
+                          (["--quantizations", "int4"], "--quantizations")):
+        args = cli.build_parser().parse_args(["--model", trained_model_path, "--out", str(tmp_path / "o"), *argv])
+        with pytest.raises(SystemExit, match=message):
+            cli.run_export(args)
+    args = cli.build_parser().parse_args(["--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="not found"):
+        cli.run_export(args)
