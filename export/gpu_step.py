@@ -16,9 +16,10 @@ What changes against the library's step (and why):
   result in (unselected points keep their features). That costs the attention,
   FFN and expansion of the unselected points too (the library's CPU step skips the
   FFN/expansion for them), in exchange for a graph a GPU runs in one piece.
-- No masked-softmax with huge negative constants inside exponentials: masked
-  entries are zeroed after exp (an exact zero weight), and the max used for
-  stability is taken over the window only.
+- Masks are additive biases (-1e9: exactly zero weight after exp, -inf in
+  float16 with the same result), small and broadcast, never a folded
+  [tiles, points, halo] constant; NSM needs no validity mask at all (see
+  `nsm_score`).
 - Dense layers on maps are 1x1 convolutions (CONV_2D is every delegate's first
   op); the decoder's argmax is left to the caller (ARG_MAX is not a GPU op).
 
@@ -36,20 +37,24 @@ NSM_TILE = 8  # query tile of the NSM score (as in the library)
 ATTENTION_TILE = 4  # query tile of the windowed attention (as in the library)
 BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
 STT_SCOPE = "stt_block"
-_FILL = 3.0e4  # fills masked entries before the max; fp16-representable
+_FILL = 1.0e9  # masked logits get -_FILL: exp underflows to exactly 0 (-inf in float16, same result)
 _EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
 
 
 # ---------------------------------------------------------------- constant tables
+# Constants are kept small on purpose: a full [tiles, points, halo] mask is 30 MB
+# at the paper's size and the converter folds (1 - mask) into a second copy; the
+# first version of this file doubled the model size that way. The masks here are
+# per-tile [tiles, halo] or per-point-in-tile [points, halo] and meet by broadcasting.
 def _tile_tables(h, w, radii, tile, frames_packed=None):
     """Numpy tables for cutting `tile x tile` query blocks and their halos by gather.
 
     Returns (query_index [n_tiles, tile^2], inverse [h*w], halo_index
-    [n_tiles, n_halo], mask [n_tiles, tile^2, n_halo] float32, count
-    [n_tiles, tile^2] float32). Query/inverse indices address a table of h*w
-    rows plus one zero row (h*w). Halo indices address a table of T*h*w rows
-    plus a zero row; with `frames_packed`=T the rows are ordered point-major,
-    (y*w + x) * T + frame, which is a plain reshape of a packed state.
+    [n_tiles, n_halo], valid [n_tiles, n_halo] bool, window [tile^2, n_halo]
+    bool, count [n_tiles, tile^2] in-map window points). Query/inverse indices
+    address a table of h*w rows plus one zero row (h*w). Halo indices address a
+    table of T*h*w rows plus a zero row; with `frames_packed`=T the rows are
+    ordered point-major, (y*w + x) * T + frame, a plain reshape of a packed state.
     """
     with tf.init_scope():  # evaluate eagerly even while a tf.function traces
         index, valid, window = (t.numpy() for t in windows.halo_tables(h, w, radii, tile))
@@ -67,9 +72,8 @@ def _tile_tables(h, w, radii, tile, frames_packed=None):
     if frames_packed:
         frame, position = index // (h * w), index % (h * w)
         index = np.where(index == outside, outside, position * frames_packed + frame)
-    mask = (window[None] & valid[:, None, :]).astype(np.float32)
-    count = np.maximum(mask.sum(-1), 1.0).astype(np.float32)
-    return query_index, inverse, index.astype(np.int32), mask, count
+    count = np.einsum("pk,tk->tp", window.astype(np.float32), valid.astype(np.float32))
+    return query_index, inverse, index.astype(np.int32), valid, window, np.maximum(count, 1.0).astype(np.float32)
 
 
 def _with_zero_row(table):
@@ -83,26 +87,38 @@ def _from_tiles(tiled, inverse, h, w):
     return tf.reshape(tf.gather(flat, inverse), [1, h, w, c])
 
 
+def _bias(mask):
+    """0 where allowed, -_FILL elsewhere: exp() of a masked logit is exactly 0."""
+    return np.where(mask, 0.0, -_FILL).astype(np.float32)
+
+
 # ------------------------------------------------------------------- the pieces
 def nsm_score(features, radius):
-    """NSM score [1, h, w, 1] of float32 features [1, h, w, d]; equals `stt_keras.layers.nsm_score`."""
+    """NSM score [1, h, w, 1] of float32 features [1, h, w, d]; equals `stt_keras.layers.nsm_score`.
+
+    Out-of-map halo points read the zero row, so their dot products and cosines
+    are exactly 0: they drop out of the masked sums by themselves, and their
+    exp(0 - peak) terms are subtracted from the log-sum-exp by count. The peak
+    is >= the point's own squared norm >= 0, so those terms never dominate.
+    """
     _, h, w, d = features.shape
-    q_index, inverse, halo_index, mask, count = _tile_tables(h, w, [radius], NSM_TILE)
+    q_index, inverse, halo_index, valid, window, count = _tile_tables(h, w, [radius], NSM_TILE)
     table = _with_zero_row(tf.reshape(features, [h * w, d]))
     q = tf.gather(table, q_index)  # [tiles, 64, d]
     halo = tf.gather(table, halo_index)  # [tiles, halo, d]
     dots = tf.matmul(q, tf.transpose(halo, [0, 2, 1]))  # [tiles, 64, halo]
-    mask = tf.constant(mask)
+    in_window = tf.constant(window.astype(np.float32))  # [64, halo], broadcast over tiles
+    outside = tf.constant(window.sum(-1)[None].astype(np.float32) - count)  # in-window, out-of-map points
     count = tf.constant(count)
-    peak = tf.reduce_max(dots * mask - (1.0 - mask) * _FILL, axis=-1, keepdims=True)
-    # min(., 0): a masked entry may exceed the window's max; it must not overflow.
-    exp = tf.exp(tf.minimum(dots - peak, 0.0)) * mask
-    logsumexp = peak[..., 0] + tf.math.log(tf.reduce_sum(exp, axis=-1))
-    mean_dot = tf.reduce_sum(dots * mask, axis=-1) / count
+    peak = tf.reduce_max(dots + tf.constant(_bias(window)), axis=-1)
+    exp = tf.exp(dots + tf.constant(_bias(window)) - peak[..., None])
+    total = tf.reduce_sum(exp, axis=-1) - outside * tf.exp(-peak)
+    logsumexp = peak + tf.math.log(total)
+    mean_dot = tf.reduce_sum(dots * in_window, axis=-1) / count
     q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1))
     halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1))
     cosine = dots / tf.maximum(q_norm[:, :, None] * halo_norm[:, None, :], _EPS)
-    cos_term = tf.reduce_sum((1.0 - cosine) * mask, axis=-1) / count
+    cos_term = (count - tf.reduce_sum(cosine * in_window, axis=-1)) / count
     score = logsumexp - mean_dot - tf.math.log(count) + cos_term  # [tiles, 64]
     return _from_tiles(score[..., None], inverse, h, w)
 
@@ -141,7 +157,7 @@ def windowed_attention(queries, state, radii, num_heads):
     frames = len(radii)
     channels = 2 * d_r
     d_head = d_r // num_heads
-    q_index, inverse, halo_index, mask, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
+    q_index, inverse, halo_index, valid, window, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
     points = ATTENTION_TILE**2
     q = tf.gather(_with_zero_row(tf.reshape(queries, [h * w, d_r])), q_index)  # [tiles, 16, d_r]
     kv = tf.gather(_with_zero_row(tf.reshape(state, [h * w * frames, channels])), halo_index)
@@ -150,9 +166,10 @@ def windowed_attention(queries, state, radii, num_heads):
     k = tf.transpose(tf.reshape(kv[:, :, :d_r], [n_tiles, n_halo, num_heads, d_head]), [0, 2, 3, 1])
     v = tf.transpose(tf.reshape(kv[:, :, d_r:], [n_tiles, n_halo, num_heads, d_head]), [0, 2, 1, 3])
     logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
-    mask = tf.constant(mask[:, None])  # [tiles, 1, 16, halo]
-    peak = tf.reduce_max(logits * mask - (1.0 - mask) * _FILL, axis=-1, keepdims=True)
-    e = tf.exp(tf.minimum(logits - peak, 0.0)) * mask
+    # Two broadcast biases: outside each point's window, outside the map.
+    logits = logits + tf.constant(_bias(window))
+    logits = logits + tf.constant(_bias(valid)[:, None, None, :])
+    e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
     out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
     out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [n_tiles, points, d_r])
     return _from_tiles(out, inverse, h, w)
