@@ -80,6 +80,12 @@ def _with_zero_row(table):
     return tf.concat([table, tf.zeros([1, table.shape[-1]], table.dtype)], axis=0)
 
 
+def _gather_rows(table, index):
+    """table[index] for a 2-D constant index array, through a 1-D gather (the GPU delegate's limit)."""
+    rows = tf.gather(table, index.reshape(-1))
+    return tf.reshape(rows, [*index.shape, table.shape[-1]])
+
+
 def _from_tiles(tiled, inverse, h, w):
     """[n_tiles, tile^2, C] -> [1, h, w, C] by one gather."""
     c = tiled.shape[-1]
@@ -104,23 +110,27 @@ def nsm_score(features, radius):
     _, h, w, d = features.shape
     q_index, inverse, halo_index, valid, window, count = _tile_tables(h, w, [radius], NSM_TILE)
     table = _with_zero_row(tf.reshape(features, [h * w, d]))
-    q = tf.gather(table, q_index)  # [tiles, 64, d]
-    halo = tf.gather(table, halo_index)  # [tiles, halo, d]
+    q = _gather_rows(table, q_index)  # [tiles, 64, d]
+    halo = _gather_rows(table, halo_index)  # [tiles, halo, d]
     dots = tf.matmul(q, tf.transpose(halo, [0, 2, 1]))  # [tiles, 64, halo]
+    # Every reduction keeps its axis ([tiles, 64, 1]): dropping it costs a
+    # shrink-axis slice, which the GPU delegate rejects.
     in_window = tf.constant(window.astype(np.float32))  # [64, halo], broadcast over tiles
-    outside = tf.constant(window.sum(-1)[None].astype(np.float32) - count)  # in-window, out-of-map points
-    count = tf.constant(count)
-    peak = tf.reduce_max(dots + tf.constant(_bias(window)), axis=-1)
-    exp = tf.exp(dots + tf.constant(_bias(window)) - peak[..., None])
-    total = tf.reduce_sum(exp, axis=-1) - outside * tf.exp(-peak)
+    outside = tf.constant((window.sum(-1)[None] - count)[..., None].astype(np.float32))  # in-window, out-of-map
+    count = tf.constant(count[..., None])
+    bias = tf.constant(_bias(window))
+    peak = tf.reduce_max(dots + bias, axis=-1, keepdims=True)
+    exp = tf.exp(dots + bias - peak)
+    total = tf.reduce_sum(exp, axis=-1, keepdims=True) - outside * tf.exp(-peak)
     logsumexp = peak + tf.math.log(total)
-    mean_dot = tf.reduce_sum(dots * in_window, axis=-1) / count
-    q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1))
-    halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1))
-    cosine = dots / tf.maximum(q_norm[:, :, None] * halo_norm[:, None, :], _EPS)
-    cos_term = (count - tf.reduce_sum(cosine * in_window, axis=-1)) / count
-    score = logsumexp - mean_dot - tf.math.log(count) + cos_term  # [tiles, 64]
-    return _from_tiles(score[..., None], inverse, h, w)
+    mean_dot = tf.reduce_sum(dots * in_window, axis=-1, keepdims=True) / count
+    q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1, keepdims=True))  # [tiles, 64, 1]
+    halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1, keepdims=True))  # [tiles, halo, 1]
+    norms = tf.matmul(q_norm, tf.transpose(halo_norm, [0, 2, 1]))  # outer product as a matmul (not a GPU MUL)
+    cosine = dots / tf.maximum(norms, _EPS)
+    cos_term = (count - tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True)) / count
+    score = logsumexp - mean_dot - tf.math.log(count) + cos_term  # [tiles, 64, 1]
+    return _from_tiles(score, inverse, h, w)
 
 
 def top_mask(scores, top_ratio):
@@ -159,8 +169,8 @@ def windowed_attention(queries, state, radii, num_heads):
     d_head = d_r // num_heads
     q_index, inverse, halo_index, valid, window, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
     points = ATTENTION_TILE**2
-    q = tf.gather(_with_zero_row(tf.reshape(queries, [h * w, d_r])), q_index)  # [tiles, 16, d_r]
-    kv = tf.gather(_with_zero_row(tf.reshape(state, [h * w * frames, channels])), halo_index)
+    q = _gather_rows(_with_zero_row(tf.reshape(queries, [h * w, d_r])), q_index)  # [tiles, 16, d_r]
+    kv = _gather_rows(_with_zero_row(tf.reshape(state, [h * w * frames, channels])), halo_index)
     n_tiles, n_halo = halo_index.shape
     q = tf.transpose(tf.reshape(q, [n_tiles, points, num_heads, d_head]), [0, 2, 1, 3])
     k = tf.transpose(tf.reshape(kv[:, :, :d_r], [n_tiles, n_halo, num_heads, d_head]), [0, 2, 3, 1])

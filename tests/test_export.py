@@ -134,6 +134,15 @@ def test_gpu_form_has_no_loops_topk_or_scatter(exported):
     assert {"TOPK_V2", "SCATTER_ND"} <= ops  # the default form really is the other one
 
 
+def test_gpu_form_passes_the_delegate_checker(exported):
+    _, report = exported
+    for name in ("stt_gpu_float32.tflite", "stt_gpu_float16.tflite"):
+        gpu = report["files"][name]["gpu_delegate"]
+        assert gpu["compatible"] and gpu["partitions"] == [gpu["num_ops"]], (name, gpu)
+    default = report["files"]["stt_float32.tflite"]["gpu_delegate"]
+    assert not default["compatible"] and {"TOPK_V2", "WHILE", "SCATTER_ND"} <= set(default["unsupported"])
+
+
 def test_parity_meets_the_targets(exported):
     _, report = exported
     files = report["files"]
