@@ -2,3 +2,38 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+# Session fixtures shared by the export and edge-demo tests (training and exporting once).
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def trained_model_path(tmp_path_factory):
+    """stt_psp_tiny trained briefly on the synthetic video (int8 parity needs a model that decides)."""
+    out = str(tmp_path_factory.mktemp("train") / "run")
+    args = ["--preset", "stt_psp_tiny", "--batch-size", "2", "--synthetic-sequences", "4", "--synthetic-size",
+            "64x128", "--val-batches", "1", "--verbose", "2", "--steps", "100", "--checkpoint-every", "100", "--out", out]
+    result = subprocess.run([sys.executable, "-m", "training.train", *args], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return os.path.join(out, "last.keras")
+
+
+@pytest.fixture(scope="session")
+def exported(trained_model_path, tmp_path_factory):
+    """Every export of the trained tiny model at 64x128: (folder, export report). Shared by export and edge tests."""
+    from export import cli as export_cli
+
+    out = str(tmp_path_factory.mktemp("exports") / "tiny")
+    args = export_cli.build_parser().parse_args(
+        ["--model", trained_model_path, "--out", out, "--size", "64x128", "--parity-sequences", "2", "--parity-frames", "6",
+         "--calibration-sequences", "3", "--calibration-frames", "6"])
+    report = export_cli.run_export(args)
+    return out, report
+
+

@@ -29,27 +29,6 @@ def tiny_model():
     return model
 
 
-@pytest.fixture(scope="module")
-def trained_model_path(tmp_path_factory):
-    """stt_psp_tiny trained briefly on the synthetic video (int8 parity needs a model that decides)."""
-    out = str(tmp_path_factory.mktemp("train") / "run")
-    args = ["--preset", "stt_psp_tiny", "--batch-size", "2", "--synthetic-sequences", "4", "--synthetic-size",
-            "64x128", "--val-batches", "1", "--verbose", "2", "--steps", "100", "--checkpoint-every", "100", "--out", out]
-    result = subprocess.run([sys.executable, "-m", "training.train", *args], env=ENV, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return os.path.join(out, "last.keras")
-
-
-@pytest.fixture(scope="module")
-def exported(trained_model_path, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("exports") / "tiny")
-    args = cli.build_parser().parse_args(
-        ["--model", trained_model_path, "--out", out, "--size", "64x128", "--parity-sequences", "2", "--parity-frames", "6",
-         "--calibration-sequences", "3", "--calibration-frames", "6"])
-    report = cli.run_export(args)
-    return out, report
-
-
 # ------------------------------------------------------------ the two forms
 def test_gpu_pieces_equal_library_pieces():
     rng = np.random.default_rng(0)

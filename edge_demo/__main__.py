@@ -1,0 +1,5 @@
+import sys
+
+from edge_demo.app import main
+
+sys.exit(main())

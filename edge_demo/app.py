@@ -1,0 +1,172 @@
+"""The edge demo loop: video or camera -> streaming step -> overlay video, per-frame CSV, summary.
+
+Exit codes: 0 done; 2 bad input (missing/unreadable video, camera, model, metadata
+mismatch, delegate); 3 the video ended before the frame count its header
+promised (what was processed is written); 130 interrupted. Outputs are always
+finalised (video writer released, CSV written).
+"""
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from edge_demo import overlay
+from edge_demo.runners import ModelError, load_runner
+
+
+class InputError(Exception):
+    """The video or camera cannot be used (exit code 2)."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m edge_demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help=".tflite (LiteRT) or .onnx (ONNX Runtime); metadata .json next to it")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", help="input video file")
+    source.add_argument("--camera", type=int, help="camera index (e.g. 0)")
+    p.add_argument("--out", help="output overlay video (.mp4: mp4v, .avi: MJPG, .mkv: lossless FFV1)")
+    p.add_argument("--csv", help="per-frame latency CSV (default: next to --out, else edge_demo_frames.csv)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the runtime (default 2)")
+    p.add_argument("--delegate", help="external LiteRT delegate .so (e.g. a GPU delegate build)")
+    p.add_argument("--no-display", action="store_true", help="headless: no window")
+    p.add_argument("--no-legend", action="store_true", help="no legend / fps text on the overlay")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    return p
+
+
+def open_source(args):
+    if args.video is not None:
+        if not os.path.isfile(args.video):
+            raise InputError(f"video not found: {args.video}")
+        capture = cv2.VideoCapture(args.video)
+        if not capture.isOpened():
+            raise InputError(f"cannot read video {args.video} (not a video, or a codec OpenCV lacks)")
+        fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        promised = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        return capture, fps, promised
+    capture = cv2.VideoCapture(args.camera)
+    if not capture.isOpened():
+        raise InputError(f"camera {args.camera} cannot be opened (is it connected? try another index)")
+    return capture, 30.0, 0
+
+
+def open_writer(path, fps, width, height):
+    # .mkv: lossless FFV1 (exact colours, for checking); .avi: MJPG; anything else: mp4v.
+    suffix = os.path.splitext(path)[1].lower()
+    fourcc = cv2.VideoWriter_fourcc(*{".mkv": "FFV1", ".avi": "MJPG"}.get(suffix, "mp4v"))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    writer = cv2.VideoWriter(path, fourcc, fps, (width, height))
+    if not writer.isOpened():
+        raise InputError(f"cannot write video {path}")
+    return writer
+
+
+def display_available(args):
+    if args.no_display:
+        return False
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        print("edge_demo: no display found, running headless (--no-display).", file=sys.stderr)
+        return False
+    return True
+
+
+def summarize(latencies_ms, wall_seconds):
+    if not latencies_ms:
+        return {"frames": 0}
+    ordered = sorted(latencies_ms)
+    return {
+        "frames": len(latencies_ms),
+        "mean_ms": statistics.fmean(latencies_ms),
+        "median_ms": statistics.median(latencies_ms),
+        "p95_ms": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
+        "fps": len(latencies_ms) / wall_seconds if wall_seconds > 0 else float("nan"),
+    }
+
+
+def run(args):
+    """Processes the stream; returns (exit code, summary dict)."""
+    if not 0.0 <= args.alpha <= 1.0:
+        raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
+    runner, meta = load_runner(args.model, args.threads, args.delegate)
+    model_h, model_w = meta["input_size"]
+    capture, fps, promised = open_source(args)
+    show = display_available(args)
+    csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else "edge_demo_frames.csv")
+    writer, rows, latencies = None, [], []
+    state, code, count = runner.initial_state(), 0, 0
+    start = time.perf_counter()
+    try:
+        while args.max_frames is None or count < args.max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                if args.video is not None and promised and count < promised:
+                    print(f"edge_demo: warning: the video ended early, at frame {count} of {promised} "
+                          "(truncated?); the frames processed so far are written.", file=sys.stderr)
+                    code = 3
+                elif args.camera is not None:
+                    print(f"edge_demo: camera {args.camera} stopped delivering frames.", file=sys.stderr)
+                break
+            frame_start = time.perf_counter()
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            boxed, box = overlay.letterbox(rgb, model_h, model_w)
+            model_start = time.perf_counter()
+            labels, state = runner(boxed, state, reset=count == 0)
+            model_ms = 1000.0 * (time.perf_counter() - model_start)
+            labels = overlay.unletterbox(labels, box, frame.shape[0], frame.shape[1])
+            image = overlay.blend(frame, overlay.colorize(labels, meta["palette"]), args.alpha)
+            if not args.no_legend:
+                running_fps = (count + 1) / max(time.perf_counter() - start, 1e-9)
+                overlay.draw_legend(image, meta["classes"], meta["palette"], running_fps)
+            if args.out:
+                if writer is None:
+                    writer = open_writer(args.out, fps, frame.shape[1], frame.shape[0])
+                writer.write(image)
+            if show:
+                cv2.imshow("edge_demo", image)
+                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                    break
+            latencies.append(model_ms)
+            rows.append((count, model_ms, 1000.0 * (time.perf_counter() - frame_start)))
+            count += 1
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        wall = time.perf_counter() - start
+        capture.release()
+        if writer is not None:
+            writer.release()
+        if show:
+            cv2.destroyAllWindows()
+        with open(csv_path, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["frame", "latency_ms", "total_ms"])
+            out.writerows((i, f"{a:.3f}", f"{b:.3f}") for i, a, b in rows)
+    summary = summarize(latencies, wall)
+    summary.update(csv=csv_path, out=args.out, runtime=type(runner).__name__,
+                   providers=getattr(runner, "providers", None))
+    return code, summary
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        code, summary = run(args)
+    except (ModelError, InputError) as error:
+        print(f"edge_demo: error: {error}", file=sys.stderr)
+        return 2
+    if summary["frames"]:
+        print(f"edge_demo: {summary['frames']} frames, model latency mean {summary['mean_ms']:.1f} ms, "
+              f"median {summary['median_ms']:.1f} ms, p95 {summary['p95_ms']:.1f} ms; {summary['fps']:.1f} fps "
+              f"end to end ({summary['runtime']}); per-frame CSV: {summary['csv']}")
+    else:
+        print("edge_demo: no frames processed.", file=sys.stderr)
+        code = code or 2
+    return code

@@ -1,0 +1,145 @@
+"""Model runners with one interface: runner(frame, state, reset) -> (labels [H, W] int32, next_state).
+
+Both read the metadata JSON written by stt-export next to the model and check
+that the model's real inputs and outputs match it before the first frame.
+"""
+
+import json
+import os
+
+import numpy as np
+
+
+class ModelError(Exception):
+    """The model, its metadata or its runtime is unusable (exit code 2)."""
+
+
+def metadata_path(model_path):
+    return os.path.splitext(model_path)[0] + ".json"
+
+
+def load_metadata(model_path):
+    path = metadata_path(model_path)
+    if not os.path.isfile(path):
+        raise ModelError(f"metadata not found: expected {path} next to the model (stt-export writes it).")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"metadata {path} is not readable JSON: {error}")
+    for key in ("input_size", "classes", "palette", "inputs", "outputs"):
+        if key not in meta:
+            raise ModelError(f"metadata {path} has no {key!r}.")
+    if "next_state" not in meta["outputs"] or not {"labels", "logits"} & set(meta["outputs"]):
+        raise ModelError(f"metadata {path}: outputs must include next_state and labels or logits.")
+    return meta
+
+
+def _check(kind, name, expected, actual_shape, actual_dtype):
+    shape = [int(d) for d in actual_shape]
+    if list(expected["shape"]) != shape or np.dtype(expected["dtype"]) != np.dtype(actual_dtype):
+        raise ModelError(
+            f"model {kind} {name!r} is {shape} {np.dtype(actual_dtype).name} but the metadata says "
+            f"{list(expected['shape'])} {expected['dtype']}.")
+
+
+class _Runner:
+    def __init__(self, meta):
+        self.meta = meta
+        self.inputs = meta["inputs"]
+        self.output_name = "labels" if "labels" in meta["outputs"] else "logits"
+        self.frame_dtype = np.dtype(self.inputs["frame"]["dtype"])
+
+    def initial_state(self):
+        return np.zeros(self.inputs["state"]["shape"], np.dtype(self.inputs["state"]["dtype"]))
+
+    def __call__(self, frame_rgb, state, reset):
+        out = self._run(
+            frame=frame_rgb[None].astype(self.frame_dtype), state=state,
+            reset=np.array([1.0 if reset else 0.0], np.float32))
+        result = np.asarray(out[self.output_name])[0]
+        labels = result if self.output_name == "labels" else result.argmax(-1)
+        return labels.astype(np.int32), np.asarray(out["next_state"])
+
+
+class LiteRTRunner(_Runner):
+    """LiteRT interpreter through the model's serving_default signature."""
+
+    def __init__(self, path, meta, threads=2, delegate=None):
+        super().__init__(meta)
+        try:
+            from ai_edge_litert.interpreter import Interpreter, load_delegate
+        except ImportError:
+            raise ModelError("ai-edge-litert is not installed: pip install ai-edge-litert")
+        delegates = []
+        if delegate:
+            try:
+                delegates.append(load_delegate(delegate))
+            except (ValueError, OSError, RuntimeError) as error:
+                raise ModelError(f"cannot load delegate {delegate}: {error}")
+        try:
+            # num_threads=None would mean 1 thread in LiteRT: always pass it.
+            self.interpreter = Interpreter(model_path=path, num_threads=threads, experimental_delegates=delegates)
+            self.runner = self.interpreter.get_signature_runner()
+        except (ValueError, RuntimeError) as error:
+            raise ModelError(f"cannot load {path} with LiteRT: {error}")
+        details_in = self.runner.get_input_details()
+        details_out = self.runner.get_output_details()
+        for name, spec in meta["inputs"].items():
+            if name not in details_in:
+                raise ModelError(f"model has no input {name!r} (it has {sorted(details_in)}).")
+            _check("input", name, spec, details_in[name]["shape"], details_in[name]["dtype"])
+        for name, spec in meta["outputs"].items():
+            if name not in details_out:
+                raise ModelError(f"model has no output {name!r} (it has {sorted(details_out)}).")
+            _check("output", name, spec, details_out[name]["shape"], details_out[name]["dtype"])
+
+    def _run(self, **inputs):
+        return self.runner(**inputs)
+
+
+class OnnxRunner(_Runner):
+    """ONNX Runtime with the best available provider: TensorRT, CUDA, then CPU."""
+
+    PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+    def __init__(self, path, meta, threads=2):
+        super().__init__(meta)
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ModelError("onnxruntime is not installed: pip install onnxruntime (onnxruntime-gpu on a Jetson)")
+        available = onnxruntime.get_available_providers()
+        self.providers = [p for p in self.PREFERRED if p in available] or available
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = onnxruntime.InferenceSession(path, options, providers=self.providers)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ModelError(f"cannot load {path} with ONNX Runtime: {error}")
+        types = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64"}
+        for kind, items, specs in (("input", self.session.get_inputs(), meta["inputs"]),
+                                   ("output", self.session.get_outputs(), meta["outputs"])):
+            found = {i.name: i for i in items}
+            for name, spec in specs.items():
+                if name not in found:
+                    raise ModelError(f"model has no {kind} {name!r} (it has {sorted(found)}).")
+                _check(kind, name, spec, found[name].shape, types.get(found[name].type, found[name].type))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, **inputs):
+        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+
+
+def load_runner(path, threads=2, delegate=None):
+    """(runner, metadata) for a .tflite or .onnx model."""
+    if not os.path.isfile(path):
+        raise ModelError(f"model file not found: {path}")
+    meta = load_metadata(path)
+    if path.endswith(".onnx"):
+        if delegate:
+            raise ModelError("--delegate applies to .tflite models; ONNX Runtime picks its execution provider itself.")
+        return OnnxRunner(path, meta, threads), meta
+    if path.endswith(".tflite"):
+        return LiteRTRunner(path, meta, threads, delegate), meta
+    raise ModelError(f"unknown model type {path!r}: expected .tflite or .onnx")
