@@ -167,18 +167,27 @@ def windowed_attention(queries, state, radii, num_heads):
     frames = len(radii)
     channels = 2 * d_r
     d_head = d_r // num_heads
-    q_index, inverse, halo_index, valid, window, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
+    q_index, inverse, halo_index, _, window, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
     points = ATTENTION_TILE**2
-    q = _gather_rows(_with_zero_row(tf.reshape(queries, [h * w, d_r])), q_index)  # [tiles, 16, d_r]
-    kv = _gather_rows(_with_zero_row(tf.reshape(state, [h * w * frames, channels])), halo_index)
     n_tiles, n_halo = halo_index.shape
+    rows = h * w * frames
+    key_table, value_table = tf.split(tf.reshape(state, [rows, channels]), 2, axis=-1)  # SPLIT: fine on any rank
+    # Out-of-map halo points read the extra last row. Its key carries, per head, one
+    # extra channel of -_FILL that meets a constant 1 appended to every query, so its
+    # logit is -_FILL and its weight exactly 0 - with no [tiles, points, halo] mask
+    # constant (which the converter would fold with the window bias into 30 MB).
+    keys = tf.reshape(_with_zero_row(key_table), [rows + 1, num_heads, d_head])
+    border = np.zeros([rows + 1, num_heads, 1], np.float32)
+    border[-1] = -_FILL
+    keys = tf.concat([keys, tf.constant(border)], axis=-1)  # [rows + 1, heads, dh + 1]
+    k = tf.reshape(_gather_rows(tf.reshape(keys, [rows + 1, -1]), halo_index), [n_tiles, n_halo, num_heads, d_head + 1])
+    v = tf.reshape(_gather_rows(_with_zero_row(value_table), halo_index), [n_tiles, n_halo, num_heads, d_head])
+    q = _gather_rows(_with_zero_row(tf.reshape(queries, [h * w, d_r])), q_index)  # [tiles, 16, d_r]
     q = tf.transpose(tf.reshape(q, [n_tiles, points, num_heads, d_head]), [0, 2, 1, 3])
-    k = tf.transpose(tf.reshape(kv[:, :, :d_r], [n_tiles, n_halo, num_heads, d_head]), [0, 2, 3, 1])
-    v = tf.transpose(tf.reshape(kv[:, :, d_r:], [n_tiles, n_halo, num_heads, d_head]), [0, 2, 1, 3])
-    logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
-    # Two broadcast biases: outside each point's window, outside the map.
-    logits = logits + tf.constant(_bias(window))
-    logits = logits + tf.constant(_bias(valid)[:, None, None, :])
+    q = tf.concat([q, tf.ones([n_tiles, num_heads, points, 1])], axis=-1)  # [tiles, heads, 16, dh + 1]
+    k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh + 1, halo]
+    v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
+    logits = tf.matmul(q, k) + tf.constant(_bias(window))  # [tiles, heads, 16, halo]; window bias broadcast
     e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
     out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
     out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [n_tiles, points, d_r])

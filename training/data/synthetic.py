@@ -194,3 +194,36 @@ def _degrade(image, label, rng):
         image[y: y + oh, x: x + ow] = rng.uniform(40, 200, 3)
     image = image + rng.normal(0, rng.uniform(4, 14), image.shape)  # sensor noise
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_video(path, frames=60, height=128, width=256, seed=1000, index=0, fps=10):
+    """Writes sequence `index` of SyntheticVideo(seed) as a video file (mp4v; .mkv: lossless FFV1).
+
+    The default seed is the held-out evaluation seed of stt-eval. Returns the labels [N, H, W].
+    """
+    import cv2  # only this function needs OpenCV
+
+    video = SyntheticVideo(index + 1, frames, height, width, seed=seed)
+    images, labels = video.sequence(index)
+    fourcc = "FFV1" if path.lower().endswith(".mkv") else "mp4v"
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"cannot write video {path}")
+    for image in images:
+        writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return labels
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a synthetic video file (for the edge demo).")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--size", default="128x256", help="HxW")
+    parser.add_argument("--seed", type=int, default=1000)
+    args = parser.parse_args()
+    h, w = (int(v) for v in args.size.split("x"))
+    write_video(args.out, args.frames, h, w, args.seed)
+    print(f"wrote {args.frames} frames of {h}x{w} synthetic video to {args.out}")
