@@ -64,7 +64,7 @@ def main():
         inputs = {"frame": frames[-1][None].astype(frame_dtype), "state": state, "reset": np.zeros([1], np.float32)}
         seconds = timeit(lambda: step(**inputs), args.repeats, warmup=1)
         rows.append({"name": name, "ms": 1000 * seconds, "mb": None if size_bytes is None else size_bytes / 1e6})
-        print(f"{name:28s} {1000 * seconds:9.1f} ms   {'' if size_bytes is None else f'{size_bytes / 1e6:7.1f} MB'}", flush=True)
+        print(f"{name:32s} {1000 * seconds:9.1f} ms   {'' if size_bytes is None else f'{size_bytes / 1e6:7.1f} MB'}", flush=True)
 
     fns = {form: step_lib.make_step_function(model, *size, form) for form in step_lib.FORMS}
     state_shape = fns["default"].get_concrete_function().structured_input_signature[0][1].shape.as_list()
@@ -89,6 +89,39 @@ def main():
                                         keep_float_scope=gpu_step.STT_SCOPE)
         measure(name, parity.TFLiteStep(model_bytes, args.threads), frame_dtype, len(model_bytes))
 
+    # Where the int8 step's time goes: the encoder alone (float32 vs int8) and the STT
+    # block alone (float32, as it stays inside the int8 model).
+    features_spec, _ = model._encode(tf.zeros([1, *size, 3]), False)
+    feature_shape = features_spec.shape.as_list()
+
+    @tf.function(input_signature=[tf.TensorSpec([1, *size, 3], tf.float32, name="frame")])
+    def encoder_only(frame):
+        return {"features": model._encode(frame, False)[0]}
+
+    @tf.function(input_signature=[tf.TensorSpec(feature_shape, tf.float32, name="features"),
+                                  tf.TensorSpec(state_shape, tf.float32, name="state")])
+    def stt_only(features, state):
+        with tf.name_scope(gpu_step.STT_SCOPE):
+            reduced, _ = gpu_step.project_frame(model.stt, features)
+            return {"mixed": gpu_step.attend(model.stt, features, reduced, state)}
+
+    frame_f = frames[-1][None].astype(np.float32)
+    rng = np.random.default_rng(0)
+    parts = [("tflite part: encoder float32", encoder_only, "float32", {"frame": frame_f}),
+             ("tflite part: encoder int8", encoder_only, "int8", {"frame": frame_f}),
+             ("tflite part: STT block float32", stt_only, "float32",
+              {"features": rng.normal(size=feature_shape).astype(np.float32),
+               "state": rng.normal(size=state_shape).astype(np.float32)})]
+    for name, fn, quantization, inputs in parts:
+        if only and name not in only:
+            continue
+        dataset = (lambda inputs=inputs: iter([inputs])) if quantization == "int8" else None
+        model_bytes, _ = tflite.convert(tflite.frozen_function(fn), quantization, dataset)
+        runner = parity.TFLiteStep(model_bytes, args.threads)
+        seconds = timeit(lambda: runner(**inputs), args.repeats, warmup=1)
+        rows.append({"name": name, "ms": 1000 * seconds, "mb": len(model_bytes) / 1e6})
+        print(f"{name:32s} {1000 * seconds:9.1f} ms   {len(model_bytes) / 1e6:7.1f} MB", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         for form in step_lib.FORMS:
             name = f"onnx {form}"
@@ -103,7 +136,7 @@ def main():
     print(f"\n{args.preset} at {args.height}x{args.width}, {args.threads} threads; ratio = time / keras default")
     for r in rows:
         ratio = f"{r['ms'] / base:5.2f}x" if base else ""
-        print(f"  {r['name']:28s} {r['ms']:9.1f} ms  {ratio}")
+        print(f"  {r['name']:32s} {r['ms']:9.1f} ms  {ratio}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"preset": args.preset, "size": list(size), "threads": args.threads, "rows": rows}, f, indent=2)

@@ -242,13 +242,14 @@ def stream_step(model, frame, state, reset):
     height, width = frame.shape[1], frame.shape[2]
     features, skips = model._encode(frame, False)
     features = tf.cast(features, tf.float32)
-    # One name scope around the STT, so int8 export can keep exactly these ops in float.
+    # One name scope around the STT and the state, so int8 export can keep exactly these ops in float.
     with tf.name_scope(STT_SCOPE):
         reduced, current = project_frame(stt, features)
         reset = tf.reshape(reset, [1, 1, 1, 1])
         fresh = tf.concat([current] * model.num_key_frames, axis=-1)
         state = state * (1.0 - reset) + fresh * reset
         mixed = attend(stt, features, reduced, state)
+        # The ring-buffer shift belongs to the scope too (int8 export keeps the state float).
+        next_state = tf.concat([state[..., current.shape[-1]:], current], axis=-1)
     logits = model.decoder(tf.cast(mixed, model.decoder.compute_dtype), skips, output_size=(height, width), training=False)
-    channels = current.shape[-1]
-    return tf.cast(logits, tf.float32), tf.concat([state[..., channels:], current], axis=-1)
+    return tf.cast(logits, tf.float32), next_state

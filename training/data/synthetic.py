@@ -201,8 +201,11 @@ def write_video(path, frames=60, height=128, width=256, seed=1000, index=0, fps=
 
     The default seed is the held-out evaluation seed of stt-eval. Returns the labels [N, H, W].
     """
+    import os
+
     import cv2  # only this function needs OpenCV
 
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     video = SyntheticVideo(index + 1, frames, height, width, seed=seed)
     images, labels = video.sequence(index)
     fourcc = "FFV1" if path.lower().endswith(".mkv") else "mp4v"

@@ -1,0 +1,41 @@
+"""training.report: the quickstart report from a finished run folder."""
+
+import csv
+import json
+import os
+import shutil
+
+import cv2
+
+from training import report
+
+
+def test_report_has_table_plots_and_stills(trained_model_path, exported, tmp_path):
+    runs = tmp_path / "quickstart"
+    run = os.path.dirname(trained_model_path)
+    for name, miou, tc in (("psp_tiny", 0.512, 0.701), ("stt_psp_tiny", 0.534, 0.723)):
+        folder = runs / name
+        (folder / "eval").mkdir(parents=True)
+        for f in ("history.csv", "config.json", "last.keras"):
+            shutil.copy(os.path.join(run, f), folder / f)
+        results = {"miou": miou, "tc": tc, "tc_occlusion_masked": tc + 0.03, "frames_per_second": 40.0}
+        json.dump(results, open(folder / "eval" / "results.json", "w"))
+    shutil.copytree(exported[0], runs / "export")
+    (runs / "demo").mkdir()
+    with open(runs / "demo" / "overlay.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["frame", "latency_ms", "total_ms"])
+        writer.writerows((i, 5.0 + i % 3, 9.0) for i in range(20))
+
+    text, better = report.build(str(runs))
+    assert "| STT (sparse, top 50%) | 53.4 | 72.3 | 75.3 | 40.0 |" in text
+    assert "| per-frame baseline (PSPNet tiny) | 51.2 | 70.1 |" in text
+    assert "mIoU +2.2, TC +2.2" in text and better == (True, True)
+    assert "median model latency 6.0 ms" in text
+    assert open(runs / "report.md").read() == text
+    for name in ("training.png", "accuracy.png", "latency.png", "still_02.png", "still_15.png", "still_29.png"):
+        image = cv2.imread(str(runs / "figures" / name))
+        assert image is not None and image.size > 0, name
+        assert f"figures/{name}" in text
+    still = cv2.imread(str(runs / "figures" / "still_15.png"))
+    assert still.shape[0] == 128 and still.shape[1] == 4 * (256 + 4)  # input | prediction | queries | truth
