@@ -27,7 +27,7 @@ test-slow: venv
 # evaluate both, export the STT model (SavedModel, TFLite float32 + int8), run the edge demo on a
 # synthetic video, and write runs/quickstart/report.md. Re-running resumes finished steps.
 QUICK := runs/quickstart
-QUICK_ARGS := --steps 300 --checkpoint-every 100 --batch-size 4 --synthetic-size 128x256 --crop 128x128 --val-batches 4 --verbose 2
+QUICK_ARGS := --steps 300 --checkpoint-every 50 --batch-size 4 --synthetic-size 128x256 --crop 128x128 --val-batches 4 --verbose 2
 BIN := $(VENV)/bin
 quickstart: venv
 	@echo "== [1/7] train the per-frame baseline (psp_tiny)"

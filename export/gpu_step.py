@@ -19,7 +19,7 @@ What changes against the library's step (and why):
 - Masks are additive biases (-1e9: exactly zero weight after exp, -inf in
   float16 with the same result), small and broadcast, never a folded
   [tiles, points, halo] constant; NSM needs no validity mask at all (see
-  `nsm_score`).
+  `nsm_score`). Large values never enter data tensors (see windowed_attention).
 - Dense layers on maps are 1x1 convolutions (CONV_2D is every delegate's first
   op); the decoder's argmax is left to the caller (ARG_MAX is not a GPU op).
 
@@ -167,27 +167,26 @@ def windowed_attention(queries, state, radii, num_heads):
     frames = len(radii)
     channels = 2 * d_r
     d_head = d_r // num_heads
-    q_index, inverse, halo_index, _, window, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
+    q_index, inverse, halo_index, valid, window, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
     points = ATTENTION_TILE**2
     n_tiles, n_halo = halo_index.shape
     rows = h * w * frames
-    key_table, value_table = tf.split(tf.reshape(state, [rows, channels]), 2, axis=-1)  # SPLIT: fine on any rank
-    # Out-of-map halo points read the extra last row. Its key carries, per head, one
-    # extra channel of -_FILL that meets a constant 1 appended to every query, so its
-    # logit is -_FILL and its weight exactly 0 - with no [tiles, points, halo] mask
-    # constant (which the converter would fold with the window bias into 30 MB).
-    keys = tf.reshape(_with_zero_row(key_table), [rows + 1, num_heads, d_head])
-    border = np.zeros([rows + 1, num_heads, 1], np.float32)
-    border[-1] = -_FILL
-    keys = tf.concat([keys, tf.constant(border)], axis=-1)  # [rows + 1, heads, dh + 1]
-    k = tf.reshape(_gather_rows(tf.reshape(keys, [rows + 1, -1]), halo_index), [n_tiles, n_halo, num_heads, d_head + 1])
-    v = tf.reshape(_gather_rows(_with_zero_row(value_table), halo_index), [n_tiles, n_halo, num_heads, d_head])
+    keys, values = tf.split(tf.reshape(state, [rows, channels]), 2, axis=-1)  # SPLIT: fine on any rank
+    k = tf.reshape(_gather_rows(_with_zero_row(keys), halo_index), [n_tiles, n_halo, num_heads, d_head])
+    v = tf.reshape(_gather_rows(_with_zero_row(values), halo_index), [n_tiles, n_halo, num_heads, d_head])
     q = _gather_rows(_with_zero_row(tf.reshape(queries, [h * w, d_r])), q_index)  # [tiles, 16, d_r]
     q = tf.transpose(tf.reshape(q, [n_tiles, points, num_heads, d_head]), [0, 2, 1, 3])
-    q = tf.concat([q, tf.ones([n_tiles, num_heads, points, 1])], axis=-1)  # [tiles, heads, 16, dh + 1]
-    k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh + 1, halo]
+    k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh, halo]
     v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
-    logits = tf.matmul(q, k) + tf.constant(_bias(window))  # [tiles, heads, 16, halo]; window bias broadcast
+    logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
+    # Masks as small broadcast constants: outside each point's window (per point in
+    # the tile), outside the map (per tile). The big fill value lives only in these
+    # arithmetic ops, never in the key table, so an int8 model that quantizes the
+    # data-movement ops around the float STT block keeps sane key ranges (a -1e9
+    # key channel there cost 6% of int8 labels). A full [tiles, 16, halo] mask
+    # constant would be 30 MB at the paper's size; this is 2 x [tiles, halo].
+    in_map = valid.astype(np.float32)[:, None, None, :]
+    logits = (logits + tf.constant(_bias(window))) * tf.constant(in_map) + tf.constant(_bias(valid)[:, None, None, :])
     e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
     out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
     out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [n_tiles, points, d_r])
