@@ -228,3 +228,30 @@ def test_real_exported_int8_model(exported, tmp_path):
     for t, (frame_bgr, drawn) in enumerate(zip(frames, _read_all(out))):
         labels, state = runner(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB), state, reset=t == 0)
         np.testing.assert_array_equal(drawn, overlay.colorize(labels, meta["palette"]))
+
+
+def test_real_exported_onnx_model_matches_litert(exported, tmp_path):
+    """The exported gpu-form ONNX step through the app: the same labels as the gpu-form float32 TFLite step."""
+    from edge_demo.runners import OnnxRunner
+
+    folder, _ = exported
+    onnx_model = os.path.join(folder, "stt_gpu_step.onnx")
+    lite_model = os.path.join(folder, "stt_gpu_float32.tflite")
+    meta = load_metadata(onnx_model)
+    h, w = meta["input_size"]
+    rng = np.random.default_rng(6)
+    frames = [rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for _ in range(3)]
+    video = tmp_path / "in.mkv"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10, (w, h))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    assert app.main(["--model", onnx_model, "--video", str(video), "--out", str(tmp_path / "o.mkv"), "--no-display"]) == 0
+    onnx_runner, lite_runner = OnnxRunner(onnx_model, meta), LiteRTRunner(lite_model, load_metadata(lite_model))
+    state_o, state_l = onnx_runner.initial_state(), lite_runner.initial_state()
+    for t, frame in enumerate(frames):
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        labels_o, state_o = onnx_runner(rgb, state_o, reset=t == 0)
+        labels_l, state_l = lite_runner(rgb, state_l, reset=t == 0)
+        assert np.mean(labels_o == labels_l) >= 0.999
+    assert len(_read_all(tmp_path / "o.mkv")) == 3
