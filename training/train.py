@@ -89,6 +89,27 @@ def make_strategy(kind, cpu_devices=0):
     return tf.distribute.get_strategy()
 
 
+def worker_output_dir(out, distribute):
+    """Where this process writes: `out` for the chief, `out/worker-N` for the other workers.
+
+    Under MultiWorkerMirroredStrategy every worker runs this same command, often
+    with the same --out on a shared disk. Only the chief (worker 0, or the task
+    of type "chief") writes the models users take; the others keep their own
+    backups (BackupAndRestore needs one per worker to resume) and logs apart,
+    so no two processes ever write the same file.
+    """
+    if distribute != "multiworker":
+        return out
+    if "TF_CONFIG" not in os.environ:
+        raise ValueError("--distribute multiworker needs the TF_CONFIG environment variable (cluster and task).")
+    config = json.loads(os.environ["TF_CONFIG"])
+    kind, index = config.get("task", {}).get("type", "worker"), int(config.get("task", {}).get("index", 0))
+    has_chief = "chief" in config.get("cluster", {})
+    if kind == "chief" or (kind == "worker" and index == 0 and not has_chief):
+        return out
+    return os.path.join(out, f"{kind}-{index}")
+
+
 def make_datasets(args, num_key_frames, start_step):
     """(train dataset, val dataset, num_classes), the train one skipping the steps already done."""
     skip = start_step * args.batch_size
@@ -162,6 +183,7 @@ def train(args):
     args.stt_overrides = overrides
     if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
         raise SystemExit("stt-train: --steps, --checkpoint-every and --batch-size must be positive.")
+    args.out = worker_output_dir(args.out, args.distribute)
     os.makedirs(args.out, exist_ok=True)
     backup_dir = os.path.join(args.out, "backup")
     epochs = -(-args.steps // args.checkpoint_every)
@@ -175,7 +197,8 @@ def train(args):
     keras.utils.set_random_seed(args.seed)
 
     strategy = make_strategy(args.distribute, args.cpu_devices)
-    print(f"stt-train: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
+    name = "MultiWorkerMirroredStrategy" if args.distribute == "multiworker" else type(strategy).__name__
+    print(f"stt-train: {name} with {strategy.num_replicas_in_sync} replica(s), writing to {args.out}")
     probe = STTSegmenter.from_preset(args.preset, num_classes=2)
     num_key_frames = probe.num_key_frames
     del probe

@@ -23,6 +23,23 @@ def list_presets():
     return {name: recipe["description"] for name, recipe in PRESETS.items()}
 
 
+def _logs_for_multi_worker_reduce(logs):
+    """Scalar step logs as shape [1] under MultiWorkerMirroredStrategy.
+
+    Keras 3 (up to 3.15 at least) reduces a multi-worker step's outputs with
+    strategy.reduce("MEAN", value, axis=0), which fails on the scalar loss and
+    metric values every step returns. Given a length-1 axis, that reduce is the
+    mean over all replicas of all workers and comes back a scalar, as Keras
+    expects. Every other strategy gets the logs unchanged.
+    """
+    strategy = tf.distribute.get_strategy()
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()):
+        return logs
+    return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and v.shape.rank == 0 else v
+            for k, v in logs.items()}
+
+
 @keras.saving.register_keras_serializable(package="stt_keras")
 class STTSegmenter(keras.Model):
     """Video semantic segmentation: logits for the last frame of a clip.
@@ -182,6 +199,28 @@ class STTSegmenter(keras.Model):
         if training and self._aux_logits is not None and callable(self.loss):
             loss = loss + self.aux_weight * self.loss(y, self._aux_logits, sample_weight)
         return loss
+
+    def train_step(self, data):
+        return _logs_for_multi_worker_reduce(super().train_step(data))
+
+    def test_step(self, data):
+        return _logs_for_multi_worker_reduce(super().test_step(data))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 (up to 3.15 at least, keras-team/keras#20585) builds the metrics
+        # and optimizer before fit() from a first batch that it averages across
+        # replicas with strategy.reduce("MEAN"); under MultiWorkerMirroredStrategy
+        # that eager reduce cannot take a PerReplica batch and fit() fails at once.
+        # Only the batch's shapes and dtypes are needed, so give it the per-replica
+        # element spec instead (no batch is consumed, no collective is run).
+        strategy = self._distribute_strategy
+        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda spec: getattr(spec, "_value_specs", (spec,))[0], it.element_spec)
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------------ streaming
     def initial_state(self, batch, height, width):
