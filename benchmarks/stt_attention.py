@@ -3,8 +3,11 @@
 Paper setting: query map 64 x 128, d = 512, T = 7, s = 1, e = 5, eps = 1, r = 5,
 top_ratio = 0.5, 8 heads, reduction 4. The vanilla block is the same layer with
 key_selection="all" and top_ratio=1.0 (every point attends to every key of every
-frame), computed by chunked batched matmuls; both get the faster of graph and XLA
-compilation.
+frame), computed by chunked batched matmuls. The sparse block is timed twice: with
+the native windowed-attention kernel (stt_keras/kernels, what the layer uses on a
+CPU) and on the pure-TF path (what exports and XLA use). Pure-TF blocks get the
+faster of graph and XLA compilation; the native one runs in a graph (XLA cannot
+call it).
 
 Two forms are timed:
   clip    call(query, keys): the key side of all T frames is projected in the call.
@@ -20,6 +23,7 @@ Run: python benchmarks/stt_attention.py [--quick] [--threads N]
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -32,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import timeit  # noqa: E402
+from stt_keras import kernels  # noqa: E402
 from stt_keras.layers import SparseTemporalTransformer, key_window_radii  # noqa: E402
 from stt_keras.layers.windows import num_selected  # noqa: E402
 
@@ -75,30 +80,31 @@ def make_block(h, w, d, top_ratio, key_selection, weights=None):
     return layer
 
 
-def compiled(layer, form, jit):
+def compiled(layer, form, jit, portable):
     def step(q, k, current):
-        if form == "stream":
-            # k: the cached projected frames. The current frame is projected once:
-            # its reduction serves the query, its key/value map the next T frames.
-            reduced, projected = layer.project_frame(current)
-            return layer.attend(q, k, reduced=reduced), projected
-        return layer(q, k)
+        with kernels.portable_ops() if portable else contextlib.nullcontext():
+            if form == "stream":
+                # k: the cached projected frames. The current frame is projected once:
+                # its reduction serves the query, its key/value map the next T frames.
+                reduced, projected = layer.project_frame(current)
+                return layer.attend(q, k, reduced=reduced), projected
+            return layer(q, k)
 
     return tf.function(step, jit_compile=jit)
 
 
-def time_block(layer, h, w, d, form, repeats):
+def time_block(layer, h, w, d, form, repeats, native=False):
     rng = np.random.default_rng(0)
     q = tf.constant(rng.normal(size=(1, h, w, d)).astype("float32"))
     keys = tf.constant(rng.normal(size=(1, PAPER["num_key_frames"], h, w, d)).astype("float32"))
     k = layer.project_keys(keys) if form == "stream" else keys
     current = q
     best = None
-    for jit in (False, True):
-        fn = compiled(layer, form, jit)
+    for jit in ((False,) if native else (False, True)):
+        fn = compiled(layer, form, jit, portable=not native)
         t = timeit(lambda: tf.nest.map_structure(lambda x: x.numpy(), fn(q, k, current)), repeats)
         if best is None or t < best[0]:
-            best = (t, "xla" if jit else "graph")
+            best = (t, "native" if native else "xla" if jit else "graph")
     return best
 
 
@@ -120,30 +126,36 @@ def main():
 
     sparse = make_block(h, w, d, 0.5, "window")
     vanilla = make_block(h, w, d, 1.0, "all", weights=sparse.get_weights())
-    print(f"{'form':7s} {'block':28s} {'ms':>9s} {'compile':>7s} {'GFLOP':>7s} {'floor ms':>8s} {'x floor':>7s}")
+    print(f"native kernel: {kernels.native_status()}")
+    native = kernels.use_native()
+    print(f"{'form':7s} {'block':30s} {'ms':>9s} {'how':>7s} {'GFLOP':>7s} {'floor ms':>8s} {'x floor':>7s}")
     results = {}
     for form in args.forms.split(","):
-        for name, layer, all_keys, ratio in (
-            ("sparse (window, top 50%)", sparse, False, 0.5),
-            ("vanilla (all keys, all q)", vanilla, True, 1.0),
+        for key, name, layer, all_keys, ratio in (
+            ("native", "sparse, native kernel", sparse, False, 0.5),
+            ("tf", "sparse, pure TF", sparse, False, 0.5),
+            ("vanilla", "vanilla (all keys, all q)", vanilla, True, 1.0),
         ):
-            if name.startswith("vanilla") and args.skip_vanilla:
+            if (key == "vanilla" and args.skip_vanilla) or (key == "native" and not native):
                 continue
-            t, how = time_block(layer, h, w, d, form, repeats if ratio < 1 else max(1, repeats // 2))
+            t, how = time_block(layer, h, w, d, form, repeats if ratio < 1 else max(1, repeats // 2), key == "native")
             flops = useful_flops(h, w, d, form, ratio, all_keys)
             floor = flops / (rate * 1e9)
-            results[(form, name[:6])] = t
-            print(f"{form:7s} {name:28s} {t*1e3:9.1f} {how:>7s} {flops/1e9:7.2f} {floor*1e3:8.1f} {t/floor:7.2f}", flush=True)
-        if (form, "vanill") in results:
-            ratio = results[(form, "vanill")] / results[(form, "sparse")]
-            print(f"{form:7s} speed-up of sparse over vanilla: {ratio:.1f}x\n", flush=True)
+            results[(form, key)] = t
+            print(f"{form:7s} {name:30s} {t*1e3:9.1f} {how:>7s} {flops/1e9:7.2f} {floor*1e3:8.1f} {t/floor:7.2f}", flush=True)
+        if (form, "vanilla") in results:
+            for key in ("native", "tf"):
+                if (form, key) in results:
+                    ratio = results[(form, "vanilla")] / results[(form, key)]
+                    print(f"{form:7s} speed-up of sparse ({key}) over vanilla: {ratio:.1f}x", flush=True)
+        print()
 
     sizes = [(16, 32), (32, 64), (48, 96), (64, 128)] if args.quick else [(32, 64), (48, 96), (64, 128), (96, 192), (128, 256)]
     print("scaling of the sparse block (stream form):")
     xs, ys = [], []
     for sh, sw in sizes:
         layer = make_block(sh, sw, d, 0.5, "window", weights=sparse.get_weights())
-        t, how = time_block(layer, sh, sw, d, "stream", repeats)
+        t, how = time_block(layer, sh, sw, d, "stream", repeats, native)
         xs.append(math.log(sh * sw))
         ys.append(math.log(t))
         print(f"  {sh:4d}x{sw:<4d} h*w={sh*sw:6d} {t*1e3:9.1f} ms ({how})", flush=True)

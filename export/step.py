@@ -24,6 +24,8 @@ Two forms compute the same function:
 
 import tensorflow as tf
 
+from stt_keras.kernels import portable_ops
+
 FORMS = ("default", "gpu")
 
 
@@ -77,14 +79,16 @@ def make_step_function(model, height, width, form="default"):
 
         @tf.function(input_signature=signature, autograph=False)
         def step(frame, state, reset):
-            logits, new_state = gpu_step.stream_step(model, frame, state, reset)
+            with portable_ops():
+                logits, new_state = gpu_step.stream_step(model, frame, state, reset)
             return {"logits": logits, "next_state": new_state}
 
         return step
 
     @tf.function(input_signature=signature, autograph=False)
     def step(frame, state, reset):
-        logits, new_state = model.stream_step(frame, unpack_state(state, frames), reset[0] > 0.5)
+        with portable_ops():  # exported graphs hold standard TF ops only
+            logits, new_state = model.stream_step(frame, unpack_state(state, frames), reset[0] > 0.5)
         labels = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return {"labels": labels, "logits": logits, "next_state": pack_state(new_state)}
 
@@ -98,7 +102,8 @@ def make_clip_function(model, height, width):
 
     @tf.function(input_signature=[spec], autograph=False)
     def clip_fn(clip):
-        logits = model(clip, training=False)
+        with portable_ops():
+            logits = model(clip, training=False)
         return {
             "labels": tf.argmax(logits, axis=-1, output_type=tf.int32),
             "probabilities": tf.nn.softmax(logits, axis=-1),

@@ -1,5 +1,7 @@
 """The STT core layers against the plain NumPy reference (tests/stt_reference.py)."""
 
+import os
+
 import numpy as np
 import pytest
 import keras
@@ -7,6 +9,7 @@ import tensorflow as tf
 
 import stt_reference as ref
 from layer_checks import assert_close, check_layer
+from stt_keras import kernels
 from stt_keras.layers import (
     NSMQuerySelection,
     SparseTemporalTransformer,
@@ -144,8 +147,20 @@ def make_stt(case, **extra):
     )
 
 
+@pytest.fixture(params=["native", "tf"])
+def attention_kernel(request):
+    """Runs a test with the native windowed-attention kernel, then with the pure-TF path."""
+    if request.param == "tf":
+        with kernels.portable_ops():
+            yield request.param
+    else:
+        if os.environ.get("STT_KERAS_NATIVE") != "0":
+            assert kernels.use_native(), kernels.native_status()  # must build wherever the tests run
+        yield request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-1]}-{c[-2]}")
-def test_stt_matches_reference(case):
+def test_stt_matches_reference(case, attention_kernel):
     b, t, h, w, d, heads, s, e, eps, r, ratio, sel = case
     q, k = random_clip(b, t, h, w, d)
     layer = make_stt(case)
@@ -189,7 +204,7 @@ def test_top_ratio_zero_is_identity():
     np.testing.assert_array_equal(layer(q, k).numpy(), q)
 
 
-def test_key_outside_every_window_has_no_effect_and_inside_does():
+def test_key_outside_every_window_has_no_effect_and_inside_does(attention_kernel):
     # T=1, radius 1: the key frame influences selected points only within 1 pixel.
     h, w = 12, 12
     q, k = random_clip(1, 1, h, w, 16, seed=7)
@@ -268,7 +283,7 @@ def test_gradients_reach_every_weight_and_both_inputs():
 
 
 @pytest.mark.parametrize("sel", ["window", "all"])
-def test_gradients_match_finite_differences(sel):
+def test_gradients_match_finite_differences(sel, attention_kernel):
     # top_ratio=1 keeps the (piecewise constant) selection fixed under perturbation.
     rng = np.random.default_rng(11)
     q = tf.constant(rng.normal(size=(1, 4, 5, 8)), tf.float64)

@@ -5,6 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
+from stt_keras import kernels
 from stt_keras.layers import nsm, temporal_attention, windows
 
 KEY_SELECTIONS = ("window", "all")
@@ -233,7 +234,19 @@ class SparseTemporalTransformer(keras.layers.Layer):
         flat_query = tf.reshape(query, [batch, -1, d])
         query_kernel = tf.cast(self.query_kernel, tf.float32)
         query_bias = tf.cast(self.query_bias, tf.float32)
-        if self.key_selection == "window":
+        if self.key_selection == "window" and kernels.use_native():
+            # Native kernel: only the selected points are reduced, projected and
+            # attended, over their exact windows.
+            if reduced is None:
+                reduced = self._reduce(tf.gather(flat_query, selected, batch_dims=1))
+            else:
+                reduced = tf.gather(tf.reshape(reduced, [batch, -1, d_r]), selected, batch_dims=1)
+            reduced = tf.cast(reduced, tf.float32)  # [B, N_q, d_r]
+            q = (tf.matmul(reduced, query_kernel) + query_bias) * scale
+            attended = temporal_attention.selected_windowed_attention(
+                q, selected, key_values, self.radii, self.num_heads, self.tiles_per_step
+            )
+        elif self.key_selection == "window":
             # The tiled kernel scores whole 8x8 tiles, so every point is projected;
             # only the selected points go on through the rest of the block.
             if reduced is None:

@@ -23,6 +23,7 @@ is the memory bound). This is the honest vanilla baseline of the benchmark.
 
 import tensorflow as tf
 
+from stt_keras import kernels
 from stt_keras.layers import windows
 
 _MASKED = -1e9  # finite, so tile-padding rows with no valid key stay NaN-free
@@ -123,6 +124,53 @@ def windowed_attention(queries, key_values, radii, num_heads, tiles_per_step=4, 
     out = tf.reshape(out, [-1, num_heads, points, d_head])[:total]
     out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, n_tiles, points, d_r])
     return windows.from_tiles(out, h, w, tile)
+
+
+def selected_windowed_attention(queries, positions, key_values, radii, num_heads, tiles_per_step=4):
+    """Windowed attention of selected queries only, by the native kernel.
+
+    Same result as `windowed_attention` on the full map gathered at
+    `positions`, but only the N selected queries are computed, over their exact
+    windows. Gradients (training) go through the pure-TF path.
+
+    Args:
+        queries: float32 [B, N, d_r], projected and scaled.
+        positions: int32 [B, N], flat positions u * w + v (distinct per batch row).
+        key_values: float32 [B, T, h, w, 2 * d_r].
+        radii: T Python ints.
+        num_heads: number of heads.
+        tiles_per_step: for the pure-TF gradient path.
+
+    Returns:
+        float32 [B, N, d_r].
+    """
+    module = kernels.load()
+    radii = [int(r) for r in radii]
+
+    def reference(q, kv):
+        shape = tf.shape(kv)
+        batch, h, w = shape[0], shape[2], shape[3]
+        if kv.shape[2] is not None and kv.shape[3] is not None:
+            h, w = kv.shape[2], kv.shape[3]
+        batch_index = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(positions))
+        where = tf.stack([batch_index, positions], axis=-1)
+        full = tf.scatter_nd(where, q, tf.stack([batch, h * w, q.shape[-1]]))
+        out = windowed_attention(tf.reshape(full, [batch, h, w, q.shape[-1]]), kv, radii, num_heads, tiles_per_step)
+        return tf.gather(tf.reshape(out, [batch, h * w, q.shape[-1]]), positions, batch_dims=1)
+
+    @tf.custom_gradient
+    def attend(q, kv):
+        out = module.stt_windowed_attention(q, positions, kv, radii=radii, num_heads=num_heads)
+
+        def grad(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch([q, kv])
+                again = reference(q, kv)
+            return tape.gradient(again, [q, kv], output_gradients=upstream)
+
+        return out, grad
+
+    return attend(tf.cast(queries, tf.float32), tf.cast(key_values, tf.float32))
 
 
 def full_attention(queries, key_values, num_heads, query_chunk=256):

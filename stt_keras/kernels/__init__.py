@@ -1,0 +1,130 @@
+"""The native CPU kernel of the sparse attention, built on first use.
+
+`windowed_attention.cc` is a TensorFlow custom op that computes the windowed
+attention of the selected queries only, with scores kept in registers and cache
+(README, "STT core"). It is compiled here, the first time it is needed, with the
+C++ compiler and the flags of the installed TensorFlow (`tf.sysconfig`), into a
+per-user cache (`$STT_KERAS_CACHE`, default `~/.cache/stt_keras`), keyed by the
+source, the TensorFlow version and the machine; a compiled library is reused.
+
+When the op is used (`use_native()`): on a machine without GPUs, outside XLA
+(`jit_compile=True` traces the pure-TF path), and never while exporting (a
+SavedModel or TFLite model must not depend on this library: SavedModel saving
+and everything under `portable_ops()` take the pure-TF path). Set
+`STT_KERAS_NATIVE=0` to never use it. If it cannot be built (no compiler, say),
+the pure-TF path runs and `native_status()` says why.
+"""
+
+import contextlib
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import warnings
+
+import tensorflow as tf
+
+_SOURCE = os.path.join(os.path.dirname(__file__), "windowed_attention.cc")
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
+          "-fno-trapping-math", "-shared", "-fPIC", "-w"]
+_lock = threading.Lock()
+_state = {"module": None, "status": "not loaded yet"}
+_portable = threading.local()
+
+
+def _cpu_signature():
+    """The CPU's feature flags: -march=native code is only reused on the same kind of CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _library_path():
+    with open(_SOURCE, "rb") as f:
+        source = f.read()
+    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + tf.__version__.encode()
+                         + platform.machine().encode() + _cpu_signature().encode()).hexdigest()[:16]
+    cache = os.environ.get("STT_KERAS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "stt_keras"))
+    return os.path.join(cache, f"windowed_attention-{key}.so")
+
+
+def _build(path):
+    """Compiles the op into `path` atomically (temporary file, then rename)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    compiler = os.environ.get("CXX", "g++")
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(fd)
+    command = [compiler, *_FLAGS, _SOURCE, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed:\n{result.stderr[-2000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load():
+    """The compiled op module, or None (see `native_status()`)."""
+    with _lock:
+        if _state["module"] is not None or _state["status"] != "not loaded yet":
+            return _state["module"]
+        if os.environ.get("STT_KERAS_NATIVE", "1") == "0":
+            _state["status"] = "disabled by STT_KERAS_NATIVE=0"
+            return None
+        try:
+            path = _library_path()
+            if not os.path.exists(path):
+                _build(path)
+            _state["module"] = tf.load_op_library(path)
+            _state["status"] = f"loaded from {path}"
+        except (OSError, RuntimeError, tf.errors.NotFoundError) as e:
+            _state["status"] = f"unavailable: {e}"
+            warnings.warn(f"stt_keras: native windowed attention unavailable, using the pure-TF path ({e})")
+        return _state["module"]
+
+
+def native_status():
+    """Why the native kernel is or is not in use (a string)."""
+    load()
+    return _state["status"]
+
+
+@contextlib.contextmanager
+def portable_ops():
+    """Within this block, layers trace only standard TF ops (for exported models)."""
+    previous = getattr(_portable, "on", False)
+    _portable.on = True
+    try:
+        yield
+    finally:
+        _portable.on = previous
+
+
+def _in_xla_or_save_context():
+    try:  # private TF APIs; if they move, fall back to the portable path
+        from tensorflow.python.framework import ops
+        from tensorflow.python.ops import control_flow_util
+        from tensorflow.python.saved_model import save_context
+    except ImportError:
+        return True
+    if save_context.in_save_context():
+        return True
+    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
+
+
+def use_native():
+    """Whether the layer being traced (or run eagerly) should call the native op now."""
+    if getattr(_portable, "on", False) or _in_xla_or_save_context():
+        return False
+    if tf.config.list_logical_devices("GPU"):
+        return False  # CPU kernel only: on GPU machines the pure-TF path stays on the GPU
+    return load() is not None

@@ -1,0 +1,117 @@
+"""The native windowed-attention kernel: equal to the pure-TF path, used only where it may be."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stt_keras import kernels
+from stt_keras.layers import SparseTemporalTransformer, temporal_attention
+
+pytestmark = pytest.mark.skipif(os.environ.get("STT_KERAS_NATIVE") == "0", reason="native kernel disabled")
+
+
+def native():
+    module = kernels.load()
+    assert module is not None, kernels.native_status()
+    return module
+
+
+def tf_path(q_full, kv, positions, radii, heads):
+    b, h, w, d_r = q_full.shape
+    out = temporal_attention.windowed_attention(tf.constant(q_full), tf.constant(kv), radii, heads)
+    return tf.gather(tf.reshape(out, [b, h * w, d_r]), positions, batch_dims=1).numpy()
+
+
+# (batch, h, w, radii, heads, d_head): the compiled head shapes (8x16, 4x8) and the
+# generic path (3x5), maps smaller than a window, 1x1.
+CASES = [
+    (2, 11, 13, [1, 2, 3], 8, 16),
+    (1, 9, 20, [5, 5, 2, 0], 4, 8),
+    (2, 5, 4, [3, 1], 3, 5),
+    (1, 1, 1, [2, 1], 2, 4),
+    (1, 30, 7, [1], 8, 32),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_native_equals_tf_path(case):
+    b, h, w, radii, heads, d_head = case
+    d_r = heads * d_head
+    rng = np.random.default_rng(0)
+    q_full = (rng.normal(size=(b, h, w, d_r)) * 0.5).astype("float32")
+    kv = rng.normal(size=(b, len(radii), h, w, 2 * d_r)).astype("float32")
+    n = max(1, h * w // 2)
+    positions = np.stack([rng.permutation(h * w)[:n] for _ in range(b)]).astype("int32")
+    q = np.take_along_axis(q_full.reshape(b, h * w, d_r), positions[..., None], axis=1)
+    ours = native().stt_windowed_attention(q, positions, kv, radii=radii, num_heads=heads).numpy()
+    np.testing.assert_allclose(ours, tf_path(q_full, kv, positions, radii, heads), rtol=1e-4, atol=1e-5)
+
+
+def test_native_rejects_bad_positions_and_shapes():
+    q = np.zeros((1, 2, 16), np.float32)
+    kv = np.zeros((1, 1, 3, 3, 32), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside the 3x3 map"):
+        native().stt_windowed_attention(q, np.array([[0, 9]], np.int32), kv, radii=[1], num_heads=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="frames but radii"):
+        native().stt_windowed_attention(q, np.array([[0, 1]], np.int32), kv, radii=[1, 1], num_heads=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="2 d_r"):
+        native().stt_windowed_attention(q, np.array([[0, 1]], np.int32), kv[..., :16], radii=[1], num_heads=2)
+
+
+def test_native_gradients_equal_tf_path_gradients():
+    rng = np.random.default_rng(3)
+    b, h, w, radii, heads = 2, 6, 7, [2, 1], 2
+    q = tf.constant(rng.normal(size=(b, 20, 8)).astype("float32"))
+    kv = tf.constant(rng.normal(size=(b, 2, h, w, 16)).astype("float32"))
+    positions = tf.constant(np.stack([rng.permutation(h * w)[:20] for _ in range(b)]).astype("int32"))
+    probe = tf.constant(rng.normal(size=(b, 20, 8)).astype("float32"))
+    grads = []
+    for portable in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch([q, kv])
+            if portable:
+                full = tf.scatter_nd(tf.stack([tf.broadcast_to(tf.range(b)[:, None], [b, 20]), positions], -1), q, [b, h * w, 8])
+                out = temporal_attention.windowed_attention(tf.reshape(full, [b, h, w, 8]), kv, radii, heads)
+                out = tf.gather(tf.reshape(out, [b, h * w, 8]), positions, batch_dims=1)
+            else:
+                out = temporal_attention.selected_windowed_attention(q, positions, kv, radii, heads)
+            loss = tf.reduce_sum(out * probe)
+        grads.append(tape.gradient(loss, [q, kv]))
+    for a, c in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), c.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def op_types(fn, *args):
+    return {op.type for op in fn.get_concrete_function(*args).graph.get_operations()}
+
+
+def test_native_op_only_where_allowed():
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=1)
+    q = tf.zeros([1, 5, 6, 16])
+    k = tf.zeros([1, 2, 5, 6, 16])
+    layer(q, k)
+    assert "SttWindowedAttention" in op_types(tf.function(layer), q, k)
+    assert "SttWindowedAttention" not in op_types(tf.function(layer, jit_compile=True), q, k)
+
+    def portable(q, k):
+        with kernels.portable_ops():
+            return layer(q, k)
+
+    assert "SttWindowedAttention" not in op_types(tf.function(portable), q, k)
+
+
+def test_saved_model_never_needs_the_native_library(tmp_path):
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=1)
+    q = tf.random.normal([1, 5, 6, 16])
+    k = tf.random.normal([1, 2, 5, 6, 16])
+    expected = layer(q, k).numpy()
+    module = tf.Module()
+    module.keras_variables = [v.value for v in layer.variables]  # as export/saved_model.py does
+    module.f = tf.function(lambda q, k: layer(q, k), input_signature=[tf.TensorSpec(q.shape), tf.TensorSpec(k.shape)])
+    tf.saved_model.save(module, str(tmp_path / "sm"))  # traces under the save context
+    pb = open(tmp_path / "sm" / "saved_model.pb", "rb").read()
+    assert b"SttWindowedAttention" not in pb
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))  # kept alive: it owns the variables
+    np.testing.assert_allclose(loaded.f(q, k).numpy(), expected, atol=1e-5)
