@@ -115,3 +115,22 @@ def test_saved_model_never_needs_the_native_library(tmp_path):
     assert b"SttWindowedAttention" not in pb
     loaded = tf.saved_model.load(str(tmp_path / "sm"))  # kept alive: it owns the variables
     np.testing.assert_allclose(loaded.f(q, k).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [(2, 9, 21, 16, 2), (1, 5, 4, 8, 3), (1, 1, 1, 4, 1), (1, 12, 40, 32, 5), (1, 7, 7, 8, 0), (1, 20, 17, 24, 7)],
+                         ids=str)
+def test_native_nsm_equals_tf_path(case):
+    from stt_keras.layers import nsm
+
+    b, h, w, d, r = case
+    x = np.random.default_rng(1).normal(size=(b, h, w, d)).astype("float32")
+    x[0, 0, 0] = 0.0  # a zero vector: cosine 0 by the shared denominator floor
+    ours = native().stt_nsm_score(x, radius=r).numpy()
+    with kernels.portable_ops():
+        expected = nsm.nsm_score(x, r).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=2e-5)
+
+
+def test_native_nsm_rejects_radius_over_7():
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="at most 7"):
+        native().stt_nsm_score(np.zeros((1, 4, 4, 8), np.float32), radius=8)

@@ -18,6 +18,7 @@ complex.
 import keras
 import tensorflow as tf
 
+from stt_keras import kernels
 from stt_keras.layers import windows
 
 _EPS = 1e-12  # cosine denominator floor: a zero feature vector has cosine 0
@@ -52,9 +53,11 @@ def _neighbour_count(h, w, radius):
 def nsm_score(features, radius=5):
     """NSM complexity score of every point of a feature map.
 
-    Computed in float32 whatever the input dtype. Each 8x8 tile of points is
-    multiplied against its (8 + 2r)^2 halo once (a dense matmul) and the dot
-    products outside each point's own neighbourhood are masked.
+    Computed in float32 whatever the input dtype. On a CPU (outside XLA and
+    exports, radius <= 7) by the native kernel (stt_keras/kernels); otherwise
+    each 8x8 tile of points is multiplied against its (8 + 2r)^2 halo once (a
+    dense matmul) and the dot products outside each point's own neighbourhood
+    are masked.
 
     Args:
         features: [B, h, w, d] feature map.
@@ -73,6 +76,29 @@ def nsm_score(features, radius=5):
     features = tf.convert_to_tensor(features)
     _check_features(features)
     x = tf.cast(features, tf.float32)
+    if radius <= 7 and kernels.use_native():
+        return _native_nsm_score(x, radius)
+    return _tiled_nsm_score(x, radius)
+
+
+def _native_nsm_score(x, radius):
+    """The native kernel's scores; gradients (rarely wanted: selection is discrete) via the TF path."""
+
+    @tf.custom_gradient
+    def score(x):
+        def grad(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                again = _tiled_nsm_score(x, radius)
+            return tape.gradient(again, x, output_gradients=upstream)
+
+        return kernels.load().stt_nsm_score(x, radius=radius), grad
+
+    return score(x)
+
+
+def _tiled_nsm_score(x, radius):
+    """Pure-TF NSM: 8x8 tiles against their halos by matmul, masked."""
     shape = tf.shape(x)
     batch, h, w, d = shape[0], shape[1], shape[2], shape[3]
     if x.shape[1] is not None and x.shape[2] is not None:
