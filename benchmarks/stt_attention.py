@@ -143,6 +143,8 @@ def main():
             floor = flops / (rate * 1e9)
             results[(form, key)] = t
             print(f"{form:7s} {name:30s} {t*1e3:9.1f} {how:>7s} {flops/1e9:7.2f} {floor*1e3:8.1f} {t/floor:7.2f}", flush=True)
+        bound = useful_flops(h, w, d, form, 1.0, True) / useful_flops(h, w, d, form, 0.5, False)
+        print(f"{form:7s} FLOP ratio vanilla/sparse (the speed-up if both ran at their floor): {bound:.1f}x")
         if (form, "vanilla") in results:
             for key in ("native", "tf"):
                 if (form, key) in results:

@@ -51,6 +51,7 @@ struct Geometry {
 // auto-vectoriser's choices (it vectorised the value sum across keys, with
 // permutes, and left the max scalar).
 using V16 = float __attribute__((vector_size(64)));
+using V8 = float __attribute__((vector_size(32)));
 using I16 = int32_t __attribute__((vector_size(64)));
 
 // A vector of N floats (vector_size cannot depend on a template parameter).
@@ -125,29 +126,34 @@ struct Scratch {
   std::vector<float> sums, acc;
 };
 
-// Scores of one query against the kLanes keys of one window row that start at
-// `base` (transposed layout), written to dst[j * stride + i].
-template <int kHeads, int kDHead>
+// Scores of one query against the keys of one window row (as many as VecT has
+// lanes) that start at `base` (transposed layout), written to dst[j * stride + i].
+template <int kHeads, int kDHead, typename VecT>
 inline void ScoreRow(const Geometry& g, const float* __restrict q, const float* __restrict base,
                      float* __restrict dst, int64_t stride) {
+  constexpr int kWidth = sizeof(VecT) / sizeof(float);
   if constexpr (kHeads > 0) {
     // Head count and width known at compile time: the accumulators live in
     // registers and the loads of key lines overlap (memory-carried
     // accumulators serialised them and cost 3x).
-    V16 s[kHeads] = {};
+    VecT s[kHeads] = {};
     for (int64_t c = 0; c < kDHead; ++c) {
-      for (int j = 0; j < kHeads; ++j) s[j] += q[j * kDHead + c] * Load16(base + (j * kDHead + c) * g.padded_w);
+      for (int j = 0; j < kHeads; ++j) {
+        VecT line;
+        std::memcpy(&line, base + (j * kDHead + c) * g.padded_w, sizeof(line));
+        s[j] += q[j * kDHead + c] * line;
+      }
     }
-    for (int j = 0; j < kHeads; ++j) Store16(dst + j * stride, s[j]);
+    for (int j = 0; j < kHeads; ++j) std::memcpy(dst + j * stride, &s[j], sizeof(VecT));
   } else {
     for (int j = 0; j < g.heads; ++j) {
-      float s[kLanes] = {};
+      float s[kWidth] = {};
       for (int64_t c = 0; c < g.d_head; ++c) {
         const float qc = q[j * g.d_head + c];
         const float* line = base + (j * g.d_head + c) * g.padded_w;
-        for (int64_t i = 0; i < kLanes; ++i) s[i] += qc * line[i];
+        for (int i = 0; i < kWidth; ++i) s[i] += qc * line[i];
       }
-      for (int64_t i = 0; i < kLanes; ++i) dst[j * stride + i] = s[i];
+      for (int i = 0; i < kWidth; ++i) dst[j * stride + i] = s[i];
     }
   }
 }
@@ -248,7 +254,12 @@ void AttendGroup(const Geometry& g, const std::vector<int>& radii, const Query* 
         const float** values = scratch->values.data() + i * g.max_keys;
         for (int64_t xs = 0; xs < width; xs += kLanes) {
           // Lanes past the row's end are scored too and overwritten by the next row.
-          ScoreRow<kHeads, kDHead>(g, query.q, kt + row * g.d_r * g.padded_w + x0 + xs, scores + count + xs, stride);
+          const float* base = kt + row * g.d_r * g.padded_w + x0 + xs;
+          if (width - xs <= 8) {  // narrow windows (radius <= 3): half the lanes, half the work
+            ScoreRow<kHeads, kDHead, V8>(g, query.q, base, scores + count + xs, stride);
+          } else {
+            ScoreRow<kHeads, kDHead, V16>(g, query.q, base, scores + count + xs, stride);
+          }
         }
         const float* value_row = kv + (row * g.w + x0) * 2 * g.d_r + g.d_r;
         for (int64_t x = 0; x < width; ++x) values[count + x] = value_row + x * 2 * g.d_r;
@@ -352,11 +363,16 @@ class SttWindowedAttentionOp : public OpKernel {
       for (int64_t row = begin; row < end; ++row) {  // row = (b * T + t) * h + y
         const float* src = kv_data + row * w * 2 * d_r;
         float* dst = kt_data + row * d_r * padded_w;
-        for (int64_t c = 0; c < d_r; ++c) {
-          float* line = dst + c * padded_w;
-          for (int64_t x = 0; x < w; ++x) line[x] = src[x * 2 * d_r + c];
-          std::fill(line + w, line + padded_w, 0.f);
+        // 16 points at a time: their 16 source lines (1 KB apart, which would
+        // thrash a few L1 sets if all w were walked per channel) stay in L1.
+        for (int64_t x0 = 0; x0 < w; x0 += kLanes) {
+          const int64_t xn = std::min<int64_t>(kLanes, w - x0);
+          for (int64_t c = 0; c < d_r; ++c) {
+            float* line = dst + c * padded_w + x0;
+            for (int64_t x = 0; x < xn; ++x) line[x] = src[(x0 + x) * 2 * d_r + c];
+          }
         }
+        for (int64_t c = 0; c < d_r; ++c) std::fill(dst + c * padded_w + w, dst + (c + 1) * padded_w, 0.f);
       }
     };
     tensorflow::Shard(threads->num_threads, threads->workers, batch * frames * h, w * d_r * 4, transpose_rows);
@@ -440,11 +456,14 @@ class SttNsmScoreOp : public OpKernel {
       for (int64_t row = begin; row < end; ++row) {  // row = b * h + y
         const float* src = f + row * w * d;
         float* dst = ft + row * d * padded_w;
-        for (int64_t c = 0; c < d; ++c) {
-          float* line = dst + c * padded_w;
-          for (int64_t x = 0; x < w; ++x) line[x] = src[x * d + c];
-          std::fill(line + w, line + padded_w, 0.f);
+        for (int64_t x0 = 0; x0 < w; x0 += kLanes) {  // as in the attention op's transpose
+          const int64_t xn = std::min<int64_t>(kLanes, w - x0);
+          for (int64_t c = 0; c < d; ++c) {
+            float* line = dst + c * padded_w + x0;
+            for (int64_t x = 0; x < xn; ++x) line[x] = src[(x0 + x) * d + c];
+          }
         }
+        for (int64_t c = 0; c < d; ++c) std::fill(dst + c * padded_w + w, dst + (c + 1) * padded_w, 0.f);
         for (int64_t x = 0; x < w; ++x) {
           float sq = 0.f;
           for (int64_t c = 0; c < d; ++c) sq += src[x * d + c] * src[x * d + c];
