@@ -1,8 +1,9 @@
-"""The native CPU kernel of the sparse attention, built on first use.
+"""The native CPU kernels of the STT block, built on first use.
 
-`windowed_attention.cc` is a TensorFlow custom op that computes the windowed
-attention of the selected queries only, with scores kept in registers and cache
-(README, "STT core"). It is compiled here, the first time it is needed, with the
+`windowed_attention.cc` is a TensorFlow custom op library with two ops:
+`SttWindowedAttention`, the windowed attention of the selected queries only,
+with scores kept in registers and cache, and `SttNsmScore`, the NSM score of
+every point (README, "STT core"). It is compiled here, the first time it is needed, with the
 C++ compiler and the flags of the installed TensorFlow (`tf.sysconfig`), into a
 per-user cache (`$STT_KERAS_CACHE`, default `~/.cache/stt_keras`), keyed by the
 source, the TensorFlow version and the machine; a compiled library is reused.
