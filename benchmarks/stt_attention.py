@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import timeit  # noqa: E402
 from stt_keras import kernels  # noqa: E402
-from stt_keras.layers import SparseTemporalTransformer, key_window_radii  # noqa: E402
+from stt_keras.layers import SparseTemporalTransformer, key_window_radii, nsm, temporal_attention  # noqa: E402
 from stt_keras.layers.windows import num_selected  # noqa: E402
 
 PAPER = dict(num_key_frames=7, start_size=1, end_size=5, expansion=1, neighborhood_radius=5, num_heads=8, reduction=4)
@@ -108,6 +108,29 @@ def time_block(layer, h, w, d, form, repeats, native=False):
     return best
 
 
+def stream_parts(layer, h, w, d, repeats):
+    """Where the native stream-form block spends its time (each part compiled alone)."""
+    rng = np.random.default_rng(0)
+    q = tf.constant(rng.normal(size=(1, h, w, d)).astype("float32"))
+    keys = tf.constant(rng.normal(size=(1, PAPER["num_key_frames"], h, w, d)).astype("float32"))
+    kv = layer.project_keys(keys)
+    selected = nsm.select_top(nsm.nsm_score(q, layer.neighborhood_radius), layer.top_ratio)
+    d_r = d // layer.reduction
+    q_sel = tf.constant(rng.normal(size=(1, selected.shape[1], d_r)).astype("float32"))
+    parts = {
+        "NSM score + top-k": lambda: nsm.select_top(nsm.nsm_score(q, layer.neighborhood_radius), layer.top_ratio),
+        "current frame: reduction, W^K, W^V": lambda: layer.project_frame(q),
+        "windowed attention (native op)": lambda: temporal_attention.selected_windowed_attention(
+            q_sel, selected, kv, layer.radii, layer.num_heads),
+    }
+    print("parts of the native stream-form block:")
+    for name, fn in parts.items():
+        compiled_fn = tf.function(fn)
+        t = timeit(lambda: tf.nest.map_structure(lambda x: x.numpy(), compiled_fn()), repeats)
+        print(f"  {name:40s} {t * 1e3:7.1f} ms", flush=True)
+    print("  (the rest of the block: gathers, W^Q, W^O, FFN, layer norms, expansion, scatter into the map)\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller maps, fewer repeats (smoke run)")
@@ -151,6 +174,9 @@ def main():
                     ratio = results[(form, "vanilla")] / results[(form, key)]
                     print(f"{form:7s} speed-up of sparse ({key}) over vanilla: {ratio:.1f}x", flush=True)
         print()
+
+    if native and "stream" in args.forms:
+        stream_parts(sparse, h, w, d, repeats)
 
     sizes = [(16, 32), (32, 64), (48, 96), (64, 128)] if args.quick else [(32, 64), (48, 96), (64, 128), (96, 192), (128, 256)]
     print("scaling of the sparse block (stream form):")

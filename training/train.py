@@ -82,9 +82,7 @@ def make_strategy(kind, cpu_devices=0):
         if cpu_devices:
             return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
         return tf.distribute.MirroredStrategy()
-    if kind == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--distribute multiworker needs the TF_CONFIG environment variable (cluster and task).")
+    if kind == "multiworker":  # TF_CONFIG is checked by worker_output_dir, which runs first
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 

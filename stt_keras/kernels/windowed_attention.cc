@@ -18,7 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <numeric>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -59,7 +59,7 @@ template <int N>
 struct VecOf;
 template <>
 struct VecOf<8> {
-  using type = float __attribute__((vector_size(32)));
+  using type = V8;
 };
 template <>
 struct VecOf<16> {
@@ -105,6 +105,22 @@ inline V16 FastExp16(V16 x) {
   V16 scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
+}
+
+// One map row of a [w, src_stride] channels-last block, first `channels`
+// channels, written transposed to dst [channels, padded_w] (x innermost, the
+// padding zeroed). 16 points at a time: their 16 source lines (1-2 KB apart,
+// which would thrash a few L1 sets if all w were walked per channel) stay in L1.
+inline void TransposeRow(const float* src, int64_t src_stride, int64_t channels, int64_t w, int64_t padded_w,
+                         float* dst) {
+  for (int64_t x0 = 0; x0 < w; x0 += kLanes) {
+    const int64_t xn = std::min<int64_t>(kLanes, w - x0);
+    for (int64_t c = 0; c < channels; ++c) {
+      float* line = dst + c * padded_w + x0;
+      for (int64_t x = 0; x < xn; ++x) line[x] = src[(x0 + x) * src_stride + c];
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) std::fill(dst + c * padded_w + w, dst + (c + 1) * padded_w, 0.f);
 }
 
 struct Query {
@@ -363,18 +379,7 @@ class SttWindowedAttentionOp : public OpKernel {
     float* kt_data = transposed.flat<float>().data();
     auto transpose_rows = [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {  // row = (b * T + t) * h + y
-        const float* src = kv_data + row * w * 2 * d_r;
-        float* dst = kt_data + row * d_r * padded_w;
-        // 16 points at a time: their 16 source lines (1 KB apart, which would
-        // thrash a few L1 sets if all w were walked per channel) stay in L1.
-        for (int64_t x0 = 0; x0 < w; x0 += kLanes) {
-          const int64_t xn = std::min<int64_t>(kLanes, w - x0);
-          for (int64_t c = 0; c < d_r; ++c) {
-            float* line = dst + c * padded_w + x0;
-            for (int64_t x = 0; x < xn; ++x) line[x] = src[(x0 + x) * 2 * d_r + c];
-          }
-        }
-        for (int64_t c = 0; c < d_r; ++c) std::fill(dst + c * padded_w + w, dst + (c + 1) * padded_w, 0.f);
+        TransposeRow(kv_data + row * w * 2 * d_r, 2 * d_r, d_r, w, padded_w, kt_data + row * d_r * padded_w);
       }
     };
     tensorflow::Shard(threads->num_threads, threads->workers, batch * frames * h, w * d_r * 4, transpose_rows);
@@ -457,15 +462,7 @@ class SttNsmScoreOp : public OpKernel {
     auto prepare = [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {  // row = b * h + y
         const float* src = f + row * w * d;
-        float* dst = ft + row * d * padded_w;
-        for (int64_t x0 = 0; x0 < w; x0 += kLanes) {  // as in the attention op's transpose
-          const int64_t xn = std::min<int64_t>(kLanes, w - x0);
-          for (int64_t c = 0; c < d; ++c) {
-            float* line = dst + c * padded_w + x0;
-            for (int64_t x = 0; x < xn; ++x) line[x] = src[(x0 + x) * d + c];
-          }
-        }
-        for (int64_t c = 0; c < d; ++c) std::fill(dst + c * padded_w + w, dst + (c + 1) * padded_w, 0.f);
+        TransposeRow(src, d, d, w, padded_w, ft + row * d * padded_w);
         for (int64_t x = 0; x < w; ++x) {
           float sq = 0.f;
           for (int64_t c = 0; c < d; ++c) sq += src[x * d + c] * src[x * d + c];

@@ -23,6 +23,12 @@ def list_presets():
     return {name: recipe["description"] for name, recipe in PRESETS.items()}
 
 
+def _is_multi_worker(strategy):
+    """MultiWorkerMirroredStrategy across several workers: where Keras 3.15's fit() needs help."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
 def _logs_for_multi_worker_reduce(logs):
     """Scalar step logs as shape [1] under MultiWorkerMirroredStrategy.
 
@@ -32,9 +38,7 @@ def _logs_for_multi_worker_reduce(logs):
     mean over all replicas of all workers and comes back a scalar, as Keras
     expects. Every other strategy gets the logs unchanged.
     """
-    strategy = tf.distribute.get_strategy()
-    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode()):
+    if not _is_multi_worker(tf.distribute.get_strategy()):
         return logs
     return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and v.shape.rank == 0 else v
             for k, v in logs.items()}
@@ -213,8 +217,7 @@ class STTSegmenter(keras.Model):
         # that eager reduce cannot take a PerReplica batch and fit() fails at once.
         # Only the batch's shapes and dtypes are needed, so give it the per-replica
         # element spec instead (no batch is consumed, no collective is run).
-        strategy = self._distribute_strategy
-        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if iterator is not None and _is_multi_worker(self._distribute_strategy):
             for _, _, it in iterator:
                 data_batch = tf.nest.map_structure(
                     lambda spec: getattr(spec, "_value_specs", (spec,))[0], it.element_spec)
