@@ -134,3 +134,39 @@ def test_native_nsm_equals_tf_path(case):
 def test_native_nsm_rejects_radius_over_7():
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="at most 7"):
         native().stt_nsm_score(np.zeros((1, 4, 4, 8), np.float32), radius=8)
+
+
+FALLBACK_SCRIPT = """
+import os, sys, numpy as np
+from stt_keras import kernels
+from stt_keras.layers import SparseTemporalTransformer
+mode = sys.argv[1]
+if mode == "corrupt":
+    path = kernels._library_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").write(b"not a shared library")
+print("USE_NATIVE", kernels.use_native())
+print("STATUS", kernels.native_status())
+print("SO_FILES", sorted(f for f in os.listdir(os.environ["STT_KERAS_CACHE"]) if f.endswith(".so")))
+layer = SparseTemporalTransformer(num_key_frames=1, num_heads=2, neighborhood_radius=1)
+out = layer(np.ones((1, 4, 4, 16), np.float32), np.ones((1, 1, 4, 4, 16), np.float32))
+print("FINITE", bool(np.isfinite(out.numpy()).all()))
+"""
+
+
+@pytest.mark.parametrize("mode", ["no-compiler", "corrupt"])
+def test_unbuildable_or_corrupt_library_falls_back_to_pure_tf(tmp_path, mode):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STT_KERAS_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if mode == "no-compiler":
+        env["CXX"] = str(tmp_path / "no-such-compiler")
+        (tmp_path / "cache").mkdir()
+    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, mode], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "USE_NATIVE False" in out and "STATUS unavailable:" in out and "FINITE True" in out
+    assert "pure-TF path" in result.stderr  # the user is told, once
+    if mode == "no-compiler":
+        assert "SO_FILES []" in out  # a failed build leaves nothing half-written
