@@ -102,8 +102,7 @@ def main():
                                   tf.TensorSpec(state_shape, tf.float32, name="state")])
     def stt_only(features, state):
         with tf.name_scope(gpu_step.STT_SCOPE):
-            reduced, _ = gpu_step.project_frame(model.stt, features)
-            return {"mixed": gpu_step.attend(model.stt, features, reduced, state)}
+            return {"mixed": gpu_step.attend(model.stt, features, state)}
 
     frame_f = frames[-1][None].astype(np.float32)
     rng = np.random.default_rng(0)

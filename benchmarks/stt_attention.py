@@ -54,7 +54,7 @@ def matmul_rate():
     return 2 * 2048**3 / seconds / 1e9
 
 
-def useful_flops(h, w, d, form, top_ratio=0.5, all_keys=False, ffn_multiplier=4):
+def useful_flops(h, w, d, form, top_ratio=0.5, all_keys=False):
     """FLOPs any implementation of the block must spend (multiply-add = 2)."""
     cfg = PAPER
     radii = key_window_radii(cfg["num_key_frames"], cfg["start_size"], cfg["end_size"], cfg["expansion"])
@@ -64,11 +64,11 @@ def useful_flops(h, w, d, form, top_ratio=0.5, all_keys=False, ffn_multiplier=4)
     n_b = (2 * cfg["neighborhood_radius"] + 1) ** 2
     frames = cfg["num_key_frames"] if form == "clip" else 1
     flops = 2 * hw * n_b * d  # NSM dot products (cosines reuse them)
-    flops += 2 * frames * hw * (d * d_r + d_r * 2 * d_r)  # key side: reduce, W^K, W^V
-    # Query side: W^Q, and the reduction unless the stream shares it with the key side.
-    flops += 2 * n_q * (d_r * d_r + (d * d_r if form == "clip" else 0))
+    flops += 2 * frames * hw * d * 2 * d_r  # key side: W^K, W^V (d -> d_r each)
+    flops += 2 * n_q * d * d_r  # W^Q
     flops += 2 * 2 * n_q * n_k * d_r  # scores and weighted values
-    flops += 2 * n_q * (d_r * d_r + 2 * d_r * ffn_multiplier * d_r + d_r * d)  # W^O, FFN, expand
+    hidden = d // cfg["num_heads"]
+    flops += 2 * n_q * (d_r * d + 2 * d * hidden)  # W^O (back to d), FFN d -> d/heads -> d
     return flops
 
 
@@ -84,10 +84,9 @@ def compiled(layer, form, jit, portable):
     def step(q, k, current):
         with kernels.portable_ops() if portable else contextlib.nullcontext():
             if form == "stream":
-                # k: the cached projected frames. The current frame is projected once:
-                # its reduction serves the query, its key/value map the next T frames.
-                reduced, projected = layer.project_frame(current)
-                return layer.attend(q, k, reduced=reduced), projected
+                # k: the cached projected frames. The current frame is projected once,
+                # its key/value map for the next T frames.
+                return layer.attend(q, k), layer.project_keys(current)
             return layer(q, k)
 
     return tf.function(step, jit_compile=jit)
@@ -119,7 +118,7 @@ def stream_parts(layer, h, w, d, repeats):
     q_sel = tf.constant(rng.normal(size=(1, selected.shape[1], d_r)).astype("float32"))
     parts = {
         "NSM score + top-k": lambda: nsm.select_top(nsm.nsm_score(q, layer.neighborhood_radius), layer.top_ratio),
-        "current frame: reduction, W^K, W^V": lambda: layer.project_frame(q),
+        "current frame: W^K, W^V": lambda: layer.project_keys(q),
         "windowed attention (native op)": lambda: temporal_attention.selected_windowed_attention(
             q_sel, selected, kv, layer.radii, layer.num_heads),
     }
@@ -128,7 +127,7 @@ def stream_parts(layer, h, w, d, repeats):
         compiled_fn = tf.function(fn)
         t = timeit(lambda: tf.nest.map_structure(lambda x: x.numpy(), compiled_fn()), repeats)
         print(f"  {name:40s} {t * 1e3:7.1f} ms", flush=True)
-    print("  (the rest of the block: gathers, W^Q, W^O, FFN, layer norms, expansion, scatter into the map)\n")
+    print("  (the rest of the block: gathers, W^Q, W^O, FFN, layer norms, scatter into the map)\n")
 
 
 def main():

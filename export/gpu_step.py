@@ -207,32 +207,46 @@ def _layer_norm(x, gamma, beta, epsilon):
     return centred * tf.math.rsqrt(var + epsilon) * tf.cast(gamma, tf.float32) + tf.cast(beta, tf.float32)
 
 
-def project_frame(stt, features):
-    """(reduced [1,h,w,d_r], key/values [1,h,w,2 d_r]) of a frame, as `stt.project_frame`."""
-    reduced = _dense(features, stt.reduce_kernel, stt.reduce_bias)
+def project_keys(stt, features):
+    """Key/values [1,h,w,2 d_r] of a frame's features, as `stt.project_keys`."""
     kernel = tf.concat([stt.key_kernel, stt.value_kernel], axis=1)
     bias = tf.concat([stt.key_bias, stt.value_bias], axis=0)
-    return reduced, _dense(reduced, kernel, bias)
+    return _dense(features, kernel, bias)
 
 
-def attend(stt, features, reduced, state):
-    """`stt.attend(features, state)` without loops, top-k or scatter."""
+def attend(stt, features, state):
+    """`stt.attend(features, state)` without loops, top-k or scatter (every point is computed)."""
     if stt.key_selection != "window":
         raise ValueError("The delegate-friendly step implements key_selection='window' only.")
     if stt.top_ratio == 0.0:
         return features
+    eps = stt.layer_norm_epsilon
+    scored = features
+    if stt.nsm_temperature is not None:
+        scored = _scale_free(features, stt.nsm_temperature)
+    mask = top_mask(nsm_score(scored, stt.neighborhood_radius), stt.top_ratio)
     scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
-    mask = top_mask(nsm_score(features, stt.neighborhood_radius), stt.top_ratio)
-    q = _dense(reduced, stt.query_kernel, stt.query_bias) * scale
+    q_in = _layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
+    q = _dense(q_in, stt.query_kernel, stt.query_bias) * scale
     attended = windowed_attention(q, state, stt.radii, stt.num_heads)
     mixed = _dense(attended, stt.output_kernel, stt.output_bias)
-    x = _layer_norm(reduced + mixed, stt.norm1_gamma, stt.norm1_beta, stt.layer_norm_epsilon)
-    hidden = tf.nn.relu(_dense(x, stt.ffn1_kernel, stt.ffn1_bias))
-    y = _layer_norm(x + _dense(hidden, stt.ffn2_kernel, stt.ffn2_bias), stt.norm2_gamma, stt.norm2_beta, stt.layer_norm_epsilon)
-    out = _dense(y, stt.expand_kernel, stt.expand_bias)
-    if stt.residual:
-        return features + mask * out
+
+    def ffn(x):
+        return _dense(tf.nn.relu(_dense(x, stt.ffn1_kernel, stt.ffn1_bias)), stt.ffn2_kernel, stt.ffn2_bias)
+
+    if stt.norm_first:
+        x = features + mixed
+        out = x + ffn(_layer_norm(x, stt.norm2_gamma, stt.norm2_beta, eps))
+    else:
+        x = _layer_norm(features + mixed, stt.norm1_gamma, stt.norm1_beta, eps)
+        out = _layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta, eps)
     return mask * out + (1.0 - mask) * features
+
+
+def _scale_free(features, temperature):
+    """As `stt_keras.layers.nsm.scale_free`: dot products become cosine / temperature."""
+    norm = tf.sqrt(tf.reduce_sum(features * features, axis=-1, keepdims=True))
+    return features / tf.maximum(norm, _EPS) * (1.0 / temperature) ** 0.5
 
 
 def stream_step(model, frame, state, reset):
@@ -243,11 +257,11 @@ def stream_step(model, frame, state, reset):
     features = tf.cast(features, tf.float32)
     # One name scope around the STT and the state, so int8 export can keep exactly these ops in float.
     with tf.name_scope(STT_SCOPE):
-        reduced, current = project_frame(stt, features)
+        current = project_keys(stt, features)
         reset = tf.reshape(reset, [1, 1, 1, 1])
         fresh = tf.concat([current] * model.num_key_frames, axis=-1)
         state = state * (1.0 - reset) + fresh * reset
-        mixed = attend(stt, features, reduced, state)
+        mixed = attend(stt, features, state)
         # The ring-buffer shift belongs to the scope too (int8 export keeps the state float).
         next_state = tf.concat([state[..., current.shape[-1]:], current], axis=-1)
     logits = model.decoder(tf.cast(mixed, model.decoder.compute_dtype), skips, output_size=(height, width), training=False)

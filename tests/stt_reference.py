@@ -1,6 +1,6 @@
 """Plain NumPy reference of the STT block: loops, float64, no tricks.
 
-Every line follows ../shared/METHOD.md so it can be checked by eye. Tests feed it
+Every line follows docs/method.md so it can be checked by eye. Tests feed it
 the Keras layer's own weights and compare outputs.
 """
 
@@ -20,9 +20,15 @@ def softmax(s):
     return e / e.sum()
 
 
-def nsm_score(features, radius):
-    """[B, h, w, d] -> [B, h, w]; neighbours outside the map are excluded."""
+def nsm_score(features, radius, temperature=None):
+    """[B, h, w, d] -> [B, h, w]; neighbours outside the map are excluded.
+
+    temperature tau: the dot products are cosine similarities / tau.
+    """
     b_size, h, w, _ = features.shape
+    if temperature is not None:
+        norms = np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+        features = features / norms / np.sqrt(temperature)
     out = np.zeros((b_size, h, w))
     for b in range(b_size):
         for u in range(h):
@@ -64,24 +70,26 @@ def layer_norm(x, gamma, beta, epsilon):
 
 def stt_block(query, keys, weights, *, num_key_frames, start_size=1, end_size=5, expansion=1,
               neighborhood_radius=5, top_ratio=0.5, num_heads=8, key_selection="window", epsilon=1e-5,
-              residual=False):
+              nsm_temperature=None, norm_first=False):
+    """docs/method.md's equations, point by point: W^Q/W^K/W^V reduce to d_r inside attention,
+    W^O maps back to d, residual + LayerNorms + FFN at full width d."""
     W = weights
     b_size, h, w, d = query.shape
-    d_r = W["reduce_kernel"].shape[1]
+    d_r = W["query_kernel"].shape[1]
     d_head = d_r // num_heads
     radii = key_window_radii(num_key_frames, start_size, end_size, expansion)
     out = query.copy()
     if num_selected(top_ratio, h * w) == 0:
         return out
-    selected = select_queries(nsm_score(query, neighborhood_radius), top_ratio)
+    selected = select_queries(nsm_score(query, neighborhood_radius, nsm_temperature), top_ratio)
 
-    def reduce(x):
-        return x @ W["reduce_kernel"] + W["reduce_bias"]
+    def ffn(x):
+        return np.maximum(0.0, x @ W["ffn1_kernel"] + W["ffn1_bias"]) @ W["ffn2_kernel"] + W["ffn2_bias"]
 
     for b in range(b_size):
         for p in selected[b]:
             u, v = divmod(int(p), w)
-            q0 = reduce(query[b, u, v])
+            q0 = query[b, u, v]
             key_points = []  # (frame, y, x)
             for t in range(num_key_frames):
                 if key_selection == "all":
@@ -94,19 +102,21 @@ def stt_block(query, keys, weights, *, num_key_frames, start_size=1, end_size=5,
                         for x in range(v - l_t, v + l_t + 1)
                         if 0 <= y < h and 0 <= x < w
                     ]
-            k0 = [reduce(keys[b, t, y, x]) for t, y, x in key_points]
-            qp = q0 @ W["query_kernel"] + W["query_bias"]
-            kp = [k @ W["key_kernel"] + W["key_bias"] for k in k0]
-            vp = [k @ W["value_kernel"] + W["value_bias"] for k in k0]
+            q_in = layer_norm(q0, W["norm1_gamma"], W["norm1_beta"], epsilon) if norm_first else q0
+            qp = q_in @ W["query_kernel"] + W["query_bias"]
+            kp = [keys[b, t, y, x] @ W["key_kernel"] + W["key_bias"] for t, y, x in key_points]
+            vp = [keys[b, t, y, x] @ W["value_kernel"] + W["value_bias"] for t, y, x in key_points]
             heads = []
             for j in range(num_heads):
                 sl = slice(j * d_head, (j + 1) * d_head)
                 logits = np.array([np.dot(qp[sl], k[sl]) / np.sqrt(d_head) for k in kp])
                 a = softmax(logits)
                 heads.append(sum(a_i * v_i[sl] for a_i, v_i in zip(a, vp)))
-            mh = np.concatenate(heads) @ W["output_kernel"] + W["output_bias"]
-            x = layer_norm(q0 + mh, W["norm1_gamma"], W["norm1_beta"], epsilon)
-            ffn = np.maximum(0.0, x @ W["ffn1_kernel"] + W["ffn1_bias"]) @ W["ffn2_kernel"] + W["ffn2_bias"]
-            y = layer_norm(x + ffn, W["norm2_gamma"], W["norm2_beta"], epsilon)
-            out[b, u, v] = y @ W["expand_kernel"] + W["expand_bias"] + (query[b, u, v] if residual else 0.0)
+            mh = np.concatenate(heads) @ W["output_kernel"] + W["output_bias"]  # back to d
+            if norm_first:
+                x = q0 + mh
+                out[b, u, v] = x + ffn(layer_norm(x, W["norm2_gamma"], W["norm2_beta"], epsilon))
+            else:
+                x = layer_norm(q0 + mh, W["norm1_gamma"], W["norm1_beta"], epsilon)
+                out[b, u, v] = layer_norm(x + ffn(x), W["norm2_gamma"], W["norm2_beta"], epsilon)
     return out

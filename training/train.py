@@ -56,7 +56,10 @@ def build_parser():
     p.add_argument("--aux-weight", type=float, default=0.4)
     p.add_argument("--top-ratio", type=float, default=None, help="override the preset's STT query ratio")
     p.add_argument("--key-selection", choices=["window", "all"], default=None, help="override the preset's key selection")
-    p.add_argument("--stt-residual", action="store_true", help="STT adds to selected points instead of replacing them (not in the paper)")
+    p.add_argument("--norm-first", action="store_true", default=None,
+                   help="pre-norm STT block that starts as the identity (not the paper; for --init-from)")
+    p.add_argument("--nsm-temperature", type=float, default=None,
+                   help="score query complexity on cosine / tau instead of raw dot products")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA")
     p.add_argument("--distribute", choices=["none", "mirrored", "multiworker"], default="none",
@@ -176,8 +179,10 @@ def train(args):
         overrides["top_ratio"] = args.top_ratio
     if args.key_selection is not None:
         overrides["key_selection"] = args.key_selection
-    if args.stt_residual:
-        overrides["residual"] = True
+    if args.norm_first is not None:
+        overrides["norm_first"] = args.norm_first
+    if args.nsm_temperature is not None:
+        overrides["nsm_temperature"] = args.nsm_temperature
     args.stt_overrides = overrides
     if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
         raise SystemExit("stt-train: --steps, --checkpoint-every and --batch-size must be positive.")

@@ -1,12 +1,23 @@
 """Neighbouring Similarity Matrix (NSM) score and the query selection built on it.
 
-METHOD.md, "Query selection": a point is "complex" when its neighbours are
+docs/method.md, "Query selection": a point is "complex" when its neighbours are
 dissimilar to it. For q = Q[u, v] and its (2r+1)^2 neighbourhood (q included):
 
     s_i   = <Q^n_i, q>
     D_KL  = logsumexp(s) - mean(s) - log(n_b)      (= KL(uniform || softmax(s)) >= 0)
     D_cos = mean_i (1 - cos(Q^n_i, q))
     score = D_KL + D_cos
+
+Scale: the paper's s_i are raw dot products, so the score grows with the
+feature norm |q|^2 and tends to pick large-norm points rather than boundaries.
+With a temperature tau, s_i = cos(Q^n_i, q) / tau instead (features are
+L2-normalised, then scaled by 1/sqrt(tau)): the same formula, free of scale.
+D_cos does not change (it is scale-free already).
+
+Non-finite features: a point with a NaN or infinite feature in its
+neighbourhood gets the score -inf, so it is never selected while finite
+points remain (and both implementations agree on it exactly); a NaN feature is
+then passed through unchanged by the STT block.
 
 Border policy: neighbours outside the map are *excluded*, so n_b is the number
 of in-map neighbours of each point (a corner point of a r=5 window has 36, not
@@ -50,7 +61,23 @@ def _neighbour_count(h, w, radius):
     return tf.maximum(count, 1.0)
 
 
-def nsm_score(features, radius=5):
+def check_temperature(temperature):
+    """None (raw dot products) or a positive float."""
+    if temperature is None:
+        return None
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"`nsm_temperature` must be None or a positive number, got {temperature!r}.")
+    return float(temperature)
+
+
+def scale_free(features, temperature):
+    """Features whose dot products are cos / temperature (zero vectors stay zero)."""
+    x = tf.cast(features, tf.float32)
+    norm = tf.sqrt(tf.reduce_sum(x * x, axis=-1, keepdims=True))
+    return x / tf.maximum(norm, _EPS) * (1.0 / temperature) ** 0.5
+
+
+def nsm_score(features, radius=5, temperature=None):
     """NSM complexity score of every point of a feature map.
 
     Computed in float32 whatever the input dtype. On a CPU (outside XLA and
@@ -62,9 +89,11 @@ def nsm_score(features, radius=5):
     Args:
         features: [B, h, w, d] feature map.
         radius: neighbourhood radius r (non-negative integer; r = 0 scores 0).
+        temperature: None (the paper: raw dot products) or tau > 0 (cosine / tau).
 
     Returns:
-        [B, h, w] float32 scores, >= 0 up to float rounding.
+        [B, h, w] float32 scores, >= 0 up to float rounding; -inf where the
+        neighbourhood holds a non-finite feature.
 
     Example:
     >>> import numpy as np
@@ -75,10 +104,20 @@ def nsm_score(features, radius=5):
     windows._check_positive_int("radius", radius, allow_zero=True)
     features = tf.convert_to_tensor(features)
     _check_features(features)
+    temperature = check_temperature(temperature)
     x = tf.cast(features, tf.float32)
+    finite = tf.reduce_all(tf.math.is_finite(x), axis=-1, keepdims=True)  # [B, h, w, 1]
+    x = tf.where(finite, x, 0.0)
+    if temperature is not None:
+        x = scale_free(x, temperature)
     if radius <= 7 and kernels.use_native():
-        return _native_nsm_score(x, radius)
-    return _tiled_nsm_score(x, radius)
+        score = _native_nsm_score(x, radius)
+    else:
+        score = _tiled_nsm_score(x, radius)
+    # A non-finite feature poisons every score whose neighbourhood holds it.
+    size = 2 * radius + 1
+    poisoned = tf.nn.max_pool2d(1.0 - tf.cast(finite, tf.float32), size, 1, "SAME")[..., 0] > 0
+    return tf.where(poisoned, tf.constant(-float("inf"), tf.float32), score)
 
 
 def _native_nsm_score(x, radius):
@@ -170,6 +209,8 @@ class NSMQuerySelection(keras.layers.Layer):
         radius: neighbourhood radius r (paper: 5).
         top_ratio: fraction of points to keep, in [0, 1] (paper: 0.5). The count is
             round(top_ratio * h * w), at least 1 when top_ratio > 0.
+        temperature: None (paper: raw dot products) or tau > 0: score on cosine
+            similarities / tau, independent of feature norms.
 
     Call arguments:
         features: [B, h, w, d].
@@ -186,11 +227,12 @@ class NSMQuerySelection(keras.layers.Layer):
     (2, 16)
     """
 
-    def __init__(self, radius=5, top_ratio=0.5, **kwargs):
+    def __init__(self, radius=5, top_ratio=0.5, temperature=None, **kwargs):
         super().__init__(**kwargs)
         windows._check_positive_int("radius", radius, allow_zero=True)
         self.radius = radius
         self.top_ratio = windows.check_ratio(top_ratio)
+        self.temperature = check_temperature(temperature)
 
     def build(self, features_shape):
         if len(features_shape) != 4:
@@ -201,7 +243,7 @@ class NSMQuerySelection(keras.layers.Layer):
 
     def call(self, features):
         _check_features(tf.convert_to_tensor(features))
-        scores = nsm_score(tf.stop_gradient(features), self.radius)
+        scores = nsm_score(tf.stop_gradient(features), self.radius, self.temperature)
         indices = select_top(scores, self.top_ratio)
         return indices, scores
 
@@ -212,5 +254,5 @@ class NSMQuerySelection(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"radius": self.radius, "top_ratio": self.top_ratio})
+        config.update({"radius": self.radius, "top_ratio": self.top_ratio, "temperature": self.temperature})
         return config

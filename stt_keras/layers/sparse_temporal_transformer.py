@@ -1,4 +1,4 @@
-"""The Sparse Temporal Transformer block (METHOD.md, "The network" to "The temporal transformer encoder")."""
+"""The Sparse Temporal Transformer block (docs/method.md, "The STT block")."""
 
 import math
 
@@ -19,14 +19,21 @@ class SparseTemporalTransformer(keras.layers.Layer):
     farthest frame, K[:, T-1] the nearest):
 
     1. NSM query selection keeps the round(top_ratio * h * w) most complex points.
-    2. A shared linear reduction maps every feature from d to d_r = d / reduction
-       (the paper's channel reduction; key and value are the same features).
+    2. Channel reduction lives inside attention only: W^Q, W^K, W^V map d to
+       d_r = d / reduction in total over the heads (so a frame's keys/values can be
+       cached at 2 d_r channels), and W^O maps the heads back to d.
     3. Each selected point attends, with `num_heads` heads, to the square window
        of radius l_t around it in every key frame (or to every key with
        key_selection="all"); window points outside the map get no weight.
-    4. X = LN(q + MH), Y = LN(X + FFN(X)) with FFN = ReLU MLP of width
-       ffn_multiplier * d_r; Y is mapped back to d by a linear expansion and
-       *replaces* the selected point. Unselected points pass through unchanged.
+    4. At full width d: X = LN(q + MH), Y = LN(X + FFN(X)), FFN a ReLU MLP of
+       hidden width `ffn_channels` (paper: d / num_heads). Y replaces the
+       selected point (it contains the point's own features through the
+       residual); unselected points pass through unchanged.
+
+    With `norm_first=True` (not the paper) the block is the pre-norm form
+    X = q + MH(LN(q)), Y = X + FFN(LN(X)) with W^O and the FFN's output layer
+    initialised to zero: an untrained block is exactly the identity, so it can
+    be inserted into a trained per-frame model without disturbing it.
 
     The key side can be computed once per frame and cached: `project_keys(K)`
     gives the projected key/value map and `attend(Q, projected)` the output;
@@ -40,18 +47,18 @@ class SparseTemporalTransformer(keras.layers.Layer):
         top_ratio: fraction of points that become queries, in [0, 1]. 0 returns
             the query unchanged (per-frame baseline); 1 makes every point a query.
         num_heads: attention heads (paper: 8).
-        reduction: channel reduction factor (paper: 4). d must be divisible by
-            num_heads * reduction.
+        reduction: channel reduction of q/k/v inside attention (paper: 4). d must
+            be divisible by num_heads * reduction.
         key_selection: "window" (sparse) or "all" (the vanilla temporal
             transformer: every key of every frame).
-        ffn_multiplier: FFN hidden width as a multiple of d_r.
+        ffn_channels: FFN hidden width; None = d / num_heads (the paper's d_hat).
+        nsm_temperature: None scores complexity on raw dot products (the paper);
+            a float tau scores it on cosine similarities / tau, which does not
+            depend on feature norms (see `nsm_score`).
+        norm_first: the pre-norm, identity-at-start variant described above.
         layer_norm_epsilon: epsilon of both layer norms.
         tiles_per_step: query tiles per loop step of the windowed attention.
         query_chunk: queries per loop step of the all-keys attention.
-        residual: not in the paper. Add the expansion to the selected points
-            instead of replacing them, with the expansion initialised to zero, so
-            an untrained block is the identity (useful when fine-tuning a trained
-            per-frame model).
 
     Example:
     >>> import numpy as np
@@ -73,11 +80,12 @@ class SparseTemporalTransformer(keras.layers.Layer):
         num_heads=8,
         reduction=4,
         key_selection="window",
-        ffn_multiplier=4,
+        ffn_channels=None,
+        nsm_temperature=None,
+        norm_first=False,
         layer_norm_epsilon=1e-5,
         tiles_per_step=4,
         query_chunk=256,
-        residual=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,11 +94,12 @@ class SparseTemporalTransformer(keras.layers.Layer):
         for name, value in (
             ("num_heads", num_heads),
             ("reduction", reduction),
-            ("ffn_multiplier", ffn_multiplier),
             ("tiles_per_step", tiles_per_step),
             ("query_chunk", query_chunk),
         ):
             windows._check_positive_int(name, value)
+        if ffn_channels is not None:
+            windows._check_positive_int("ffn_channels", ffn_channels)
         if key_selection not in KEY_SELECTIONS:
             raise ValueError(f"`key_selection` must be one of {KEY_SELECTIONS}, got {key_selection!r}.")
         self.num_key_frames = num_key_frames
@@ -102,11 +111,12 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self.num_heads = num_heads
         self.reduction = reduction
         self.key_selection = key_selection
-        self.ffn_multiplier = ffn_multiplier
+        self.ffn_channels = ffn_channels
+        self.nsm_temperature = nsm.check_temperature(nsm_temperature)
+        self.norm_first = bool(norm_first)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.tiles_per_step = tiles_per_step
         self.query_chunk = query_chunk
-        self.residual = bool(residual)
 
     # ------------------------------------------------------------------ build
     def _check_shapes(self, query_shape, keys_shape):
@@ -122,11 +132,11 @@ class SparseTemporalTransformer(keras.layers.Layer):
                 f"`keys` has {keys_shape[1]} frames but the layer was built for "
                 f"num_key_frames={self.num_key_frames}."
             )
-        for axis, name in ((1, "height"), (2, "width"), (3, "channels")):
-            a, b = query_shape[axis], keys_shape[axis + 1]
+        for axis, name in ((0, "batch size"), (1, "height"), (2, "width"), (3, "channels")):
+            a, b = query_shape[axis], keys_shape[axis + 1 if axis else 0]
             if a is not None and b is not None and a != b:
                 raise ValueError(f"`query` and `keys` disagree in {name}: {a} vs {b}.")
-            if axis < 3 and a is not None and a < 1:
+            if axis in (1, 2) and a is not None and a < 1:
                 raise ValueError(f"`query` {name} must be at least 1, got {a}.")
 
     def build(self, query_shape, keys_shape):
@@ -142,30 +152,28 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self.channels = d
         d_r = d // self.reduction
         self.reduced_channels = d_r
-        f = self.ffn_multiplier * d_r
+        self.hidden_channels = self.ffn_channels or max(1, d // self.num_heads)
+        # Pre-norm starts as the identity: its two residual branches end in zero weights.
+        last = "zeros" if self.norm_first else "glorot_uniform"
 
-        def dense(name, shape_in, shape_out):
-            kernel = self.add_weight(name=f"{name}_kernel", shape=(shape_in, shape_out), initializer="glorot_uniform")
+        def dense(name, shape_in, shape_out, initializer="glorot_uniform"):
+            kernel = self.add_weight(name=f"{name}_kernel", shape=(shape_in, shape_out), initializer=initializer)
             bias = self.add_weight(name=f"{name}_bias", shape=(shape_out,), initializer="zeros")
             return kernel, bias
 
         def norm(name):
-            gamma = self.add_weight(name=f"{name}_gamma", shape=(d_r,), initializer="ones")
-            beta = self.add_weight(name=f"{name}_beta", shape=(d_r,), initializer="zeros")
+            gamma = self.add_weight(name=f"{name}_gamma", shape=(d,), initializer="ones")
+            beta = self.add_weight(name=f"{name}_beta", shape=(d,), initializer="zeros")
             return gamma, beta
 
-        self.reduce_kernel, self.reduce_bias = dense("reduce", d, d_r)
-        self.query_kernel, self.query_bias = dense("query", d_r, d_r)
-        self.key_kernel, self.key_bias = dense("key", d_r, d_r)
-        self.value_kernel, self.value_bias = dense("value", d_r, d_r)
-        self.output_kernel, self.output_bias = dense("output", d_r, d_r)
+        self.query_kernel, self.query_bias = dense("query", d, d_r)
+        self.key_kernel, self.key_bias = dense("key", d, d_r)
+        self.value_kernel, self.value_bias = dense("value", d, d_r)
+        self.output_kernel, self.output_bias = dense("output", d_r, d, last)
         self.norm1_gamma, self.norm1_beta = norm("norm1")
-        self.ffn1_kernel, self.ffn1_bias = dense("ffn1", d_r, f)
-        self.ffn2_kernel, self.ffn2_bias = dense("ffn2", f, d_r)
+        self.ffn1_kernel, self.ffn1_bias = dense("ffn1", d, self.hidden_channels)
+        self.ffn2_kernel, self.ffn2_bias = dense("ffn2", self.hidden_channels, d, last)
         self.norm2_gamma, self.norm2_beta = norm("norm2")
-        self.expand_kernel, self.expand_bias = dense("expand", d_r, d)
-        if self.residual:  # start as the identity: selected points keep their features
-            self.expand_kernel.assign(tf.zeros_like(self.expand_kernel))
         self.built = True
 
     # ------------------------------------------------------------- pieces
@@ -183,37 +191,50 @@ class SparseTemporalTransformer(keras.layers.Layer):
         if not self.built:
             self.build((None, None, None, channels), (None, self.num_key_frames, None, None, channels))
 
-    def _reduce(self, x):
-        return self._linear(x, self.reduce_kernel, self.reduce_bias)
-
     def project_keys(self, keys):
         """Projected key/value map of key frames: [..., h, w, d] -> float32 [..., h, w, 2 d_r].
 
         Per frame and independent of the query, so streaming inference computes
-        it once per frame and caches it.
+        it once per frame and caches it (the streaming state).
         """
-        return self.project_frame(keys)[1]
+        keys = tf.convert_to_tensor(keys)
+        self._build_for_channels(keys.shape[-1])
+        kernel = tf.cast(tf.concat([self.key_kernel, self.value_kernel], axis=1), tf.float32)
+        bias = tf.cast(tf.concat([self.key_bias, self.value_bias], axis=0), tf.float32)
+        return self._linear(tf.cast(keys, tf.float32), kernel, bias)
 
-    def project_frame(self, features):
-        """(reduced, key_values) of frame features [..., h, w, d].
+    def transform(self, selected, attended):
+        """The full-width rest of the block: (query points [.., d], attention [.., d_r]) -> [.., d].
 
-        `reduced` (d_r channels, compute dtype) can be passed to `attend` when the
-        same frame is also the query, so the shared reduction runs once.
+        `attended` is the concatenated head outputs (before W^O) computed from
+        `query_input(selected)`. Float32.
         """
-        features = tf.convert_to_tensor(features)
-        self._build_for_channels(features.shape[-1])
-        if features.dtype != self.compute_dtype:
-            features = tf.cast(features, self.compute_dtype)
-        reduced = self._reduce(features)
-        kernel = tf.concat([self.key_kernel, self.value_kernel], axis=1)
-        bias = tf.concat([self.key_bias, self.value_bias], axis=0)
-        return reduced, tf.cast(self._linear(reduced, kernel, bias), tf.float32)
+        mixed = self._linear(attended, tf.cast(self.output_kernel, tf.float32), tf.cast(self.output_bias, tf.float32))
+        if self.norm_first:
+            x = selected + mixed
+            return x + self._ffn(self._layer_norm(x, self.norm2_gamma, self.norm2_beta))
+        x = self._layer_norm(selected + mixed, self.norm1_gamma, self.norm1_beta)
+        return self._layer_norm(x + self._ffn(x), self.norm2_gamma, self.norm2_beta)
 
-    def attend(self, query, key_values, reduced=None):
-        """STT output for a query map and projected key/values from `project_keys`.
+    def _ffn(self, x):
+        hidden = tf.nn.relu(self._linear(x, tf.cast(self.ffn1_kernel, tf.float32), tf.cast(self.ffn1_bias, tf.float32)))
+        return self._linear(hidden, tf.cast(self.ffn2_kernel, tf.float32), tf.cast(self.ffn2_bias, tf.float32))
 
-        `reduced`: the query's reduced features from `project_frame`, if at hand.
-        """
+    def project_queries(self, points):
+        """W^Q of query points [.., d] (after the first LayerNorm with norm_first), scaled by 1/sqrt(d_head)."""
+        points = tf.cast(points, tf.float32)
+        if self.norm_first:
+            points = self._layer_norm(points, self.norm1_gamma, self.norm1_beta)
+        scale = 1.0 / math.sqrt(self.reduced_channels // self.num_heads)
+        return self._linear(points, tf.cast(self.query_kernel, tf.float32), tf.cast(self.query_bias, tf.float32)) * scale
+
+    def select(self, query):
+        """Flat positions [B, N_q] of the selected query points (NSM top `top_ratio`)."""
+        scores = nsm.nsm_score(tf.stop_gradient(query), self.neighborhood_radius, self.nsm_temperature)
+        return tf.stop_gradient(nsm.select_top(scores, self.top_ratio))
+
+    def attend(self, query, key_values):
+        """STT output for a query map [B, h, w, d] and projected key/values from `project_keys`."""
         query = tf.convert_to_tensor(query)
         self._build_for_channels(query.shape[-1])
         if query.dtype != self.compute_dtype:
@@ -222,57 +243,31 @@ class SparseTemporalTransformer(keras.layers.Layer):
             return query
         key_values = tf.cast(key_values, tf.float32)
         shape = tf.shape(query)
-        batch, h, w = shape[0], shape[1], shape[2]
-        if query.shape[1] is not None and query.shape[2] is not None:
-            h, w = query.shape[1], query.shape[2]
-        d, d_r = self.channels, self.reduced_channels
-        scale = 1.0 / math.sqrt(d_r // self.num_heads)
+        batch = shape[0]
+        d = self.channels
 
-        scores = nsm.nsm_score(tf.stop_gradient(query), self.neighborhood_radius)
-        selected = tf.stop_gradient(nsm.select_top(scores, self.top_ratio))  # [B, N_q]
-
+        selected = self.select(query)  # [B, N_q]
         flat_query = tf.reshape(query, [batch, -1, d])
-        query_kernel = tf.cast(self.query_kernel, tf.float32)
-        query_bias = tf.cast(self.query_bias, tf.float32)
+        points = tf.cast(tf.gather(flat_query, selected, batch_dims=1), tf.float32)  # [B, N_q, d]
         if self.key_selection == "window" and kernels.use_native():
-            # Native kernel: only the selected points are reduced, projected and
-            # attended, over their exact windows.
-            if reduced is None:
-                reduced = self._reduce(tf.gather(flat_query, selected, batch_dims=1))
-            else:
-                reduced = tf.gather(tf.reshape(reduced, [batch, -1, d_r]), selected, batch_dims=1)
-            reduced = tf.cast(reduced, tf.float32)  # [B, N_q, d_r]
-            q = (tf.matmul(reduced, query_kernel) + query_bias) * scale
+            # Native kernel: only the selected points are projected and attended,
+            # over their exact windows.
             attended = temporal_attention.selected_windowed_attention(
-                q, selected, key_values, self.radii, self.num_heads, self.tiles_per_step
+                self.project_queries(points), selected, key_values, self.radii, self.num_heads, self.tiles_per_step
             )
         elif self.key_selection == "window":
-            # The tiled kernel scores whole 8x8 tiles, so every point is projected;
+            # The tiled kernel scores whole tiles, so every point is projected;
             # only the selected points go on through the rest of the block.
-            if reduced is None:
-                reduced = self._reduce(query)
-            reduced = tf.cast(reduced, tf.float32)  # [B, h, w, d_r]
-            q = (tf.matmul(reduced, query_kernel) + query_bias) * scale
             attended = temporal_attention.windowed_attention(
-                q, key_values, self.radii, self.num_heads, self.tiles_per_step
+                self.project_queries(query), key_values, self.radii, self.num_heads, self.tiles_per_step
             )
-            attended = tf.gather(tf.reshape(attended, [batch, -1, d_r]), selected, batch_dims=1)
-            reduced = tf.gather(tf.reshape(reduced, [batch, -1, d_r]), selected, batch_dims=1)
+            attended = tf.gather(tf.reshape(attended, [batch, -1, self.reduced_channels]), selected, batch_dims=1)
         else:
-            reduced = tf.cast(self._reduce(tf.gather(flat_query, selected, batch_dims=1)), tf.float32)
-            q = (tf.matmul(reduced, query_kernel) + query_bias) * scale
             attended = temporal_attention.full_attention(
-                q, tf.reshape(key_values, [batch, -1, 2 * d_r]), self.num_heads, self.query_chunk
+                self.project_queries(points), tf.reshape(key_values, [batch, -1, 2 * self.reduced_channels]),
+                self.num_heads, self.query_chunk,
             )
-
-        mixed = self._linear(attended, tf.cast(self.output_kernel, tf.float32), tf.cast(self.output_bias, tf.float32))
-        x = self._layer_norm(reduced + mixed, self.norm1_gamma, self.norm1_beta)
-        hidden = tf.nn.relu(self._linear(x, tf.cast(self.ffn1_kernel, tf.float32), tf.cast(self.ffn1_bias, tf.float32)))
-        ffn = self._linear(hidden, tf.cast(self.ffn2_kernel, tf.float32), tf.cast(self.ffn2_bias, tf.float32))
-        y = self._layer_norm(x + ffn, self.norm2_gamma, self.norm2_beta)
-        out = self._linear(tf.cast(y, query.dtype), self.expand_kernel, self.expand_bias)  # [B, N_q, d]
-        if self.residual:
-            out = out + tf.gather(flat_query, selected, batch_dims=1)
+        out = tf.cast(self.transform(points, attended), query.dtype)
 
         batch_index = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(selected))
         positions = tf.stack([batch_index, selected], axis=-1)
@@ -304,11 +299,12 @@ class SparseTemporalTransformer(keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "reduction": self.reduction,
                 "key_selection": self.key_selection,
-                "ffn_multiplier": self.ffn_multiplier,
+                "ffn_channels": self.ffn_channels,
+                "nsm_temperature": self.nsm_temperature,
+                "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "tiles_per_step": self.tiles_per_step,
                 "query_chunk": self.query_chunk,
-                "residual": self.residual,
             }
         )
         return config

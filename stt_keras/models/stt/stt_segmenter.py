@@ -12,7 +12,7 @@ from stt_keras.models.stt.stt_presets import PRESETS
 
 _STT_KEYS = {
     "num_key_frames", "start_size", "end_size", "expansion", "neighborhood_radius", "top_ratio",
-    "num_heads", "reduction", "key_selection", "ffn_multiplier", "residual",
+    "num_heads", "reduction", "key_selection", "ffn_channels", "nsm_temperature", "norm_first",
 }
 _ARCH_KEYS = {"backbone", "feature_channels", "head_channels", "output_stride"}
 _MODEL_KEYS = {"stop_key_gradients", "aux_weight"}
@@ -254,11 +254,10 @@ class STTSegmenter(keras.Model):
         frame = tf.convert_to_tensor(frame)
         size = (frame.shape[1], frame.shape[2])
         features, skips = self._encode(frame, False)
-        reduced, current = self.stt.project_frame(features)
-        current = current[:, None]  # [B, 1, h, w, 2 d_r]
+        current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
         reset = tf.reshape(tf.cast(reset, tf.bool), [-1, 1, 1, 1, 1])
         state = tf.where(reset, tf.repeat(current, self.num_key_frames, axis=1), state)
-        mixed = self.stt.attend(features, state, reduced=reduced)
+        mixed = self.stt.attend(features, state)
         logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
         return logits, tf.concat([state[:, 1:], current], axis=1)
 
