@@ -116,3 +116,42 @@ def test_training_pipeline_is_deterministic_under_its_seed():
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
     assert a[0].shape == (4, 3, 24, 48, 3) and a[1].shape == (4, 24, 48)
+
+
+def test_degradation_bursts_persist_and_are_recorded():
+    video = SyntheticVideo(8, 30, 64, 128, seed=0)
+    degraded_frames, occluder_runs, repeats = [], 0, 0
+    for i in range(8):
+        frames, labels, degraded = video.sequence(i, with_degradation=True)
+        f2, l2 = video.sequence(i)
+        np.testing.assert_array_equal(frames, f2)  # the masks change nothing
+        np.testing.assert_array_equal(labels, l2)
+        assert degraded.dtype == bool and degraded.shape == labels.shape
+        assert not degraded[:4].any()  # every sequence starts with clean history
+        any_frame = degraded.any(axis=(1, 2))
+        degraded_frames.append(any_frame)
+        partial = (degraded.mean(axis=(1, 2)) > 0) & (degraded.mean(axis=(1, 2)) < 1)
+        occluder_runs += int((partial[1:] & partial[:-1]).sum())  # local bursts last > 1 frame
+        for t in range(1, 30):
+            if np.array_equal(frames[t], frames[t - 1]):  # a stalled camera: the label moved on
+                repeats += 1
+                np.testing.assert_array_equal(degraded[t], labels[t] != labels[t - 1])
+    share = np.concatenate(degraded_frames).mean()
+    assert 0.2 <= share <= 0.5, share
+    assert occluder_runs >= 3
+    assert repeats >= 1
+
+
+def test_degraded_pixels_differ_from_the_clean_render():
+    # A burst changes the image where it says it does: compare against the same
+    # frame's pixels far more than the light per-frame noise does.
+    video = SyntheticVideo(6, 30, 64, 128, seed=4)
+    gaps = []
+    for i in range(6):
+        frames, labels, degraded = video.sequence(i, with_degradation=True)
+        for t in range(1, 30):
+            if degraded[t].any() and not degraded[t - 1].any() and not np.array_equal(frames[t], frames[t - 1]):
+                diff = np.abs(frames[t].astype(int) - frames[t - 1]).mean(-1)
+                gaps.append(diff[degraded[t]].mean() - diff[~degraded[t]].mean() if (~degraded[t]).any()
+                            else diff.mean())
+    assert len(gaps) >= 5 and np.median(gaps) > 10, gaps

@@ -3,11 +3,24 @@
 Every sequence is a little driving scene: sky, buildings and trees along a
 horizon that scrolls with the camera's pan, a road with sidewalks, and cars and
 people that move, grow as they approach, and occlude each other by depth. Each
-frame is then degraded: sensor noise, occasional blur, brightness flicker, and
-brief occluders (a wiper, a splash) that hide part of the view for a frame or
-two while the label keeps the true scene underneath. Class appearances overlap
-on purpose (grey cars on a grey road, green-clad people by the trees), so a
-single frame is ambiguous exactly where the previous ones are not.
+frame then gets light sensor noise and brightness flicker, and the video has
+*bursts* of heavy degradation, as real dash-cam footage does, during which the
+current frame lacks what the frames just before it show:
+
+- occluders (mud, a splash, a wiper blade): a textured blob that stays 2-5
+  frames while the scene moves on behind it;
+- shadows: a dark band across the view for 2-5 frames;
+- exposure bursts (over- or under-exposed), motion blur and sensor-noise bursts
+  over the whole frame for 1-3 frames;
+- repeated frames (the camera stalls: the image is the previous one while the
+  world, and so the label, moves on) and dropped frames (the scene jumps ahead).
+
+Labels are always the true scene. `sequence(i, with_degradation=True)` also
+returns which pixels each burst degraded, so evaluation can report accuracy on
+degraded frames and pixels. Class appearances overlap on purpose (grey cars on a
+grey road, green-clad people by the trees) and degradation removes the cues
+that tell them apart (shape under blur, colour under exposure), so a degraded
+frame is ambiguous exactly where the previous ones are not.
 
 Everything is generated lazily and deterministically from (seed, sequence index),
 and every frame has a label, so temporal consistency and all-frame mIoU can be
@@ -70,18 +83,35 @@ class SyntheticVideo:
     def __len__(self):
         return self.num_sequences
 
-    def sequence(self, index):
-        """(frames uint8 [N, H, W, 3], labels uint8 [N, H, W]) of sequence `index`."""
+    def sequence(self, index, with_degradation=False):
+        """(frames uint8 [N, H, W, 3], labels uint8 [N, H, W]) of sequence `index`.
+
+        With `with_degradation`, a third array bool [N, H, W]: the pixels a
+        degradation burst hid or changed in each frame.
+        """
         if not 0 <= index < self.num_sequences:
             raise IndexError(f"sequence {index} out of range [0, {self.num_sequences}).")
+        n, h, w = self.frames_per_sequence, self.height, self.width
         rng = np.random.default_rng([self.seed, int(index)])
-        scene = _Scene(rng, self.height, self.width, self.frames_per_sequence)
-        frames = np.empty((self.frames_per_sequence, self.height, self.width, 3), np.uint8)
-        labels = np.empty((self.frames_per_sequence, self.height, self.width), np.uint8)
-        for t in range(self.frames_per_sequence):
-            image, label = scene.render(t)
-            frames[t] = _degrade(image, label, rng)
-            labels[t] = label
+        scene = _Scene(rng, h, w, 2 * n)
+        bursts = _Bursts(np.random.default_rng([self.seed, int(index), 1]), n, h, w)
+        frames = np.empty((n, h, w, 3), np.uint8)
+        labels = np.empty((n, h, w), np.uint8)
+        degraded = np.zeros((n, h, w), bool)
+        clock, previous = 0, None
+        for t in range(n):
+            clock += bursts.advance(t)  # a dropped frame: the scene jumps ahead
+            image, label = scene.render(clock)
+            if bursts.repeated(t) and previous is not None:
+                # The camera stalls: the image is the previous one, the label the world now.
+                frames[t], labels[t] = frames[t - 1], label
+                degraded[t] = previous != label
+            else:
+                frames[t], degraded[t] = bursts.apply(t, image, rng)
+                labels[t] = label
+            previous = label
+        if with_degradation:
+            return frames, labels, degraded
         return frames, labels
 
 
@@ -181,19 +211,95 @@ class _Scene:
         image[ys, xs] = obj["colour"]
 
 
-def _degrade(image, label, rng):
-    """Per-frame nuisances; the label (the true scene) is left as it is."""
-    h, w = label.shape
-    image = image * rng.uniform(0.75, 1.25)  # brightness flicker
-    if rng.random() < 0.25:  # motion blur / defocus
-        k = int(rng.integers(2, 5))
-        image = (image + np.roll(image, k, axis=1) + np.roll(image, -k, axis=1)) / 3.0
-    if rng.random() < 0.2:  # a brief occluder: a blob of random colour
-        oh, ow = int(rng.integers(h // 6, h // 2)), int(rng.integers(w // 8, w // 3))
-        y, x = int(rng.integers(0, h - oh)), int(rng.integers(0, w - ow))
-        image[y: y + oh, x: x + ow] = rng.uniform(40, 200, 3)
-    image = image + rng.normal(0, rng.uniform(4, 14), image.shape)  # sensor noise
-    return np.clip(image, 0, 255).astype(np.uint8)
+class _Bursts:
+    """The degradation schedule of one sequence: which burst covers which frames.
+
+    About a third of the frames carry a heavy burst; frames 0 .. 3 are clean, so
+    every sequence starts with some clean history. Local bursts (occluders,
+    shadows) keep their shape while they last; global ones hit the whole frame.
+    """
+
+    GLOBAL = ("overexposed", "underexposed", "blur", "noise")
+
+    def __init__(self, rng, frames, h, w):
+        self.h, self.w = h, w
+        self.events = {}  # frame -> list of (kind, params)
+        self.jumps = np.zeros(frames, np.int64)
+        self.repeats = np.zeros(frames, bool)
+        t = 4
+        while t < frames:
+            if rng.random() < 0.3:
+                kind = rng.choice(["occluder", "occluder", "occluder", "shadow", "overexposed", "underexposed",
+                                   "blur", "noise", "repeat"])
+                length = int(rng.integers(2, 6)) if kind in ("occluder", "shadow") else int(rng.integers(1, 4))
+                params = self._params(kind, rng)
+                for k in range(t, min(frames, t + length)):
+                    if kind == "repeat":
+                        self.repeats[k] = True
+                    else:
+                        self.events.setdefault(k, []).append((kind, params, k - t))
+                t += length + int(rng.integers(1, 4))  # a clean frame or more between bursts
+            else:
+                if rng.random() < 0.04:
+                    self.jumps[t] = int(rng.integers(1, 3))  # dropped frames
+                t += 1
+
+    def _params(self, kind, rng):
+        h, w = self.h, self.w
+        if kind == "occluder":
+            oh, ow = int(rng.integers(h // 4, int(h / 1.6))), int(rng.integers(w // 6, int(w / 2.5)))
+            return dict(y=int(rng.integers(0, h - oh)), x=int(rng.integers(0, w - ow)), oh=oh, ow=ow,
+                        colour=rng.uniform(30, 200, 3), drift=rng.uniform(-1.5, 1.5) * w / 128,
+                        texture=rng.normal(0, 25, (oh, ow, 1)))
+        if kind == "shadow":
+            band = int(rng.integers(h // 5, h // 2))
+            return dict(y=int(rng.integers(h // 3, h - band)), band=band, slope=rng.uniform(-0.3, 0.3),
+                        factor=rng.uniform(0.1, 0.2))
+        if kind == "overexposed":
+            return dict(gain=rng.uniform(3.0, 4.5), offset=rng.uniform(120, 180))  # nearly saturated
+        if kind == "underexposed":
+            return dict(gain=rng.uniform(0.03, 0.07))  # nearly black: the sensor noise dominates
+        if kind == "blur":
+            return dict(k=int(rng.integers(max(3, w // 32), max(5, w // 14))))
+        if kind == "noise":
+            return dict(sigma=rng.uniform(70, 110))
+        return {}
+
+    def advance(self, t):
+        return 1 + int(self.jumps[t]) if t else 0
+
+    def repeated(self, t):
+        return bool(self.repeats[t])
+
+    def apply(self, t, image, rng):
+        """(degraded uint8 image, bool mask of the pixels a burst degraded)."""
+        h, w = self.h, self.w
+        image = image * rng.uniform(0.85, 1.15)  # light flicker on every frame
+        mask = np.zeros((h, w), bool)
+        for kind, p, age in self.events.get(t, []):
+            if kind == "occluder":
+                x = int(np.clip(p["x"] + age * p["drift"], 0, w - p["ow"]))
+                y, oh, ow = p["y"], p["oh"], p["ow"]
+                image[y: y + oh, x: x + ow] = p["colour"] + p["texture"]
+                mask[y: y + oh, x: x + ow] = True
+            elif kind == "shadow":
+                rows = np.arange(h)[:, None] - (p["y"] + p["slope"] * (np.arange(w)[None, :] - w / 2))
+                band = (rows >= 0) & (rows < p["band"])
+                image[band] *= p["factor"]
+                mask |= band
+            else:
+                if kind == "overexposed":
+                    image = image * p["gain"] + p["offset"]
+                elif kind == "underexposed":
+                    image = image * p["gain"]
+                elif kind == "blur":
+                    k = p["k"]
+                    image = sum(np.roll(image, s, axis=1) for s in range(-k, k + 1)) / (2 * k + 1)
+                elif kind == "noise":
+                    image = image + rng.normal(0, p["sigma"], image.shape)
+                mask[:] = True
+        image = image + rng.normal(0, rng.uniform(3, 8), image.shape)  # light sensor noise
+        return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
 def write_video(path, frames=60, height=128, width=256, seed=1000, index=0, fps=10):
