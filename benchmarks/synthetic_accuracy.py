@@ -1,13 +1,19 @@
-"""Does temporal context help? STT vs its per-frame baseline vs all-keys STT on the synthetic video.
+"""Does temporal context help? STT variants vs the per-frame baseline on the synthetic video.
 
-Trains, with the same budget and seed, `stt_psp_tiny`, `psp_tiny` and `stt_psp_tiny`
-with key_selection="all", then evaluates each on held-out synthetic sequences
-(mIoU over every frame, TC with DIS flow, frames/s), and prints a Markdown table.
+Trains each variant with the same budget, data and seed (the quickstart's settings by
+default: 300 steps x batch 4, crop 128x128), evaluates it on held-out synthetic
+sequences (mIoU on all frames, on degraded frames and on degraded pixels, TC with DIS
+flow, and the history ablation: the same STT with its past replaced by copies of the
+current frame), and prints a Markdown table with means, spread and per-seed values.
 
-Run: python benchmarks/synthetic_accuracy.py [--steps 400] [--out runs/synthetic_accuracy]
-         [--seeds 0 1 2] [--variants stt base stt_all stt_res stt_res_all]
-(about 8 minutes per variant and seed on 2 cores; results.json keeps finished runs, so an
-interrupted benchmark resumes)
+Fine-tuning protocol (`ft_*` variants): the per-frame baseline is trained for
+--steps, then an STT is initialised from it (--init-from) and trained for --steps
+more; it is compared with `base2x`, the per-frame model trained for 2 x --steps.
+
+Run: python benchmarks/synthetic_accuracy.py [--steps 300] [--out runs/synthetic_accuracy]
+         [--seeds 0 1 2] [--variants base stt stt_all stt_q100 ...]
+(1.5-4 minutes per variant and seed on 2 idle cores; results.json keeps finished runs,
+so an interrupted benchmark resumes)
 """
 
 import argparse
@@ -21,23 +27,29 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from stt_keras import load_model  # noqa: E402
 from training import train as train_lib  # noqa: E402
-from training.evaluate import evaluate, synthetic_sequences  # noqa: E402
+from training.evaluate import evaluate_with_ablation, synthetic_sequences  # noqa: E402
 
-# (key, table name, preset, STT overrides). "residual" is not in the paper: the STT output is added
-# to the selected points (zero-initialised expansion, so training starts from the per-frame
-# model) instead of replacing them.
+# (key, table name, preset, STT overrides). `norm_first` is not in the paper: the pre-norm block
+# that starts as the identity (for fine-tuning a trained per-frame model).
 VARIANTS = [
-    ("stt", "STT (sparse windows, top 50%)", "stt_psp_tiny", {}),
-    ("base", "per-frame baseline", "psp_tiny", {}),
-    ("stt_all", "STT, all keys (vanilla)", "stt_psp_tiny", {"key_selection": "all"}),
-    ("stt_res", "STT residual (sparse)", "stt_psp_tiny", {"residual": True}),
-    ("stt_res_all", "STT residual, all keys", "stt_psp_tiny", {"residual": True, "key_selection": "all"}),
+    ("base", "per-frame baseline `psp_tiny`", "psp_tiny", {}),
+    ("stt", "STT `stt_psp_tiny` (preset default)", "stt_psp_tiny", {}),
+    ("stt_paper", "STT, paper NSM (raw dot products)", "stt_psp_tiny", {"nsm_temperature": None}),
+    ("stt_cos", "STT, scale-free NSM (cosine / 0.1)", "stt_psp_tiny", {"nsm_temperature": 0.1}),
+    ("stt_all", "STT, all keys (vanilla keys)", "stt_psp_tiny", {"key_selection": "all"}),
+    ("stt_q100", "STT, all queries (top 100%)", "stt_psp_tiny", {"top_ratio": 1.0}),
+    ("stt_nf", "STT, pre-norm block (not paper)", "stt_psp_tiny", {"norm_first": True}),
+    ("stt_r2", "STT, q/k/v at d/2 (reduction 2)", "stt_psp_tiny", {"reduction": 2}),
+    ("stt_q75", "STT, top 75% queries", "stt_psp_tiny", {"top_ratio": 0.75}),
+    ("base2x", "per-frame baseline, 2x steps", "psp_tiny", {}),
+    ("ft_stt", "STT fine-tuned from the baseline (+1x steps)", "stt_psp_tiny", {}),
+    ("ft_stt_nf", "STT pre-norm fine-tuned from the baseline (+1x steps)", "stt_psp_tiny", {"norm_first": True}),
 ]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--size", default="128x256")
     p.add_argument("--crop", default="128x128")
@@ -46,7 +58,7 @@ def main():
     p.add_argument("--out", default="runs/synthetic_accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds: mean and spread per variant")
-    p.add_argument("--variants", nargs="+", default=["stt", "base", "stt_all"],
+    p.add_argument("--variants", nargs="+", default=["base", "stt", "stt_all", "stt_q100"],
                    choices=[v[0] for v in VARIANTS])
     args = p.parse_args()
     seeds = args.seeds or [args.seed]
@@ -62,25 +74,54 @@ def main():
             os.makedirs(args.out, exist_ok=True)
             with open(results_path, "w") as f:
                 json.dump(rows, f, indent=2)
-    print(f"\nsynthetic video, {args.steps} steps x batch {args.batch_size}, crop {args.crop}, "
-          f"eval on {args.eval_sequences} held-out sequences of 30 frames at {args.size}, seeds {seeds}\n")
-    print("| model | mIoU | TC (DIS) | TC masked | frames/s | train min | mIoU per seed |")
-    print("|---|---|---|---|---|---|---|")
+    print(table(rows, seeds, args))
+
+
+def _mean_spread(values):
+    values = [100 * v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {(max(values) - min(values)) / 2:.1f}"
+
+
+def table(rows, seeds, args):
+    """Markdown: mean ± half-range over seeds, and the per-seed mIoU."""
+    lines = [f"\nsynthetic video, {args.steps} steps x batch {args.batch_size}, crop {args.crop}, "
+             f"eval on {args.eval_sequences} held-out sequences of 30 frames at {args.size}, seeds {seeds} "
+             "(mean ± half the range over seeds)\n",
+             "| model | mIoU | mIoU degraded frames | mIoU degraded pixels | TC (DIS) | mIoU, history ablated "
+             "| train min | mIoU per seed |",
+             "|---|---|---|---|---|---|---|---|"]
     for key, name, _, _ in VARIANTS:
-        mine = [r for r in rows if r["key"] == key and r["seed"] in seeds and r["steps"] == args.steps]
+        mine = sorted((r for r in rows if r["key"] == key and r["seed"] in seeds and r["steps"] == args.steps),
+                      key=lambda r: r["seed"])
         if not mine:
             continue
-        mean = lambda field: sum(r[field] for r in mine) / len(mine)  # noqa: E731
-        per_seed = " / ".join(f"{100 * r['miou']:.1f}" for r in sorted(mine, key=lambda r: r["seed"]))
-        print(f"| {name} | {100 * mean('miou'):.1f} | {100 * mean('tc'):.1f} | {100 * mean('tc_occlusion_masked'):.1f} "
-              f"| {mean('frames_per_second'):.1f} | {mean('train_seconds') / 60:.1f} | {per_seed} |")
+        ablated = [r.get("history_ablation", {}).get("miou") for r in mine]
+        per_seed = " / ".join(f"{100 * r['miou']:.1f}" for r in mine)
+        lines.append(
+            f"| {name} | {_mean_spread([r['miou'] for r in mine])} "
+            f"| {_mean_spread([r.get('miou_degraded_frames') for r in mine])} "
+            f"| {_mean_spread([r.get('miou_degraded_pixels') for r in mine])} | {_mean_spread([r['tc'] for r in mine])} "
+            f"| {_mean_spread(ablated) if any(a is not None for a in ablated) else '-'} "
+            f"| {sum(r['train_seconds'] for r in mine) / len(mine) / 60:.1f} | {per_seed} |")
+    return "\n".join(lines)
 
 
 def run_variant(args, seed, key, name, preset, overrides):
     out = os.path.join(args.out, f"seed{seed}", key)
-    argv = ["--preset", preset, "--out", out, "--steps", str(args.steps), "--checkpoint-every", str(max(1, args.steps // 4)),
+    steps = 2 * args.steps if key == "base2x" else args.steps
+    argv = ["--preset", preset, "--out", out, "--steps", str(steps), "--checkpoint-every", str(max(1, steps // 4)),
             "--batch-size", str(args.batch_size), "--synthetic-size", args.size, "--crop", args.crop,
             "--synthetic-sequences", str(args.sequences), "--seed", str(seed), "--val-batches", "4", "--verbose", "2"]
+    if key.startswith("ft_"):
+        base = os.path.join(args.out, f"seed{seed}", "base", "last.keras")
+        if not os.path.exists(base):
+            raise SystemExit(f"{key} fine-tunes the baseline: run the 'base' variant for seed {seed} first.")
+        argv += ["--init-from", base]
     train_args = train_lib.build_parser().parse_args(argv)
     train_args.stt_overrides = dict(overrides)
     start = time.perf_counter()
@@ -88,10 +129,12 @@ def run_variant(args, seed, key, name, preset, overrides):
     train_seconds = time.perf_counter() - start
     model = load_model(os.path.join(out, "last.keras"), compile=False)
     size = tuple(int(v) for v in args.size.split("x"))
-    results = evaluate(model, synthetic_sequences(args.eval_sequences, size=size), model.num_classes)
+    results = evaluate_with_ablation(model, lambda: synthetic_sequences(args.eval_sequences, size=size),
+                                     model.num_classes)
     results.update(key=key, name=name, preset=preset, overrides=overrides, seed=seed, steps=args.steps,
                    train_seconds=train_seconds)
     return results
+
 
 if __name__ == "__main__":
     main()

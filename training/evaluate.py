@@ -3,7 +3,7 @@
 Each sequence is run frame by frame the way the model is deployed: an STT model
 through StreamingSegmenter (every frame encoded once, the first-frame policy at
 the start of every sequence), a per-frame model on each frame alone. mIoU is
-over the labelled frames; TC (ETC's protocol, METHOD.md) over every consecutive
+over the labelled frames; TC (ETC's protocol, docs/method.md) over every consecutive
 pair of predicted frames, with OpenCV DIS flow.
 
     stt-eval --model runs/synthetic_stt/best.keras --dataset synthetic --out runs/synthetic_stt/eval
@@ -28,15 +28,18 @@ from training.data import cityscapes_ids
 from training.data.files import read_frame, read_label
 from training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from training.data.synthetic import SyntheticVideo
+from training.data.pipeline import IGNORE_LABEL
 from training.metrics import FLOW_ESTIMATOR, MeanIoU, TemporalConsistency
 
 
 def synthetic_sequences(num_sequences=6, frames=30, size=(128, 256), seed=1000, labelled_every=1):
-    """Held-out synthetic sequences (a seed the training set does not use): (frames, {index: label})."""
+    """Held-out synthetic sequences (a seed the training set does not use):
+    (frames, {index: label}, {index: degraded-pixel mask})."""
     video = SyntheticVideo(num_sequences, frames, *size, seed=seed)
     for i in range(num_sequences):
-        f, l = video.sequence(i)
-        yield f, {t: l[t] for t in range(0, frames, labelled_every)}
+        f, l, d = video.sequence(i, with_degradation=True)
+        labelled = range(0, frames, labelled_every)
+        yield f, {t: l[t] for t in labelled}, {t: d[t] for t in labelled}
 
 
 def cityscapes_sequences(root, split):
@@ -52,20 +55,40 @@ def cityscapes_sequences(root, split):
         yield np.stack([read_frame(p) for p in paths]), {19: read_label(label_path, 19, "cityscapes")}
 
 
-def evaluate(model, sequences, num_classes, max_sequences=None):
-    """Runs `model` over sequences; returns the metrics dict."""
+def evaluate(model, sequences, num_classes, max_sequences=None, history="video"):
+    """Runs `model` over sequences; returns the metrics dict.
+
+    Args:
+        sequences: iterable of (frames [N, H, W, 3], {t: label}) or
+            (frames, {t: label}, {t: degraded-pixel mask}); with the masks, mIoU is
+            also reported on degraded frames (any degraded pixel), on degraded
+            pixels only, and on clean frames.
+        history: "video" (the real stream) or "current" (the history ablation:
+            every step's history is copies of the current frame, so the STT sees
+            no past; a per-frame model is unaffected).
+    """
+    if history not in ("video", "current"):
+        raise ValueError(f"`history` must be 'video' or 'current', got {history!r}.")
     miou = MeanIoU(num_classes)
+    subsets = {"degraded_frames": MeanIoU(num_classes), "degraded_pixels": MeanIoU(num_classes),
+               "clean_frames": MeanIoU(num_classes)}
+    has_masks = False
     tc = TemporalConsistency(num_classes, masked=True)
     stream = StreamingSegmenter(model) if model.stt is not None else None
     per_frame = tf.function(lambda frame: model(frame, training=False))  # compiled, as the stream step is
     seconds, frames_timed = 0.0, 0
-    for n, (frames, labels) in enumerate(sequences):
+    for n, item in enumerate(sequences):
         if max_sequences is not None and n >= max_sequences:
             break
+        frames, labels = item[0], item[1]
+        masks = item[2] if len(item) > 2 else None
+        has_masks |= masks is not None
         if stream is not None:
             stream.reset()
         predictions = []
         for t, frame in enumerate(frames):
+            if stream is not None and history == "current":
+                stream.reset()  # the first-frame policy fills the history with this frame
             start = time.perf_counter()
             logits = stream.step(frame) if stream is not None else per_frame(frame[None])[0]
             prediction = np.asarray(logits).argmax(-1)
@@ -74,10 +97,16 @@ def evaluate(model, sequences, num_classes, max_sequences=None):
                 frames_timed += 1
             predictions.append(prediction)
             if t in labels:
-                miou.update_state(labels[t][None].astype(np.int64), prediction[None])
+                label = labels[t][None].astype(np.int64)
+                miou.update_state(label, prediction[None])
+                if masks is not None:
+                    mask = masks[t][None]
+                    subsets["degraded_frames" if mask.any() else "clean_frames"].update_state(label, prediction[None])
+                    if mask.any():
+                        subsets["degraded_pixels"].update_state(np.where(mask, label, IGNORE_LABEL), prediction[None])
         tc.update(frames, np.stack(predictions))
     per_class = miou.per_class_iou().numpy()
-    return {
+    results = {
         "miou": float(miou.result()),
         "per_class_iou": [None if np.isnan(v) else float(v) for v in per_class],
         "tc": tc.result(),
@@ -85,7 +114,25 @@ def evaluate(model, sequences, num_classes, max_sequences=None):
         "tc_flow": FLOW_ESTIMATOR,
         "frames_per_second": frames_timed / seconds if seconds else None,
         "frames_timed": frames_timed,
+        "history": history,
     }
+    if has_masks:
+        for name, metric in subsets.items():
+            value = float(metric.result())
+            results[f"miou_{name}"] = None if np.isnan(value) else value
+    return results
+
+
+def evaluate_with_ablation(model, make_sequences, num_classes, max_sequences=None):
+    """`evaluate` on the real stream and, for an STT model, again with the history
+    ablation (results["history_ablation"]): how much of the result comes from time."""
+    results = evaluate(model, make_sequences(), num_classes, max_sequences)
+    if model.stt is not None:
+        ablation = evaluate(model, make_sequences(), num_classes, max_sequences, history="current")
+        results["history_ablation"] = {k: v for k, v in ablation.items()
+                                       if k in ("miou", "tc", "miou_degraded_frames", "miou_degraded_pixels",
+                                                "miou_clean_frames")}
+    return results
 
 
 def markdown_report(results, class_names, title):
@@ -93,6 +140,16 @@ def markdown_report(results, class_names, title):
     lines.append(f"| mIoU | {100 * results['miou']:.1f} |")
     lines.append(f"| TC ({results['tc_flow']}) | {100 * results['tc']:.1f} |")
     lines.append(f"| TC, occlusion-masked (forward-backward check) | {100 * results['tc_occlusion_masked']:.1f} |")
+    for key, name in (("miou_degraded_frames", "mIoU, degraded frames"), ("miou_degraded_pixels", "mIoU, degraded pixels"),
+                      ("miou_clean_frames", "mIoU, clean frames")):
+        if results.get(key) is not None:
+            lines.append(f"| {name} | {100 * results[key]:.1f} |")
+    ablation = results.get("history_ablation")
+    if ablation:
+        lines.append(f"| mIoU with the history ablated (past = copies of the current frame) | {100 * ablation['miou']:.1f} |")
+        if ablation.get("miou_degraded_frames") is not None:
+            lines.append(f"| mIoU on degraded frames, history ablated | {100 * ablation['miou_degraded_frames']:.1f} |")
+        lines.append(f"| TC, history ablated | {100 * ablation['tc']:.1f} |")
     fps = results["frames_per_second"]
     lines.append(f"| frames/s (batch 1, this machine) | {fps:.2f} |" if fps else "| frames/s | n/a |")
     lines += ["", "| class | IoU |", "|---|---|"]
@@ -119,14 +176,14 @@ def main(argv=None):
     model = load_model(args.model, compile=False)
     if args.dataset == "synthetic":
         size = tuple(int(v) for v in args.synthetic_size.split("x"))
-        sequences, names = synthetic_sequences(args.synthetic_sequences, size=size), SYNTHETIC_CLASSES
+        make_sequences, names = (lambda: synthetic_sequences(args.synthetic_sequences, size=size)), SYNTHETIC_CLASSES
     else:
         if not args.data_root:
             raise SystemExit("stt-eval: --data-root is required for cityscapes.")
-        sequences, names = cityscapes_sequences(args.data_root, args.split), cityscapes_ids.CLASS_NAMES
+        make_sequences, names = (lambda: cityscapes_sequences(args.data_root, args.split)), cityscapes_ids.CLASS_NAMES
     if model.num_classes != len(names):
         raise SystemExit(f"stt-eval: the model predicts {model.num_classes} classes, the dataset has {len(names)}.")
-    results = evaluate(model, sequences, len(names), args.max_sequences)
+    results = evaluate_with_ablation(model, make_sequences, len(names), args.max_sequences)
     results.update(model=os.path.abspath(args.model), dataset=args.dataset, split=args.split, class_names=list(names))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
