@@ -117,7 +117,7 @@ def warp_labels(labels, flow):
 
 
 class TemporalConsistency:
-    """ETC's temporal consistency (METHOD.md, "Metrics"), accumulated over clips.
+    """ETC's temporal consistency (docs/method.md, "Metrics"), accumulated over clips.
 
     For each consecutive pair (i, i+1) of a clip: flow i -> i+1 on the RGB frames,
     backward-warp the prediction P_{i+1} into frame i (W_i), and add the per-class

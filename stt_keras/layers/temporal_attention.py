@@ -5,7 +5,7 @@ key/value maps already projected by W^K and W^V (the projected key/value map of 
 frame is what streaming inference caches), and return the per-head outputs
 concatenated, [.., d_r]. Everything runs in float32.
 
-Windowed attention (METHOD.md, "Key selection"): a query at (u, v) attends to
+Windowed attention (docs/method.md, "Key selection"): a query at (u, v) attends to
 the (2 l_t + 1)^2 keys around (u, v) in key frame t; window points outside the map
 are masked out (they never receive weight). Layout, chosen by measurement (README,
 "Implementation"): the query map is cut into small tiles, the halo of each tile

@@ -34,7 +34,7 @@ def key_window_radii(num_key_frames, start_size=1, end_size=5, expansion=1):
     """Window radius l_t of every key frame, farthest first.
 
     l_t = start_size + (T - t) * expansion if that is < end_size, else end_size,
-    for t = 1..T (METHOD.md, "Key selection"). Index 0 of the result is K_1, the
+    for t = 1..T (docs/method.md, "Key selection"). Index 0 of the result is K_1, the
     farthest frame in time; the last entry is K_T, the frame just before the query.
 
     Args:

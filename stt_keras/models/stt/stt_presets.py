@@ -1,6 +1,6 @@
 """The preset registry: one name -> one explicit model recipe (plain dicts, no inheritance)."""
 
-# The paper's STT setting (METHOD.md): T=7, s=1, e=5, eps=1, r=5, top 50%, 8 heads, reduction 4.
+# The paper's STT setting (docs/method.md): T=7, s=1, e=5, eps=1, r=5, top 50%, 8 heads, reduction 4.
 PAPER_STT = dict(
     num_key_frames=7, start_size=1, end_size=5, expansion=1, neighborhood_radius=5,
     top_ratio=0.5, num_heads=8, reduction=4,
