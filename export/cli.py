@@ -50,7 +50,10 @@ def _parse_size(text):
     return h, w
 
 
-def plan_files(formats, forms, quantizations):
+DEFAULT_QUANTIZATIONS = "float32,float16,dynamic_range,int8"
+
+
+def plan_files(formats, forms, quantizations, explicit_quantizations=True):
     """The model files the arguments ask for; UserError if a requested format or quantization would write none."""
     files = []
     if "savedmodel" in formats:
@@ -63,7 +66,7 @@ def plan_files(formats, forms, quantizations):
                     made.add(q)
                     files.append("stt_int8.tflite" if q == "int8" else f"{'stt_gpu' if form == 'gpu' else 'stt'}_{q}.tflite")
         missing = [q for q in quantizations if q not in made]
-        if missing:
+        if missing and explicit_quantizations:
             raise UserError(
                 f"stt-export: --quantizations {','.join(missing)} with --forms {','.join(forms) or '(none)'} writes no "
                 f"TFLite model (int8 is built from the gpu form only); add --forms gpu or drop {','.join(missing)}.")
@@ -163,7 +166,9 @@ def build_parser():
     p.add_argument("--labels", default=None, help="label set for the metadata: synthetic, cityscapes, camvid (default: by class count)")
     p.add_argument("--formats", default="savedmodel,tflite,onnx", help="comma list of savedmodel, tflite, onnx")
     p.add_argument("--forms", default="default,gpu", help="comma list of step forms: default, gpu")
-    p.add_argument("--quantizations", default="float32,float16,dynamic_range,int8", help="TFLite quantizations")
+    p.add_argument("--quantizations", default=None,
+                   help="TFLite quantizations (default: float32,float16,dynamic_range,int8, each where the forms allow it;"
+                        " a quantization given here that no requested form can build is an error)")
     p.add_argument("--calibration-sequences", type=int, default=4, help="synthetic sequences for int8 calibration")
     p.add_argument("--calibration-frames", type=int, default=8)
     p.add_argument("--parity-sequences", type=int, default=2, help="held-out synthetic sequences for parity")
@@ -223,7 +228,9 @@ def run_export(args):
     size = _parse_size(args.size)
     formats = {f.strip() for f in args.formats.split(",") if f.strip()}
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
-    quantizations = [q.strip() for q in args.quantizations.split(",") if q.strip()]
+    explicit_quantizations = args.quantizations is not None
+    quantizations = [q.strip() for q in (args.quantizations if explicit_quantizations else DEFAULT_QUANTIZATIONS).split(",")
+                     if q.strip()]
     for values, allowed, what in ((formats, {"savedmodel", "tflite", "onnx"}, "--formats"),
                                   (forms, set(step_lib.FORMS), "--forms"),
                                   (quantizations, set(tflite.QUANTIZATIONS), "--quantizations")):
@@ -233,7 +240,7 @@ def run_export(args):
     for name in ("calibration_sequences", "calibration_frames", "parity_sequences", "parity_frames", "threads"):
         if getattr(args, name) < 1:
             raise UserError(f"stt-export: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-    planned = plan_files(formats, forms, quantizations)
+    planned = plan_files(formats, forms, quantizations, explicit_quantizations)
     if not os.path.isfile(args.model):
         raise UserError(f"stt-export: model file not found: {args.model}")
     check_destination(args.out, protected=[args.model])
