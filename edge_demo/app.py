@@ -1,14 +1,16 @@
 """The edge demo loop: video or camera -> streaming step -> overlay video, per-frame CSV, summary.
 
 Exit codes: 0 done; 2 bad input (missing/unreadable video, camera, model, metadata
-mismatch, delegate); 3 the video ended before the frame count its header
-promised (what was processed is written); 130 interrupted. Outputs are always
-finalised (video writer released, CSV written).
+mismatch, checksum, delegate); 3 the video ended before the frame count its header
+promised (what was processed is written); 130 interrupted (Ctrl-C, SIGINT);
+143 terminated (SIGTERM). Outputs are always finalised (video writer released,
+CSV written, summary printed), whichever of the two signals stops the demo.
 """
 
 import argparse
 import csv
 import os
+import signal
 import statistics
 import sys
 import time
@@ -22,6 +24,14 @@ from edge_demo.runners import ModelError, load_runner
 
 class InputError(Exception):
     """The video or camera cannot be used (exit code 2)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: stop like Ctrl-C does (outputs finalised), exit code 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def build_parser():
@@ -103,6 +113,11 @@ def run(args):
     writer, rows, latencies = None, [], []
     state, code, count = runner.initial_state(), 0, 0
     start = time.perf_counter()
+    previous_handler = None
+    try:
+        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: SIGTERM keeps its default
+        pass
     try:
         while args.max_frames is None or count < args.max_frames:
             ok, frame = capture.read()
@@ -138,7 +153,11 @@ def run(args):
             count += 1
     except KeyboardInterrupt:
         code = 130
+    except Terminated:
+        code = 143
     finally:
+        if previous_handler is not None:  # a second SIGTERM must not cut the finalisation short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         wall = time.perf_counter() - start
         capture.release()
         if writer is not None:
@@ -149,6 +168,8 @@ def run(args):
             out = csv.writer(f)
             out.writerow(["frame", "latency_ms", "total_ms"])
             out.writerows((i, f"{a:.3f}", f"{b:.3f}") for i, a, b in rows)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     summary = summarize(latencies, wall)
     summary.update(csv=csv_path, out=args.out, runtime=type(runner).__name__,
                    providers=getattr(runner, "providers", None))

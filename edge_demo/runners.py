@@ -4,8 +4,10 @@ Both read the metadata JSON written by stt-export next to the model and check
 that the model's real inputs and outputs match it before the first frame.
 """
 
+import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -131,11 +133,28 @@ class OnnxRunner(_Runner):
         return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
 
 
+def verify_checksum(path, meta):
+    """Checks the model file against the SHA-256 stt-export recorded in its metadata (ModelError if it differs)."""
+    expected = meta.get("sha256")
+    if expected is None:
+        print(f"edge_demo: warning: metadata {metadata_path(path)} records no sha256; {path} cannot be verified "
+              "(re-export it with a current stt-export).", file=sys.stderr)
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ModelError(f"model {path} does not match the SHA-256 in {metadata_path(path)}: "
+                         "the file was modified or damaged after export; re-export it.")
+
+
 def load_runner(path, threads=2, delegate=None):
-    """(runner, metadata) for a .tflite or .onnx model."""
+    """(runner, metadata) for a .tflite or .onnx model, verified against its metadata's checksum."""
     if not os.path.isfile(path):
         raise ModelError(f"model file not found: {path}")
     meta = load_metadata(path)
+    verify_checksum(path, meta)
     if path.endswith(".onnx"):
         if delegate:
             raise ModelError("--delegate applies to .tflite models; ONNX Runtime picks its execution provider itself.")

@@ -5,15 +5,37 @@ import numpy as np
 from training.metrics import MeanIoU
 
 
+class ChecksumError(ValueError):
+    """A model file whose SHA-256 is not the one recorded when it was exported."""
+
+
+def verify_checksum(path, expected_sha256):
+    """Raises ChecksumError unless the file at `path` has SHA-256 `expected_sha256` (a no-op if that is None)."""
+    if expected_sha256 is None:
+        return
+    from export.atomic import sha256_file
+
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ChecksumError(f"{path}: SHA-256 {actual[:16]}... does not match the exported {expected_sha256[:16]}... "
+                            "(the file was modified or damaged after export).")
+
+
 class TFLiteStep:
     """Calls a .tflite step like the Keras step function: step(frame=, state=, reset=) -> dict."""
 
-    def __init__(self, model_bytes_or_path, num_threads=2):
+    def __init__(self, model_bytes_or_path, num_threads=2, expected_sha256=None):
         from ai_edge_litert.interpreter import Interpreter
 
         if isinstance(model_bytes_or_path, (bytes, bytearray)):
+            if expected_sha256 is not None:
+                import hashlib
+
+                if hashlib.sha256(bytes(model_bytes_or_path)).hexdigest() != expected_sha256:
+                    raise ChecksumError("TFLite model bytes do not match the expected SHA-256.")
             self.interpreter = Interpreter(model_content=bytes(model_bytes_or_path), num_threads=num_threads)
         else:
+            verify_checksum(str(model_bytes_or_path), expected_sha256)
             self.interpreter = Interpreter(model_path=str(model_bytes_or_path), num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner()
 
@@ -24,9 +46,10 @@ class TFLiteStep:
 class OnnxStep:
     """Calls an .onnx step with onnxruntime (CPU) like the Keras step function."""
 
-    def __init__(self, path, num_threads=2):
+    def __init__(self, path, num_threads=2, expected_sha256=None):
         import onnxruntime
 
+        verify_checksum(str(path), expected_sha256)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = num_threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

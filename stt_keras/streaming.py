@@ -45,6 +45,8 @@ class StreamingSegmenter:
             frame = frame[None]
         if frame.shape.rank != 4 or frame.shape[-1] != 3:
             raise ValueError(f"Expected a frame [H, W, 3] or [B, H, W, 3], got shape {frame.shape}.")
+        if 0 in tuple(frame.shape[:3]):
+            raise ValueError(f"Frame has an empty dimension (batch, height or width is 0): shape {tuple(frame.shape)}.")
         reset = self.state is None or self._frame_shape != tuple(frame.shape)
         if reset:
             self._frame_shape = tuple(frame.shape)

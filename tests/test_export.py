@@ -217,6 +217,7 @@ def test_failed_export_leaves_destination_untouched(trained_model_path, tmp_path
     out = tmp_path / "exports" / "model"
     out.mkdir(parents=True)
     (out / "previous.txt").write_text("the last good export")
+    atomic.write_manifest(str(out))  # an earlier export: the only kind of folder stt-export replaces
 
     def broken(*args, **kwargs):
         raise RuntimeError("converter crashed")
@@ -226,7 +227,7 @@ def test_failed_export_leaves_destination_untouched(trained_model_path, tmp_path
                                           "--formats", "savedmodel,tflite", "--forms", "default"])
     with pytest.raises(RuntimeError, match="converter crashed"):
         cli.run_export(args)
-    assert sorted(os.listdir(out)) == ["previous.txt"]
+    assert sorted(os.listdir(out)) == ["export_manifest.json", "previous.txt"]
     assert sorted(os.listdir(out.parent)) == ["model"]  # no partial folder left behind
 
 

@@ -141,10 +141,13 @@ import os, sys, numpy as np
 from stt_keras import kernels
 from stt_keras.layers import SparseTemporalTransformer
 mode = sys.argv[1]
-if mode == "corrupt":
+if mode == "corrupt":  # damaged after it was built and recorded: it passes the checksum file check but not dlopen
+    import hashlib
     path = kernels._library_path()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     open(path, "wb").write(b"not a shared library")
+    open(path + ".sha256", "w").write(hashlib.sha256(b"not a shared library").hexdigest())
+    os.chmod(path, 0o644), os.chmod(path + ".sha256", 0o644)
 print("USE_NATIVE", kernels.use_native())
 print("STATUS", kernels.native_status())
 print("SO_FILES", sorted(f for f in os.listdir(os.environ["STT_KERAS_CACHE"]) if f.endswith(".so")))

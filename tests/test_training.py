@@ -39,7 +39,7 @@ def test_killed_run_resumes_without_losing_finished_work(tmp_path):
     args = TINY + ["--out", out, "--steps", "48", "--checkpoint-every", "8"]
     proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    meta = os.path.join(out, "backup", "training_metadata.json")
+    meta = os.path.join(out, "backup", "checkpoint.json")
     deadline = time.time() + 300
     while time.time() < deadline:
         if os.path.exists(meta):
@@ -58,7 +58,7 @@ def test_killed_run_resumes_without_losing_finished_work(tmp_path):
     assert 2 <= done < 6
     result = run(args)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert f"after {done} of 6 chunks" in result.stdout
+    assert f"after {done} chunks ({8 * done} of 48 steps)" in result.stdout
     assert f"Epoch {done}/6" not in result.stdout and f"Epoch {done + 1}/6" in result.stdout
     model = stt_keras.load_model(os.path.join(out, "last.keras"))
     assert int(model.optimizer.iterations) == 48  # exactly the planned steps: none lost, none repeated

@@ -16,6 +16,7 @@ annotated one and the 10 after (the whole 30-frame snippet).
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from stt_keras import StreamingSegmenter, load_model
+from stt_keras.errors import UserError, run_cli
 from training.data import cityscapes_ids
 from training.data.files import read_frame, read_label
 from training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
@@ -137,19 +139,22 @@ def evaluate_with_ablation(model, make_sequences, num_classes, max_sequences=Non
 
 def markdown_report(results, class_names, title):
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
-    lines.append(f"| mIoU | {100 * results['miou']:.1f} |")
-    lines.append(f"| TC ({results['tc_flow']}) | {100 * results['tc']:.1f} |")
-    lines.append(f"| TC, occlusion-masked (forward-backward check) | {100 * results['tc_occlusion_masked']:.1f} |")
+    def pct(value):  # None / NaN (e.g. no frame pair for TC) is shown as n/a
+        return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+    lines.append(f"| mIoU | {pct(results['miou'])} |")
+    lines.append(f"| TC ({results['tc_flow']}) | {pct(results['tc'])} |")
+    lines.append(f"| TC, occlusion-masked (forward-backward check) | {pct(results['tc_occlusion_masked'])} |")
     for key, name in (("miou_degraded_frames", "mIoU, degraded frames"), ("miou_degraded_pixels", "mIoU, degraded pixels"),
                       ("miou_clean_frames", "mIoU, clean frames")):
         if results.get(key) is not None:
-            lines.append(f"| {name} | {100 * results[key]:.1f} |")
+            lines.append(f"| {name} | {pct(results[key])} |")
     ablation = results.get("history_ablation")
     if ablation:
-        lines.append(f"| mIoU with the history ablated (past = copies of the current frame) | {100 * ablation['miou']:.1f} |")
+        lines.append(f"| mIoU with the history ablated (past = copies of the current frame) | {pct(ablation['miou'])} |")
         if ablation.get("miou_degraded_frames") is not None:
-            lines.append(f"| mIoU on degraded frames, history ablated | {100 * ablation['miou_degraded_frames']:.1f} |")
-        lines.append(f"| TC, history ablated | {100 * ablation['tc']:.1f} |")
+            lines.append(f"| mIoU on degraded frames, history ablated | {pct(ablation['miou_degraded_frames'])} |")
+        lines.append(f"| TC, history ablated | {pct(ablation['tc'])} |")
     fps = results["frames_per_second"]
     lines.append(f"| frames/s (batch 1, this machine) | {fps:.2f} |" if fps else "| frames/s | n/a |")
     lines += ["", "| class | IoU |", "|---|---|"]
@@ -171,27 +176,79 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def parse_size(text, what="--synthetic-size"):
+    """'HxW' -> (H, W), both positive; UserError otherwise (never a silent default for a missing part)."""
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise UserError(f"stt-eval: {what} must look like 128x256 (height x width), got {text!r}.") from None
+    if h < 1 or w < 1:
+        raise UserError(f"stt-eval: {what} must be positive, got {text!r}.")
+    return h, w
+
+
+def finite_or_none(value):
+    """The results with every NaN/inf float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def check_arguments(args):
+    if args.max_sequences is not None and args.max_sequences < 1:
+        raise UserError(f"stt-eval: --max-sequences must be at least 1, got {args.max_sequences} (nothing to evaluate).")
+    if args.synthetic_sequences < 1:
+        raise UserError(f"stt-eval: --synthetic-sequences must be at least 1, got {args.synthetic_sequences}.")
+    if not os.path.isfile(args.model):
+        raise UserError(f"stt-eval: model file not found: {args.model}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"stt-eval: --out {args.out} exists and is not a folder.")
+    if args.dataset == "synthetic":
+        return parse_size(args.synthetic_size)
+    if not args.data_root:
+        raise UserError("stt-eval: --data-root is required for cityscapes.")
+    labels = os.path.join(args.data_root, "gtFine", args.split)
+    if not glob.glob(os.path.join(labels, "*", "*_gtFine_labelIds.png")):
+        raise UserError(f"stt-eval: no Cityscapes labels (*_gtFine_labelIds.png) under {labels}: nothing to score.")
+    return None
+
+
+def run(args):
+    size = check_arguments(args)
     model = load_model(args.model, compile=False)
     if args.dataset == "synthetic":
-        size = tuple(int(v) for v in args.synthetic_size.split("x"))
         make_sequences, names = (lambda: synthetic_sequences(args.synthetic_sequences, size=size)), SYNTHETIC_CLASSES
     else:
-        if not args.data_root:
-            raise SystemExit("stt-eval: --data-root is required for cityscapes.")
         make_sequences, names = (lambda: cityscapes_sequences(args.data_root, args.split)), cityscapes_ids.CLASS_NAMES
     if model.num_classes != len(names):
-        raise SystemExit(f"stt-eval: the model predicts {model.num_classes} classes, the dataset has {len(names)}.")
-    results = evaluate_with_ablation(model, make_sequences, len(names), args.max_sequences)
+        raise UserError(f"stt-eval: the model predicts {model.num_classes} classes, the dataset has {len(names)}.")
+    try:
+        results = evaluate_with_ablation(model, make_sequences, len(names), args.max_sequences)
+    except FileNotFoundError as error:
+        raise UserError(f"stt-eval: {error}") from None
+    if results.get("miou") is None or not math.isfinite(results["miou"]):
+        raise UserError("stt-eval: no labelled frame was evaluated (empty dataset or no labels), so there is no mIoU; "
+                        "nothing was written.")
     results.update(model=os.path.abspath(args.model), dataset=args.dataset, split=args.split, class_names=list(names))
+    results = finite_or_none(results)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    from training.callbacks import atomic_write_bytes
+
+    atomic_write_bytes(os.path.join(args.out, "results.json"), json.dumps(results, indent=2, allow_nan=False).encode())
     report = markdown_report(results, names, f"{os.path.basename(args.model)} on {args.dataset} {args.split}")
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(report)
+    atomic_write_bytes(os.path.join(args.out, "report.md"), report.encode())
     print(report)
+    return results
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    run_cli("stt-eval", run, args)
 
 
 if __name__ == "__main__":

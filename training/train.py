@@ -7,13 +7,24 @@ Cityscapes (paper lineage: SGD, momentum 0.9, poly decay, 80k iterations):
     stt-train --preset stt_psp18 --dataset cityscapes --data-root /data/cityscapes \
         --crop 512x1024 --batch-size 8 --steps 80000 --lr 0.01 --backbone-weights imagenet
 
-A run writes into --out: logs/ (TensorBoard), backup/ (keras BackupAndRestore:
-killed runs resume from the last finished chunk of --checkpoint-every steps, with
-the optimizer state and the data order), last.keras, best.keras (by validation
-mIoU), history.csv and config.json.
+A run writes into --out: logs/ (TensorBoard), backup/ (killed runs resume from
+the last finished chunk of --checkpoint-every steps, with the optimizer state,
+the data order and the best score so far, and end at exactly --steps), last.keras,
+best.keras (by validation mIoU), history.csv, config.json and run.json (the
+settings the run was started with). Every file is written to a temporary name
+and renamed into place (training/callbacks.py).
+
+Re-running a command on its --out resumes it (or, when it is finished, says so
+and changes nothing). Other settings on an existing --out are refused with the
+list of what differs; --allow-new-settings continues the run with new training
+settings (steps, learning rate, ...) but never with another model or dataset.
+One run at a time per --out: a second one is refused, naming the PID that holds
+the lock (released by the kernel when that process ends, however it ends).
 """
 
 import argparse
+import errno
+import fcntl
 import json
 import os
 import sys
@@ -21,10 +32,19 @@ import sys
 import keras
 import tensorflow as tf
 
+from stt_keras.errors import UserError, run_cli
 from stt_keras.models import STTSegmenter
 from training import data as data_lib
-from training.callbacks import AtomicCheckpoint
+from training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
+                                remove_stale_temporaries, truncate_history)
 from training.metrics import MeanIoU
+
+# Settings that define the model: a run can never continue with others.
+MODEL_SETTINGS = ("preset", "dataset", "num_classes", "stt_overrides", "mixed_precision")
+# Settings that define the training: changing them needs --allow-new-settings.
+TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
+                     "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
+                     "backbone_weights", "synthetic_sequences", "synthetic_size")
 
 
 def parse_size(text):
@@ -32,6 +52,8 @@ def parse_size(text):
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW like 512x1024, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
     return h, w
 
 
@@ -73,8 +95,58 @@ def build_parser():
     p.add_argument("--synthetic-sequences", type=int, default=24)
     p.add_argument("--synthetic-size", type=parse_size, default=(128, 256))
     p.add_argument("--val-batches", type=int, default=None, help="limit validation batches")
+    p.add_argument("--allow-new-settings", action="store_true",
+                   help="continue an existing --out with other training settings (never another model)")
     p.add_argument("--verbose", type=int, default=1)
     return p
+
+
+def run_settings(args):
+    """The settings stored in run.json and every backup commit (JSON-friendly)."""
+    settings = {}
+    for key in MODEL_SETTINGS + TRAINING_SETTINGS:
+        value = getattr(args, key, None)
+        settings[key] = list(value) if isinstance(value, tuple) else value
+    if settings["dataset"] != "synthetic":
+        settings.pop("synthetic_sequences"), settings.pop("synthetic_size")
+    return settings
+
+
+def settings_difference(before, now):
+    """[(key, before, now)] of the settings that differ."""
+    keys = [k for k in MODEL_SETTINGS + TRAINING_SETTINGS if k in before or k in now]
+    return [(k, before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)]
+
+
+class RunLock:
+    """An exclusive flock on OUT/.lock holding the owner's PID; the kernel drops it when the process ends."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, ".lock")
+        self.fd = None
+
+    def acquire(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"stt-train: --out {os.path.dirname(self.path)} is in use by another stt-train run "
+                            f"(PID {holder}); wait for it to finish or stop it first.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def make_strategy(kind, cpu_devices=0):
@@ -132,17 +204,21 @@ def make_datasets(args, num_key_frames, start_step):
     else:
         lister, num_classes, fmt = None, None, "index"
     if lister is None:
+        if not num_classes_ok(args.num_classes):
+            raise UserError(f"stt-train: --dataset folder needs --num-classes of at least 2, got {args.num_classes}.")
         samples = data_lib.folder_samples(os.path.join(args.data_root, args.train_split), num_key_frames, args.frame_stride)
         val_samples = data_lib.folder_samples(os.path.join(args.data_root, args.val_split), num_key_frames, args.frame_stride)
         num_classes = args.num_classes
-        if not num_classes:
-            raise ValueError("--dataset folder needs --num-classes.")
     else:
         samples = lister(args.data_root, args.train_split, num_key_frames, args.frame_stride)
         val_samples = lister(args.data_root, args.val_split, num_key_frames, args.frame_stride)
     train = data_lib.make_file_dataset(samples, num_classes, args.batch_size, args.crop, True, args.seed, fmt, skip=skip)
     val = data_lib.make_file_dataset(val_samples, num_classes, args.batch_size, args.crop, False, args.seed, fmt)
     return train, val, num_classes
+
+
+def num_classes_ok(value):
+    return value is not None and value >= 2
 
 
 def init_from(model, path):
@@ -159,21 +235,80 @@ def init_from(model, path):
 
 
 def completed_epochs(backup_dir):
-    """Epochs finished by an earlier, interrupted run (BackupAndRestore's metadata), else 0."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
+    """Chunks (Keras epochs) committed by an earlier, interrupted run, else 0."""
+    checkpoint = read_checkpoint(backup_dir)
+    return 0 if checkpoint is None else int(checkpoint["epoch"])
 
 
 def main(argv=None):
     """Console entry point."""
-    train(build_parser().parse_args(argv))
+    run_cli("stt-train", train, build_parser().parse_args(argv))
+
+
+def _check_arguments(args):
+    for name in ("steps", "checkpoint_every", "batch_size", "frame_stride", "synthetic_sequences"):
+        if getattr(args, name) < 1:
+            raise UserError(f"stt-train: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    if args.val_batches is not None and args.val_batches < 1:
+        raise UserError(f"stt-train: --val-batches must be positive, got {args.val_batches}.")
+    if args.num_classes is not None and args.num_classes < 2:
+        raise UserError(f"stt-train: --num-classes must be at least 2, got {args.num_classes}.")
+    if args.dataset == "folder" and args.num_classes is None:
+        raise UserError("stt-train: --dataset folder needs --num-classes (the number of label classes, at least 2).")
+    if args.dataset != "synthetic" and not args.data_root:
+        raise UserError(f"stt-train: --data-root is required for --dataset {args.dataset}.")
+    if args.lr <= 0:
+        raise UserError(f"stt-train: --lr must be positive, got {args.lr}.")
+    if args.top_ratio is not None and not 0 < args.top_ratio <= 1:
+        raise UserError(f"stt-train: --top-ratio must be in (0, 1], got {args.top_ratio}.")
+    from stt_keras.models.stt.stt_presets import PRESETS
+
+    if args.preset not in PRESETS:
+        raise UserError(f"stt-train: unknown --preset {args.preset!r}; available: {', '.join(sorted(PRESETS))}.")
+    if args.init_from and not os.path.isfile(args.init_from):
+        raise UserError(f"stt-train: --init-from model file not found: {args.init_from}")
+
+
+def _resume_state(args, settings):
+    """The committed checkpoint to resume from (or None), after checking the stored settings against these."""
+    backup_dir = os.path.join(args.out, "backup")
+    try:
+        checkpoint = read_checkpoint(backup_dir)
+    except ValueError as error:
+        raise UserError(f"stt-train: {error}") from None
+    stored = None
+    run_json = os.path.join(args.out, "run.json")
+    if os.path.isfile(run_json):
+        try:
+            with open(run_json) as f:
+                stored = json.load(f)["settings"]
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(f"stt-train: {run_json} is damaged ({error}).") from None
+    elif checkpoint is not None:
+        stored = checkpoint.get("settings")
+    elif os.path.exists(os.path.join(backup_dir, "training_metadata.json")):
+        raise UserError(f"stt-train: --out {args.out} holds a run this version cannot resume (no backup/checkpoint.json); "
+                        "use a new --out.")
+    if stored is not None:
+        differences = settings_difference(stored, settings)
+        if differences:
+            text = "; ".join(f"--{k.replace('_', '-')} {b!r} before, {n!r} now" for k, b, n in differences)
+            model_changes = [k for k, _, _ in differences if k in MODEL_SETTINGS]
+            if model_changes:
+                raise UserError(f"stt-train: --out {args.out} is a run of another model or dataset ({text}); "
+                                "use a new --out.")
+            if not args.allow_new_settings:
+                raise UserError(f"stt-train: --out {args.out} was started with other settings ({text}); "
+                                "pass --allow-new-settings to continue it with these, or use a new --out.")
+            print(f"stt-train: continuing {args.out} with new settings: {text}.")
+    if checkpoint is not None and checkpoint["steps"] > args.steps:
+        raise UserError(f"stt-train: --out {args.out} has already trained {checkpoint['steps']} steps, more than "
+                        f"--steps {args.steps}.")
+    return checkpoint
 
 
 def train(args):
-    """Runs one (possibly resumed) training; returns the trained model."""
+    """Runs one (possibly resumed) training; returns the trained model (None if the run was already finished)."""
     overrides = dict(getattr(args, "stt_overrides", {}))
     if args.top_ratio is not None:
         overrides["top_ratio"] = args.top_ratio
@@ -184,17 +319,40 @@ def train(args):
     if args.nsm_temperature is not None:
         overrides["nsm_temperature"] = args.nsm_temperature
     args.stt_overrides = overrides
-    if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
-        raise SystemExit("stt-train: --steps, --checkpoint-every and --batch-size must be positive.")
+    for name, default in (("allow_new_settings", False), ("frame_stride", 1), ("synthetic_sequences", 24)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    _check_arguments(args)
     args.out = worker_output_dir(args.out, args.distribute)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"stt-train: --out {args.out} exists and is not a folder.")
     os.makedirs(args.out, exist_ok=True)
+    lock = RunLock(args.out).acquire()
+    try:
+        return _train_locked(args)
+    finally:
+        lock.release()
+
+
+def _train_locked(args):
     backup_dir = os.path.join(args.out, "backup")
-    epochs = -(-args.steps // args.checkpoint_every)
-    done = completed_epochs(backup_dir)
-    if done:
-        print(f"stt-train: resuming {args.out} after {done} of {epochs} chunks ({done * args.checkpoint_every} steps).")
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({k: v for k, v in vars(args).items()}, f, indent=2, default=str)
+    remove_stale_temporaries(args.out)  # we hold the lock: any temporary file is a killed run's
+    settings = run_settings(args)
+    checkpoint = _resume_state(args, settings)
+    done = 0 if checkpoint is None else int(checkpoint["epoch"])
+    done_steps = 0 if checkpoint is None else int(checkpoint["steps"])
+    if done_steps >= args.steps:
+        print(f"stt-train: {args.out} is already finished ({done_steps} of {args.steps} steps); nothing to do.")
+        return None
+    epochs = done + -(-(args.steps - done_steps) // args.checkpoint_every)
+    if checkpoint is not None:
+        truncate_history(os.path.join(args.out, "history.csv"), int(checkpoint.get("history_rows", done)))
+        print(f"stt-train: resuming {args.out} after {done} chunks ({done_steps} of {args.steps} steps).")
+    else:
+        truncate_history(os.path.join(args.out, "history.csv"), 0)
+    atomic_write_json(os.path.join(args.out, "run.json"), {"format": "stt-keras-run/1", "settings": settings})
+    atomic_write_json(os.path.join(args.out, "config.json"),
+                      json.loads(json.dumps({k: v for k, v in vars(args).items()}, default=str)))
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(args.seed)
@@ -205,7 +363,10 @@ def train(args):
     probe = STTSegmenter.from_preset(args.preset, num_classes=2)
     num_key_frames = probe.num_key_frames
     del probe
-    train, val, num_classes = make_datasets(args, num_key_frames, done * args.checkpoint_every)
+    try:
+        train, val, num_classes = make_datasets(args, num_key_frames, done_steps)
+    except (FileNotFoundError, ValueError) as error:  # the dataset listing names the file or folder
+        raise UserError(f"stt-train: {error}") from None
     if args.val_batches:
         val = val.take(args.val_batches)
 
@@ -219,18 +380,26 @@ def train(args):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
         model.compile(optimizer=optimizer, loss=loss, metrics=[MeanIoU(num_classes)], jit_compile=args.xla)
         sample, _ = next(iter(train))
-        model(sample[:1] if num_key_frames else sample[:1, -1])  # BackupAndRestore needs a built model
-        if args.init_from and not done:
-            init_from(model, args.init_from)
+        model(sample[:1] if num_key_frames else sample[:1, -1])  # restoring needs a built model
+        if checkpoint is not None:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(os.path.join(backup_dir, checkpoint["weights"]))
+            if int(model.optimizer.iterations.numpy()) != done_steps:
+                raise UserError(f"stt-train: backup {backup_dir} holds {int(model.optimizer.iterations.numpy())} steps "
+                                f"but its checkpoint.json says {done_steps}; delete it to start again.")
+        elif args.init_from:
+            try:
+                init_from(model, args.init_from)
+            except ValueError as error:
+                raise UserError(f"stt-train: {error}") from None
 
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=False),
-        AtomicCheckpoint(args.out),
+        StopAtStep(args.steps),
+        RunCheckpoint(args.out, settings, restored=checkpoint),
         keras.callbacks.TensorBoard(os.path.join(args.out, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv"), append=True),
     ]
     model.fit(
-        train, epochs=epochs, steps_per_epoch=args.checkpoint_every, validation_data=val,
+        train, epochs=epochs, initial_epoch=done, steps_per_epoch=args.checkpoint_every, validation_data=val,
         callbacks=callbacks, verbose=args.verbose,
     )
     print(f"stt-train: done, {int(model.optimizer.iterations.numpy())} steps; models in {args.out}")

@@ -14,6 +14,14 @@ SavedModel or TFLite model must not depend on this library: SavedModel saving
 and everything under `portable_ops()` take the pure-TF path). Set
 `STT_KERAS_NATIVE=0` to never use it. If it cannot be built (no compiler, say),
 the pure-TF path runs and `native_status()` says why.
+
+A cached library is only loaded (its code runs in this process) after checks
+like ssh's on its keys: the cache folder and the library are owned by the
+current user and not writable by group or others, and the library's SHA-256
+equals the one recorded next to it (`.so.sha256`) when it was built here. A
+library that fails a file check is rebuilt; a cache folder that fails (someone
+else's, or group/world-writable) is not used at all. A library that loads but
+lacks the two ops falls back to the pure-TF path with a warning.
 """
 
 import contextlib
@@ -30,6 +38,7 @@ import tensorflow as tf
 _SOURCE = os.path.join(os.path.dirname(__file__), "windowed_attention.cc")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
           "-fno-trapping-math", "-shared", "-fPIC", "-w"]
+_OPS = ("stt_windowed_attention", "stt_nsm_score")
 _lock = threading.Lock()
 _state = {"module": None, "status": "not loaded yet"}
 _portable = threading.local()
@@ -56,21 +65,78 @@ def _library_path():
     return os.path.join(cache, f"windowed_attention-{key}.so")
 
 
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _owner_and_mode_problem(path, what):
+    """Why `path` must not be trusted (not ours, group/world-writable, a link), or None."""
+    st = os.lstat(path)
+    if os.path.islink(path):
+        return f"{what} {path} is a symbolic link"
+    if st.st_uid != os.getuid():
+        return f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"{what} {path} is writable by group or others (mode {oct(st.st_mode & 0o777)})"
+    return None
+
+
+def _secure_cache(folder):
+    """Creates the cache folder (mode 0700) if needed; RuntimeError if it is not safe to load code from."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    problem = _owner_and_mode_problem(folder, "cache folder")
+    if problem:
+        raise RuntimeError(f"{problem}; not loading or building native code there (fix it, or set STT_KERAS_CACHE)")
+
+
+def _verify(path):
+    """None if the cached library at `path` may be loaded, else why not."""
+    if not os.path.lexists(path):
+        return "not built yet"
+    sidecar = path + ".sha256"
+    for candidate, what in ((path, "library"), (sidecar, "checksum file")):
+        if not os.path.lexists(candidate):
+            return f"{what} {candidate} is missing"
+        problem = _owner_and_mode_problem(candidate, what)
+        if problem:
+            return problem
+    with open(sidecar) as f:
+        expected = f.read().strip()
+    if _sha256(path) != expected:
+        return f"library {path} does not match the SHA-256 recorded when it was built"
+    return None
+
+
 def _build(path):
-    """Compiles the op into `path` atomically (temporary file, then rename)."""
+    """Compiles the op into `path` atomically (temporary file, then rename) and records its SHA-256 beside it."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     compiler = os.environ.get("CXX", "g++")
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
     os.close(fd)
+    fd, tmp_sum = tempfile.mkstemp(suffix=".sha256", dir=os.path.dirname(path))
+    os.close(fd)
     command = [compiler, *_FLAGS, _SOURCE, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     try:
-        result = subprocess.run(command, capture_output=True, text=True)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True)
+        except OSError as error:
+            raise RuntimeError(f"cannot run the compiler {compiler}: {error}") from None
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed:\n{result.stderr[-2000:]}")
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o755)  # whatever the umask: never group/world-writable
+        with open(tmp_sum, "w") as f:
+            f.write(_sha256(tmp) + "\n")
+        os.chmod(tmp_sum, 0o644)
+        os.replace(tmp, path)  # the library first: a kill in between leaves a stale checksum, i.e. a rebuild
+        os.replace(tmp_sum, path + ".sha256")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, tmp_sum):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def load():
@@ -83,9 +149,20 @@ def load():
             return None
         try:
             path = _library_path()
-            if not os.path.exists(path):
+            _secure_cache(os.path.dirname(path))
+            problem = _verify(path)
+            if problem is not None:
+                if problem != "not built yet":
+                    warnings.warn(f"stt_keras: not loading the cached native library: {problem}; rebuilding it")
                 _build(path)
-            _state["module"] = tf.load_op_library(path)
+                problem = _verify(path)
+                if problem is not None:
+                    raise RuntimeError(f"the rebuilt library failed its check: {problem}")
+            module = tf.load_op_library(path)
+            missing = [op for op in _OPS if not hasattr(module, op)]
+            if missing:
+                raise RuntimeError(f"{path} loads but lacks the ops {missing}")
+            _state["module"] = module
             _state["status"] = f"loaded from {path}"
         except (OSError, RuntimeError, tf.errors.NotFoundError) as e:
             _state["status"] = f"unavailable: {e}"

@@ -140,3 +140,10 @@ class ResNetFeatures(keras.layers.Layer):
         config = super().get_config()
         config.update({"variant": self.variant, "output_stride": self.output_stride})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Deserialisation never loads pretrained weights (a KerasHub preset name,
+        # URL or folder in a crafted config): the saved file carries the weights.
+        config = {k: v for k, v in config.items() if k != "weights"}
+        return super().from_config(config)

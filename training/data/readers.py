@@ -30,6 +30,11 @@ Generic folders:
     {root}/frames/{seq}/*.png|*.jpg     every frame, ordered by file name
     {root}/labels/{seq}/{stem}.png      sparse labels, same stem as their frame,
                                         class indices, 255 ignored
+  When the frames of a sequence are numbered (a common prefix and a number,
+  e.g. img_000.jpg, img_001.jpg, ...), a clip is taken by frame number: a gap in
+  the numbering is a missing frame, an error naming it (or, with
+  skip_incomplete=True, the clips that need it are skipped), never a clip of
+  frames that are not consecutive.
 """
 
 import glob
@@ -133,13 +138,56 @@ def folder_samples(root, num_key_frames, frame_stride=1, skip_incomplete=False):
         frames = sorted(
             p for p in glob.glob(os.path.join(frames_root, seq, "*")) if p.lower().endswith((".png", ".jpg", ".jpeg"))
         )
-        position = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(frames)}
+        numbering = _numbering(frames)
+        if numbering is not None:
+            position, path_of = numbering
+        else:
+            position = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(frames)}
+            path_of = (lambda i, frames=frames: frames[i])
         for label in sorted(glob.glob(os.path.join(root, "labels", seq, "*.png"))):
             stem = os.path.splitext(os.path.basename(label))[0]
             if stem not in position:
                 raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(frames_root, seq)}.")
-            candidates.append((lambda i, frames=frames: frames[i], position[stem], label))
+            candidates.append((path_of, position[stem], label))
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
+
+
+_NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)$")
+
+
+def _numbering(frames):
+    """({stem: index}, path_of(index)) when every frame is PREFIX + number with one prefix and extension, else None.
+
+    Index k is frame number first + k * step (step: the smallest gap, usually 1);
+    path_of returns the path such a frame would have, whether or not it exists.
+    """
+    if not frames:
+        return None
+    parsed = []
+    for path in frames:
+        stem, ext = os.path.splitext(os.path.basename(path))
+        m = _NUMBERED.match(stem)
+        if m is None:
+            return None
+        parsed.append((m["prefix"], int(m["number"]), len(m["number"]), ext, stem))
+    if len({(p[0], p[3]) for p in parsed}) != 1:
+        return None
+    prefix, ext = parsed[0][0], parsed[0][3]
+    numbers = sorted(p[1] for p in parsed)
+    gaps = [b - a for a, b in zip(numbers, numbers[1:]) if b > a]
+    step = min(gaps) if gaps else 1
+    first = numbers[0]
+    if any((n - first) % step for n in numbers):
+        step = 1
+    by_number = {p[1]: path for p, path in zip(parsed, frames)}
+    width = min(p[2] for p in parsed)
+    folder = os.path.dirname(frames[0])
+
+    def path_of(index):
+        number = first + index * step
+        return by_number.get(number, os.path.join(folder, f"{prefix}{number:0{width}d}{ext}"))
+
+    return {p[4]: (p[1] - first) // step for p in parsed}, path_of
 
 
 def camvid_colour_to_index(colour_label):

@@ -50,3 +50,10 @@ class BiSeNetEncoder(keras.layers.Layer):
         config = super().get_config()
         config.update({"backbone": self.backbone_name, "spatial_channels": self.spatial_channels})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # A saved model carries its weights: never fetch or read pretrained ones
+        # named in a (possibly crafted) config.
+        config = {k: v for k, v in config.items() if k != "backbone_weights"}
+        return super().from_config(config)

@@ -49,3 +49,10 @@ class PSPNetEncoder(keras.layers.Layer):
             {"backbone": self.backbone_name, "feature_channels": self.feature_channels, "output_stride": self.output_stride}
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # A saved model carries its weights: never fetch or read pretrained ones
+        # named in a (possibly crafted) config.
+        config = {k: v for k, v in config.items() if k != "backbone_weights"}
+        return super().from_config(config)

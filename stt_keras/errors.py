@@ -1,0 +1,36 @@
+"""Errors the command-line tools report as one line (`prog: error: ...`, exit code 2), without a traceback."""
+
+
+class UserError(SystemExit):
+    """A bad argument, input file or output folder: the user can fix it.
+
+    A SystemExit with exit code 2, so a script that calls a CLI's function
+    still stops, and `str(error)` is the message. The `main()` of each CLI
+    prints it as `prog: error: message` (see `run_cli`).
+    """
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.code = 2
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+class ModelFileError(ValueError):
+    """A model file that exists but cannot be used (empty, truncated, not a Keras archive, wrong kind of model)."""
+
+
+def run_cli(prog, function, *args):
+    """Calls `function(*args)`; user errors become `prog: error: ...` on stderr and exit code 2."""
+    import sys
+
+    try:
+        return function(*args)
+    except (UserError, ModelFileError) as error:
+        message = str(error).strip()
+        prefix = f"{prog}: "
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

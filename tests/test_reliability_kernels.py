@@ -1,0 +1,97 @@
+"""The native kernel cache loads only what this user built there (issue 14: a planted .so ran its code)."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+PLANTED_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+    const char *marker = getenv("PLANTED_MARKER");
+    if (marker) { FILE *f = fopen(marker, "a"); if (f) { fputs("ran\n", f); fclose(f); } }
+}
+int not_an_op(void) { return 0; }
+"""
+
+SCRIPT = r"""
+import hashlib, os, shutil, sys, warnings
+import numpy as np
+from stt_keras import kernels
+from stt_keras.layers import SparseTemporalTransformer
+
+planted, root = sys.argv[1], sys.argv[2]
+
+def plant(cache, sidecar=True, mode=0o644, dir_mode=0o700, marker=True):
+    os.environ["STT_KERAS_CACHE"] = cache
+    os.environ["PLANTED_MARKER"] = os.path.join(root, "marker") if marker else ""
+    os.makedirs(cache, exist_ok=True)
+    os.chmod(cache, dir_mode)
+    path = kernels._library_path()
+    shutil.copy(planted, path)
+    os.chmod(path, mode)
+    if sidecar:
+        open(path + ".sha256", "w").write(hashlib.sha256(open(path, "rb").read()).hexdigest())
+        os.chmod(path + ".sha256", 0o644)
+
+for case in ("no-checksum", "group-writable", "world-writable-folder", "wrong-checksum", "lacks-ops"):
+    kernels._state.update(module=None, status="not loaded yet")
+    cache = os.path.join(root, case)
+    if case == "no-checksum":
+        plant(cache, sidecar=False)
+    elif case == "group-writable":
+        plant(cache, mode=0o664)
+    elif case == "world-writable-folder":
+        plant(cache, dir_mode=0o777)
+    elif case == "wrong-checksum":
+        plant(cache)
+        open(kernels._library_path() + ".sha256", "w").write("0" * 64)
+    else:  # a library with a valid record that is simply not ours: loads, has no ops
+        plant(cache, marker=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        use = kernels.use_native()
+    print(case, "USE_NATIVE", use, "|", kernels.native_status().replace("\n", " "), "|",
+          " / ".join(str(w.message) for w in caught).replace("\n", " "))
+layer = SparseTemporalTransformer(num_key_frames=1, num_heads=2, neighborhood_radius=1)
+out = layer(np.ones((1, 4, 4, 16), np.float32), np.ones((1, 1, 4, 4, 16), np.float32))
+print("FINITE", bool(np.isfinite(out.numpy()).all()))
+"""
+
+
+def test_planted_or_unverifiable_libraries_are_never_loaded(tmp_path):
+    source = tmp_path / "planted.c"
+    source.write_text(PLANTED_C)
+    planted = tmp_path / "planted.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", str(source), "-o", str(planted)], check=True)
+    env = {**ENV, "CXX": str(tmp_path / "no-such-compiler")}  # a rebuild cannot succeed: nothing else can be loaded
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(planted), str(tmp_path)], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = {line.split(" ")[0]: line for line in result.stdout.splitlines()}
+    assert not (tmp_path / "marker").exists(), "the planted library's code ran"
+    assert "checksum file" in lines["no-checksum"] and "is missing" in lines["no-checksum"]
+    assert "writable by group or others" in lines["group-writable"]
+    assert "cache folder" in lines["world-writable-folder"] and "writable by group or others" in lines["world-writable-folder"]
+    assert "does not match the SHA-256" in lines["wrong-checksum"]
+    assert "lacks the ops" in lines["lacks-ops"] and "pure-TF path" in lines["lacks-ops"]
+    for case in ("no-checksum", "group-writable", "world-writable-folder", "wrong-checksum", "lacks-ops"):
+        assert "USE_NATIVE False" in lines[case], lines[case]
+    assert "FINITE True" in result.stdout
+
+
+def test_a_build_records_its_checksum_with_safe_modes(tmp_path):
+    """What the cache holds after a real build (uses the compiled library of this machine's cache if present)."""
+    from stt_keras import kernels
+
+    path = kernels._library_path()
+    if kernels.load() is None:
+        import pytest
+
+        pytest.skip(f"native library unavailable here: {kernels.native_status()}")
+    assert kernels._verify(path) is None
+    assert open(path + ".sha256").read().strip() == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert not os.stat(path).st_mode & 0o022 and os.stat(path).st_uid == os.getuid()
