@@ -41,6 +41,7 @@ VARIANTS = [
     ("stt_nf", "STT, pre-norm block (not paper)", "stt_psp_tiny", {"norm_first": True}),
     ("stt_r2", "STT, q/k/v at d/2 (reduction 2)", "stt_psp_tiny", {"reduction": 2}),
     ("stt_q75", "STT, top 75% queries", "stt_psp_tiny", {"top_ratio": 0.75}),
+    ("stt_chg", "STT, NSM + temporal change selection (w=1)", "stt_psp_tiny", {"change_weight": 1.0}),
     ("base2x", "per-frame baseline, 2x steps", "psp_tiny", {}),
     ("ft_stt", "STT fine-tuned from the baseline (+1x steps)", "stt_psp_tiny", {}),
     ("ft_stt_nf", "STT pre-norm fine-tuned from the baseline (+1x steps)", "stt_psp_tiny", {"norm_first": True}),

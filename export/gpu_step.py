@@ -221,10 +221,7 @@ def attend(stt, features, state):
     if stt.top_ratio == 0.0:
         return features
     eps = stt.layer_norm_epsilon
-    scored = features
-    if stt.nsm_temperature is not None:
-        scored = _scale_free(features, stt.nsm_temperature)
-    mask = top_mask(nsm_score(scored, stt.neighborhood_radius), stt.top_ratio)
+    mask = top_mask(_selection_scores(stt, features, state), stt.top_ratio)
     scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
     q_in = _layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
     q = _dense(q_in, stt.query_kernel, stt.query_bias) * scale
@@ -241,6 +238,32 @@ def attend(stt, features, state):
         x = _layer_norm(features + mixed, stt.norm1_gamma, stt.norm1_beta, eps)
         out = _layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta, eps)
     return mask * out + (1.0 - mask) * features
+
+
+def _selection_scores(stt, features, state):
+    """As `stt.selection_scores`: NSM (optionally scale-free), plus the temporal change term."""
+    scored = features
+    if stt.nsm_temperature is not None:
+        scored = _scale_free(features, stt.nsm_temperature)
+    scores = nsm_score(scored, stt.neighborhood_radius)  # [1, h, w, 1]
+    if stt.change_weight > 0:
+        d_r = stt.reduced_channels
+        start = (stt.num_key_frames - 1) * 2 * d_r  # the nearest frame's keys in the packed state
+        previous = state[..., start: start + d_r]
+        current = _dense(features, stt.key_kernel, stt.key_bias)
+        dot = tf.reduce_sum(current * previous, axis=-1, keepdims=True)
+        norms = tf.sqrt(tf.reduce_sum(current * current, axis=-1, keepdims=True)
+                        * tf.reduce_sum(previous * previous, axis=-1, keepdims=True))
+        change = 1.0 - dot / tf.maximum(norms, _EPS)
+        scores = _standardise(scores) + stt.change_weight * _standardise(change)
+    return scores
+
+
+def _standardise(x):
+    """(x - mean) / std over the map [1, h, w, 1], as `nsm.combine_with_change` (finite maps)."""
+    centred = x - tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    std = tf.sqrt(tf.reduce_mean(centred * centred, axis=[1, 2], keepdims=True))
+    return centred / tf.maximum(std, 1e-6)
 
 
 def _scale_free(features, temperature):

@@ -70,7 +70,7 @@ def layer_norm(x, gamma, beta, epsilon):
 
 def stt_block(query, keys, weights, *, num_key_frames, start_size=1, end_size=5, expansion=1,
               neighborhood_radius=5, top_ratio=0.5, num_heads=8, key_selection="window", epsilon=1e-5,
-              nsm_temperature=None, norm_first=False):
+              nsm_temperature=None, norm_first=False, change_weight=0.0):
     """docs/method.md's equations, point by point: W^Q/W^K/W^V reduce to d_r inside attention,
     W^O maps back to d, residual + LayerNorms + FFN at full width d."""
     W = weights
@@ -81,7 +81,20 @@ def stt_block(query, keys, weights, *, num_key_frames, start_size=1, end_size=5,
     out = query.copy()
     if num_selected(top_ratio, h * w) == 0:
         return out
-    selected = select_queries(nsm_score(query, neighborhood_radius, nsm_temperature), top_ratio)
+    scores = nsm_score(query, neighborhood_radius, nsm_temperature)
+    if change_weight > 0:  # z(NSM) + w * z(1 - cos(k_t, k_{t-1})) per map
+        for b in range(b_size):
+            current = query[b] @ W["key_kernel"] + W["key_bias"]
+            previous = keys[b, -1] @ W["key_kernel"] + W["key_bias"]
+            cos = (current * previous).sum(-1) / np.maximum(
+                np.linalg.norm(current, axis=-1) * np.linalg.norm(previous, axis=-1), 1e-12)
+            change = 1.0 - cos
+
+            def z(x):
+                return (x - x.mean()) / max(x.std(), 1e-6)
+
+            scores[b] = z(scores[b]) + change_weight * z(change)
+    selected = select_queries(scores, top_ratio)
 
     def ffn(x):
         return np.maximum(0.0, x @ W["ffn1_kernel"] + W["ffn1_bias"]) @ W["ffn2_kernel"] + W["ffn2_bias"]

@@ -52,7 +52,15 @@ def test_gpu_pieces_equal_library_pieces():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_step_forms_match_stream_step(tiny_model):
+@pytest.mark.parametrize("overrides", [{}, dict(norm_first=True, nsm_temperature=0.1, change_weight=1.0)],
+                         ids=["preset", "variants"])
+def test_step_forms_match_stream_step(tiny_model, overrides):
+    if overrides:  # every option of the block goes through both exported forms
+        tf.keras.utils.set_random_seed(4)
+        tiny_model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7, **overrides)
+        tiny_model(np.zeros((1, 4, *SIZE, 3), np.uint8))
+        for v in tiny_model.stt.weights:  # norm_first starts at zero: make every term count
+            v.assign(v.numpy() + np.random.default_rng(5).normal(0, 0.05, v.shape).astype(np.float32))
     default = step_lib.make_step_function(tiny_model, *SIZE, "default")
     gpu = step_lib.make_step_function(tiny_model, *SIZE, "gpu")
     shape = default.get_concrete_function().structured_input_signature[0][1].shape

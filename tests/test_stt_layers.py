@@ -204,8 +204,9 @@ def test_stt_matches_reference(case, attention_kernel):
     assert changed.sum() == b * max(1, int(np.floor(ratio * h * w + 0.5)))
 
 
-@pytest.mark.parametrize("extra", [dict(norm_first=True), dict(nsm_temperature=0.1), dict(ffn_channels=24)],
-                         ids=["norm_first", "nsm_temperature", "ffn_channels"])
+@pytest.mark.parametrize("extra", [dict(norm_first=True), dict(nsm_temperature=0.1), dict(ffn_channels=24),
+                                   dict(change_weight=1.5), dict(change_weight=0.5, nsm_temperature=0.1)],
+                         ids=["norm_first", "nsm_temperature", "ffn_channels", "change", "change_cos"])
 def test_variants_match_reference(extra, attention_kernel):
     b, t, h, w, d = 2, 3, 9, 13, 32
     q, k = random_clip(b, t, h, w, d)
@@ -216,8 +217,23 @@ def test_variants_match_reference(extra, attention_kernel):
         q.astype(np.float64), k.astype(np.float64), weights_of(layer), num_key_frames=t, start_size=1,
         end_size=3, expansion=1, neighborhood_radius=2, top_ratio=0.5, num_heads=2,
         nsm_temperature=extra.get("nsm_temperature"), norm_first=extra.get("norm_first", False),
+        change_weight=extra.get("change_weight", 0.0),
     )
     np.testing.assert_allclose(layer(q, k).numpy(), expected, rtol=2e-4, atol=2e-4)
+
+
+def test_change_selection_picks_the_points_the_previous_frame_saw_differently():
+    # A strong weight makes selection follow the change: the points whose features
+    # differ from the nearest key frame's are exactly the queries.
+    rng = np.random.default_rng(2)
+    k = rng.normal(size=(1, 2, 8, 8, 16)).astype("float32")
+    q = k[:, -1].copy()
+    q[0, 2:4, 3:7] = rng.normal(size=(2, 4, 16))  # 8 points changed since the last frame
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=1, top_ratio=8 / 64,
+                                      change_weight=100.0)
+    layer(q, k)
+    chosen = set(layer.select(tf.constant(q), layer.project_keys(k)).numpy()[0])
+    assert chosen == {y * 8 + x for y in range(2, 4) for x in range(3, 7)}
 
 
 def test_block_keeps_the_query_at_full_width():
@@ -446,6 +462,7 @@ def test_stt_rejects_bad_input(kwargs, q_shape, k_shape, message):
         ({"neighborhood_radius": -1}, "neighborhood_radius"),
         ({"nsm_temperature": 0.0}, "nsm_temperature"),
         ({"ffn_channels": 0}, "ffn_channels"),
+        ({"change_weight": -1}, "change_weight"),
     ],
 )
 def test_stt_rejects_bad_arguments(kwargs, message):

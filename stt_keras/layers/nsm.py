@@ -188,6 +188,43 @@ def _tiled_nsm_score(x, radius):
     return windows.from_tiles(score, h, w)[..., 0]
 
 
+def temporal_change(current_keys, previous_keys):
+    """1 - cos(k_t, k_{t-1}) per point of two projected key maps [B, h, w, c] -> [B, h, w].
+
+    Large where the current frame differs from the previous one at the same place:
+    a burst of degradation, an occluder arriving or leaving, a moving boundary.
+    """
+    a = tf.cast(current_keys, tf.float32)
+    b = tf.cast(previous_keys, tf.float32)
+    dot = tf.reduce_sum(a * b, axis=-1)
+    norms = tf.sqrt(tf.reduce_sum(a * a, axis=-1) * tf.reduce_sum(b * b, axis=-1))
+    return 1.0 - dot / tf.maximum(norms, _EPS)
+
+
+def _standardise(x, finite):
+    """(x - mean) / std over each map's finite entries; 0 where the map is constant."""
+    x = tf.where(finite, x, 0.0)
+    count = tf.maximum(tf.reduce_sum(tf.cast(finite, tf.float32), axis=[1, 2], keepdims=True), 1.0)
+    mean = tf.reduce_sum(x, axis=[1, 2], keepdims=True) / count
+    centred = tf.where(finite, x - mean, 0.0)
+    std = tf.sqrt(tf.reduce_sum(centred * centred, axis=[1, 2], keepdims=True) / count)
+    return centred / tf.maximum(std, 1e-6)
+
+
+def combine_with_change(scores, change, weight):
+    """z(NSM) + weight * z(change) per map: both terms scale-free, -inf NSM scores stay -inf.
+
+    Args:
+        scores: [B, h, w] NSM scores (may hold -inf, see `nsm_score`).
+        change: [B, h, w] `temporal_change` of the same points.
+        weight: how much the change counts against spatial complexity.
+    """
+    finite = tf.math.is_finite(scores)
+    change = tf.where(tf.math.is_finite(change), change, 0.0)
+    combined = _standardise(scores, finite) + weight * _standardise(change, tf.ones_like(finite))
+    return tf.where(finite, combined, scores)
+
+
 def select_top(scores, top_ratio):
     """Flat indices [B, N_q] of the highest scores; ties go to the lower index."""
     shape = tf.shape(scores)

@@ -56,6 +56,11 @@ class SparseTemporalTransformer(keras.layers.Layer):
             a float tau scores it on cosine similarities / tau, which does not
             depend on feature norms (see `nsm_score`).
         norm_first: the pre-norm, identity-at-start variant described above.
+        change_weight: 0 selects queries by NSM alone (the paper). w > 0 (not the
+            paper) ranks points by z(NSM) + w * z(change), where change =
+            1 - cos(k_t, k_{t-1}) compares the point's projected key with the
+            nearest key frame's at the same place: points the previous frame
+            saw differently (degradation, occlusion, motion) become queries.
         layer_norm_epsilon: epsilon of both layer norms.
         tiles_per_step: query tiles per loop step of the windowed attention.
         query_chunk: queries per loop step of the all-keys attention.
@@ -83,6 +88,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         ffn_channels=None,
         nsm_temperature=None,
         norm_first=False,
+        change_weight=0.0,
         layer_norm_epsilon=1e-5,
         tiles_per_step=4,
         query_chunk=256,
@@ -114,6 +120,9 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self.ffn_channels = ffn_channels
         self.nsm_temperature = nsm.check_temperature(nsm_temperature)
         self.norm_first = bool(norm_first)
+        if isinstance(change_weight, bool) or not isinstance(change_weight, (int, float)) or change_weight < 0:
+            raise ValueError(f"`change_weight` must be a non-negative number, got {change_weight!r}.")
+        self.change_weight = float(change_weight)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.tiles_per_step = tiles_per_step
         self.query_chunk = query_chunk
@@ -228,10 +237,21 @@ class SparseTemporalTransformer(keras.layers.Layer):
         scale = 1.0 / math.sqrt(self.reduced_channels // self.num_heads)
         return self._linear(points, tf.cast(self.query_kernel, tf.float32), tf.cast(self.query_bias, tf.float32)) * scale
 
-    def select(self, query):
-        """Flat positions [B, N_q] of the selected query points (NSM top `top_ratio`)."""
-        scores = nsm.nsm_score(tf.stop_gradient(query), self.neighborhood_radius, self.nsm_temperature)
-        return tf.stop_gradient(nsm.select_top(scores, self.top_ratio))
+    def selection_scores(self, query, key_values):
+        """[B, h, w] scores whose top `top_ratio` become queries (see `change_weight`)."""
+        query = tf.stop_gradient(query)
+        scores = nsm.nsm_score(query, self.neighborhood_radius, self.nsm_temperature)
+        if self.change_weight > 0:
+            d_r = self.reduced_channels
+            current = self._linear(tf.cast(query, tf.float32), tf.cast(self.key_kernel, tf.float32),
+                                   tf.cast(self.key_bias, tf.float32))
+            change = nsm.temporal_change(current, tf.stop_gradient(key_values)[:, -1, ..., :d_r])
+            scores = nsm.combine_with_change(scores, change, self.change_weight)
+        return scores
+
+    def select(self, query, key_values):
+        """Flat positions [B, N_q] of the selected query points."""
+        return tf.stop_gradient(nsm.select_top(self.selection_scores(query, key_values), self.top_ratio))
 
     def attend(self, query, key_values):
         """STT output for a query map [B, h, w, d] and projected key/values from `project_keys`."""
@@ -246,7 +266,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         batch = shape[0]
         d = self.channels
 
-        selected = self.select(query)  # [B, N_q]
+        selected = self.select(query, key_values)  # [B, N_q]
         flat_query = tf.reshape(query, [batch, -1, d])
         points = tf.cast(tf.gather(flat_query, selected, batch_dims=1), tf.float32)  # [B, N_q, d]
         if self.key_selection == "window" and kernels.use_native():
@@ -302,6 +322,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
                 "ffn_channels": self.ffn_channels,
                 "nsm_temperature": self.nsm_temperature,
                 "norm_first": self.norm_first,
+                "change_weight": self.change_weight,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "tiles_per_step": self.tiles_per_step,
                 "query_chunk": self.query_chunk,
