@@ -168,7 +168,7 @@ def test_keras_round_trip_in_safe_mode(tmp_path):
 @pytest.mark.parametrize(
     "shape, dtype, message",
     [((1, 3, H, W, 3), "uint8", "T\\+1=4"), ((1, 4, H, W, 1), "uint8", "3 \\(RGB\\)"),
-     ((1, H, W, 3), "uint8", "clip"), ((1, 4, H, W, 3), "int32", "dtype")],
+     ((1, H, W, 3), "uint8", "clip"), ((1, 4, H, W, 3), "int32", "dtype"), ((1, 4, 0, W, 3), "uint8", "1 pixel")],
 )
 def test_bad_input_is_named(shape, dtype, message):
     model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES)
@@ -248,3 +248,9 @@ def test_streaming_rejects_per_frame_models_and_bad_frames():
     stream = StreamingSegmenter(STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES))
     with pytest.raises(ValueError, match="frame"):
         stream.step(np.zeros((H, W), "uint8"))
+    model = stream.model
+    state = model.initial_state(2, H, W)
+    with pytest.raises(ValueError, match="state batch"):
+        model.stream_step(np.zeros((1, H, W, 3), "uint8"), state, True)
+    with pytest.raises(ValueError, match="T=3"):
+        model.stream_step(np.zeros((2, H, W, 3), "uint8"), state[:, :2], True)

@@ -155,6 +155,8 @@ class STTSegmenter(keras.Model):
                 )
         if x.shape[-1] != 3:
             raise ValueError(f"Frames must have 3 (RGB) channels, got shape {x.shape}.")
+        if any(size is not None and size < 1 for size in x.shape[-3:-1]):
+            raise ValueError(f"Frames must be at least 1 pixel high and wide, got shape {x.shape}.")
         if x.dtype not in (tf.uint8, tf.float16, tf.bfloat16, tf.float32, tf.float64):
             raise ValueError(f"Frames must be uint8 or float in [0, 255], got dtype {x.dtype.name}.")
 
@@ -252,6 +254,13 @@ class STTSegmenter(keras.Model):
         if self.stt is None:
             raise ValueError("stream_step needs an STT model; a per-frame model has no state.")
         frame = tf.convert_to_tensor(frame)
+        state = tf.convert_to_tensor(state)
+        if frame.shape.rank != 4:
+            raise ValueError(f"stream_step expects a frame batch [B, H, W, 3], got shape {frame.shape}.")
+        if state.shape.rank != 5 or (state.shape[1] is not None and state.shape[1] != self.num_key_frames):
+            raise ValueError(f"stream_step expects a state [B, T={self.num_key_frames}, h, w, C], got shape {state.shape}.")
+        if frame.shape[0] is not None and state.shape[0] is not None and frame.shape[0] != state.shape[0]:
+            raise ValueError(f"The frame batch ({frame.shape[0]}) and the state batch ({state.shape[0]}) differ.")
         size = (frame.shape[1], frame.shape[2])
         features, skips = self._encode(frame, False)
         current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
