@@ -101,11 +101,20 @@ def build_parser():
     return p
 
 
+def stt_overrides(args):
+    """The STT arguments the command line (and a caller's `args.stt_overrides`) change."""
+    overrides = dict(getattr(args, "stt_overrides", None) or {})
+    for key in ("top_ratio", "key_selection", "norm_first", "nsm_temperature"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    return overrides
+
+
 def run_settings(args):
     """The settings stored in run.json and every backup commit (JSON-friendly)."""
     settings = {}
     for key in MODEL_SETTINGS + TRAINING_SETTINGS:
-        value = getattr(args, key, None)
+        value = stt_overrides(args) if key == "stt_overrides" else getattr(args, key, None)
         settings[key] = list(value) if isinstance(value, tuple) else value
     if settings["dataset"] != "synthetic":
         settings.pop("synthetic_sequences"), settings.pop("synthetic_size")
@@ -309,16 +318,7 @@ def _resume_state(args, settings):
 
 def train(args):
     """Runs one (possibly resumed) training; returns the trained model (None if the run was already finished)."""
-    overrides = dict(getattr(args, "stt_overrides", {}))
-    if args.top_ratio is not None:
-        overrides["top_ratio"] = args.top_ratio
-    if args.key_selection is not None:
-        overrides["key_selection"] = args.key_selection
-    if args.norm_first is not None:
-        overrides["norm_first"] = args.norm_first
-    if args.nsm_temperature is not None:
-        overrides["nsm_temperature"] = args.nsm_temperature
-    args.stt_overrides = overrides
+    args.stt_overrides = stt_overrides(args)
     for name, default in (("allow_new_settings", False), ("frame_stride", 1), ("synthetic_sequences", 24)):
         if not hasattr(args, name):
             setattr(args, name, default)
