@@ -221,7 +221,7 @@ def attend(stt, features, state):
     if stt.top_ratio == 0.0:
         return features
     eps = stt.layer_norm_epsilon
-    mask = top_mask(_selection_scores(stt, features, state), stt.top_ratio)
+    mask = 1.0 if stt.top_ratio == 1.0 else top_mask(_selection_scores(stt, features, state), stt.top_ratio)
     scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
     q_in = _layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
     q = _dense(q_in, stt.query_kernel, stt.query_bias) * scale

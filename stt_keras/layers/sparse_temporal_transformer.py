@@ -251,6 +251,9 @@ class SparseTemporalTransformer(keras.layers.Layer):
 
     def select(self, query, key_values):
         """Flat positions [B, N_q] of the selected query points."""
+        if self.top_ratio == 1.0:  # every point is a query: no score needed
+            shape = tf.shape(query)
+            return tf.broadcast_to(tf.range(shape[1] * shape[2])[None], [shape[0], shape[1] * shape[2]])
         return tf.stop_gradient(nsm.select_top(self.selection_scores(query, key_values), self.top_ratio))
 
     def attend(self, query, key_values):
