@@ -28,14 +28,19 @@ def test_report_has_table_plots_and_stills(trained_model_path, exported, tmp_pat
         writer.writerows((i, 5.0 + i % 3, 9.0) for i in range(20))
 
     text, better = report.build(str(runs))
-    assert "| STT (sparse, top 50%) | 53.4 | 72.3 | 75.3 | 40.0 |" in text
-    assert "| per-frame baseline (PSPNet tiny) | 51.2 | 70.1 |" in text
+    assert "| STT (sparse, top 50%) | 53.4 | n/a | n/a | 72.3 | - | 40.0 |" in text
+    assert "| per-frame baseline (PSPNet tiny) | 51.2 | n/a | n/a | 70.1 |" in text
     assert "mIoU +2.2, TC +2.2" in text and better == (True, True)
     assert "median model latency 6.0 ms" in text
     assert open(runs / "report.md").read() == text
-    for name in ("training.png", "accuracy.png", "latency.png", "still_02.png", "still_15.png", "still_29.png"):
+    from training.data.synthetic import SyntheticVideo
+
+    _, _, degraded = SyntheticVideo(1, 30, 128, 256, seed=1000).sequence(0, with_degradation=True)
+    stills = [f"still_{t:02d}.png" for t in report.still_frames(degraded)]
+    assert len(stills) == 3 and all(degraded[int(n[6:8])].any() for n in stills)  # degraded frames shown
+    for name in ["training.png", "accuracy.png", "latency.png"] + stills:
         image = cv2.imread(str(runs / "figures" / name))
         assert image is not None and image.size > 0, name
         assert f"figures/{name}" in text
-    still = cv2.imread(str(runs / "figures" / "still_15.png"))
-    assert still.shape[0] == 128 and still.shape[1] == 4 * (256 + 4)  # input | prediction | queries | truth
+    still = cv2.imread(str(runs / "figures" / stills[0]))
+    assert still.shape[0] == 128 and still.shape[1] == 5 * (256 + 4)  # input | baseline | STT | queries | truth

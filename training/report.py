@@ -94,6 +94,11 @@ def plot_latency(demo_csv, keras_fps, out):
     return latency
 
 
+def still_frames(degraded, count=3):
+    """The first `count` degraded frames of a sequence (frames 2, 15, 29 if none is degraded)."""
+    return [t for t in range(len(degraded)) if degraded[t].any()][:count] or [2, 15, 29]
+
+
 def make_stills(stt_path, base_path, out_dir, count=3):
     """Degraded frames of a held-out sequence: input | baseline | STT | NSM-selected queries | truth."""
     import cv2
@@ -103,15 +108,21 @@ def make_stills(stt_path, base_path, out_dir, count=3):
     from stt_keras.layers import nsm
     from training.data.synthetic import SyntheticVideo, palette
 
+    def predictor(model):  # frame -> logits, as the model is deployed (an STT model streams)
+        if model.stt is not None:
+            return StreamingSegmenter(model).step
+        return lambda frame: model(frame[None], training=False)[0]
+
     model = load_model(stt_path, compile=False)
-    base = load_model(base_path, compile=False) if os.path.isfile(base_path) else None
+    base = predictor(load_model(base_path, compile=False)) if os.path.isfile(base_path) else None
     frames, labels, degraded = SyntheticVideo(1, 30, 128, 256, seed=1000).sequence(0, with_degradation=True)
-    chosen_frames = [t for t in range(30) if degraded[t].any()][:count] or [2, 15, 29]
+    chosen_frames = still_frames(degraded, count)
     stream = StreamingSegmenter(model)
     colours = palette()
     paths = []
     for t, frame in enumerate(frames):
         logits = np.asarray(stream.step(frame))
+        base_logits = None if base is None else np.asarray(base(frame))
         if t not in chosen_frames:
             continue
         features, _ = model._encode(tf.constant(frame[None]), False)
@@ -124,8 +135,8 @@ def make_stills(stt_path, base_path, out_dir, count=3):
             y, x = divmod(int(index), w)
             cv2.circle(selected, (int((x + 0.5) * sx), int((y + 0.5) * sy)), 2, (255, 40, 40), -1)
         panels = [frame]
-        if base is not None:
-            panels.append(colours[np.asarray(base(frame[None], training=False))[0].argmax(-1)])
+        if base_logits is not None:
+            panels.append(colours[base_logits.argmax(-1)])
         panels += [colours[logits.argmax(-1)], selected, colours[labels[t]]]
         row = np.concatenate([np.pad(p, ((0, 0), (0, 4), (0, 0)), constant_values=255) for p in panels], axis=1)
         path = os.path.join(out_dir, f"still_{t:02d}.png")
