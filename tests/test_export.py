@@ -24,7 +24,7 @@ SIZE = (64, 128)
 @pytest.fixture(scope="module")
 def tiny_model():
     tf.keras.utils.set_random_seed(3)
-    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7)
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7, top_ratio=0.5)  # NSM + top-k mask in play
     model(np.zeros((1, 4, *SIZE, 3), np.uint8))
     return model
 
@@ -52,8 +52,8 @@ def test_gpu_pieces_equal_library_pieces():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(norm_first=True, nsm_temperature=0.1, change_weight=1.0)],
-                         ids=["preset", "variants"])
+@pytest.mark.parametrize("overrides", [{}, dict(norm_first=True, nsm_temperature=0.1, change_weight=1.0, top_ratio=0.5), dict(top_ratio=1.0)],
+                         ids=["top50", "variants", "top100"])
 def test_step_forms_match_stream_step(tiny_model, overrides):
     if overrides:  # every option of the block goes through both exported forms
         tf.keras.utils.set_random_seed(4)

@@ -28,7 +28,7 @@ def test_report_has_table_plots_and_stills(trained_model_path, exported, tmp_pat
         writer.writerows((i, 5.0 + i % 3, 9.0) for i in range(20))
 
     text, better = report.build(str(runs))
-    assert "| STT (sparse, top 50%) | 53.4 | n/a | n/a | 72.3 | - | 40.0 |" in text
+    assert "| STT (`stt_psp_tiny`) | 53.4 | n/a | n/a | 72.3 | - | 40.0 |" in text
     assert "| per-frame baseline (PSPNet tiny) | 51.2 | n/a | n/a | 70.1 |" in text
     assert "mIoU +2.2, TC +2.2" in text and better == (True, True)
     assert "median model latency 6.0 ms" in text

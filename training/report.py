@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-MODELS = (("psp_tiny", "per-frame baseline (PSPNet tiny)"), ("stt_psp_tiny", "STT (sparse, top 50%)"))
+MODELS = (("psp_tiny", "per-frame baseline (PSPNet tiny)"), ("stt_psp_tiny", "STT (`stt_psp_tiny`)"))
 
 
 def _history(run):
