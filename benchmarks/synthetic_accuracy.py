@@ -60,13 +60,14 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds: mean and spread per variant")
     p.add_argument("--variants", nargs="+", default=["base", "stt", "stt_q50", "stt_all"],
                    choices=[v[0] for v in VARIANTS])
+    p.add_argument("--table-only", action="store_true", help="print the table of results.json, train nothing")
     args = p.parse_args()
     seeds = args.seeds or [args.seed]
     rows = []
     results_path = os.path.join(args.out, "results.json")
     if os.path.exists(results_path):  # a re-run skips what is already measured
         rows = json.load(open(results_path))
-    for seed in seeds:
+    for seed in [] if args.table_only else seeds:
         for key, name, preset, overrides in [v for v in VARIANTS if v[0] in args.variants]:
             if any(r["key"] == key and r["seed"] == seed and r["steps"] == args.steps for r in rows):
                 continue
@@ -74,7 +75,7 @@ def main():
             os.makedirs(args.out, exist_ok=True)
             with open(results_path, "w") as f:
                 json.dump(rows, f, indent=2)
-    print(table(rows, seeds, args))
+    print(table([r for r in rows if r["key"] in args.variants], seeds, args))
 
 
 def _mean_spread(values):
