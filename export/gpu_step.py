@@ -106,30 +106,37 @@ def nsm_score(features, radius):
     are exactly 0: they drop out of the masked sums by themselves, and their
     exp(0 - peak) terms are subtracted from the log-sum-exp by count. The peak
     is >= the point's own squared norm >= 0, so those terms never dominate.
+
+    Everything runs at rank 4, [1, tiles, 64, .]: LiteRT's GPU accelerator gets a
+    rank-3 elementwise op wrong when its constant operand has a leading dimension
+    above 1 (it reads the constant's first slice for every tile; a [tiles, 64, 1]
+    count divisor gave scores off by 170 of 290), and rank-4 operands are mapped
+    the same way for data and constants.
     """
     _, h, w, d = features.shape
     q_index, inverse, halo_index, valid, window, count = _tile_tables(h, w, [radius], NSM_TILE)
     table = _with_zero_row(tf.reshape(features, [h * w, d]))
-    q = _gather_rows(table, q_index)  # [tiles, 64, d]
-    halo = _gather_rows(table, halo_index)  # [tiles, halo, d]
-    dots = tf.matmul(q, tf.transpose(halo, [0, 2, 1]))  # [tiles, 64, halo]
-    # Every reduction keeps its axis ([tiles, 64, 1]): dropping it costs a
+    q = _gather_rows(table, q_index[None])  # [1, tiles, 64, d]
+    halo = _gather_rows(table, halo_index[None])  # [1, tiles, halo, d]
+    dots = tf.matmul(q, tf.transpose(halo, [0, 1, 3, 2]))  # [1, tiles, 64, halo]
+    # Every reduction keeps its axis ([1, tiles, 64, 1]): dropping it costs a
     # shrink-axis slice, which the GPU delegate rejects.
-    in_window = tf.constant(window.astype(np.float32))  # [64, halo], broadcast over tiles
-    outside = tf.constant((window.sum(-1)[None] - count)[..., None].astype(np.float32))  # in-window, out-of-map
-    count = tf.constant(count[..., None])
-    bias = tf.constant(_bias(window))
+    in_window = tf.constant(window.astype(np.float32)[None, None])  # [1, 1, 64, halo], broadcast over tiles
+    outside = tf.constant((window.sum(-1)[None] - count)[None, ..., None].astype(np.float32))  # in-window, out-of-map
+    inverse_count = tf.constant(1.0 / count[None, ..., None])
+    log_count = tf.constant(np.log(count[None, ..., None]).astype(np.float32))
+    bias = tf.constant(_bias(window)[None, None])
     peak = tf.reduce_max(dots + bias, axis=-1, keepdims=True)
     exp = tf.exp(dots + bias - peak)
     total = tf.reduce_sum(exp, axis=-1, keepdims=True) - outside * tf.exp(-peak)
     logsumexp = peak + tf.math.log(total)
-    mean_dot = tf.reduce_sum(dots * in_window, axis=-1, keepdims=True) / count
-    q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1, keepdims=True))  # [tiles, 64, 1]
-    halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1, keepdims=True))  # [tiles, halo, 1]
-    norms = tf.matmul(q_norm, tf.transpose(halo_norm, [0, 2, 1]))  # outer product as a matmul (not a GPU MUL)
+    mean_dot = tf.reduce_sum(dots * in_window, axis=-1, keepdims=True) * inverse_count
+    q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1, keepdims=True))  # [1, tiles, 64, 1]
+    halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1, keepdims=True))  # [1, tiles, halo, 1]
+    norms = tf.matmul(q_norm, tf.transpose(halo_norm, [0, 1, 3, 2]))  # outer product as a matmul (not a GPU MUL)
     cosine = dots / tf.maximum(norms, _EPS)
-    cos_term = (count - tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True)) / count
-    score = logsumexp - mean_dot - tf.math.log(count) + cos_term  # [tiles, 64, 1]
+    cos_term = 1.0 - tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True) * inverse_count
+    score = logsumexp - mean_dot - log_count + cos_term  # [1, tiles, 64, 1]
     return _from_tiles(score, inverse, h, w)
 
 
@@ -139,16 +146,21 @@ def top_mask(scores, top_ratio):
     Bisection keeps lo <= k-th largest score < hi; after BISECTION_STEPS halvings
     the interval is below float32 spacing, so `scores >= lo` is the top-k set
     (plus any exact ties at the threshold).
+
+    Every value stays a [1, 1, 1, 1] tensor: LiteRT's GPU accelerator refuses
+    rank-0 operands ("bad input dims size: 0"), which a full reduction or a
+    Python-float comparison would make.
     """
     _, h, w, _ = scores.shape
     k = float(windows.num_selected(top_ratio, h * w))
     if k >= h * w:
         return tf.ones_like(scores)
-    lo = tf.reduce_min(scores)
-    hi = tf.reduce_max(scores) + 1.0
+    lo = tf.reduce_min(scores, axis=[1, 2], keepdims=True)  # [1, 1, 1, 1]
+    hi = tf.reduce_max(scores, axis=[1, 2], keepdims=True) + 1.0
     for _ in range(BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
-        enough = tf.cast(tf.reduce_sum(tf.cast(scores >= mid, tf.float32)) >= k, tf.float32)
+        count = tf.reduce_sum(tf.cast(scores >= mid, tf.float32), axis=[1, 2], keepdims=True)
+        enough = tf.cast(count >= tf.fill([1, 1, 1, 1], k), tf.float32)
         lo = lo + enough * (mid - lo)
         hi = mid + enough * (hi - mid)
     return tf.cast(scores >= lo, tf.float32)
