@@ -26,6 +26,7 @@ What changes against the library's step (and why):
 Batch 1 and static frame size only (what the exporter uses).
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -38,6 +39,8 @@ ATTENTION_TILE = 4  # query tile of the windowed attention (as in the library)
 BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
 STT_SCOPE = "stt_block"
 _FILL = 1.0e9  # masked logits get -_FILL: exp underflows to exactly 0 (-inf in float16, same result)
+MAX_TEXTURE_SIDE = 8192  # WebGPU's default maxTextureDimension2D (SwiftShader's; see split_wide_convolutions)
+MAX_GATHER_ROWS = 4096  # gathered key rows per tile group (see windowed_attention)
 _EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
 
 
@@ -169,6 +172,16 @@ def top_mask(scores, top_ratio):
 def windowed_attention(queries, state, radii, num_heads):
     """Every point's attention to its key windows, from the packed state.
 
+    Tiles are processed in groups of at most MAX_GATHER_ROWS gathered key rows:
+    LiteRT's GPU accelerator keeps tensors in 2-D textures, at most MAX_TEXTURE_SIDE
+    texels a side on WebGPU's default limits (SwiftShader's too). One gather of every
+    tile's halo at the paper's size (STT-PSP18, 256x512: 128 tiles x 932 keys)
+    needed 4 x 238592 textures (two texture rows per gathered row of 128
+    channels); the accelerator could not create them and the attention came out
+    wrong (max error 5.6 on outputs of scale 3.9). Groups of 8192 rows still
+    failed (4 x 14912); 4096 rows fit.
+    At the tiny presets' sizes there is one group: the graph is the ungrouped one.
+
     Args:
         queries: float32 [1, h, w, d_r], projected and scaled.
         state: float32 [1, h, w, T * 2 d_r] (keys then values per frame, oldest first).
@@ -184,25 +197,79 @@ def windowed_attention(queries, state, radii, num_heads):
     n_tiles, n_halo = halo_index.shape
     rows = h * w * frames
     keys, values = tf.split(tf.reshape(state, [rows, channels]), 2, axis=-1)  # SPLIT: fine on any rank
-    k = tf.reshape(_gather_rows(_with_zero_row(keys), halo_index), [n_tiles, n_halo, num_heads, d_head])
-    v = tf.reshape(_gather_rows(_with_zero_row(values), halo_index), [n_tiles, n_halo, num_heads, d_head])
-    q = _gather_rows(_with_zero_row(tf.reshape(queries, [h * w, d_r])), q_index)  # [tiles, 16, d_r]
-    q = tf.transpose(tf.reshape(q, [n_tiles, points, num_heads, d_head]), [0, 2, 1, 3])
-    k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh, halo]
-    v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
-    logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
-    # Masks as small broadcast constants: outside each point's window (per point in
-    # the tile), outside the map (per tile). The big fill value lives only in these
-    # arithmetic ops, never in the key table, so an int8 model that quantizes the
-    # data-movement ops around the float STT block keeps sane key ranges (a -1e9
-    # key channel there cost 6% of int8 labels). A full [tiles, 16, halo] mask
-    # constant would be 30 MB at the paper's size; this is 2 x [tiles, halo].
-    in_map = valid.astype(np.float32)[:, None, None, :]
-    logits = (logits + tf.constant(_bias(window))) * tf.constant(in_map) + tf.constant(_bias(valid)[:, None, None, :])
-    e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
-    out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
-    out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [n_tiles, points, d_r])
+    keys, values = _with_zero_row(keys), _with_zero_row(values)
+    query_table = _with_zero_row(tf.reshape(queries, [h * w, d_r]))
+    window_bias = tf.constant(_bias(window))  # [16, halo], broadcast over tiles and heads
+    group = max(1, MAX_GATHER_ROWS // n_halo)
+    outputs = []
+    for start in range(0, n_tiles, group):
+        part = slice(start, min(start + group, n_tiles))
+        tiles = part.stop - part.start
+        k = tf.reshape(_gather_rows(keys, halo_index[part]), [tiles, n_halo, num_heads, d_head])
+        v = tf.reshape(_gather_rows(values, halo_index[part]), [tiles, n_halo, num_heads, d_head])
+        q = _gather_rows(query_table, q_index[part])  # [tiles, 16, d_r]
+        q = tf.transpose(tf.reshape(q, [tiles, points, num_heads, d_head]), [0, 2, 1, 3])
+        k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh, halo]
+        v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
+        logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
+        # Masks as small broadcast constants: outside each point's window (per point in
+        # the tile), outside the map (per tile). The big fill value lives only in these
+        # arithmetic ops, never in the key table, so an int8 model that quantizes the
+        # data-movement ops around the float STT block keeps sane key ranges (a -1e9
+        # key channel there cost 6% of int8 labels). A full [tiles, 16, halo] mask
+        # constant would be 30 MB at the paper's size; this is 2 x [tiles, halo].
+        in_map = valid[part].astype(np.float32)[:, None, None, :]
+        logits = (logits + window_bias) * tf.constant(in_map) + tf.constant(_bias(valid[part])[:, None, None, :])
+        e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
+        out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
+        outputs.append(tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [tiles, points, d_r]))
+    out = outputs[0] if len(outputs) == 1 else tf.concat(outputs, axis=0)
     return _from_tiles(out, inverse, h, w)
+
+
+@contextlib.contextmanager
+def split_wide_convolutions(model, limit=MAX_TEXTURE_SIDE):
+    """While active, every Conv2D of `model` whose weights exceed the GPU's texture side
+    (kh * kw * input channels > `limit`) convolves input-channel slices and adds them.
+
+    LiteRT's GPU accelerator stores 3x3 convolution weights in textures kh*kw*C_in
+    texels high: PSPNet's fusion conv (3x3, 1024 -> 512) needed 128 x 9216, above
+    WebGPU's default 8192 (SwiftShader's limit, and common on phones), and gave
+    outputs off by their whole scale. Two 512-channel convolutions plus an ADD fit.
+    Same function, so float parity is unchanged; the graph is traced inside it.
+    """
+    import keras
+
+    patched = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if type(layer) is not keras.layers.Conv2D or getattr(layer, "groups", 1) != 1 or not layer.built:
+            continue
+        kh, kw, cin, _ = layer.kernel.shape
+        parts = math.ceil(kh * kw * cin / limit)
+        if parts <= 1:
+            continue
+        size = 4 * math.ceil(cin / parts / 4)
+        sizes = [size] * (cin // size) + ([cin % size] if cin % size else [])
+
+        def convolution_op(inputs, kernel, layer=layer, sizes=sizes):
+            from keras import ops
+
+            xs = tf.split(inputs, sizes, axis=-1)
+            ks = tf.split(kernel, sizes, axis=2)
+            out = None
+            for x, k in zip(xs, ks):
+                y = ops.conv(x, k, strides=list(layer.strides), padding=layer.padding,
+                             dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+                out = y if out is None else out + y
+            return out
+
+        layer.convolution_op = convolution_op  # an instance attribute shadows the method
+        patched.append(layer)
+    try:
+        yield [layer.name for layer in patched]
+    finally:
+        for layer in patched:
+            del layer.convolution_op
 
 
 def _dense(x, kernel, bias):

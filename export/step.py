@@ -141,9 +141,11 @@ def make_step_function(model, height, width, form="default", interface="full"):
     signature = input_signature(model, height, width, form, interface)
 
     if not is_streaming(model):
+        from export.gpu_step import split_wide_convolutions  # a per-frame graph is its own GPU form
+
         @tf.function(input_signature=signature, autograph=False)
         def frame_step(frame):
-            with portable_ops():
+            with portable_ops(), split_wide_convolutions(model):
                 logits = model(frame, training=False)
             return _outputs(tf.cast(logits, tf.float32), form, interface)
 
@@ -155,7 +157,7 @@ def make_step_function(model, height, width, form="default", interface="full"):
 
         @tf.function(input_signature=signature, autograph=False)
         def step(frame, state, reset):
-            with portable_ops():
+            with portable_ops(), gpu_step.split_wide_convolutions(model):
                 logits, new_state = gpu_step.stream_step(model, frame, state, reset)
             return _outputs(logits, form, interface, new_state)
 

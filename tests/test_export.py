@@ -52,6 +52,27 @@ def test_gpu_pieces_equal_library_pieces():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_gpu_texture_limits_keep_the_function(tiny_model, monkeypatch):
+    """Tile groups in the attention and input-channel slices of wide convolutions (what keeps
+    STT-PSP18's tensors inside the GPU's 8192-texel textures) compute the same function."""
+    rng = np.random.default_rng(5)
+    radii = [2, 1, 1]
+    q = rng.normal(size=(1, 9, 14, 8)).astype(np.float32)
+    kv = rng.normal(size=(1, 3, 9, 14, 16)).astype(np.float32)
+    expected = temporal_attention.windowed_attention(q, kv, radii, num_heads=2)
+    monkeypatch.setattr(gpu_step, "MAX_GATHER_ROWS", 300)  # 3 tiles of 100 keys per group, 5 groups
+    got = gpu_step.windowed_attention(tf.constant(q), step_lib.pack_state(tf.constant(kv)), radii, num_heads=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+    clip = rng.integers(0, 256, (1, 4, *SIZE, 3)).astype(np.uint8)
+    before = tiny_model(clip).numpy()
+    with gpu_step.split_wide_convolutions(tiny_model, limit=600) as patched:
+        assert len(patched) >= 3  # 3x3 convolutions with more than 66 input channels
+        during = tiny_model(clip).numpy()
+    np.testing.assert_allclose(during, before, rtol=1e-4, atol=1e-4)
+    assert not any("convolution_op" in vars(layer) for layer in tiny_model._flatten_layers())
+
+
 def test_step_forms_match_stream_step(tiny_model):
     default = step_lib.make_step_function(tiny_model, *SIZE, "default")
     gpu = step_lib.make_step_function(tiny_model, *SIZE, "gpu")
