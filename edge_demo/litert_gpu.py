@@ -122,6 +122,10 @@ class GpuModel:
         # (ops on the GPU, ops on the CPU) as the accelerator reports them (None if it did not say)
         self.op_split = tuple(int(v) for v in split[-1]) if split else None
         self.refused = refused_ops(self.log)
+        # WebGPU validation errors (e.g. a tensor above the device's texture size): the model still
+        # "runs", with wrong numbers or a failed read. Any of them means the compiled model is broken.
+        self.validation_errors = [line.split("Validation error:", 1)[1].strip()
+                                  for line in self.log.splitlines() if "Validation error:" in line]
         signatures = self.model.get_signature_list()
         self.signature = "serving_default" if "serving_default" in signatures else next(iter(signatures))
         self.input_details = self.model.get_input_tensor_details(self.signature)

@@ -135,6 +135,8 @@ class LiteRTGpuRunner(_Runner):
                 _check(kind, name, spec, details[name]["shape"], details[name]["dtype"])
 
     def describe(self):
+        if self.model.validation_errors:
+            return f"GPU accelerator: WebGPU validation errors, results are unreliable: {self.model.validation_errors[0][:200]}"
         if self.fully_accelerated:
             return "GPU accelerator: fully accelerated (no op on the CPU)"
         gpu, cpu = self.op_split or ("?", "?")

@@ -294,6 +294,8 @@ class _GpuChecker:
             except RuntimeError as error:
                 return {**result, "fully_accelerated": False, "error": str(error).strip()[-500:]}
         on_cpu = gpu.op_split[1] if gpu.op_split else 0
+        if gpu.validation_errors:
+            result["validation_errors"] = sorted(set(gpu.validation_errors))[:5]
         result.update(fully_accelerated=bool(gpu.fully_accelerated and not gpu.op_split), ops_on_cpu=on_cpu,
                       ops_on_gpu=gpu.op_split[0] if gpu.op_split else num_ops,
                       refused={k: {"count": len(v), "reason": v[0]} for k, v in gpu.refused.items()})
@@ -315,6 +317,8 @@ def _gpu_text(result):
     if "error" in result:
         return "; GPU accelerator: error"
     where = "all ops on the GPU" if result["fully_accelerated"] else f"{result['ops_on_cpu']} ops on the CPU"
+    if result.get("validation_errors"):
+        where += f" but WebGPU validation errors ({result['validation_errors'][0][:80]})"
     return f"; GPU accelerator: {where}, labels agree with the CPU {100 * result['label_agreement_with_cpu']:.2f}%"
 
 
