@@ -189,6 +189,21 @@ def test_per_frame_model_exports_with_both_interfaces(tmp_path):
                       {"frame": np.random.default_rng(0).integers(0, 256, (1, *SIZE, 3)).astype(np.uint8)})
     assert set(edge) == {"labels"} and edge["labels"].dtype == np.int32
 
+    # edge_demo runs a per-frame model (no state) in both runtimes
+    import cv2
+
+    from edge_demo import app
+
+    video = str(tmp_path / "in.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 48))
+    for i in range(3):
+        writer.write(np.full((48, 96, 3), 40 * i, np.uint8))
+    writer.release()
+    for name in ("frame_edge_float32.tflite", "frame_step.onnx"):
+        code = app.main(["--model", os.path.join(out, name), "--video", video, "--no-display",
+                         "--csv", str(tmp_path / "f.csv")])
+        assert code == 0, name
+
 
 def test_edge_interface_of_the_stt_step(tiny_model):
     """Edge interface: uint8 frame in, int32 labels == argmax of the full interface's logits, no logits."""
