@@ -340,7 +340,7 @@ def test_atomic_directory_replaces_on_success(tmp_path):
 
 def test_cli_rejects_bad_arguments(trained_model_path, tmp_path):
     for argv, message in ((["--size", "64by128"], "--size"), (["--forms", "cuda"], "--forms"),
-                          (["--quantizations", "int4"], "--quantizations")):
+                          (["--quantizations", "int4"], "--quantizations"), (["--interfaces", "tiny"], "--interfaces")):
         args = cli.build_parser().parse_args(["--model", trained_model_path, "--out", str(tmp_path / "o"), *argv])
         with pytest.raises(SystemExit, match=message):
             cli.run_export(args)
