@@ -28,13 +28,26 @@ CHROMIUM_VULKAN_LOADER = "/usr/lib/chromium/libvulkan.so.1"
 _SPLIT_RE = re.compile(r"(\d+) operations will run on the GPU, and the remaining (\d+) operations will run on the CPU")
 
 
-def software_vulkan_env(icd=SWIFTSHADER_ICD):
-    """Sets VK_ICD_FILENAMES (SwiftShader) and a private XDG_RUNTIME_DIR unless already set.
+def _system_icds():
+    """Vulkan drivers installed system-wide, except Mesa's lavapipe (Debian 12's is too old for
+    WebGPU: "No adapters found")."""
+    import glob
 
-    Must run before the first CompiledModel is created (the Vulkan loader reads them once).
-    Returns the reason it cannot, or None when the software device is available.
+    found = []
+    for folder in ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"):
+        found += [p for p in glob.glob(os.path.join(folder, "*.json")) if "lvp" not in os.path.basename(p)]
+    return found
+
+
+def software_vulkan_env(icd=SWIFTSHADER_ICD, force=False):
+    """Prepares the process for the GPU accelerator; returns why it cannot, or None.
+
+    Keeps a VK_ICD_FILENAMES already set and uses a real Vulkan driver when one is installed;
+    otherwise (or with `force`) selects SwiftShader. Also sets a private XDG_RUNTIME_DIR when
+    there is none and makes a Vulkan loader loadable. Must run before the first CompiledModel
+    is created (the Vulkan loader reads the variables once).
     """
-    if "VK_ICD_FILENAMES" not in os.environ:
+    if force or ("VK_ICD_FILENAMES" not in os.environ and not _system_icds()):
         if not os.path.isfile(icd):
             return f"no Vulkan device configured and no SwiftShader ICD at {icd} (apt-get install chromium)"
         os.environ["VK_ICD_FILENAMES"] = icd
