@@ -45,6 +45,9 @@ def build_parser():
     p.add_argument("--csv", help="per-frame latency CSV (default: next to --out, else edge_demo_frames.csv)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the runtime (default 2)")
     p.add_argument("--delegate", help="external LiteRT delegate .so (e.g. a GPU delegate build)")
+    p.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu (default): LiteRT interpreter / ONNX Runtime; gpu: LiteRT's GPU accelerator "
+                        "(CompiledModel; on a machine without a GPU, SwiftShader from the chromium package)")
     p.add_argument("--no-display", action="store_true", help="headless: no window")
     p.add_argument("--no-legend", action="store_true", help="no legend / fps text on the overlay")
     p.add_argument("--max-frames", type=int, default=None)
@@ -105,7 +108,9 @@ def run(args):
     """Processes the stream; returns (exit code, summary dict)."""
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
-    runner, meta = load_runner(args.model, args.threads, args.delegate)
+    runner, meta = load_runner(args.model, args.threads, args.delegate, getattr(args, "accelerator", "cpu"))
+    if hasattr(runner, "describe"):
+        print(f"edge_demo: {runner.describe()}", flush=True)
     model_h, model_w = meta["input_size"]
     capture, fps, promised = open_source(args)
     show = display_available(args)
@@ -172,7 +177,8 @@ def run(args):
             signal.signal(signal.SIGTERM, previous_handler)
     summary = summarize(latencies, wall)
     summary.update(csv=csv_path, out=args.out, runtime=type(runner).__name__,
-                   providers=getattr(runner, "providers", None))
+                   providers=getattr(runner, "providers", None),
+                   fully_accelerated=getattr(runner, "fully_accelerated", None))
     return code, summary
 
 

@@ -1,7 +1,8 @@
 """Model runners with one interface: runner(frame, state, reset) -> (labels [H, W] int32, next_state).
 
-Both read the metadata JSON written by stt-export next to the model and check
-that the model's real inputs and outputs match it before the first frame.
+All read the metadata JSON written by stt-export next to the model and check
+that the model's real inputs and outputs match it before the first frame. A
+per-frame model (no `state` input) gets state None and returns None.
 """
 
 import hashlib
@@ -32,8 +33,10 @@ def load_metadata(model_path):
     for key in ("input_size", "classes", "palette", "inputs", "outputs"):
         if key not in meta:
             raise ModelError(f"metadata {path} has no {key!r}.")
-    if "next_state" not in meta["outputs"] or not {"labels", "logits"} & set(meta["outputs"]):
-        raise ModelError(f"metadata {path}: outputs must include next_state and labels or logits.")
+    if not {"labels", "logits"} & set(meta["outputs"]):
+        raise ModelError(f"metadata {path}: outputs must include labels or logits.")
+    if "state" in meta["inputs"] and "next_state" not in meta["outputs"]:
+        raise ModelError(f"metadata {path}: a model with a state input must output next_state.")
     return meta
 
 
@@ -53,15 +56,18 @@ class _Runner:
         self.frame_dtype = np.dtype(self.inputs["frame"]["dtype"])
 
     def initial_state(self):
+        if "state" not in self.inputs:
+            return None  # a per-frame model
         return np.zeros(self.inputs["state"]["shape"], np.dtype(self.inputs["state"]["dtype"]))
 
     def __call__(self, frame_rgb, state, reset):
-        out = self._run(
-            frame=frame_rgb[None].astype(self.frame_dtype), state=state,
-            reset=np.array([1.0 if reset else 0.0], np.float32))
+        inputs = {"frame": frame_rgb[None].astype(self.frame_dtype)}
+        if "state" in self.inputs:
+            inputs.update(state=state, reset=np.array([1.0 if reset else 0.0], np.float32))
+        out = self._run(**inputs)
         result = np.asarray(out[self.output_name])[0]
         labels = result if self.output_name == "labels" else result.argmax(-1)
-        return labels.astype(np.int32), np.asarray(out["next_state"])
+        return labels.astype(np.int32), (np.asarray(out["next_state"]) if "next_state" in out else None)
 
 
 class LiteRTRunner(_Runner):
@@ -98,6 +104,49 @@ class LiteRTRunner(_Runner):
 
     def _run(self, **inputs):
         return self.runner(**inputs)
+
+
+class LiteRTGpuRunner(_Runner):
+    """LiteRT's GPU accelerator (CompiledModel + HardwareAccelerator.GPU), see edge_demo/litert_gpu.py.
+
+    Ops the GPU refuses run on the CPU (LiteRT's fallback); `fully_accelerated` and
+    `op_split` say whether any did.
+    """
+
+    def __init__(self, path, meta, threads=2):
+        super().__init__(meta)
+        try:
+            from edge_demo import litert_gpu
+        except ImportError:
+            raise ModelError("ai-edge-litert is not installed: pip install ai-edge-litert")
+        reason = litert_gpu.software_vulkan_env()
+        if reason:
+            raise ModelError(f"GPU accelerator unavailable: {reason}")
+        try:
+            self.model = litert_gpu.GpuModel(path, cpu_fallback=True, threads=threads)
+        except (RuntimeError, ValueError) as error:
+            raise ModelError(f"cannot compile {path} for LiteRT's GPU accelerator: {str(error).strip()[-400:]}")
+        self.fully_accelerated = bool(self.model.fully_accelerated and not self.model.op_split)
+        self.op_split = self.model.op_split
+        self.refused = self.model.refused
+        for kind, details, specs in (("input", self.model.input_details, meta["inputs"]),
+                                     ("output", self.model.output_details, meta["outputs"])):
+            for name, spec in specs.items():
+                if name not in details:
+                    raise ModelError(f"model has no {kind} {name!r} (it has {sorted(details)}).")
+                _check(kind, name, spec, details[name]["shape"], details[name]["dtype"])
+
+    def describe(self):
+        if self.model.validation_errors:
+            return f"GPU accelerator: WebGPU validation errors, results are unreliable: {self.model.validation_errors[0][:200]}"
+        if self.fully_accelerated:
+            return "GPU accelerator: fully accelerated (no op on the CPU)"
+        gpu, cpu = self.op_split or ("?", "?")
+        refused = ", ".join(f"{k} x{len(v)} ({v[0]})" for k, v in self.refused.items())
+        return f"GPU accelerator: NOT fully accelerated: {gpu} ops on the GPU, {cpu} on the CPU; refused: {refused}"
+
+    def _run(self, **inputs):
+        return self.model(**inputs)
 
 
 class OnnxRunner(_Runner):
@@ -149,12 +198,19 @@ def verify_checksum(path, meta):
                          "the file was modified or damaged after export; re-export it.")
 
 
-def load_runner(path, threads=2, delegate=None):
-    """(runner, metadata) for a .tflite or .onnx model, verified against its metadata's checksum."""
+def load_runner(path, threads=2, delegate=None, accelerator="cpu"):
+    """(runner, metadata) for a .tflite or .onnx model, verified against its metadata's checksum;
+    accelerator "gpu": LiteRT's GPU accelerator."""
     if not os.path.isfile(path):
         raise ModelError(f"model file not found: {path}")
     meta = load_metadata(path)
     verify_checksum(path, meta)
+    if accelerator == "gpu":
+        if not path.endswith(".tflite"):
+            raise ModelError("--accelerator gpu runs .tflite models (LiteRT); for ONNX use onnxruntime's providers.")
+        if delegate:
+            raise ModelError("--accelerator gpu and --delegate exclude each other.")
+        return LiteRTGpuRunner(path, meta, threads), meta
     if path.endswith(".onnx"):
         if delegate:
             raise ModelError("--delegate applies to .tflite models; ONNX Runtime picks its execution provider itself.")

@@ -22,13 +22,13 @@ def synthetic_frames(height, width, num_sequences, frames_per_sequence, seed):
 def stream_inputs(step_fn, sequences, frame_dtype=np.uint8, state_shape=None):
     """Yields the (frame, state, reset) dict of every step of streaming `sequences` with `step_fn`."""
     for frames, _ in sequences:
-        state = np.zeros(state_shape, np.float32)
+        state = None if state_shape is None else np.zeros(state_shape, np.float32)
         for t, frame in enumerate(frames):
-            inputs = {
-                "frame": frame[None].astype(frame_dtype),
-                "state": state,
-                "reset": np.array([1.0 if t == 0 else 0.0], np.float32),
-            }
+            inputs = {"frame": frame[None].astype(frame_dtype)}
+            if state is None:  # a per-frame model
+                yield inputs
+                continue
+            inputs.update(state=state, reset=np.array([1.0 if t == 0 else 0.0], np.float32))
             yield inputs
             state = np.asarray(step_fn(**inputs)["next_state"])
 

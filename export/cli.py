@@ -19,8 +19,17 @@ no model, and frame sizes whose export needs more memory than the machine has
 (estimated up front; `--no-memory-check` to try anyway), are refused before
 anything is written.
 
+A per-frame model (psp18, bise18, psp_tiny, ...) has no state and one graph form:
+frame_<q>.tflite, frame_int8.tflite, frame_step.onnx. With `--interfaces edge` (or
+full,edge) every file also comes in the edge interface (uint8 frame in, int32
+labels computed on the device out, no logits): names get `_edge`, e.g.
+stt_gpu_edge_float32.tflite, frame_edge_step.onnx.
+
 Every .tflite is checked for Flex ops, variable ops and unfolded BatchNorm (the
-export fails if it finds any) and against the GPU delegate's rules (reported).
+export fails if it finds any). The GPU-form (and per-frame) float models are
+compiled for LiteRT's GPU accelerator when a Vulkan device is there (`--gpu-check`,
+see edge_demo/litert_gpu.py): the report says how many ops run on the GPU and how
+often its labels agree with LiteRT on the CPU.
 Parity: each exported model streams the same held-out synthetic sequences as
 the Keras model, each carrying its own state.
 """
@@ -34,10 +43,13 @@ import time
 import numpy as np
 
 from stt_keras.errors import UserError, run_cli
+from export import parity
 
 # Full int8 comes from the loop-free "gpu" graph: the TFLite calibrator crashes
 # (segfault, TF 2.21) on the default form's WHILE loops.
-FORM_QUANTIZATIONS = {"default": ("float32", "float16", "dynamic_range"), "gpu": ("float32", "float16", "dynamic_range", "int8")}
+FORM_QUANTIZATIONS = {"default": ("float32", "float16", "dynamic_range"), "gpu": ("float32", "float16", "dynamic_range", "int8"),
+                      "frame": ("float32", "float16", "dynamic_range", "int8")}
+GPU_CHECKED = ("float32", "float16")  # quantizations compiled for the GPU accelerator
 
 
 def _parse_size(text):
@@ -53,18 +65,28 @@ def _parse_size(text):
 DEFAULT_QUANTIZATIONS = "float32,float16,dynamic_range,int8"
 
 
-def plan_files(formats, forms, quantizations, explicit_quantizations=True):
-    """The model files the arguments ask for; UserError if a requested format or quantization would write none."""
+def plan_files(formats, forms, quantizations, explicit_quantizations=True, interfaces=("full",), streaming=True):
+    """The model files the arguments ask for; UserError if a requested format or quantization would write none.
+
+    Checked twice: before the model is read (as if it were a streaming STT model), and
+    after, for what the model is (a per-frame model has the one form "frame").
+    """
     files = []
     if "savedmodel" in formats:
         files.append("saved_model/1")
+    if formats - {"savedmodel"} and not interfaces:
+        raise UserError("stt-export: --interfaces is empty: the TFLite and ONNX models need one (full, edge).")
+    edges = ["_edge" if interface == "edge" else "" for interface in interfaces]
+    base = "stt" if streaming else "frame"
+    prefix = {"gpu": "stt_gpu", "default": "stt", "frame": "frame"}
     if "tflite" in formats:
         made = set()
         for form in forms:
             for q in quantizations:
                 if q in FORM_QUANTIZATIONS[form]:
                     made.add(q)
-                    files.append("stt_int8.tflite" if q == "int8" else f"{'stt_gpu' if form == 'gpu' else 'stt'}_{q}.tflite")
+                    files += [f"{base}{edge}_int8.tflite" if q == "int8" else f"{prefix[form]}{edge}_{q}.tflite"
+                              for edge in edges]
         missing = [q for q in quantizations if q not in made]
         if missing and explicit_quantizations:
             raise UserError(
@@ -73,13 +95,13 @@ def plan_files(formats, forms, quantizations, explicit_quantizations=True):
         if not quantizations:
             raise UserError("stt-export: --formats tflite with an empty --quantizations writes no TFLite model.")
     if "onnx" in formats:
-        files += [f"{'stt_gpu' if form == 'gpu' else 'stt'}_step.onnx" for form in forms]
+        files += [f"{prefix[form]}{edge}_step.onnx" for form in forms for edge in edges]
     if not files:
         raise UserError("stt-export: these arguments write no model (--formats, --forms or --quantizations is empty); "
                         "nothing was changed.")
     if formats - {"savedmodel"} and not forms:
         raise UserError("stt-export: --forms is empty: the TFLite and ONNX models need a step form (default, gpu).")
-    return files
+    return sorted(set(files))
 
 
 # Bytes per pixel of live activations an export holds at once, as a multiple of one
@@ -166,9 +188,14 @@ def build_parser():
     p.add_argument("--labels", default=None, help="label set for the metadata: synthetic, cityscapes, camvid (default: by class count)")
     p.add_argument("--formats", default="savedmodel,tflite,onnx", help="comma list of savedmodel, tflite, onnx")
     p.add_argument("--forms", default="default,gpu", help="comma list of step forms: default, gpu")
+    p.add_argument("--interfaces", default="full", help="comma list of full (logits, float gpu-form frame), "
+                   "edge (uint8 frame, int32 labels computed on the device)")
     p.add_argument("--quantizations", default=None,
                    help="TFLite quantizations (default: float32,float16,dynamic_range,int8, each where the forms allow it;"
                         " a quantization given here that no requested form can build is an error)")
+    p.add_argument("--gpu-check", choices=("auto", "off", "require"), default="auto",
+                   help="compile GPU-form float models for LiteRT's GPU accelerator and compare its labels with "
+                        "the CPU (auto: when a Vulkan device is available; require: fail without one)")
     p.add_argument("--calibration-sequences", type=int, default=4, help="synthetic sequences for int8 calibration")
     p.add_argument("--calibration-frames", type=int, default=8)
     p.add_argument("--parity-sequences", type=int, default=2, help="held-out synthetic sequences for parity")
@@ -186,25 +213,37 @@ def _io_description(fn):
     return inputs, outputs
 
 
-def _metadata(model, name, form, quantization, size, labels, io, extra):
+def _metadata(model, name, form, quantization, size, labels, io, extra, interface="full", order=None):
+    from export.step import MEANINGS
+
     classes, palette = labels
     inputs, outputs = io
-    return {
+    input_order, output_order = order or (list(inputs), sorted(outputs))
+    meta = {
         "format": "stt-keras-step/1",
         "model": name,
         "form": form,
+        "interface": interface,
         "quantization": quantization,
         "input_size": list(size),
+        "streaming": model.stt is not None,
         "num_key_frames": model.num_key_frames,
         "classes": classes,
         "palette": palette,
-        "normalization": "RGB in [0, 255] (uint8, or float32 for the gpu form); ImageNet mean/std applied inside the model",
-        "state_layout": "[1, h, w, T * C]: projected key/value maps of the T previous frames, oldest first, "
-                        "C = 2 * d_r; zeros with reset=1 on a stream's first frame",
+        "normalization": "RGB in [0, 255] (uint8, or float32 for the gpu form's full interface); "
+                         "ImageNet mean/std applied inside the model",
         "inputs": inputs,
         "outputs": outputs,
+        # Runtimes list signature inputs in this order and outputs sorted by name.
+        "input_order": input_order,
+        "output_order": output_order,
+        "meaning": {k: MEANINGS[k] for k in [*input_order, *output_order]},
         **extra,
     }
+    if model.stt is not None:
+        meta["state_layout"] = ("[1, h, w, T * C]: projected key/value maps of the T previous frames, oldest first, "
+                                "C = 2 * d_r; zeros with reset=1 on a stream's first frame")
+    return meta
 
 
 def _write_json(path, data):
@@ -228,11 +267,13 @@ def run_export(args):
     size = _parse_size(args.size)
     formats = {f.strip() for f in args.formats.split(",") if f.strip()}
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+    interfaces = [f.strip() for f in args.interfaces.split(",") if f.strip()]
     explicit_quantizations = args.quantizations is not None
     quantizations = [q.strip() for q in (args.quantizations if explicit_quantizations else DEFAULT_QUANTIZATIONS).split(",")
                      if q.strip()]
     for values, allowed, what in ((formats, {"savedmodel", "tflite", "onnx"}, "--formats"),
                                   (forms, set(step_lib.FORMS), "--forms"),
+                                  (interfaces, set(step_lib.INTERFACES), "--interfaces"),
                                   (quantizations, set(tflite.QUANTIZATIONS), "--quantizations")):
         unknown = set(values) - allowed
         if unknown:
@@ -240,17 +281,20 @@ def run_export(args):
     for name in ("calibration_sequences", "calibration_frames", "parity_sequences", "parity_frames", "threads"):
         if getattr(args, name) < 1:
             raise UserError(f"stt-export: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-    planned = plan_files(formats, forms, quantizations, explicit_quantizations)
+    plan_files(formats, forms, quantizations, explicit_quantizations, interfaces)  # before the model is read
     if not os.path.isfile(args.model):
         raise UserError(f"stt-export: model file not found: {args.model}")
     check_destination(args.out, protected=[args.model])
 
     model = stt_keras.load_model(args.model, compile=False)
-    if model.stt is None and formats - {"savedmodel"}:
-        raise UserError("stt-export: a per-frame model has no streaming step; export it with --formats savedmodel.")
+    streaming = model.stt is not None
+    if not streaming:
+        # A per-frame graph has no loops, top-k or scatter: its one form is also the GPU form.
+        forms = ["frame"]
+    planned = plan_files(formats, forms, quantizations, explicit_quantizations, interfaces, streaming)
     frames = model.num_key_frames + 1
     probe = (64, 128)
-    model(np.zeros((1, frames, *probe, 3), np.uint8) if model.stt is not None else np.zeros((1, *probe, 3), np.uint8))
+    model(np.zeros((1, frames, *probe, 3), np.uint8) if streaming else np.zeros((1, *probe, 3), np.uint8))
     if not args.no_memory_check:
         needed, available = estimate_memory(model, size, probe), available_memory()
         if available is not None and needed > available:
@@ -264,15 +308,17 @@ def run_export(args):
         raise UserError(f"stt-export: --labels: {error}") from None
     name = os.path.splitext(os.path.basename(args.model))[0]
 
-    try:
-        from export import gpu_compat
-    except ImportError:  # the checker is part of the package; keep exporting if it is broken
-        gpu_compat = None
-
-    report = {"model": os.path.abspath(args.model), "size": list(size), "labels": label_name, "files": {}}
+    gpu = _gpu_checker(args.gpu_check)
+    report = {"model": os.path.abspath(args.model), "size": list(size), "labels": label_name, "files": {},
+              "gpu_accelerator": gpu.status}
     # Parity frames: held-out synthetic sequences at the export size.
     sequences = calibration.synthetic_frames(*size, args.parity_sequences, args.parity_frames, calibration.EVALUATION_SEED)
     miou_meaningful = label_name == "synthetic"
+
+    def finish_parity(entry):
+        if not miou_meaningful:
+            for key in ("miou", "miou_reference", "miou_drop_points"):
+                entry["parity"].pop(key, None)
 
     with atomic_directory(args.out) as tmp:
         if "savedmodel" in formats:
@@ -280,89 +326,95 @@ def run_export(args):
             signatures = saved_model.save(model, os.path.join(tmp, "saved_model", "1"), *size)
             report["saved_model"] = {"path": "saved_model/1", "signatures": signatures, "seconds": time.time() - start}
             print(f"stt-export: SavedModel with signatures {signatures} ({time.time() - start:.0f} s)", flush=True)
-        if model.stt is None:
-            _write_json(os.path.join(tmp, "export_report.json"), report)
-            write_manifest(tmp, {"model": report["model"], "size": list(size)})
-            return report
 
+        graph_form = {"frame": "default"}
         reference_fn = step_lib.make_step_function(model, *size, "default")
-        state_shape = reference_fn.get_concrete_function().structured_input_signature[0][1].shape.as_list()
-        reference = parity.stream(reference_fn, sequences, state_shape)
+        state_shape = None
+        if streaming:
+            state_shape = reference_fn.get_concrete_function().structured_input_signature[0][1].shape.as_list()
+        if formats - {"savedmodel"}:
+            reference = parity.stream(reference_fn, sequences, state_shape)
 
-        for form in forms:
-            fn = step_lib.make_step_function(model, *size, form)
-            io = _io_description(fn)
-            frame_dtype = np.float32 if form == "gpu" else np.uint8
-            prefix = "stt_gpu" if form == "gpu" else "stt"
-            if "tflite" in formats:
-                frozen = tflite.frozen_function(fn)
-                for quantization in quantizations:
-                    if quantization not in FORM_QUANTIZATIONS[form]:
-                        continue
+        for form in forms if formats - {"savedmodel"} else []:
+            for interface in interfaces:
+                fn = step_lib.make_step_function(model, *size, graph_form.get(form, form), interface)
+                io = _io_description(fn)
+                order = step_lib.io_order(fn)
+                frame_dtype = step_lib.frame_dtype(graph_form.get(form, form), interface).as_numpy_dtype
+                prefix = {"gpu": "stt_gpu", "default": "stt", "frame": "frame"}[form]
+                edge = "_edge" if interface == "edge" else ""
+                if "tflite" in formats:
+                    frozen = tflite.frozen_function(fn)
+                    for quantization in quantizations:
+                        if quantization not in FORM_QUANTIZATIONS[form]:
+                            continue
+                        start = time.time()
+                        dataset = None
+                        if quantization == "int8":
+                            dataset = calibration.representative_dataset(
+                                fn, *size, state_shape, args.calibration_sequences, args.calibration_frames, frame_dtype)
+                        from export.gpu_step import STT_SCOPE
+
+                        model_bytes, settings = tflite.convert(frozen, quantization, dataset,
+                                                               keep_float_scope=STT_SCOPE if streaming else None)
+                        ops = tflite.check_ops(model_bytes)  # raises on Flex / variables / unfolded BN
+                        # The one int8 model is named plainly (it is the only one), whatever its graph form.
+                        base = "stt" if streaming else "frame"
+                        filename = (f"{base}{edge}_int8.tflite" if quantization == "int8"
+                                    else f"{prefix}{edge}_{quantization}.tflite")
+                        path = os.path.join(tmp, filename)
+                        with open(path, "wb") as f:
+                            f.write(model_bytes)
+                        checksum = _sha256_bytes(model_bytes)
+                        # Parity runs the file as written (checked against its checksum), not the bytes in memory.
+                        cpu_step = parity.TFLiteStep(path, args.threads, expected_sha256=checksum)
+                        candidate = parity.stream(cpu_step, sequences, state_shape, frame_dtype)
+                        entry = {
+                            "form": form, "interface": interface, "quantization": quantization,
+                            "bytes": len(model_bytes), "seconds": time.time() - start,
+                            "ops": tflite.op_histogram(model_bytes),
+                            "parity": parity.compare(reference, candidate, sequences, model.num_classes),
+                        }
+                        if quantization == "int8":
+                            entry["float_ops"] = tflite.float_ops_in_quantized(model_bytes)
+                        if form in ("gpu", "frame") and quantization in GPU_CHECKED:
+                            entry["gpu_accelerator"] = gpu.check(model_bytes, len(ops), sequences, state_shape,
+                                                                 frame_dtype, candidate)
+                        finish_parity(entry)
+                        meta = _metadata(model, name, form, quantization, size, labels, io,
+                                         {"converter": settings, "parity": entry["parity"], "ops": sorted({o for o, _ in ops}),
+                                          "sha256": checksum, "bytes": len(model_bytes)},
+                                         interface, order)
+                        if "gpu_accelerator" in entry:
+                            meta["gpu_accelerator"] = entry["gpu_accelerator"]
+                        _write_json(os.path.join(tmp, filename.replace(".tflite", ".json")), meta)
+                        report["files"][filename] = entry
+                        agreement = entry["parity"]["label_agreement"]
+                        print(f"stt-export: {filename}: {len(model_bytes) / 1e6:.2f} MB, labels agree {100 * agreement:.2f}%"
+                              f"{_gpu_text(entry.get('gpu_accelerator'))} ({entry['seconds']:.0f} s)", flush=True)
+                if "onnx" in formats:
                     start = time.time()
-                    dataset = None
-                    if quantization == "int8":
-                        dataset = calibration.representative_dataset(
-                            fn, *size, state_shape, args.calibration_sequences, args.calibration_frames, frame_dtype)
-                    from export.gpu_step import STT_SCOPE
-
-                    model_bytes, settings = tflite.convert(frozen, quantization, dataset, keep_float_scope=STT_SCOPE)
-                    ops = tflite.check_ops(model_bytes)  # raises on Flex / variables / unfolded BN
-                    # The one int8 model is named plainly (it is the only one), whatever its graph form.
-                    filename = "stt_int8.tflite" if quantization == "int8" else f"{prefix}_{quantization}.tflite"
+                    filename = f"{prefix}{edge}_step.onnx"
                     path = os.path.join(tmp, filename)
-                    with open(path, "wb") as f:
-                        f.write(model_bytes)
-                    checksum = _sha256_bytes(model_bytes)
-                    # Parity runs the file as written (checked against its checksum), not the bytes in memory.
-                    candidate = parity.stream(parity.TFLiteStep(path, args.threads, expected_sha256=checksum),
+                    onnx_model = onnx_export.export(
+                        fn, step_lib.input_signature(model, *size, graph_form.get(form, form), interface), path)
+                    checksum = atomic.sha256_file(path)
+                    candidate = parity.stream(parity.OnnxStep(path, args.threads, expected_sha256=checksum),
                                               sequences, state_shape, frame_dtype)
                     entry = {
-                        "form": form, "quantization": quantization, "bytes": len(model_bytes),
-                        "seconds": time.time() - start, "ops": tflite.op_histogram(model_bytes),
+                        "form": form, "interface": interface, "bytes": os.path.getsize(path), "seconds": time.time() - start,
+                        "op_types": onnx_export.op_types(onnx_model), "tensorrt_issues": onnx_export.tensorrt_issues(onnx_model),
                         "parity": parity.compare(reference, candidate, sequences, model.num_classes),
                     }
-                    if quantization == "int8":
-                        entry["float_ops"] = tflite.float_ops_in_quantized(model_bytes)
-                    if gpu_compat is not None:
-                        gpu = gpu_compat.check_model(model_bytes)
-                        entry["gpu_delegate"] = gpu.to_dict()
-                        entry["gpu_summary"] = gpu.summary()
-                    if not miou_meaningful:
-                        for key in ("miou", "miou_reference", "miou_drop_points"):
-                            entry["parity"].pop(key, None)
-                    meta = _metadata(model, name, form, quantization, size, labels, io,
-                                     {"converter": settings, "parity": entry["parity"], "ops": sorted({o for o, _ in ops}),
-                                      "sha256": checksum, "bytes": len(model_bytes)})
-                    _write_json(os.path.join(tmp, filename.replace(".tflite", ".json")), meta)
+                    finish_parity(entry)
+                    meta = _metadata(model, name, form, "float32", size, labels, io,
+                                     {"converter": {"tool": "tf2onnx", "opset": onnx_export.OPSET}, "parity": entry["parity"],
+                                      "tensorrt_issues": entry["tensorrt_issues"], "sha256": checksum,
+                                      "bytes": os.path.getsize(path)}, interface, order)
+                    _write_json(os.path.join(tmp, filename.replace(".onnx", ".json")), meta)
                     report["files"][filename] = entry
-                    agreement = entry["parity"]["label_agreement"]
-                    print(f"stt-export: {filename}: {len(model_bytes) / 1e6:.2f} MB, labels agree {100 * agreement:.2f}%"
-                          f" ({entry['seconds']:.0f} s)", flush=True)
-            if "onnx" in formats:
-                start = time.time()
-                filename = f"{prefix}_step.onnx"
-                path = os.path.join(tmp, filename)
-                onnx_model = onnx_export.export(fn, step_lib.input_signature(model, *size, form), path)
-                checksum = atomic.sha256_file(path)
-                candidate = parity.stream(parity.OnnxStep(path, args.threads, expected_sha256=checksum),
-                                          sequences, state_shape, frame_dtype)
-                entry = {
-                    "form": form, "bytes": os.path.getsize(path), "seconds": time.time() - start,
-                    "op_types": onnx_export.op_types(onnx_model), "tensorrt_issues": onnx_export.tensorrt_issues(onnx_model),
-                    "parity": parity.compare(reference, candidate, sequences, model.num_classes),
-                }
-                if not miou_meaningful:
-                    for key in ("miou", "miou_reference", "miou_drop_points"):
-                        entry["parity"].pop(key, None)
-                meta = _metadata(model, name, form, "float32", size, labels, io,
-                                 {"converter": {"tool": "tf2onnx", "opset": onnx_export.OPSET}, "parity": entry["parity"],
-                                  "tensorrt_issues": entry["tensorrt_issues"], "sha256": checksum,
-                                  "bytes": os.path.getsize(path)})
-                _write_json(os.path.join(tmp, filename.replace(".onnx", ".json")), meta)
-                report["files"][filename] = entry
-                print(f"stt-export: {filename}: {entry['bytes'] / 1e6:.2f} MB, labels agree "
-                      f"{100 * entry['parity']['label_agreement']:.2f}%, TensorRT issues: {len(entry['tensorrt_issues'])}", flush=True)
+                    print(f"stt-export: {filename}: {entry['bytes'] / 1e6:.2f} MB, labels agree "
+                          f"{100 * entry['parity']['label_agreement']:.2f}%, TensorRT issues: {len(entry['tensorrt_issues'])}", flush=True)
         _write_json(os.path.join(tmp, "export_report.json"), report)
         with open(os.path.join(tmp, "export_report.md"), "w") as f:
             f.write(markdown_report(report))
@@ -374,19 +426,85 @@ def run_export(args):
     return report
 
 
+class _GpuChecker:
+    """Compiles a .tflite for LiteRT's GPU accelerator and streams the parity frames through it."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.status = {"checked": False, "reason": "--gpu-check off"}
+        if mode == "off":
+            return
+        try:
+            from edge_demo import litert_gpu
+        except ImportError as error:  # edge_demo ships with the repository; be explicit if it is broken
+            reason = f"edge_demo.litert_gpu unavailable: {error}"
+        else:
+            reason = litert_gpu.software_vulkan_env()
+            self.litert_gpu = litert_gpu
+        if reason:
+            if mode == "require":
+                raise SystemExit(f"stt-export: --gpu-check require: {reason}")
+            print(f"stt-export: GPU accelerator not checked: {reason}", flush=True)
+            self.status = {"checked": False, "reason": reason}
+        else:
+            self.status = {"checked": True, "vulkan_icd": os.environ.get("VK_ICD_FILENAMES")}
+
+    def check(self, model_bytes, num_ops, sequences, state_shape, frame_dtype, cpu_results):
+        if not self.status["checked"]:
+            return None
+        result = {"num_ops": num_ops}
+        try:
+            gpu = self.litert_gpu.GpuModel(model_bytes)
+        except RuntimeError:
+            try:
+                gpu = self.litert_gpu.GpuModel(model_bytes, cpu_fallback=True)
+            except RuntimeError as error:
+                return {**result, "fully_accelerated": False, "error": str(error).strip()[-500:]}
+        on_cpu = gpu.op_split[1] if gpu.op_split else 0
+        if gpu.validation_errors:
+            result["validation_errors"] = sorted(set(gpu.validation_errors))[:5]
+        result.update(fully_accelerated=bool(gpu.fully_accelerated and not gpu.op_split), ops_on_cpu=on_cpu,
+                      ops_on_gpu=gpu.op_split[0] if gpu.op_split else num_ops,
+                      refused={k: {"count": len(v), "reason": v[0]} for k, v in gpu.refused.items()})
+        streamed = parity.stream(gpu, sequences, state_shape, frame_dtype)
+        agreement = np.mean(np.concatenate([(a[0] == b[0]).reshape(-1) for a, b in zip(cpu_results, streamed)]))
+        result["label_agreement_with_cpu"] = float(agreement)
+        if cpu_results[0][1] is not None:
+            result["logits_max_abs_diff_to_cpu"] = float(max(np.abs(a[1] - b[1]).max() for a, b in zip(cpu_results, streamed)))
+        return result
+
+
+def _gpu_checker(mode):
+    return _GpuChecker(mode)
+
+
+def _gpu_text(result):
+    if not result:
+        return ""
+    if "error" in result:
+        return "; GPU accelerator: error"
+    where = "all ops on the GPU" if result["fully_accelerated"] else f"{result['ops_on_cpu']} ops on the CPU"
+    if result.get("validation_errors"):
+        where += f" but WebGPU validation errors ({result['validation_errors'][0][:80]})"
+    return f"; GPU accelerator: {where}, labels agree with the CPU {100 * result['label_agreement_with_cpu']:.2f}%"
+
+
 def markdown_report(report):
     lines = [f"# Export of {os.path.basename(report['model'])} at {report['size'][0]}x{report['size'][1]}", ""]
+    status = report.get("gpu_accelerator", {})
+    if status and not status.get("checked"):
+        lines += [f"GPU accelerator not checked: {status.get('reason')}", ""]
     if "saved_model" in report:
         lines += [f"SavedModel: `{report['saved_model']['path']}`, signatures {report['saved_model']['signatures']}", ""]
-    lines += ["| file | size MB | label agreement | logits max abs diff | mIoU (Keras -> exported) | GPU delegate |",
+    lines += ["| file | size MB | label agreement | logits max abs diff | mIoU (Keras -> exported) | GPU accelerator |",
               "|---|---|---|---|---|---|"]
     for filename, entry in report["files"].items():
         p = entry["parity"]
         diff = f"{p['logits_max_abs_diff']:.2e}" if "logits_max_abs_diff" in p else "n/a"
         miou = f"{100 * p['miou_reference']:.1f} -> {100 * p['miou']:.1f}" if "miou" in p else "n/a"
-        if "gpu_delegate" in entry:
-            g = entry["gpu_delegate"]
-            gpu = "all ops" if g.get("compatible") else f"{len(g.get('partitions', []))} partition(s), not all ops"
+        if entry.get("gpu_accelerator"):
+            g = entry["gpu_accelerator"]
+            gpu = _gpu_text(g)[len("; GPU accelerator: "):]
         elif "tensorrt_issues" in entry:
             gpu = "TensorRT: " + ("no issues" if not entry["tensorrt_issues"] else f"{len(entry['tensorrt_issues'])} issue(s)")
         else:

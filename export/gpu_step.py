@@ -26,6 +26,7 @@ What changes against the library's step (and why):
 Batch 1 and static frame size only (what the exporter uses).
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -38,6 +39,8 @@ ATTENTION_TILE = 4  # query tile of the windowed attention (as in the library)
 BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
 STT_SCOPE = "stt_block"
 _FILL = 1.0e9  # masked logits get -_FILL: exp underflows to exactly 0 (-inf in float16, same result)
+MAX_TEXTURE_SIDE = 8192  # WebGPU's default maxTextureDimension2D (SwiftShader's; see split_wide_convolutions)
+MAX_GATHER_ROWS = 4096  # gathered key rows per tile group (see windowed_attention)
 _EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
 
 
@@ -106,30 +109,37 @@ def nsm_score(features, radius):
     are exactly 0: they drop out of the masked sums by themselves, and their
     exp(0 - peak) terms are subtracted from the log-sum-exp by count. The peak
     is >= the point's own squared norm >= 0, so those terms never dominate.
+
+    Everything runs at rank 4, [1, tiles, 64, .]: LiteRT's GPU accelerator gets a
+    rank-3 elementwise op wrong when its constant operand has a leading dimension
+    above 1 (it reads the constant's first slice for every tile; a [tiles, 64, 1]
+    count divisor gave scores off by 170 of 290), and rank-4 operands are mapped
+    the same way for data and constants.
     """
     _, h, w, d = features.shape
     q_index, inverse, halo_index, valid, window, count = _tile_tables(h, w, [radius], NSM_TILE)
     table = _with_zero_row(tf.reshape(features, [h * w, d]))
-    q = _gather_rows(table, q_index)  # [tiles, 64, d]
-    halo = _gather_rows(table, halo_index)  # [tiles, halo, d]
-    dots = tf.matmul(q, tf.transpose(halo, [0, 2, 1]))  # [tiles, 64, halo]
-    # Every reduction keeps its axis ([tiles, 64, 1]): dropping it costs a
+    q = _gather_rows(table, q_index[None])  # [1, tiles, 64, d]
+    halo = _gather_rows(table, halo_index[None])  # [1, tiles, halo, d]
+    dots = tf.matmul(q, tf.transpose(halo, [0, 1, 3, 2]))  # [1, tiles, 64, halo]
+    # Every reduction keeps its axis ([1, tiles, 64, 1]): dropping it costs a
     # shrink-axis slice, which the GPU delegate rejects.
-    in_window = tf.constant(window.astype(np.float32))  # [64, halo], broadcast over tiles
-    outside = tf.constant((window.sum(-1)[None] - count)[..., None].astype(np.float32))  # in-window, out-of-map
-    count = tf.constant(count[..., None])
-    bias = tf.constant(_bias(window))
+    in_window = tf.constant(window.astype(np.float32)[None, None])  # [1, 1, 64, halo], broadcast over tiles
+    outside = tf.constant((window.sum(-1)[None] - count)[None, ..., None].astype(np.float32))  # in-window, out-of-map
+    inverse_count = tf.constant(1.0 / count[None, ..., None])
+    log_count = tf.constant(np.log(count[None, ..., None]).astype(np.float32))
+    bias = tf.constant(_bias(window)[None, None])
     peak = tf.reduce_max(dots + bias, axis=-1, keepdims=True)
     exp = tf.exp(dots + bias - peak)
     total = tf.reduce_sum(exp, axis=-1, keepdims=True) - outside * tf.exp(-peak)
     logsumexp = peak + tf.math.log(total)
-    mean_dot = tf.reduce_sum(dots * in_window, axis=-1, keepdims=True) / count
-    q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1, keepdims=True))  # [tiles, 64, 1]
-    halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1, keepdims=True))  # [tiles, halo, 1]
-    norms = tf.matmul(q_norm, tf.transpose(halo_norm, [0, 2, 1]))  # outer product as a matmul (not a GPU MUL)
+    mean_dot = tf.reduce_sum(dots * in_window, axis=-1, keepdims=True) * inverse_count
+    q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1, keepdims=True))  # [1, tiles, 64, 1]
+    halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1, keepdims=True))  # [1, tiles, halo, 1]
+    norms = tf.matmul(q_norm, tf.transpose(halo_norm, [0, 1, 3, 2]))  # outer product as a matmul (not a GPU MUL)
     cosine = dots / tf.maximum(norms, _EPS)
-    cos_term = (count - tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True)) / count
-    score = logsumexp - mean_dot - tf.math.log(count) + cos_term  # [tiles, 64, 1]
+    cos_term = 1.0 - tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True) * inverse_count
+    score = logsumexp - mean_dot - log_count + cos_term  # [1, tiles, 64, 1]
     return _from_tiles(score, inverse, h, w)
 
 
@@ -139,16 +149,21 @@ def top_mask(scores, top_ratio):
     Bisection keeps lo <= k-th largest score < hi; after BISECTION_STEPS halvings
     the interval is below float32 spacing, so `scores >= lo` is the top-k set
     (plus any exact ties at the threshold).
+
+    Every value stays a [1, 1, 1, 1] tensor: LiteRT's GPU accelerator refuses
+    rank-0 operands ("bad input dims size: 0"), which a full reduction or a
+    Python-float comparison would make.
     """
     _, h, w, _ = scores.shape
     k = float(windows.num_selected(top_ratio, h * w))
     if k >= h * w:
         return tf.ones_like(scores)
-    lo = tf.reduce_min(scores)
-    hi = tf.reduce_max(scores) + 1.0
+    lo = tf.reduce_min(scores, axis=[1, 2], keepdims=True)  # [1, 1, 1, 1]
+    hi = tf.reduce_max(scores, axis=[1, 2], keepdims=True) + 1.0
     for _ in range(BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
-        enough = tf.cast(tf.reduce_sum(tf.cast(scores >= mid, tf.float32)) >= k, tf.float32)
+        count = tf.reduce_sum(tf.cast(scores >= mid, tf.float32), axis=[1, 2], keepdims=True)
+        enough = tf.cast(count >= tf.fill([1, 1, 1, 1], k), tf.float32)
         lo = lo + enough * (mid - lo)
         hi = mid + enough * (hi - mid)
     return tf.cast(scores >= lo, tf.float32)
@@ -156,6 +171,16 @@ def top_mask(scores, top_ratio):
 
 def windowed_attention(queries, state, radii, num_heads):
     """Every point's attention to its key windows, from the packed state.
+
+    Tiles are processed in groups of at most MAX_GATHER_ROWS gathered key rows:
+    LiteRT's GPU accelerator keeps tensors in 2-D textures, at most MAX_TEXTURE_SIDE
+    texels a side on WebGPU's default limits (SwiftShader's too). One gather of every
+    tile's halo at the paper's size (STT-PSP18, 256x512: 128 tiles x 932 keys)
+    needed 4 x 238592 textures (two texture rows per gathered row of 128
+    channels); the accelerator could not create them and the attention came out
+    wrong (max error 5.6 on outputs of scale 3.9). Groups of 8192 rows still
+    failed (4 x 14912); 4096 rows fit.
+    At the tiny presets' sizes there is one group: the graph is the ungrouped one.
 
     Args:
         queries: float32 [1, h, w, d_r], projected and scaled.
@@ -172,25 +197,79 @@ def windowed_attention(queries, state, radii, num_heads):
     n_tiles, n_halo = halo_index.shape
     rows = h * w * frames
     keys, values = tf.split(tf.reshape(state, [rows, channels]), 2, axis=-1)  # SPLIT: fine on any rank
-    k = tf.reshape(_gather_rows(_with_zero_row(keys), halo_index), [n_tiles, n_halo, num_heads, d_head])
-    v = tf.reshape(_gather_rows(_with_zero_row(values), halo_index), [n_tiles, n_halo, num_heads, d_head])
-    q = _gather_rows(_with_zero_row(tf.reshape(queries, [h * w, d_r])), q_index)  # [tiles, 16, d_r]
-    q = tf.transpose(tf.reshape(q, [n_tiles, points, num_heads, d_head]), [0, 2, 1, 3])
-    k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh, halo]
-    v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
-    logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
-    # Masks as small broadcast constants: outside each point's window (per point in
-    # the tile), outside the map (per tile). The big fill value lives only in these
-    # arithmetic ops, never in the key table, so an int8 model that quantizes the
-    # data-movement ops around the float STT block keeps sane key ranges (a -1e9
-    # key channel there cost 6% of int8 labels). A full [tiles, 16, halo] mask
-    # constant would be 30 MB at the paper's size; this is 2 x [tiles, halo].
-    in_map = valid.astype(np.float32)[:, None, None, :]
-    logits = (logits + tf.constant(_bias(window))) * tf.constant(in_map) + tf.constant(_bias(valid)[:, None, None, :])
-    e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
-    out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
-    out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [n_tiles, points, d_r])
+    keys, values = _with_zero_row(keys), _with_zero_row(values)
+    query_table = _with_zero_row(tf.reshape(queries, [h * w, d_r]))
+    window_bias = tf.constant(_bias(window))  # [16, halo], broadcast over tiles and heads
+    group = max(1, MAX_GATHER_ROWS // n_halo)
+    outputs = []
+    for start in range(0, n_tiles, group):
+        part = slice(start, min(start + group, n_tiles))
+        tiles = part.stop - part.start
+        k = tf.reshape(_gather_rows(keys, halo_index[part]), [tiles, n_halo, num_heads, d_head])
+        v = tf.reshape(_gather_rows(values, halo_index[part]), [tiles, n_halo, num_heads, d_head])
+        q = _gather_rows(query_table, q_index[part])  # [tiles, 16, d_r]
+        q = tf.transpose(tf.reshape(q, [tiles, points, num_heads, d_head]), [0, 2, 1, 3])
+        k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh, halo]
+        v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
+        logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
+        # Masks as small broadcast constants: outside each point's window (per point in
+        # the tile), outside the map (per tile). The big fill value lives only in these
+        # arithmetic ops, never in the key table, so an int8 model that quantizes the
+        # data-movement ops around the float STT block keeps sane key ranges (a -1e9
+        # key channel there cost 6% of int8 labels). A full [tiles, 16, halo] mask
+        # constant would be 30 MB at the paper's size; this is 2 x [tiles, halo].
+        in_map = valid[part].astype(np.float32)[:, None, None, :]
+        logits = (logits + window_bias) * tf.constant(in_map) + tf.constant(_bias(valid[part])[:, None, None, :])
+        e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
+        out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
+        outputs.append(tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [tiles, points, d_r]))
+    out = outputs[0] if len(outputs) == 1 else tf.concat(outputs, axis=0)
     return _from_tiles(out, inverse, h, w)
+
+
+@contextlib.contextmanager
+def split_wide_convolutions(model, limit=MAX_TEXTURE_SIDE):
+    """While active, every Conv2D of `model` whose weights exceed the GPU's texture side
+    (kh * kw * input channels > `limit`) convolves input-channel slices and adds them.
+
+    LiteRT's GPU accelerator stores 3x3 convolution weights in textures kh*kw*C_in
+    texels high: PSPNet's fusion conv (3x3, 1024 -> 512) needed 128 x 9216, above
+    WebGPU's default 8192 (SwiftShader's limit, and common on phones), and gave
+    outputs off by their whole scale. Two 512-channel convolutions plus an ADD fit.
+    Same function, so float parity is unchanged; the graph is traced inside it.
+    """
+    import keras
+
+    patched = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if type(layer) is not keras.layers.Conv2D or getattr(layer, "groups", 1) != 1 or not layer.built:
+            continue
+        kh, kw, cin, _ = layer.kernel.shape
+        parts = math.ceil(kh * kw * cin / limit)
+        if parts <= 1:
+            continue
+        size = 4 * math.ceil(cin / parts / 4)
+        sizes = [size] * (cin // size) + ([cin % size] if cin % size else [])
+
+        def convolution_op(inputs, kernel, layer=layer, sizes=sizes):
+            from keras import ops
+
+            xs = tf.split(inputs, sizes, axis=-1)
+            ks = tf.split(kernel, sizes, axis=2)
+            out = None
+            for x, k in zip(xs, ks):
+                y = ops.conv(x, k, strides=list(layer.strides), padding=layer.padding,
+                             dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+                out = y if out is None else out + y
+            return out
+
+        layer.convolution_op = convolution_op  # an instance attribute shadows the method
+        patched.append(layer)
+    try:
+        yield [layer.name for layer in patched]
+    finally:
+        for layer in patched:
+            del layer.convolution_op
 
 
 def _dense(x, kernel, bias):
@@ -221,7 +300,6 @@ def attend(stt, features, state):
     if stt.top_ratio == 0.0:
         return features
     eps = stt.layer_norm_epsilon
-    mask = 1.0 if stt.top_ratio == 1.0 else top_mask(_selection_scores(stt, features, state), stt.top_ratio)
     scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
     q_in = _layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
     q = _dense(q_in, stt.query_kernel, stt.query_bias) * scale
@@ -237,6 +315,9 @@ def attend(stt, features, state):
     else:
         x = _layer_norm(features + mixed, stt.norm1_gamma, stt.norm1_beta, eps)
         out = _layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta, eps)
+    if stt.top_ratio == 1.0:  # every point is a query: no score, no mask
+        return out
+    mask = top_mask(_selection_scores(stt, features, state), stt.top_ratio)
     return mask * out + (1.0 - mask) * features
 
 

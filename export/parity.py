@@ -66,17 +66,21 @@ def labels_of(outputs):
 
 
 def stream(step, sequences, state_shape, frame_dtype=np.uint8):
-    """Streams every sequence through `step`; returns [(labels [N,H,W], logits [N,H,W,C] or None)]."""
+    """Streams every sequence through `step`; returns [(labels [N,H,W], logits [N,H,W,C] or None)].
+
+    `state_shape` None: a per-frame model (frame in, no state).
+    """
     results = []
     for frames, _ in sequences:
-        state = np.zeros(state_shape, np.float32)
+        state = None if state_shape is None else np.zeros(state_shape, np.float32)
         labels, logits = [], []
         for t, frame in enumerate(frames):
-            out = step(
-                frame=frame[None].astype(frame_dtype), state=state,
-                reset=np.array([1.0 if t == 0 else 0.0], np.float32),
-            )
-            state = np.asarray(out["next_state"], np.float32)
+            inputs = {"frame": frame[None].astype(frame_dtype)}
+            if state is not None:
+                inputs.update(state=state, reset=np.array([1.0 if t == 0 else 0.0], np.float32))
+            out = step(**inputs)
+            if state is not None:
+                state = np.asarray(out["next_state"], np.float32)
             labels.append(labels_of(out)[0])
             logits.append(np.asarray(out["logits"])[0] if "logits" in out else None)
         results.append((np.stack(labels), None if logits[0] is None else np.stack(logits)))
@@ -98,7 +102,7 @@ def compare(reference, candidate, sequences, num_classes):
         "miou_reference": miou(reference, sequences, num_classes),
         "miou": miou(candidate, sequences, num_classes),
     }
-    if reference[0][1] is not None and candidate[0][1] is not None:
+    if reference[0][1] is not None and candidate[0][1] is not None and reference[0][1].shape == candidate[0][1].shape:
         diffs = [np.abs(a[1] - b[1]).max() for a, b in zip(reference, candidate)]
         scale = max(float(np.abs(a[1]).max()) for a in reference)
         report["logits_max_abs_diff"] = float(max(diffs))

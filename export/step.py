@@ -3,36 +3,63 @@
 Every exported step (SavedModel `step` signature, TFLite, ONNX) has the same
 contract, batch 1 and static shapes:
 
-    inputs   frame  [1, H, W, 3]        uint8 RGB (float32 in [0, 255] for the "gpu" form)
+    inputs   frame  [1, H, W, 3]        uint8 RGB (float32 in [0, 255] for the "gpu" form
+                                         with the "full" interface)
              state  [1, h, w, T * C]    float32, C = 2 d_r: the projected key/value
                                          maps of the T previous frames, oldest first,
                                          packed along channels (rank 4: GPU delegates
                                          reject rank-5 tensors)
              reset  [1]                 float32, 1.0 on the first frame of a stream
                                          (the incoming state is then ignored)
-    outputs  labels [1, H, W] int32     ("default" form only: ARG_MAX is not a GPU op)
-             logits [1, H, W, classes]  float32
+    outputs  labels [1, H, W] int32     ("default" form or "edge" interface)
+             logits [1, H, W, classes]  float32 ("full" interface only)
              next_state [1, h, w, T * C] the state to pass in with the next frame
                                         (ONNX forbids an output named like an input)
+
+A per-frame model (no STT) has the same contract without state, reset and next_state.
 
 Two forms compute the same function:
 - "default": the library's own `STTSegmenter.stream_step` (tile loops, top-k
   selection, gather/scatter of the selected points). Fastest on the CPU.
 - "gpu": the delegate-friendly form of `gpu_step.py` (no loops, no top-k, no
-  scatter, no rank-5 tensor, float-only runtime tensors).
+  scatter, no rank-5 tensor, float-only runtime tensors). A per-frame model has
+  no loops: both forms are the same graph.
+
+Two interfaces:
+- "full" (default): the contract above, logits included.
+- "edge": uint8 frame in, int32 `labels` out, computed on the device by a max and
+  an equality compare (`labels_on_device`, accepted by LiteRT's GPU accelerator),
+  no logits: a phone copies H*W int32 per frame back, not H*W*classes floats.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from stt_keras.kernels import portable_ops
 
 FORMS = ("default", "gpu")
+INTERFACES = ("full", "edge")
+
+# Input and output names in signature order, and what each one means (goes into the metadata).
+MEANINGS = {
+    "frame": "RGB frame, values in [0, 255]; ImageNet mean/std is applied inside the model",
+    "state": "streaming state: projected key/value maps of the T previous frames, oldest first, packed along "
+             "channels; zeros with reset=1 on a stream's first frame",
+    "reset": "1.0 on the first frame of a stream (the incoming state is then ignored), else 0.0",
+    "labels": "class index per pixel (argmax over classes; the lowest index on ties)",
+    "logits": "class scores per pixel (before softmax)",
+    "next_state": "the state to pass in with the next frame",
+}
+
+
+def is_streaming(model):
+    return getattr(model, "stt", None) is not None
 
 
 def state_geometry(model, height, width):
     """(h, w, T, C) of the streaming state of `model` at frame size (height, width)."""
-    if getattr(model, "stt", None) is None:
-        raise ValueError("Only STT models stream; a per-frame model has no step to export.")
+    if not is_streaming(model):
+        raise ValueError("Only STT models stream; a per-frame model has no state.")
     state = model.initial_state(1, height, width)
     _, frames, h, w, channels = state.shape
     return h, w, frames, channels
@@ -51,37 +78,88 @@ def unpack_state(packed, frames):
     return tf.transpose(tf.reshape(packed, [-1, h, w, frames, c]), [0, 3, 1, 2, 4])
 
 
-def input_signature(model, height, width, form="default"):
+def frame_dtype(form="default", interface="full"):
+    return tf.float32 if form == "gpu" and interface == "full" else tf.uint8
+
+
+def input_signature(model, height, width, form="default", interface="full"):
+    _check(form, interface)
+    frame = tf.TensorSpec([1, height, width, 3], frame_dtype(form, interface), name="frame")
+    if not is_streaming(model):
+        return [frame]
     h, w, frames, channels = state_geometry(model, height, width)
-    frame_dtype = tf.float32 if form == "gpu" else tf.uint8
     return [
-        tf.TensorSpec([1, height, width, 3], frame_dtype, name="frame"),
+        frame,
         tf.TensorSpec([1, h, w, frames * channels], tf.float32, name="state"),
         tf.TensorSpec([1], tf.float32, name="reset"),
     ]
 
 
-def make_step_function(model, height, width, form="default"):
-    """A `tf.function` (frame, state, reset) -> {["labels",] "logits", "next_state"}, fixed signature.
+def labels_on_device(logits):
+    """int32 argmax over the last axis, lowest index on ties, from ops a GPU runs.
 
-    Args:
-        model: an STTSegmenter with an STT.
-        height, width: frame size the exported model takes.
-        form: "default" or "gpu" (see the module docstring).
+    ARG_MAX is not an op of the classic TFLite GPU delegate; this is: the maximum,
+    an equality compare against it and a maximum over (classes - index) weights.
+    Exact in float16 too (class indices are small integers).
     """
+    classes = logits.shape[-1]
+    top = tf.reduce_max(logits, axis=-1, keepdims=True)
+    weights = tf.constant(np.arange(classes, 0, -1, dtype=np.float32))  # classes - index
+    hits = tf.cast(logits >= top, tf.float32) * weights
+    return tf.cast(float(classes) - tf.reduce_max(hits, axis=-1), tf.int32)
+
+
+def _check(form, interface):
     if form not in FORMS:
         raise ValueError(f"`form` must be one of {FORMS}, got {form!r}.")
-    signature = input_signature(model, height, width, form)
-    frames = model.num_key_frames
+    if interface not in INTERFACES:
+        raise ValueError(f"`interface` must be one of {INTERFACES}, got {interface!r}.")
 
+
+def _outputs(logits, form, interface, next_state=None):
+    out = {}
+    if interface == "edge":
+        out["labels"] = labels_on_device(logits)
+    else:
+        if form == "default":
+            out["labels"] = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        out["logits"] = logits
+    if next_state is not None:
+        out["next_state"] = next_state
+    return out
+
+
+def make_step_function(model, height, width, form="default", interface="full"):
+    """A `tf.function` (frame[, state, reset]) -> {["labels",] ["logits",] ["next_state"]}, fixed signature.
+
+    Args:
+        model: an STTSegmenter (with an STT: a streaming step; without: a per-frame step).
+        height, width: frame size the exported model takes.
+        form: "default" or "gpu" (see the module docstring).
+        interface: "full" or "edge" (see the module docstring).
+    """
+    signature = input_signature(model, height, width, form, interface)
+
+    if not is_streaming(model):
+        from export.gpu_step import split_wide_convolutions  # a per-frame graph is its own GPU form
+
+        @tf.function(input_signature=signature, autograph=False)
+        def frame_step(frame):
+            with portable_ops(), split_wide_convolutions(model):
+                logits = model(frame, training=False)
+            return _outputs(tf.cast(logits, tf.float32), form, interface)
+
+        return frame_step
+
+    frames = model.num_key_frames
     if form == "gpu":
         from export import gpu_step  # only the gpu form needs it
 
         @tf.function(input_signature=signature, autograph=False)
         def step(frame, state, reset):
-            with portable_ops():
+            with portable_ops(), gpu_step.split_wide_convolutions(model):
                 logits, new_state = gpu_step.stream_step(model, frame, state, reset)
-            return {"logits": logits, "next_state": new_state}
+            return _outputs(logits, form, interface, new_state)
 
         return step
 
@@ -89,10 +167,15 @@ def make_step_function(model, height, width, form="default"):
     def step(frame, state, reset):
         with portable_ops():  # exported graphs hold standard TF ops only
             logits, new_state = model.stream_step(frame, unpack_state(state, frames), reset[0] > 0.5)
-        labels = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return {"labels": labels, "logits": logits, "next_state": pack_state(new_state)}
+        return _outputs(logits, form, interface, pack_state(new_state))
 
     return step
+
+
+def io_order(fn):
+    """([input names], [output names]) in the order a runtime lists them (outputs sorted by name)."""
+    concrete = fn.get_concrete_function()
+    return [s.name for s in concrete.structured_input_signature[0]], sorted(concrete.structured_outputs)
 
 
 def make_clip_function(model, height, width):
