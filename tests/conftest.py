@@ -27,6 +27,17 @@ def trained_model_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def trained_frame_model_path(tmp_path_factory):
+    """psp_tiny (per-frame) trained briefly: int8 parity of an untrained model measures ties, not quantization."""
+    out = str(tmp_path_factory.mktemp("train_frame") / "run")
+    args = ["--preset", "psp_tiny", "--batch-size", "2", "--synthetic-sequences", "4", "--synthetic-size", "64x128",
+            "--val-batches", "1", "--verbose", "2", "--steps", "60", "--checkpoint-every", "60", "--out", out]
+    result = subprocess.run([sys.executable, "-m", "training.train", *args], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return os.path.join(out, "last.keras")
+
+
+@pytest.fixture(scope="session")
 def exported(trained_model_path, tmp_path_factory):
     """Every export of the trained tiny model at 64x128: (folder, export report). Shared by export and edge tests."""
     from export import cli as export_cli

@@ -167,13 +167,9 @@ def test_labels_on_device_equal_argmax_with_ties():
     np.testing.assert_array_equal(got, logits.argmax(-1))
 
 
-def test_per_frame_model_exports_with_both_interfaces(tmp_path):
+def test_per_frame_model_exports_with_both_interfaces(trained_frame_model_path, tmp_path):
     """psp_tiny (no STT): TFLite and ONNX, full and edge interfaces, int8 too; metadata names the I/O order."""
-    tf.keras.utils.set_random_seed(6)
-    model = STTSegmenter.from_preset("psp_tiny", num_classes=7)
-    model(np.zeros((1, *SIZE, 3), np.uint8))
-    path = str(tmp_path / "psp_tiny.keras")
-    model.save(path)
+    path = trained_frame_model_path
     out = str(tmp_path / "out")
     args = cli.build_parser().parse_args(
         ["--model", path, "--out", out, "--size", f"{SIZE[0]}x{SIZE[1]}", "--formats", "tflite,onnx",

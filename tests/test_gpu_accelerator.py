@@ -114,22 +114,14 @@ def test_labels_on_device_is_argmax_on_the_gpu():
 
 # ------------------------------------------------------------ the exported models
 @pytest.fixture(scope="module")
-def gpu_exports(trained_model_path, tmp_path_factory):
+def gpu_exports(trained_model_path, trained_frame_model_path, tmp_path_factory):
     """GPU-form float32/float16 exports, full and edge interfaces: the trained tiny STT model and a
     per-frame psp_tiny. Returns {filename: path}."""
-    import keras
-
     from export import cli as export_cli
-    from stt_keras.models import STTSegmenter
 
     folder = tmp_path_factory.mktemp("gpu_exports")
-    keras.utils.set_random_seed(5)
-    frame_model = STTSegmenter.from_preset("psp_tiny", num_classes=7)
-    frame_model(np.zeros((1, *SIZE, 3), np.uint8))
-    frame_path = str(folder / "psp_tiny.keras")
-    frame_model.save(frame_path)
     files = {}
-    for model_path, name in ((trained_model_path, "stt"), (frame_path, "frame")):
+    for model_path, name in ((trained_model_path, "stt"), (trained_frame_model_path, "frame")):
         out = str(folder / name)
         args = export_cli.build_parser().parse_args(
             ["--model", model_path, "--out", out, "--size", f"{SIZE[0]}x{SIZE[1]}", "--formats", "tflite",
