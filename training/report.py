@@ -137,7 +137,10 @@ def make_stills(stt_path, base_path, out_dir, count=3):
         panels = [frame]
         if base_logits is not None:
             panels.append(colours[base_logits.argmax(-1)])
-        panels += [colours[logits.argmax(-1)], selected, colours[labels[t]]]
+        panels.append(colours[logits.argmax(-1)])
+        if len(chosen) < h * w:  # with every point a query the panel would show nothing
+            panels.append(selected)
+        panels.append(colours[labels[t]])
         row = np.concatenate([np.pad(p, ((0, 0), (0, 4), (0, 0)), constant_values=255) for p in panels], axis=1)
         path = os.path.join(out_dir, f"still_{t:02d}.png")
         cv2.imwrite(path, cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
@@ -197,19 +200,26 @@ def build(runs):
               "## Accuracy and temporal consistency", "", "![accuracy](figures/accuracy.png)", ""]
     if latency:
         lines += ["## Latency", "", "![latency](figures/latency.png)", ""]
+    queries = (f" | the {selected} of {points} feature-map points NSM selects as queries (red)" if selected < points
+               else "")
     lines += ["## Degraded frames: what time buys", "",
-              f"Input | per-frame baseline | STT (streaming) | the {selected} of {points} feature-map points NSM "
-              "selects as queries (red) | ground truth, on the first degraded frames of a held-out sequence.", ""]
+              f"Input | per-frame baseline | STT (streaming){queries} | ground truth, on the first degraded frames "
+              "of a held-out sequence." + ("" if queries else " Every feature-map point is a query of this STT."), ""]
     lines += [f"![{os.path.basename(p)}](figures/{os.path.basename(p)})" for p in stills]
     better = None
     if len(results) == 2:
         (bl, b), (sl, s) = list(results.items())
         better = s["miou"] > b["miou"], s["tc"] > b["tc"]
+        extra = ""
+        if s.get("miou_degraded_frames") is not None and b.get("miou_degraded_frames") is not None:
+            extra += f", mIoU on degraded frames {100 * (s['miou_degraded_frames'] - b['miou_degraded_frames']):+.1f}"
+        if s.get("history_ablation"):
+            extra += (f"; replacing the STT's history by copies of the current frame costs it "
+                      f"{100 * (s['miou'] - s['history_ablation']['miou']):.1f} mIoU")
         lines += ["", "## Reading the numbers", "",
                   f"STT minus baseline: mIoU {100 * (s['miou'] - b['miou']):+.1f}, TC {100 * (s['tc'] - b['tc']):+.1f} "
-                  "points. One seed, a few minutes of training on a small synthetic set: differences of about a "
-                  "point are within run-to-run noise; the longer comparison is `benchmarks/synthetic_accuracy.py` "
-                  "(README)."]
+                  f"points{extra}. One seed: the same comparison over three seeds, with the spread, is "
+                  "`python benchmarks/synthetic_accuracy.py --seeds 0 1 2` (README, \"Does time pay?\")."]
     report = "\n".join(lines) + "\n"
     with open(os.path.join(runs, "report.md"), "w") as f:
         f.write(report)
