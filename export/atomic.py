@@ -23,7 +23,6 @@ import ctypes
 import ctypes.util
 import errno
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -31,19 +30,13 @@ import shutil
 
 from stt_keras import faults
 from stt_keras.errors import UserError
+from stt_keras.fileio import fsync_dir as _fsync_dir
+from stt_keras.fileio import sha256_file  # noqa: F401  (part of this module's interface)
 
 MANIFEST = "export_manifest.json"
 MANIFEST_FORMAT = "stt-keras-export/1"
 # What exports written before the manifest existed contain.
 LEGACY_PATTERNS = ("saved_model", "stt_*.tflite", "stt_*.json", "stt_*.onnx", "export_report.json", "export_report.md")
-
-
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(folder, extra=None):
@@ -187,19 +180,6 @@ def _exchange(a, b):
     if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), b)
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ A kill after the commit loses nothing. Files are never rewritten in place.
 
 import csv
 import glob
-import hashlib
 import json
 import os
 import re
@@ -28,22 +27,11 @@ import keras
 import numpy as np
 
 from stt_keras import faults
+from stt_keras.fileio import fsync_dir as _fsync_dir
+from stt_keras.fileio import sha256_file  # noqa: F401  (part of this module's interface)
 
 CHECKPOINT = "checkpoint.json"
 _TMP = re.compile(r"^\..+\.tmp-\d+(\.keras|\.weights\.h5)?$")
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _tmp_name(path):
@@ -92,14 +80,6 @@ def atomic_save_weights(model, path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def remove_stale_temporaries(folder):

@@ -35,6 +35,8 @@ import warnings
 
 import tensorflow as tf
 
+from stt_keras.fileio import sha256_file
+
 _SOURCE = os.path.join(os.path.dirname(__file__), "windowed_attention.cc")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
           "-fno-trapping-math", "-shared", "-fPIC", "-w"]
@@ -63,14 +65,6 @@ def _library_path():
                          + platform.machine().encode() + _cpu_signature().encode()).hexdigest()[:16]
     cache = os.environ.get("STT_KERAS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "stt_keras"))
     return os.path.join(cache, f"windowed_attention-{key}.so")
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _owner_and_mode_problem(path, what):
@@ -106,7 +100,7 @@ def _verify(path):
             return problem
     with open(sidecar) as f:
         expected = f.read().strip()
-    if _sha256(path) != expected:
+    if sha256_file(path) != expected:
         return f"library {path} does not match the SHA-256 recorded when it was built"
     return None
 
@@ -129,7 +123,7 @@ def _build(path):
             raise RuntimeError(f"{compiler} failed:\n{result.stderr[-2000:]}")
         os.chmod(tmp, 0o755)  # whatever the umask: never group/world-writable
         with open(tmp_sum, "w") as f:
-            f.write(_sha256(tmp) + "\n")
+            f.write(sha256_file(tmp) + "\n")
         os.chmod(tmp_sum, 0o644)
         os.replace(tmp, path)  # the library first: a kill in between leaves a stale checksum, i.e. a rebuild
         os.replace(tmp_sum, path + ".sha256")
