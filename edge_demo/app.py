@@ -16,7 +16,6 @@ import sys
 import time
 
 import cv2
-import numpy as np
 
 from edge_demo import overlay
 from edge_demo.runners import ModelError, load_runner

@@ -258,8 +258,6 @@ def _sha256_bytes(data):
 
 
 def run_export(args):
-    import tensorflow as tf
-
     import stt_keras
     from export import atomic, calibration, labels as label_sets, onnx_export, parity, saved_model, step as step_lib, tflite
     from export.atomic import atomic_directory, check_destination, write_manifest

@@ -151,7 +151,7 @@ class _Scene:
         )
 
     def render(self, t):
-        h, w, rng = self.h, self.w, self.rng
+        h, w = self.h, self.w
         offset = int(round(t * self.pan)) % max(1, self.span - w)
         cols = slice(offset, offset + w)
         label = np.full((h, w), SKY, np.uint8)
