@@ -22,7 +22,7 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow
 
-# The main job on the built-in synthetic video, end to end (about 12 minutes on 2 cores after the
+# The main job on the built-in synthetic video, end to end (about 3 minutes on 2 cores after the
 # install): train the small STT model and its per-frame baseline with the same budget and seed,
 # evaluate both, export the STT model (SavedModel, TFLite float32 + int8), run the edge demo on a
 # synthetic video, and write runs/quickstart/report.md. Re-running resumes finished steps.
