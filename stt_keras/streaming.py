@@ -32,10 +32,15 @@ class StreamingSegmenter:
         self._step = tf.function(model.stream_step, jit_compile=jit_compile)
         self.state = None
         self._frame_shape = None
+        self._reset = True
 
     def reset(self):
-        """Forget the past: the next frame starts a new stream."""
-        self.state = None
+        """Forget the past: the next frame starts a new stream.
+
+        The state tensor is kept: a reset step ignores its contents (the first-frame
+        policy fills it from the frame), so only a new frame size needs a new one.
+        """
+        self._reset = True
 
     def step(self, frame):
         """frame [H, W, 3] or [1, H, W, 3] uint8/float in [0, 255] -> float32 logits of the same rank."""
@@ -47,9 +52,10 @@ class StreamingSegmenter:
             raise ValueError(f"Expected a frame [H, W, 3] or [B, H, W, 3], got shape {frame.shape}.")
         if 0 in tuple(frame.shape[:3]):
             raise ValueError(f"Frame has an empty dimension (batch, height or width is 0): shape {tuple(frame.shape)}.")
-        reset = self.state is None or self._frame_shape != tuple(frame.shape)
-        if reset:
+        reset = self._reset or self._frame_shape != tuple(frame.shape)
+        if self.state is None or self._frame_shape != tuple(frame.shape):
             self._frame_shape = tuple(frame.shape)
             self.state = self.model.initial_state(frame.shape[0], frame.shape[1], frame.shape[2])
         logits, self.state = self._step(frame, self.state, tf.constant(reset))
+        self._reset = False
         return logits[0] if single else logits
