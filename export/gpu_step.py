@@ -32,6 +32,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from stt_keras.layers import nsm as nsm_lib
 from stt_keras.layers import windows
 
 NSM_TILE = 8  # query tile of the NSM score (as in the library)
@@ -325,7 +326,7 @@ def _selection_scores(stt, features, state):
     """As `stt.selection_scores`: NSM (optionally scale-free), plus the temporal change term."""
     scored = features
     if stt.nsm_temperature is not None:
-        scored = _scale_free(features, stt.nsm_temperature)
+        scored = nsm_lib.scale_free(features, stt.nsm_temperature, eps=_EPS)
     scores = nsm_score(scored, stt.neighborhood_radius)  # [1, h, w, 1]
     if stt.change_weight > 0:
         d_r = stt.reduced_channels
@@ -345,12 +346,6 @@ def _standardise(x):
     centred = x - tf.reduce_mean(x, axis=[1, 2], keepdims=True)
     std = tf.sqrt(tf.reduce_mean(centred * centred, axis=[1, 2], keepdims=True))
     return centred / tf.maximum(std, 1e-6)
-
-
-def _scale_free(features, temperature):
-    """As `stt_keras.layers.nsm.scale_free`: dot products become cosine / temperature."""
-    norm = tf.sqrt(tf.reduce_sum(features * features, axis=-1, keepdims=True))
-    return features / tf.maximum(norm, _EPS) * (1.0 / temperature) ** 0.5
 
 
 def stream_step(model, frame, state, reset):

@@ -70,11 +70,14 @@ def check_temperature(temperature):
     return float(temperature)
 
 
-def scale_free(features, temperature):
-    """Features whose dot products are cos / temperature (zero vectors stay zero)."""
+def scale_free(features, temperature, eps=_EPS):
+    """Features whose dot products are cos / temperature (zero vectors stay zero).
+
+    `eps` floors the norm; the exported float16 step passes one float16 can hold.
+    """
     x = tf.cast(features, tf.float32)
     norm = tf.sqrt(tf.reduce_sum(x * x, axis=-1, keepdims=True))
-    return x / tf.maximum(norm, _EPS) * (1.0 / temperature) ** 0.5
+    return x / tf.maximum(norm, eps) * (1.0 / temperature) ** 0.5
 
 
 def nsm_score(features, radius=5, temperature=None):

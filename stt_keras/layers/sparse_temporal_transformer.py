@@ -216,7 +216,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         """The full-width rest of the block: (query points [.., d], attention [.., d_r]) -> [.., d].
 
         `attended` is the concatenated head outputs (before W^O) computed from
-        `query_input(selected)`. Float32.
+        `project_queries(selected)`. Float32.
         """
         mixed = self._linear(attended, tf.cast(self.output_kernel, tf.float32), tf.cast(self.output_bias, tf.float32))
         if self.norm_first:
