@@ -5,7 +5,7 @@ delegate (LiteRT's builtin kernels), at dilation 1, 2 and 4 (the dilated
 convolutions of an output-stride-8 ResNet), 2 threads, side by side in one
 process. On a CPU without int8 dot-product instructions (no AVX-VNNI /
 AVX512-VNNI / ARM dotprod) XNNPACK's int8 kernels run at float32 speed, which
-bounds what int8 can buy for the whole model (README, "Export").
+bounds what int8 can buy for the whole model (docs/performance.md, "Does int8 pay on this CPU?").
 
 Run: python benchmarks/int8_conv.py
 """
