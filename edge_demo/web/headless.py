@@ -30,7 +30,12 @@ WEBGPU_FLAGS = ("--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vul
 QUIET_FLAGS = ("--no-first-run", "--no-default-browser-check", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
                "--disable-breakpad", "--disable-domain-reliability", "--no-pings", "--metrics-recording-only",
-               "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication")
+               "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,"
+               "NetworkTimeServiceQuerying")
+# Requests Chromium's browser process makes by itself (component updates, account checks): they reach
+# the refusing proxy (and go no further) even with the flags above; the page cannot cause them.
+BROWSER_SERVICE_HOSTS = ("update.googleapis.com", "accounts.google.com", "clients2.google.com",
+                         "optimizationguide-pa.googleapis.com", "content-autofill.googleapis.com")
 
 
 def find_chromium():
@@ -69,12 +74,22 @@ class RefusingProxy:
         self.socket.close()
 
 
+def _high_fd(fd):
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 class DevTools:
     """Chromium's DevTools protocol over --remote-debugging-pipe (fds 3 and 4 of the child)."""
 
     def __init__(self, binary, flags):
+        # The child's ends are moved above fd 9 first, so that dup2 onto 3 and 4 never meets itself.
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        to_child_r, from_child_w = (_high_fd(fd) for fd in (to_child_r, from_child_w))
         self.profile = tempfile.mkdtemp(prefix="web-demo-chromium-")
 
         def wire():  # in the child: its fd 3 reads commands, fd 4 writes answers
@@ -164,12 +179,14 @@ def video_frames(path, height, width, count):
 
 
 def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, screenshot=None, chromium=None,
-             window=(960, 600)):
+             window=(960, 600), probe=None):
     """Opens the page in headless Chromium on `frames` [N, H, W, 3] uint8 (letterboxed to the model size).
 
     Returns a dict: labels [N, H, W] uint8, summary (the page's), requests (every URL the page asked
     for, from DevTools), proxy (every request that tried to leave 127.0.0.1), served (the server's
-    log), console (the page's console and errors). Raises RuntimeError with the page's error.
+    log), console (the page's console and errors), op_split (ops on the accelerator, ops on the CPU, as
+    LiteRT.js logs them), probe (the value of the JavaScript expression `probe` evaluated in the page
+    at the end, awaited). Raises RuntimeError with the page's error.
     """
     binary = chromium or find_chromium()
     if binary is None:
@@ -191,6 +208,8 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Network", "Runtime", "Log", "Page"):
             browser.send(f"{domain}.enable", session=session)
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": window[0], "height": window[1],
+                                                             "deviceScaleFactor": 1, "mobile": False}, session=session)
         name = model_name or server.default_model
         url = (f"http://127.0.0.1:{server.server_address[1]}/?backend={backend}&model={name}"
                f"&frames=/frames.bin&report=1")
@@ -210,18 +229,32 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
             with open(screenshot + ".part", "wb") as f:
                 f.write(image)
             os.replace(screenshot + ".part", screenshot)
+        probed = None
+        if probe:
+            probed = browser.send("Runtime.evaluate", {"expression": probe, "awaitPromise": True, "returnByValue": True},
+                                  session=session)["result"].get("value")
         labels = np.frombuffer(next(body for kind, body in reports if kind == "labels"), np.uint8)
         summary = json.loads(next(body for kind, body in reports if kind == "summary"))
         return {"labels": labels.reshape(len(frames), *frames.shape[1:3]), "summary": summary,
                 "requests": [e["params"]["request"]["url"] for e in browser.events
                              if e.get("method") == "Network.requestWillBeSent"],
-                "proxy": list(proxy.asked), "served": list(server.log), "console": console, "screenshot": image}
+                "proxy": list(proxy.asked), "served": list(server.log), "console": console, "screenshot": image,
+                "op_split": _op_split(console), "probe": probed}
     finally:
         browser.close()
         proxy.close()
         server.shutdown()
         server.server_close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _op_split(console):
+    """(ops on the accelerator, ops on the CPU) from LiteRT.js's log; None if it said nothing (all on one)."""
+    import re
+
+    found = [re.search(r"(\d+) operations will run on the GPU, and the remaining (\d+)", line) for line in console]
+    found = [m for m in found if m]
+    return (int(found[-1].group(1)), int(found[-1].group(2))) if found else None
 
 
 def _console(events):

@@ -27,6 +27,7 @@ import sys
 import threading
 
 from edge_demo.runners import ModelError, load_metadata, verify_checksum
+from edge_demo.web import webmodel
 
 WEB_DIR = os.path.dirname(os.path.abspath(__file__))
 STATIC_DIR = os.path.join(WEB_DIR, "static")
@@ -120,9 +121,14 @@ class DemoServer(http.server.ThreadingHTTPServer):
         self.files.update(_listing(os.path.join(litert, "dist"), "/vendor/core/"))
         self.files.update(_listing(os.path.join(os.path.dirname(litert), "wasm-utils", "dist"), "/vendor/wasm-utils/"))
         self.files.update(_listing(os.path.join(litert, "wasm"), "/wasm/"))
+        self.blobs = {}  # url -> bytes made here: the WebGPU copies of the models (see webmodel.py)
+        self.rewritten = {}
         for name in self.models:
-            self.files["/models/" + name] = os.path.join(self.model_dir, name)
-            self.files["/models/" + name[:-len(".tflite")] + ".json"] = os.path.join(self.model_dir, name[:-7] + ".json")
+            path = os.path.join(self.model_dir, name)
+            self.files["/models/" + name] = path
+            self.files["/models/" + name[:-len(".tflite")] + ".json"] = path[:-len(".tflite")] + ".json"
+            with open(path, "rb") as f:
+                self.blobs["/models/webgpu/" + name], self.rewritten[name] = webmodel.gather_indices_2d(f.read())
         if frames is not None:
             if not os.path.isfile(frames):
                 raise ServerError(f"frames file not found: {frames}")
@@ -141,7 +147,8 @@ class DemoServer(http.server.ThreadingHTTPServer):
         super().__init__((host, port), Handler)
 
     def catalog(self):
-        return json.dumps({"models": self.models, "default": self.default_model}).encode()
+        return json.dumps({"models": self.models, "default": self.default_model,
+                           "webgpu_gathers_on_cpu": self.rewritten}).encode()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -171,6 +178,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/models.json":
             return self._send(200, self.server.catalog(), TYPES[".json"])
+        if path in self.server.blobs:
+            return self._send(200, self.server.blobs[path], TYPES[".tflite"])
         file = self.server.files.get(path)
         if file is None:
             return self._send(404, f"not found: {path}\n".encode())

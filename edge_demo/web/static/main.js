@@ -100,10 +100,13 @@ async function main() {
   $('accelerator').value = accelerator;
   $('accelerator').onchange = (e) => { params.set('backend', e.target.value); location.search = params; };
   setStatus(`compiling ${name} for ${accelerator}…`);
-  const segmenter = await Segmenter.load(`/models/${name}`, meta, accelerator);
+  // On WebGPU the server's copy with [1, n] gather indices (edge_demo/web/webmodel.py): LiteRT.js 2.5.3's
+  // WebGPU delegate fails on 1-D ones and leaves these to the CPU; same function, same labels.
+  const url = accelerator === 'webgpu' ? `/models/webgpu/${name}` : `/models/${name}`;
+  const segmenter = await Segmenter.load(url, meta, accelerator);
   const adapter = accelerator === 'webgpu' ? await adapterName() : null;
   const where = accelerator === 'webgpu'
-    ? `WebGPU${segmenter.fullyAccelerated ? '' : ' + CPU fallback'} (${adapter})` : 'Wasm (CPU, XNNPACK)';
+    ? `WebGPU (${adapter})${segmenter.fullyAccelerated ? '' : ' + CPU for the ops it declines'}` : 'Wasm (CPU, XNNPACK)';
   $('backend').textContent = where;
   $('model').textContent = `${name}: ${meta.input_size.join('x')}, ${meta.streaming ? 'streaming' : 'per frame'}`;
   drawLegend($('legend'), meta.classes, meta.palette);
