@@ -179,7 +179,7 @@ def video_frames(path, height, width, count):
 
 
 def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, screenshot=None, chromium=None,
-             window=(960, 600), probe=None):
+             window=(960, 600), probe=None, video=None, count=10):
     """Opens the page in headless Chromium on `frames` [N, H, W, 3] uint8 (letterboxed to the model size).
 
     Returns a dict: labels [N, H, W] uint8, summary (the page's), requests (every URL the page asked
@@ -187,13 +187,17 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
     log), console (the page's console and errors), op_split (ops on the accelerator, ops on the CPU, as
     LiteRT.js logs them), probe (the value of the JavaScript expression `probe` evaluated in the page
     at the end, awaited). Raises RuntimeError with the page's error.
+    With `frames` None and a `video` file: the page plays it through its file input (the browser's
+    decoder, the user's path) and reports after `count` frames; labels is then None.
     """
     binary = chromium or find_chromium()
     if binary is None:
         raise RuntimeError("Chromium not found (apt-get install chromium)")
     work = tempfile.mkdtemp(prefix="web-demo-")
-    frames_file = os.path.join(work, "frames.bin")
-    np.ascontiguousarray(frames, np.uint8).tofile(frames_file)
+    frames_file = None
+    if frames is not None:
+        frames_file = os.path.join(work, "frames.bin")
+        np.ascontiguousarray(frames, np.uint8).tofile(frames_file)
     reports = []
     server = DemoServer(model, port=0, frames=frames_file, reports=reports, quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -211,9 +215,11 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
         browser.send("Emulation.setDeviceMetricsOverride", {"width": window[0], "height": window[1],
                                                              "deviceScaleFactor": 1, "mobile": False}, session=session)
         name = model_name or server.default_model
-        url = (f"http://127.0.0.1:{server.server_address[1]}/?backend={backend}&model={name}"
-               f"&frames=/frames.bin&report=1")
+        source = "frames=/frames.bin" if frames is not None else f"count={count}"
+        url = f"http://127.0.0.1:{server.server_address[1]}/?backend={backend}&model={name}&{source}&report=1"
         browser.send("Page.navigate", {"url": url}, session=session)
+        if frames is None:
+            _choose_file(browser, session, video, timeout)
         done = lambda: any(kind in ("summary", "error") for kind, _ in reports)  # noqa: E731
         with server.report_event:
             finished = server.report_event.wait_for(done, timeout)
@@ -233,9 +239,11 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
         if probe:
             probed = browser.send("Runtime.evaluate", {"expression": probe, "awaitPromise": True, "returnByValue": True},
                                   session=session)["result"].get("value")
-        labels = np.frombuffer(next(body for kind, body in reports if kind == "labels"), np.uint8)
+        labels = next((body for kind, body in reports if kind == "labels"), None)
+        if labels is not None:
+            labels = np.frombuffer(labels, np.uint8).reshape(len(frames), *frames.shape[1:3])
         summary = json.loads(next(body for kind, body in reports if kind == "summary"))
-        return {"labels": labels.reshape(len(frames), *frames.shape[1:3]), "summary": summary,
+        return {"labels": labels, "summary": summary,
                 "requests": [e["params"]["request"]["url"] for e in browser.events
                              if e.get("method") == "Network.requestWillBeSent"],
                 "proxy": list(proxy.asked), "served": list(server.log), "console": console, "screenshot": image,
@@ -246,6 +254,23 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
         server.shutdown()
         server.server_close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _choose_file(browser, session, path, timeout):
+    """Waits until the page is ready, then picks `path` in its video file input (as a user would)."""
+    ready = "document.getElementById('status').textContent"
+    deadline = time.time() + timeout
+    while True:
+        status = browser.send("Runtime.evaluate", {"expression": ready, "returnByValue": True},
+                              session=session)["result"].get("value", "")
+        if status.startswith("ready"):
+            break
+        if status.startswith("error") or time.time() > deadline:
+            raise RuntimeError(f"the page did not get ready: {status}")
+        time.sleep(0.2)
+    root = browser.send("DOM.getDocument", session=session)["root"]["nodeId"]
+    node = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"}, session=session)["nodeId"]
+    browser.send("DOM.setFileInputFiles", {"files": [os.path.abspath(path)], "nodeId": node}, session=session)
 
 
 def _op_split(console):

@@ -40,13 +40,18 @@ function nextVideoFrame(video) {
     ? video.requestVideoFrameCallback(() => resolve()) : requestAnimationFrame(() => resolve())));
 }
 
-/** Camera or video file: one model step per displayed frame (frames arriving meanwhile are skipped). */
+/** Camera or video file: one model step per displayed frame (frames arriving meanwhile are skipped).
+ *  With ?report=1&count=N it reports a summary after N frames (tests of the video path). */
 async function runVideo(video, segmenter, overlay) {
   const id = ++loop;
   const [H, W] = segmenter.meta.input_size;
   const letterboxer = new Letterboxer(H, W);
   const fps = new FpsMeter();
+  const count = Number(params.get('count') ?? 0);
+  const seen = new Set();
   let size = '';
+  let frames = 0;
+  let resets = 0;
   while (id === loop) {
     await nextVideoFrame(video);
     if (video.readyState < 2 || !video.videoWidth) continue;
@@ -55,12 +60,17 @@ async function runVideo(video, segmenter, overlay) {
     if (key !== size) {  // new resolution (camera switched, phone rotated): a new stream
       segmenter.reset();
       size = key;
+      resets++;
     }
     const {rgb, box} = letterboxer.apply(image, image.height, image.width);
     const labels = await segmenter.step(rgb);
     overlay.draw(image, image.height, image.width, labels, box);
     image.close();
     $('fps').textContent = `${fps.tick().toFixed(1)} fps`;
+    labels.forEach((label) => seen.add(label));
+    if (++frames === count) {
+      await report('summary', JSON.stringify({source: 'video', frames, size, resets, labels: [...seen].sort()}));
+    }
   }
 }
 
@@ -114,9 +124,12 @@ async function main() {
   const video = document.createElement('video');
   video.playsInline = true;
   video.muted = true;
-  const start = (open) => open().then(() => runVideo(video, segmenter, overlay)).catch(fail);
-  $('camera').onclick = () => start(() => openCamera(video));
-  $('file').onchange = (e) => e.target.files[0] && start(() => openFile(video, e.target.files[0]));
+  const start = (what, open) => open().then(() => {
+    setStatus(`running: ${what}`);
+    return runVideo(video, segmenter, overlay);
+  }).catch(fail);
+  $('camera').onclick = () => start('rear camera', () => openCamera(video));
+  $('file').onchange = (e) => e.target.files[0] && start(e.target.files[0].name, () => openFile(video, e.target.files[0]));
   setStatus('ready: choose the camera or a video file');
   if (params.has('frames')) {
     const result = await runRawFrames(params.get('frames'), segmenter, overlay);
