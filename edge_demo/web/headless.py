@@ -313,9 +313,11 @@ def main(argv=None):
     frames = video_frames(args.video, *meta["input_size"], args.frames)
     result = run_page(args.model, frames, args.backend, args.model_name, screenshot=args.out)
     s = result["summary"]
+    outside = [u for u in result["requests"] if not u.startswith(("http://127.0.0.1:", "data:", "blob:"))]
     print(f"edge_demo.web.headless: {s['frames']} frames of {s['model']} on {s['backend']}, "
-          f"{np.mean(s['msPerFrame']):.1f} ms per frame (SwiftShader/headless: not a speed measure); "
-          f"screenshot {args.out}; requests outside 127.0.0.1: {len(result['proxy'])}")
+          f"{np.mean(s['msPerFrame']):.1f} ms per frame (headless, SwiftShader for WebGPU: not a speed measure); "
+          f"screenshot {args.out}; requests of the page outside 127.0.0.1: {len(outside)}; refused at the proxy "
+          f"(Chromium's own service requests): {len(result['proxy'])}")
     return 0
 
 
