@@ -265,3 +265,6 @@ def test_server_refuses_what_it_cannot_serve(web_exports, tmp_path):
     result = subprocess.run([sys.executable, "-m", "edge_demo.web", "--model", str(tmp_path / "empty")],
                             capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == 2 and "edge_demo.web: error: no usable model" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "edge_demo.web", "--model", web_exports, "--cert", "cert.pem"],
+                            capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 2 and "--cert and --key go together" in result.stderr

@@ -54,6 +54,7 @@ async function runVideo(video, segmenter, overlay) {
   let resets = 0;
   while (id === loop) {
     await nextVideoFrame(video);
+    if (id !== loop) break;  // another source took over while this loop waited
     if (video.readyState < 2 || !video.videoWidth) continue;
     const image = await createImageBitmap(video);  // one frame for both the model and the display
     const key = `${image.width}x${image.height}`;
@@ -107,8 +108,11 @@ async function main() {
   if (!catalog.models.includes(name)) throw new Error(`unknown model ${name} (the server has ${catalog.models})`);
   const meta = await getJson(`/models/${name.replace(/\.tflite$/, '.json')}`);
   const accelerator = params.get('backend') ?? (navigator.gpu ? 'webgpu' : 'wasm');
+  $('models').replaceChildren(...catalog.models.map((m) => new Option(m, m, false, m === name)));
   $('accelerator').value = accelerator;
-  $('accelerator').onchange = (e) => { params.set('backend', e.target.value); location.search = params; };
+  const reloadWith = (key) => (e) => { params.set(key, e.target.value); location.search = params; };
+  $('models').onchange = reloadWith('model');
+  $('accelerator').onchange = reloadWith('backend');
   setStatus(`compiling ${name} for ${accelerator}…`);
   // On WebGPU the server's copy with [1, n] gather indices (edge_demo/web/webmodel.py): LiteRT.js 2.5.3's
   // WebGPU delegate fails on 1-D ones and leaves these to the CPU; same function, same labels.
@@ -118,7 +122,7 @@ async function main() {
   const where = accelerator === 'webgpu'
     ? `WebGPU (${adapter})${segmenter.fullyAccelerated ? '' : ' + CPU for the ops it declines'}` : 'Wasm (CPU, XNNPACK)';
   $('backend').textContent = where;
-  $('model').textContent = `${name}: ${meta.input_size.join('x')}, ${meta.streaming ? 'streaming' : 'per frame'}`;
+  $('about').textContent = `${name}: ${meta.input_size.join('x')}, ${meta.streaming ? 'streaming' : 'per frame'}`;
   drawLegend($('legend'), meta.classes, meta.palette);
   const overlay = new Overlay($('view'), ...meta.input_size, meta.palette);
   const video = document.createElement('video');
