@@ -246,6 +246,17 @@ def test_server_serves_the_page_model_and_runtime_only(running_server, web_expor
     assert all(client == "127.0.0.1" for client, *_ in demo.log)
 
 
+def test_the_web_demo_needs_no_tensorflow():
+    """Like edge_demo: the server and the browser driver import no TensorFlow, Keras or project training code."""
+    import re
+
+    folder = os.path.dirname(server.__file__)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            text = open(os.path.join(folder, name)).read()
+            assert not re.search(r"^\s*(import|from)\s+(tensorflow|stt_keras|keras|training|export)\b", text, re.M), name
+
+
 def test_server_refuses_what_it_cannot_serve(web_exports, tmp_path):
     with pytest.raises(server.ServerError, match="model not found"):
         server.find_models(str(tmp_path / "missing"))
