@@ -1,0 +1,5 @@
+import sys
+
+from edge_demo.web.server import main
+
+sys.exit(main())

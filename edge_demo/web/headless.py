@@ -1,0 +1,325 @@
+"""Runs the web demo in headless Chromium on given frames: labels, summary, screenshot, and every request made.
+
+    python -m edge_demo.web.headless --model EXPORT_DIR --video in.mp4 --frames 20 --backend webgpu --out page.png
+
+The frames are decoded and letterboxed by the Python edge demo's own code (OpenCV, edge_demo/overlay.py)
+and sent to the page raw, so the page and `python -m edge_demo` see the very same pixels.
+Chromium is driven over its DevTools pipe (--remote-debugging-pipe, no port, no extra package) and
+runs behind a proxy that refuses and records every request not to 127.0.0.1; the DevTools network
+log records every request the page makes. WebGPU runs on SwiftShader (software): correct, not fast.
+"""
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from edge_demo.web.server import DemoServer
+
+WEBGPU_FLAGS = ("--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+                "--use-webgpu-adapter=swiftshader")
+QUIET_FLAGS = ("--no-first-run", "--no-default-browser-check", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
+               "--disable-breakpad", "--disable-domain-reliability", "--no-pings", "--metrics-recording-only",
+               "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,"
+               "NetworkTimeServiceQuerying")
+# Requests Chromium's browser process makes by itself (component updates, account checks): they reach
+# the refusing proxy (and go no further) even with the flags above; the page cannot cause them.
+BROWSER_SERVICE_HOSTS = ("update.googleapis.com", "accounts.google.com", "clients2.google.com",
+                         "optimizationguide-pa.googleapis.com", "content-autofill.googleapis.com")
+
+
+def find_chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class RefusingProxy:
+    """An HTTP proxy that answers 403 to everything and records what was asked (host or URL)."""
+
+    def __init__(self):
+        self.asked = []
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(2)
+                try:
+                    line = connection.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+                    self.asked.append(line)
+                    connection.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self):
+        self.socket.close()
+
+
+def _high_fd(fd):
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
+class DevTools:
+    """Chromium's DevTools protocol over --remote-debugging-pipe (fds 3 and 4 of the child)."""
+
+    def __init__(self, binary, flags):
+        # The child's ends are moved above fd 9 first, so that dup2 onto 3 and 4 never meets itself.
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        to_child_r, from_child_w = (_high_fd(fd) for fd in (to_child_r, from_child_w))
+        self.profile = tempfile.mkdtemp(prefix="web-demo-chromium-")
+
+        def wire():  # in the child: its fd 3 reads commands, fd 4 writes answers
+            os.dup2(to_child_r, 3)
+            os.dup2(from_child_w, 4)
+
+        self.process = subprocess.Popen(
+            [binary, "--remote-debugging-pipe", f"--user-data-dir={self.profile}", *flags, "about:blank"],
+            preexec_fn=wire, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.writer = os.fdopen(to_child_w, "wb")
+        self.reader = os.fdopen(from_child_r, "rb")
+        self.next_id, self.answers, self.events = 0, {}, []
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.stderr = []
+        threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True).start()
+
+    def _read(self):
+        buffer = b""
+        while True:
+            chunk = self.reader.read1(1 << 16)
+            if not chunk:
+                break
+            buffer += chunk
+            *messages, buffer = buffer.split(b"\0")
+            with self.changed:
+                for raw in messages:
+                    message = json.loads(raw)
+                    if "id" in message:
+                        self.answers[message["id"]] = message
+                    else:
+                        self.events.append(message)
+                self.changed.notify_all()
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    def send(self, method, params=None, session=None, timeout=60):
+        self.next_id += 1
+        ident = self.next_id
+        message = {"id": ident, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        self.writer.write(json.dumps(message).encode() + b"\0")
+        self.writer.flush()
+        with self.changed:
+            if not self.changed.wait_for(lambda: ident in self.answers or getattr(self, "closed", False), timeout):
+                raise TimeoutError(f"Chromium did not answer {method} within {timeout} s")
+        answer = self.answers.pop(ident, None)
+        if answer is None or "error" in answer:
+            raise RuntimeError(f"Chromium: {method} failed: {answer and answer['error']} "
+                               f"{b''.join(self.stderr[-20:]).decode(errors='replace')[-1500:]}")
+        return answer["result"]
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=10)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def video_frames(path, height, width, count):
+    """The first `count` frames of a video as `python -m edge_demo` sees them: RGB, letterboxed."""
+    import cv2
+
+    from edge_demo import overlay
+
+    capture = cv2.VideoCapture(path)
+    frames = []
+    while len(frames) < count:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(overlay.letterbox(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), height, width)[0])
+    capture.release()
+    if not frames:
+        raise ValueError(f"no frame could be read from {path}")
+    return np.stack(frames)
+
+
+def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, screenshot=None, chromium=None,
+             window=(960, 600), probe=None, video=None, count=10):
+    """Opens the page in headless Chromium on `frames` [N, H, W, 3] uint8 (letterboxed to the model size).
+
+    Returns a dict: labels [N, H, W] uint8, summary (the page's), requests (every URL the page asked
+    for, from DevTools), proxy (every request that tried to leave 127.0.0.1), served (the server's
+    log), console (the page's console and errors), op_split (ops on the accelerator, ops on the CPU, as
+    LiteRT.js logs them), probe (the value of the JavaScript expression `probe` evaluated in the page
+    at the end, awaited). Raises RuntimeError with the page's error.
+    With `frames` None and a `video` file: the page plays it through its file input (the browser's
+    decoder, the user's path) and reports after `count` frames; labels is then None.
+    """
+    binary = chromium or find_chromium()
+    if binary is None:
+        raise RuntimeError("Chromium not found (apt-get install chromium)")
+    work = tempfile.mkdtemp(prefix="web-demo-")
+    frames_file = None
+    if frames is not None:
+        frames_file = os.path.join(work, "frames.bin")
+        np.ascontiguousarray(frames, np.uint8).tofile(frames_file)
+    reports = []
+    server = DemoServer(model, port=0, frames=frames_file, reports=reports, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proxy = RefusingProxy()
+    flags = ["--headless=new", f"--window-size={window[0]},{window[1]}", f"--proxy-server=http://127.0.0.1:{proxy.port}",
+             *QUIET_FLAGS, *(WEBGPU_FLAGS if backend == "webgpu" else ())]
+    if os.geteuid() == 0:
+        flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    browser = DevTools(binary, flags)
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Network", "Runtime", "Log", "Page"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": window[0], "height": window[1],
+                                                             "deviceScaleFactor": 1, "mobile": False}, session=session)
+        name = model_name or server.default_model
+        source = "frames=/frames.bin" if frames is not None else f"count={count}"
+        url = f"http://127.0.0.1:{server.server_address[1]}/?backend={backend}&model={name}&{source}&report=1"
+        browser.send("Page.navigate", {"url": url}, session=session)
+        if frames is None:
+            _choose_file(browser, session, video, timeout)
+        done = lambda: any(kind in ("summary", "error") for kind, _ in reports)  # noqa: E731
+        with server.report_event:
+            finished = server.report_event.wait_for(done, timeout)
+        console = _console(browser.events)
+        errors = [json.loads(body) for kind, body in reports if kind == "error"]
+        if errors or not finished:
+            reason = errors[0]["message"] if errors else f"no result within {timeout} s"
+            raise RuntimeError(f"the page failed on {backend}: {reason}\n" + "\n".join(console[-30:]))
+        image = None
+        if screenshot:
+            time.sleep(0.2)  # the last status line is painted
+            image = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"])
+            with open(screenshot + ".part", "wb") as f:
+                f.write(image)
+            os.replace(screenshot + ".part", screenshot)
+        probed = None
+        if probe:
+            probed = browser.send("Runtime.evaluate", {"expression": probe, "awaitPromise": True, "returnByValue": True},
+                                  session=session)["result"].get("value")
+        labels = next((body for kind, body in reports if kind == "labels"), None)
+        if labels is not None:
+            labels = np.frombuffer(labels, np.uint8).reshape(len(frames), *frames.shape[1:3])
+        summary = json.loads(next(body for kind, body in reports if kind == "summary"))
+        return {"labels": labels, "summary": summary,
+                "requests": [e["params"]["request"]["url"] for e in browser.events
+                             if e.get("method") == "Network.requestWillBeSent"],
+                "proxy": list(proxy.asked), "served": list(server.log), "console": console, "screenshot": image,
+                "op_split": _op_split(console), "probe": probed}
+    finally:
+        browser.close()
+        proxy.close()
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _choose_file(browser, session, path, timeout):
+    """Waits until the page is ready, then picks `path` in its video file input (as a user would)."""
+    ready = "document.getElementById('status').textContent"
+    deadline = time.time() + timeout
+    while True:
+        status = browser.send("Runtime.evaluate", {"expression": ready, "returnByValue": True},
+                              session=session)["result"].get("value", "")
+        if status.startswith("ready"):
+            break
+        if status.startswith("error") or time.time() > deadline:
+            raise RuntimeError(f"the page did not get ready: {status}")
+        time.sleep(0.2)
+    root = browser.send("DOM.getDocument", session=session)["root"]["nodeId"]
+    node = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"}, session=session)["nodeId"]
+    browser.send("DOM.setFileInputFiles", {"files": [os.path.abspath(path)], "nodeId": node}, session=session)
+
+
+def _op_split(console):
+    """(ops on the accelerator, ops on the CPU) from LiteRT.js's log; None if it said nothing (all on one)."""
+    import re
+
+    found = [re.search(r"(\d+) operations will run on the GPU, and the remaining (\d+)", line) for line in console]
+    found = [m for m in found if m]
+    return (int(found[-1].group(1)), int(found[-1].group(2))) if found else None
+
+
+def _console(events):
+    lines = []
+    for e in events:
+        if e.get("method") == "Runtime.consoleAPICalled":
+            p = e["params"]
+            lines.append(f"console.{p['type']}: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p["args"]))
+        elif e.get("method") == "Runtime.exceptionThrown":
+            lines.append("exception: " + e["params"]["exceptionDetails"].get("exception", {}).get("description", ""))
+        elif e.get("method") == "Log.entryAdded":
+            lines.append(f"log.{e['params']['entry']['level']}: {e['params']['entry']['text']}")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m edge_demo.web.headless", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="stt-export folder or one edge-interface .tflite")
+    p.add_argument("--model-name", help="which .tflite of the folder (default: the server's choice)")
+    p.add_argument("--video", required=True)
+    p.add_argument("--frames", type=int, default=20)
+    p.add_argument("--backend", choices=("webgpu", "wasm"), default="webgpu")
+    p.add_argument("--out", required=True, help="screenshot .png")
+    args = p.parse_args(argv)
+    from edge_demo.web.server import find_models
+    from edge_demo.runners import load_metadata
+
+    folder, _, default = find_models(args.model)
+    meta = load_metadata(os.path.join(folder, args.model_name or default))
+    frames = video_frames(args.video, *meta["input_size"], args.frames)
+    result = run_page(args.model, frames, args.backend, args.model_name, screenshot=args.out)
+    s = result["summary"]
+    outside = [u for u in result["requests"] if not u.startswith(("http://127.0.0.1:", "data:", "blob:"))]
+    print(f"edge_demo.web.headless: {s['frames']} frames of {s['model']} on {s['backend']}, "
+          f"{np.mean(s['msPerFrame']):.1f} ms per frame (headless, SwiftShader for WebGPU: not a speed measure); "
+          f"screenshot {args.out}; requests of the page outside 127.0.0.1: {len(outside)}; refused at the proxy "
+          f"(Chromium's own service requests): {len(result['proxy'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

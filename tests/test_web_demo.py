@@ -1,0 +1,281 @@
+"""The web demo: the exported edge model in headless Chromium (LiteRT.js on WebGPU/SwiftShader and on Wasm)
+gives the Python LiteRT edge demo's labels, frame by frame, and nothing leaves 127.0.0.1.
+
+Frames: a synthetic clip (lossless FFV1) decoded and letterboxed by the Python edge demo's own code
+(OpenCV, edge_demo/overlay.py) and sent to the page raw, so both sides see the very same pixels (a
+browser's video decoder and canvas scaler would differ by a grey level here and there). The page runs
+them with its state carried and posts its labels back to the in-process server.
+
+Needs Chromium (apt-get install chromium) and LiteRT.js in edge_demo/web/node_modules (`npm ci`
+there, run by the server when npm is present). Without them the browser tests skip and say why.
+SwiftShader emulates a GPU on the CPU: correctness only, no speed.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from edge_demo.runners import load_metadata, load_runner
+from edge_demo.web import headless, server, webmodel
+
+FRAMES = 20
+SIZE = (64, 128)
+MIN_AGREEMENT = 0.99  # per frame
+MODELS = ("stt_gpu_edge_float16.tflite", "stt_edge_int8.tflite")
+LOCAL_SCHEMES = ("data:", "blob:")  # in-page URLs: the video file picked, the empty favicon
+
+
+RUNTIME_MISSING = None
+if not os.path.isdir(os.path.join(server.LITERT_DIR, "wasm")) and shutil.which("npm") is None:
+    RUNTIME_MISSING = "LiteRT.js is not in edge_demo/web/node_modules and npm is missing (apt-get install nodejs npm)"
+REASON = RUNTIME_MISSING or (None if headless.find_chromium() else "Chromium not found (apt-get install chromium)")
+if REASON:
+    print(f"\ntests/test_web_demo.py: browser tests skipped: {REASON}", file=sys.stderr)
+needs_browser = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runtime():
+    """LiteRT.js installed from the lock file (`npm ci`, once) when npm is there."""
+    if RUNTIME_MISSING is None:
+        server.ensure_runtime()
+
+
+@pytest.fixture(scope="module")
+def web_exports(trained_model_path, tmp_path_factory):
+    """The GPU-form edge exports a phone runs: float16 (GPU) and int8 (CPU), at 64x128."""
+    from export import cli as export_cli
+
+    out = str(tmp_path_factory.mktemp("web_exports") / "stt")
+    args = export_cli.build_parser().parse_args(
+        ["--model", trained_model_path, "--out", out, "--size", f"{SIZE[0]}x{SIZE[1]}", "--formats", "tflite",
+         "--forms", "gpu", "--interfaces", "edge", "--quantizations", "float16,int8", "--gpu-check", "off",
+         "--parity-sequences", "1", "--parity-frames", "2", "--calibration-sequences", "2", "--calibration-frames", "4"])
+    export_cli.run_export(args)
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tflite")) == sorted(MODELS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """The first FRAMES frames of a held-out synthetic clip as `python -m edge_demo` sees them."""
+    from training.data.synthetic import write_video
+
+    path = str(tmp_path_factory.mktemp("clip") / "clip.mkv")
+    write_video(path, frames=FRAMES, height=96, width=160, seed=1000)  # 5:3, letterboxed into 64x128
+    return headless.video_frames(path, *SIZE, FRAMES)
+
+
+def python_edge_labels(model_path, frames):
+    """Labels [N, H, W] of the Python edge demo's LiteRT runner (CPU, XNNPACK), state carried, on `frames`."""
+    runner, _ = load_runner(model_path)
+    state, labels = runner.initial_state(), []
+    for t, frame in enumerate(frames):
+        result, state = runner(frame, state, reset=t == 0)
+        labels.append(result)
+    return np.stack(labels)
+
+
+# ------------------------------------------------------------------ the page in Chromium
+@needs_browser
+@pytest.mark.parametrize("backend", ["webgpu", "wasm"])
+@pytest.mark.parametrize("name", MODELS)
+def test_page_labels_match_the_python_edge_demo(web_exports, frames, name, backend, tmp_path):
+    shot = str(tmp_path / "page.png")
+    result = headless.run_page(web_exports, frames, backend, name, screenshot=shot, timeout=300,
+                               probe="fetch('http://example.com/leak').then(() => 'fetched', (e) => 'refused: ' + e)")
+    reference = python_edge_labels(os.path.join(web_exports, name), frames)
+    page = result["labels"].astype(np.int32)
+    per_frame = (page == reference).reshape(FRAMES, -1).mean(-1)
+    summary = result["summary"]
+    print(f"{name} on {summary['backend']}: labels agree with Python LiteRT {100 * per_frame.mean():.3f}% over "
+          f"{FRAMES} frames (worst frame {100 * per_frame.min():.2f}%); ops accelerator/CPU {result['op_split']}; "
+          f"{np.mean(summary['msPerFrame'][1:]):.0f} ms per frame (SwiftShader/headless, not a speed measure)")
+    assert summary["frames"] == FRAMES and summary["model"] == name and summary["accelerator"] == backend
+    assert per_frame.min() >= MIN_AGREEMENT, per_frame
+    assert len(np.unique(reference)) >= 3  # the clip exercises several classes, not one flat label
+    if backend == "webgpu":
+        assert "swiftshader" in summary["adapter"].lower(), summary
+        # Most of the graph runs on WebGPU: the CPU keeps the 7 gathers (webmodel.py) and, in the float16
+        # model, the float16 -> float32 weight DEQUANTIZE ops the delegate declines.
+        gpu_ops, cpu_ops = result["op_split"]
+        assert gpu_ops > 2 * cpu_ops, result["op_split"]
+    else:
+        assert summary["backend"].startswith("Wasm") and result["op_split"] is None
+    # Nothing left 127.0.0.1: every request of the page went to the demo server ...
+    fetched = [u for u in result["requests"] if not u.startswith(LOCAL_SCHEMES)]
+    origin = f"http://127.0.0.1:{fetched[0].split(':')[2].split('/')[0]}/"
+    assert not [u for u in fetched if not u.startswith(origin)], result["requests"]
+    assert {path.split("?")[0] for _, _, path, _ in result["served"]} >= {"/", "/main.js", f"/models/{name.replace('.tflite', '.json')}"}
+    assert all(client == "127.0.0.1" for client, *_ in result["served"])
+    # ... the page's own attempt to reach the internet was refused by its Content-Security-Policy and
+    # never reached the proxy, which saw only the browser process's own service requests (refused too).
+    assert result["probe"].startswith("refused"), result["probe"]
+    asked = [line.split(" ")[1] for line in result["proxy"]]
+    assert not [a for a in asked if not any(host in a for host in headless.BROWSER_SERVICE_HOSTS)], result["proxy"]
+    import cv2
+
+    image = cv2.imread(shot)
+    assert image is not None and image.shape[:2] == (600, 960) and image.std() > 5
+    if name == MODELS[0] and backend == "webgpu" and os.environ.get("WEB_DEMO_SCREENSHOT"):
+        shutil.copy(shot, os.environ["WEB_DEMO_SCREENSHOT"])  # e.g. for a report
+
+
+@needs_browser
+def test_a_video_file_chosen_in_the_page_runs(web_exports, tmp_path):
+    """The user's path: a WebM file picked in the page's file input, decoded by the browser and
+    letterboxed by its canvas (no exact parity possible: other decoder, other scaler, frames skipped
+    when the model is slower than playback)."""
+    import cv2
+
+    from training.data.synthetic import SyntheticVideo
+
+    path = str(tmp_path / "clip.webm")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"VP80"), 10, (160, 96))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV cannot write WebM (VP8)")
+    images, _ = SyntheticVideo(1, 30, 96, 160, seed=1000).sequence(0)
+    for image in images:
+        writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    writer.release()
+    result = headless.run_page(web_exports, None, "wasm", MODELS[1], video=path, count=8, timeout=120)
+    summary = result["summary"]
+    assert summary["source"] == "video" and summary["frames"] == 8 and summary["size"] == "160x96"
+    assert summary["resets"] == 1  # the first frame only: one resolution
+    assert len(summary["labels"]) >= 3, summary  # the road scene's classes, not one flat label
+    assert result["labels"] is None
+    assert not [u for u in result["requests"] if not u.startswith(("http://127.0.0.1:", *LOCAL_SCHEMES))]
+
+
+@needs_browser
+def test_page_reports_a_model_it_cannot_run(web_exports, frames, tmp_path):
+    """The page fails with a clear message (not a hang) when the model does not fit the metadata."""
+    import json
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for suffix in (".tflite", ".json"):
+        shutil.copy(os.path.join(web_exports, "stt_edge_int8" + suffix), folder / ("stt_edge_int8" + suffix))
+    meta = json.loads((folder / "stt_edge_int8.json").read_text())
+    meta["inputs"]["state"]["shape"][-1] += 1
+    (folder / "stt_edge_int8.json").write_text(json.dumps(meta))
+    with pytest.raises(RuntimeError, match=r'model input "state" is \[.*\] float32 but the metadata says'):
+        headless.run_page(str(folder), frames, "wasm", timeout=120)
+
+
+# ------------------------------------------------------------------ the server and the model copy (no browser)
+def test_webgpu_copy_computes_the_same_labels(web_exports, frames):
+    """The [1, n]-index copy LiteRT.js gets on WebGPU is the same function (Python LiteRT, both files)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge_demo.web.webmodel import schema
+
+    for name in MODELS:
+        data = open(os.path.join(web_exports, name), "rb").read()
+        copy, changed = webmodel.gather_indices_2d(data)
+        assert changed == 7, changed  # NSM (2), attention keys, values, queries, and back from tiles (2)
+        model = schema.ModelT.InitFromPackedBuf(bytearray(copy), 0)
+        shapes = [list(model.subgraphs[0].tensors[op.inputs[1]].shape) for op in model.subgraphs[0].operators
+                  if model.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.GATHER]
+        assert len(shapes) == 7 and all(len(s) == 2 and s[0] == 1 for s in shapes), shapes
+        meta = load_metadata(os.path.join(web_exports, name))
+        outputs = []
+        for content in (data, copy):
+            runner = Interpreter(model_content=content).get_signature_runner()
+            state, labels = np.zeros(meta["inputs"]["state"]["shape"], np.float32), []
+            for t, frame in enumerate(frames[:6]):
+                out = runner(frame=frame[None], state=state, reset=np.array([float(t == 0)], np.float32))
+                state = out["next_state"]
+                labels.append(out["labels"])
+            outputs.append(np.stack(labels))
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+        assert webmodel.gather_indices_2d(copy) == (copy, 0)  # nothing left to change
+
+
+@pytest.fixture
+def running_server(web_exports, tmp_path):
+    if RUNTIME_MISSING:
+        pytest.skip(RUNTIME_MISSING)
+    demo = server.DemoServer(web_exports, port=0, quiet=True)
+    threading.Thread(target=demo.serve_forever, daemon=True).start()
+    yield demo, f"http://127.0.0.1:{demo.server_address[1]}"
+    demo.shutdown()
+    demo.server_close()
+
+
+def _get(url, method="GET", data=None):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method, data=data)) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_server_serves_the_page_model_and_runtime_only(running_server, web_exports):
+    import base64
+    import hashlib
+    import json
+    import re
+
+    demo, base = running_server
+    status, headers, page = _get(base + "/")
+    assert status == 200 and b"<canvas" in page
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "script-src 'self' 'wasm-unsafe-eval'" in csp
+    importmap = re.search(rb'<script type="importmap">(.*?)</script>', page, re.S).group(1)
+    assert f"'sha256-{base64.b64encode(hashlib.sha256(importmap).digest()).decode()}'" in csp
+    assert "http" not in csp and "*" not in csp  # no other origin, no wildcard
+    catalog = json.loads(_get(base + "/models.json")[2])
+    assert catalog["default"] == "stt_gpu_edge_float16.tflite" and sorted(catalog["models"]) == sorted(MODELS)
+    assert catalog["webgpu_gathers_on_cpu"] == {name: 7 for name in MODELS}
+    model = _get(base + "/models/stt_edge_int8.tflite")
+    assert model[0] == 200 and model[2] == open(os.path.join(web_exports, "stt_edge_int8.tflite"), "rb").read()
+    status, headers, _ = _get(base + "/wasm/litert_wasm_internal.wasm", method="HEAD")
+    assert status == 200 and headers["Content-Type"] == "application/wasm"
+    for bad in ("/../server.py", "/models/../stt_edge_int8.tflite", "/export_report.json", "/models/export_report.json",
+                "/%2e%2e/server.py", "/vendor/core/../../package.json", "/frames.bin"):
+        assert _get(base + bad)[0] == 404, bad
+    assert _get(base + "/report/summary", method="POST", data=b"{}")[0] == 404  # only a test server collects reports
+    assert all(client == "127.0.0.1" for client, *_ in demo.log)
+
+
+def test_the_web_demo_needs_no_tensorflow():
+    """Like edge_demo: the server and the browser driver import no TensorFlow, Keras or project training code."""
+    import re
+
+    folder = os.path.dirname(server.__file__)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            text = open(os.path.join(folder, name)).read()
+            assert not re.search(r"^\s*(import|from)\s+(tensorflow|stt_keras|keras|training|export)\b", text, re.M), name
+
+
+def test_server_refuses_what_it_cannot_serve(web_exports, tmp_path):
+    with pytest.raises(server.ServerError, match="model not found"):
+        server.find_models(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(server.ServerError, match="no usable model.*--interfaces edge"):
+        server.find_models(str(tmp_path / "empty"))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for suffix in (".tflite", ".json"):
+        shutil.copy(os.path.join(web_exports, "stt_edge_int8" + suffix), damaged / ("stt_edge_int8" + suffix))
+    with open(damaged / "stt_edge_int8.tflite", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(server.ServerError, match="does not match the SHA-256"):
+        server.find_models(str(damaged))
+    folder, names, default = server.find_models(os.path.join(web_exports, "stt_edge_int8.tflite"))
+    assert (names, default) == (["stt_edge_int8.tflite"], "stt_edge_int8.tflite")
+    result = subprocess.run([sys.executable, "-m", "edge_demo.web", "--model", str(tmp_path / "empty")],
+                            capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 2 and "edge_demo.web: error: no usable model" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "edge_demo.web", "--model", web_exports, "--cert", "cert.pem"],
+                            capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 2 and "--cert and --key go together" in result.stderr
