@@ -147,7 +147,7 @@ class STTSegmenter(keras.Model):
         """
         name = preset
         if isinstance(preset, (str, os.PathLike)) and str(preset) not in PRESETS and (
-                os.path.isdir(preset) or os.sep in str(preset) or str(preset).startswith(".")):
+                os.path.exists(preset) or os.sep in str(preset) or str(preset).startswith(".")):
             from stt_keras import saving
 
             if os.path.isfile(preset):
