@@ -418,7 +418,7 @@ class STTSegmenter(keras.Model):
     # ---------------------------------------------------------------- config
     def get_config(self):
         return {
-            "name": self.name,
+            **super().get_config(),  # name, trainable, dtype policy
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "decoder": keras.saving.serialize_keras_object(self.decoder),
             "stt": None if self.stt is None else keras.saving.serialize_keras_object(self.stt),
