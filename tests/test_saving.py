@@ -269,3 +269,15 @@ def test_preset_errors_name_the_problem(fitted, preset_dir, tmp_path):
         stt_keras.load_model(str(broken))
     # A built-in name keeps today's meaning.
     assert STTSegmenter.from_preset("stt_psp_tiny", num_classes=4).num_classes == 4
+
+
+@pytest.mark.parametrize("name", ["stt_bise_tiny", "psp_tiny"])
+def test_preset_round_trip_of_bisenet_and_a_per_frame_model(name, tmp_path):
+    keras.utils.set_random_seed(6)
+    model = STTSegmenter.from_preset(name, num_classes=4)
+    x = np.random.default_rng(0).integers(0, 256, (1, 4, 64, 64, 3) if model.stt else (1, 64, 64, 3)).astype(np.uint8)
+    expected = model(x).numpy()
+    model.save_to_preset(str(tmp_path / name))
+    loaded = STTSegmenter.from_preset(str(tmp_path / name))
+    assert len(loaded.weights) == len(model.weights)
+    np.testing.assert_array_equal(loaded(x).numpy(), expected)
