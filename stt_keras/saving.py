@@ -1,12 +1,31 @@
-"""Loading saved stt-keras models, always in Keras safe mode."""
+"""Saving and loading stt-keras models, always in Keras safe mode.
 
+Two formats:
+- a `.keras` file (`model.save`, what stt-train writes): config, weights and the
+  compile settings (loss, MeanIoU metric, optimizer state) in one zip;
+- a preset directory (`model.save_to_preset(dir)`, keras-hub style), for sharing a
+  trained model: `config.json` (the model's Keras config), `model.weights.h5` and
+  `metadata.json` (format, class count, label names and colours when given, the
+  architecture preset name, library versions, and the SHA-256 of the two other
+  files). `STTSegmenter.from_preset(dir)` and `load_model(dir)` read it.
+"""
+
+import datetime
 import json
 import os
+import shutil
 import zipfile
 
 import keras
 
 from stt_keras.errors import ModelFileError
+from stt_keras.fileio import fsync_dir, sha256_file
+
+PRESET_FORMAT = "stt-keras-preset/1"
+PRESET_CONFIG = "config.json"
+PRESET_WEIGHTS = "model.weights.h5"
+PRESET_METADATA = "metadata.json"
+PRESET_FILES = (PRESET_CONFIG, PRESET_WEIGHTS, PRESET_METADATA)
 
 
 def check_model_file(path):
@@ -14,7 +33,8 @@ def check_model_file(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"No model file at {path}.")
     if os.path.isdir(path):
-        raise ModelFileError(f"model {path} is a folder, not a .keras file (a SavedModel folder cannot be loaded here).")
+        kind = " (a SavedModel folder cannot be loaded here)" if os.path.exists(os.path.join(path, "saved_model.pb")) else ""
+        raise ModelFileError(f"model {path} is a folder, not a .keras file or a preset directory{kind}.")
     size = os.path.getsize(path)
     if size == 0:
         raise ModelFileError(f"model file {path} is empty (0 bytes).")
@@ -43,23 +63,25 @@ def check_model_file(path):
 
 
 def load_model(path, compile=True):
-    """Loads a `.keras` file saved from an stt-keras model (safe mode: no arbitrary code).
+    """Loads a `.keras` file or a preset directory of an stt-keras model (safe mode: no arbitrary code).
 
-    Registers every stt-keras class first (layers, models and, when the training
-    package is installed, the MeanIoU metric a compiled model refers to).
+    A preset directory (`save_to_preset`) holds no compile settings: its model
+    comes back uncompiled whatever `compile` says (call `model.compile()`).
+
+    Registers every stt-keras class first (layers, models and the metrics a
+    compiled model refers to, all in the library).
     Raises FileNotFoundError if there is no file, ModelFileError (a ValueError,
     one line naming the file) if it is empty, truncated, not a Keras archive,
     or a Keras model that is not an stt-keras STTSegmenter. Loading reads
     nothing but the file: pretrained-weight references in its config are ignored.
     """
     import stt_keras.layers  # noqa: F401  (registration)
+    import stt_keras.metrics  # noqa: F401
     import stt_keras.models  # noqa: F401
     from stt_keras.models import STTSegmenter
 
-    try:
-        import training.metrics  # noqa: F401
-    except ImportError:
-        pass
+    if is_preset_dir(path):
+        return load_preset(path)
     config = check_model_file(path)
     if config.get("class_name") != "STTSegmenter":
         raise ModelFileError(
@@ -75,3 +97,168 @@ def load_model(path, compile=True):
     if not isinstance(model, STTSegmenter):
         raise ModelFileError(f"model file {path} holds a {type(model).__name__}, not an stt-keras STTSegmenter.")
     return model
+
+
+# ---------------------------------------------------------------- presets
+def is_preset_dir(path):
+    """True if `path` is a folder that claims to be a preset (holds a metadata.json or config.json)."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in (PRESET_METADATA, PRESET_CONFIG))
+
+
+def _check_labels(labels, colors, num_classes):
+    if labels is None:
+        if colors is not None:
+            raise ValueError("`colors` needs `labels` (one name per class).")
+        return None, None
+    labels = [str(name) for name in labels]
+    if len(labels) != num_classes:
+        raise ValueError(f"`labels` has {len(labels)} names but the model has {num_classes} classes.")
+    if colors is not None:
+        colors = [[int(c) for c in color] for color in colors]
+        if len(colors) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
+            raise ValueError(f"`colors` must be {num_classes} RGB triples of 0..255, got {colors!r:.200}.")
+    return labels, colors
+
+
+def save_preset(model, directory, labels=None, colors=None):
+    """Writes `model` as a preset directory (see the module docstring); returns its metadata dict.
+
+    The directory appears complete or not at all: the files are written into a
+    hidden sibling folder and renamed into place. An existing `directory` is
+    replaced only if it is empty or an earlier preset (it holds nothing but the
+    preset files); anything else is refused and left alone. The optimizer state
+    is not saved (a preset is for inference and fine-tuning; use `model.save`
+    for a training checkpoint).
+    """
+    import tensorflow as tf
+
+    import stt_keras
+
+    if not model.built:
+        raise ValueError("save_to_preset needs a built model: call it on a batch (or fit it) first.")
+    labels, colors = _check_labels(labels, colors, model.num_classes)
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory):
+        if not os.path.isdir(directory):
+            raise FileExistsError(f"{directory} exists and is not a folder; not replacing it.")
+        extra = sorted(set(os.listdir(directory)) - set(PRESET_FILES))
+        if extra:
+            raise FileExistsError(f"{directory} holds files that are not part of a preset ({', '.join(extra[:5])}); "
+                                  "choose an empty or new folder.")
+    parent, base = os.path.split(directory)
+    os.makedirs(parent, exist_ok=True)
+    partial = os.path.join(parent, f".{base}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        with open(os.path.join(partial, PRESET_CONFIG), "w") as f:
+            config = keras.saving.serialize_keras_object(model)
+            config.pop("compile_config", None)  # a preset holds the model, not its training settings
+            json.dump(config, f, indent=2)
+        model.save_weights(os.path.join(partial, PRESET_WEIGHTS))
+        metadata = {
+            "format": PRESET_FORMAT,
+            "class_name": type(model).__name__,
+            "architecture": model.name,
+            "num_classes": int(model.num_classes),
+            "num_key_frames": int(model.num_key_frames),
+            "labels": labels,
+            "colors": colors,
+            "parameter_count": int(model.count_params()),
+            "stt_keras_version": stt_keras.__version__,
+            "keras_version": keras.__version__,
+            "tensorflow_version": tf.__version__,
+            "date_saved": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "files": {name: {"sha256": sha256_file(os.path.join(partial, name)),
+                             "bytes": os.path.getsize(os.path.join(partial, name))}
+                      for name in (PRESET_CONFIG, PRESET_WEIGHTS)},
+        }
+        with open(os.path.join(partial, PRESET_METADATA), "w") as f:
+            json.dump(metadata, f, indent=2)
+        for name in PRESET_FILES:
+            with open(os.path.join(partial, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(partial)
+        if os.path.exists(directory):
+            old = os.path.join(parent, f".{base}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(directory, old)
+            os.rename(partial, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(partial, directory)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return metadata
+
+
+def read_preset_metadata(directory):
+    """The metadata dict of a preset directory, checked; ModelFileError naming what is missing or wrong."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"No preset directory at {directory}.")
+    missing = [name for name in PRESET_FILES if not os.path.isfile(os.path.join(directory, name))]
+    if missing:
+        raise ModelFileError(
+            f"preset directory {directory} is incomplete: {', '.join(missing)} missing (a preset holds "
+            f"{', '.join(PRESET_FILES)}; write one with model.save_to_preset).")
+    try:
+        with open(os.path.join(directory, PRESET_METADATA)) as f:
+            metadata = json.load(f)
+    except ValueError as error:
+        raise ModelFileError(f"preset {directory}: {PRESET_METADATA} is not valid JSON ({error}).") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != PRESET_FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        raise ModelFileError(f"preset {directory}: {PRESET_METADATA} has format {found!r}, expected {PRESET_FORMAT!r}.")
+    for name, expected in metadata.get("files", {}).items():
+        path = os.path.join(directory, name)
+        if os.path.getsize(path) != expected["bytes"] or sha256_file(path) != expected["sha256"]:
+            raise ModelFileError(f"preset {directory}: {name} does not match its checksum in {PRESET_METADATA} "
+                                 "(truncated, corrupt or replaced).")
+    return metadata
+
+
+def load_preset(directory, load_weights=True):
+    """Builds the model of a preset directory and loads its weights (safe mode); uncompiled."""
+    import stt_keras.layers  # noqa: F401  (registration)
+    import stt_keras.metrics  # noqa: F401
+    import stt_keras.models  # noqa: F401
+    from stt_keras.models import STTSegmenter
+
+    metadata = read_preset_metadata(directory)
+    try:
+        with open(os.path.join(directory, PRESET_CONFIG)) as f:
+            config = json.load(f)
+    except ValueError as error:
+        raise ModelFileError(f"preset {directory}: {PRESET_CONFIG} is not valid JSON ({error}).") from None
+    if not isinstance(config, dict) or config.get("class_name") != "STTSegmenter":
+        found = config.get("class_name") if isinstance(config, dict) else type(config).__name__
+        raise ModelFileError(f"preset {directory} holds a {found!r}, not an stt-keras STTSegmenter.")
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"preset {directory}: its {PRESET_CONFIG} cannot be built: {message[:300]}") from error
+    if not isinstance(model, STTSegmenter):
+        raise ModelFileError(f"preset {directory} holds a {type(model).__name__}, not an stt-keras STTSegmenter.")
+    if model.num_classes != metadata.get("num_classes"):
+        raise ModelFileError(f"preset {directory}: its config has {model.num_classes} classes but {PRESET_METADATA} "
+                             f"says {metadata.get('num_classes')}.")
+    if load_weights:
+        if not model.built:
+            _build(model)
+        try:
+            model.load_weights(os.path.join(directory, PRESET_WEIGHTS))
+        except Exception as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelFileError(f"preset {directory}: {PRESET_WEIGHTS} does not fit its config: {message[:300]}") from error
+    model.preset_metadata = metadata
+    return model
+
+
+def _build(model, size=64):
+    import numpy as np
+
+    shape = (1, model.num_key_frames + 1, size, size, 3) if model.stt is not None else (1, size, size, 3)
+    model(np.zeros(shape, np.uint8))

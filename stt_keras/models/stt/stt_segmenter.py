@@ -1,9 +1,12 @@
 """STTSegmenter: shared encoder on every frame -> Sparse Temporal Transformer -> decoder."""
 
+import os
+
 import keras
 import tensorflow as tf
 
 from stt_keras.layers import SparseTemporalTransformer
+from stt_keras.metrics import IGNORE_LABEL, MeanIoU
 from stt_keras.models.bisenet.bisenet_decoder import BiSeNetDecoder
 from stt_keras.models.bisenet.bisenet_encoder import BiSeNetEncoder
 from stt_keras.models.pspnet.pspnet_decoder import PSPNetDecoder
@@ -21,6 +24,40 @@ _MODEL_KEYS = {"stop_key_gradients", "aux_weight"}
 def list_presets():
     """{preset name: description} of every model `STTSegmenter.from_preset` can build."""
     return {name: recipe["description"] for name, recipe in PRESETS.items()}
+
+
+_PROBABILITY_LOSSES = (
+    keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy,
+    keras.losses.BinaryCrossentropy, keras.losses.CategoricalFocalCrossentropy,
+)
+_PROBABILITY_FUNCTIONS = (
+    keras.losses.sparse_categorical_crossentropy, keras.losses.categorical_crossentropy,
+    keras.losses.binary_crossentropy,
+)
+_WHAT_TO_PASS = ("call compile() without `loss` (sparse cross-entropy from logits that skips label 255, plus "
+                 "aux_weight times the same loss on the auxiliary head) or pass "
+                 "keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)")
+
+
+def _check_loss(loss):
+    """ValueError for a loss that would silently train the wrong thing on this model's logits."""
+    if loss is None:
+        return
+    if isinstance(loss, str):
+        raise ValueError(
+            f"STTSegmenter.compile(loss={loss!r}): a loss given by name is computed on probabilities "
+            f"(from_logits=False) and counts label 255 as a class, but this model outputs logits; {_WHAT_TO_PASS}.")
+    if isinstance(loss, (list, tuple, dict)):
+        raise ValueError(f"STTSegmenter has one output (logits); pass one loss, not {type(loss).__name__}. "
+                         f"Or {_WHAT_TO_PASS}.")
+    if isinstance(loss, _PROBABILITY_LOSSES) and not loss.get_config().get("from_logits", False):
+        raise ValueError(f"STTSegmenter.compile: {type(loss).__name__}(from_logits=False) takes probabilities, but this "
+                         f"model outputs logits; pass from_logits=True (and ignore_class=255), or {_WHAT_TO_PASS}.")
+    if loss in _PROBABILITY_FUNCTIONS:
+        raise ValueError(f"STTSegmenter.compile: keras.losses.{loss.__name__} defaults to from_logits=False, but this "
+                         f"model outputs logits; {_WHAT_TO_PASS}.")
+    if not callable(loss):
+        raise ValueError(f"STTSegmenter.compile: loss must be a keras Loss or a function, got {type(loss).__name__}.")
 
 
 def _is_multi_worker(strategy):
@@ -86,20 +123,52 @@ class STTSegmenter(keras.Model):
 
     # ----------------------------------------------------------- construction
     @classmethod
-    def from_preset(cls, name, num_classes, backbone_weights=None, **overrides):
-        """Builds a preset (see `list_presets()`), e.g. `from_preset("stt_psp18", num_classes=19)`.
+    def from_preset(cls, preset, num_classes=None, backbone_weights=None, load_weights=True, **overrides):
+        """A model from a built-in preset name or a preset directory, as in keras-hub.
+
+        - A built-in name (see `list_presets()`), e.g. `from_preset("stt_psp18",
+          num_classes=19)`: the architecture recipe, with random weights (or the
+          backbone's pretrained ones, `backbone_weights`). `num_classes` is required.
+        - A directory written by `save_to_preset`: its config and trained weights
+          (`load_weights=False`: the architecture only, freshly initialised).
+          `num_classes`, if given, must match; no other arguments apply.
+          `model.preset_metadata` then holds its metadata (labels, versions, ...).
 
         Args:
-            name: preset name.
+            preset: built-in preset name or preset directory.
             num_classes: output classes.
             backbone_weights: None, "imagenet" (KerasHub preset of the backbone) or a
-                KerasHub preset directory.
-            **overrides: STT arguments (top_ratio=0.3, key_selection="all", ...),
-                encoder/decoder arguments (feature_channels, head_channels,
-                output_stride, backbone) or stop_key_gradients / aux_weight.
+                KerasHub preset directory; built-in names only.
+            load_weights: for a directory, load its trained weights.
+            **overrides: built-in names only: STT arguments (top_ratio=0.3,
+                key_selection="all", ...), encoder/decoder arguments
+                (feature_channels, head_channels, output_stride, backbone) or
+                stop_key_gradients / aux_weight.
         """
+        name = preset
+        if isinstance(preset, (str, os.PathLike)) and str(preset) not in PRESETS and (
+                os.path.exists(preset) or os.sep in str(preset) or str(preset).startswith(".")):
+            from stt_keras import saving
+
+            if os.path.isfile(preset):
+                raise ValueError(f"{preset} is a file, not a preset directory; load a .keras file with "
+                                 "stt_keras.load_model (or keras.saving.load_model after `import stt_keras`).")
+            if not os.path.isdir(preset):
+                raise FileNotFoundError(f"No preset directory at {preset} (and {str(preset)!r} is not a built-in preset "
+                                        f"name: {', '.join(sorted(PRESETS))}).")
+            given = sorted(k for k, v in {**overrides, "backbone_weights": backbone_weights}.items() if v is not None)
+            if given:
+                raise ValueError(f"from_preset({str(preset)!r}) loads a saved model; {given} apply to built-in preset "
+                                 "names only.")
+            model = saving.load_preset(os.fspath(preset), load_weights=load_weights)
+            if num_classes is not None and num_classes != model.num_classes:
+                raise ValueError(f"Preset {preset} has {model.num_classes} classes, not num_classes={num_classes}.")
+            return model
+        if num_classes is None and name in PRESETS:
+            raise ValueError(f"from_preset({name!r}) builds a new model: pass num_classes (the number of classes).")
         if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}. Available presets: {', '.join(sorted(PRESETS))}.")
+            raise ValueError(f"Unknown preset {name!r}: not a built-in preset ({', '.join(sorted(PRESETS))}) "
+                             "and not a preset directory (no folder at that path).")
         unknown = set(overrides) - _STT_KEYS - _ARCH_KEYS - _MODEL_KEYS - {"dtype"}
         if unknown:
             raise ValueError(
@@ -198,12 +267,67 @@ class STTSegmenter(keras.Model):
                 self._aux_logits = aux if training else None
         return tf.cast(logits, tf.float32)
 
+    # --------------------------------------------------------------- training
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", ignore_label=IGNORE_LABEL, **kwargs):
+        """Configures training; every argument has a default, as keras-hub tasks do.
+
+        `model.compile()` then `model.fit(dataset)` trains on batches of
+        (clip uint8 [B, T+1, H, W, 3], labels int [B, H, W]) for an STT model, or
+        (frames [B, H, W, 3], labels) for a per-frame one; the label is that of
+        the clip's last frame, values 0..num_classes-1, and `ignore_label` (255)
+        for pixels without a label.
+
+        Args:
+            optimizer: "auto" is SGD(learning_rate=0.01, momentum=0.9,
+                weight_decay=1e-4), stt-train's optimizer without its polynomial
+                decay (pass your own optimizer for a schedule).
+            loss: "auto" is sparse categorical cross-entropy from logits that
+                skips `ignore_label` pixels (mean over the labelled pixels). `fit`
+                adds `aux_weight` times the same loss on the auxiliary head's
+                logits (PSPNet/BiSeNet decoders). A loss object or function you
+                pass is used for both; it receives logits. A loss given by name
+                (e.g. "sparse_categorical_crossentropy") is refused with a
+                ValueError: Keras computes those on probabilities
+                (from_logits=False) and would count label 255 as a class.
+            metrics: "auto" is `[stt_keras.metrics.MeanIoU(num_classes, ignore_label)]`.
+            ignore_label: the label value of unlabelled pixels, for the "auto"
+                loss and metric.
+            **kwargs: the rest of `keras.Model.compile` (jit_compile, ...).
+
+        Example:
+        >>> model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=3)
+        >>> model.compile()
+        >>> config = model.loss.get_config()
+        >>> config["from_logits"], config["ignore_class"], model.metrics_names
+        (True, 255, ['loss', 'compile_metrics'])
+        """
+        if isinstance(optimizer, str) and optimizer == "auto":
+            optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, weight_decay=1e-4)
+        if isinstance(loss, str) and loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_label)
+        else:
+            _check_loss(loss)
+        if isinstance(metrics, str) and metrics == "auto":
+            metrics = [MeanIoU(self.num_classes, ignore_label=ignore_label)]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips compile() on load for a model whose compile() is overridden;
+        # this one takes the saved (already resolved) optimizer, loss and metrics.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         # The auxiliary head (computed in the same traced train step) adds its
-        # loss with `aux_weight`, through the loss function given to compile().
-        if training and self._aux_logits is not None and callable(self.loss):
-            loss = loss + self.aux_weight * self.loss(y, self._aux_logits, sample_weight)
+        # loss with `aux_weight`, through the loss given to compile().
+        # Keras' own wrapper of that loss (`_compile_loss`) reduces it exactly as
+        # the main term (a plain function's ignore mask included).
+        compiled = getattr(self, "_compile_loss", None)
+        if training and self._aux_logits is not None and compiled is not None:
+            loss = loss + self.aux_weight * tf.cast(compiled(y, self._aux_logits, sample_weight), loss.dtype)
         return loss
 
     def train_step(self, data):
@@ -270,10 +394,31 @@ class STTSegmenter(keras.Model):
         logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
         return logits, tf.concat([state[:, 1:], current], axis=1)
 
+    def save_to_preset(self, preset_dir, labels=None, colors=None):
+        """Writes this (trained) model as a preset directory that `from_preset(preset_dir)` loads.
+
+        Writes config.json, model.weights.h5 and metadata.json (class count, the
+        label names and RGB colours if given, the architecture preset name,
+        library versions, checksums), atomically: the directory appears complete
+        or not at all, and only an empty folder or an earlier preset is replaced.
+
+        Args:
+            preset_dir: the folder to write.
+            labels: optional class names, one per class.
+            colors: optional [r, g, b] (0..255) per class; needs `labels`.
+
+        Returns the metadata dict.
+        """
+        from stt_keras import saving
+
+        if labels is None and colors is None and getattr(self, "preset_metadata", None):
+            labels, colors = self.preset_metadata.get("labels"), self.preset_metadata.get("colors")
+        return saving.save_preset(self, preset_dir, labels=labels, colors=colors)
+
     # ---------------------------------------------------------------- config
     def get_config(self):
         return {
-            "name": self.name,
+            **super().get_config(),  # name, trainable, dtype policy
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "decoder": keras.saving.serialize_keras_object(self.decoder),
             "stt": None if self.stt is None else keras.saving.serialize_keras_object(self.stt),
