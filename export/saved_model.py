@@ -5,8 +5,11 @@ import tensorflow as tf
 from export import step as step_lib
 
 
-def save(model, directory, height, width):
+def save(model, directory, height, width, assets=()):
     """Writes a SavedModel with two signatures to `directory` (a TF Serving version folder).
+
+    `assets`: files copied into the SavedModel's assets/ (e.g. labels.json) and
+    tracked by it (`loaded.assets[i].asset_path` after `tf.saved_model.load`).
 
     serving_default: clip uint8 [1, T+1, H, W, 3] -> labels int32 [1, H, W], probabilities [1, H, W, classes]
     step:            frame uint8 [1, H, W, 3], state float32 [1, h, w, T*C], reset float32 [1]
@@ -17,6 +20,7 @@ def save(model, directory, height, width):
     # does): through the Keras model alone some were not saved, and the `step`
     # signature failed at load time with "Resource .../query_kernel does not exist".
     module.keras_variables = [v.value for v in model.variables]
+    module.assets = [tf.saved_model.Asset(path) for path in assets]
     module.clip = step_lib.make_clip_function(model, height, width)
     signatures = {"serving_default": module.clip.get_concrete_function()}
     if model.stt is not None:

@@ -241,3 +241,82 @@ def camvid_colour_to_index(colour_label):
     for index, colour in enumerate(CAMVID_COLOURS):
         out[np.all(colour_label == colour, axis=-1)] = index
     return out
+
+
+def _ordered_frames(folder):
+    """Frame paths of one sequence folder in stream order; FileNotFoundError naming the first gap in a numbering."""
+    frames = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith((".png", ".jpg", ".jpeg")))
+    numbering = _numbering(frames)
+    if numbering is None:
+        return frames
+    position, path_of = numbering
+    ordered = [path_of(i) for i in range(max(position.values()) + 1)]
+    missing = next((p for p in ordered if not os.path.isfile(p)), None)
+    if missing is not None:
+        raise FileNotFoundError(f"Sequence {folder} has a gap in its frame numbering: {missing} does not exist "
+                                "(streaming needs every frame).")
+    return ordered
+
+
+def folder_sequences(root):
+    """[(name, frame paths in stream order, {frame index: label path})] of the generic folder layout, every sequence whole.
+
+    For streaming evaluation and calibration: `{root}/frames/{seq}/` as in
+    `folder_samples`, labels optional (`{root}/labels/{seq}/{stem}.png`); a gap in
+    a numbered sequence or a label without its frame is an error naming it.
+    """
+    frames_root = os.path.join(root, "frames")
+    if not os.path.isdir(frames_root):
+        raise FileNotFoundError(f"No frame folders at {frames_root} (expected {root}/frames/SEQUENCE/*.png|jpg).")
+    sequences = []
+    for seq in sorted(os.listdir(frames_root)):
+        if not os.path.isdir(os.path.join(frames_root, seq)):
+            continue
+        paths = _ordered_frames(os.path.join(frames_root, seq))
+        if not paths:
+            continue
+        index = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(paths)}
+        labels = {}
+        for label in sorted(glob.glob(os.path.join(root, "labels", seq, "*.png"))):
+            stem = os.path.splitext(os.path.basename(label))[0]
+            if stem not in index:
+                raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(frames_root, seq)}.")
+            labels[index[stem]] = label
+        sequences.append((seq, paths, labels))
+    if not sequences:
+        raise FileNotFoundError(f"No frames (*.png, *.jpg) in any folder under {frames_root}.")
+    return sequences
+
+
+def camvid_sequences(root, split, before=19, after=10):
+    """[(name, frame paths, {index: label path})]: a snippet around every labelled CamVid frame, for streaming evaluation.
+
+    Each snippet is the labelled frame, up to `before` frames before it (fewer at the
+    start of a recording) and up to `after` after it (fewer at its end), as the
+    Cityscapes protocol does (19 before, 10 after). A missing frame before the label
+    is an error naming it.
+    """
+    label_dir = os.path.join(root, "labels", split)
+    if not os.path.isdir(label_dir):
+        raise FileNotFoundError(f"No CamVid labels at {label_dir}.")
+    pattern = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.png$")
+    sequences, firsts = [], {}
+    for label in sorted(glob.glob(os.path.join(label_dir, "*.png"))):
+        m = pattern.match(os.path.basename(label))
+        if m is None:
+            raise ValueError(f"CamVid label {label} is not named {{sequence}}_{{frame}}.png.")
+        seq, frame = m["seq"], int(m["frame"])
+        if seq not in firsts:
+            firsts[seq] = _first_camvid_frame(root, seq)
+        path_of = lambda f, seq=seq: os.path.join(root, "frames", seq, f"{seq}_{f:06d}.png")  # noqa: E731
+        paths = [path_of(f) for f in range(max(firsts[seq], frame - before), frame + 1)]
+        missing = next((p for p in paths if not os.path.isfile(p)), None)
+        if missing is not None:
+            raise FileNotFoundError(f"CamVid label {label} needs frame {missing}, which does not exist.")
+        labelled = len(paths) - 1
+        paths += [p for p in map(path_of, range(frame + 1, frame + after + 1))]
+        end = next((i for i, p in enumerate(paths) if not os.path.isfile(p)), len(paths))
+        sequences.append((f"{seq}_{frame:06d}", paths[:end], {labelled: label}))
+    if not sequences:
+        raise FileNotFoundError(f"No CamVid labels (*.png) in {label_dir}.")
+    return sequences

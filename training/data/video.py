@@ -99,3 +99,41 @@ def make_sequence_dataset(sequences, num_key_frames, batch_size, crop_size=None,
     # One row per sample: (label row, the clip's frame indices, oldest first).
     samples = np.concatenate([np.array(label_rows, np.int64)[:, None], np.stack(clips)], axis=1)
     return sample_dataset(samples, load, batch_size, training, seed, repeat, skip)
+
+
+class VideoFrames:
+    """The frames of a video file decoded one at a time: len() (the container's frame count) and iteration.
+
+    Iteration raises ValueError if the video ends before the frame count it
+    declares (truncated), like `read_video`.
+    """
+
+    def __init__(self, path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No video file at {path}.")
+        capture = cv2.VideoCapture(path)
+        if not capture.isOpened():
+            raise ValueError(f"OpenCV cannot open video {path} (unknown container or codec).")
+        self.path = path
+        self.declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        capture.release()
+
+    def __len__(self):
+        return max(self.declared, 0)
+
+    def __iter__(self):
+        capture = cv2.VideoCapture(self.path)
+        count = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                count += 1
+                yield frame[..., ::-1]
+        finally:
+            capture.release()
+        if count == 0:
+            raise ValueError(f"Video {self.path} has no decodable frame (empty or corrupt).")
+        if self.declared > 0 and count < self.declared:
+            raise ValueError(f"Video {self.path} is truncated: {count} frames decoded of {self.declared} declared.")
