@@ -552,6 +552,9 @@ def _frames_for_checks(args, model, size, report, calibration, label_source):
         report["warnings"].append(warning)
         print(f"{LOUD}\nstt-export: WARNING: {warning}\n{LOUD}", file=sys.stderr, flush=True)
     meaningful = mismatch is None and label_source.startswith("built-in synthetic")
+    if not meaningful:  # the synthetic truth is not in this model's classes: no mIoU (labels all ignored)
+        parity_sequences = [(frames, np.full(labels.shape, calibration.IGNORE, np.uint8))
+                            for frames, labels in parity_sequences]
     return None, calib_text, parity_sequences, parity_text, meaningful
 
 

@@ -236,3 +236,213 @@ def legend_text_mask(names):
     image = np.zeros((H, W, 3), np.uint8)
     overlay.draw_legend(image, names, [[0, 0, 0]] * len(names), fps=None)
     return (image == 255).all(axis=-1)
+
+
+# ------------------------------------------------------------------ labels files
+
+
+def test_labels_file_text_and_json_forms(tmp_path):
+    from export.labels import class_names_for, default_palette, read_labels_file
+
+    text = tmp_path / "labels.txt"
+    text.write_text("# comment\n\nroad 128 64 128\ntraffic light #FAAA1E\ncar\nsky,70,130,180\n")
+    names, palette = read_labels_file(str(text), 4)
+    assert names == ["road", "traffic light", "car", "sky"]
+    assert palette == [[128, 64, 128], [250, 170, 30], default_palette(1)[0], [70, 130, 180]]
+    for data in ([{"name": "road", "color": [128, 64, 128]}, {"name": "car"}],
+                 {"classes": ["road", "car"], "palette": [[128, 64, 128], None]},
+                 ["road", "car"]):
+        path = tmp_path / "labels.json"
+        path.write_text(json.dumps(data))
+        names, palette = read_labels_file(str(path), 2)
+        assert names == ["road", "car"] and len(palette) == 2 and palette[1] not in palette[:1]
+        if data != ["road", "car"]:
+            assert palette[0] == [128, 64, 128]
+    # No --labels and no built-in set of this size: generic names; a built-in set by its class count otherwise.
+    assert class_names_for(None, 3)[0] == ["class_0", "class_1", "class_2"]
+    assert class_names_for(None, 19)[2] == "built-in cityscapes (by class count)"
+    assert len({tuple(c) for c in default_palette(40)}) == 40
+
+
+@pytest.mark.parametrize("content, message", [
+    ("road\ncar\n", "has 2 classes but the model predicts 3"),
+    ("road\ncar\nroad\n", "unique; repeated: \\['road'\\]"),
+    ("road 300 0 0\ncar\nsky\n", "0-255"),
+    ('[{"color": [1, 2, 3]}, "a", "b"]', "entry 0 has no 'name'"),
+    ('{"classes": ["a", "b", "c"], "palette": [[1, 2]]}', "'palette' has 1 colours for 3 classes"),
+    ('["a", "b", ', "not valid JSON"),
+])
+def test_bad_labels_files_are_named(tmp_path, content, message):
+    from export.labels import read_labels_file
+
+    path = tmp_path / ("labels.json" if content.startswith(("[", "{")) else "labels.txt")
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_labels_file(str(path), 3)
+
+
+# ------------------------------------------------------------------ calibration data sources
+
+
+def test_calibration_data_from_a_folder_layout_is_letterboxed_with_its_labels(tmp_path):
+    from edge_demo.overlay import letterbox
+    from export.calibration import UserData
+
+    data = write_dataset(str(tmp_path / "data"), splits=(("val", 2),), frames=6)
+    user = UserData(str(tmp_path / "data"), 32, 96, 3, split="val")  # the dataset root: its val/ split is used
+    assert user.kind == "folder layout (split val)" and user.total_frames == 12 and user.has_labels
+    sequences, text, overlaps = user.segments(2, 3)
+    assert not overlaps and [len(f) for f, _ in sequences] == [3, 3]
+    assert "2 segment(s), 6 frames (6 labelled) of 2 sequence(s) / 12 frames, letterboxed to 32x96" in text
+    # Two back-to-back cuts per sequence (0-3, 3-6): spread over the four, the first and the last.
+    assert [(c[0].name, c[1]) for c in user.last_cuts] == [("val_walk0", 0), ("val_walk1", 3)]
+    frame = cv2.imread(os.path.join(data, "val", "frames", "val_walk0", "frame_000.png"))[..., ::-1]
+    expected, box = letterbox(frame, 32, 96)
+    np.testing.assert_array_equal(sequences[0][0][0], expected)
+    label = cv2.imread(os.path.join(data, "val", "labels", "val_walk0", "frame_000.png"), cv2.IMREAD_UNCHANGED)
+    top, left, ch, cw = box
+    assert (sequences[0][1][0][:, :left] == 255).all()  # the letterbox's padding is ignored
+    np.testing.assert_array_equal(sequences[0][1][0][top:top + ch, left:left + cw],
+                                  cv2.resize(label, (cw, ch), interpolation=cv2.INTER_NEAREST))
+    # Parity segments avoid the calibration frames while there are others.
+    _, _, overlaps = user.segments(2, 3, exclude=user.last_cuts)
+    assert not overlaps and [(c[0].name, c[1]) for c in user.last_cuts] == [("val_walk0", 3), ("val_walk1", 0)]
+
+
+def test_calibration_data_from_a_video_and_a_glob(tmp_path):
+    from export.calibration import UserData
+
+    video = str(tmp_path / "drive.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, (W, H))
+    for t in range(9):
+        writer.write(np.full((H, W, 3), 20 * t, np.uint8))
+    writer.release()
+    user = UserData(video, H, W, 3)
+    sequences, text, _ = user.segments(3, 3)
+    assert user.kind == "video file" and not user.has_labels and text.startswith(f"video file {video}: 3 segment(s)")
+    # Segments 0-3, 3-6, 6-9 in decoding order (MJPG is lossy: +-4).
+    assert np.abs(np.concatenate([f[:, 5, 5, 0] for f, _ in sequences]).astype(int) - 20 * np.arange(9)).max() <= 4
+    assert all((labels == 255).all() for _, labels in sequences)
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for t in range(4):
+        cv2.imwrite(str(folder / f"s{t}.png"), np.full((H, W, 3), 50 * t, np.uint8))
+    user = UserData(str(folder / "*.png"), H, W, 3)
+    sequences, text, _ = user.segments(1, 4)
+    assert user.kind == "frames matching a glob" and "4 frames (0 labelled)" in text
+    np.testing.assert_array_equal(sequences[0][0][:, 0, 0, 0], [0, 50, 100, 150])
+    with pytest.raises(FileNotFoundError, match="matches no image file"):
+        UserData(str(tmp_path / "nothing" / "*.png"), H, W, 3)
+    (tmp_path / "labels_only").mkdir()
+    (tmp_path / "labels_only" / "notes.txt").write_text("no frames here")
+    with pytest.raises(FileNotFoundError, match="no frames found"):
+        UserData(str(tmp_path / "labels_only"), H, W, 3)
+
+
+def test_calibration_labels_outside_the_classes_are_named(tmp_path):
+    from export.calibration import UserData
+
+    data = write_dataset(str(tmp_path / "data"), splits=(("val", 1),), frames=3)
+    with pytest.raises(ValueError, match=r"label values \[2\] are outside the 2 classes"):
+        UserData(os.path.join(data, "val"), H, W, 2).segments(1, 3)
+
+
+def test_synthetic_calibration_warning_knows_the_training_data(tmp_path):
+    from export.calibration import synthetic_mismatch
+
+    model = tmp_path / "run" / "best.keras"
+    model.parent.mkdir()
+    assert synthetic_mismatch(str(model), 6, 6) is None  # no record, the synthetic class count: no reason to warn
+    reason, _ = synthetic_mismatch(str(model), 3, 6)
+    assert "predicts 3 classes" in reason
+    (model.parent / "run.json").write_text(json.dumps({"settings": {"dataset": "folder", "data_root": "/data/mine",
+                                                                    "val_split": "val"}}))
+    reason, hint = synthetic_mismatch(str(model), 6, 6)
+    assert "--dataset folder" in reason and hint == " (e.g. --calibration-data /data/mine/val)"
+    (model.parent / "run.json").write_text(json.dumps({"settings": {"dataset": "synthetic"}}))
+    assert synthetic_mismatch(str(model), 6, 6) is None
+
+
+def test_export_of_a_three_class_model_without_labels_or_data_warns(tmp_path, capsys):
+    """A model with a non-built-in class count exports (generic names); synthetic calibration of it is flagged loudly."""
+    from export import cli as export_cli
+    from stt_keras.models import STTSegmenter
+
+    model = STTSegmenter.from_preset("psp_tiny", num_classes=3)
+    model(np.zeros((1, H, W, 3), np.uint8))
+    path = str(tmp_path / "run" / "last.keras")
+    os.makedirs(os.path.dirname(path))
+    model.save(path)
+    with open(os.path.join(tmp_path, "run", "run.json"), "w") as f:
+        json.dump({"settings": {"dataset": "folder", "data_root": "/data/mine", "val_split": "val"}}, f)
+    out = str(tmp_path / "export")
+    report = export_cli.run_export(export_cli.build_parser().parse_args(
+        ["--model", path, "--out", out, "--size", f"{H}x{W}", "--formats", "tflite", "--quantizations", "float32",
+         "--parity-sequences", "1", "--parity-frames", "2", "--gpu-check", "off"]))
+    err = capsys.readouterr().err
+    assert "no built-in label set has 3 classes" in err
+    assert "*" * 100 + "\nstt-export: WARNING: this model is not a synthetic-video model (it was trained on --dataset folder" in err
+    assert "--calibration-data /data/mine/val" in err
+    assert report["warnings"] and "SYNTHETIC" in report["warnings"][0]
+    assert "**WARNING: this model is not a synthetic-video model" in open(os.path.join(out, "export_report.md")).read()
+    meta = json.load(open(os.path.join(out, "frame_float32.json")))
+    assert meta["classes"] == ["class_0", "class_1", "class_2"] and len(meta["palette"]) == 3
+    assert "miou" not in report["files"]["frame_float32.tflite"]["parity"]  # synthetic truth means nothing here
+    assert report["parity_data"].startswith("synthetic video, seed 1000: 1 sequences x 2 frames")
+
+
+# ------------------------------------------------------------------ stt-eval datasets
+
+
+def test_eval_streams_a_video_like_its_decoded_frames(tmp_path):
+    """--dataset video (frames decoded one at a time) gives the numbers of the same frames held in memory."""
+    from stt_keras.models import STTSegmenter
+    from training.data.video import read_video
+    from training.evaluate import evaluate, video_sequences
+
+    video = str(tmp_path / "walk.mkv")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"FFV1"), 10, (W, H))
+    rng = np.random.default_rng(1)
+    os.makedirs(tmp_path / "labels")
+    for t in range(5):
+        image, label = scene(t, 0, rng)
+        writer.write(image[..., ::-1])
+        if t % 2 == 0:
+            cv2.imwrite(str(tmp_path / "labels" / f"{t:06d}.png"), label)
+    writer.release()
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=3)
+    lazy = evaluate(model, video_sequences(video, str(tmp_path / "labels"), 3), 3)
+    frames = read_video(video)
+    labels = {t: cv2.imread(str(tmp_path / "labels" / f"{t:06d}.png"), cv2.IMREAD_UNCHANGED) for t in (0, 2, 4)}
+    held = evaluate(model, [(frames, labels)], 3)
+    for key in ("miou", "tc", "tc_occlusion_masked"):
+        assert lazy[key] == held[key]
+    assert lazy["frames_timed"] == 4
+
+
+def test_camvid_snippets_around_each_label(tmp_path):
+    from training.data.readers import camvid_sequences
+
+    root = str(tmp_path)
+    for f in range(1, 41):
+        os.makedirs(os.path.join(root, "frames", "0001TP"), exist_ok=True)
+        cv2.imwrite(os.path.join(root, "frames", "0001TP", f"0001TP_{f:06d}.png"), np.zeros((4, 4, 3), np.uint8))
+    os.makedirs(os.path.join(root, "labels", "test"))
+    for f in (5, 35):
+        cv2.imwrite(os.path.join(root, "labels", "test", f"0001TP_{f:06d}.png"), np.zeros((4, 4), np.uint8))
+    (a, pa, la), (b, pb, lb) = camvid_sequences(root, "test")
+    # Frame 5: frames 1..5 before (the recording starts at 1), 6..15 after; frame 35: 16..35, then 36..40.
+    assert [int(p[-10:-4]) for p in pa] == list(range(1, 16)) and la == {4: la[4]}
+    assert [int(p[-10:-4]) for p in pb] == list(range(16, 41)) and list(lb) == [19]
+    os.remove(os.path.join(root, "frames", "0001TP", "0001TP_000030.png"))
+    with pytest.raises(FileNotFoundError, match="0001TP_000030.png"):
+        camvid_sequences(root, "test")
+
+
+def test_eval_folder_sequence_with_a_gap_is_named(tmp_path):
+    from training.data.readers import folder_sequences
+
+    data = write_dataset(str(tmp_path / "data"), splits=(("val", 1),), frames=4)
+    os.remove(os.path.join(data, "val", "frames", "val_walk0", "frame_002.png"))
+    with pytest.raises(FileNotFoundError, match="frame_002.png does not exist"):
+        folder_sequences(os.path.join(data, "val"))
