@@ -446,3 +446,22 @@ def test_eval_folder_sequence_with_a_gap_is_named(tmp_path):
     os.remove(os.path.join(data, "val", "frames", "val_walk0", "frame_002.png"))
     with pytest.raises(FileNotFoundError, match="frame_002.png does not exist"):
         folder_sequences(os.path.join(data, "val"))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_run_files_respect_the_umask(tmp_path, umask, mode):
+    """last.keras / best.keras / JSON are written through a temporary file and a rename, with the umask's mode."""
+    import keras
+
+    from training.callbacks import atomic_save, atomic_write_json
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    old = os.umask(umask)
+    try:
+        atomic_save(model, str(tmp_path / "last.keras"))
+        atomic_write_json(str(tmp_path / "run.json"), {"a": 1})
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(tmp_path)) == ["last.keras", "run.json"]  # no temporary left
+    for name in ("last.keras", "run.json"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == mode

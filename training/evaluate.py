@@ -319,7 +319,8 @@ def dataset_sequences(args, num_classes, size=None):
         from export.labels import class_names_for
 
         names, _, _ = class_names_for(args.labels, num_classes)
-    return (lambda: sequences), names, f"{args.dataset} {args.data_root}" + (
+    where = folder_root(args.data_root, args.split) if args.dataset == "folder" else args.data_root
+    return (lambda: sequences), names, f"{args.dataset} {where}" + (
         f" (split {args.split})" if args.dataset in ("cityscapes", "camvid") else "")
 
 
