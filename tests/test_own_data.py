@@ -110,9 +110,11 @@ def test_own_data_train_eval_export_edge_demo(tmp_path):
     check_edge_demo(out, data, tmp_path, in_process=False)
 
 
-def test_own_data_eval_export_edge_demo_fast(tmp_path):
+def test_own_data_eval_export_edge_demo_fast(tmp_path, capsys, monkeypatch):
     """The same path without training (a random 3-class model saved by hand), in one process: the default suite's variant."""
     import stt_keras  # noqa: F401
+
+    monkeypatch.setenv("STT_KERAS_PROGRESS_SECONDS", "0")  # a progress line at every frame
     from stt_keras.models import STTSegmenter
 
     data = write_dataset(str(tmp_path / "data"), splits=(("val", 1),), frames=6)
@@ -129,6 +131,11 @@ def test_own_data_eval_export_edge_demo_fast(tmp_path):
     out = str(tmp_path / "export")
     export_cli.run_export(export_cli.build_parser().parse_args(export_args(model_path, out, data, labels_file)))
     check_export(out, data, calibration=(2, 8), parity=(1, 4))
+    err = capsys.readouterr().err
+    for line in ("stt-eval: 6/6 frames (100%), ", "stt-export: int8 calibration (pass 1): 8/8 frames (100%), ",
+                 "stt-export: parity, stt_int8.tflite: 4/4 frames (100%), ", "stt-export: parity, Keras reference: 1/4 frames (25%)\n"):
+        assert line in err, line
+    assert "ETA" in err
     check_edge_demo(out, data, tmp_path, in_process=True)
 
 
