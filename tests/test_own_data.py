@@ -472,3 +472,32 @@ def test_run_files_respect_the_umask(tmp_path, umask, mode):
     assert sorted(os.listdir(tmp_path)) == ["last.keras", "run.json"]  # no temporary left
     for name in ("last.keras", "run.json"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == mode
+
+
+def test_stt_eval_camvid_cli_scores_the_labelled_frames(tmp_path):
+    """stt-eval --dataset camvid: snippets around each label, CamVid's class names, mIoU of the labelled frames."""
+    from stt_keras.models import STTSegmenter
+    from test_metrics import numpy_miou
+    from training.data.readers import CAMVID_CLASSES
+    from training.evaluate import build_parser, run
+
+    root = str(tmp_path / "camvid")
+    rng = np.random.default_rng(3)
+    os.makedirs(os.path.join(root, "frames", "Seq05VD"))
+    os.makedirs(os.path.join(root, "labels", "test"))
+    for f in range(1, 7):
+        cv2.imwrite(os.path.join(root, "frames", "Seq05VD", f"Seq05VD_{f:06d}.png"),
+                    rng.integers(0, 255, (32, 64, 3), dtype=np.uint8))
+    label = rng.integers(0, 11, (32, 64)).astype(np.uint8)
+    label[:4] = 255
+    cv2.imwrite(os.path.join(root, "labels", "test", "Seq05VD_000004.png"), label)
+    model = STTSegmenter.from_preset("psp_tiny", num_classes=11)
+    model(np.zeros((1, 32, 64, 3), np.uint8))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    results = run(build_parser().parse_args(["--model", path, "--dataset", "camvid", "--data-root", root,
+                                             "--split", "test", "--out", str(tmp_path / "eval")]))
+    frame = cv2.imread(os.path.join(root, "frames", "Seq05VD", "Seq05VD_000004.png"))[..., ::-1]
+    pred = np.asarray(model(frame[None])[0]).argmax(-1)
+    np.testing.assert_allclose(results["miou"], numpy_miou(label.ravel().astype(np.int64), pred.ravel(), 11), rtol=1e-6)
+    assert results["class_names"] == list(CAMVID_CLASSES) and results["frames_timed"] == 5  # frames 1..6, one snippet
