@@ -196,7 +196,8 @@ def available_memory():
 
 def build_parser():
     p = argparse.ArgumentParser(prog="stt-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a .keras file from stt-train (loaded in safe mode)")
+    p.add_argument("--model", required=True,
+                   help="a .keras file from stt-train (loaded in safe mode), or a preset directory (save_to_preset)")
     p.add_argument("--out", required=True, help="export folder, e.g. exports/stt_psp18")
     p.add_argument("--size", default="128x256", help="frame size HxW the exported models take (default 128x256)")
     p.add_argument("--labels", default=None,
@@ -302,8 +303,8 @@ def run_export(args):
         if getattr(args, name) < 1:
             raise UserError(f"stt-export: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     plan_files(formats, forms, quantizations, explicit_quantizations, interfaces)  # before the model is read
-    if not os.path.isfile(args.model):
-        raise UserError(f"stt-export: model file not found: {args.model}")
+    if not (os.path.isfile(args.model) or os.path.isfile(os.path.join(args.model, "config.json"))):
+        raise UserError(f"stt-export: model file (or preset directory with config.json) not found: {args.model}")
     check_destination(args.out, protected=[args.model])
 
     model = stt_keras.load_model(args.model, compile=False)
@@ -322,7 +323,15 @@ def run_export(args):
                 f"stt-export: exporting at --size {size[0]}x{size[1]} needs about {needed / 2**30:.1f} GiB "
                 f"(estimate), {available / 2**30:.1f} GiB is available; use a smaller --size or pass --no-memory-check.")
     try:
-        class_names, palette, label_source = label_sets.class_names_for(args.labels, model.num_classes)
+        preset = getattr(model, "preset_metadata", None) or {}  # a preset directory's names and colours
+        if not args.labels and preset.get("labels"):
+            class_names = list(preset["labels"])
+            palette = preset.get("colors") or label_sets.default_palette(len(class_names))
+            label_source = f"preset metadata {os.path.abspath(args.model)}"
+            if len(class_names) != model.num_classes:
+                raise ValueError(f"the preset names {len(class_names)} classes, the model predicts {model.num_classes}.")
+        else:
+            class_names, palette, label_source = label_sets.class_names_for(args.labels, model.num_classes)
     except ValueError as error:
         raise UserError(f"stt-export: --labels: {error}") from None
     labels = (class_names, palette)

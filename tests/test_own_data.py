@@ -97,13 +97,25 @@ def test_own_data_train_eval_export_edge_demo(tmp_path):
     check_eval(model_path, data, labels_file, tmp_path)
 
     # --------------------------------------------------------- save / reload as a preset directory
-    # LEAD: after merging #15's Keras side, save and reload the trained model as a preset directory here:
-    #   preset = str(tmp_path / "preset"); stt_keras.load_model(model_path).save_to_preset(preset)
-    #   reloaded = STTSegmenter.from_preset(preset)   # then export `reloaded` (saved to .keras) below,
-    # and check its logits equal the original's on a val clip.
+    # #15's Keras side (helper C2's branch) adds save_to_preset / from_preset(directory). LEAD: after merging
+    # it, drop the `hasattr` guard so that this part always runs.
+    import stt_keras
+    from stt_keras.models import STTSegmenter
+
+    args = export_args(model_path, str(tmp_path / "export"), data, labels_file)
+    if hasattr(STTSegmenter, "save_to_preset"):
+        trained_model = stt_keras.load_model(model_path, compile=False)
+        preset = str(tmp_path / "preset")
+        trained_model.save_to_preset(preset, labels=NAMES, colors=COLOURS)
+        reloaded = STTSegmenter.from_preset(preset)
+        clip = np.stack([read_first_frame_png(data, t) for t in range(4)])[None]
+        np.testing.assert_array_equal(np.asarray(reloaded(clip)), np.asarray(trained_model(clip)))
+        # Export the preset directory itself, without --labels: its metadata carries the names and colours.
+        args[args.index("--model") + 1] = preset
+        del args[args.index("--labels"): args.index("--labels") + 2]
 
     out = str(tmp_path / "export")
-    exported = run_cli("export.cli", *export_args(model_path, out, data, labels_file))
+    exported = run_cli("export.cli", *args)
     assert "stt-export: WARNING" not in exported.stderr  # calibrated on its own frames: no synthetic warning
     report = check_export(out, data)
     assert report["files"]["stt_int8.tflite"]["parity"]["label_agreement"] >= 0.9
@@ -226,6 +238,10 @@ def check_edge_demo(out, data, tmp_path, in_process):
     assert (other & ~legend).any() and not (first[other & ~legend] == 255).all()  # not the generic names
     colour_box = first[6 + 14 + 4 + 2: 6 + 14 + 4 + 12, 8:18]  # the first legend box: class 0's colour (BGR)
     assert (colour_box == COLOURS[0][::-1]).all()
+
+
+def read_first_frame_png(data, t):
+    return cv2.imread(os.path.join(data, "val", "frames", "val_walk0", f"frame_{t:03d}.png"))[..., ::-1]
 
 
 def read_first_frame(path):
