@@ -110,6 +110,7 @@ def run(args):
     runner, meta = load_runner(args.model, args.threads, args.delegate, getattr(args, "accelerator", "cpu"))
     if hasattr(runner, "describe"):
         print(f"edge_demo: {runner.describe()}", flush=True)
+    print(f"edge_demo: {len(meta['classes'])} classes: {', '.join(map(str, meta['classes']))}", flush=True)
     model_h, model_w = meta["input_size"]
     capture, fps, promised = open_source(args)
     show = display_available(args)

@@ -30,8 +30,22 @@ export fails if it finds any). The GPU-form (and per-frame) float models are
 compiled for LiteRT's GPU accelerator when a Vulkan device is there (`--gpu-check`,
 see edge_demo/litert_gpu.py): the report says how many ops run on the GPU and how
 often its labels agree with LiteRT on the CPU.
-Parity: each exported model streams the same held-out synthetic sequences as
-the Keras model, each carrying its own state.
+Parity: each exported model streams the same held-out sequences as the Keras
+model, each carrying its own state.
+
+Your own data (docs/own_data.md):
+
+    stt-export --model runs/mine/best.keras --out exports/mine --size 256x512 \
+        --labels labels.txt --calibration-data data/mine/val
+
+`--labels` names the classes (a labels file: one name per line with an optional
+colour, or JSON; or a built-in set); they go into every model's metadata (the edge
+demo's legend), `labels.json` and the SavedModel's assets. `--calibration-data`
+(a folder layout the readers know, a video file, or a quoted glob of frames)
+supplies the int8 calibration frames and the parity frames; without it both are
+synthetic, and a model that was not trained on the synthetic video gets a loud
+warning. The report and manifest name the data used. Progress (frames, frames/s,
+ETA) of calibration and parity runs goes to stderr.
 """
 
 import argparse
@@ -182,10 +196,14 @@ def available_memory():
 
 def build_parser():
     p = argparse.ArgumentParser(prog="stt-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a .keras file from stt-train (loaded in safe mode)")
+    p.add_argument("--model", required=True,
+                   help="a .keras file from stt-train (loaded in safe mode), or a preset directory (save_to_preset)")
     p.add_argument("--out", required=True, help="export folder, e.g. exports/stt_psp18")
     p.add_argument("--size", default="128x256", help="frame size HxW the exported models take (default 128x256)")
-    p.add_argument("--labels", default=None, help="label set for the metadata: synthetic, cityscapes, camvid (default: by class count)")
+    p.add_argument("--labels", default=None,
+                   help="class names (and colours) for the metadata: a labels file (one name per line, optional colour "
+                        "'road 128 64 128' or '#804080'; or JSON), or a built-in set: synthetic, cityscapes, camvid "
+                        "(default: the built-in set with the model's class count, else class_0, class_1, ...)")
     p.add_argument("--formats", default="savedmodel,tflite,onnx", help="comma list of savedmodel, tflite, onnx")
     p.add_argument("--forms", default="default,gpu", help="comma list of step forms: default, gpu")
     p.add_argument("--interfaces", default="full", help="comma list of full (logits, float gpu-form frame), "
@@ -196,9 +214,14 @@ def build_parser():
     p.add_argument("--gpu-check", choices=("auto", "off", "require"), default="auto",
                    help="compile GPU-form float models for LiteRT's GPU accelerator and compare its labels with "
                         "the CPU (auto: when a Vulkan device is available; require: fail without one)")
-    p.add_argument("--calibration-sequences", type=int, default=4, help="synthetic sequences for int8 calibration")
-    p.add_argument("--calibration-frames", type=int, default=8)
-    p.add_argument("--parity-sequences", type=int, default=2, help="held-out synthetic sequences for parity")
+    p.add_argument("--calibration-data", default=None,
+                   help="frames for int8 calibration and parity: a folder in the generic layout (frames/SEQ/*.png, "
+                        "optional labels/SEQ/*.png) or a dataset root with SPLIT/frames, a CamVid or Cityscapes root, a "
+                        "folder of images, a video file, or a quoted glob of frames (default: the synthetic video)")
+    p.add_argument("--calibration-split", default="val", help="split of a --calibration-data dataset root")
+    p.add_argument("--calibration-sequences", type=int, default=4, help="segments for int8 calibration")
+    p.add_argument("--calibration-frames", type=int, default=8, help="consecutive frames per calibration segment")
+    p.add_argument("--parity-sequences", type=int, default=2, help="segments for the parity checks")
     p.add_argument("--parity-frames", type=int, default=8)
     p.add_argument("--threads", type=int, default=2, help="LiteRT/ONNX Runtime threads for parity runs")
     p.add_argument("--no-memory-check", action="store_true",
@@ -280,8 +303,8 @@ def run_export(args):
         if getattr(args, name) < 1:
             raise UserError(f"stt-export: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     plan_files(formats, forms, quantizations, explicit_quantizations, interfaces)  # before the model is read
-    if not os.path.isfile(args.model):
-        raise UserError(f"stt-export: model file not found: {args.model}")
+    if not (os.path.isfile(args.model) or os.path.isfile(os.path.join(args.model, "config.json"))):
+        raise UserError(f"stt-export: model file (or preset directory with config.json) not found: {args.model}")
     check_destination(args.out, protected=[args.model])
 
     model = stt_keras.load_model(args.model, compile=False)
@@ -300,18 +323,31 @@ def run_export(args):
                 f"stt-export: exporting at --size {size[0]}x{size[1]} needs about {needed / 2**30:.1f} GiB "
                 f"(estimate), {available / 2**30:.1f} GiB is available; use a smaller --size or pass --no-memory-check.")
     try:
-        label_name = args.labels or label_sets.guess_label_set(model.num_classes)
-        labels = label_sets.label_set(label_name, model.num_classes)
+        preset = getattr(model, "preset_metadata", None) or {}  # a preset directory's names and colours
+        if not args.labels and preset.get("labels"):
+            class_names = list(preset["labels"])
+            palette = preset.get("colors") or label_sets.default_palette(len(class_names))
+            label_source = f"preset metadata {os.path.abspath(args.model)}"
+            if len(class_names) != model.num_classes:
+                raise ValueError(f"the preset names {len(class_names)} classes, the model predicts {model.num_classes}.")
+        else:
+            class_names, palette, label_source = label_sets.class_names_for(args.labels, model.num_classes)
     except ValueError as error:
         raise UserError(f"stt-export: --labels: {error}") from None
+    labels = (class_names, palette)
+    if label_source.startswith("generic"):
+        print(f"stt-export: warning: no built-in label set has {model.num_classes} classes and no --labels was given; "
+              f"the classes are named {', '.join(class_names[:3])}{', ...' if len(class_names) > 3 else ''} "
+              "(pass --labels FILE to name them).", file=sys.stderr, flush=True)
     name = os.path.splitext(os.path.basename(args.model))[0]
 
     gpu = _gpu_checker(args.gpu_check)
-    report = {"model": os.path.abspath(args.model), "size": list(size), "labels": label_name, "files": {},
-              "gpu_accelerator": gpu.status}
-    # Parity frames: held-out synthetic sequences at the export size.
-    sequences = calibration.synthetic_frames(*size, args.parity_sequences, args.parity_frames, calibration.EVALUATION_SEED)
-    miou_meaningful = label_name == "synthetic"
+    report = {"model": os.path.abspath(args.model), "size": list(size), "labels": label_source,
+              "classes": class_names, "palette": palette, "files": {}, "gpu_accelerator": gpu.status, "warnings": []}
+    calibration_sequences, calibration_text, sequences, parity_text, miou_meaningful = _frames_for_checks(
+        args, model, size, report, calibration, label_source)
+    report["calibration_data"] = calibration_text
+    report["parity_data"] = parity_text
 
     def finish_parity(entry):
         if not miou_meaningful:
@@ -319,9 +355,12 @@ def run_export(args):
                 entry["parity"].pop(key, None)
 
     with atomic_directory(args.out) as tmp:
+        labels_json = os.path.join(tmp, "labels.json")
+        _write_json(labels_json, {"classes": class_names, "palette": palette, "source": label_source,
+                                  "ignore_label": 255})
         if "savedmodel" in formats:
             start = time.time()
-            signatures = saved_model.save(model, os.path.join(tmp, "saved_model", "1"), *size)
+            signatures = saved_model.save(model, os.path.join(tmp, "saved_model", "1"), *size, assets=[labels_json])
             report["saved_model"] = {"path": "saved_model/1", "signatures": signatures, "seconds": time.time() - start}
             print(f"stt-export: SavedModel with signatures {signatures} ({time.time() - start:.0f} s)", flush=True)
 
@@ -331,7 +370,7 @@ def run_export(args):
         if streaming:
             state_shape = reference_fn.get_concrete_function().structured_input_signature[0][1].shape.as_list()
         if formats - {"savedmodel"}:
-            reference = parity.stream(reference_fn, sequences, state_shape)
+            reference = parity.stream(_counted(reference_fn, "Keras reference", sequences), sequences, state_shape)
 
         for form in forms if formats - {"savedmodel"} else []:
             for interface in interfaces:
@@ -350,7 +389,8 @@ def run_export(args):
                         dataset = None
                         if quantization == "int8":
                             dataset = calibration.representative_dataset(
-                                fn, *size, state_shape, args.calibration_sequences, args.calibration_frames, frame_dtype)
+                                fn, *size, state_shape, args.calibration_sequences, args.calibration_frames, frame_dtype,
+                                sequences=calibration_sequences, description=calibration_text)
                         from export.gpu_step import STT_SCOPE
 
                         model_bytes, settings = tflite.convert(frozen, quantization, dataset,
@@ -366,7 +406,8 @@ def run_export(args):
                         checksum = _sha256_bytes(model_bytes)
                         # Parity runs the file as written (checked against its checksum), not the bytes in memory.
                         cpu_step = parity.TFLiteStep(path, args.threads, expected_sha256=checksum)
-                        candidate = parity.stream(cpu_step, sequences, state_shape, frame_dtype)
+                        candidate = parity.stream(_counted(cpu_step, filename, sequences), sequences, state_shape,
+                                                  frame_dtype)
                         entry = {
                             "form": form, "interface": interface, "quantization": quantization,
                             "bytes": len(model_bytes), "seconds": time.time() - start,
@@ -380,8 +421,8 @@ def run_export(args):
                                                                  frame_dtype, candidate)
                         finish_parity(entry)
                         meta = _metadata(model, name, form, quantization, size, labels, io,
-                                         {"converter": settings, "parity": entry["parity"], "ops": sorted({o for o, _ in ops}),
-                                          "sha256": checksum, "bytes": len(model_bytes)},
+                                         {"converter": settings, "parity": entry["parity"], "parity_data": parity_text,
+                                          "ops": sorted({o for o, _ in ops}), "sha256": checksum, "bytes": len(model_bytes)},
                                          interface, order)
                         if "gpu_accelerator" in entry:
                             meta["gpu_accelerator"] = entry["gpu_accelerator"]
@@ -397,8 +438,9 @@ def run_export(args):
                     onnx_model = onnx_export.export(
                         fn, step_lib.input_signature(model, *size, graph_form.get(form, form), interface), path)
                     checksum = atomic.sha256_file(path)
-                    candidate = parity.stream(parity.OnnxStep(path, args.threads, expected_sha256=checksum),
-                                              sequences, state_shape, frame_dtype)
+                    candidate = parity.stream(
+                        _counted(parity.OnnxStep(path, args.threads, expected_sha256=checksum), filename, sequences),
+                        sequences, state_shape, frame_dtype)
                     entry = {
                         "form": form, "interface": interface, "bytes": os.path.getsize(path), "seconds": time.time() - start,
                         "op_types": onnx_export.op_types(onnx_model), "tensorrt_issues": onnx_export.tensorrt_issues(onnx_model),
@@ -407,6 +449,7 @@ def run_export(args):
                     finish_parity(entry)
                     meta = _metadata(model, name, form, "float32", size, labels, io,
                                      {"converter": {"tool": "tf2onnx", "opset": onnx_export.OPSET}, "parity": entry["parity"],
+                                      "parity_data": parity_text,
                                       "tensorrt_issues": entry["tensorrt_issues"], "sha256": checksum,
                                       "bytes": os.path.getsize(path)}, interface, order)
                     _write_json(os.path.join(tmp, filename.replace(".onnx", ".json")), meta)
@@ -419,7 +462,8 @@ def run_export(args):
         missing = [p for p in planned if not os.path.exists(os.path.join(tmp, p))]
         if missing:  # never replace an export with one that lacks what was asked for
             raise RuntimeError(f"stt-export: the export did not write {missing}; --out is left as it was.")
-        write_manifest(tmp, {"model": report["model"], "size": list(size)})
+        write_manifest(tmp, {"model": report["model"], "size": list(size), "labels": label_source,
+                             "calibration_data": calibration_text, "parity_data": parity_text})
     print(markdown_report(report))
     return report
 
@@ -472,6 +516,57 @@ class _GpuChecker:
         return result
 
 
+def _counted(step, what, sequences):
+    """`step` counting its calls on a progress line (parity runs of big models take minutes)."""
+    from stt_keras.progress import CountingStep, Progress
+
+    return CountingStep(step, Progress(f"stt-export: parity, {what}", sum(len(f) for f, _ in sequences), "frames"))
+
+
+LOUD = "*" * 100
+
+
+def _frames_for_checks(args, model, size, report, calibration, label_source):
+    """(calibration sequences or None, its description, parity sequences, their description, parity mIoU meaningful)."""
+    from training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+
+    if args.calibration_data:
+        try:
+            data = calibration.UserData(args.calibration_data, *size, model.num_classes, args.calibration_split)
+            calib, calib_text, _ = data.segments(args.calibration_sequences, args.calibration_frames)
+            used = data.last_cuts
+            parity_sequences, parity_text, overlaps = data.segments(args.parity_sequences, args.parity_frames, exclude=used)
+        except (FileNotFoundError, ValueError) as error:
+            raise UserError(f"stt-export: --calibration-data: {error}") from None
+        if overlaps:
+            parity_text += " (the data is too short for parity segments apart from the calibration ones: some are shared)"
+        print(f"stt-export: int8 calibration on {calib_text}", file=sys.stderr, flush=True)
+        print(f"stt-export: parity checks on {parity_text}", file=sys.stderr, flush=True)
+        meaningful = any((labels != calibration.IGNORE).any() for _, labels in parity_sequences)
+        return calib, calib_text, parity_sequences, parity_text, meaningful
+    # The synthetic video: calibration sequences are drawn inside representative_dataset (its own seed).
+    calib_text = (f"synthetic video, seed {calibration.CALIBRATION_SEED}: {args.calibration_sequences} sequences x "
+                  f"{args.calibration_frames} frames at {size[0]}x{size[1]}, states from the float model's own stream")
+    parity_sequences = calibration.synthetic_frames(*size, args.parity_sequences, args.parity_frames,
+                                                    calibration.EVALUATION_SEED)
+    parity_text = (f"synthetic video, seed {calibration.EVALUATION_SEED}: {args.parity_sequences} sequences x "
+                   f"{args.parity_frames} frames at {size[0]}x{size[1]}")
+    mismatch = calibration.synthetic_mismatch(args.model, model.num_classes, len(SYNTHETIC_CLASSES))
+    if mismatch is not None:
+        reason, hint = mismatch
+        warning = (f"this model is not a synthetic-video model ({reason}), but its int8 calibration and every parity "
+                   f"figure (label agreement, mIoU) use the built-in SYNTHETIC frames: the int8 ranges and the "
+                   f"agreement are not measured on the video it will see. Pass --calibration-data with its own "
+                   f"frames{hint}.")
+        report["warnings"].append(warning)
+        print(f"{LOUD}\nstt-export: WARNING: {warning}\n{LOUD}", file=sys.stderr, flush=True)
+    meaningful = mismatch is None and label_source.startswith("built-in synthetic")
+    if not meaningful:  # the synthetic truth is not in this model's classes: no mIoU (labels all ignored)
+        parity_sequences = [(frames, np.full(labels.shape, calibration.IGNORE, np.uint8))
+                            for frames, labels in parity_sequences]
+    return None, calib_text, parity_sequences, parity_text, meaningful
+
+
 def _gpu_checker(mode):
     return _GpuChecker(mode)
 
@@ -489,6 +584,13 @@ def _gpu_text(result):
 
 def markdown_report(report):
     lines = [f"# Export of {os.path.basename(report['model'])} at {report['size'][0]}x{report['size'][1]}", ""]
+    for warning in report.get("warnings", []):
+        lines += [f"**WARNING: {warning}**", ""]
+    if report.get("classes"):
+        lines += [f"Classes ({report.get('labels')}): {', '.join(report['classes'])}", ""]
+    for key, what in (("calibration_data", "int8 calibration data"), ("parity_data", "Parity data")):
+        if report.get(key):
+            lines += [f"{what[0].upper() + what[1:]}: {report[key]}", ""]
     status = report.get("gpu_accelerator", {})
     if status and not status.get("checked"):
         lines += [f"GPU accelerator not checked: {status.get('reason')}", ""]

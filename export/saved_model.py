@@ -39,8 +39,11 @@ def make_state_dtype_step(model, height, width, state_dtype="float32"):
     return step
 
 
-def save(model, directory, height, width, state_dtypes=STATE_DTYPES):
+def save(model, directory, height, width, state_dtypes=STATE_DTYPES, assets=()):
     """Writes a SavedModel with these signatures to `directory` (a TF Serving version folder):
+
+    `assets`: files copied into the SavedModel's assets/ (e.g. labels.json) and
+    tracked by it (`loaded.assets[i].asset_path` after `tf.saved_model.load`).
 
     serving_default: clip uint8 [1, T+1, H, W, 3] -> labels int32 [1, H, W], probabilities [1, H, W, classes]
     step:            frame uint8 [1, H, W, 3], state float32 [1, h, w, T*C], reset float32 [1]
@@ -57,6 +60,7 @@ def save(model, directory, height, width, state_dtypes=STATE_DTYPES):
     # does): through the Keras model alone some were not saved, and the `step`
     # signature failed at load time with "Resource .../query_kernel does not exist".
     module.keras_variables = [v.value for v in model.variables]
+    module.assets = [tf.saved_model.Asset(path) for path in assets]
     module.clip = step_lib.make_clip_function(model, height, width)
     signatures = {"serving_default": module.clip.get_concrete_function()}
     if model.stt is not None:

@@ -1,5 +1,11 @@
 """stt-keras: video semantic segmentation with the Sparse Temporal Transformer in Keras 3."""
 
+# First, before Keras imports TensorFlow: on a machine without a CUDA driver, TensorFlow is told to use the
+# CPU only, so its GPU probe does not log a failing "cuInit" on every run (stt_keras/devices.py).
+from stt_keras.devices import cpu_only_without_cuda_driver as _cpu_only
+
+_cpu_only()
+
 from stt_keras import layers, metrics, models  # noqa: F401  (registers every serializable class)
 from stt_keras.saving import load_model
 from stt_keras.streaming import StreamingSegmenter

@@ -130,3 +130,44 @@ def test_training_file_pipeline_augments_and_is_deterministic(tmp_path):
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert a[0].shape == (2, 2, 24, 40, 3) and a[1].shape == (2, 24, 40)
+
+
+def test_dense_labels_pad_with_the_first_frame_like_streaming(tmp_path):
+    """A label on every frame: the first T labels train on clips padded with the sequence's first frame."""
+    root = str(tmp_path)
+    for i in range(5):
+        write_frame(os.path.join(root, "frames", "walk", f"img_{i:03d}.png"), 40 * i)
+    os.makedirs(os.path.join(root, "labels", "walk"))
+    for i in range(5):
+        cv2.imwrite(os.path.join(root, "labels", "walk", f"img_{i:03d}.png"), np.full((16, 32), i % 3, np.uint8))
+    samples = folder_samples(root, num_key_frames=3, frame_stride=1)
+    assert len(samples) == 5 and samples.skipped == 0
+    names = [[os.path.basename(p)[4:7] for p in frames] for frames, _ in samples]
+    assert names == [["000"] * 4, ["000", "000", "000", "001"], ["000", "000", "001", "002"],
+                     ["000", "001", "002", "003"], ["001", "002", "003", "004"]]
+    # The padded clip of label 1 holds frame 0 three times, then frame 1 (pixel values 0, 0, 0, 40).
+    clip, lab = next(iter(make_file_dataset(samples[1:2], 3, 1, training=False)))
+    np.testing.assert_array_equal(clip.numpy()[0, :, 0, 0, 0], [0, 0, 0, 40])
+    assert (lab.numpy() == 1).all()
+    # With stride 2, frame 3 needs frames -3, -1, 1, 3: padded to 0, 0, 1, 3.
+    assert [os.path.basename(p) for p in folder_samples(root, 3, 2)[3][0]] == [
+        "img_000.png", "img_000.png", "img_001.png", "img_003.png"]
+    skipped = folder_samples(root, num_key_frames=3, first_frames="skip")
+    assert len(skipped) == 2 and skipped.skipped == 3
+    with pytest.raises(FileNotFoundError, match="before the start of the sequence.*first_frames='pad'"):
+        folder_samples(root, num_key_frames=3, first_frames="error")
+    with pytest.raises(ValueError, match="first_frames must be one of"):
+        folder_samples(root, num_key_frames=3, first_frames="repeat")
+
+
+def test_camvid_pads_from_its_first_extracted_frame(tmp_path):
+    """ffmpeg numbers frames from 1: padding repeats frame 1, not a frame 0 that does not exist."""
+    root = str(tmp_path)
+    for f in range(1, 6):
+        write_frame(os.path.join(root, "frames", "0016E5", f"0016E5_{f:06d}.png"), f)
+    os.makedirs(os.path.join(root, "labels", "train"))
+    cv2.imwrite(os.path.join(root, "labels", "train", "0016E5_000002.png"), np.full((16, 32), 3, np.uint8))
+    samples = camvid_samples(root, "train", num_key_frames=3)
+    assert [os.path.basename(p) for p in samples[0][0]] == [
+        "0016E5_000001.png", "0016E5_000001.png", "0016E5_000001.png", "0016E5_000002.png"]
+    assert len(camvid_samples(root, "train", num_key_frames=3, first_frames="skip")) == 0

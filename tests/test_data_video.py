@@ -58,3 +58,16 @@ def test_bad_labels_are_named(tmp_path):
         read_video_labels(str(tmp_path / "labels"), 10, num_classes=3)
     with pytest.raises(ValueError, match="frame 3"):
         read_video_labels(str(tmp_path / "labels"), 2, num_classes=10)
+
+
+def test_dense_video_labels_pad_with_the_first_frame(tmp_path):
+    """Every frame labelled: labels 0..T-1 train on clips whose history is frame 0 (the streaming policy)."""
+    frames = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8) * 10
+    labels = {i: np.full((8, 8), i, np.uint8) for i in range(6)}
+    ds = make_sequence_dataset([(frames, labels)], num_key_frames=2, batch_size=6, training=False)
+    clip, label = next(iter(ds))
+    np.testing.assert_array_equal(clip.numpy()[:, :, 0, 0, 0] // 10,
+                                  [[0, 0, 0], [0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5]])
+    np.testing.assert_array_equal(label.numpy()[:, 0, 0], np.arange(6))
+    skipped = make_sequence_dataset([(frames, labels)], num_key_frames=2, batch_size=6, training=False, first_frames="skip")
+    np.testing.assert_array_equal(next(iter(skipped))[1].numpy()[:, 0, 0], [2, 3, 4, 5])

@@ -8,9 +8,18 @@ pair of predicted frames, with OpenCV DIS flow.
 
     stt-eval --model runs/synthetic_stt/best.keras --dataset synthetic --out runs/synthetic_stt/eval
     stt-eval --model m.keras --dataset cityscapes --data-root /data/cityscapes --split val --out eval/
+    stt-eval --model m.keras --dataset camvid --data-root /data/camvid --split test --out eval/
+    stt-eval --model m.keras --dataset folder --data-root data/mine --split val --labels labels.txt --out eval/
+    stt-eval --model m.keras --dataset video --data-root drive.mp4 --label-dir drive_labels/ --out eval/
 
 Cityscapes TC clips follow ETC: the 19 frames before the annotated one, the
-annotated one and the 10 after (the whole 30-frame snippet).
+annotated one and the 10 after (the whole 30-frame snippet); CamVid snippets are
+taken the same way around each labelled frame (fewer at a recording's ends).
+A folder dataset (ROOT/SPLIT/frames/SEQUENCE/*, labels/SEQUENCE/STEM.png) and a
+video (its {frame:06d}.png labels) stream every sequence whole.
+
+Progress (frames done, frames/s, ETA) goes to stderr every 10 s
+(STT_KERAS_PROGRESS_SECONDS changes the interval).
 """
 
 import argparse
@@ -26,11 +35,13 @@ import tensorflow as tf
 
 from stt_keras import StreamingSegmenter, load_model
 from stt_keras.errors import UserError, run_cli
-from training.data import cityscapes_ids
-from training.data.files import read_frame, read_label
+from stt_keras.progress import Progress
+from training.data import cityscapes_ids, readers
+from training.data.files import FrameFiles, LabelFiles
 from training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from training.data.synthetic import SyntheticVideo
 from training.data.pipeline import IGNORE_LABEL
+from training.data.video import VideoFrames, read_video_labels
 from training.metrics import FLOW_ESTIMATOR, MeanIoU, TemporalConsistency
 
 
@@ -45,7 +56,8 @@ def synthetic_sequences(num_sequences=6, frames=30, size=(128, 256), seed=1000, 
 
 
 def cityscapes_sequences(root, split):
-    """Cityscapes 30-frame snippets around every annotated frame: (frames, {19: label})."""
+    """Cityscapes 30-frame snippets around every annotated frame: [(frames, {19: label})], files read when streamed."""
+    sequences = []
     for label_path in sorted(glob.glob(os.path.join(root, "gtFine", split, "*", "*_gtFine_labelIds.png"))):
         city, seq, frame = os.path.basename(label_path).split("_")[:3]
         start = int(frame) - 19
@@ -54,23 +66,49 @@ def cityscapes_sequences(root, split):
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             raise FileNotFoundError(f"TC clip of {label_path} needs {missing[0]}.")
-        yield np.stack([read_frame(p) for p in paths]), {19: read_label(label_path, 19, "cityscapes")}
+        sequences.append((FrameFiles(paths), LabelFiles({19: label_path}, 19, "cityscapes")))
+    return sequences
+
+
+def file_sequences(listed, num_classes):
+    """(name, frame paths, {index: label path}) lists -> [(FrameFiles, LabelFiles)]."""
+    return [(FrameFiles(paths), LabelFiles(labels, num_classes)) for _, paths, labels in listed]
+
+
+def video_sequences(path, label_dir, num_classes):
+    """One video file with `{frame:06d}.png` labels (training/data/video.py): [(VideoFrames, {index: label})]."""
+    frames = VideoFrames(path)
+    return [(frames, read_video_labels(label_dir, len(frames) or 10 ** 9, num_classes))]
+
+
+def _count(frames):
+    try:
+        return len(frames)
+    except TypeError:
+        return None
 
 
 def evaluate(model, sequences, num_classes, max_sequences=None, history="video"):
     """Runs `model` over sequences; returns the metrics dict.
 
     Args:
-        sequences: iterable of (frames [N, H, W, 3], {t: label}) or
-            (frames, {t: label}, {t: degraded-pixel mask}); with the masks, mIoU is
-            also reported on degraded frames (any degraded pixel), on degraded
-            pixels only, and on clean frames.
+        sequences: iterable of (frames, {t: label}) or (frames, {t: label}, {t:
+            degraded-pixel mask}); frames is an array [N, H, W, 3] or anything that
+            iterates over [H, W, 3] frames (FrameFiles, VideoFrames: one frame in
+            memory at a time). With the masks, mIoU is also reported on degraded
+            frames (any degraded pixel), on degraded pixels only, and on clean frames.
+            A list gives a progress line (frames done, frames/s, ETA) on stderr.
         history: "video" (the real stream) or "current" (the history ablation:
             every step's history is copies of the current frame, so the STT sees
             no past; a per-frame model is unaffected).
     """
     if history not in ("video", "current"):
         raise ValueError(f"`history` must be 'video' or 'current', got {history!r}.")
+    total = None
+    if isinstance(sequences, (list, tuple)):
+        counts = [_count(item[0]) for item in sequences[:max_sequences]]
+        total = None if None in counts else sum(counts)
+    progress = Progress("stt-eval" + (" (history ablated)" if history == "current" else ""), total, "frames")
     miou = MeanIoU(num_classes)
     subsets = {"degraded_frames": MeanIoU(num_classes), "degraded_pixels": MeanIoU(num_classes),
                "clean_frames": MeanIoU(num_classes)}
@@ -87,7 +125,7 @@ def evaluate(model, sequences, num_classes, max_sequences=None, history="video")
         has_masks |= masks is not None
         if stream is not None:
             stream.reset()
-        predictions = []
+        previous = None  # (frame, prediction): TC adds up over consecutive pairs
         for t, frame in enumerate(frames):
             if stream is not None and history == "current":
                 stream.reset()  # the first-frame policy fills the history with this frame
@@ -97,16 +135,22 @@ def evaluate(model, sequences, num_classes, max_sequences=None, history="video")
             if t > 0:  # the first frame of a sequence includes tracing and warm-up
                 seconds += time.perf_counter() - start
                 frames_timed += 1
-            predictions.append(prediction)
             if t in labels:
                 label = labels[t][None].astype(np.int64)
+                if label.shape[1:] != prediction.shape:
+                    raise ValueError(f"Frame {t} of sequence {n} is {prediction.shape[0]}x{prediction.shape[1]} but its "
+                                     f"label is {label.shape[1]}x{label.shape[2]}.")
                 miou.update_state(label, prediction[None])
                 if masks is not None:
                     mask = masks[t][None]
                     subsets["degraded_frames" if mask.any() else "clean_frames"].update_state(label, prediction[None])
                     if mask.any():
                         subsets["degraded_pixels"].update_state(np.where(mask, label, IGNORE_LABEL), prediction[None])
-        tc.update(frames, np.stack(predictions))
+            if previous is not None:
+                tc.update(np.stack([previous[0], frame]), np.stack([previous[1], prediction]))
+            previous = (frame, prediction)
+            progress.update()
+    progress.close()
     per_class = miou.per_class_iou().numpy()
     results = {
         "miou": float(miou.result()),
@@ -125,11 +169,11 @@ def evaluate(model, sequences, num_classes, max_sequences=None, history="video")
     return results
 
 
-def evaluate_with_ablation(model, make_sequences, num_classes, max_sequences=None):
+def evaluate_with_ablation(model, make_sequences, num_classes, max_sequences=None, ablation=True):
     """`evaluate` on the real stream and, for an STT model, again with the history
     ablation (results["history_ablation"]): how much of the result comes from time."""
     results = evaluate(model, make_sequences(), num_classes, max_sequences)
-    if model.stt is not None:
+    if model.stt is not None and ablation:
         ablation = evaluate(model, make_sequences(), num_classes, max_sequences, history="current")
         results["history_ablation"] = {k: v for k, v in ablation.items()
                                        if k in ("miou", "tc", "miou_degraded_frames", "miou_degraded_pixels",
@@ -163,14 +207,23 @@ def markdown_report(results, class_names, title):
     return "\n".join(lines) + "\n"
 
 
+DATASETS = ("synthetic", "cityscapes", "camvid", "folder", "video")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="stt-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a .keras file from stt-train")
-    p.add_argument("--dataset", choices=["synthetic", "cityscapes"], default="synthetic")
-    p.add_argument("--data-root")
+    p.add_argument("--dataset", choices=DATASETS, default="synthetic")
+    p.add_argument("--data-root", help="dataset root (cityscapes, camvid, folder: the folder holding SPLIT/frames or "
+                                       "frames/), or the video file (video)")
     p.add_argument("--split", default="val")
+    p.add_argument("--label-dir", help="--dataset video: the folder of {frame:06d}.png labels (frame 0 is the first)")
+    p.add_argument("--labels", help="class names for the report (folder, video): a labels file as for stt-export "
+                                    "(JSON, or one name per line); default class_0, class_1, ...")
     p.add_argument("--out", required=True, help="folder for results.json and report.md")
     p.add_argument("--max-sequences", type=int, default=None)
+    p.add_argument("--no-history-ablation", action="store_true",
+                   help="skip the second pass with the STT's history replaced by the current frame (halves the time)")
     p.add_argument("--synthetic-sequences", type=int, default=6)
     p.add_argument("--synthetic-size", default="128x256")
     return p
@@ -199,6 +252,15 @@ def finite_or_none(value):
     return value
 
 
+def folder_root(data_root, split):
+    """`data_root/split` when it holds frames/, else `data_root` itself when it does (a folder of one split)."""
+    for candidate in (os.path.join(data_root, split), data_root):
+        if os.path.isdir(os.path.join(candidate, "frames")):
+            return candidate
+    raise UserError(f"stt-eval: no frames/ folder in {os.path.join(data_root, split)} or {data_root} "
+                    "(the folder layout is ROOT/SPLIT/frames/SEQUENCE/*.png with ROOT/SPLIT/labels/SEQUENCE/*.png).")
+
+
 def check_arguments(args):
     if args.max_sequences is not None and args.max_sequences < 1:
         raise UserError(f"stt-eval: --max-sequences must be at least 1, got {args.max_sequences} (nothing to evaluate).")
@@ -208,39 +270,89 @@ def check_arguments(args):
         raise UserError(f"stt-eval: model file not found: {args.model}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"stt-eval: --out {args.out} exists and is not a folder.")
+    if args.labels and not os.path.isfile(args.labels):
+        raise UserError(f"stt-eval: --labels file not found: {args.labels}")
     if args.dataset == "synthetic":
         return parse_size(args.synthetic_size)
     if not args.data_root:
-        raise UserError("stt-eval: --data-root is required for cityscapes.")
-    labels = os.path.join(args.data_root, "gtFine", args.split)
-    if not glob.glob(os.path.join(labels, "*", "*_gtFine_labelIds.png")):
-        raise UserError(f"stt-eval: no Cityscapes labels (*_gtFine_labelIds.png) under {labels}: nothing to score.")
+        raise UserError(f"stt-eval: --data-root is required for {args.dataset}.")
+    if args.dataset == "cityscapes":
+        labels = os.path.join(args.data_root, "gtFine", args.split)
+        if not glob.glob(os.path.join(labels, "*", "*_gtFine_labelIds.png")):
+            raise UserError(f"stt-eval: no Cityscapes labels (*_gtFine_labelIds.png) under {labels}: nothing to score.")
+    elif args.dataset == "camvid":
+        labels = os.path.join(args.data_root, "labels", args.split)
+        if not glob.glob(os.path.join(labels, "*.png")):
+            raise UserError(f"stt-eval: no CamVid labels (*.png) in {labels}: nothing to score.")
+    elif args.dataset == "video":
+        if not os.path.isfile(args.data_root):
+            raise UserError(f"stt-eval: --dataset video needs --data-root VIDEO_FILE; no file at {args.data_root}.")
+        if not args.label_dir or not os.path.isdir(args.label_dir):
+            raise UserError("stt-eval: --dataset video needs --label-dir, the folder of {frame:06d}.png labels"
+                            + (f" ({args.label_dir} is not a folder)." if args.label_dir else "."))
     return None
+
+
+def dataset_sequences(args, num_classes, size=None):
+    """(make_sequences, class names, description) of the dataset the arguments name; UserError if it is unusable."""
+    if args.dataset == "synthetic":
+        sequences = list(synthetic_sequences(args.synthetic_sequences, size=size))
+        return (lambda: sequences), list(SYNTHETIC_CLASSES), f"synthetic, {args.synthetic_sequences} sequences"
+    if args.dataset == "cityscapes":
+        sequences = cityscapes_sequences(args.data_root, args.split)
+        names = list(cityscapes_ids.CLASS_NAMES)
+    elif args.dataset == "camvid":
+        sequences = file_sequences(readers.camvid_sequences(args.data_root, args.split), len(readers.CAMVID_CLASSES))
+        names = list(readers.CAMVID_CLASSES)
+    elif args.dataset == "folder":
+        root = folder_root(args.data_root, args.split)
+        listed = readers.folder_sequences(root)
+        if not any(labels for _, _, labels in listed):
+            raise UserError(f"stt-eval: no labels under {os.path.join(root, 'labels')} (labels/SEQUENCE/STEM.png next "
+                            "to frames/SEQUENCE/STEM.png): nothing to score.")
+        sequences = file_sequences(listed, num_classes)
+        names = None
+    else:
+        sequences = video_sequences(args.data_root, args.label_dir, num_classes)
+        names = None
+    if names is None:
+        from export.labels import class_names_for
+
+        names, _, _ = class_names_for(args.labels, num_classes)
+    where = folder_root(args.data_root, args.split) if args.dataset == "folder" else args.data_root
+    return (lambda: sequences), names, f"{args.dataset} {where}" + (
+        f" (split {args.split})" if args.dataset in ("cityscapes", "camvid") else "")
 
 
 def run(args):
     size = check_arguments(args)
     model = load_model(args.model, compile=False)
-    if args.dataset == "synthetic":
-        make_sequences, names = (lambda: synthetic_sequences(args.synthetic_sequences, size=size)), SYNTHETIC_CLASSES
-    else:
-        make_sequences, names = (lambda: cityscapes_sequences(args.data_root, args.split)), cityscapes_ids.CLASS_NAMES
+    try:
+        make_sequences, names, description = dataset_sequences(args, model.num_classes, size)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(f"stt-eval: {error}") from None
     if model.num_classes != len(names):
         raise UserError(f"stt-eval: the model predicts {model.num_classes} classes, the dataset has {len(names)}.")
+    total = sum(len(item[0]) for item in make_sequences()[:args.max_sequences])
+    print(f"stt-eval: {description}: {len(make_sequences()[:args.max_sequences])} sequences, {total} frames"
+          + (", twice (the second pass ablates the history)" if model.stt is not None and not args.no_history_ablation
+             else ""), file=sys.stderr, flush=True)
     try:
-        results = evaluate_with_ablation(model, make_sequences, len(names), args.max_sequences)
-    except FileNotFoundError as error:
+        results = evaluate_with_ablation(model, make_sequences, len(names), args.max_sequences,
+                                         ablation=not args.no_history_ablation)
+    except (FileNotFoundError, ValueError) as error:
         raise UserError(f"stt-eval: {error}") from None
     if results.get("miou") is None or not math.isfinite(results["miou"]):
         raise UserError("stt-eval: no labelled frame was evaluated (empty dataset or no labels), so there is no mIoU; "
                         "nothing was written.")
-    results.update(model=os.path.abspath(args.model), dataset=args.dataset, split=args.split, class_names=list(names))
+    results.update(model=os.path.abspath(args.model), dataset=args.dataset, data=description, split=args.split,
+                   class_names=list(names))
     results = finite_or_none(results)
     os.makedirs(args.out, exist_ok=True)
     from training.callbacks import atomic_write_bytes
 
     atomic_write_bytes(os.path.join(args.out, "results.json"), json.dumps(results, indent=2, allow_nan=False).encode())
-    report = markdown_report(results, names, f"{os.path.basename(args.model)} on {args.dataset} {args.split}")
+    report = markdown_report(results, names, f"{os.path.basename(args.model)} on {description}")
     atomic_write_bytes(os.path.join(args.out, "report.md"), report.encode())
     print(report)
     return results

@@ -44,7 +44,9 @@ MODEL_SETTINGS = ("preset", "dataset", "num_classes", "stt_overrides", "mixed_pr
 # Settings that define the training: changing them needs --allow-new-settings.
 TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
                      "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
-                     "backbone_weights", "synthetic_sequences", "synthetic_size")
+                     "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames")
+# Settings added after runs were first stored: a run.json without them was made with this value.
+SETTING_DEFAULTS = {"first_frames": "pad"}
 
 
 def parse_size(text):
@@ -71,6 +73,9 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--crop", type=parse_size, default=None, help="training crop HxW (default: the frame size)")
     p.add_argument("--frame-stride", type=int, default=1)
+    p.add_argument("--first-frames", choices=["pad", "skip"], default="pad",
+                   help="labels on the first T * stride frames of a sequence (folder, camvid): pad = their history is the "
+                        "first frame, as in streaming inference (default); skip = do not train on them")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--poly-power", type=float, default=0.9)
@@ -118,12 +123,16 @@ def run_settings(args):
         settings[key] = list(value) if isinstance(value, tuple) else value
     if settings["dataset"] != "synthetic":
         settings.pop("synthetic_sequences"), settings.pop("synthetic_size")
+    else:  # the synthetic set starts its clips at frame T (unchanged: the measured results stay reproducible)
+        settings.pop("first_frames")
     return settings
 
 
 def settings_difference(before, now):
     """[(key, before, now)] of the settings that differ."""
     keys = [k for k in MODEL_SETTINGS + TRAINING_SETTINGS if k in before or k in now]
+    if before.get("dataset") != "synthetic":
+        before = {**SETTING_DEFAULTS, **before}
     return [(k, before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)]
 
 
@@ -212,15 +221,21 @@ def make_datasets(args, num_key_frames, start_step):
         lister, num_classes, fmt = data_lib.camvid_samples, 11, "index"
     else:
         lister, num_classes, fmt = None, None, "index"
+    first = {} if args.dataset == "cityscapes" else {"first_frames": args.first_frames}
     if lister is None:
         if not num_classes_ok(args.num_classes):
             raise UserError(f"stt-train: --dataset folder needs --num-classes of at least 2, got {args.num_classes}.")
-        samples = data_lib.folder_samples(os.path.join(args.data_root, args.train_split), num_key_frames, args.frame_stride)
-        val_samples = data_lib.folder_samples(os.path.join(args.data_root, args.val_split), num_key_frames, args.frame_stride)
+        samples, val_samples = (
+            data_lib.folder_samples(os.path.join(args.data_root, split), num_key_frames, args.frame_stride, **first)
+            for split in (args.train_split, args.val_split))
         num_classes = args.num_classes
     else:
-        samples = lister(args.data_root, args.train_split, num_key_frames, args.frame_stride)
-        val_samples = lister(args.data_root, args.val_split, num_key_frames, args.frame_stride)
+        samples = lister(args.data_root, args.train_split, num_key_frames, args.frame_stride, **first)
+        val_samples = lister(args.data_root, args.val_split, num_key_frames, args.frame_stride, **first)
+    for split, listed in ((args.train_split, samples), (args.val_split, val_samples)):
+        if not listed:
+            raise ValueError(f"no labelled frame to train or validate on in the {split} split of {args.data_root}"
+                             + (f" ({listed.skipped} skipped by --first-frames skip)" if listed.skipped else "") + ".")
     train = data_lib.make_file_dataset(samples, num_classes, args.batch_size, args.crop, True, args.seed, fmt, skip=skip)
     val = data_lib.make_file_dataset(val_samples, num_classes, args.batch_size, args.crop, False, args.seed, fmt)
     return train, val, num_classes
@@ -319,7 +334,8 @@ def _resume_state(args, settings):
 def train(args):
     """Runs one (possibly resumed) training; returns the trained model (None if the run was already finished)."""
     args.stt_overrides = stt_overrides(args)
-    for name, default in (("allow_new_settings", False), ("frame_stride", 1), ("synthetic_sequences", 24)):
+    for name, default in (("allow_new_settings", False), ("frame_stride", 1), ("synthetic_sequences", 24),
+                          ("first_frames", "pad")):
         if not hasattr(args, name):
             setattr(args, name, default)
     _check_arguments(args)
@@ -398,9 +414,9 @@ def _train_locked(args):
         RunCheckpoint(args.out, settings, restored=checkpoint),
         keras.callbacks.TensorBoard(os.path.join(args.out, "logs")),
     ]
-    model.fit(
+    model.fit(  # shuffle=False: the pipeline shuffles itself (seeded); Keras would warn and ignore True
         train, epochs=epochs, initial_epoch=done, steps_per_epoch=args.checkpoint_every, validation_data=val,
-        callbacks=callbacks, verbose=args.verbose,
+        callbacks=callbacks, verbose=args.verbose, shuffle=False,
     )
     print(f"stt-train: done, {int(model.optimizer.iterations.numpy())} steps; models in {args.out}")
     return model

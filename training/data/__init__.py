@@ -2,11 +2,12 @@
 
 from training.data.files import make_file_dataset
 from training.data.pipeline import augment, clip_indices, make_synthetic_dataset
-from training.data.readers import camvid_colour_to_index, camvid_samples, cityscapes_samples, folder_samples
+from training.data.readers import (camvid_colour_to_index, camvid_samples, camvid_sequences, cityscapes_samples,
+                                   folder_samples, folder_sequences)
 from training.data.synthetic import CLASS_NAMES, SyntheticVideo, palette
 from training.data.video import make_sequence_dataset, read_video, read_video_labels
 
 __all__ = [
-    "CLASS_NAMES", "SyntheticVideo", "augment", "camvid_colour_to_index", "camvid_samples", "cityscapes_samples",
-    "clip_indices", "folder_samples", "make_file_dataset", "make_sequence_dataset", "make_synthetic_dataset", "palette", "read_video", "read_video_labels",
+    "CLASS_NAMES", "SyntheticVideo", "augment", "camvid_colour_to_index", "camvid_samples", "camvid_sequences",
+    "cityscapes_samples", "clip_indices", "folder_samples", "folder_sequences", "make_file_dataset", "make_sequence_dataset", "make_synthetic_dataset", "palette", "read_video", "read_video_labels",
 ]

@@ -78,3 +78,41 @@ def make_file_dataset(samples, num_classes, batch_size, crop_size=None, training
         return clip, lab
 
     return sample_dataset((frame_paths, label_paths), load, batch_size, training, seed, repeat, skip)
+
+
+class FrameFiles:
+    """The frames of one sequence read from image files one at a time: len() and iteration, RGB uint8 [H, W, 3].
+
+    Streaming evaluation and calibration hold one frame at a time, whatever the sequence length.
+    """
+
+    def __init__(self, paths):
+        self.paths = list(paths)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __iter__(self):
+        return (read_frame(p) for p in self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return FrameFiles(self.paths[index])
+        return read_frame(self.paths[index])
+
+
+class LabelFiles(dict):
+    """{frame index: label path} that reads a label (checked against the classes) when it is looked up."""
+
+    def __init__(self, paths, num_classes, label_format="index"):
+        super().__init__(paths)
+        self.num_classes, self.label_format = num_classes, label_format
+
+    def __getitem__(self, index):
+        return read_label(super().__getitem__(index), self.num_classes, self.label_format)
+
+    def items(self):
+        return ((k, self[k]) for k in self.keys())
+
+    def values(self):
+        return (self[k] for k in self.keys())

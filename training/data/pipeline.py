@@ -16,20 +16,24 @@ import tensorflow as tf
 IGNORE_LABEL = 255
 
 
-def clip_indices(num_frames, labelled, num_key_frames, frame_stride=1):
-    """Frame indices [T+1] of the clip ending at each labelled frame that has enough history.
+def clip_indices(num_frames, labelled, num_key_frames, frame_stride=1, pad_start=False):
+    """Frame indices [T+1] of the clip ending at each labelled frame.
 
     Args:
         num_frames: frames in the sequence.
         labelled: indices of the labelled frames.
         num_key_frames: T.
         frame_stride: step between the clip's frames.
+        pad_start: False: only labelled frames with T * stride frames before them end
+            a clip. True: every labelled frame does, and history before the sequence
+            is its first frame (index 0), the streaming first-frame policy.
 
     Returns:
         int array [n, T+1], oldest frame first, the labelled frame last.
     """
     span = num_key_frames * frame_stride
-    rows = [np.arange(end - span, end + 1, frame_stride) for end in labelled if end - span >= 0 and end < num_frames]
+    rows = [np.maximum(np.arange(end - span, end + 1, frame_stride), 0) for end in labelled
+            if (pad_start or end - span >= 0) and 0 <= end < num_frames]
     return np.array(rows, np.int64).reshape(-1, num_key_frames + 1)
 
 

@@ -6,6 +6,16 @@ checks that every frame exists; a missing one raises FileNotFoundError naming it
 unless `skip_incomplete=True`, in which case the sample is dropped and counted
 (`SampleList.skipped`).
 
+First frames (`first_frames`, generic folders and CamVid): a label on one of the
+first T * stride frames of a sequence has a clip that reaches before the
+sequence. "pad" (the default) fills the missing history with the sequence's
+first frame, the policy of streaming inference (`StreamingSegmenter` starts its
+buffer filled with the first frame): a label on frame k < T trains the model on
+[f_0 repeated, ..., f_k], exactly what the deployed stream computes at frame k.
+So densely labelled video (a label on every frame) trains on every label.
+"skip" drops those labels (counted in `SampleList.skipped`), "error" raises.
+Cityscapes snippets always have 19 frames before their label, so they never pad.
+
 Cityscapes video:
     leftImg8bit_sequence/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png
     gtFine/{split}/{city}/{city}_{seq:06d}_{frame:06d}_gtFine_labelIds.png
@@ -64,22 +74,41 @@ def _clip(frame_path_of, end, num_key_frames, frame_stride):
     return [frame_path_of(end - k * frame_stride) for k in range(num_key_frames, -1, -1)]
 
 
-def _collect(candidates, num_key_frames, frame_stride, skip_incomplete):
+FIRST_FRAME_POLICIES = ("pad", "skip", "error")
+
+
+def _check_policy(first_frames):
+    if first_frames not in FIRST_FRAME_POLICIES:
+        raise ValueError(f"first_frames must be one of {FIRST_FRAME_POLICIES}, got {first_frames!r}.")
+
+
+def _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_frames="error"):
+    """candidates: (path_of(index), end index, label path, first index of the sequence or None)."""
+    _check_policy(first_frames)
     samples = SampleList()
-    for frame_path_of, end, label in candidates:
-        if end - num_key_frames * frame_stride < 0:
-            missing = f"frame {end - num_key_frames * frame_stride} (before the start of the sequence)"
-            paths = None
+    for frame_path_of, end, label, first in candidates:
+        start = end - num_key_frames * frame_stride
+        lowest = 0 if first is None else first
+        missing, paths = None, None
+        if start < lowest and (first is None or first_frames != "pad"):
+            if first_frames == "skip":
+                samples.skipped += 1
+                continue
+            missing = f"frame {start} (before the start of the sequence)"
         else:
-            paths = _clip(frame_path_of, end, num_key_frames, frame_stride)
+            indices = [max(lowest, end - k * frame_stride) for k in range(num_key_frames, -1, -1)]
+            paths = [frame_path_of(i) for i in indices]
             missing = next((p for p in paths if not os.path.isfile(p)), None)
         if missing is not None:
             if skip_incomplete:
                 samples.skipped += 1
                 continue
+            hint = "pass skip_incomplete=True to skip such clips"
+            if paths is None and first is not None:
+                hint = "first_frames='pad' repeats the first frame, 'skip' drops such labels"
             raise FileNotFoundError(
                 f"Clip for label {label} needs {missing}, which does not exist "
-                f"(T={num_key_frames}, stride={frame_stride}; pass skip_incomplete=True to skip such clips)."
+                f"(T={num_key_frames}, stride={frame_stride}; {hint})."
             )
         samples.append((paths, label))
     return samples
@@ -102,19 +131,21 @@ def cityscapes_samples(root, split, num_key_frames, frame_stride=1, skip_incompl
         def path_of(f, city=city, seq=seq, frame_dir=frame_dir):
             return os.path.join(frame_dir, f"{city}_{seq:06d}_{f:06d}_leftImg8bit.png")
 
-        candidates.append((path_of, int(m["frame"]), label))
+        candidates.append((path_of, int(m["frame"]), label, None))
     if not candidates:
         raise FileNotFoundError(f"No *_gtFine_labelIds.png files under {label_dir}.")
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
 
 
-def camvid_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False):
+def camvid_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False, first_frames="pad"):
     """Clips ending at every labelled frame of a CamVid split (layout above)."""
+    _check_policy(first_frames)
     label_dir = os.path.join(root, "labels", split)
     if not os.path.isdir(label_dir):
         raise FileNotFoundError(f"No CamVid labels at {label_dir}.")
     pattern = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.png$")
     candidates = []
+    firsts = {}
     for label in sorted(glob.glob(os.path.join(label_dir, "*.png"))):
         m = pattern.match(os.path.basename(label))
         if m is None:
@@ -124,12 +155,23 @@ def camvid_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=
         def path_of(f, seq=seq):
             return os.path.join(root, "frames", seq, f"{seq}_{f:06d}.png")
 
-        candidates.append((path_of, int(m["frame"]), label))
-    return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
+        if seq not in firsts:
+            firsts[seq] = _first_camvid_frame(root, seq)
+        candidates.append((path_of, int(m["frame"]), label, firsts[seq]))
+    return _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_frames)
 
 
-def folder_samples(root, num_key_frames, frame_stride=1, skip_incomplete=False):
+def _first_camvid_frame(root, seq):
+    """The lowest frame number extracted for a CamVid sequence (ffmpeg numbers from 1), 0 if none is there."""
+    folder = os.path.join(root, "frames", seq)
+    pattern = re.compile(re.escape(seq) + r"_(\d+)\.png")
+    numbers = [int(m[1]) for m in map(pattern.fullmatch, os.listdir(folder) if os.path.isdir(folder) else []) if m]
+    return min(numbers, default=0)
+
+
+def folder_samples(root, num_key_frames, frame_stride=1, skip_incomplete=False, first_frames="pad"):
     """Clips ending at every labelled frame of the generic folder layout (above)."""
+    _check_policy(first_frames)
     frames_root = os.path.join(root, "frames")
     if not os.path.isdir(frames_root):
         raise FileNotFoundError(f"No frame folders at {frames_root}.")
@@ -148,8 +190,8 @@ def folder_samples(root, num_key_frames, frame_stride=1, skip_incomplete=False):
             stem = os.path.splitext(os.path.basename(label))[0]
             if stem not in position:
                 raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(frames_root, seq)}.")
-            candidates.append((path_of, position[stem], label))
-    return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
+            candidates.append((path_of, position[stem], label, 0))
+    return _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_frames)
 
 
 _NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)$")
@@ -199,3 +241,82 @@ def camvid_colour_to_index(colour_label):
     for index, colour in enumerate(CAMVID_COLOURS):
         out[np.all(colour_label == colour, axis=-1)] = index
     return out
+
+
+def _ordered_frames(folder):
+    """Frame paths of one sequence folder in stream order; FileNotFoundError naming the first gap in a numbering."""
+    frames = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith((".png", ".jpg", ".jpeg")))
+    numbering = _numbering(frames)
+    if numbering is None:
+        return frames
+    position, path_of = numbering
+    ordered = [path_of(i) for i in range(max(position.values()) + 1)]
+    missing = next((p for p in ordered if not os.path.isfile(p)), None)
+    if missing is not None:
+        raise FileNotFoundError(f"Sequence {folder} has a gap in its frame numbering: {missing} does not exist "
+                                "(streaming needs every frame).")
+    return ordered
+
+
+def folder_sequences(root):
+    """[(name, frame paths in stream order, {frame index: label path})] of the generic folder layout, every sequence whole.
+
+    For streaming evaluation and calibration: `{root}/frames/{seq}/` as in
+    `folder_samples`, labels optional (`{root}/labels/{seq}/{stem}.png`); a gap in
+    a numbered sequence or a label without its frame is an error naming it.
+    """
+    frames_root = os.path.join(root, "frames")
+    if not os.path.isdir(frames_root):
+        raise FileNotFoundError(f"No frame folders at {frames_root} (expected {root}/frames/SEQUENCE/*.png|jpg).")
+    sequences = []
+    for seq in sorted(os.listdir(frames_root)):
+        if not os.path.isdir(os.path.join(frames_root, seq)):
+            continue
+        paths = _ordered_frames(os.path.join(frames_root, seq))
+        if not paths:
+            continue
+        index = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(paths)}
+        labels = {}
+        for label in sorted(glob.glob(os.path.join(root, "labels", seq, "*.png"))):
+            stem = os.path.splitext(os.path.basename(label))[0]
+            if stem not in index:
+                raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(frames_root, seq)}.")
+            labels[index[stem]] = label
+        sequences.append((seq, paths, labels))
+    if not sequences:
+        raise FileNotFoundError(f"No frames (*.png, *.jpg) in any folder under {frames_root}.")
+    return sequences
+
+
+def camvid_sequences(root, split, before=19, after=10):
+    """[(name, frame paths, {index: label path})]: a snippet around every labelled CamVid frame, for streaming evaluation.
+
+    Each snippet is the labelled frame, up to `before` frames before it (fewer at the
+    start of a recording) and up to `after` after it (fewer at its end), as the
+    Cityscapes protocol does (19 before, 10 after). A missing frame before the label
+    is an error naming it.
+    """
+    label_dir = os.path.join(root, "labels", split)
+    if not os.path.isdir(label_dir):
+        raise FileNotFoundError(f"No CamVid labels at {label_dir}.")
+    pattern = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.png$")
+    sequences, firsts = [], {}
+    for label in sorted(glob.glob(os.path.join(label_dir, "*.png"))):
+        m = pattern.match(os.path.basename(label))
+        if m is None:
+            raise ValueError(f"CamVid label {label} is not named {{sequence}}_{{frame}}.png.")
+        seq, frame = m["seq"], int(m["frame"])
+        if seq not in firsts:
+            firsts[seq] = _first_camvid_frame(root, seq)
+        path_of = lambda f, seq=seq: os.path.join(root, "frames", seq, f"{seq}_{f:06d}.png")  # noqa: E731
+        paths = [path_of(f) for f in range(max(firsts[seq], frame - before), frame + 1)]
+        missing = next((p for p in paths if not os.path.isfile(p)), None)
+        if missing is not None:
+            raise FileNotFoundError(f"CamVid label {label} needs frame {missing}, which does not exist.")
+        labelled = len(paths) - 1
+        paths += [p for p in map(path_of, range(frame + 1, frame + after + 1))]
+        end = next((i for i, p in enumerate(paths) if not os.path.isfile(p)), len(paths))
+        sequences.append((f"{seq}_{frame:06d}", paths[:end], {labelled: label}))
+    if not sequences:
+        raise FileNotFoundError(f"No CamVid labels (*.png) in {label_dir}.")
+    return sequences

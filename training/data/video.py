@@ -60,35 +60,80 @@ def read_video_labels(label_dir, num_frames, num_classes):
 
 
 def make_sequence_dataset(sequences, num_key_frames, batch_size, crop_size=None, training=True, seed=0,
-                          frame_stride=1, repeat=None, skip=0):
-    """Batched clips from in-memory sequences [(frames [N, H, W, 3], {index: label})] of one frame size."""
+                          frame_stride=1, repeat=None, skip=0, first_frames="pad"):
+    """Batched clips from in-memory sequences [(frames [N, H, W, 3], {index: label})] of one frame size.
+
+    `first_frames`: "pad" (default) lets a label on one of the first T * stride frames
+    end a clip whose history before the video is the first frame (the streaming
+    first-frame policy); "skip" drops such labels.
+    """
+    if first_frames not in ("pad", "skip"):
+        raise ValueError(f"first_frames must be 'pad' or 'skip', got {first_frames!r}.")
     shapes = {frames.shape[1:] for frames, _ in sequences}
     if len(shapes) != 1:
         raise ValueError(f"All sequences must share one frame size, got {sorted(shapes)}.")
-    all_frames, all_labels, ends, label_rows = [], [], [], []
+    all_frames, all_labels, clips, label_rows = [], [], [], []
     offset = 0
     for frames, labels in sequences:
-        rows = clip_indices(len(frames), sorted(labels), num_key_frames, frame_stride)
+        rows = clip_indices(len(frames), sorted(labels), num_key_frames, frame_stride, first_frames == "pad")
         for row in rows:
-            ends.append(offset + row[-1])
+            clips.append(offset + row)  # frame indices into the concatenated frames
             label_rows.append(len(all_labels))
             all_labels.append(labels[int(row[-1])])
         all_frames.append(frames)
         offset += len(frames)
-    if not ends:
-        raise ValueError(f"No labelled frame has {num_key_frames * frame_stride} frames before it.")
+    if not clips:
+        raise ValueError(f"No labelled frame has {num_key_frames * frame_stride} frames before it "
+                         "(first_frames='pad' trains on those too)." if first_frames == "skip" else "No labelled frame.")
     frames_t = tf.constant(np.concatenate(all_frames))
     labels_t = tf.constant(np.stack(all_labels))
-    offsets = tf.range(-num_key_frames * frame_stride, 1, frame_stride, dtype=tf.int64)
     size = crop_size or tuple(next(iter(shapes))[:2])
 
     def load(i, sample):
-        end, row = sample[0], sample[1]
-        clip = tf.gather(frames_t, end + offsets)
-        label = tf.cast(labels_t[row], tf.int32)
+        clip = tf.gather(frames_t, sample[1:])
+        label = tf.cast(labels_t[sample[0]], tf.int32)
         if training:
             clip, label = augment(clip, label, tf.stack([tf.cast(seed, tf.int64), i]), size)
         return clip, label
 
-    samples = np.stack([ends, label_rows], axis=1).astype(np.int64)
+    # One row per sample: (label row, the clip's frame indices, oldest first).
+    samples = np.concatenate([np.array(label_rows, np.int64)[:, None], np.stack(clips)], axis=1)
     return sample_dataset(samples, load, batch_size, training, seed, repeat, skip)
+
+
+class VideoFrames:
+    """The frames of a video file decoded one at a time: len() (the container's frame count) and iteration.
+
+    Iteration raises ValueError if the video ends before the frame count it
+    declares (truncated), like `read_video`.
+    """
+
+    def __init__(self, path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No video file at {path}.")
+        capture = cv2.VideoCapture(path)
+        if not capture.isOpened():
+            raise ValueError(f"OpenCV cannot open video {path} (unknown container or codec).")
+        self.path = path
+        self.declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        capture.release()
+
+    def __len__(self):
+        return max(self.declared, 0)
+
+    def __iter__(self):
+        capture = cv2.VideoCapture(self.path)
+        count = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                count += 1
+                yield frame[..., ::-1]
+        finally:
+            capture.release()
+        if count == 0:
+            raise ValueError(f"Video {self.path} has no decodable frame (empty or corrupt).")
+        if self.declared > 0 and count < self.declared:
+            raise ValueError(f"Video {self.path} is truncated: {count} frames decoded of {self.declared} declared.")
