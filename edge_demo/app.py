@@ -8,6 +8,7 @@ CSV written, summary printed), whichever of the two signals stops the demo.
 """
 
 import argparse
+import contextlib
 import csv
 import os
 import signal
@@ -27,6 +28,19 @@ class InputError(Exception):
 
 class Terminated(BaseException):
     """SIGTERM arrived: stop like Ctrl-C does (outputs finalised), exit code 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_deferred():
+    """Blocks SIGTERM inside the block (where the OS allows it); a SIGTERM sent meanwhile arrives on exit."""
+    block = hasattr(signal, "pthread_sigmask")
+    if block:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _raise_terminated(signum, frame):
@@ -145,17 +159,20 @@ def run(args):
             if not args.no_legend:
                 running_fps = (count + 1) / max(time.perf_counter() - start, 1e-9)
                 overlay.draw_legend(image, meta["classes"], meta["palette"], running_fps)
-            if args.out:
-                if writer is None:
-                    writer = open_writer(args.out, fps, frame.shape[1], frame.shape[0])
-                writer.write(image)
+            if args.out and writer is None:
+                writer = open_writer(args.out, fps, frame.shape[1], frame.shape[0])
+            # The written frame and its CSV row go together: SIGTERM is held back between the two
+            # (delivered right after), so a terminated run never has a frame without its row.
+            with _sigterm_deferred():
+                if writer is not None:
+                    writer.write(image)
+                latencies.append(model_ms)
+                rows.append((count, model_ms, 1000.0 * (time.perf_counter() - frame_start)))
+                count += 1
             if show:
                 cv2.imshow("edge_demo", image)
                 if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                     break
-            latencies.append(model_ms)
-            rows.append((count, model_ms, 1000.0 * (time.perf_counter() - frame_start)))
-            count += 1
     except KeyboardInterrupt:
         code = 130
     except Terminated:

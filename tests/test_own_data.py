@@ -97,22 +97,19 @@ def test_own_data_train_eval_export_edge_demo(tmp_path):
     check_eval(model_path, data, labels_file, tmp_path)
 
     # --------------------------------------------------------- save / reload as a preset directory
-    # #15's Keras side (helper C2's branch) adds save_to_preset / from_preset(directory). LEAD: after merging
-    # it, drop the `hasattr` guard so that this part always runs.
     import stt_keras
     from stt_keras.models import STTSegmenter
 
     args = export_args(model_path, str(tmp_path / "export"), data, labels_file)
-    if hasattr(STTSegmenter, "save_to_preset"):
-        trained_model = stt_keras.load_model(model_path, compile=False)
-        preset = str(tmp_path / "preset")
-        trained_model.save_to_preset(preset, labels=NAMES, colors=COLOURS)
-        reloaded = STTSegmenter.from_preset(preset)
-        clip = np.stack([read_first_frame_png(data, t) for t in range(4)])[None]
-        np.testing.assert_array_equal(np.asarray(reloaded(clip)), np.asarray(trained_model(clip)))
-        # Export the preset directory itself, without --labels: its metadata carries the names and colours.
-        args[args.index("--model") + 1] = preset
-        del args[args.index("--labels"): args.index("--labels") + 2]
+    trained_model = stt_keras.load_model(model_path, compile=False)
+    preset = str(tmp_path / "preset")
+    trained_model.save_to_preset(preset, labels=NAMES, colors=COLOURS)
+    reloaded = STTSegmenter.from_preset(preset)
+    clip = np.stack([read_first_frame_png(data, t) for t in range(4)])[None]
+    np.testing.assert_array_equal(np.asarray(reloaded(clip)), np.asarray(trained_model(clip)))
+    # Export the preset directory itself, without --labels: its metadata carries the names and colours.
+    args[args.index("--model") + 1] = preset
+    del args[args.index("--labels"): args.index("--labels") + 2]
 
     out = str(tmp_path / "export")
     exported = run_cli("export.cli", *args)

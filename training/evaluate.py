@@ -266,8 +266,8 @@ def check_arguments(args):
         raise UserError(f"stt-eval: --max-sequences must be at least 1, got {args.max_sequences} (nothing to evaluate).")
     if args.synthetic_sequences < 1:
         raise UserError(f"stt-eval: --synthetic-sequences must be at least 1, got {args.synthetic_sequences}.")
-    if not os.path.isfile(args.model):
-        raise UserError(f"stt-eval: model file not found: {args.model}")
+    if not (os.path.isfile(args.model) or os.path.isfile(os.path.join(args.model, "config.json"))):
+        raise UserError(f"stt-eval: model not found: {args.model} (a .keras file or a preset directory)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"stt-eval: --out {args.out} exists and is not a folder.")
     if args.labels and not os.path.isfile(args.labels):
