@@ -210,6 +210,36 @@ def test_fit_on_clips_reduces_the_loss_and_uses_the_aux_head():
     np.testing.assert_allclose(total, main + 0.4 * aux, rtol=1e-4)
 
 
+def test_a_bisenet_training_step_moves_the_context_batchnorm_once():
+    """One fit step updates a context-path BatchNorm once: m' = 0.9 m + 0.1 mean(batch) (twice gave 0.19)."""
+    model = STTSegmenter.from_preset("bise_tiny", num_classes=CLASSES)
+    x = clip(batch=2)[:, -1]
+    model(x)  # builds; inference moves no statistics
+    bn = model.decoder.arm32.conv.bn
+    # What that BatchNorm normalises in the step: the conv of the encoder's training-mode
+    # features (batch statistics: they do not depend on the moving ones, nor change with lr 0).
+    pre = model.decoder.arm32.conv.conv(model.encoder(x, training=True)["features"]).numpy().astype("float64")
+    old_mean, old_var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, np.zeros((2, H, W), "int32"), batch_size=2, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.9 * old_mean + 0.1 * pre.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 * old_var + 0.1 * pre.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    assert model._aux_logits is not None  # the step did use the auxiliary head
+
+
+@pytest.mark.parametrize("name", ["psp_tiny", "bise_tiny"])
+def test_decoder_returns_logits_and_aux_from_one_pass(name):
+    model = STTSegmenter.from_preset(name, num_classes=CLASSES)
+    features, skips = model._encode(clip()[:, -1], False)
+    logits, aux = model.decoder(features, skips, output_size=(H, W), return_aux=True)
+    np.testing.assert_allclose(logits, model.decoder(features, skips, output_size=(H, W)), atol=1e-6)
+    # The aux head is built with the rest, before any training call, and differs from the main head.
+    assert model.decoder.aux_classifier.built and np.abs(aux.numpy() - logits.numpy()).max() > 1e-3
+    no_aux = model.decoder.__class__.from_config({**model.decoder.get_config(), "aux_head": False})
+    with pytest.raises(ValueError, match="aux_head=False"):
+        no_aux(features, skips, output_size=(H, W), return_aux=True)
+
+
 # --------------------------------------------------------------- streaming
 @pytest.mark.parametrize("name", ["stt_psp_tiny", "stt_bise_tiny"])
 def test_streaming_equals_the_clip_model_under_the_first_frame_policy(name):
