@@ -13,9 +13,30 @@ decoder's skips) with `call_kwargs` (non-tensor arguments such as a decoder's
     subclassed model that cannot take symbolic inputs).
 """
 
+import importlib
+import inspect
+import pkgutil
+
 import numpy as np
 import keras
 import tensorflow as tf
+
+
+def stt_keras_modules():
+    """Every module of the stt_keras package, imported."""
+    import stt_keras
+
+    return [importlib.import_module(info.name) for info in pkgutil.walk_packages(stt_keras.__path__, "stt_keras.")]
+
+
+def stt_keras_layer_classes():
+    """Every keras Layer (or Model) subclass defined in a stt_keras module."""
+    found = set()
+    for module in stt_keras_modules():
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, keras.layers.Layer) and obj.__module__.startswith("stt_keras."):
+                found.add(obj)
+    return found
 
 
 def _as_list(x):

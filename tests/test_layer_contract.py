@@ -15,16 +15,11 @@ Every sublayer must carry the policy (a Dropout made without it once upcast
 PSPNet's head to float32).
 """
 
-import importlib
-import inspect
-import pkgutil
-
 import numpy as np
 import pytest
 import keras
 
-import stt_keras
-from layer_checks import check_layer
+from layer_checks import check_layer, stt_keras_layer_classes
 from stt_keras.layers import NSMQuerySelection, SparseTemporalTransformer
 from stt_keras.models import BiSeNetDecoder, BiSeNetEncoder, PSPNetDecoder, PSPNetEncoder, ResNetFeatures, STTSegmenter
 from stt_keras.models.bisenet.bisenet_decoder import AttentionRefinement, FeatureFusion
@@ -35,17 +30,6 @@ POLICIES = {"mixed_float16": 5e-3, "mixed_bfloat16": 3e-2}
 # Float outputs that are float32 under every policy, by contract: the models' logits
 # and the NSM scores (computed in float32; NSMQuerySelection's docstring).
 FLOAT32_OUTPUTS = {"stt_segmenter", "bisenet_segmenter", "nsm_query_selection"}
-
-
-def stt_keras_layer_classes():
-    """Every keras Layer (or Model) subclass defined in a stt_keras module."""
-    found = set()
-    for info in pkgutil.walk_packages(stt_keras.__path__, "stt_keras."):
-        module = importlib.import_module(info.name)
-        for _, obj in inspect.getmembers(module, inspect.isclass):
-            if issubclass(obj, keras.layers.Layer) and obj.__module__.startswith("stt_keras."):
-                found.add(obj)
-    return found
 
 
 def _rand(*shape, scale=1.0, seed=0):
