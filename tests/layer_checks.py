@@ -30,11 +30,15 @@ def stt_keras_modules():
 
 
 def stt_keras_layer_classes():
-    """Every keras Layer (or Model) subclass defined in a stt_keras module."""
+    """Every keras Layer (or Model) subclass defined in a stt_keras module that has a `call`.
+
+    (A base class without one, such as SegmentationDecoder, is not a layer one can use.)
+    """
     found = set()
     for module in stt_keras_modules():
         for _, obj in inspect.getmembers(module, inspect.isclass):
-            if issubclass(obj, keras.layers.Layer) and obj.__module__.startswith("stt_keras."):
+            if (issubclass(obj, keras.layers.Layer) and obj.__module__.startswith("stt_keras.")
+                    and obj.call is not keras.layers.Layer.call):
                 found.add(obj)
     return found
 

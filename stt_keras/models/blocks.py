@@ -88,28 +88,33 @@ def _static_size(output_size):
     return tuple(int(v) if isinstance(v, numbers.Integral) else None for v in output_size)
 
 
-def logits_output_spec(layer, features, skips, output_size, return_aux):
-    """KerasTensor(s) of a decoder's logits, from its compute_output_shape.
+class SegmentationDecoder(keras.layers.Layer):
+    """What PSPNetDecoder and BiSeNetDecoder share: the call contract and its output shapes.
 
-    A decoder's output size is a call argument, not a shape: Keras' own
-    compute_output_spec passes compute_output_shape only the input shapes, so the
-    decoders give their spec through this instead.
+    A subclass takes `num_classes` and `aux_head` and implements
+    `call(features, skips, output_size, training=None, return_aux=False)`, which
+    returns logits [N, H, W, num_classes] at `output_size` (H, W), or
+    (logits, aux_logits) with `return_aux=True` from one pass.
     """
-    skips_shape = keras.tree.map_structure(lambda t: tuple(t.shape), skips)
-    shapes = layer.compute_output_shape(tuple(features.shape), skips_shape, output_size, return_aux)
-    return keras.tree.map_shape_structure(lambda s: keras.KerasTensor(s, dtype=layer.compute_dtype), shapes)
 
+    def check_return_aux(self, return_aux):
+        """A clear error for return_aux=True on a decoder without the auxiliary head."""
+        if return_aux and not self.aux_head:
+            raise ValueError(
+                f"{self.__class__.__name__} {self.name!r} was built with aux_head=False; it has no aux logits to return."
+            )
 
-def logits_output_shape(layer, features_shape, output_size, return_aux):
-    """[N, H, W, num_classes] (twice with `return_aux`); H, W None where not static ints."""
-    shape = (features_shape[0], *_static_size(output_size), layer.num_classes)
-    return (shape, shape) if return_aux else shape
+    def compute_output_shape(self, features_shape, skips_shape, output_size=None, return_aux=False):
+        """[N, H, W, num_classes] (twice with `return_aux`); H, W None where `output_size` is not static ints."""
+        shape = (features_shape[0], *_static_size(output_size), self.num_classes)
+        return (shape, shape) if return_aux else shape
 
-
-def check_return_aux(layer, return_aux):
-    """A clear error for return_aux=True on a decoder without the auxiliary head."""
-    if return_aux and not layer.aux_head:
-        raise ValueError(f"{layer.__class__.__name__} {layer.name!r} was built with aux_head=False; it has no aux logits to return.")
+    def compute_output_spec(self, features, skips, output_size, training=None, return_aux=False):
+        # The output size is a call argument, not a shape: Keras' own
+        # compute_output_spec would pass compute_output_shape the input shapes only.
+        skips_shape = keras.tree.map_structure(lambda t: tuple(t.shape), skips)
+        shapes = self.compute_output_shape(tuple(features.shape), skips_shape, output_size, return_aux)
+        return keras.tree.map_shape_structure(lambda s: keras.KerasTensor(s, dtype=self.compute_dtype), shapes)
 
 
 def adaptive_average_pool(x, bins):

@@ -3,10 +3,7 @@
 import keras
 from keras import ops
 
-from stt_keras.models.blocks import (
-    ConvBNReLU, build_sublayer, check_return_aux, logits_output_shape, logits_output_spec, pooled_shape, resize_to,
-    with_channels,
-)
+from stt_keras.models.blocks import ConvBNReLU, SegmentationDecoder, build_sublayer, pooled_shape, resize_to, with_channels
 
 
 @keras.saving.register_keras_serializable(package="stt_keras")
@@ -76,7 +73,7 @@ class FeatureFusion(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="stt_keras")
-class BiSeNetDecoder(keras.layers.Layer):
+class BiSeNetDecoder(SegmentationDecoder):
     """(features P5, skips {"p4", "spatial"}, output size) -> logits [N, H, W, num_classes].
 
     Context: global average of P5 (ConvBNReLU) added to ARM(P5), upsampled to
@@ -155,7 +152,7 @@ class BiSeNetDecoder(keras.layers.Layer):
         return self.arm16(p4, training=training) + c32
 
     def call(self, features, skips, output_size, training=None, return_aux=False):
-        check_return_aux(self, return_aux)
+        self.check_return_aux(return_aux)
         if not self.classifier.built:
             self.build(tuple(features.shape), keras.tree.map_structure(lambda t: tuple(t.shape), skips))
         spatial = skips["spatial"]
@@ -167,12 +164,6 @@ class BiSeNetDecoder(keras.layers.Layer):
             return logits
         aux = resize_to(self.aux_classifier(self.aux_conv(c16, training=training)), *output_size)
         return logits, aux
-
-    def compute_output_shape(self, features_shape, skips_shape, output_size=None, return_aux=False):
-        return logits_output_shape(self, features_shape, output_size, return_aux)
-
-    def compute_output_spec(self, features, skips, output_size, training=None, return_aux=False):
-        return logits_output_spec(self, features, skips, output_size, return_aux)
 
     def get_config(self):
         config = super().get_config()

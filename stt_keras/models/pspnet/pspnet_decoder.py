@@ -4,13 +4,12 @@ import keras
 from keras import ops
 
 from stt_keras.models.blocks import (
-    ConvBNReLU, adaptive_average_pool, build_sublayer, check_return_aux, logits_output_shape, logits_output_spec,
-    resize_to, with_channels,
+    ConvBNReLU, SegmentationDecoder, adaptive_average_pool, build_sublayer, resize_to, with_channels,
 )
 
 
 @keras.saving.register_keras_serializable(package="stt_keras")
-class PSPNetDecoder(keras.layers.Layer):
+class PSPNetDecoder(SegmentationDecoder):
     """(features [N, h, w, d], skips, output size) -> logits [N, H, W, num_classes].
 
     Pyramid pooling at bins (1, 2, 3, 6), each branch a 1x1 ConvBNReLU to d/4 and
@@ -83,7 +82,7 @@ class PSPNetDecoder(keras.layers.Layer):
             build_sublayer(self.aux_classifier, build_sublayer(self.aux_conv, skips_shape["aux"]))
 
     def call(self, features, skips, output_size, training=None, return_aux=False):
-        check_return_aux(self, return_aux)
+        self.check_return_aux(return_aux)
         if not self.classifier.built or (self.aux_head and not self.aux_classifier.built):
             self.build(tuple(features.shape), keras.tree.map_structure(lambda t: tuple(t.shape), skips))
         h, w = features.shape[1], features.shape[2]
@@ -97,12 +96,6 @@ class PSPNetDecoder(keras.layers.Layer):
             return logits
         x = self.aux_conv(skips["aux"], training=training)
         return logits, resize_to(self.aux_classifier(self.aux_dropout(x, training=training)), *output_size)
-
-    def compute_output_shape(self, features_shape, skips_shape, output_size=None, return_aux=False):
-        return logits_output_shape(self, features_shape, output_size, return_aux)
-
-    def compute_output_spec(self, features, skips, output_size, training=None, return_aux=False):
-        return logits_output_spec(self, features, skips, output_size, return_aux)
 
     def get_config(self):
         config = super().get_config()
