@@ -71,17 +71,30 @@ def models(tmp_path_factory):
     return paths
 
 
+def _write_video(path, frames, fourcc="FFV1", fps=10):
+    """Writes BGR frames (all of one size) to `path`; returns it as a str."""
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return str(path)
+
+
+def _random_video(path, size, frames, seed):
+    """`frames` random BGR frames of `size` (h, w) and the video file that holds them."""
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (*size, 3)).astype(np.uint8) for _ in range(frames)]
+    return images, _write_video(path, images)
+
+
 def _blocks_video(path, frames=12, size=(48, 72), fourcc="MJPG"):
     """Four vertical bands with red = 10, 80, 150, 220 (labels 0..3 under the fake model)."""
     h, w = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (w, h))
     image = np.zeros((h, w, 3), np.uint8)
     for band, red in enumerate((10, 80, 150, 220)):
         image[:, band * w // 4:(band + 1) * w // 4, 2] = red  # BGR: red is channel 2
-    for _ in range(frames):
-        writer.write(image)
-    writer.release()
-    return str(path)
+    return _write_video(path, [image] * frames, fourcc)
 
 
 def _read_all(path):
@@ -212,16 +225,9 @@ def test_real_exported_int8_model(exported, tmp_path):
     folder, _ = exported
     model = os.path.join(folder, "stt_int8.tflite")
     meta = load_metadata(model)
-    h, w = meta["input_size"]
-    rng = np.random.default_rng(5)
-    frames = [rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for _ in range(4)]
-    video = tmp_path / "in.mkv"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10, (w, h))
-    for f in frames:
-        writer.write(f)
-    writer.release()
+    frames, video = _random_video(tmp_path / "in.mkv", meta["input_size"], 4, seed=5)
     out = tmp_path / "o.mkv"
-    assert app.main(["--model", model, "--video", str(video), "--out", str(out), "--no-display", "--alpha", "1.0",
+    assert app.main(["--model", model, "--video", video, "--out", str(out), "--no-display", "--alpha", "1.0",
                      "--no-legend"]) == 0
     runner = LiteRTRunner(model, meta)
     state = runner.initial_state()
@@ -238,15 +244,8 @@ def test_real_exported_onnx_model_matches_litert(exported, tmp_path):
     onnx_model = os.path.join(folder, "stt_gpu_step.onnx")
     lite_model = os.path.join(folder, "stt_gpu_float32.tflite")
     meta = load_metadata(onnx_model)
-    h, w = meta["input_size"]
-    rng = np.random.default_rng(6)
-    frames = [rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for _ in range(3)]
-    video = tmp_path / "in.mkv"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10, (w, h))
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    assert app.main(["--model", onnx_model, "--video", str(video), "--out", str(tmp_path / "o.mkv"), "--no-display"]) == 0
+    frames, video = _random_video(tmp_path / "in.mkv", meta["input_size"], 3, seed=6)
+    assert app.main(["--model", onnx_model, "--video", video, "--out", str(tmp_path / "o.mkv"), "--no-display"]) == 0
     onnx_runner, lite_runner = OnnxRunner(onnx_model, meta), LiteRTRunner(lite_model, load_metadata(lite_model))
     state_o, state_l = onnx_runner.initial_state(), lite_runner.initial_state()
     for t, frame in enumerate(frames):

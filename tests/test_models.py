@@ -1,5 +1,8 @@
 """Segmentation models: backbones, heads, STTSegmenter, presets, saving, training, streaming."""
 
+import json
+import zipfile
+
 import numpy as np
 import pytest
 import keras
@@ -165,6 +168,33 @@ def test_keras_round_trip_in_safe_mode(tmp_path):
         np.testing.assert_array_equal(loaded(x).numpy(), expected)
 
 
+@pytest.mark.parametrize("name", ["stt_bise_tiny", "psp_tiny"])
+def test_files_saved_before_the_build_contract_still_load(name, tmp_path):
+    """Earlier files carry no usable build config for the encoder and decoder: they build on the first call."""
+    model = STTSegmenter.from_preset(name, num_classes=CLASSES)
+    x = clip() if name.startswith("stt") else clip()[:, -1]
+    expected = model(x).numpy()
+    path = str(tmp_path / "new.keras")
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        files = {n: archive.read(n) for n in archive.namelist()}
+    config = json.loads(files["config.json"])
+    for key in ("encoder", "decoder"):  # the build configs the earlier code wrote
+        sub = config["config"][key]
+        if sub["class_name"] == "PSPNetDecoder":
+            sub["build_config"] = {"input_shape": sub["build_config"]["shapes_dict"]["features_shape"]}
+        else:
+            sub["build_config"] = {"shapes_dict": {}}
+    files["config.json"] = json.dumps(config).encode()
+    old = str(tmp_path / "old.keras")
+    with zipfile.ZipFile(old, "w") as archive:
+        for n, data in files.items():
+            archive.writestr(n, data)
+    loaded = keras.saving.load_model(old, safe_mode=True)
+    np.testing.assert_array_equal(loaded(x).numpy(), expected)
+    assert loaded.decoder.aux_classifier.built and len(loaded.weights) == len(model.weights)
+
+
 @pytest.mark.parametrize(
     "shape, dtype, message",
     [((1, 3, H, W, 3), "uint8", "T\\+1=4"), ((1, 4, H, W, 1), "uint8", "3 \\(RGB\\)"),
@@ -208,6 +238,36 @@ def test_fit_on_clips_reduces_the_loss_and_uses_the_aux_head():
     total = float(model.compute_loss(x=x, y=y, y_pred=logits, training=True))
     aux = float(loss(y, model._aux_logits))
     np.testing.assert_allclose(total, main + 0.4 * aux, rtol=1e-4)
+
+
+def test_a_bisenet_training_step_moves_the_context_batchnorm_once():
+    """One fit step updates a context-path BatchNorm once: m' = 0.9 m + 0.1 mean(batch) (twice gave 0.19)."""
+    model = STTSegmenter.from_preset("bise_tiny", num_classes=CLASSES)
+    x = clip(batch=2)[:, -1]
+    model(x)  # builds; inference moves no statistics
+    bn = model.decoder.arm32.conv.bn
+    # What that BatchNorm normalises in the step: the conv of the encoder's training-mode
+    # features (batch statistics: they do not depend on the moving ones, nor change with lr 0).
+    pre = model.decoder.arm32.conv.conv(model.encoder(x, training=True)["features"]).numpy().astype("float64")
+    old_mean, old_var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, np.zeros((2, H, W), "int32"), batch_size=2, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.9 * old_mean + 0.1 * pre.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 * old_var + 0.1 * pre.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    assert model._aux_logits is not None  # the step did use the auxiliary head
+
+
+@pytest.mark.parametrize("name", ["psp_tiny", "bise_tiny"])
+def test_decoder_returns_logits_and_aux_from_one_pass(name):
+    model = STTSegmenter.from_preset(name, num_classes=CLASSES)
+    features, skips = model._encode(clip()[:, -1], False)
+    logits, aux = model.decoder(features, skips, output_size=(H, W), return_aux=True)
+    np.testing.assert_allclose(logits, model.decoder(features, skips, output_size=(H, W)), atol=1e-6)
+    # The aux head is built with the rest, before any training call, and differs from the main head.
+    assert model.decoder.aux_classifier.built and np.abs(aux.numpy() - logits.numpy()).max() > 1e-3
+    no_aux = model.decoder.__class__.from_config({**model.decoder.get_config(), "aux_head": False})
+    with pytest.raises(ValueError, match="aux_head=False"):
+        no_aux(features, skips, output_size=(H, W), return_aux=True)
 
 
 # --------------------------------------------------------------- streaming

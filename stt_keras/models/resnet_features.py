@@ -115,6 +115,7 @@ class ResNetFeatures(keras.layers.Layer):
                 ):
                     layer.dilation_rate = (rate, rate)
         self.extractor = keras.Model(self.backbone.inputs, self.backbone.pyramid_outputs)
+        self.extractor.dtype_policy = self.dtype_policy  # keras.Model(inputs, outputs) takes no dtype
         if weights is not None:
             if weights == "imagenet":
                 if preset is None:

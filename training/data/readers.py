@@ -47,6 +47,7 @@ Generic folders:
   frames that are not consecutive.
 """
 
+import functools
 import glob
 import os
 import re
@@ -114,24 +115,43 @@ def _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_fr
     return samples
 
 
+def _label_candidates(label_dir, dataset, label_glob, pattern, frame_path, misnamed=None, first_of=None):
+    """(path_of(frame number), labelled frame number, label path, first frame) for every label file of a split.
+
+    The labels are the files `label_glob` under `label_dir`, sorted. `pattern` matches a
+    label's file name: its "frame" group is the labelled frame's number, and
+    `frame_path(match, number)` names a frame of the label's sequence. A label whose
+    name does not match is passed over, or, given `misnamed` (how labels are named),
+    an error. `first_of(match)` gives the sequence's first frame number (None: not known).
+    """
+    if not os.path.isdir(label_dir):
+        raise FileNotFoundError(f"No {dataset} labels at {label_dir}.")
+    candidates = []
+    for label in sorted(glob.glob(os.path.join(label_dir, label_glob))):
+        m = pattern.match(os.path.basename(label))
+        if m is None:
+            if misnamed is None:
+                continue
+            raise ValueError(f"{dataset} label {label} is not named {misnamed}.")
+        first = None if first_of is None else first_of(m)
+        candidates.append((functools.partial(frame_path, m), int(m["frame"]), label, first))
+    return candidates
+
+
+_CITYSCAPES_LABEL = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_gtFine_labelIds\.png$")
+_CAMVID_LABEL = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.png$")
+
+
 def cityscapes_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False):
     """Clips ending at every annotated frame of a Cityscapes split."""
     label_dir = os.path.join(root, "gtFine", split)
-    if not os.path.isdir(label_dir):
-        raise FileNotFoundError(f"No Cityscapes labels at {label_dir}.")
-    pattern = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_gtFine_labelIds\.png$")
-    candidates = []
-    for label in sorted(glob.glob(os.path.join(label_dir, "*", "*_gtFine_labelIds.png"))):
-        m = pattern.match(os.path.basename(label))
-        if m is None:
-            continue
-        city, seq = m["city"], int(m["seq"])
-        frame_dir = os.path.join(root, "leftImg8bit_sequence", split, city)
 
-        def path_of(f, city=city, seq=seq, frame_dir=frame_dir):
-            return os.path.join(frame_dir, f"{city}_{seq:06d}_{f:06d}_leftImg8bit.png")
+    def frame_path(m, f):
+        city = m["city"]
+        return os.path.join(root, "leftImg8bit_sequence", split, city, f"{city}_{int(m['seq']):06d}_{f:06d}_leftImg8bit.png")
 
-        candidates.append((path_of, int(m["frame"]), label, None))
+    candidates = _label_candidates(
+        label_dir, "Cityscapes", os.path.join("*", "*_gtFine_labelIds.png"), _CITYSCAPES_LABEL, frame_path)
     if not candidates:
         raise FileNotFoundError(f"No *_gtFine_labelIds.png files under {label_dir}.")
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
@@ -140,24 +160,20 @@ def cityscapes_samples(root, split, num_key_frames, frame_stride=1, skip_incompl
 def camvid_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False, first_frames="pad"):
     """Clips ending at every labelled frame of a CamVid split (layout above)."""
     _check_policy(first_frames)
-    label_dir = os.path.join(root, "labels", split)
-    if not os.path.isdir(label_dir):
-        raise FileNotFoundError(f"No CamVid labels at {label_dir}.")
-    pattern = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.png$")
-    candidates = []
+
+    def frame_path(m, f):
+        return os.path.join(root, "frames", m["seq"], f"{m['seq']}_{f:06d}.png")
+
     firsts = {}
-    for label in sorted(glob.glob(os.path.join(label_dir, "*.png"))):
-        m = pattern.match(os.path.basename(label))
-        if m is None:
-            raise ValueError(f"CamVid label {label} is not named {{sequence}}_{{frame}}.png.")
-        seq = m["seq"]
 
-        def path_of(f, seq=seq):
-            return os.path.join(root, "frames", seq, f"{seq}_{f:06d}.png")
+    def first_of(m):
+        if m["seq"] not in firsts:
+            firsts[m["seq"]] = _first_camvid_frame(root, m["seq"])
+        return firsts[m["seq"]]
 
-        if seq not in firsts:
-            firsts[seq] = _first_camvid_frame(root, seq)
-        candidates.append((path_of, int(m["frame"]), label, firsts[seq]))
+    candidates = _label_candidates(
+        os.path.join(root, "labels", split), "CamVid", "*.png", _CAMVID_LABEL, frame_path,
+        misnamed="{sequence}_{frame}.png", first_of=first_of)
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_frames)
 
 

@@ -2,7 +2,7 @@
 
 import keras
 
-from stt_keras.models.blocks import ConvBNReLU
+from stt_keras.models.blocks import ConvBNReLU, build_sublayer
 from stt_keras.models.resnet_features import ResNetFeatures
 
 
@@ -20,6 +20,15 @@ class BiSeNetEncoder(keras.layers.Layer):
         backbone: a ResNet variant name for the context path (output stride 32).
         spatial_channels: width of the spatial path output (128 in BiSeNet).
         backbone_weights: None, "imagenet" or a KerasHub preset name/directory.
+
+    Example:
+    >>> import numpy as np
+    >>> encoder = BiSeNetEncoder("resnet_tiny", spatial_channels=32)
+    >>> out = encoder(np.zeros((1, 64, 64, 3), "uint8"))
+    >>> {k: tuple(v.shape) for k, v in sorted(out.items())}
+    {'features': (1, 2, 2, 128), 'p4': (1, 4, 4, 96), 'spatial': (1, 8, 8, 32)}
+    >>> encoder.compute_output_shape((1, 64, 64, 3))["spatial"]
+    (1, 8, 8, 32)
     """
 
     def __init__(self, backbone="resnet18", spatial_channels=128, backbone_weights=None, **kwargs):
@@ -35,15 +44,28 @@ class BiSeNetEncoder(keras.layers.Layer):
         ]
         self.feature_channels = self.resnet.channels[-1]
 
-    def build(self, *shapes):
-        # Sublayers build on first call: their shapes depend on the input size.
-        self.built = True
+    def build(self, frames_shape=None):
+        if frames_shape is None:
+            # Restored from a file saved before this method took the input shape:
+            # the sublayers build on the first call.
+            return
+        build_sublayer(self.resnet, frames_shape)  # its variables exist already (a KerasHub model)
+        s = frames_shape
+        for layer in self.spatial:
+            s = build_sublayer(layer, s)
 
     def call(self, frames, training=None):
         pyramid = self.resnet(frames, training=training)
         s = keras.ops.cast(frames, self.compute_dtype) / 255.0 - 0.5
         for layer in self.spatial:
             s = layer(s, training=training)
+        return {"features": pyramid["P5"], "p4": pyramid["P4"], "spatial": s}
+
+    def compute_output_shape(self, frames_shape):
+        pyramid = self.resnet.compute_output_shape(frames_shape)
+        s = frames_shape
+        for layer in self.spatial:
+            s = layer.compute_output_shape(s)
         return {"features": pyramid["P5"], "p4": pyramid["P4"], "spatial": s}
 
     def get_config(self):

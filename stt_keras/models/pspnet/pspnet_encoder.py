@@ -2,7 +2,7 @@
 
 import keras
 
-from stt_keras.models.blocks import ConvBNReLU
+from stt_keras.models.blocks import ConvBNReLU, build_sublayer, with_channels
 from stt_keras.models.resnet_features import ResNetFeatures, resnet_channels
 
 
@@ -19,6 +19,15 @@ class PSPNetEncoder(keras.layers.Layer):
         feature_channels: d_t; None keeps the backbone's own width.
         output_stride: 8 (the PSPNet setting) or 16.
         backbone_weights: None, "imagenet" or a KerasHub preset name/directory.
+
+    Example:
+    >>> import numpy as np
+    >>> encoder = PSPNetEncoder("resnet_tiny", feature_channels=64)
+    >>> out = encoder(np.zeros((1, 64, 64, 3), "uint8"))
+    >>> {k: tuple(v.shape) for k, v in sorted(out.items())}
+    {'aux': (1, 8, 8, 96), 'features': (1, 8, 8, 64)}
+    >>> encoder.compute_output_shape((1, 64, 64, 3))["features"]
+    (1, 8, 8, 64)
     """
 
     def __init__(self, backbone="resnet18", feature_channels=None, output_stride=8, backbone_weights=None, **kwargs):
@@ -32,9 +41,14 @@ class PSPNetEncoder(keras.layers.Layer):
         if self.feature_channels != native:
             self.reduce = ConvBNReLU(self.feature_channels, 1, dtype=self.dtype_policy, name="reduce")
 
-    def build(self, *shapes):
-        # Sublayers build on first call: their shapes depend on the input size.
-        self.built = True
+    def build(self, frames_shape=None):
+        if frames_shape is None:
+            # Restored from a file saved before this method took the input shape:
+            # the sublayers build on the first call.
+            return
+        p5 = build_sublayer(self.resnet, frames_shape)["P5"]  # its variables exist already (a KerasHub model)
+        if self.reduce is not None:
+            build_sublayer(self.reduce, p5)
 
     def call(self, frames, training=None):
         pyramid = self.resnet(frames, training=training)
@@ -42,6 +56,10 @@ class PSPNetEncoder(keras.layers.Layer):
         if self.reduce is not None:
             x = self.reduce(x, training=training)
         return {"features": x, "aux": pyramid["P4"]}
+
+    def compute_output_shape(self, frames_shape):
+        pyramid = self.resnet.compute_output_shape(frames_shape)
+        return {"features": with_channels(pyramid["P5"], self.feature_channels), "aux": pyramid["P4"]}
 
     def get_config(self):
         config = super().get_config()

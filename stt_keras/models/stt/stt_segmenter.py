@@ -256,15 +256,15 @@ class STTSegmenter(keras.Model):
                 }
                 query, keys = features[:, -1], features[:, :-1]
             mixed = self.stt(query, keys)
-        logits = self.decoder(mixed, skips, output_size=size, training=training)
         self._aux_logits = None
-        if getattr(self.decoder, "aux_head", False):
-            # Build the aux head on the first call even at inference (its result is
-            # then unused and pruned from the graph), so a reloaded model has the
-            # same variables, and optimizer slots, as the one that was trained.
-            if (training and self.aux_weight > 0) or not self.decoder.aux_classifier.built:
-                aux = tf.cast(self.decoder.aux_logits(mixed, skips, size, training=training), tf.float32)
-                self._aux_logits = aux if training else None
+        if training and self.aux_weight > 0 and getattr(self.decoder, "aux_head", False):
+            # One decoder pass gives both: the context path runs (and moves its
+            # BatchNorm statistics) once. The decoder builds its aux head with the
+            # rest, so inference makes the same variables without running it.
+            logits, aux = self.decoder(mixed, skips, output_size=size, training=training, return_aux=True)
+            self._aux_logits = tf.cast(aux, tf.float32)
+        else:
+            logits = self.decoder(mixed, skips, output_size=size, training=training)
         return tf.cast(logits, tf.float32)
 
     # --------------------------------------------------------------- training
