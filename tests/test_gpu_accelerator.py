@@ -78,7 +78,7 @@ def _tflite(fn, *specs):
 def test_the_two_accelerator_behaviours_the_gpu_step_works_around():
     """ai-edge-litert 2.3.0 (pinned): (1) rank-0 operands are refused; (2) a rank-3 elementwise op
     with a constant whose leading dimension is > 1 gives wrong numbers (rank 4 is right).
-    If this starts failing after a LiteRT update, the workarounds in export/gpu_step.py
+    If this starts failing after a LiteRT update, the workarounds in stt_keras/layers/dense_masked.py
     (rank-4 NSM score, [1,1,1,1] bisection) may no longer be needed."""
     import tensorflow as tf
 
