@@ -24,7 +24,7 @@ Two forms compute the same function:
 - "gpu": the library's delegate-friendly implementation,
   `model.stream_step(..., implementation="dense_masked")` on the packed state
   (stt_keras/layers/dense_masked.py: no loops, no top-k, no scatter, no rank-5
-  tensor, float-only runtime tensors), traced inside `gpu_step.split_wide_convolutions`.
+  tensor, float-only runtime tensors), traced inside `gpu_step.gpu_convolutions`.
   A per-frame model has no loops: both forms are the same graph.
 
 Two interfaces:
@@ -135,22 +135,22 @@ def make_step_function(model, height, width, form="default", interface="full"):
     signature = input_signature(model, height, width, form, interface)
 
     if not is_streaming(model):
-        from export.gpu_step import split_wide_convolutions  # a per-frame graph is its own GPU form
+        from export.gpu_step import gpu_convolutions  # a per-frame graph is its own GPU form
 
         @tf.function(input_signature=signature, autograph=False)
         def frame_step(frame):
-            with portable_ops(), split_wide_convolutions(model):
+            with portable_ops(), gpu_convolutions(model):
                 logits = model(frame, training=False)
             return _outputs(tf.cast(logits, tf.float32), form, interface)
 
         return frame_step
 
     if form == "gpu":
-        from export.gpu_step import split_wide_convolutions  # only the gpu form needs it
+        from export.gpu_step import gpu_convolutions  # only the gpu form needs it
 
         @tf.function(input_signature=signature, autograph=False)
         def step(frame, state, reset):
-            with portable_ops(), split_wide_convolutions(model):
+            with portable_ops(), gpu_convolutions(model):
                 logits, new_state = model.stream_step(frame, state, reset, implementation="dense_masked")
             return _outputs(logits, form, interface, new_state)
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import onnx
 import pytest
@@ -29,14 +30,20 @@ def tiny_model():
 
 
 # ------------------------------------------------------------ the two forms
-def test_wide_convolution_split_keeps_the_function(tiny_model):
+def test_gpu_convolutions_keep_the_function(tiny_model):
     """Input-channel slices of wide convolutions (what keeps STT-PSP18's weights inside the GPU's
-    8192-texel textures) compute the same function. (The dense-masked STT pieces are tested
+    8192-texel textures) and strided 1x1 convolutions as slice + 1x1 compute the same function. (The dense-masked STT pieces are tested
     against the library and the NumPy reference in tests/test_stt_layers.py.)"""
     clip = np.random.default_rng(5).integers(0, 256, (1, 4, *SIZE, 3)).astype(np.uint8)
     before = tiny_model(clip).numpy()
-    with gpu_step.split_wide_convolutions(tiny_model, limit=600) as patched:
-        assert len(patched) >= 3  # 3x3 convolutions with more than 66 input channels
+    strided = [layer.name for layer in tiny_model._flatten_layers() if type(layer) is keras.layers.Conv2D
+               and layer.kernel.shape[:2] == (1, 1) and tuple(layer.strides) != (1, 1)]
+    assert strided  # ResNet's downsampling shortcuts
+    with gpu_step.gpu_convolutions(tiny_model) as patched:
+        assert patched == strided  # no weights above 8192 texels at the tiny size
+        np.testing.assert_allclose(tiny_model(clip).numpy(), before, rtol=1e-4, atol=1e-4)
+    with gpu_step.gpu_convolutions(tiny_model, limit=600) as patched:
+        assert len(patched) >= 3 + len(strided)  # 3x3 convolutions with more than 66 input channels
         during = tiny_model(clip).numpy()
     np.testing.assert_allclose(during, before, rtol=1e-4, atol=1e-4)
     assert not any("convolution_op" in vars(layer) for layer in tiny_model._flatten_layers())
