@@ -17,6 +17,7 @@ Correctness numbers only (no timing).
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -52,6 +53,9 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="a .keras model instead of a random-weight preset")
+    p.add_argument("--round-constants", action="store_true",
+                   help="also round the GPU form's float32 graph constants to float16 (NSM counts, 1/count, "
+                        "log count, mask biases), as the float16 converter stores them")
     args = p.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
     if args.model:
@@ -78,10 +82,12 @@ def main(argv=None):
         for t, frame in enumerate(frames):
             reset = tf.constant(t == 0)
             m_ref = selection(model, frame, dense_masked.pack_frames(state), t == 0)
-            m_r = selection(rounded, frame, state_r, t == 0)
+            with _constants_in_float16(args.round_constants):
+                m_r = selection(rounded, frame, state_r, t == 0)
             ref, next_state = model.stream_step(tf.constant(frame[None]), state, reset, implementation="sparse")
-            out, next_r = rounded.stream_step(tf.constant(frame[None].astype(np.float32)), state_r,
-                                              tf.constant([1.0 if t == 0 else 0.0]), implementation="dense_masked")
+            with _constants_in_float16(args.round_constants):
+                out, next_r = rounded.stream_step(tf.constant(frame[None].astype(np.float32)), state_r,
+                                                  tf.constant([1.0 if t == 0 else 0.0]), implementation="dense_masked")
             ref, out = ref.numpy()[0], out.numpy()[0]
             labels_ref, labels = ref.argmax(-1), out.argmax(-1)
             top2 = np.sort(ref, axis=-1)[..., -2:]
@@ -104,7 +110,8 @@ def main(argv=None):
             totals["agree_same_selection"] += int(agree[same].sum())
             totals["pixels_same_selection"] += int(same.sum())
             state, state_r = next_state, next_r
-    print(f"{args.model or args.preset} at {size[0]}x{size[1]}, float16-rounded weights (GPU form) vs Keras (default form)")
+    what = "weights and graph constants" if args.round_constants else "weights"
+    print(f"{args.model or args.preset} at {size[0]}x{size[1]}, float16-rounded {what} (GPU form) vs Keras (default form)")
     print("step | labels agree | selection flips | pixels with top-2 margin <= 2 x logit change | max logit change")
     for t, a, flips, points, near, change in rows:
         print(f"{t:4d} | {100 * a:8.3f}% | {flips:5d} of {points} | {100 * near:6.2f}% | {change:.4f}")
@@ -115,6 +122,27 @@ def main(argv=None):
           f"away from flipped selections {100 * T['agree_same_selection'] / max(1, T['pixels_same_selection']):.3f}% "
           f"({100 * T['pixels_same_selection'] / T['pixels']:.1f}% of pixels); "
           f"selection flips {T['selection_flips']} of {T['points']} points")
+
+
+@contextlib.contextmanager
+def _constants_in_float16(active):
+    """While active, float32 numpy constants of the dense-masked STT are rounded to float16
+    (saturating at +-65504, as the converter does) before they enter the graph."""
+    if not active:
+        yield
+        return
+    original = dense_masked.tf.constant
+
+    def rounded(value, *a, **k):
+        if isinstance(value, np.ndarray) and value.dtype == np.float32:
+            value = np.clip(value, -65504, 65504).astype(np.float16).astype(np.float32)
+        return original(value, *a, **k)
+
+    dense_masked.tf.constant = rounded
+    try:
+        yield
+    finally:
+        dense_masked.tf.constant = original
 
 
 def _dilate(mask, radius):
