@@ -136,6 +136,17 @@ def _float16_split(values):
     return high.astype(np.float32), low.astype(np.float32)
 
 
+def _float16_exact_scale(factor, power=256.0):
+    """x -> x * factor with a float32-accurate factor from float16-exact constants.
+
+    factor * power is split (power a power of two keeps the remainder out of float16's
+    subnormals), x * high + x * low is formed and scaled back by the exact 1 / power.
+    """
+    high, low = _float16_split(np.asarray(factor, np.float64) * power)
+    high, low = tf.constant(high), tf.constant(low)
+    return lambda x: (x * high + x * low) * (1.0 / power)
+
+
 def _static_size(x, what):
     h, w = x.shape[1], x.shape[2]
     if h is None or w is None:
@@ -184,25 +195,26 @@ def _nsm_score_one(features, radius, h, w):
     # shrink-axis slice, which the GPU delegate rejects.
     in_window = tf.constant(window.astype(np.float32)[None, None])  # [1, 1, 64, halo], broadcast over tiles
     outside = tf.constant((window.sum(-1)[None] - count)[None, ..., None].astype(np.float32))  # in-window, out-of-map
-    # Constants that survive float16 storage (a float16 export stores every constant in float16):
-    # counts are small integers, exact in float16; log(count) is split into a float16 part and a
-    # float16-exact remainder, subtracted one after the other. Storing 1/count and log(count)
-    # rounded moved scores by up to 5e-3, above the score gap at the top-k threshold (1e-3 and
-    # less): STT-PSP18's float16 export flipped 2-6 of 2048 selected points per step, and
-    # PSPNet's global pooling spread each flip over the whole map (labels 99.45% of Keras').
-    counts = tf.constant(count[None, ..., None])
+    # Constants that survive float16 storage (a float16 export stores every constant in float16,
+    # and the converter turns a division by a constant into a multiplication by its reciprocal):
+    # 1/count and log(count) are each split into a float16 part and a float16-exact remainder,
+    # applied one after the other (relative error ~1e-7 instead of 5e-4). Rounded, they moved
+    # scores by up to 5e-3, above the score gap at the top-k threshold (1e-3 and less):
+    # STT-PSP18's float16 export flipped 2-6 of 2048 selected points per step, and PSPNet's
+    # global pooling spread each flip over the whole map (labels 99.45-99.65% of Keras').
+    per_count = _float16_exact_scale(1.0 / count[None, ..., None])
     log_high, log_low = _float16_split(np.log(count[None, ..., None]))
     bias = tf.constant(_bias(window)[None, None])
     peak = tf.reduce_max(dots + bias, axis=-1, keepdims=True)
     exp = tf.exp(dots + bias - peak)
     total = tf.reduce_sum(exp, axis=-1, keepdims=True) - outside * tf.exp(-peak)
     logsumexp = peak + tf.math.log(total)
-    mean_dot = tf.reduce_sum(dots * in_window, axis=-1, keepdims=True) / counts
+    mean_dot = per_count(tf.reduce_sum(dots * in_window, axis=-1, keepdims=True))
     q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1, keepdims=True))  # [1, tiles, 64, 1]
     halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1, keepdims=True))  # [1, tiles, halo, 1]
     norms = tf.matmul(q_norm, tf.transpose(halo_norm, [0, 1, 3, 2]))  # outer product as a matmul (not a GPU MUL)
     cosine = dots / tf.maximum(norms, EPS)
-    cos_term = 1.0 - tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True) / counts
+    cos_term = 1.0 - per_count(tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True))
     score = (logsumexp - mean_dot + cos_term - tf.constant(log_high)) - tf.constant(log_low)  # [1, tiles, 64, 1]
     return _from_tiles(score, inverse, h, w)
 
