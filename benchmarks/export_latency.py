@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import timeit  # noqa: E402
 from export import calibration, gpu_step, onnx_export, parity, step as step_lib, tflite  # noqa: E402
+from stt_keras.layers import dense_masked  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
 
 
@@ -102,7 +103,7 @@ def main():
                                   tf.TensorSpec(state_shape, tf.float32, name="state")])
     def stt_only(features, state):
         with tf.name_scope(gpu_step.STT_SCOPE):
-            return {"mixed": gpu_step.attend(model.stt, features, state)}
+            return {"mixed": dense_masked.attend(model.stt, features, state)}
 
     frame_f = frames[-1][None].astype(np.float32)
     rng = np.random.default_rng(0)

@@ -1,265 +1,65 @@
-"""The delegate-friendly streaming step: the same function as `STTSegmenter.stream_step`,
-built only from ops a mobile GPU delegate accepts.
+"""Trace glue for the GPU form: what the exporter does while it traces a model for a GPU.
 
-What changes against the library's step (and why):
-- No loops: the tile loops of the NSM score and the windowed attention become one
-  batched computation over all tiles (WHILE is not a GPU op).
-- No rank-5 tensors: tiles are cut by GATHER with constant int32 indices from a
-  [points, channels] table (not by reshape/transpose through rank 6), and the
-  state is packed [1, h, w, T * C].
-- No top-k: the top `top_ratio` points are found by bisection on a score threshold
-  (a fixed number of halvings, unrolled), giving a 0/1 mask. This selects exactly
-  the top-k set unless the k-th and (k+1)-th scores are within float rounding of
-  each other (ties), where the library's top-k keeps the lower index and the mask
-  keeps both; tests measure how often that happens.
-- No scatter: every point goes through the transformer and the mask blends the
-  result in (unselected points keep their features). That costs the attention,
-  FFN and expansion of the unselected points too (the library's CPU step skips the
-  FFN/expansion for them), in exchange for a graph a GPU runs in one piece.
-- Masks are additive biases (-1e9: exactly zero weight after exp, -inf in
-  float16 with the same result), small and broadcast, never a folded
-  [tiles, points, halo] constant; NSM needs no validity mask at all (see
-  `nsm_score`). Large values never enter data tensors (see windowed_attention).
-- Dense layers on maps are 1x1 convolutions (CONV_2D is every delegate's first
-  op); the decoder's argmax is left to the caller (ARG_MAX is not a GPU op).
-
-Batch 1 and static frame size only (what the exporter uses).
+The delegate-friendly computation itself is the library's: `STTSegmenter.stream_step(...,
+implementation="dense_masked")` with a packed state (stt_keras/layers/dense_masked.py). Here is
+only what changes the traced graph of the encoder/decoder, not the function:
+`gpu_convolutions` traces the convolutions the accelerator gets wrong (weights above its texture
+size, int8 strided 1x1) as equivalent ones it gets right.
 """
 
 import contextlib
 import math
 
-import numpy as np
 import tensorflow as tf
 
-from stt_keras.layers import nsm as nsm_lib
-from stt_keras.layers import windows
-
-NSM_TILE = 8  # query tile of the NSM score (as in the library)
-ATTENTION_TILE = 4  # query tile of the windowed attention (as in the library)
-BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
-STT_SCOPE = "stt_block"
-_FILL = 1.0e9  # masked logits get -_FILL: exp underflows to exactly 0 (-inf in float16, same result)
-MAX_TEXTURE_SIDE = 8192  # WebGPU's default maxTextureDimension2D (SwiftShader's; see split_wide_convolutions)
-MAX_GATHER_ROWS = 4096  # gathered key rows per tile group (see windowed_attention)
-_EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
-
-
-# ---------------------------------------------------------------- constant tables
-# Constants are kept small on purpose: a full [tiles, points, halo] mask is 30 MB
-# at the paper's size and the converter folds (1 - mask) into a second copy; the
-# first version of this file doubled the model size that way. The masks here are
-# per-tile [tiles, halo] or per-point-in-tile [points, halo] and meet by broadcasting.
-def _tile_tables(h, w, radii, tile, frames_packed=None):
-    """Numpy tables for cutting `tile x tile` query blocks and their halos by gather.
-
-    Returns (query_index [n_tiles, tile^2], inverse [h*w], halo_index
-    [n_tiles, n_halo], valid [n_tiles, n_halo] bool, window [tile^2, n_halo]
-    bool, count [n_tiles, tile^2] in-map window points). Query/inverse indices
-    address a table of h*w rows plus one zero row (h*w). Halo indices address a
-    table of T*h*w rows plus a zero row; with `frames_packed`=T the rows are
-    ordered point-major, (y*w + x) * T + frame, a plain reshape of a packed state.
-    """
-    with tf.init_scope():  # evaluate eagerly even while a tf.function traces
-        index, valid, window = (t.numpy() for t in windows.halo_tables(h, w, radii, tile))
-    nth, ntw = windows.num_tiles(h, tile), windows.num_tiles(w, tile)
-    ty, tx = np.meshgrid(np.arange(nth), np.arange(ntw), indexing="ij")
-    py, px = np.meshgrid(np.arange(tile), np.arange(tile), indexing="ij")
-    y = ty.reshape(-1, 1) * tile + py.reshape(1, -1)
-    x = tx.reshape(-1, 1) * tile + px.reshape(1, -1)
-    inside = (y < h) & (x < w)
-    query_index = np.where(inside, y * w + x, h * w).astype(np.int32)
-    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    inverse = ((yy // tile) * ntw + xx // tile) * tile * tile + (yy % tile) * tile + (xx % tile)
-    inverse = inverse.reshape(-1).astype(np.int32)
-    outside = len(radii) * h * w
-    if frames_packed:
-        frame, position = index // (h * w), index % (h * w)
-        index = np.where(index == outside, outside, position * frames_packed + frame)
-    count = np.einsum("pk,tk->tp", window.astype(np.float32), valid.astype(np.float32))
-    return query_index, inverse, index.astype(np.int32), valid, window, np.maximum(count, 1.0).astype(np.float32)
-
-
-def _with_zero_row(table):
-    return tf.concat([table, tf.zeros([1, table.shape[-1]], table.dtype)], axis=0)
-
-
-def _gather_rows(table, index):
-    """table[index] for a 2-D constant index array, through a 1-D gather (the GPU delegate's limit)."""
-    rows = tf.gather(table, index.reshape(-1))
-    return tf.reshape(rows, [*index.shape, table.shape[-1]])
-
-
-def _from_tiles(tiled, inverse, h, w):
-    """[n_tiles, tile^2, C] -> [1, h, w, C] by one gather."""
-    c = tiled.shape[-1]
-    flat = tf.reshape(tiled, [-1, c])
-    return tf.reshape(tf.gather(flat, inverse), [1, h, w, c])
-
-
-def _bias(mask):
-    """0 where allowed, -_FILL elsewhere: exp() of a masked logit is exactly 0."""
-    return np.where(mask, 0.0, -_FILL).astype(np.float32)
-
-
-# ------------------------------------------------------------------- the pieces
-def nsm_score(features, radius):
-    """NSM score [1, h, w, 1] of float32 features [1, h, w, d]; equals `stt_keras.layers.nsm_score`.
-
-    Out-of-map halo points read the zero row, so their dot products and cosines
-    are exactly 0: they drop out of the masked sums by themselves, and their
-    exp(0 - peak) terms are subtracted from the log-sum-exp by count. The peak
-    is >= the point's own squared norm >= 0, so those terms never dominate.
-
-    Everything runs at rank 4, [1, tiles, 64, .]: LiteRT's GPU accelerator gets a
-    rank-3 elementwise op wrong when its constant operand has a leading dimension
-    above 1 (it reads the constant's first slice for every tile; a [tiles, 64, 1]
-    count divisor gave scores off by 170 of 290), and rank-4 operands are mapped
-    the same way for data and constants.
-    """
-    _, h, w, d = features.shape
-    q_index, inverse, halo_index, valid, window, count = _tile_tables(h, w, [radius], NSM_TILE)
-    table = _with_zero_row(tf.reshape(features, [h * w, d]))
-    q = _gather_rows(table, q_index[None])  # [1, tiles, 64, d]
-    halo = _gather_rows(table, halo_index[None])  # [1, tiles, halo, d]
-    dots = tf.matmul(q, tf.transpose(halo, [0, 1, 3, 2]))  # [1, tiles, 64, halo]
-    # Every reduction keeps its axis ([1, tiles, 64, 1]): dropping it costs a
-    # shrink-axis slice, which the GPU delegate rejects.
-    in_window = tf.constant(window.astype(np.float32)[None, None])  # [1, 1, 64, halo], broadcast over tiles
-    outside = tf.constant((window.sum(-1)[None] - count)[None, ..., None].astype(np.float32))  # in-window, out-of-map
-    inverse_count = tf.constant(1.0 / count[None, ..., None])
-    log_count = tf.constant(np.log(count[None, ..., None]).astype(np.float32))
-    bias = tf.constant(_bias(window)[None, None])
-    peak = tf.reduce_max(dots + bias, axis=-1, keepdims=True)
-    exp = tf.exp(dots + bias - peak)
-    total = tf.reduce_sum(exp, axis=-1, keepdims=True) - outside * tf.exp(-peak)
-    logsumexp = peak + tf.math.log(total)
-    mean_dot = tf.reduce_sum(dots * in_window, axis=-1, keepdims=True) * inverse_count
-    q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1, keepdims=True))  # [1, tiles, 64, 1]
-    halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1, keepdims=True))  # [1, tiles, halo, 1]
-    norms = tf.matmul(q_norm, tf.transpose(halo_norm, [0, 1, 3, 2]))  # outer product as a matmul (not a GPU MUL)
-    cosine = dots / tf.maximum(norms, _EPS)
-    cos_term = 1.0 - tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True) * inverse_count
-    score = logsumexp - mean_dot - log_count + cos_term  # [1, tiles, 64, 1]
-    return _from_tiles(score, inverse, h, w)
-
-
-def top_mask(scores, top_ratio):
-    """0/1 float mask [1, h, w, 1] of the round(top_ratio * h * w) highest scores.
-
-    Bisection keeps lo <= k-th largest score < hi; after BISECTION_STEPS halvings
-    the interval is below float32 spacing, so `scores >= lo` is the top-k set
-    (plus any exact ties at the threshold).
-
-    Every value stays a [1, 1, 1, 1] tensor: LiteRT's GPU accelerator refuses
-    rank-0 operands ("bad input dims size: 0"), which a full reduction or a
-    Python-float comparison would make.
-    """
-    _, h, w, _ = scores.shape
-    k = float(windows.num_selected(top_ratio, h * w))
-    if k >= h * w:
-        return tf.ones_like(scores)
-    lo = tf.reduce_min(scores, axis=[1, 2], keepdims=True)  # [1, 1, 1, 1]
-    hi = tf.reduce_max(scores, axis=[1, 2], keepdims=True) + 1.0
-    for _ in range(BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        count = tf.reduce_sum(tf.cast(scores >= mid, tf.float32), axis=[1, 2], keepdims=True)
-        enough = tf.cast(count >= tf.fill([1, 1, 1, 1], k), tf.float32)
-        lo = lo + enough * (mid - lo)
-        hi = mid + enough * (hi - mid)
-    return tf.cast(scores >= lo, tf.float32)
-
-
-def windowed_attention(queries, state, radii, num_heads):
-    """Every point's attention to its key windows, from the packed state.
-
-    Tiles are processed in groups of at most MAX_GATHER_ROWS gathered key rows:
-    LiteRT's GPU accelerator keeps tensors in 2-D textures, at most MAX_TEXTURE_SIDE
-    texels a side on WebGPU's default limits (SwiftShader's too). One gather of every
-    tile's halo at the paper's size (STT-PSP18, 256x512: 128 tiles x 932 keys)
-    needed 4 x 238592 textures (two texture rows per gathered row of 128
-    channels); the accelerator could not create them and the attention came out
-    wrong (max error 5.6 on outputs of scale 3.9). Groups of 8192 rows still
-    failed (4 x 14912); 4096 rows fit.
-    At the tiny presets' sizes there is one group: the graph is the ungrouped one.
-
-    Args:
-        queries: float32 [1, h, w, d_r], projected and scaled.
-        state: float32 [1, h, w, T * 2 d_r] (keys then values per frame, oldest first).
-    Returns:
-        float32 [1, h, w, d_r].
-    """
-    _, h, w, d_r = queries.shape
-    frames = len(radii)
-    channels = 2 * d_r
-    d_head = d_r // num_heads
-    q_index, inverse, halo_index, valid, window, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
-    points = ATTENTION_TILE**2
-    n_tiles, n_halo = halo_index.shape
-    rows = h * w * frames
-    keys, values = tf.split(tf.reshape(state, [rows, channels]), 2, axis=-1)  # SPLIT: fine on any rank
-    keys, values = _with_zero_row(keys), _with_zero_row(values)
-    query_table = _with_zero_row(tf.reshape(queries, [h * w, d_r]))
-    window_bias = tf.constant(_bias(window))  # [16, halo], broadcast over tiles and heads
-    group = max(1, MAX_GATHER_ROWS // n_halo)
-    outputs = []
-    for start in range(0, n_tiles, group):
-        part = slice(start, min(start + group, n_tiles))
-        tiles = part.stop - part.start
-        k = tf.reshape(_gather_rows(keys, halo_index[part]), [tiles, n_halo, num_heads, d_head])
-        v = tf.reshape(_gather_rows(values, halo_index[part]), [tiles, n_halo, num_heads, d_head])
-        q = _gather_rows(query_table, q_index[part])  # [tiles, 16, d_r]
-        q = tf.transpose(tf.reshape(q, [tiles, points, num_heads, d_head]), [0, 2, 1, 3])
-        k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh, halo]
-        v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
-        logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
-        # Masks as small broadcast constants: outside each point's window (per point in
-        # the tile), outside the map (per tile). The big fill value lives only in these
-        # arithmetic ops, never in the key table, so an int8 model that quantizes the
-        # data-movement ops around the float STT block keeps sane key ranges (a -1e9
-        # key channel there cost 6% of int8 labels). A full [tiles, 16, halo] mask
-        # constant would be 30 MB at the paper's size; this is 2 x [tiles, halo].
-        in_map = valid[part].astype(np.float32)[:, None, None, :]
-        logits = (logits + window_bias) * tf.constant(in_map) + tf.constant(_bias(valid[part])[:, None, None, :])
-        e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
-        out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
-        outputs.append(tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [tiles, points, d_r]))
-    out = outputs[0] if len(outputs) == 1 else tf.concat(outputs, axis=0)
-    return _from_tiles(out, inverse, h, w)
+from stt_keras.layers.dense_masked import MAX_TEXTURE_SIDE, SCOPE as STT_SCOPE  # noqa: F401  (int8 export keeps it float)
 
 
 @contextlib.contextmanager
-def split_wide_convolutions(model, limit=MAX_TEXTURE_SIDE):
-    """While active, every Conv2D of `model` whose weights exceed the GPU's texture side
-    (kh * kw * input channels > `limit`) convolves input-channel slices and adds them.
+def gpu_convolutions(model, limit=MAX_TEXTURE_SIDE):
+    """While active, the Conv2D layers of `model` that LiteRT's GPU accelerator gets wrong are
+    traced as an equivalent graph it gets right; yields the names of the layers changed.
 
-    LiteRT's GPU accelerator stores 3x3 convolution weights in textures kh*kw*C_in
-    texels high: PSPNet's fusion conv (3x3, 1024 -> 512) needed 128 x 9216, above
-    WebGPU's default 8192 (SwiftShader's limit, and common on phones), and gave
-    outputs off by their whole scale. Two 512-channel convolutions plus an ADD fit.
-    Same function, so float parity is unchanged; the graph is traced inside it.
+    - Wide weights (kh * kw * input channels > `limit`): the accelerator stores 3x3
+      convolution weights in textures kh*kw*C_in texels high; PSPNet's fusion conv
+      (3x3, 1024 -> 512) needed 128 x 9216, above WebGPU's default 8192 (SwiftShader's
+      limit, and common on phones), and gave outputs off by their whole scale. They
+      convolve input-channel slices and add them (two 512-channel convolutions fit).
+    - Strided 1x1 convolutions (ResNet's downsampling shortcuts): in an int8 model the
+      accelerator computes them wrongly (ai-edge-litert 2.3.0: max error 9.0 on outputs
+      of scale 6.2 for 16x32x64 -> 8x16x64; float is exact), which made the int8 model
+      agree with its own CPU labels on 80% of pixels. They become a strided slice
+      (x[:, ::s, ::s]) and a stride-1 1x1 convolution: exact on the accelerator.
+
+    Same function (SAME and VALID padding coincide for a 1x1 kernel), so float parity is
+    unchanged; the graph is traced inside it.
     """
     import keras
+    from keras import ops
 
     patched = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if type(layer) is not keras.layers.Conv2D or getattr(layer, "groups", 1) != 1 or not layer.built:
+        if (type(layer) is not keras.layers.Conv2D or getattr(layer, "groups", 1) != 1 or not layer.built
+                or layer.data_format != "channels_last"):
             continue
         kh, kw, cin, _ = layer.kernel.shape
         parts = math.ceil(kh * kw * cin / limit)
-        if parts <= 1:
+        strides = tuple(layer.strides)
+        subsample = (kh, kw) == (1, 1) and strides != (1, 1)
+        if parts <= 1 and not subsample:
             continue
         size = 4 * math.ceil(cin / parts / 4)
         sizes = [size] * (cin // size) + ([cin % size] if cin % size else [])
 
-        def convolution_op(inputs, kernel, layer=layer, sizes=sizes):
-            from keras import ops
-
-            xs = tf.split(inputs, sizes, axis=-1)
-            ks = tf.split(kernel, sizes, axis=2)
+        def convolution_op(inputs, kernel, layer=layer, sizes=sizes, subsample=subsample, strides=strides):
+            if subsample:  # a 1x1 kernel reads every s-th row and column from the first
+                inputs = inputs[:, ::strides[0], ::strides[1], :]
+                strides = (1, 1)
+            xs = tf.split(inputs, sizes, axis=-1) if len(sizes) > 1 else [inputs]
+            ks = tf.split(kernel, sizes, axis=2) if len(sizes) > 1 else [kernel]
             out = None
             for x, k in zip(xs, ks):
-                y = ops.conv(x, k, strides=list(layer.strides), padding=layer.padding,
+                y = ops.conv(x, k, strides=list(strides), padding=layer.padding,
                              dilation_rate=layer.dilation_rate, data_format=layer.data_format)
                 out = y if out is None else out + y
             return out
@@ -271,97 +71,3 @@ def split_wide_convolutions(model, limit=MAX_TEXTURE_SIDE):
     finally:
         for layer in patched:
             del layer.convolution_op
-
-
-def _dense(x, kernel, bias):
-    """A Dense on a map as a 1x1 convolution."""
-    kernel = tf.cast(kernel, tf.float32)
-    out = tf.nn.conv2d(x, kernel[None, None], strides=1, padding="VALID")
-    return out + tf.cast(bias, tf.float32)
-
-
-def _layer_norm(x, gamma, beta, epsilon):
-    mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-    centred = x - mean
-    var = tf.reduce_mean(centred * centred, axis=-1, keepdims=True)
-    return centred * tf.math.rsqrt(var + epsilon) * tf.cast(gamma, tf.float32) + tf.cast(beta, tf.float32)
-
-
-def project_keys(stt, features):
-    """Key/values [1,h,w,2 d_r] of a frame's features, as `stt.project_keys`."""
-    kernel = tf.concat([stt.key_kernel, stt.value_kernel], axis=1)
-    bias = tf.concat([stt.key_bias, stt.value_bias], axis=0)
-    return _dense(features, kernel, bias)
-
-
-def attend(stt, features, state):
-    """`stt.attend(features, state)` without loops, top-k or scatter (every point is computed)."""
-    if stt.key_selection != "window":
-        raise ValueError("The delegate-friendly step implements key_selection='window' only.")
-    if stt.top_ratio == 0.0:
-        return features
-    eps = stt.layer_norm_epsilon
-    scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
-    q_in = _layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
-    q = _dense(q_in, stt.query_kernel, stt.query_bias) * scale
-    attended = windowed_attention(q, state, stt.radii, stt.num_heads)
-    mixed = _dense(attended, stt.output_kernel, stt.output_bias)
-
-    def ffn(x):
-        return _dense(tf.nn.relu(_dense(x, stt.ffn1_kernel, stt.ffn1_bias)), stt.ffn2_kernel, stt.ffn2_bias)
-
-    if stt.norm_first:
-        x = features + mixed
-        out = x + ffn(_layer_norm(x, stt.norm2_gamma, stt.norm2_beta, eps))
-    else:
-        x = _layer_norm(features + mixed, stt.norm1_gamma, stt.norm1_beta, eps)
-        out = _layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta, eps)
-    if stt.top_ratio == 1.0:  # every point is a query: no score, no mask
-        return out
-    mask = top_mask(_selection_scores(stt, features, state), stt.top_ratio)
-    return mask * out + (1.0 - mask) * features
-
-
-def _selection_scores(stt, features, state):
-    """As `stt.selection_scores`: NSM (optionally scale-free), plus the temporal change term."""
-    scored = features
-    if stt.nsm_temperature is not None:
-        scored = nsm_lib.scale_free(features, stt.nsm_temperature, eps=_EPS)
-    scores = nsm_score(scored, stt.neighborhood_radius)  # [1, h, w, 1]
-    if stt.change_weight > 0:
-        d_r = stt.reduced_channels
-        start = (stt.num_key_frames - 1) * 2 * d_r  # the nearest frame's keys in the packed state
-        previous = state[..., start: start + d_r]
-        current = _dense(features, stt.key_kernel, stt.key_bias)
-        dot = tf.reduce_sum(current * previous, axis=-1, keepdims=True)
-        norms = tf.sqrt(tf.reduce_sum(current * current, axis=-1, keepdims=True)
-                        * tf.reduce_sum(previous * previous, axis=-1, keepdims=True))
-        change = 1.0 - dot / tf.maximum(norms, _EPS)
-        scores = _standardise(scores) + stt.change_weight * _standardise(change)
-    return scores
-
-
-def _standardise(x):
-    """(x - mean) / std over the map [1, h, w, 1], as `nsm.combine_with_change` (finite maps)."""
-    centred = x - tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-    std = tf.sqrt(tf.reduce_mean(centred * centred, axis=[1, 2], keepdims=True))
-    return centred / tf.maximum(std, 1e-6)
-
-
-def stream_step(model, frame, state, reset):
-    """(frame [1,H,W,3] float32, packed state, reset [1]) -> (logits [1,H,W,classes], new packed state)."""
-    stt = model.stt
-    height, width = frame.shape[1], frame.shape[2]
-    features, skips = model._encode(frame, False)
-    features = tf.cast(features, tf.float32)
-    # One name scope around the STT and the state, so int8 export can keep exactly these ops in float.
-    with tf.name_scope(STT_SCOPE):
-        current = project_keys(stt, features)
-        reset = tf.reshape(reset, [1, 1, 1, 1])
-        fresh = tf.concat([current] * model.num_key_frames, axis=-1)
-        state = state * (1.0 - reset) + fresh * reset
-        mixed = attend(stt, features, state)
-        # The ring-buffer shift belongs to the scope too (int8 export keeps the state float).
-        next_state = tf.concat([state[..., current.shape[-1]:], current], axis=-1)
-    logits = model.decoder(tf.cast(mixed, model.decoder.compute_dtype), skips, output_size=(height, width), training=False)
-    return tf.cast(logits, tf.float32), next_state

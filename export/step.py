@@ -21,9 +21,11 @@ A per-frame model (no STT) has the same contract without state, reset and next_s
 Two forms compute the same function:
 - "default": the library's own `STTSegmenter.stream_step` (tile loops, top-k
   selection, gather/scatter of the selected points). Fastest on the CPU.
-- "gpu": the delegate-friendly form of `gpu_step.py` (no loops, no top-k, no
-  scatter, no rank-5 tensor, float-only runtime tensors). A per-frame model has
-  no loops: both forms are the same graph.
+- "gpu": the library's delegate-friendly implementation,
+  `model.stream_step(..., implementation="dense_masked")` on the packed state
+  (stt_keras/layers/dense_masked.py: no loops, no top-k, no scatter, no rank-5
+  tensor, float-only runtime tensors), traced inside `gpu_step.gpu_convolutions`.
+  A per-frame model has no loops: both forms are the same graph.
 
 Two interfaces:
 - "full" (default): the contract above, logits included.
@@ -36,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from stt_keras.kernels import portable_ops
+from stt_keras.layers import dense_masked
 
 FORMS = ("default", "gpu")
 INTERFACES = ("full", "edge")
@@ -65,17 +68,8 @@ def state_geometry(model, height, width):
     return h, w, frames, channels
 
 
-def pack_state(state):
-    """[B, T, h, w, C] -> [B, h, w, T * C] (oldest frame first along channels)."""
-    b, t, h, w, c = state.shape
-    return tf.reshape(tf.transpose(state, [0, 2, 3, 1, 4]), [-1, h, w, t * c])
-
-
-def unpack_state(packed, frames):
-    """[B, h, w, T * C] -> [B, T, h, w, C]."""
-    _, h, w, tc = packed.shape
-    c = tc // frames
-    return tf.transpose(tf.reshape(packed, [-1, h, w, frames, c]), [0, 3, 1, 2, 4])
+pack_state = dense_masked.pack_frames  # [B, T, h, w, C] -> [B, h, w, T * C], oldest frame first
+unpack_state = dense_masked.unpack_frames  # [B, h, w, T * C], T -> [B, T, h, w, C]
 
 
 def frame_dtype(form="default", interface="full"):
@@ -141,24 +135,23 @@ def make_step_function(model, height, width, form="default", interface="full"):
     signature = input_signature(model, height, width, form, interface)
 
     if not is_streaming(model):
-        from export.gpu_step import split_wide_convolutions  # a per-frame graph is its own GPU form
+        from export.gpu_step import gpu_convolutions  # a per-frame graph is its own GPU form
 
         @tf.function(input_signature=signature, autograph=False)
         def frame_step(frame):
-            with portable_ops(), split_wide_convolutions(model):
+            with portable_ops(), gpu_convolutions(model):
                 logits = model(frame, training=False)
             return _outputs(tf.cast(logits, tf.float32), form, interface)
 
         return frame_step
 
-    frames = model.num_key_frames
     if form == "gpu":
-        from export import gpu_step  # only the gpu form needs it
+        from export.gpu_step import gpu_convolutions  # only the gpu form needs it
 
         @tf.function(input_signature=signature, autograph=False)
         def step(frame, state, reset):
-            with portable_ops(), gpu_step.split_wide_convolutions(model):
-                logits, new_state = gpu_step.stream_step(model, frame, state, reset)
+            with portable_ops(), gpu_convolutions(model):
+                logits, new_state = model.stream_step(frame, state, reset, implementation="dense_masked")
             return _outputs(logits, form, interface, new_state)
 
         return step
@@ -166,8 +159,8 @@ def make_step_function(model, height, width, form="default", interface="full"):
     @tf.function(input_signature=signature, autograph=False)
     def step(frame, state, reset):
         with portable_ops():  # exported graphs hold standard TF ops only
-            logits, new_state = model.stream_step(frame, unpack_state(state, frames), reset[0] > 0.5)
-        return _outputs(logits, form, interface, pack_state(new_state))
+            logits, new_state = model.stream_step(frame, state, reset[0] > 0.5, implementation="sparse")
+        return _outputs(logits, form, interface, new_state)
 
     return step
 

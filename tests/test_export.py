@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +15,6 @@ from onnx import TensorProto, helper
 
 import stt_keras
 from export import atomic, cli, gpu_step, onnx_export, step as step_lib, tflite
-from stt_keras.layers import nsm, temporal_attention
 from stt_keras.models import STTSegmenter
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -30,44 +30,20 @@ def tiny_model():
 
 
 # ------------------------------------------------------------ the two forms
-def test_gpu_pieces_equal_library_pieces():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(1, 13, 19, 16)).astype(np.float32)
-    x[0, 3, 4] = 0.0  # a zero vector: cosine must be 0, not NaN
-    np.testing.assert_allclose(gpu_step.nsm_score(tf.constant(x), 3)[..., 0], nsm.nsm_score(x, 3), rtol=1e-5, atol=1e-5)
-
-    scores = rng.permutation(13 * 19).reshape(1, 13, 19, 1).astype(np.float32) * 0.37
-    for ratio in (0.05, 0.5, 0.93, 1.0):
-        mask = gpu_step.top_mask(tf.constant(scores), ratio).numpy().reshape(-1)
-        chosen = nsm.select_top(scores[..., 0], ratio).numpy()[0]
-        expected = np.zeros(13 * 19, np.float32)
-        expected[chosen] = 1.0
-        np.testing.assert_array_equal(mask, expected)
-
-    radii = [2, 1, 1]
-    q = rng.normal(size=(1, 9, 14, 8)).astype(np.float32)
-    kv = rng.normal(size=(1, 3, 9, 14, 16)).astype(np.float32)
-    expected = temporal_attention.windowed_attention(q, kv, radii, num_heads=2)
-    got = gpu_step.windowed_attention(tf.constant(q), step_lib.pack_state(tf.constant(kv)), radii, num_heads=2)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_gpu_texture_limits_keep_the_function(tiny_model, monkeypatch):
-    """Tile groups in the attention and input-channel slices of wide convolutions (what keeps
-    STT-PSP18's tensors inside the GPU's 8192-texel textures) compute the same function."""
-    rng = np.random.default_rng(5)
-    radii = [2, 1, 1]
-    q = rng.normal(size=(1, 9, 14, 8)).astype(np.float32)
-    kv = rng.normal(size=(1, 3, 9, 14, 16)).astype(np.float32)
-    expected = temporal_attention.windowed_attention(q, kv, radii, num_heads=2)
-    monkeypatch.setattr(gpu_step, "MAX_GATHER_ROWS", 300)  # 3 tiles of 100 keys per group, 5 groups
-    got = gpu_step.windowed_attention(tf.constant(q), step_lib.pack_state(tf.constant(kv)), radii, num_heads=2)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-
-    clip = rng.integers(0, 256, (1, 4, *SIZE, 3)).astype(np.uint8)
+def test_gpu_convolutions_keep_the_function(tiny_model):
+    """Input-channel slices of wide convolutions (what keeps STT-PSP18's weights inside the GPU's
+    8192-texel textures) and strided 1x1 convolutions as slice + 1x1 compute the same function. (The dense-masked STT pieces are tested
+    against the library and the NumPy reference in tests/test_stt_layers.py.)"""
+    clip = np.random.default_rng(5).integers(0, 256, (1, 4, *SIZE, 3)).astype(np.uint8)
     before = tiny_model(clip).numpy()
-    with gpu_step.split_wide_convolutions(tiny_model, limit=600) as patched:
-        assert len(patched) >= 3  # 3x3 convolutions with more than 66 input channels
+    strided = [layer.name for layer in tiny_model._flatten_layers() if type(layer) is keras.layers.Conv2D
+               and layer.kernel.shape[:2] == (1, 1) and tuple(layer.strides) != (1, 1)]
+    assert strided  # ResNet's downsampling shortcuts
+    with gpu_step.gpu_convolutions(tiny_model) as patched:
+        assert patched == strided  # no weights above 8192 texels at the tiny size
+        np.testing.assert_allclose(tiny_model(clip).numpy(), before, rtol=1e-4, atol=1e-4)
+    with gpu_step.gpu_convolutions(tiny_model, limit=600) as patched:
+        assert len(patched) >= 3 + len(strided)  # 3x3 convolutions with more than 66 input channels
         during = tiny_model(clip).numpy()
     np.testing.assert_allclose(during, before, rtol=1e-4, atol=1e-4)
     assert not any("convolution_op" in vars(layer) for layer in tiny_model._flatten_layers())

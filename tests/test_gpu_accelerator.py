@@ -78,7 +78,7 @@ def _tflite(fn, *specs):
 def test_the_two_accelerator_behaviours_the_gpu_step_works_around():
     """ai-edge-litert 2.3.0 (pinned): (1) rank-0 operands are refused; (2) a rank-3 elementwise op
     with a constant whose leading dimension is > 1 gives wrong numbers (rank 4 is right).
-    If this starts failing after a LiteRT update, the workarounds in export/gpu_step.py
+    If this starts failing after a LiteRT update, the workarounds in stt_keras/layers/dense_masked.py
     (rank-4 NSM score, [1,1,1,1] bisection) may no longer be needed."""
     import tensorflow as tf
 
@@ -175,3 +175,35 @@ def test_edge_demo_runs_on_the_gpu_accelerator(gpu_exports, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fully accelerated" in result.stdout and "3 frames" in result.stdout, result.stdout
     assert out.is_file()
+
+
+INT8_MIN_AGREEMENT = 0.985  # measured 99.06% (worst step 96.96%); the 99.5% target is not met, see docs/gpu_accelerator.md
+
+
+def test_int8_model_runs_fully_on_the_gpu_with_the_cpu_labels(trained_model_path, tmp_path):
+    """The int8 model (GPU-form graph, int8 encoder/decoder, float STT) compiles GPU-only and keeps
+    the CPU's labels: before strided 1x1 convolutions were traced as slice + 1x1 (export/gpu_step.py),
+    the accelerator computed ResNet's int8 shortcuts wrongly and agreed on 79-80%. What remains is
+    the accelerator's int8 rounding (one quantization step on <= 3% of values per op)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export import cli as export_cli
+
+    out = str(tmp_path / "int8")
+    args = export_cli.build_parser().parse_args(
+        ["--model", trained_model_path, "--out", out, "--size", f"{SIZE[0]}x{SIZE[1]}", "--formats", "tflite",
+         "--forms", "gpu", "--quantizations", "int8", "--gpu-check", "off", "--parity-sequences", "1",
+         "--parity-frames", "2", "--calibration-sequences", "3", "--calibration-frames", "6"])
+    export_cli.run_export(args)
+    path = os.path.join(out, "stt_int8.tflite")
+    gpu = litert_gpu.GpuModel(path)  # GPU only: raises if any op is refused
+    assert gpu.fully_accelerated and not gpu.op_split and not gpu.validation_errors, gpu.log[-2000:]
+    cpu = Interpreter(model_path=path, num_threads=2).get_signature_runner()
+    frames = video_frames(*SIZE)
+    on_gpu = stream_labels(gpu, frames, gpu.input_details)
+    on_cpu = stream_labels(cpu, frames, gpu.input_details)
+    per_step = (on_gpu == on_cpu).reshape(len(frames), -1).mean(-1)
+    print(f"stt_int8.tflite: labels agree {100 * per_step.mean():.3f}% over {len(frames)} steps "
+          f"(worst step {100 * per_step.min():.2f}%)")
+    assert per_step.mean() >= INT8_MIN_AGREEMENT and per_step.min() >= 0.95, per_step
+    assert len(np.unique(on_cpu)) > 1

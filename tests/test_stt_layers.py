@@ -468,3 +468,179 @@ def test_stt_rejects_bad_input(kwargs, q_shape, k_shape, message):
 def test_stt_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SparseTemporalTransformer(**kwargs)
+
+
+# ------------------------------------------- implementation="dense_masked" (the GPU form)
+WINDOW_CASES = [c for c in CASES if c[-1] == "window"]
+
+
+def test_dense_masked_pieces_equal_the_sparse_pieces(monkeypatch):
+    from stt_keras.layers import dense_masked, nsm, temporal_attention
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 13, 19, 16)).astype(np.float32)
+    x[0, 3, 4] = 0.0  # a zero vector: cosine must be 0, not NaN
+    np.testing.assert_allclose(dense_masked.nsm_score(tf.constant(x), 3)[..., 0], nsm.nsm_score(x, 3), rtol=1e-5, atol=1e-5)
+
+    scores = np.stack([rng.permutation(13 * 19) for _ in range(2)]).reshape(2, 13, 19, 1).astype(np.float32) * 0.37
+    for ratio in (0.05, 0.5, 0.93, 1.0):
+        mask = dense_masked.top_mask(tf.constant(scores), ratio).numpy().reshape(2, -1)
+        chosen = nsm.select_top(scores[..., 0], ratio).numpy()
+        expected = np.zeros((2, 13 * 19), np.float32)
+        np.put_along_axis(expected, chosen, 1.0, axis=1)
+        np.testing.assert_array_equal(mask, expected)
+
+    radii = [2, 1, 1]
+    q = rng.normal(size=(2, 9, 14, 8)).astype(np.float32)
+    kv = rng.normal(size=(2, 3, 9, 14, 16)).astype(np.float32)
+    expected = temporal_attention.windowed_attention(q, kv, radii, num_heads=2)
+    packed = dense_masked.pack_frames(tf.constant(kv))
+    np.testing.assert_array_equal(dense_masked.unpack_frames(packed, 3), kv)
+    got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Tile groups (what keeps STT-PSP18's gathers inside the GPU's textures): the same function.
+    monkeypatch.setattr(dense_masked, "MAX_GATHER_ROWS", 300)  # 3 tiles of 100 keys per group, 5 groups
+    got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-2]}")
+def test_dense_masked_matches_reference(case):
+    b, t, h, w, d, heads, s, e, eps, r, ratio, sel = case
+    q, k = random_clip(b, t, h, w, d)
+    layer = make_stt(case, implementation="dense_masked")
+    layer(q, k)
+    randomize(layer)
+    ours = layer(q, k).numpy()
+    expected = ref.stt_block(
+        q.astype(np.float64), k.astype(np.float64), weights_of(layer), num_key_frames=t,
+        start_size=s, end_size=e, expansion=eps, neighborhood_radius=r, top_ratio=ratio,
+        num_heads=heads, key_selection=sel, epsilon=1e-5,
+    )
+    np.testing.assert_allclose(ours, expected, rtol=2e-4, atol=2e-4)
+    changed = np.abs(ours - q).max(axis=-1) > 0
+    assert changed.sum() == b * max(1, int(np.floor(ratio * h * w + 0.5)))
+
+
+@pytest.mark.parametrize("extra", [dict(norm_first=True), dict(nsm_temperature=0.1), dict(ffn_channels=24),
+                                   dict(change_weight=1.5), dict(change_weight=0.5, nsm_temperature=0.1, norm_first=True),
+                                   dict(top_ratio=1.0)],
+                         ids=["norm_first", "nsm_temperature", "ffn_channels", "change", "all_options", "top100"])
+def test_dense_masked_variants_match_reference(extra):
+    b, t, h, w, d = 2, 3, 9, 13, 32
+    q, k = random_clip(b, t, h, w, d)
+    ratio = extra.pop("top_ratio", 0.5)
+    case = CASES[0][:10] + (ratio, "window")
+    layer = make_stt(case, implementation="dense_masked", **extra)
+    layer(q, k)
+    randomize(layer)
+    expected = ref.stt_block(
+        q.astype(np.float64), k.astype(np.float64), weights_of(layer), num_key_frames=t, start_size=1,
+        end_size=3, expansion=1, neighborhood_radius=2, top_ratio=ratio, num_heads=2,
+        nsm_temperature=extra.get("nsm_temperature"), norm_first=extra.get("norm_first", False),
+        change_weight=extra.get("change_weight", 0.0),
+    )
+    np.testing.assert_allclose(layer(q, k).numpy(), expected, rtol=2e-4, atol=2e-4)
+
+
+def test_implementation_is_a_choice_of_the_layer_and_of_each_call(tmp_path):
+    q, k = random_clip(1, 3, 9, 13, 32)
+    sparse = make_stt(CASES[0])
+    sparse(q, k)
+    randomize(sparse)
+    dense = SparseTemporalTransformer.from_config({**sparse.get_config(), "implementation": "dense_masked"})
+    dense(q, k)
+    dense.set_weights(sparse.get_weights())
+    assert sparse.get_config()["implementation"] == "sparse"  # the default
+    kv = sparse.project_keys(k)
+    packed = tf.reshape(tf.transpose(kv, [0, 2, 3, 1, 4]), [1, 9, 13, -1])
+    expected = sparse(q, k).numpy()
+    for out in (dense(q, k), sparse.attend(q, kv, implementation="dense_masked"),
+                sparse.attend(q, packed, implementation="dense_masked"), sparse.attend(q, packed),
+                dense.attend(q, kv, implementation="sparse")):
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    check_layer(lambda: make_stt(CASES[0], implementation="dense_masked"), (q, k), tmp_path, atol=1e-5)
+
+
+def test_dense_masked_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError, match="implementation"):
+        SparseTemporalTransformer(implementation="dense")
+    with pytest.raises(ValueError, match="key_selection='window' only"):
+        SparseTemporalTransformer(key_selection="all", implementation="dense_masked")
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2)
+    q, k = random_clip(1, 2, 5, 9, 16)
+    layer(q, k)
+    with pytest.raises(ValueError, match="key_selection='window' only"):
+        SparseTemporalTransformer(num_key_frames=2, num_heads=2, key_selection="all").attend(q, layer.project_keys(k), "dense_masked")
+    dynamic = tf.function(lambda a, b: layer.attend(a, b, implementation="dense_masked"),
+                          input_signature=[tf.TensorSpec([1, None, None, 16]), tf.TensorSpec([1, 2, None, None, 8])])
+    with pytest.raises(ValueError, match="static height and width"):
+        dynamic.get_concrete_function()
+
+
+def test_dense_masked_gradients_match_finite_differences_and_reach_every_weight():
+    rng = np.random.default_rng(11)
+    q = tf.constant(rng.normal(size=(1, 4, 5, 8)), tf.float64)
+    k = tf.constant(rng.normal(size=(1, 2, 4, 5, 8)), tf.float64)
+    probe = tf.constant(rng.normal(size=(1, 4, 5, 8)), tf.float32)
+    layer = SparseTemporalTransformer(num_key_frames=2, start_size=1, end_size=2, num_heads=2, top_ratio=1.0,
+                                      neighborhood_radius=1, implementation="dense_masked")
+    layer(q, k)
+    randomize(layer)
+
+    def loss(q, k):
+        return tf.reduce_sum(layer(q, k) * probe)
+
+    with tf.GradientTape() as tape:
+        tape.watch([q, k])
+        value = loss(q, k)
+    gq, gk = tape.gradient(value, [q, k])
+    eps = 1e-2
+    for _ in range(4):
+        for x, g, other in ((q, gq, 0), (k, gk, 1)):
+            i = tuple(rng.integers(0, s) for s in x.shape)
+            dx = np.zeros(x.shape)
+            dx[i] = eps
+            args = [(q + dx, k), (q, k + dx)][other], [(q - dx, k), (q, k - dx)][other]
+            fd = (loss(*args[0]) - loss(*args[1])).numpy() / (2 * eps)
+            np.testing.assert_allclose(g.numpy()[i], fd, rtol=0.05, atol=2e-3)
+    # With a mask in play (top_ratio 0.5) every weight and both inputs still get a gradient.
+    q, k = random_clip(2, 2, 9, 10, 16)
+    q, k = tf.constant(q), tf.constant(k)
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, top_ratio=0.5, neighborhood_radius=2,
+                                      implementation="dense_masked")
+    layer(q, k)
+    with tf.GradientTape() as tape:
+        tape.watch([q, k])
+        value = tf.reduce_sum(tf.sin(layer(q, k)))
+    grads = tape.gradient(value, layer.trainable_weights + [q, k])
+    for var, g in zip(layer.trainable_weights + ["query", "keys"], grads):
+        assert g is not None and np.abs(np.asarray(g)).max() > 0, f"no gradient for {getattr(var, 'path', var)}"
+
+
+@pytest.mark.parametrize("overrides", [dict(top_ratio=0.5), dict(top_ratio=0.5, norm_first=True, nsm_temperature=0.1,
+                                                                  change_weight=1.0)], ids=["top50", "options"])
+def test_stream_step_implementations_agree_with_either_state_layout(overrides):
+    from stt_keras.layers import dense_masked
+    from stt_keras.models import STTSegmenter
+
+    tf.keras.utils.set_random_seed(4)
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=5, **overrides)
+    model(np.zeros((1, 4, 32, 48, 3), np.uint8))
+    for v in model.stt.weights:  # norm_first starts at zero: make every term count
+        v.assign(v.numpy() + np.random.default_rng(5).normal(0, 0.05, v.shape).astype(np.float32))
+    rng = np.random.default_rng(1)
+    state = model.initial_state(1, 32, 48)
+    packed = dense_masked.pack_frames(state)
+    for t in range(3):
+        frame = rng.integers(0, 256, (1, 32, 48, 3)).astype(np.uint8)
+        logits, new_state = model.stream_step(frame, state, t == 0)
+        dense_logits, dense_state = model.stream_step(frame, state, t == 0, implementation="dense_masked")
+        packed_logits, packed = model.stream_step(frame, packed, np.float32([t == 0]), implementation="dense_masked")
+        np.testing.assert_allclose(dense_logits, logits, atol=1e-4)
+        np.testing.assert_allclose(packed_logits, logits, atol=1e-4)
+        np.testing.assert_allclose(dense_state, new_state, atol=1e-5)
+        np.testing.assert_allclose(dense_masked.unpack_frames(packed, model.num_key_frames), new_state, atol=1e-5)
+        state = new_state
+    with pytest.raises(ValueError, match="implementation"):
+        model.stream_step(frame, state, False, implementation="gpu")

@@ -6,9 +6,10 @@ import keras
 import tensorflow as tf
 
 from stt_keras import kernels
-from stt_keras.layers import nsm, temporal_attention, windows
+from stt_keras.layers import dense_masked, nsm, temporal_attention, windows
 
 KEY_SELECTIONS = ("window", "all")
+IMPLEMENTATIONS = ("sparse", "dense_masked")
 
 
 @keras.saving.register_keras_serializable(package="stt_keras")
@@ -64,6 +65,15 @@ class SparseTemporalTransformer(keras.layers.Layer):
         layer_norm_epsilon: epsilon of both layer norms.
         tiles_per_step: query tiles per loop step of the windowed attention.
         query_chunk: queries per loop step of the all-keys attention.
+        implementation: how the same function is computed. "sparse" (default):
+            top-k selection, tile loops, only the selected points go through the
+            block, scattered back; fastest on a CPU. "dense_masked"
+            (`stt_keras.layers.dense_masked`): no loops, top-k, scatter or rank-5
+            tensors; every point is computed and a 0/1 top-k mask (by threshold
+            bisection) blends the selected ones in: the form mobile GPUs run in one
+            piece. Needs a static map size and key_selection="window"; ties at the
+            k-th score keep every tied point. `attend` and
+            `STTSegmenter.stream_step` also take it per call.
 
     Example:
     >>> import numpy as np
@@ -92,6 +102,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         layer_norm_epsilon=1e-5,
         tiles_per_step=4,
         query_chunk=256,
+        implementation="sparse",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -126,6 +137,15 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.tiles_per_step = tiles_per_step
         self.query_chunk = query_chunk
+        self.implementation = self._check_implementation(implementation)
+
+    def _check_implementation(self, implementation):
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
+        if implementation == "dense_masked" and self.key_selection != "window":
+            raise ValueError("implementation='dense_masked' supports key_selection='window' only, "
+                             f"got key_selection={self.key_selection!r}.")
+        return implementation
 
     # ------------------------------------------------------------------ build
     def _check_shapes(self, query_shape, keys_shape):
@@ -256,8 +276,16 @@ class SparseTemporalTransformer(keras.layers.Layer):
             return tf.broadcast_to(tf.range(shape[1] * shape[2])[None], [shape[0], shape[1] * shape[2]])
         return tf.stop_gradient(nsm.select_top(self.selection_scores(query, key_values), self.top_ratio))
 
-    def attend(self, query, key_values):
-        """STT output for a query map [B, h, w, d] and projected key/values from `project_keys`."""
+    def attend(self, query, key_values, implementation=None):
+        """STT output for a query map [B, h, w, d] and projected key/values from `project_keys`.
+
+        Args:
+            query: [B, h, w, d].
+            key_values: [B, T, h, w, 2 d_r] from `project_keys`, or packed along channels
+                [B, h, w, T * 2 d_r] (`dense_masked.pack_frames`, oldest frame first).
+            implementation: None (the layer's) or one of IMPLEMENTATIONS.
+        """
+        implementation = self.implementation if implementation is None else self._check_implementation(implementation)
         query = tf.convert_to_tensor(query)
         self._build_for_channels(query.shape[-1])
         if query.dtype != self.compute_dtype:
@@ -265,6 +293,15 @@ class SparseTemporalTransformer(keras.layers.Layer):
         if self.top_ratio == 0.0:
             return query
         key_values = tf.cast(key_values, tf.float32)
+        if key_values.shape.rank not in (4, 5):
+            raise ValueError("`key_values` must be [B, T, h, w, 2 d_r] or packed [B, h, w, T * 2 d_r], "
+                             f"got shape {key_values.shape}.")
+        if implementation == "dense_masked":
+            if key_values.shape.rank == 5:
+                key_values = dense_masked.pack_frames(key_values)
+            return tf.cast(dense_masked.attend(self, query, key_values), self.compute_dtype)
+        if key_values.shape.rank == 4:
+            key_values = dense_masked.unpack_frames(key_values, self.num_key_frames)
         shape = tf.shape(query)
         batch = shape[0]
         d = self.channels
@@ -329,6 +366,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "tiles_per_step": self.tiles_per_step,
                 "query_chunk": self.query_chunk,
+                "implementation": self.implementation,
             }
         )
         return config

@@ -5,7 +5,8 @@ import os
 import keras
 import tensorflow as tf
 
-from stt_keras.layers import SparseTemporalTransformer
+from stt_keras.layers import SparseTemporalTransformer, dense_masked
+from stt_keras.layers.sparse_temporal_transformer import IMPLEMENTATIONS
 from stt_keras.metrics import IGNORE_LABEL, MeanIoU
 from stt_keras.models.bisenet.bisenet_decoder import BiSeNetDecoder
 from stt_keras.models.bisenet.bisenet_encoder import BiSeNetEncoder
@@ -360,7 +361,7 @@ class STTSegmenter(keras.Model):
         d_r = features.shape[-1] // self.stt.reduction
         return tf.zeros([batch, self.num_key_frames, h, w, 2 * d_r], tf.float32)
 
-    def stream_step(self, frame, state, reset):
+    def stream_step(self, frame, state, reset, implementation=None):
         """One streaming step as a pure function: (frame, state, reset) -> (logits, new_state).
 
         The frame is encoded once; its projected key/value map is appended to the
@@ -372,27 +373,67 @@ class STTSegmenter(keras.Model):
 
         Args:
             frame: [B, H, W, 3] uint8 or float in [0, 255].
-            state: float32 [B, T, h, w, 2 d_r].
-            reset: bool scalar (or [B]) tensor.
+            state: float32 [B, T, h, w, 2 d_r], or packed along channels
+                [B, h, w, T * 2 d_r] (oldest frame first; `dense_masked.pack_frames`).
+                The new state comes back in the same layout.
+            reset: bool scalar (or [B]) tensor; "dense_masked" also takes float 0/1.
+            implementation: None (the STT layer's) or "sparse" / "dense_masked" (see
+                `SparseTemporalTransformer`). "dense_masked" with a packed state is
+                the delegate-friendly step the GPU export traces: no loops, top-k,
+                scatter or rank-5 tensors, the STT ops under the name scope
+                `dense_masked.SCOPE` (int8 export keeps them float).
         """
         if self.stt is None:
             raise ValueError("stream_step needs an STT model; a per-frame model has no state.")
+        if implementation is None:
+            implementation = self.stt.implementation
+        elif implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
         frame = tf.convert_to_tensor(frame)
         state = tf.convert_to_tensor(state)
+        frames = self.num_key_frames
         if frame.shape.rank != 4:
             raise ValueError(f"stream_step expects a frame batch [B, H, W, 3], got shape {frame.shape}.")
-        if state.shape.rank != 5 or (state.shape[1] is not None and state.shape[1] != self.num_key_frames):
-            raise ValueError(f"stream_step expects a state [B, T={self.num_key_frames}, h, w, C], got shape {state.shape}.")
+        packed = state.shape.rank == 4
+        if packed and state.shape[-1] is not None and state.shape[-1] % frames:
+            raise ValueError(f"stream_step expects a packed state [B, h, w, T * C] with T={frames}, "
+                             f"got shape {state.shape}.")
+        if not packed and (state.shape.rank != 5 or (state.shape[1] is not None and state.shape[1] != frames)):
+            raise ValueError(f"stream_step expects a state [B, T={frames}, h, w, C] (or packed [B, h, w, T * C]), "
+                             f"got shape {state.shape}.")
         if frame.shape[0] is not None and state.shape[0] is not None and frame.shape[0] != state.shape[0]:
             raise ValueError(f"The frame batch ({frame.shape[0]}) and the state batch ({state.shape[0]}) differ.")
         size = (frame.shape[1], frame.shape[2])
+        if implementation == "dense_masked":
+            logits, new_state = self._dense_masked_step(frame, state if packed else dense_masked.pack_frames(state),
+                                                        reset, size)
+            return logits, new_state if packed else dense_masked.unpack_frames(new_state, frames)
+        if packed:
+            state = dense_masked.unpack_frames(state, frames)
         features, skips = self._encode(frame, False)
         current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
         reset = tf.reshape(tf.cast(reset, tf.bool), [-1, 1, 1, 1, 1])
-        state = tf.where(reset, tf.repeat(current, self.num_key_frames, axis=1), state)
-        mixed = self.stt.attend(features, state)
+        state = tf.where(reset, tf.repeat(current, frames, axis=1), state)
+        mixed = self.stt.attend(features, state, implementation="sparse")
         logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
-        return logits, tf.concat([state[:, 1:], current], axis=1)
+        new_state = tf.concat([state[:, 1:], current], axis=1)
+        return logits, dense_masked.pack_frames(new_state) if packed else new_state
+
+    def _dense_masked_step(self, frame, state, reset, size):
+        """stream_step with a packed state and the dense-masked STT (float32 throughout the STT)."""
+        features, skips = self._encode(frame, False)
+        features = tf.cast(features, tf.float32)
+        # One name scope around the STT and the state, so int8 export can keep exactly these ops in float.
+        with tf.name_scope(dense_masked.SCOPE):
+            current = dense_masked.project_keys(self.stt, features)
+            reset = tf.reshape(tf.cast(reset, tf.float32), [-1, 1, 1, 1])
+            fresh = tf.concat([current] * self.num_key_frames, axis=-1)
+            state = state * (1.0 - reset) + fresh * reset
+            mixed = dense_masked.attend(self.stt, features, state)
+            # The ring-buffer shift belongs to the scope too (int8 export keeps the state float).
+            next_state = tf.concat([state[..., current.shape[-1]:], current], axis=-1)
+        logits = self.decoder(tf.cast(mixed, self.decoder.compute_dtype), skips, output_size=size, training=False)
+        return tf.cast(logits, tf.float32), next_state
 
     def save_to_preset(self, preset_dir, labels=None, colors=None):
         """Writes this (trained) model as a preset directory that `from_preset(preset_dir)` loads.

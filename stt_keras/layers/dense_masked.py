@@ -1,0 +1,391 @@
+"""The STT block without loops, top-k or scatter: the `implementation="dense_masked"` of
+`SparseTemporalTransformer` and `STTSegmenter.stream_step`.
+
+The same function as the default ("sparse") implementation, built only from ops a
+mobile GPU runs (LiteRT's GPU accelerator, the classic TFLite GPU delegate):
+- No loops: the tile loops of the NSM score and the windowed attention become one
+  batched computation over all tiles (WHILE is not a GPU op).
+- No rank-5 tensors: tiles are cut by GATHER with constant int32 indices from a
+  [points, channels] table (not by reshape/transpose through rank 6), and the key
+  frames are packed along channels, [B, h, w, T * 2 d_r] (`pack_frames`).
+- No top-k: the top `top_ratio` points are found by bisection on a score threshold
+  (a fixed number of halvings, unrolled), giving a 0/1 mask. This selects exactly
+  the top-k set unless the k-th and (k+1)-th scores are within float rounding of
+  each other (ties), where top-k keeps the lower index and the mask keeps both.
+- No scatter: every point goes through the transformer and the mask blends the
+  result in (unselected points keep their features). That costs the attention,
+  FFN and expansion of the unselected points too, in exchange for a graph a GPU
+  runs in one piece.
+- Masks are additive biases (-1e9: exactly zero weight after exp, -inf in float16
+  with the same result), small and broadcast, never a folded [tiles, points, halo]
+  constant. Large values never enter data tensors (see `windowed_attention`).
+- Dense layers on maps are 1x1 convolutions (CONV_2D is every delegate's first op).
+
+Workarounds for LiteRT's GPU accelerator (ai-edge-litert 2.3.0, docs/gpu_accelerator.md):
+rank-0 operands are refused (every reduction keeps its axes, the bisection works on
+[1, 1, 1, 1] tensors); rank-3 elementwise ops against a constant whose leading
+dimension is > 1 compute wrongly (the NSM score runs at rank 4); tensors live in 2-D
+textures of at most MAX_TEXTURE_SIDE texels a side (the attention runs in tile groups).
+
+Differences from "sparse" besides ties: the spatial size must be static; only
+key_selection="window"; non-finite features are not given the score -inf (a NaN
+feature spreads to its neighbours instead of being passed through); batch elements
+other than the first of a batch of 1 go through `tf.map_fn`. Differentiable: the
+mask is piecewise constant (no gradient through the selection, as with "sparse").
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from stt_keras.layers import nsm, windows
+
+NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse implementation)
+ATTENTION_TILE = 4  # query tile of the windowed attention (as in temporal_attention)
+BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
+SCOPE = "stt_block"  # name scope of the STT ops in `STTSegmenter.stream_step`: int8 export keeps them float
+MAX_TEXTURE_SIDE = 8192  # WebGPU's default maxTextureDimension2D (SwiftShader's too)
+MAX_GATHER_ROWS = 4096  # gathered key rows per tile group (see windowed_attention)
+EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
+_FILL = 1.0e9  # masked logits get -_FILL: exp underflows to exactly 0 (-inf in float16, same result)
+
+
+# ------------------------------------------------------------------ state layout
+def pack_frames(frames):
+    """[B, T, h, w, C] -> [B, h, w, T * C] (oldest frame first along channels)."""
+    frames = tf.convert_to_tensor(frames)
+    t, c = frames.shape[1], frames.shape[4]
+    shape = tf.shape(frames)
+    h = frames.shape[2] if frames.shape[2] is not None else shape[2]
+    w = frames.shape[3] if frames.shape[3] is not None else shape[3]
+    return tf.reshape(tf.transpose(frames, [0, 2, 3, 1, 4]), [-1, h, w, t * c])
+
+
+def unpack_frames(packed, frames):
+    """[B, h, w, T * C] -> [B, T, h, w, C]."""
+    packed = tf.convert_to_tensor(packed)
+    shape = tf.shape(packed)
+    h = packed.shape[1] if packed.shape[1] is not None else shape[1]
+    w = packed.shape[2] if packed.shape[2] is not None else shape[2]
+    return tf.transpose(tf.reshape(packed, [-1, h, w, frames, packed.shape[-1] // frames]), [0, 3, 1, 2, 4])
+
+
+# ---------------------------------------------------------------- constant tables
+# Constants are kept small on purpose: a full [tiles, points, halo] mask is 30 MB at
+# the paper's size and the converter folds (1 - mask) into a second copy. The masks
+# here are per-tile [tiles, halo] or per-point-in-tile [points, halo] and meet by
+# broadcasting.
+def _tile_tables(h, w, radii, tile, frames_packed=None):
+    """Numpy tables for cutting `tile x tile` query blocks and their halos by gather.
+
+    Returns (query_index [n_tiles, tile^2], inverse [h*w], halo_index
+    [n_tiles, n_halo], valid [n_tiles, n_halo] bool, window [tile^2, n_halo]
+    bool, count [n_tiles, tile^2] in-map window points). Query/inverse indices
+    address a table of h*w rows plus one zero row (h*w). Halo indices address a
+    table of T*h*w rows plus a zero row; with `frames_packed`=T the rows are
+    ordered point-major, (y*w + x) * T + frame, a plain reshape of a packed state.
+    """
+    with tf.init_scope():  # evaluate eagerly even while a tf.function traces
+        index, valid, window = (t.numpy() for t in windows.halo_tables(h, w, radii, tile))
+    nth, ntw = windows.num_tiles(h, tile), windows.num_tiles(w, tile)
+    ty, tx = np.meshgrid(np.arange(nth), np.arange(ntw), indexing="ij")
+    py, px = np.meshgrid(np.arange(tile), np.arange(tile), indexing="ij")
+    y = ty.reshape(-1, 1) * tile + py.reshape(1, -1)
+    x = tx.reshape(-1, 1) * tile + px.reshape(1, -1)
+    inside = (y < h) & (x < w)
+    query_index = np.where(inside, y * w + x, h * w).astype(np.int32)
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    inverse = ((yy // tile) * ntw + xx // tile) * tile * tile + (yy % tile) * tile + (xx % tile)
+    inverse = inverse.reshape(-1).astype(np.int32)
+    outside = len(radii) * h * w
+    if frames_packed:
+        frame, position = index // (h * w), index % (h * w)
+        index = np.where(index == outside, outside, position * frames_packed + frame)
+    count = np.einsum("pk,tk->tp", window.astype(np.float32), valid.astype(np.float32))
+    return query_index, inverse, index.astype(np.int32), valid, window, np.maximum(count, 1.0).astype(np.float32)
+
+
+def _with_zero_row(table):
+    return tf.concat([table, tf.zeros([1, table.shape[-1]], table.dtype)], axis=0)
+
+
+def _gather_rows(table, index):
+    """table[index] for a 2-D constant index array, through a 1-D gather (the GPU delegate's limit)."""
+    rows = tf.gather(table, index.reshape(-1))
+    return tf.reshape(rows, [*index.shape, table.shape[-1]])
+
+
+def _from_tiles(tiled, inverse, h, w):
+    """[n_tiles, tile^2, C] -> [1, h, w, C] by one gather."""
+    c = tiled.shape[-1]
+    flat = tf.reshape(tiled, [-1, c])
+    return tf.reshape(tf.gather(flat, inverse), [1, h, w, c])
+
+
+def _bias(mask):
+    """0 where allowed, -_FILL elsewhere: exp() of a masked logit is exactly 0."""
+    return np.where(mask, 0.0, -_FILL).astype(np.float32)
+
+
+def _float16_split(values):
+    """(high, low) float32 arrays, both exact in float16, with high + low = values to ~1e-7 relative."""
+    values = np.asarray(values, np.float64)
+    high = values.astype(np.float16).astype(np.float64)
+    low = (values - high).astype(np.float16).astype(np.float64)
+    return high.astype(np.float32), low.astype(np.float32)
+
+
+def _float16_exact_scale(factor, power=256.0):
+    """x -> x * factor with a float32-accurate factor from float16-exact constants.
+
+    factor * power is split (power a power of two keeps the remainder out of float16's
+    subnormals), x * high + x * low is formed and scaled back by the exact 1 / power.
+    """
+    high, low = _float16_split(np.asarray(factor, np.float64) * power)
+    high, low = tf.constant(high), tf.constant(low)
+    return lambda x: (x * high + x * low) * (1.0 / power)
+
+
+def _static_size(x, what):
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None:
+        raise ValueError(f"implementation='dense_masked' needs a static height and width of `{what}`, "
+                         f"got shape {x.shape} (its index tables are constants).")
+    return h, w
+
+
+def _per_example(fn, *tensors):
+    """fn on batch-1 slices: called directly for a batch of 1 (the exported graph), else by map_fn."""
+    if tensors[0].shape[0] == 1:
+        return fn(*tensors)
+    return tf.map_fn(lambda args: fn(*(a[None] for a in args))[0], tensors,
+                     fn_output_signature=tf.TensorSpec(None, tf.float32))
+
+
+# ------------------------------------------------------------------- the pieces
+def nsm_score(features, radius):
+    """NSM score [B, h, w, 1] of float32 features [B, h, w, d]; equals `nsm.nsm_score` (finite features).
+
+    Out-of-map halo points read the zero row, so their dot products and cosines
+    are exactly 0: they drop out of the masked sums by themselves, and their
+    exp(0 - peak) terms are subtracted from the log-sum-exp by count. The peak
+    is >= the point's own squared norm >= 0, so those terms never dominate.
+
+    Everything runs at rank 4, [1, tiles, 64, .]: LiteRT's GPU accelerator gets a
+    rank-3 elementwise op wrong when its constant operand has a leading dimension
+    above 1 (it reads the constant's first slice for every tile; a [tiles, 64, 1]
+    count divisor gave scores off by 170 of 290), and rank-4 operands are mapped
+    the same way for data and constants.
+    """
+    features = tf.cast(features, tf.float32)
+    h, w = _static_size(features, "features")
+    windows._check_positive_int("radius", radius, allow_zero=True)
+    return _per_example(lambda x: _nsm_score_one(x, radius, h, w), features)
+
+
+def _nsm_score_one(features, radius, h, w):
+    d = features.shape[-1]
+    q_index, inverse, halo_index, valid, window, count = _tile_tables(h, w, [radius], NSM_TILE)
+    table = _with_zero_row(tf.reshape(features, [h * w, d]))
+    q = _gather_rows(table, q_index[None])  # [1, tiles, 64, d]
+    halo = _gather_rows(table, halo_index[None])  # [1, tiles, halo, d]
+    dots = tf.matmul(q, tf.transpose(halo, [0, 1, 3, 2]))  # [1, tiles, 64, halo]
+    # Every reduction keeps its axis ([1, tiles, 64, 1]): dropping it costs a
+    # shrink-axis slice, which the GPU delegate rejects.
+    in_window = tf.constant(window.astype(np.float32)[None, None])  # [1, 1, 64, halo], broadcast over tiles
+    outside = tf.constant((window.sum(-1)[None] - count)[None, ..., None].astype(np.float32))  # in-window, out-of-map
+    # Constants that survive float16 storage (a float16 export stores every constant in float16,
+    # and the converter turns a division by a constant into a multiplication by its reciprocal):
+    # 1/count and log(count) are each split into a float16 part and a float16-exact remainder,
+    # applied one after the other (relative error ~1e-7 instead of 5e-4). Rounded, they moved
+    # scores by up to 5e-3, above the score gap at the top-k threshold (1e-3 and less):
+    # STT-PSP18's float16 export flipped 2-6 of 2048 selected points per step, and PSPNet's
+    # global pooling spread each flip over the whole map (labels 99.45-99.65% of Keras').
+    per_count = _float16_exact_scale(1.0 / count[None, ..., None])
+    log_high, log_low = _float16_split(np.log(count[None, ..., None]))
+    bias = tf.constant(_bias(window)[None, None])
+    peak = tf.reduce_max(dots + bias, axis=-1, keepdims=True)
+    exp = tf.exp(dots + bias - peak)
+    total = tf.reduce_sum(exp, axis=-1, keepdims=True) - outside * tf.exp(-peak)
+    logsumexp = peak + tf.math.log(total)
+    mean_dot = per_count(tf.reduce_sum(dots * in_window, axis=-1, keepdims=True))
+    q_norm = tf.sqrt(tf.reduce_sum(q * q, axis=-1, keepdims=True))  # [1, tiles, 64, 1]
+    halo_norm = tf.sqrt(tf.reduce_sum(halo * halo, axis=-1, keepdims=True))  # [1, tiles, halo, 1]
+    norms = tf.matmul(q_norm, tf.transpose(halo_norm, [0, 1, 3, 2]))  # outer product as a matmul (not a GPU MUL)
+    cosine = dots / tf.maximum(norms, EPS)
+    cos_term = 1.0 - per_count(tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True))
+    score = (logsumexp - mean_dot + cos_term - tf.constant(log_high)) - tf.constant(log_low)  # [1, tiles, 64, 1]
+    return _from_tiles(score, inverse, h, w)
+
+
+def top_mask(scores, top_ratio):
+    """0/1 float mask [B, h, w, 1] of the round(top_ratio * h * w) highest scores of each map.
+
+    Bisection keeps lo <= k-th largest score < hi; after BISECTION_STEPS halvings
+    the interval is below float32 spacing, so `scores >= lo` is the top-k set
+    (plus any exact ties at the threshold).
+
+    Every value stays a [B, 1, 1, 1] tensor: LiteRT's GPU accelerator refuses
+    rank-0 operands ("bad input dims size: 0"), which a full reduction or a
+    Python-float comparison would make.
+    """
+    h, w = _static_size(scores, "scores")
+    k = float(windows.num_selected(windows.check_ratio(top_ratio), h * w))
+    if k >= h * w:
+        return tf.ones_like(scores)
+    lo = tf.reduce_min(scores, axis=[1, 2], keepdims=True)  # [B, 1, 1, 1]
+    hi = tf.reduce_max(scores, axis=[1, 2], keepdims=True) + 1.0
+    for _ in range(BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        count = tf.reduce_sum(tf.cast(scores >= mid, tf.float32), axis=[1, 2], keepdims=True)
+        enough = tf.cast(count >= tf.fill([1, 1, 1, 1], k), tf.float32)
+        lo = lo + enough * (mid - lo)
+        hi = mid + enough * (hi - mid)
+    return tf.cast(scores >= lo, tf.float32)
+
+
+def windowed_attention(queries, state, radii, num_heads):
+    """Every point's attention to its key windows, from the packed key/value frames.
+
+    Tiles are processed in groups of at most MAX_GATHER_ROWS gathered key rows:
+    LiteRT's GPU accelerator keeps tensors in 2-D textures, at most MAX_TEXTURE_SIDE
+    texels a side on WebGPU's default limits (SwiftShader's too). One gather of every
+    tile's halo at the paper's size (STT-PSP18, 256x512: 128 tiles x 932 keys)
+    needed 4 x 238592 textures; the accelerator could not create them and the
+    attention came out wrong. Groups of 8192 rows still failed (4 x 14912); 4096
+    rows fit. At the tiny presets' sizes there is one group.
+
+    Args:
+        queries: float32 [B, h, w, d_r], projected and scaled.
+        state: float32 [B, h, w, T * 2 d_r] (keys then values per frame, oldest first).
+    Returns:
+        float32 [B, h, w, d_r], as `temporal_attention.windowed_attention`.
+    """
+    h, w = _static_size(queries, "queries")
+    return _per_example(lambda q, s: _windowed_attention_one(q, s, radii, num_heads, h, w),
+                        tf.cast(queries, tf.float32), tf.cast(state, tf.float32))
+
+
+def _windowed_attention_one(queries, state, radii, num_heads, h, w):
+    d_r = queries.shape[-1]
+    frames = len(radii)
+    channels = 2 * d_r
+    if state.shape[-1] != frames * channels:
+        raise ValueError(f"The packed key/values have {state.shape[-1]} channels; {frames} frames of "
+                         f"2 * {d_r} need {frames * channels}.")
+    d_head = d_r // num_heads
+    q_index, inverse, halo_index, valid, window, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
+    points = ATTENTION_TILE**2
+    n_tiles, n_halo = halo_index.shape
+    rows = h * w * frames
+    keys, values = tf.split(tf.reshape(state, [rows, channels]), 2, axis=-1)  # SPLIT: fine on any rank
+    keys, values = _with_zero_row(keys), _with_zero_row(values)
+    query_table = _with_zero_row(tf.reshape(queries, [h * w, d_r]))
+    window_bias = tf.constant(_bias(window))  # [16, halo], broadcast over tiles and heads
+    group = max(1, MAX_GATHER_ROWS // n_halo)
+    outputs = []
+    for start in range(0, n_tiles, group):
+        part = slice(start, min(start + group, n_tiles))
+        tiles = part.stop - part.start
+        k = tf.reshape(_gather_rows(keys, halo_index[part]), [tiles, n_halo, num_heads, d_head])
+        v = tf.reshape(_gather_rows(values, halo_index[part]), [tiles, n_halo, num_heads, d_head])
+        q = _gather_rows(query_table, q_index[part])  # [tiles, 16, d_r]
+        q = tf.transpose(tf.reshape(q, [tiles, points, num_heads, d_head]), [0, 2, 1, 3])
+        k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh, halo]
+        v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
+        logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
+        # Masks as small broadcast constants: outside each point's window (per point in
+        # the tile), outside the map (per tile). The big fill value lives only in these
+        # arithmetic ops, never in the key table, so an int8 model that quantizes the
+        # data-movement ops around the float STT block keeps sane key ranges (a -1e9
+        # key channel there cost 6% of int8 labels).
+        in_map = valid[part].astype(np.float32)[:, None, None, :]
+        logits = (logits + window_bias) * tf.constant(in_map) + tf.constant(_bias(valid[part])[:, None, None, :])
+        e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
+        out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
+        outputs.append(tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [tiles, points, d_r]))
+    out = outputs[0] if len(outputs) == 1 else tf.concat(outputs, axis=0)
+    return _from_tiles(out, inverse, h, w)
+
+
+def dense(x, kernel, bias):
+    """A Dense layer on a map [B, h, w, C] as a 1x1 convolution, float32."""
+    kernel = tf.cast(kernel, tf.float32)
+    out = tf.nn.conv2d(x, kernel[None, None], strides=1, padding="VALID")
+    return out + tf.cast(bias, tf.float32)
+
+
+def layer_norm(x, gamma, beta, epsilon):
+    """Layer norm over channels from plain means (no MOMENTS op), float32."""
+    mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    var = tf.reduce_mean(centred * centred, axis=-1, keepdims=True)
+    return centred * tf.math.rsqrt(var + epsilon) * tf.cast(gamma, tf.float32) + tf.cast(beta, tf.float32)
+
+
+def _standardise(x):
+    """(x - mean) / std over each map [B, h, w, 1], as `nsm.combine_with_change` (finite maps)."""
+    centred = x - tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    std = tf.sqrt(tf.reduce_mean(centred * centred, axis=[1, 2], keepdims=True))
+    return centred / tf.maximum(std, 1e-6)
+
+
+# ------------------------------------------------------------------- the block
+def project_keys(stt, features):
+    """Key/values [B, h, w, 2 d_r] of a frame's features, as `stt.project_keys` (1x1 convolution)."""
+    kernel = tf.concat([stt.key_kernel, stt.value_kernel], axis=1)
+    bias = tf.concat([stt.key_bias, stt.value_bias], axis=0)
+    return dense(tf.cast(features, tf.float32), kernel, bias)
+
+
+def selection_scores(stt, features, packed):
+    """[B, h, w, 1] scores as `stt.selection_scores`: NSM (optionally scale-free), plus the change term."""
+    scored = features
+    if stt.nsm_temperature is not None:
+        scored = nsm.scale_free(features, stt.nsm_temperature, eps=EPS)
+    scores = nsm_score(scored, stt.neighborhood_radius)
+    if stt.change_weight > 0:
+        d_r = stt.reduced_channels
+        start = (stt.num_key_frames - 1) * 2 * d_r  # the nearest frame's keys in the packed state
+        previous = packed[..., start: start + d_r]
+        current = dense(features, stt.key_kernel, stt.key_bias)
+        dot = tf.reduce_sum(current * previous, axis=-1, keepdims=True)
+        norms = tf.sqrt(tf.reduce_sum(current * current, axis=-1, keepdims=True)
+                        * tf.reduce_sum(previous * previous, axis=-1, keepdims=True))
+        change = 1.0 - dot / tf.maximum(norms, EPS)
+        scores = _standardise(scores) + stt.change_weight * _standardise(change)
+    return scores
+
+
+def attend(stt, features, packed):
+    """`stt.attend` for float32 features [B, h, w, d] and packed key/values [B, h, w, T * 2 d_r]:
+    every point is computed, the top-`top_ratio` mask blends the selected ones in. Float32 out."""
+    if stt.key_selection != "window":
+        raise ValueError("implementation='dense_masked' supports key_selection='window' only.")
+    features = tf.cast(features, tf.float32)
+    _static_size(features, "query")
+    if stt.top_ratio == 0.0:
+        return features
+    packed = tf.cast(packed, tf.float32)
+    eps = stt.layer_norm_epsilon
+    scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
+    q_in = layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
+    q = dense(q_in, stt.query_kernel, stt.query_bias) * scale
+    attended = windowed_attention(q, packed, stt.radii, stt.num_heads)
+    mixed = dense(attended, stt.output_kernel, stt.output_bias)
+
+    def ffn(x):
+        return dense(tf.nn.relu(dense(x, stt.ffn1_kernel, stt.ffn1_bias)), stt.ffn2_kernel, stt.ffn2_bias)
+
+    if stt.norm_first:
+        x = features + mixed
+        out = x + ffn(layer_norm(x, stt.norm2_gamma, stt.norm2_beta, eps))
+    else:
+        x = layer_norm(features + mixed, stt.norm1_gamma, stt.norm1_beta, eps)
+        out = layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta, eps)
+    if stt.top_ratio == 1.0:  # every point is a query: no score, no mask
+        return out
+    mask = tf.stop_gradient(top_mask(selection_scores(stt, tf.stop_gradient(features), tf.stop_gradient(packed)),
+                                     stt.top_ratio))
+    return mask * out + (1.0 - mask) * features
