@@ -41,12 +41,12 @@ quickstart: venv
 	$(BIN)/stt-export --model $(QUICK)/stt_psp_tiny/last.keras --out $(QUICK)/export --size 128x256 \
 		--formats savedmodel,tflite --forms default,gpu --quantizations float32,int8
 	@echo "== [5/7] write a synthetic video"
-	$(PY) -m training.data.synthetic --out $(QUICK)/demo/input.mp4 --frames 60
+	$(PY) -m stt_keras.training.data.synthetic --out $(QUICK)/demo/input.mp4 --frames 60
 	@echo "== [6/7] edge demo: LiteRT int8 model on the video"
-	$(PY) -m edge_demo --model $(QUICK)/export/stt_int8.tflite --video $(QUICK)/demo/input.mp4 \
+	$(PY) -m stt_edge_demo --model $(QUICK)/export/stt_int8.tflite --video $(QUICK)/demo/input.mp4 \
 		--out $(QUICK)/demo/overlay.mp4 --no-display
 	@echo "== [7/7] report"
-	$(PY) -m training.report --runs $(QUICK)
+	$(PY) -m stt_keras.training.report --runs $(QUICK)
 
 bench: venv
 	$(PY) benchmarks/stt_attention.py

@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import timeit  # noqa: E402
-from export import calibration, gpu_step, onnx_export, parity, step as step_lib, tflite  # noqa: E402
+from stt_keras.export import calibration, gpu_step, onnx_export, parity, step as step_lib, tflite  # noqa: E402
 from stt_keras.layers import dense_masked  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
 

@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
-from export import calibration  # noqa: E402
+from stt_keras.export import calibration  # noqa: E402
 from stt_keras.layers import dense_masked  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
 

@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from edge_demo import litert_gpu  # noqa: E402
+from stt_edge_demo import litert_gpu  # noqa: E402
 
 
 def _convert(fn, x, int8):

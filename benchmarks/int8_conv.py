@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import timeit  # noqa: E402
-from export import tflite  # noqa: E402
+from stt_keras.export import tflite  # noqa: E402
 
 
 def cpu_flags():

@@ -22,8 +22,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from stt_keras.models import STTSegmenter  # noqa: E402
-from training import data as data_lib  # noqa: E402
-from training.metrics import MeanIoU  # noqa: E402
+from stt_keras.training import data as data_lib  # noqa: E402
+from stt_keras.training.metrics import MeanIoU  # noqa: E402
 
 
 def batches_per_second(ds, n):

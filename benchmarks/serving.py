@@ -47,10 +47,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from export import saved_model, serve  # noqa: E402
+from stt_keras.export import saved_model, serve  # noqa: E402
 from stt_keras.metrics import MeanIoU  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
-from training.data.synthetic import SyntheticVideo  # noqa: E402
+from stt_keras.training.data.synthetic import SyntheticVideo  # noqa: E402
 
 MB = 1e6
 
@@ -228,7 +228,7 @@ def tiny_model(path, steps, workdir):
     if path:
         return path
     out = os.path.join(workdir, "tiny")
-    cmd = [sys.executable, "-m", "training.train", "--preset", "stt_psp_tiny", "--batch-size", "2",
+    cmd = [sys.executable, "-m", "stt_keras.training.train", "--preset", "stt_psp_tiny", "--batch-size", "2",
            "--synthetic-sequences", "8", "--synthetic-size", "64x128", "--val-batches", "1", "--verbose", "2",
            "--steps", str(steps), "--checkpoint-every", str(steps), "--out", out]
     print("training the tiny model:", " ".join(cmd[1:]), flush=True)

@@ -26,8 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from stt_keras import load_model  # noqa: E402
-from training import train as train_lib  # noqa: E402
-from training.evaluate import evaluate_with_ablation, synthetic_sequences  # noqa: E402
+from stt_keras.training import train as train_lib  # noqa: E402
+from stt_keras.training.evaluate import evaluate_with_ablation, synthetic_sequences  # noqa: E402
 
 # (key, table name, preset, STT overrides). `norm_first` is not in the paper: the pre-norm block
 # that starts as the identity (for fine-tuning a trained per-frame model).

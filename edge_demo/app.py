@@ -18,8 +18,8 @@ import time
 
 import cv2
 
-from edge_demo import overlay
-from edge_demo.runners import ModelError, load_runner
+from . import overlay
+from .runners import ModelError, load_runner
 
 
 class InputError(Exception):
@@ -48,7 +48,7 @@ def _raise_terminated(signum, frame):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m edge_demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m stt_edge_demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=".tflite (LiteRT) or .onnx (ONNX Runtime); metadata .json next to it")
     source = p.add_mutually_exclusive_group(required=True)

@@ -116,7 +116,7 @@ class LiteRTGpuRunner(_Runner):
     def __init__(self, path, meta, threads=2):
         super().__init__(meta)
         try:
-            from edge_demo import litert_gpu
+            from . import litert_gpu
         except ImportError:
             raise ModelError("ai-edge-litert is not installed: pip install ai-edge-litert")
         reason = litert_gpu.software_vulkan_env()

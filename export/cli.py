@@ -57,7 +57,7 @@ import time
 import numpy as np
 
 from stt_keras.errors import UserError, run_cli
-from export import parity
+from stt_keras.export import parity
 
 # Full int8 comes from the loop-free "gpu" graph: the TFLite calibrator crashes
 # (segfault, TF 2.21) on the default form's WHILE loops.
@@ -237,7 +237,7 @@ def _io_description(fn):
 
 
 def _metadata(model, name, form, quantization, size, labels, io, extra, interface="full", order=None):
-    from export.step import MEANINGS
+    from stt_keras.export.step import MEANINGS
 
     classes, palette = labels
     inputs, outputs = io
@@ -282,8 +282,8 @@ def _sha256_bytes(data):
 
 def run_export(args):
     import stt_keras
-    from export import atomic, calibration, labels as label_sets, onnx_export, parity, saved_model, step as step_lib, tflite
-    from export.atomic import atomic_directory, check_destination, write_manifest
+    from stt_keras.export import atomic, calibration, labels as label_sets, onnx_export, parity, saved_model, step as step_lib, tflite
+    from stt_keras.export.atomic import atomic_directory, check_destination, write_manifest
 
     size = _parse_size(args.size)
     formats = {f.strip() for f in args.formats.split(",") if f.strip()}
@@ -391,7 +391,7 @@ def run_export(args):
                             dataset = calibration.representative_dataset(
                                 fn, *size, state_shape, args.calibration_sequences, args.calibration_frames, frame_dtype,
                                 sequences=calibration_sequences, description=calibration_text)
-                        from export.gpu_step import STT_SCOPE
+                        from stt_keras.export.gpu_step import STT_SCOPE
 
                         model_bytes, settings = tflite.convert(frozen, quantization, dataset,
                                                                keep_float_scope=STT_SCOPE if streaming else None)
@@ -477,7 +477,7 @@ class _GpuChecker:
         if mode == "off":
             return
         try:
-            from edge_demo import litert_gpu
+            from stt_edge_demo import litert_gpu
         except ImportError as error:  # edge_demo ships with the repository; be explicit if it is broken
             reason = f"edge_demo.litert_gpu unavailable: {error}"
         else:
@@ -528,7 +528,7 @@ LOUD = "*" * 100
 
 def _frames_for_checks(args, model, size, report, calibration, label_source):
     """(calibration sequences or None, its description, parity sequences, their description, parity mIoU meaningful)."""
-    from training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+    from stt_keras.training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 
     if args.calibration_data:
         try:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from training.metrics import MeanIoU
+from stt_keras.training.metrics import MeanIoU
 
 
 class ChecksumError(ValueError):
@@ -13,7 +13,7 @@ def verify_checksum(path, expected_sha256):
     """Raises ChecksumError unless the file at `path` has SHA-256 `expected_sha256` (a no-op if that is None)."""
     if expected_sha256 is None:
         return
-    from export.atomic import sha256_file
+    from stt_keras.export.atomic import sha256_file
 
     actual = sha256_file(path)
     if actual != expected_sha256:

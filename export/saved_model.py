@@ -3,7 +3,7 @@
 
 import tensorflow as tf
 
-from export import step as step_lib
+from stt_keras.export import step as step_lib
 
 STATE_DTYPES = ("float32", "float16")
 # float16's largest finite value: a state value beyond it is clipped there rather than becoming inf.

@@ -1,7 +1,7 @@
 """Serve an exported SavedModel's streaming step over gRPC with binary tensors (no JSON).
 
-    python -m export.serve server --saved-model exports/NAME/saved_model/1 --port 8500
-    python -m export.serve client --address localhost:8500 --video in.mp4 --out labels.npz [--mode stream|step]
+    python -m stt_keras.export.serve server --saved-model exports/NAME/saved_model/1 --port 8500
+    python -m stt_keras.export.serve client --address localhost:8500 --video in.mp4 --out labels.npz [--mode stream|step]
 
 No new dependency: `grpcio` comes with TensorFlow, and the messages are TensorFlow's
 own protos (`StructuredValue`, a dict of named `TensorProto`s), so no .proto file is
@@ -238,7 +238,7 @@ def read_video(path, height, width):
 
 # ----------------------------------------------------------------------- CLI
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m export.serve", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m stt_keras.export.serve", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("server", help="serve a SavedModel folder (exports/NAME/saved_model/1)")

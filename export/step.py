@@ -135,7 +135,7 @@ def make_step_function(model, height, width, form="default", interface="full"):
     signature = input_signature(model, height, width, form, interface)
 
     if not is_streaming(model):
-        from export.gpu_step import gpu_convolutions  # a per-frame graph is its own GPU form
+        from stt_keras.export.gpu_step import gpu_convolutions  # a per-frame graph is its own GPU form
 
         @tf.function(input_signature=signature, autograph=False)
         def frame_step(frame):
@@ -146,7 +146,7 @@ def make_step_function(model, height, width, form="default", interface="full"):
         return frame_step
 
     if form == "gpu":
-        from export.gpu_step import gpu_convolutions  # only the gpu form needs it
+        from stt_keras.export.gpu_step import gpu_convolutions  # only the gpu form needs it
 
         @tf.function(input_signature=signature, autograph=False)
         def step(frame, state, reset):

@@ -21,7 +21,7 @@ def trained_model_path(tmp_path_factory):
             "64x128", "--val-batches", "1", "--verbose", "2", "--steps", "100", "--checkpoint-every", "100", "--out", out,
             # The paper's 50% query selection (the preset has 100%), so exports carry NSM and the top-k mask.
             "--top-ratio", "0.5"]
-    result = subprocess.run([sys.executable, "-m", "training.train", *args], env=ENV, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "stt_keras.training.train", *args], env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return os.path.join(out, "last.keras")
 
@@ -32,7 +32,7 @@ def trained_frame_model_path(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("train_frame") / "run")
     args = ["--preset", "psp_tiny", "--batch-size", "2", "--synthetic-sequences", "4", "--synthetic-size", "64x128",
             "--val-batches", "1", "--verbose", "2", "--steps", "60", "--checkpoint-every", "60", "--out", out]
-    result = subprocess.run([sys.executable, "-m", "training.train", *args], env=ENV, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "stt_keras.training.train", *args], env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return os.path.join(out, "last.keras")
 
@@ -40,7 +40,7 @@ def trained_frame_model_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(trained_model_path, tmp_path_factory):
     """Every export of the trained tiny model at 64x128: (folder, export report). Shared by export and edge tests."""
-    from export import cli as export_cli
+    from stt_keras.export import cli as export_cli
 
     out = str(tmp_path_factory.mktemp("exports") / "tiny")
     args = export_cli.build_parser().parse_args(

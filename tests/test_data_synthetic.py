@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.data import SyntheticVideo, augment, clip_indices, make_synthetic_dataset, palette
-from training.data.pipeline import check_label_values
-from training.data.synthetic import CAR, CLASS_NAMES
+from stt_keras.training.data import SyntheticVideo, augment, clip_indices, make_synthetic_dataset, palette
+from stt_keras.training.data.pipeline import check_label_values
+from stt_keras.training.data.synthetic import CAR, CLASS_NAMES
 
 
 def test_sequences_are_deterministic_and_independent():

@@ -22,7 +22,7 @@ README_MAX_BYTES = 12_000
 PENDING_PAGES = set()
 # Console scripts the docs use before setup.cfg declares them (the rename of
 # edge_demo to stt_edge_demo adds this one); remove once setup.cfg has it.
-PENDING_SCRIPTS = {"stt-edge-demo"}
+PENDING_SCRIPTS = set()
 
 # Files the docs name as removed (history, not a reference to use).
 REMOVED_FILES = {"export/gpu_compat.py"}
@@ -35,9 +35,6 @@ PACKAGE_FOLDERS = {
     "stt_keras.training": "training",
     "stt_keras.export": "export",
     "stt_edge_demo": "edge_demo",
-    "training": "training",
-    "export": "export",
-    "edge_demo": "edge_demo",
     "stt_keras": "stt_keras",
 }
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edge_demo import app, overlay
-from edge_demo.runners import LiteRTRunner, load_metadata
+from stt_edge_demo import app, overlay
+from stt_edge_demo.runners import LiteRTRunner, load_metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -146,7 +146,7 @@ def test_state_is_carried_between_frames(models):
 
 
 def test_onnx_runtime_gives_the_same_labels(models):
-    from edge_demo.runners import OnnxRunner
+    from stt_edge_demo.runners import OnnxRunner
 
     frame = np.random.default_rng(0).integers(0, 256, (H, W, 3)).astype(np.uint8)
     lite = LiteRTRunner(models["labels"], load_metadata(models["labels"]))
@@ -165,7 +165,7 @@ def test_never_imports_tensorflow_or_stt_keras(models, tmp_path):
         (poison / package / "__init__.py").write_text(f"raise ImportError('{package} is forbidden in edge_demo')\n")
     video = _blocks_video(tmp_path / "in.avi", frames=4)
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(poison), ROOT])}
-    result = subprocess.run([sys.executable, "-m", "edge_demo", "--model", models["labels"], "--video", video,
+    result = subprocess.run([sys.executable, "-m", "stt_edge_demo", "--model", models["labels"], "--video", video,
                              "--out", str(tmp_path / "o.mp4"), "--no-display"], env=env, capture_output=True, text=True,
                             cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -238,7 +238,7 @@ def test_real_exported_int8_model(exported, tmp_path):
 
 def test_real_exported_onnx_model_matches_litert(exported, tmp_path):
     """The exported gpu-form ONNX step through the app: the same labels as the gpu-form float32 TFLite step."""
-    from edge_demo.runners import OnnxRunner
+    from stt_edge_demo.runners import OnnxRunner
 
     folder, _ = exported
     onnx_model = os.path.join(folder, "stt_gpu_step.onnx")

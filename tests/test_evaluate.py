@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from stt_keras.models import STTSegmenter
-from training.evaluate import evaluate, main, synthetic_sequences
+from stt_keras.training.evaluate import evaluate, main, synthetic_sequences
 from test_metrics import numpy_miou
 
 

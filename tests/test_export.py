@@ -14,7 +14,7 @@ import tensorflow as tf
 from onnx import TensorProto, helper
 
 import stt_keras
-from export import atomic, cli, gpu_step, onnx_export, step as step_lib, tflite
+from stt_keras.export import atomic, cli, gpu_step, onnx_export, step as step_lib, tflite
 from stt_keras.models import STTSegmenter
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -172,7 +172,7 @@ def test_per_frame_model_exports_with_both_interfaces(trained_frame_model_path, 
     # edge_demo runs a per-frame model (no state) in both runtimes
     import cv2
 
-    from edge_demo import app
+    from stt_edge_demo import app
 
     video = str(tmp_path / "in.avi")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 48))

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from edge_demo import litert_gpu, overlay
+from stt_edge_demo import litert_gpu, overlay
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -102,7 +102,7 @@ def test_the_two_accelerator_behaviours_the_gpu_step_works_around():
 def test_labels_on_device_is_argmax_on_the_gpu():
     import tensorflow as tf
 
-    from export.step import labels_on_device
+    from stt_keras.export.step import labels_on_device
 
     logits = np.random.default_rng(1).normal(size=(1, 16, 24, 7)).astype(np.float32)
     logits[0, :3, :3, 2] = logits[0, :3, :3, 5] = 9.0  # ties: the lowest index wins, as np.argmax
@@ -117,7 +117,7 @@ def test_labels_on_device_is_argmax_on_the_gpu():
 def gpu_exports(trained_model_path, trained_frame_model_path, tmp_path_factory):
     """GPU-form float32/float16 exports, full and edge interfaces: the trained tiny STT model and a
     per-frame psp_tiny. Returns {filename: path}."""
-    from export import cli as export_cli
+    from stt_keras.export import cli as export_cli
 
     folder = tmp_path_factory.mktemp("gpu_exports")
     files = {}
@@ -169,7 +169,7 @@ def test_fully_accelerated_with_the_cpu_labels_on_street_footage(gpu_exports, fi
 def test_edge_demo_runs_on_the_gpu_accelerator(gpu_exports, tmp_path):
     path, _ = gpu_exports["stt_gpu_edge_float16.tflite"]
     out = tmp_path / "overlay.mp4"
-    result = subprocess.run([sys.executable, "-m", "edge_demo", "--model", path, "--video", VIDEO, "--max-frames", "3",
+    result = subprocess.run([sys.executable, "-m", "stt_edge_demo", "--model", path, "--video", VIDEO, "--max-frames", "3",
                              "--out", str(out), "--no-display", "--accelerator", "gpu"],
                             env={**ENV, "PYTHONPATH": ROOT}, capture_output=True, text=True, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -187,7 +187,7 @@ def test_int8_model_runs_fully_on_the_gpu_with_the_cpu_labels(trained_model_path
     the accelerator's int8 rounding (one quantization step on <= 3% of values per op)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from export import cli as export_cli
+    from stt_keras.export import cli as export_cli
 
     out = str(tmp_path / "int8")
     args = export_cli.build_parser().parse_args(

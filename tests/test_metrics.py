@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.data.cityscapes_ids import TRAIN_LABEL_IDS, to_label_ids, to_train_ids
-from training.metrics import MeanIoU, TemporalConsistency, warp_labels
+from stt_keras.training.data.cityscapes_ids import TRAIN_LABEL_IDS, to_label_ids, to_train_ids
+from stt_keras.training.metrics import MeanIoU, TemporalConsistency, warp_labels
 
 
 def numpy_miou(true, pred, c, ignore=255):

@@ -80,7 +80,7 @@ def test_own_data_train_eval_export_edge_demo(tmp_path):
     run = str(tmp_path / "run")
     old_umask = os.umask(0o022)
     try:
-        trained = run_cli("training.train", "--preset", "stt_psp_tiny", "--dataset", "folder", "--data-root", data,
+        trained = run_cli("stt_keras.training.train", "--preset", "stt_psp_tiny", "--dataset", "folder", "--data-root", data,
                           "--num-classes", "3", "--crop", f"{H}x{W}", "--batch-size", "2", "--steps", "6",
                           "--checkpoint-every", "3", "--lr", "0.02", "--verbose", "2", "--out", run)
     finally:
@@ -91,7 +91,7 @@ def test_own_data_train_eval_export_edge_demo(tmp_path):
     for name in ("last.keras", "best.keras", "run.json", "history.csv"):
         assert os.stat(os.path.join(run, name)).st_mode & 0o777 == 0o644, name
     # 2 train sequences x 8 frames, every frame labelled and trained on (the first T padded): 16 clips.
-    from training.data import folder_samples
+    from stt_keras.training.data import folder_samples
 
     assert len(folder_samples(os.path.join(data, "train"), num_key_frames=3)) == 16
     check_eval(model_path, data, labels_file, tmp_path)
@@ -112,7 +112,7 @@ def test_own_data_train_eval_export_edge_demo(tmp_path):
     del args[args.index("--labels"): args.index("--labels") + 2]
 
     out = str(tmp_path / "export")
-    exported = run_cli("export.cli", *args)
+    exported = run_cli("stt_keras.export.cli", *args)
     assert "stt-export: WARNING" not in exported.stderr  # calibrated on its own frames: no synthetic warning
     report = check_export(out, data)
     assert report["files"]["stt_int8.tflite"]["parity"]["label_agreement"] >= 0.9
@@ -135,7 +135,7 @@ def test_own_data_eval_export_edge_demo_fast(tmp_path, capsys, monkeypatch):
     model_path = str(tmp_path / "mine.keras")
     model.save(model_path)
     check_eval(model_path, data, labels_file, tmp_path)
-    from export import cli as export_cli
+    from stt_keras.export import cli as export_cli
 
     out = str(tmp_path / "export")
     export_cli.run_export(export_cli.build_parser().parse_args(export_args(model_path, out, data, labels_file)))
@@ -157,14 +157,14 @@ def export_args(model_path, out, data, labels_file):
 
 def check_eval(model_path, data, labels_file, tmp_path):
     """stt-eval --dataset folder on the val split equals streaming the val frames by hand."""
-    from training.evaluate import build_parser as eval_parser, run as eval_run
+    from stt_keras.training.evaluate import build_parser as eval_parser, run as eval_run
 
     results = eval_run(eval_parser().parse_args([
         "--model", model_path, "--dataset", "folder", "--data-root", data, "--split", "val", "--labels", labels_file,
         "--out", str(tmp_path / "eval"), "--no-history-ablation"]))
     assert results["class_names"] == NAMES and results["data"].startswith("folder ")
     import stt_keras
-    from training.data.files import read_frame
+    from stt_keras.training.data.files import read_frame
     from test_metrics import numpy_miou
 
     stream = stt_keras.StreamingSegmenter(stt_keras.load_model(model_path, compile=False))
@@ -217,7 +217,7 @@ def check_edge_demo(out, data, tmp_path, in_process):
         import contextlib
         import io
 
-        from edge_demo import app
+        from stt_edge_demo import app
 
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
@@ -251,7 +251,7 @@ def read_first_frame(path):
 
 def legend_text_mask(names):
     """Pixels the legend's class-name text covers fully (value 255 when drawn white on black)."""
-    from edge_demo import overlay
+    from stt_edge_demo import overlay
 
     image = np.zeros((H, W, 3), np.uint8)
     overlay.draw_legend(image, names, [[0, 0, 0]] * len(names), fps=None)
@@ -262,7 +262,7 @@ def legend_text_mask(names):
 
 
 def test_labels_file_text_and_json_forms(tmp_path):
-    from export.labels import class_names_for, default_palette, read_labels_file
+    from stt_keras.export.labels import class_names_for, default_palette, read_labels_file
 
     text = tmp_path / "labels.txt"
     text.write_text("# comment\n\nroad 128 64 128\ntraffic light #FAAA1E\ncar\nsky,70,130,180\n")
@@ -293,7 +293,7 @@ def test_labels_file_text_and_json_forms(tmp_path):
     ('["a", "b", ', "not valid JSON"),
 ])
 def test_bad_labels_files_are_named(tmp_path, content, message):
-    from export.labels import read_labels_file
+    from stt_keras.export.labels import read_labels_file
 
     path = tmp_path / ("labels.json" if content.startswith(("[", "{")) else "labels.txt")
     path.write_text(content)
@@ -305,8 +305,8 @@ def test_bad_labels_files_are_named(tmp_path, content, message):
 
 
 def test_calibration_data_from_a_folder_layout_is_letterboxed_with_its_labels(tmp_path):
-    from edge_demo.overlay import letterbox
-    from export.calibration import UserData
+    from stt_edge_demo.overlay import letterbox
+    from stt_keras.export.calibration import UserData
 
     data = write_dataset(str(tmp_path / "data"), splits=(("val", 2),), frames=6)
     user = UserData(str(tmp_path / "data"), 32, 96, 3, split="val")  # the dataset root: its val/ split is used
@@ -330,7 +330,7 @@ def test_calibration_data_from_a_folder_layout_is_letterboxed_with_its_labels(tm
 
 
 def test_calibration_data_from_a_video_and_a_glob(tmp_path):
-    from export.calibration import UserData
+    from stt_keras.export.calibration import UserData
 
     video = str(tmp_path / "drive.avi")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, (W, H))
@@ -360,7 +360,7 @@ def test_calibration_data_from_a_video_and_a_glob(tmp_path):
 
 
 def test_calibration_labels_outside_the_classes_are_named(tmp_path):
-    from export.calibration import UserData
+    from stt_keras.export.calibration import UserData
 
     data = write_dataset(str(tmp_path / "data"), splits=(("val", 1),), frames=3)
     with pytest.raises(ValueError, match=r"label values \[2\] are outside the 2 classes"):
@@ -368,7 +368,7 @@ def test_calibration_labels_outside_the_classes_are_named(tmp_path):
 
 
 def test_synthetic_calibration_warning_knows_the_training_data(tmp_path):
-    from export.calibration import synthetic_mismatch
+    from stt_keras.export.calibration import synthetic_mismatch
 
     model = tmp_path / "run" / "best.keras"
     model.parent.mkdir()
@@ -385,7 +385,7 @@ def test_synthetic_calibration_warning_knows_the_training_data(tmp_path):
 
 def test_export_of_a_three_class_model_without_labels_or_data_warns(tmp_path, capsys):
     """A model with a non-built-in class count exports (generic names); synthetic calibration of it is flagged loudly."""
-    from export import cli as export_cli
+    from stt_keras.export import cli as export_cli
     from stt_keras.models import STTSegmenter
 
     model = STTSegmenter.from_preset("psp_tiny", num_classes=3)
@@ -417,8 +417,8 @@ def test_export_of_a_three_class_model_without_labels_or_data_warns(tmp_path, ca
 def test_eval_streams_a_video_like_its_decoded_frames(tmp_path):
     """--dataset video (frames decoded one at a time) gives the numbers of the same frames held in memory."""
     from stt_keras.models import STTSegmenter
-    from training.data.video import read_video
-    from training.evaluate import evaluate, video_sequences
+    from stt_keras.training.data.video import read_video
+    from stt_keras.training.evaluate import evaluate, video_sequences
 
     video = str(tmp_path / "walk.mkv")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"FFV1"), 10, (W, H))
@@ -441,7 +441,7 @@ def test_eval_streams_a_video_like_its_decoded_frames(tmp_path):
 
 
 def test_camvid_snippets_around_each_label(tmp_path):
-    from training.data.readers import camvid_sequences
+    from stt_keras.training.data.readers import camvid_sequences
 
     root = str(tmp_path)
     for f in range(1, 41):
@@ -460,7 +460,7 @@ def test_camvid_snippets_around_each_label(tmp_path):
 
 
 def test_eval_folder_sequence_with_a_gap_is_named(tmp_path):
-    from training.data.readers import folder_sequences
+    from stt_keras.training.data.readers import folder_sequences
 
     data = write_dataset(str(tmp_path / "data"), splits=(("val", 1),), frames=4)
     os.remove(os.path.join(data, "val", "frames", "val_walk0", "frame_002.png"))
@@ -473,7 +473,7 @@ def test_run_files_respect_the_umask(tmp_path, umask, mode):
     """last.keras / best.keras / JSON are written through a temporary file and a rename, with the umask's mode."""
     import keras
 
-    from training.callbacks import atomic_save, atomic_write_json
+    from stt_keras.training.callbacks import atomic_save, atomic_write_json
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     old = os.umask(umask)
@@ -491,8 +491,8 @@ def test_stt_eval_camvid_cli_scores_the_labelled_frames(tmp_path):
     """stt-eval --dataset camvid: snippets around each label, CamVid's class names, mIoU of the labelled frames."""
     from stt_keras.models import STTSegmenter
     from test_metrics import numpy_miou
-    from training.data.readers import CAMVID_CLASSES
-    from training.evaluate import build_parser, run
+    from stt_keras.training.data.readers import CAMVID_CLASSES
+    from stt_keras.training.evaluate import build_parser, run
 
     root = str(tmp_path / "camvid")
     rng = np.random.default_rng(3)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from export import atomic, cli
+from stt_keras.export import atomic, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -103,7 +103,7 @@ def test_check_destination_accepts_new_empty_and_earlier_exports(tmp_path):
 
 
 def test_cli_prints_one_line_and_exits_2(dummy_model, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "export.cli", "--model", str(dummy_model), "--out", ".",
+    result = subprocess.run([sys.executable, "-m", "stt_keras.export.cli", "--model", str(dummy_model), "--out", ".",
                              "--formats", ""], env=ENV, capture_output=True, text=True, cwd=str(tmp_path))
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "stt-export")
@@ -117,7 +117,7 @@ def assert_one_line_error(stderr, prog):
 
 KILL_SCRIPT = r"""
 import os, sys
-from export.atomic import atomic_directory
+from stt_keras.export.atomic import atomic_directory
 with atomic_directory(sys.argv[1]) as tmp:
     open(os.path.join(tmp, "stt_float32.tflite"), "w").write("new")
 """
@@ -206,7 +206,7 @@ def _tampered_copy(folder, name, tmp_path):
 
 
 def test_tampered_tflite_is_refused_by_the_edge_demo_and_parity(exported, tmp_path):
-    from export import parity
+    from stt_keras.export import parity
 
     folder, _ = exported
     model = _tampered_copy(folder, "stt_int8", tmp_path)
@@ -215,7 +215,7 @@ def test_tampered_tflite_is_refused_by_the_edge_demo_and_parity(exported, tmp_pa
     for _ in range(2):
         writer.write(np.zeros((64, 128, 3), np.uint8))
     writer.release()
-    result = subprocess.run([sys.executable, "-m", "edge_demo", "--model", model, "--video", str(video), "--no-display"],
+    result = subprocess.run([sys.executable, "-m", "stt_edge_demo", "--model", model, "--video", str(video), "--no-display"],
                             env=ENV, capture_output=True, text=True, cwd=str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "SHA-256" in result.stderr
@@ -240,7 +240,7 @@ def test_edge_demo_finalises_outputs_on_sigterm(tmp_path):
     json.dump(meta, open(tmp_path / "fake.json", "w"))
     video = _blocks_video(tmp_path / "in.avi", frames=3000)
     out = tmp_path / "o.avi"
-    proc = subprocess.Popen([sys.executable, "-m", "edge_demo", "--model", str(model), "--video", video,
+    proc = subprocess.Popen([sys.executable, "-m", "stt_edge_demo", "--model", str(model), "--video", video,
                              "--out", str(out), "--no-display"], env={**ENV, "PYTHONPATH": ROOT}, cwd=str(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

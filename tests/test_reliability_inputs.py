@@ -64,12 +64,12 @@ def test_damaged_or_foreign_model_files_are_named(saved_model, tmp_path):
         stt_keras.load_model(str(tmp_path / "missing.keras"))
 
 
-@pytest.mark.parametrize("tool", ["export.cli", "training.evaluate"])
+@pytest.mark.parametrize("tool", ["stt_keras.export.cli", "stt_keras.training.evaluate"])
 def test_clis_report_a_bad_model_in_one_line(tmp_path, tool):
     (tmp_path / "empty.keras").write_bytes(b"")
     result = subprocess.run([sys.executable, "-m", tool, "--model", str(tmp_path / "empty.keras"),
                              "--out", str(tmp_path / "o")], env=ENV, capture_output=True, text=True, cwd=str(tmp_path))
-    prog = "stt-export" if tool == "export.cli" else "stt-eval"
+    prog = "stt-export" if tool == "stt_keras.export.cli" else "stt-eval"
     assert result.returncode == 2, result.stderr[-2000:]
     ours = [line for line in result.stderr.splitlines() if line.startswith(prog) or "Traceback" in line]
     assert ours == [f"{prog}: error: model file {tmp_path / 'empty.keras'} is empty (0 bytes)."]
@@ -120,7 +120,7 @@ def _frame(path, value):
 
 
 def test_missing_frame_inside_a_folder_sequence_is_named(tmp_path):
-    from training.data import folder_samples
+    from stt_keras.training.data import folder_samples
 
     root = str(tmp_path)
     for i in (0, 1, 2, 4, 5, 6):  # img_003 is missing
@@ -152,7 +152,7 @@ def test_missing_frame_inside_a_folder_sequence_is_named(tmp_path):
     (["--dataset", "cityscapes"], "--data-root is required"),
 ])
 def test_stt_eval_refuses_inputs_that_give_no_result(saved_model, tmp_path, argv, message):
-    from training.evaluate import build_parser, run
+    from stt_keras.training.evaluate import build_parser, run
 
     with pytest.raises(SystemExit, match=message) as error:
         run(build_parser().parse_args(["--model", saved_model, "--out", str(tmp_path / "eval"), *argv]))
@@ -160,7 +160,7 @@ def test_stt_eval_refuses_inputs_that_give_no_result(saved_model, tmp_path, argv
 
 
 def test_stt_eval_cityscapes_root_without_labels(saved_model, tmp_path):
-    from training.evaluate import build_parser, run
+    from stt_keras.training.evaluate import build_parser, run
 
     (tmp_path / "cs" / "leftImg8bit_sequence" / "val" / "x").mkdir(parents=True)
     args = build_parser().parse_args(["--model", saved_model, "--out", str(tmp_path / "eval"), "--dataset",
@@ -171,7 +171,7 @@ def test_stt_eval_cityscapes_root_without_labels(saved_model, tmp_path):
 
 
 def test_stt_eval_never_writes_nan(saved_model, tmp_path, monkeypatch):
-    from training import evaluate
+    from stt_keras.training import evaluate
 
     def no_labels(model, sequences, num_classes, max_sequences=None, history="video"):
         return {"miou": float("nan"), "per_class_iou": [None] * 7, "tc": 0.5, "tc_occlusion_masked": 0.5,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from training import callbacks as cb
-from training import train as train_lib
+from stt_keras.training import callbacks as cb
+from stt_keras.training import train as train_lib
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 # The smallest run that still validates: per-frame tiny model, 32x64 frames, 3 chunks of 2 steps.
@@ -19,7 +19,7 @@ TINY = ["--preset", "psp_tiny", "--batch-size", "1", "--synthetic-sequences", "2
 
 def run(out, *extra, fault=None):
     env = {**ENV, "STT_KERAS_FAULT": fault} if fault else ENV
-    return subprocess.run([sys.executable, "-m", "training.train", *TINY, "--out", str(out), *extra], env=env,
+    return subprocess.run([sys.executable, "-m", "stt_keras.training.train", *TINY, "--out", str(out), *extra], env=env,
                           capture_output=True, text=True)
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import saved_model, serve
-from export import step as step_lib
+from stt_keras.export import saved_model, serve
+from stt_keras.export import step as step_lib
 from stt_keras.models import STTSegmenter
-from training.data.synthetic import SyntheticVideo
+from stt_keras.training.data.synthetic import SyntheticVideo
 
 SIZE = (64, 128)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -117,7 +117,7 @@ def test_client_cli_streams_a_video(exported, server, tmp_path):
     decoded = np.stack(list(serve.read_video(video, *SIZE)))  # what the client sends (after the codec)
     expected = library_labels(model, decoded)
     out = str(tmp_path / "labels.npz")  # the step mode's client call is tested above
-    result = subprocess.run([sys.executable, "-m", "export.serve", "client", "--address", server, "--video", video,
+    result = subprocess.run([sys.executable, "-m", "stt_keras.export.serve", "client", "--address", server, "--video", video,
                              "--out", out], env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{len(frames)} frames" in result.stdout

@@ -18,7 +18,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
 def run(args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "training.train", *args], env=ENV, capture_output=True, text=True, **kwargs)
+    return subprocess.run([sys.executable, "-m", "stt_keras.training.train", *args], env=ENV, capture_output=True, text=True, **kwargs)
 
 
 def test_training_writes_checkpoints_and_logs(tmp_path):
@@ -37,7 +37,7 @@ def test_training_writes_checkpoints_and_logs(tmp_path):
 def test_killed_run_resumes_without_losing_finished_work(tmp_path):
     out = str(tmp_path / "run")
     args = TINY + ["--out", out, "--steps", "48", "--checkpoint-every", "8"]
-    proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "stt_keras.training.train", *args], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     meta = os.path.join(out, "backup", "checkpoint.json")
     deadline = time.time() + 300
@@ -91,7 +91,7 @@ def test_multi_worker_strategy_with_two_processes(tmp_path):
     for index in range(2):
         env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "training.train", *TINY, "--out", out, "--steps", "6", "--checkpoint-every", "3",
+            [sys.executable, "-m", "stt_keras.training.train", *TINY, "--out", out, "--steps", "6", "--checkpoint-every", "3",
              "--distribute", "multiworker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, text in zip(procs, outputs):
@@ -116,7 +116,7 @@ def test_multi_worker_strategy_with_two_processes(tmp_path):
 
 def test_init_from_copies_encoder_and_decoder(tmp_path):
     from stt_keras.models import STTSegmenter
-    from training.train import init_from
+    from stt_keras.training.train import init_from
 
     base = STTSegmenter.from_preset("psp_tiny", num_classes=7)
     base(np.zeros((1, 64, 64, 3), np.uint8))
@@ -133,7 +133,7 @@ def test_init_from_copies_encoder_and_decoder(tmp_path):
 
 
 def test_only_the_chief_writes_to_out(monkeypatch):
-    from training.train import worker_output_dir
+    from stt_keras.training.train import worker_output_dir
 
     assert worker_output_dir("/r", "none") == "/r"
     cluster = {"worker": ["a:1", "b:2"]}

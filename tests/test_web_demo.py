@@ -22,8 +22,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from edge_demo.runners import load_metadata, load_runner
-from edge_demo.web import headless, server, webmodel
+from stt_edge_demo.runners import load_metadata, load_runner
+from stt_edge_demo.web import headless, server, webmodel
 
 FRAMES = 20
 SIZE = (64, 128)
@@ -51,7 +51,7 @@ def runtime():
 @pytest.fixture(scope="module")
 def web_exports(trained_model_path, tmp_path_factory):
     """The GPU-form edge exports a phone runs: float16 (GPU) and int8 (CPU), at 64x128."""
-    from export import cli as export_cli
+    from stt_keras.export import cli as export_cli
 
     out = str(tmp_path_factory.mktemp("web_exports") / "stt")
     args = export_cli.build_parser().parse_args(
@@ -65,8 +65,8 @@ def web_exports(trained_model_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
-    """The first FRAMES frames of a held-out synthetic clip as `python -m edge_demo` sees them."""
-    from training.data.synthetic import write_video
+    """The first FRAMES frames of a held-out synthetic clip as `python -m stt_edge_demo` sees them."""
+    from stt_keras.training.data.synthetic import write_video
 
     path = str(tmp_path_factory.mktemp("clip") / "clip.mkv")
     write_video(path, frames=FRAMES, height=96, width=160, seed=1000)  # 5:3, letterboxed into 64x128
@@ -135,7 +135,7 @@ def test_a_video_file_chosen_in_the_page_runs(web_exports, tmp_path):
     when the model is slower than playback)."""
     import cv2
 
-    from training.data.synthetic import SyntheticVideo
+    from stt_keras.training.data.synthetic import SyntheticVideo
 
     path = str(tmp_path / "clip.webm")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"VP80"), 10, (160, 96))
@@ -175,7 +175,7 @@ def test_webgpu_copy_computes_the_same_labels(web_exports, frames):
     """The [1, n]-index copy LiteRT.js gets on WebGPU is the same function (Python LiteRT, both files)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edge_demo.web.webmodel import schema
+    from stt_edge_demo.web.webmodel import schema
 
     for name in MODELS:
         data = open(os.path.join(web_exports, name), "rb").read()
@@ -273,9 +273,9 @@ def test_server_refuses_what_it_cannot_serve(web_exports, tmp_path):
         server.find_models(str(damaged))
     folder, names, default = server.find_models(os.path.join(web_exports, "stt_edge_int8.tflite"))
     assert (names, default) == (["stt_edge_int8.tflite"], "stt_edge_int8.tflite")
-    result = subprocess.run([sys.executable, "-m", "edge_demo.web", "--model", str(tmp_path / "empty")],
+    result = subprocess.run([sys.executable, "-m", "stt_edge_demo.web", "--model", str(tmp_path / "empty")],
                             capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == 2 and "edge_demo.web: error: no usable model" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "edge_demo.web", "--model", web_exports, "--cert", "cert.pem"],
+    result = subprocess.run([sys.executable, "-m", "stt_edge_demo.web", "--model", web_exports, "--cert", "cert.pem"],
                             capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == 2 and "--cert and --key go together" in result.stderr

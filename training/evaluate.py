@@ -36,13 +36,13 @@ import tensorflow as tf
 from stt_keras import StreamingSegmenter, load_model
 from stt_keras.errors import UserError, run_cli
 from stt_keras.progress import Progress
-from training.data import cityscapes_ids, readers
-from training.data.files import FrameFiles, LabelFiles
-from training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
-from training.data.synthetic import SyntheticVideo
-from training.data.pipeline import IGNORE_LABEL
-from training.data.video import VideoFrames, read_video_labels
-from training.metrics import FLOW_ESTIMATOR, MeanIoU, TemporalConsistency
+from stt_keras.training.data import cityscapes_ids, readers
+from stt_keras.training.data.files import FrameFiles, LabelFiles
+from stt_keras.training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+from stt_keras.training.data.synthetic import SyntheticVideo
+from stt_keras.training.data.pipeline import IGNORE_LABEL
+from stt_keras.training.data.video import VideoFrames, read_video_labels
+from stt_keras.training.metrics import FLOW_ESTIMATOR, MeanIoU, TemporalConsistency
 
 
 def synthetic_sequences(num_sequences=6, frames=30, size=(128, 256), seed=1000, labelled_every=1):
@@ -316,7 +316,7 @@ def dataset_sequences(args, num_classes, size=None):
         sequences = video_sequences(args.data_root, args.label_dir, num_classes)
         names = None
     if names is None:
-        from export.labels import class_names_for
+        from stt_keras.export.labels import class_names_for
 
         names, _, _ = class_names_for(args.labels, num_classes)
     where = folder_root(args.data_root, args.split) if args.dataset == "folder" else args.data_root
@@ -349,7 +349,7 @@ def run(args):
                    class_names=list(names))
     results = finite_or_none(results)
     os.makedirs(args.out, exist_ok=True)
-    from training.callbacks import atomic_write_bytes
+    from stt_keras.training.callbacks import atomic_write_bytes
 
     atomic_write_bytes(os.path.join(args.out, "results.json"), json.dumps(results, indent=2, allow_nan=False).encode())
     report = markdown_report(results, names, f"{os.path.basename(args.model)} on {description}")

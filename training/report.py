@@ -1,6 +1,6 @@
 """The quickstart report: results table, plots and stills from a finished `make quickstart` run.
 
-    python -m training.report --runs runs/quickstart
+    python -m stt_keras.training.report --runs runs/quickstart
 
 reads (written by the quickstart steps)
     <runs>/psp_tiny/, <runs>/stt_psp_tiny/   stt-train runs (history.csv, last.keras) with eval/results.json
@@ -106,7 +106,7 @@ def make_stills(stt_path, base_path, out_dir, count=3):
 
     from stt_keras import StreamingSegmenter, load_model
     from stt_keras.layers import nsm
-    from training.data.synthetic import SyntheticVideo, palette
+    from stt_keras.training.data.synthetic import SyntheticVideo, palette
 
     def predictor(model):  # frame -> logits, as the model is deployed (an STT model streams)
         if model.stt is not None:
@@ -187,7 +187,7 @@ def build(runs):
               "the history ablation runs the same STT with its past replaced by copies of the current frame."]
     if latency:
         median = float(np.median(latency))
-        lines += ["", f"Edge demo (`python -m edge_demo`, LiteRT, int8 STT model, 2 threads) on a "
+        lines += ["", f"Edge demo (`python -m stt_edge_demo`, LiteRT, int8 STT model, 2 threads) on a "
                   f"{len(latency)}-frame synthetic video: median model latency {median:.1f} ms "
                   f"({1000 / median:.0f} frames/s for the model alone); overlay video: `demo/overlay.mp4`."]
     if export:

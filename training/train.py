@@ -34,10 +34,10 @@ import tensorflow as tf
 
 from stt_keras.errors import UserError, run_cli
 from stt_keras.models import STTSegmenter
-from training import data as data_lib
-from training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
+from stt_keras.training import data as data_lib
+from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
                                 remove_stale_temporaries, truncate_history)
-from training.metrics import MeanIoU
+from stt_keras.training.metrics import MeanIoU
 
 # Settings that define the model: a run can never continue with others.
 MODEL_SETTINGS = ("preset", "dataset", "num_classes", "stt_overrides", "mixed_precision")

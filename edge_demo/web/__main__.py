@@ -1,5 +1,5 @@
 import sys
 
-from edge_demo.web.server import main
+from .server import main
 
 sys.exit(main())

@@ -1,9 +1,9 @@
 """Runs the web demo in headless Chromium on given frames: labels, summary, screenshot, and every request made.
 
-    python -m edge_demo.web.headless --model EXPORT_DIR --video in.mp4 --frames 20 --backend webgpu --out page.png
+    python -m stt_edge_demo.web.headless --model EXPORT_DIR --video in.mp4 --frames 20 --backend webgpu --out page.png
 
 The frames are decoded and letterboxed by the Python edge demo's own code (OpenCV, edge_demo/overlay.py)
-and sent to the page raw, so the page and `python -m edge_demo` see the very same pixels.
+and sent to the page raw, so the page and `python -m stt_edge_demo` see the very same pixels.
 Chromium is driven over its DevTools pipe (--remote-debugging-pipe, no port, no extra package) and
 runs behind a proxy that refuses and records every request not to 127.0.0.1; the DevTools network
 log records every request the page makes. WebGPU runs on SwiftShader (software): correct, not fast.
@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from edge_demo.web.server import DemoServer
+from .server import DemoServer
 
 WEBGPU_FLAGS = ("--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
                 "--use-webgpu-adapter=swiftshader")
@@ -160,10 +160,10 @@ class DevTools:
 
 
 def video_frames(path, height, width, count):
-    """The first `count` frames of a video as `python -m edge_demo` sees them: RGB, letterboxed."""
+    """The first `count` frames of a video as `python -m stt_edge_demo` sees them: RGB, letterboxed."""
     import cv2
 
-    from edge_demo import overlay
+    from .. import overlay
 
     capture = cv2.VideoCapture(path)
     frames = []
@@ -296,7 +296,7 @@ def _console(events):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m edge_demo.web.headless", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m stt_edge_demo.web.headless", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="stt-export folder or one edge-interface .tflite")
     p.add_argument("--model-name", help="which .tflite of the folder (default: the server's choice)")
@@ -305,8 +305,8 @@ def main(argv=None):
     p.add_argument("--backend", choices=("webgpu", "wasm"), default="webgpu")
     p.add_argument("--out", required=True, help="screenshot .png")
     args = p.parse_args(argv)
-    from edge_demo.web.server import find_models
-    from edge_demo.runners import load_metadata
+    from .server import find_models
+    from ..runners import load_metadata
 
     folder, _, default = find_models(args.model)
     meta = load_metadata(os.path.join(folder, args.model_name or default))

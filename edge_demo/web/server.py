@@ -1,8 +1,8 @@
 """The web demo's server: the page, the exported model and its metadata, and LiteRT.js's runtime files.
 
-    python -m edge_demo.web --model exports/stt_psp_tiny            # http://127.0.0.1:8000/
-    python -m edge_demo.web --model exports/x/stt_gpu_edge_float16.tflite --port 8080
-    python -m edge_demo.web --model exports/x --lan --cert cert.pem --key key.pem   # a phone on the LAN
+    python -m stt_edge_demo.web --model exports/stt_psp_tiny            # http://127.0.0.1:8000/
+    python -m stt_edge_demo.web --model exports/x/stt_gpu_edge_float16.tflite --port 8080
+    python -m stt_edge_demo.web --model exports/x --lan --cert cert.pem --key key.pem   # a phone on the LAN
 
 Serves only a fixed list of files (no directory listing, no path from the URL reaches the file
 system), everything with a Content-Security-Policy that lets the page talk to this server only:
@@ -26,8 +26,8 @@ import subprocess
 import sys
 import threading
 
-from edge_demo.runners import ModelError, load_metadata, verify_checksum
-from edge_demo.web import webmodel
+from ..runners import ModelError, load_metadata, verify_checksum
+from . import webmodel
 
 WEB_DIR = os.path.dirname(os.path.abspath(__file__))
 STATIC_DIR = os.path.join(WEB_DIR, "static")
@@ -221,7 +221,7 @@ def lan_addresses():
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m edge_demo.web", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m stt_edge_demo.web", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="stt-export folder (its edge-interface .tflite files) or one .tflite")
     p.add_argument("--port", type=int, default=8000)

@@ -1,11 +1,11 @@
 """Video clip data: real dataset readers, the built-in synthetic set, tf.data clip pipelines."""
 
-from training.data.files import make_file_dataset
-from training.data.pipeline import augment, clip_indices, make_synthetic_dataset
-from training.data.readers import (camvid_colour_to_index, camvid_samples, camvid_sequences, cityscapes_samples,
+from stt_keras.training.data.files import make_file_dataset
+from stt_keras.training.data.pipeline import augment, clip_indices, make_synthetic_dataset
+from stt_keras.training.data.readers import (camvid_colour_to_index, camvid_samples, camvid_sequences, cityscapes_samples,
                                    folder_samples, folder_sequences)
-from training.data.synthetic import CLASS_NAMES, SyntheticVideo, palette
-from training.data.video import make_sequence_dataset, read_video, read_video_labels
+from stt_keras.training.data.synthetic import CLASS_NAMES, SyntheticVideo, palette
+from stt_keras.training.data.video import make_sequence_dataset, read_video, read_video_labels
 
 __all__ = [
     "CLASS_NAMES", "SyntheticVideo", "augment", "camvid_colour_to_index", "camvid_samples", "camvid_sequences",

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from training.data.cityscapes_ids import to_train_ids
-from training.data.pipeline import IGNORE_LABEL, augment, check_label_values, sample_dataset
+from stt_keras.training.data.cityscapes_ids import to_train_ids
+from stt_keras.training.data.pipeline import IGNORE_LABEL, augment, check_label_values, sample_dataset
 
 
 def read_frame(path):

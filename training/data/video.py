@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from training.data.pipeline import augment, check_label_values, clip_indices, sample_dataset
+from stt_keras.training.data.pipeline import augment, check_label_values, clip_indices, sample_dataset
 
 
 def read_video(path, max_frames=None):

@@ -1,0 +1,126 @@
+"""What `pip install` puts into site-packages: the project's own names only, and a library that stands alone.
+
+The folders stay where users look for them (stt_keras/ training/ export/ edge_demo/), but
+training/ and export/ install as `stt_keras.training` and `stt_keras.export`, and edge_demo/ as
+`stt_edge_demo` (it runs without TensorFlow, so it cannot live under `stt_keras`, whose import
+loads TensorFlow). Generic names such as `training` or `export` would collide with anyone's.
+"""
+
+import ast
+import configparser
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTALLED_AS = {"stt_keras": "stt_keras", "training": "stt_keras.training", "export": "stt_keras.export",
+                "edge_demo": "stt_edge_demo"}
+OWN_TOP_LEVEL = {"stt_keras", "stt_edge_demo"}
+
+
+def _setup_cfg():
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    return cfg
+
+
+def _packages_on_disk():
+    names = set()
+    for folder, installed in INSTALLED_AS.items():
+        for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, folder)):
+            dirnames[:] = [d for d in dirnames if d not in ("__pycache__", "node_modules")]
+            if "__init__.py" in filenames:
+                rel = os.path.relpath(dirpath, os.path.join(ROOT, folder))
+                names.add(installed if rel == "." else installed + "." + rel.replace(os.sep, "."))
+    return names
+
+
+def test_setup_cfg_lists_every_package_under_the_projects_names():
+    options = _setup_cfg()["options"]
+    listed = set(options["packages"].split())
+    assert listed == _packages_on_disk(), "setup.cfg [options] packages differs from the package folders"
+    assert {name.split(".")[0] for name in listed} == OWN_TOP_LEVEL
+    mapping = dict(line.split(" = ") for line in options["package_dir"].strip().splitlines())
+    assert mapping == {installed: folder for folder, installed in INSTALLED_AS.items()}
+    scripts = _setup_cfg()["options.entry_points"]["console_scripts"]
+    for line in scripts.strip().splitlines():
+        target = line.split("=")[1].strip().split(":")[0]
+        assert target.split(".")[0] in OWN_TOP_LEVEL, line
+
+
+def _imports(path):
+    tree = ast.parse(open(path).read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+
+
+def _python_files(folder):
+    for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, folder)):
+        dirnames[:] = [d for d in dirnames if d not in ("__pycache__", "node_modules")]
+        yield from (os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
+
+
+def test_the_library_imports_nothing_above_it():
+    """stt_keras/ (the library folder) never imports training, export or the edge demo, by any name."""
+    forbidden = ("training", "export", "edge_demo", "stt_keras.training", "stt_keras.export", "stt_edge_demo")
+    offenders = [(os.path.relpath(path, ROOT), name)
+                 for path in _python_files("stt_keras") for name in _imports(path)
+                 if any(name == f or name.startswith(f + ".") for f in forbidden)]
+    assert offenders == []
+
+
+def test_no_generic_import_names_anywhere():
+    """Every project import uses the installed names (a `from training ...` only works from the repo root)."""
+    generic = ("training", "export", "edge_demo")
+    offenders = []
+    for folder in ("stt_keras", "training", "export", "edge_demo", "tests", "benchmarks"):
+        for path in _python_files(folder):
+            offenders += [(os.path.relpath(path, ROOT), name) for name in _imports(path)
+                          if any(name == g or name.startswith(g + ".") for g in generic)]
+    assert offenders == []
+
+
+def test_the_edge_demo_needs_neither_tensorflow_nor_stt_keras():
+    offenders = [(os.path.relpath(path, ROOT), name)
+                 for path in _python_files("edge_demo") for name in _imports(path)
+                 if name.split(".")[0] in ("tensorflow", "keras", "stt_keras")]
+    assert offenders == []
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A real (non-editable) install of the project into an empty folder, without dependencies."""
+    target = tmp_path_factory.mktemp("site")
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                             "--target", str(target), ROOT], capture_output=True, text=True)
+    if result.returncode != 0 and "setuptools" in result.stderr and "No module named" in result.stderr:
+        pytest.skip(f"pip cannot build here without build isolation: {result.stderr[-300:]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return target
+
+
+def test_install_puts_only_the_projects_names_into_site_packages(installed):
+    top = {name for name in os.listdir(installed) if not name.endswith((".dist-info", ".egg-info"))
+           and name not in ("bin", "__pycache__")}
+    assert top == OWN_TOP_LEVEL
+    for package in _packages_on_disk():
+        assert os.path.isfile(os.path.join(installed, *package.split("."), "__init__.py")), package
+    # The web demo's static files travel with it (package data).
+    assert os.path.isfile(os.path.join(installed, "stt_edge_demo", "web", "package-lock.json"))
+
+
+def test_the_installed_edge_demo_runs_without_tensorflow(installed, tmp_path):
+    """`python -m stt_edge_demo --help` from the install, in a folder away from the clone, TensorFlow blocked."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "tensorflow.py").write_text("raise ImportError('the edge demo must not import TensorFlow')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(installed)])}
+    result = subprocess.run([sys.executable, "-m", "stt_edge_demo", "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--model" in result.stdout
