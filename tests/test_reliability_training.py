@@ -212,6 +212,10 @@ def test_train_function_builds_the_model_once_and_stores_what_the_cli_stores(tmp
     capsys.readouterr()
     train_lib.main([*TINY, "--out", str(out), *cli])
     assert "already finished (2 of 2 steps)" in capsys.readouterr().out and len(built) == 1
+    # The synthetic set's own class count, given, is the same run (not "another model").
+    assert train_lib.train("stt_psp_tiny", 7, out=str(out), batch_size=1, synthetic_sequences=2, synthetic_size=(32, 64),
+                           val_batches=1, verbose=0, steps=2, checkpoint_every=2,
+                           stt_overrides={"top_ratio": 0.5, "key_selection": "all"}) is None
     with pytest.raises(SystemExit):
         train_lib.main([*TINY, "--out", str(out), *cli[:-4], "--top-ratio", "0.25"])
     assert "another model or dataset (--stt-overrides" in capsys.readouterr().err

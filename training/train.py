@@ -210,7 +210,14 @@ def settings_difference(before, now):
     keys = [k for k in MODEL_SETTINGS + TRAINING_SETTINGS if k in before or k in now]
     if before.get("dataset") != "synthetic":
         before = {**SETTING_DEFAULTS, **before}
+    before, now = _own_class_count_as_none(before), _own_class_count_as_none(now)
     return [(k, before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)]
+
+
+def _own_class_count_as_none(settings):
+    """num_classes=19 on cityscapes is the same run as no num_classes (likewise camvid 11, synthetic 7)."""
+    fixed = DATASET_CLASSES.get(settings.get("dataset"))
+    return {**settings, "num_classes": None} if fixed is not None and settings.get("num_classes") == fixed else settings
 
 
 class RunLock:
