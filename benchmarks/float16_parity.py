@@ -31,6 +31,7 @@ import tensorflow as tf  # noqa: E402
 from stt_keras.export import calibration  # noqa: E402
 from stt_keras.layers import dense_masked  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
+from stt_keras.sizes import parse_size  # noqa: E402
 
 
 def selection(model, frame, packed, reset):
@@ -57,7 +58,7 @@ def main(argv=None):
                    help="also round the GPU form's float32 graph constants to float16 (NSM counts, 1/count, "
                         "log count, mask biases), as the float16 converter stores them")
     args = p.parse_args(argv)
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = parse_size(args.size, "--size")
     if args.model:
         from stt_keras.saving import load_model
 

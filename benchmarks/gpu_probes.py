@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from stt_edge_demo import litert_gpu  # noqa: E402
+from stt_keras.sizes import parse_size  # noqa: E402  (the shared HxW parser; loads TensorFlow)
 
 
 def _convert(fn, x, int8):
@@ -123,7 +124,7 @@ def main(argv=None):
     sub.add_parser("conv1x1")
     s = sub.add_parser("stream")
     s.add_argument("model")
-    s.add_argument("--size", default="64x128")
+    s.add_argument("--size", default="64x128", type=parse_size)
     s.add_argument("--steps", type=int, default=30)
     t = sub.add_parser("timeout")
     t.add_argument("counts", type=int, nargs="+")
@@ -134,7 +135,7 @@ def main(argv=None):
     if args.probe == "conv1x1":
         conv1x1()
     elif args.probe == "stream":
-        stream(args.model, tuple(int(v) for v in args.size.split("x")), args.steps)
+        stream(args.model, args.size, args.steps)
     else:
         timeout(args.counts)
 

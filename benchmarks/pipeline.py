@@ -22,6 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from stt_keras.models import STTSegmenter  # noqa: E402
+from stt_keras.sizes import parse_size  # noqa: E402
 from stt_keras.training import data as data_lib  # noqa: E402
 from stt_keras.training.metrics import MeanIoU  # noqa: E402
 
@@ -52,13 +53,12 @@ def write_cityscapes_tree(root, video, snippets):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="stt_psp_tiny")
-    p.add_argument("--size", default="128x256")
-    p.add_argument("--crop", default="128x128")
+    p.add_argument("--size", default="128x256", type=parse_size)
+    p.add_argument("--crop", default="128x128", type=parse_size)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args()
-    h, w = (int(v) for v in args.size.split("x"))
-    crop = tuple(int(v) for v in args.crop.split("x"))
+    (h, w), crop = args.size, args.crop
     model = STTSegmenter.from_preset(args.preset, num_classes=19)
     t = model.num_key_frames
     video = data_lib.SyntheticVideo(8, 30, h, w, seed=0)

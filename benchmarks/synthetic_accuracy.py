@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from stt_keras import load_model  # noqa: E402
+from stt_keras.sizes import parse_size  # noqa: E402
 from stt_keras.training import train as train_lib  # noqa: E402
 from stt_keras.training.evaluate import evaluate_with_ablation, synthetic_sequences  # noqa: E402
 
@@ -115,21 +116,19 @@ def table(rows, seeds, args):
 def run_variant(args, seed, key, name, preset, overrides):
     out = os.path.join(args.out, f"seed{seed}", key)
     steps = 2 * args.steps if key == "base2x" else args.steps
-    argv = ["--preset", preset, "--out", out, "--steps", str(steps), "--checkpoint-every", str(max(1, steps // 4)),
-            "--batch-size", str(args.batch_size), "--synthetic-size", args.size, "--crop", args.crop,
-            "--synthetic-sequences", str(args.sequences), "--seed", str(seed), "--val-batches", "4", "--verbose", "2"]
+    init = None
     if key.startswith("ft_"):
-        base = os.path.join(args.out, f"seed{seed}", "base", "last.keras")
-        if not os.path.exists(base):
+        init = os.path.join(args.out, f"seed{seed}", "base", "last.keras")
+        if not os.path.exists(init):
             raise SystemExit(f"{key} fine-tunes the baseline: run the 'base' variant for seed {seed} first.")
-        argv += ["--init-from", base]
-    train_args = train_lib.build_parser().parse_args(argv)
-    train_args.stt_overrides = dict(overrides)
     start = time.perf_counter()
-    train_lib.train(train_args)
+    train_lib.train(preset, out=out, steps=steps, checkpoint_every=max(1, steps // 4), batch_size=args.batch_size,
+                    synthetic_size=args.size, crop=args.crop,
+                    synthetic_sequences=args.sequences, seed=seed, val_batches=4, verbose=2, init_from=init,
+                    stt_overrides=dict(overrides))
     train_seconds = time.perf_counter() - start
     model = load_model(os.path.join(out, "last.keras"), compile=False)
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = parse_size(args.size, "--size")
     results = evaluate_with_ablation(model, lambda: synthetic_sequences(args.eval_sequences, size=size),
                                      model.num_classes)
     results.update(key=key, name=name, preset=preset, overrides=overrides, seed=seed, steps=args.steps,

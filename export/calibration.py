@@ -27,12 +27,13 @@ import re
 import cv2
 import numpy as np
 
+from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.progress import Progress
 from stt_keras.training.data.synthetic import SyntheticVideo
 
 CALIBRATION_SEED = 2000  # not the training seeds (0..) nor the evaluation seed (1000)
 EVALUATION_SEED = 1000  # stt-eval's held-out synthetic sequences
-IGNORE = 255
+IGNORE = IGNORE_LABEL  # the library's value (stt_keras.metrics), not a second constant
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 

@@ -57,6 +57,8 @@ import time
 import numpy as np
 
 from stt_keras.errors import UserError, run_cli
+from stt_keras.metrics import IGNORE_LABEL
+from stt_keras.sizes import SizeError, parse_size
 from stt_keras.export import parity
 
 # Full int8 comes from the loop-free "gpu" graph: the TFLite calibrator crashes
@@ -64,16 +66,6 @@ from stt_keras.export import parity
 FORM_QUANTIZATIONS = {"default": ("float32", "float16", "dynamic_range"), "gpu": ("float32", "float16", "dynamic_range", "int8"),
                       "frame": ("float32", "float16", "dynamic_range", "int8")}
 GPU_CHECKED = ("float32", "float16")  # quantizations compiled for the GPU accelerator
-
-
-def _parse_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"stt-export: --size must look like 128x256, got {text!r}.") from None
-    if h < 1 or w < 1:
-        raise UserError(f"stt-export: --size must be positive (HxW, e.g. 128x256), got {text!r}.")
-    return h, w
 
 
 DEFAULT_QUANTIZATIONS = "float32,float16,dynamic_range,int8"
@@ -285,7 +277,10 @@ def run_export(args):
     from stt_keras.export import atomic, calibration, labels as label_sets, onnx_export, parity, saved_model, step as step_lib, tflite
     from stt_keras.export.atomic import atomic_directory, check_destination, write_manifest
 
-    size = _parse_size(args.size)
+    try:
+        size = parse_size(args.size, "--size")
+    except SizeError as error:
+        raise UserError(f"stt-export: {error}.") from None
     formats = {f.strip() for f in args.formats.split(",") if f.strip()}
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     interfaces = [f.strip() for f in args.interfaces.split(",") if f.strip()]
@@ -542,7 +537,7 @@ def _frames_for_checks(args, model, size, report, calibration, label_source):
             parity_text += " (the data is too short for parity segments apart from the calibration ones: some are shared)"
         print(f"stt-export: int8 calibration on {calib_text}", file=sys.stderr, flush=True)
         print(f"stt-export: parity checks on {parity_text}", file=sys.stderr, flush=True)
-        meaningful = any((labels != calibration.IGNORE).any() for _, labels in parity_sequences)
+        meaningful = any((labels != IGNORE_LABEL).any() for _, labels in parity_sequences)
         return calib, calib_text, parity_sequences, parity_text, meaningful
     # The synthetic video: calibration sequences are drawn inside representative_dataset (its own seed).
     calib_text = (f"synthetic video, seed {calibration.CALIBRATION_SEED}: {args.calibration_sequences} sequences x "
@@ -562,7 +557,7 @@ def _frames_for_checks(args, model, size, report, calibration, label_source):
         print(f"{LOUD}\nstt-export: WARNING: {warning}\n{LOUD}", file=sys.stderr, flush=True)
     meaningful = mismatch is None and label_source.startswith("built-in synthetic")
     if not meaningful:  # the synthetic truth is not in this model's classes: no mIoU (labels all ignored)
-        parity_sequences = [(frames, np.full(labels.shape, calibration.IGNORE, np.uint8))
+        parity_sequences = [(frames, np.full(labels.shape, IGNORE_LABEL, np.uint8))
                             for frames, labels in parity_sequences]
     return None, calib_text, parity_sequences, parity_text, meaningful
 

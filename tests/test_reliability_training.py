@@ -68,7 +68,8 @@ def test_kills_at_every_write_resume_to_exactly_the_planned_steps(tmp_path):
 
 
 def _args(out, *extra):
-    return train_lib.build_parser().parse_args([*TINY, "--out", str(out), *extra])
+    """The TrainConfig stt-train makes of these arguments."""
+    return train_lib.config_from_args(train_lib.build_parser().parse_args([*TINY, "--out", str(out), *extra]))
 
 
 def _started_run(out, *extra):
@@ -88,7 +89,7 @@ def test_other_settings_on_an_existing_out_are_refused_by_name(tmp_path):
                           (["--steps", "8", "--preset", "stt_psp_tiny"], "another model"),
                           (["--steps", "8", "--preset", "stt_psp_tiny", "--allow-new-settings"], "another model")]:
         with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")) as error:
-            train_lib.train(_args(out, *argv))
+            train_lib.run(_args(out, *argv))
         assert error.value.code == 2
     assert sorted(os.listdir(out)) == [".lock", "run.json"]  # nothing written, nothing trained
 
@@ -102,12 +103,12 @@ def test_finished_run_is_not_retrained_and_other_steps_are_refused(tmp_path, cap
         "epoch": 3, "steps": 6, "weights": "chunk-000003.weights.h5",
         "weights_sha256": cb.sha256_file(str(out / "backup" / "chunk-000003.weights.h5")), "best": 0.5,
         "history_rows": 3, "settings": train_lib.run_settings(_args(out, "--steps", "6"))})
-    assert train_lib.train(_args(out, "--steps", "6")) is None
+    assert train_lib.run(_args(out, "--steps", "6")) is None
     assert "already finished (6 of 6 steps); nothing to do" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"--steps 6 before, 7 now.*--allow-new-settings"):
-        train_lib.train(_args(out, "--steps", "7"))
+        train_lib.run(_args(out, "--steps", "7"))
     with pytest.raises(SystemExit, match="already trained 6 steps, more than --steps 4"):
-        train_lib.train(_args(out, "--steps", "4", "--allow-new-settings"))
+        train_lib.run(_args(out, "--steps", "4", "--allow-new-settings"))
 
 
 def test_second_run_on_the_same_out_names_the_lock_holder(tmp_path):
@@ -116,7 +117,7 @@ def test_second_run_on_the_same_out_names_the_lock_holder(tmp_path):
     lock = train_lib.RunLock(str(out)).acquire()
     try:
         with pytest.raises(SystemExit, match=f"in use by another stt-train run \\(PID {os.getpid()}\\)"):
-            train_lib.train(_args(out, "--steps", "2"))
+            train_lib.run(_args(out, "--steps", "2"))
     finally:
         lock.release()
     # A lock file left by a dead process is taken over (the kernel released its flock).
@@ -137,7 +138,7 @@ def test_second_run_on_the_same_out_names_the_lock_holder(tmp_path):
 ])
 def test_bad_training_arguments_are_one_line_errors(tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message) as error:
-        train_lib.train(_args(tmp_path / "run", *argv))
+        train_lib.run(_args(tmp_path / "run", *argv))
     assert error.value.code == 2
 
 
@@ -181,3 +182,57 @@ def test_damaged_backup_is_named(tmp_path):
                                                      "weights_sha256": "0" * 64}))
     with pytest.raises(ValueError, match="do not match"):
         cb.read_checkpoint(str(backup))
+
+
+def test_train_function_builds_the_model_once_and_stores_what_the_cli_stores(tmp_path, monkeypatch, capsys):
+    """train(preset, ...) from Python: one model built, the overrides in its STT, run.json as stt-train writes it."""
+    from stt_keras.models import STTSegmenter
+
+    built = []
+    from_preset = STTSegmenter.from_preset.__func__
+
+    def counting(cls, *args, **kwargs):
+        built.append(kwargs)
+        return from_preset(cls, *args, **kwargs)
+
+    monkeypatch.setattr(STTSegmenter, "from_preset", classmethod(counting))
+    out = tmp_path / "run"
+    model = train_lib.train("stt_psp_tiny", out=str(out), batch_size=1, synthetic_sequences=2, synthetic_size="32x64",
+                            val_batches=1, verbose=0, steps=2, checkpoint_every=2,
+                            stt_overrides={"top_ratio": 0.5, "key_selection": "all"})
+    assert len(built) == 1 and built[0]["num_classes"] == 7  # the synthetic set's classes, one build
+    assert model.stt.top_ratio == 0.5 and model.stt.key_selection == "all"
+    assert int(model.optimizer.iterations) == 2
+    cli = ["--preset", "stt_psp_tiny", "--synthetic-size", "32x64", "--steps", "2", "--top-ratio", "0.5",
+           "--key-selection", "all"]
+    stored = json.load(open(out / "run.json"))["settings"]
+    assert stored == train_lib.run_settings(_args(out, *cli)) and stored["stt_overrides"] == {
+        "top_ratio": 0.5, "key_selection": "all"}
+    # The command line sees the same run: finished, nothing to do; with another ratio, another model.
+    capsys.readouterr()
+    train_lib.main([*TINY, "--out", str(out), *cli])
+    assert "already finished (2 of 2 steps)" in capsys.readouterr().out and len(built) == 1
+    # The synthetic set's own class count, given, is the same run (not "another model").
+    assert train_lib.train("stt_psp_tiny", 7, out=str(out), batch_size=1, synthetic_sequences=2, synthetic_size=(32, 64),
+                           val_batches=1, verbose=0, steps=2, checkpoint_every=2,
+                           stt_overrides={"top_ratio": 0.5, "key_selection": "all"}) is None
+    with pytest.raises(SystemExit):
+        train_lib.main([*TINY, "--out", str(out), *cli[:-4], "--top-ratio", "0.25"])
+    assert "another model or dataset (--stt-overrides" in capsys.readouterr().err
+
+
+def test_train_function_refuses_bad_settings_before_writing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['top_ratio'\]"):
+        train_lib.train("stt_psp_tiny", out=str(out), top_ratio=0.5)  # an STT argument goes in stt_overrides
+    with pytest.raises(SystemExit, match="--crop must look like 128x256"):
+        train_lib.train("stt_psp_tiny", out=str(out), crop="128")
+    with pytest.raises(SystemExit, match="--dataset cityscapes has 19 classes, not --num-classes 5"):
+        train_lib.train("stt_psp_tiny", 5, out=str(out), dataset="cityscapes", data_root=str(tmp_path))
+    with pytest.raises(SystemExit, match="--top-ratio must be in"):
+        train_lib.train("stt_psp_tiny", out=str(out), stt_overrides={"top_ratio": 1.5})
+    assert not out.exists()
+    # An override the preset does not take is named by from_preset; no run.json is left to refuse the fixed command.
+    with pytest.raises(SystemExit, match="per-frame model; it takes no STT overrides") as error:
+        train_lib.run(_args(out, "--top-ratio", "0.5"))
+    assert error.value.code == 2 and sorted(os.listdir(out)) == [".lock"]

@@ -35,12 +35,13 @@ import tensorflow as tf
 
 from stt_keras import StreamingSegmenter, load_model
 from stt_keras.errors import UserError, run_cli
+from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.progress import Progress
+from stt_keras.sizes import SizeError, parse_size
 from stt_keras.training.data import cityscapes_ids, readers
 from stt_keras.training.data.files import FrameFiles, LabelFiles
 from stt_keras.training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from stt_keras.training.data.synthetic import SyntheticVideo
-from stt_keras.training.data.pipeline import IGNORE_LABEL
 from stt_keras.training.data.video import VideoFrames, read_video_labels
 from stt_keras.training.metrics import FLOW_ESTIMATOR, MeanIoU, TemporalConsistency
 
@@ -229,18 +230,6 @@ def build_parser():
     return p
 
 
-def parse_size(text, what="--synthetic-size"):
-    """'HxW' -> (H, W), both positive; UserError otherwise (never a silent default for a missing part)."""
-    parts = text.lower().split("x")
-    try:
-        h, w = (int(v) for v in parts)
-    except ValueError:
-        raise UserError(f"stt-eval: {what} must look like 128x256 (height x width), got {text!r}.") from None
-    if h < 1 or w < 1:
-        raise UserError(f"stt-eval: {what} must be positive, got {text!r}.")
-    return h, w
-
-
 def finite_or_none(value):
     """The results with every NaN/inf float replaced by None (JSON has no NaN)."""
     if isinstance(value, float):
@@ -273,7 +262,10 @@ def check_arguments(args):
     if args.labels and not os.path.isfile(args.labels):
         raise UserError(f"stt-eval: --labels file not found: {args.labels}")
     if args.dataset == "synthetic":
-        return parse_size(args.synthetic_size)
+        try:
+            return parse_size(args.synthetic_size, "--synthetic-size")
+        except SizeError as error:
+            raise UserError(f"stt-eval: {error}.") from None
     if not args.data_root:
         raise UserError(f"stt-eval: --data-root is required for {args.dataset}.")
     if args.dataset == "cityscapes":

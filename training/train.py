@@ -20,9 +20,14 @@ list of what differs; --allow-new-settings continues the run with new training
 settings (steps, learning rate, ...) but never with another model or dataset.
 One run at a time per --out: a second one is refused, naming the PID that holds
 the lock (released by the kernel when that process ends, however it ends).
+
+From Python, `train(preset, num_classes, out=..., **settings)` does the same
+(settings: the fields of `TrainConfig`); this command parses its arguments
+into a `TrainConfig` and calls `run(config)`, as `train` does.
 """
 
 import argparse
+import dataclasses
 import errno
 import fcntl
 import json
@@ -34,10 +39,11 @@ import tensorflow as tf
 
 from stt_keras.errors import UserError, run_cli
 from stt_keras.models import STTSegmenter
+from stt_keras.sizes import SizeError, parse_size
 from stt_keras.training import data as data_lib
+from stt_keras.training.data.readers import CAMVID_CLASSES
 from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
                                 remove_stale_temporaries, truncate_history)
-from stt_keras.training.metrics import MeanIoU
 
 # Settings that define the model: a run can never continue with others.
 MODEL_SETTINGS = ("preset", "dataset", "num_classes", "stt_overrides", "mixed_precision")
@@ -47,40 +53,108 @@ TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_s
                      "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames")
 # Settings added after runs were first stored: a run.json without them was made with this value.
 SETTING_DEFAULTS = {"first_frames": "pad"}
+# The class count of each dataset (None: the caller's num_classes, required).
+DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
+                   "camvid": len(CAMVID_CLASSES), "folder": None}
+# The command-line flags that override the preset's STT arguments (TrainConfig.stt_overrides).
+STT_FLAGS = ("top_ratio", "key_selection", "norm_first", "nsm_temperature")
 
 
-def parse_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW like 512x1024, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return h, w
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one training run is made of; `train()` and the stt-train command both build one.
+
+    The fields are the command's options with `_` for `-` (`checkpoint_every` is
+    `--checkpoint-every`), with the same defaults and meanings (`stt-train --help`),
+    except `stt_overrides`: the arguments of `STTSegmenter.from_preset` that change
+    the preset ({"top_ratio": 0.5, "key_selection": "all", ...}); the command fills
+    it from --top-ratio, --key-selection, --norm-first and --nsm-temperature.
+    `crop` and `synthetic_size` are (H, W) pairs or "HxW" strings.
+    """
+
+    preset: str
+    out: str
+    num_classes: int = None  # None: the dataset's own (required for dataset="folder")
+    dataset: str = "synthetic"  # synthetic, cityscapes, camvid or folder
+    data_root: str = None
+    train_split: str = "train"
+    val_split: str = "val"
+    steps: int = 600
+    checkpoint_every: int = 50
+    batch_size: int = 4
+    crop: tuple = None  # (H, W); None: the frame size
+    frame_stride: int = 1
+    first_frames: str = "pad"
+    lr: float = 0.01
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    weight_decay: float = 1e-4
+    aux_weight: float = 0.4
+    stt_overrides: dict = dataclasses.field(default_factory=dict)
+    mixed_precision: bool = False
+    xla: bool = False
+    distribute: str = "none"
+    cpu_devices: int = 0
+    init_from: str = None
+    backbone_weights: str = None
+    seed: int = 0
+    synthetic_sequences: int = 24
+    synthetic_size: tuple = (128, 256)
+    val_batches: int = None
+    allow_new_settings: bool = False
+    verbose: int = 1
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
+def train(preset, num_classes=None, *, out, **settings):
+    """Trains (or resumes) a model of `preset` into the run folder `out`, as stt-train does.
+
+    Args:
+        preset: a built-in preset name (`stt_keras.models.list_presets()`).
+        num_classes: output classes; None takes the dataset's own (synthetic 7,
+            cityscapes 19, camvid 11); required for dataset="folder".
+        out: the run folder (checkpoints, models, history; see the module docstring).
+        **settings: the other fields of `TrainConfig`, e.g. dataset="synthetic",
+            steps=300, crop=(128, 128), stt_overrides={"top_ratio": 0.5}.
+
+    Returns:
+        The trained model (None when `out` holds a finished run of these settings).
+        Bad settings raise `stt_keras.errors.UserError` (a SystemExit with code 2)
+        naming the problem.
+    """
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise TypeError(f"train() got unknown setting(s) {unknown}; the settings are the fields of TrainConfig: "
+                        f"{', '.join(sorted(_DEFAULTS))}.")
+    return run(TrainConfig(preset=preset, num_classes=num_classes, out=out, **settings))
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="stt-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = _DEFAULTS
     p.add_argument("--preset", default="stt_psp_tiny")
-    p.add_argument("--dataset", choices=["synthetic", "cityscapes", "camvid", "folder"], default="synthetic")
+    p.add_argument("--dataset", choices=list(DATASET_CLASSES), default=d["dataset"])
     p.add_argument("--data-root", help="dataset root (not for synthetic)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of a --dataset folder")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--val-split", default="val")
+    p.add_argument("--train-split", default=d["train_split"])
+    p.add_argument("--val-split", default=d["val_split"])
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--steps", type=int, default=600, help="total optimizer steps")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="steps per Keras epoch (backup/validation interval)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=d["steps"], help="total optimizer steps")
+    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"],
+                   help="steps per Keras epoch (backup/validation interval)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--crop", type=parse_size, default=None, help="training crop HxW (default: the frame size)")
-    p.add_argument("--frame-stride", type=int, default=1)
-    p.add_argument("--first-frames", choices=["pad", "skip"], default="pad",
+    p.add_argument("--frame-stride", type=int, default=d["frame_stride"])
+    p.add_argument("--first-frames", choices=["pad", "skip"], default=d["first_frames"],
                    help="labels on the first T * stride frames of a sequence (folder, camvid): pad = their history is the "
                         "first frame, as in streaming inference (default); skip = do not train on them")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--poly-power", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled (AdamW-style) decay of SGD")
-    p.add_argument("--aux-weight", type=float, default=0.4)
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--momentum", type=float, default=d["momentum"])
+    p.add_argument("--poly-power", type=float, default=d["poly_power"])
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="decoupled (AdamW-style) decay of SGD")
+    p.add_argument("--aux-weight", type=float, default=d["aux_weight"])
     p.add_argument("--top-ratio", type=float, default=None, help="override the preset's STT query ratio")
     p.add_argument("--key-selection", choices=["window", "all"], default=None, help="override the preset's key selection")
     p.add_argument("--norm-first", action="store_true", default=None,
@@ -89,37 +163,40 @@ def build_parser():
                    help="score query complexity on cosine / tau instead of raw dot products")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA")
-    p.add_argument("--distribute", choices=["none", "mirrored", "multiworker"], default="none",
+    p.add_argument("--distribute", choices=["none", "mirrored", "multiworker"], default=d["distribute"],
                    help="mirrored: all local devices; multiworker: TF_CONFIG cluster")
-    p.add_argument("--cpu-devices", type=int, default=0,
+    p.add_argument("--cpu-devices", type=int, default=d["cpu_devices"],
                    help="split the CPU into N logical devices (to run --distribute mirrored without GPUs)")
     p.add_argument("--init-from", default=None,
                    help="a .keras model (e.g. the per-frame baseline) whose encoder and decoder weights start this run")
     p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--synthetic-sequences", type=int, default=24)
-    p.add_argument("--synthetic-size", type=parse_size, default=(128, 256))
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"])
+    p.add_argument("--synthetic-size", type=parse_size, default=d["synthetic_size"])
     p.add_argument("--val-batches", type=int, default=None, help="limit validation batches")
     p.add_argument("--allow-new-settings", action="store_true",
                    help="continue an existing --out with other training settings (never another model)")
-    p.add_argument("--verbose", type=int, default=1)
+    p.add_argument("--verbose", type=int, default=d["verbose"])
     return p
 
 
-def stt_overrides(args):
-    """The STT arguments the command line (and a caller's `args.stt_overrides`) change."""
-    overrides = dict(getattr(args, "stt_overrides", None) or {})
-    for key in ("top_ratio", "key_selection", "norm_first", "nsm_temperature"):
-        if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
-    return overrides
+def config_from_args(args):
+    """The TrainConfig of parsed command-line arguments: the STT flags given become `stt_overrides`."""
+    values = {k: v for k, v in vars(args).items() if k not in STT_FLAGS}
+    values["stt_overrides"] = {k: getattr(args, k) for k in STT_FLAGS if getattr(args, k) is not None}
+    return TrainConfig(**values)
 
 
-def run_settings(args):
+def main(argv=None):
+    """Console entry point: the arguments become a TrainConfig, trained by `run`."""
+    run_cli("stt-train", run, config_from_args(build_parser().parse_args(argv)))
+
+
+def run_settings(config):
     """The settings stored in run.json and every backup commit (JSON-friendly)."""
     settings = {}
     for key in MODEL_SETTINGS + TRAINING_SETTINGS:
-        value = stt_overrides(args) if key == "stt_overrides" else getattr(args, key, None)
+        value = getattr(config, key)
         settings[key] = list(value) if isinstance(value, tuple) else value
     if settings["dataset"] != "synthetic":
         settings.pop("synthetic_sequences"), settings.pop("synthetic_size")
@@ -133,7 +210,14 @@ def settings_difference(before, now):
     keys = [k for k in MODEL_SETTINGS + TRAINING_SETTINGS if k in before or k in now]
     if before.get("dataset") != "synthetic":
         before = {**SETTING_DEFAULTS, **before}
+    before, now = _own_class_count_as_none(before), _own_class_count_as_none(now)
     return [(k, before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)]
+
+
+def _own_class_count_as_none(settings):
+    """num_classes=19 on cityscapes is the same run as no num_classes (likewise camvid 11, synthetic 7)."""
+    fixed = DATASET_CLASSES.get(settings.get("dataset"))
+    return {**settings, "num_classes": None} if fixed is not None and settings.get("num_classes") == fixed else settings
 
 
 class RunLock:
@@ -201,48 +285,40 @@ def worker_output_dir(out, distribute):
     return os.path.join(out, f"{kind}-{index}")
 
 
-def make_datasets(args, num_key_frames, start_step):
-    """(train dataset, val dataset, num_classes), the train one skipping the steps already done."""
-    skip = start_step * args.batch_size
-    if args.dataset == "synthetic":
-        h, w = args.synthetic_size
-        train_video = data_lib.SyntheticVideo(args.synthetic_sequences, 30, h, w, seed=args.seed)
-        val_video = data_lib.SyntheticVideo(max(2, args.synthetic_sequences // 4), 30, h, w, seed=args.seed + 1000)
+def make_datasets(config, num_key_frames, num_classes, start_step):
+    """(train dataset, val dataset), the train one skipping the steps already done."""
+    skip = start_step * config.batch_size
+    if config.dataset == "synthetic":
+        h, w = config.synthetic_size
+        train_video = data_lib.SyntheticVideo(config.synthetic_sequences, 30, h, w, seed=config.seed)
+        val_video = data_lib.SyntheticVideo(max(2, config.synthetic_sequences // 4), 30, h, w, seed=config.seed + 1000)
         train = data_lib.make_synthetic_dataset(
-            train_video, num_key_frames, args.batch_size, args.crop, True, args.seed, args.frame_stride, skip=skip)
+            train_video, num_key_frames, config.batch_size, config.crop, True, config.seed, config.frame_stride, skip=skip)
         val = data_lib.make_synthetic_dataset(
-            val_video, num_key_frames, args.batch_size, None, False, args.seed, args.frame_stride, labelled_every=10)
-        return train, val, train_video.num_classes
-    if not args.data_root:
-        raise ValueError(f"--data-root is required for --dataset {args.dataset}.")
-    if args.dataset == "cityscapes":
-        lister, num_classes, fmt = data_lib.cityscapes_samples, 19, "cityscapes"
-    elif args.dataset == "camvid":
-        lister, num_classes, fmt = data_lib.camvid_samples, 11, "index"
+            val_video, num_key_frames, config.batch_size, None, False, config.seed, config.frame_stride, labelled_every=10)
+        return train, val
+    if config.dataset == "cityscapes":
+        lister, fmt = data_lib.cityscapes_samples, "cityscapes"
+    elif config.dataset == "camvid":
+        lister, fmt = data_lib.camvid_samples, "index"
     else:
-        lister, num_classes, fmt = None, None, "index"
-    first = {} if args.dataset == "cityscapes" else {"first_frames": args.first_frames}
+        lister, fmt = None, "index"
+    first = {} if config.dataset == "cityscapes" else {"first_frames": config.first_frames}
     if lister is None:
-        if not num_classes_ok(args.num_classes):
-            raise UserError(f"stt-train: --dataset folder needs --num-classes of at least 2, got {args.num_classes}.")
         samples, val_samples = (
-            data_lib.folder_samples(os.path.join(args.data_root, split), num_key_frames, args.frame_stride, **first)
-            for split in (args.train_split, args.val_split))
-        num_classes = args.num_classes
+            data_lib.folder_samples(os.path.join(config.data_root, split), num_key_frames, config.frame_stride, **first)
+            for split in (config.train_split, config.val_split))
     else:
-        samples = lister(args.data_root, args.train_split, num_key_frames, args.frame_stride, **first)
-        val_samples = lister(args.data_root, args.val_split, num_key_frames, args.frame_stride, **first)
-    for split, listed in ((args.train_split, samples), (args.val_split, val_samples)):
+        samples = lister(config.data_root, config.train_split, num_key_frames, config.frame_stride, **first)
+        val_samples = lister(config.data_root, config.val_split, num_key_frames, config.frame_stride, **first)
+    for split, listed in ((config.train_split, samples), (config.val_split, val_samples)):
         if not listed:
-            raise ValueError(f"no labelled frame to train or validate on in the {split} split of {args.data_root}"
+            raise ValueError(f"no labelled frame to train or validate on in the {split} split of {config.data_root}"
                              + (f" ({listed.skipped} skipped by --first-frames skip)" if listed.skipped else "") + ".")
-    train = data_lib.make_file_dataset(samples, num_classes, args.batch_size, args.crop, True, args.seed, fmt, skip=skip)
-    val = data_lib.make_file_dataset(val_samples, num_classes, args.batch_size, args.crop, False, args.seed, fmt)
-    return train, val, num_classes
-
-
-def num_classes_ok(value):
-    return value is not None and value >= 2
+    train = data_lib.make_file_dataset(samples, num_classes, config.batch_size, config.crop, True, config.seed, fmt,
+                                       skip=skip)
+    val = data_lib.make_file_dataset(val_samples, num_classes, config.batch_size, config.crop, False, config.seed, fmt)
+    return train, val
 
 
 def init_from(model, path):
@@ -258,50 +334,59 @@ def init_from(model, path):
     print(f"stt-train: encoder and decoder initialised from {path}")
 
 
-def completed_epochs(backup_dir):
-    """Chunks (Keras epochs) committed by an earlier, interrupted run, else 0."""
-    checkpoint = read_checkpoint(backup_dir)
-    return 0 if checkpoint is None else int(checkpoint["epoch"])
-
-
-def main(argv=None):
-    """Console entry point."""
-    run_cli("stt-train", train, build_parser().parse_args(argv))
-
-
-def _check_arguments(args):
+def check_config(config):
+    """The config with its sizes as (H, W) and its class count resolved; UserError naming the first bad setting."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"run() takes a TrainConfig, got {type(config).__name__}.")
     for name in ("steps", "checkpoint_every", "batch_size", "frame_stride", "synthetic_sequences"):
-        if getattr(args, name) < 1:
-            raise UserError(f"stt-train: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    if args.val_batches is not None and args.val_batches < 1:
-        raise UserError(f"stt-train: --val-batches must be positive, got {args.val_batches}.")
-    if args.num_classes is not None and args.num_classes < 2:
-        raise UserError(f"stt-train: --num-classes must be at least 2, got {args.num_classes}.")
-    if args.dataset == "folder" and args.num_classes is None:
+        if getattr(config, name) < 1:
+            raise UserError(f"stt-train: --{name.replace('_', '-')} must be positive, got {getattr(config, name)}.")
+    if config.val_batches is not None and config.val_batches < 1:
+        raise UserError(f"stt-train: --val-batches must be positive, got {config.val_batches}.")
+    if config.num_classes is not None and config.num_classes < 2:
+        raise UserError(f"stt-train: --num-classes must be at least 2, got {config.num_classes}.")
+    if config.dataset not in DATASET_CLASSES:
+        raise UserError(f"stt-train: unknown --dataset {config.dataset!r}; available: {', '.join(DATASET_CLASSES)}.")
+    fixed = DATASET_CLASSES[config.dataset]
+    if config.dataset == "folder" and config.num_classes is None:
         raise UserError("stt-train: --dataset folder needs --num-classes (the number of label classes, at least 2).")
-    if args.dataset != "synthetic" and not args.data_root:
-        raise UserError(f"stt-train: --data-root is required for --dataset {args.dataset}.")
-    if args.lr <= 0:
-        raise UserError(f"stt-train: --lr must be positive, got {args.lr}.")
-    if args.top_ratio is not None and not 0 < args.top_ratio <= 1:
-        raise UserError(f"stt-train: --top-ratio must be in (0, 1], got {args.top_ratio}.")
+    if fixed is not None and config.num_classes not in (None, fixed):
+        raise UserError(f"stt-train: --dataset {config.dataset} has {fixed} classes, not --num-classes "
+                        f"{config.num_classes} (leave it out).")
+    if config.dataset != "synthetic" and not config.data_root:
+        raise UserError(f"stt-train: --data-root is required for --dataset {config.dataset}.")
+    if config.lr <= 0:
+        raise UserError(f"stt-train: --lr must be positive, got {config.lr}.")
+    if not isinstance(config.stt_overrides, dict):
+        raise UserError(f"stt-train: stt_overrides must be a dict of from_preset arguments, got {config.stt_overrides!r}.")
+    top_ratio = config.stt_overrides.get("top_ratio")
+    if top_ratio is not None and not 0 < top_ratio <= 1:
+        raise UserError(f"stt-train: --top-ratio must be in (0, 1], got {top_ratio}.")
     from stt_keras.models.stt.stt_presets import PRESETS
 
-    if args.preset not in PRESETS:
-        raise UserError(f"stt-train: unknown --preset {args.preset!r}; available: {', '.join(sorted(PRESETS))}.")
-    if args.init_from and not os.path.isfile(args.init_from):
-        raise UserError(f"stt-train: --init-from model file not found: {args.init_from}")
+    if config.preset not in PRESETS:
+        raise UserError(f"stt-train: unknown --preset {config.preset!r}; available: {', '.join(sorted(PRESETS))}.")
+    if config.init_from and not os.path.isfile(config.init_from):
+        raise UserError(f"stt-train: --init-from model file not found: {config.init_from}")
+    sizes = {}
+    for name in ("crop", "synthetic_size"):
+        if getattr(config, name) is not None:
+            try:
+                sizes[name] = parse_size(getattr(config, name), f"--{name.replace('_', '-')}")
+            except SizeError as error:
+                raise UserError(f"stt-train: {error}.") from None
+    return dataclasses.replace(config, stt_overrides=dict(config.stt_overrides), **sizes)
 
 
-def _resume_state(args, settings):
+def _resume_state(config, settings):
     """The committed checkpoint to resume from (or None), after checking the stored settings against these."""
-    backup_dir = os.path.join(args.out, "backup")
+    backup_dir = os.path.join(config.out, "backup")
     try:
         checkpoint = read_checkpoint(backup_dir)
     except ValueError as error:
         raise UserError(f"stt-train: {error}") from None
     stored = None
-    run_json = os.path.join(args.out, "run.json")
+    run_json = os.path.join(config.out, "run.json")
     if os.path.isfile(run_json):
         try:
             with open(run_json) as f:
@@ -311,7 +396,7 @@ def _resume_state(args, settings):
     elif checkpoint is not None:
         stored = checkpoint.get("settings")
     elif os.path.exists(os.path.join(backup_dir, "training_metadata.json")):
-        raise UserError(f"stt-train: --out {args.out} holds a run this version cannot resume (no backup/checkpoint.json); "
+        raise UserError(f"stt-train: --out {config.out} holds a run this version cannot resume (no backup/checkpoint.json); "
                         "use a new --out.")
     if stored is not None:
         differences = settings_difference(stored, settings)
@@ -319,82 +404,81 @@ def _resume_state(args, settings):
             text = "; ".join(f"--{k.replace('_', '-')} {b!r} before, {n!r} now" for k, b, n in differences)
             model_changes = [k for k, _, _ in differences if k in MODEL_SETTINGS]
             if model_changes:
-                raise UserError(f"stt-train: --out {args.out} is a run of another model or dataset ({text}); "
+                raise UserError(f"stt-train: --out {config.out} is a run of another model or dataset ({text}); "
                                 "use a new --out.")
-            if not args.allow_new_settings:
-                raise UserError(f"stt-train: --out {args.out} was started with other settings ({text}); "
+            if not config.allow_new_settings:
+                raise UserError(f"stt-train: --out {config.out} was started with other settings ({text}); "
                                 "pass --allow-new-settings to continue it with these, or use a new --out.")
-            print(f"stt-train: continuing {args.out} with new settings: {text}.")
-    if checkpoint is not None and checkpoint["steps"] > args.steps:
-        raise UserError(f"stt-train: --out {args.out} has already trained {checkpoint['steps']} steps, more than "
-                        f"--steps {args.steps}.")
+            print(f"stt-train: continuing {config.out} with new settings: {text}.")
+    if checkpoint is not None and checkpoint["steps"] > config.steps:
+        raise UserError(f"stt-train: --out {config.out} has already trained {checkpoint['steps']} steps, more than "
+                        f"--steps {config.steps}.")
     return checkpoint
 
 
-def train(args):
-    """Runs one (possibly resumed) training; returns the trained model (None if the run was already finished)."""
-    args.stt_overrides = stt_overrides(args)
-    for name, default in (("allow_new_settings", False), ("frame_stride", 1), ("synthetic_sequences", 24),
-                          ("first_frames", "pad")):
-        if not hasattr(args, name):
-            setattr(args, name, default)
-    _check_arguments(args)
-    args.out = worker_output_dir(args.out, args.distribute)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"stt-train: --out {args.out} exists and is not a folder.")
-    os.makedirs(args.out, exist_ok=True)
-    lock = RunLock(args.out).acquire()
+def run(config):
+    """Runs one (possibly resumed) training of a TrainConfig; returns the trained model (None if already finished)."""
+    config = check_config(config)
+    config = dataclasses.replace(config, out=worker_output_dir(config.out, config.distribute))
+    if os.path.exists(config.out) and not os.path.isdir(config.out):
+        raise UserError(f"stt-train: --out {config.out} exists and is not a folder.")
+    os.makedirs(config.out, exist_ok=True)
+    lock = RunLock(config.out).acquire()
+    policy = keras.mixed_precision.global_policy()
     try:
-        return _train_locked(args)
+        return _train_locked(config)
     finally:
         lock.release()
+        keras.mixed_precision.set_global_policy(policy)  # a Python caller's policy is theirs again
 
 
-def _train_locked(args):
-    backup_dir = os.path.join(args.out, "backup")
-    remove_stale_temporaries(args.out)  # we hold the lock: any temporary file is a killed run's
-    settings = run_settings(args)
-    checkpoint = _resume_state(args, settings)
+def _train_locked(config):
+    out = config.out
+    backup_dir = os.path.join(out, "backup")
+    remove_stale_temporaries(out)  # we hold the lock: any temporary file is a killed run's
+    settings = run_settings(config)
+    checkpoint = _resume_state(config, settings)
     done = 0 if checkpoint is None else int(checkpoint["epoch"])
     done_steps = 0 if checkpoint is None else int(checkpoint["steps"])
-    if done_steps >= args.steps:
-        print(f"stt-train: {args.out} is already finished ({done_steps} of {args.steps} steps); nothing to do.")
+    if done_steps >= config.steps:
+        print(f"stt-train: {out} is already finished ({done_steps} of {config.steps} steps); nothing to do.")
         return None
-    epochs = done + -(-(args.steps - done_steps) // args.checkpoint_every)
+    epochs = done + -(-(config.steps - done_steps) // config.checkpoint_every)
     if checkpoint is not None:
-        truncate_history(os.path.join(args.out, "history.csv"), int(checkpoint.get("history_rows", done)))
-        print(f"stt-train: resuming {args.out} after {done} chunks ({done_steps} of {args.steps} steps).")
+        truncate_history(os.path.join(out, "history.csv"), int(checkpoint.get("history_rows", done)))
+        print(f"stt-train: resuming {out} after {done} chunks ({done_steps} of {config.steps} steps).")
     else:
-        truncate_history(os.path.join(args.out, "history.csv"), 0)
-    atomic_write_json(os.path.join(args.out, "run.json"), {"format": "stt-keras-run/1", "settings": settings})
-    atomic_write_json(os.path.join(args.out, "config.json"),
-                      json.loads(json.dumps({k: v for k, v in vars(args).items()}, default=str)))
-    if args.mixed_precision:
+        truncate_history(os.path.join(out, "history.csv"), 0)
+    if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(config.seed)
 
-    strategy = make_strategy(args.distribute, args.cpu_devices)
-    name = "MultiWorkerMirroredStrategy" if args.distribute == "multiworker" else type(strategy).__name__
-    print(f"stt-train: {name} with {strategy.num_replicas_in_sync} replica(s), writing to {args.out}")
-    probe = STTSegmenter.from_preset(args.preset, num_classes=2)
-    num_key_frames = probe.num_key_frames
-    del probe
+    strategy = make_strategy(config.distribute, config.cpu_devices)
+    name = "MultiWorkerMirroredStrategy" if config.distribute == "multiworker" else type(strategy).__name__
+    print(f"stt-train: {name} with {strategy.num_replicas_in_sync} replica(s), writing to {out}")
+    num_classes = config.num_classes or DATASET_CLASSES[config.dataset]
+    with strategy.scope():
+        try:
+            model = STTSegmenter.from_preset(config.preset, num_classes=num_classes,
+                                             backbone_weights=config.backbone_weights, aux_weight=config.aux_weight,
+                                             **config.stt_overrides)
+        except ValueError as error:  # an override the preset does not take, named by from_preset
+            raise UserError(f"stt-train: {error}") from None
+    num_key_frames = model.num_key_frames
     try:
-        train, val, num_classes = make_datasets(args, num_key_frames, done_steps)
+        train, val = make_datasets(config, num_key_frames, num_classes, done_steps)
     except (FileNotFoundError, ValueError) as error:  # the dataset listing names the file or folder
         raise UserError(f"stt-train: {error}") from None
-    if args.val_batches:
-        val = val.take(args.val_batches)
+    if config.val_batches:
+        val = val.take(config.val_batches)
+    # Stored once the model and data are known to be buildable: a start that fails leaves no settings behind.
+    atomic_write_json(os.path.join(out, "run.json"), {"format": "stt-keras-run/1", "settings": settings})
+    atomic_write_json(os.path.join(out, "config.json"), json.loads(json.dumps(dataclasses.asdict(config), default=str)))
 
     with strategy.scope():
-        model = STTSegmenter.from_preset(
-            args.preset, num_classes=num_classes, backbone_weights=args.backbone_weights, aux_weight=args.aux_weight,
-            **getattr(args, "stt_overrides", {}),
-        )
-        schedule = keras.optimizers.schedules.PolynomialDecay(args.lr, args.steps, 0.0, power=args.poly_power)
-        optimizer = keras.optimizers.SGD(schedule, momentum=args.momentum, weight_decay=args.weight_decay)
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
-        model.compile(optimizer=optimizer, loss=loss, metrics=[MeanIoU(num_classes)], jit_compile=args.xla)
+        schedule = keras.optimizers.schedules.PolynomialDecay(config.lr, config.steps, 0.0, power=config.poly_power)
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+        model.compile(optimizer=optimizer, jit_compile=config.xla)  # the model's own loss and MeanIoU metric
         sample, _ = next(iter(train))
         model(sample[:1] if num_key_frames else sample[:1, -1])  # restoring needs a built model
         if checkpoint is not None:
@@ -403,22 +487,22 @@ def _train_locked(args):
             if int(model.optimizer.iterations.numpy()) != done_steps:
                 raise UserError(f"stt-train: backup {backup_dir} holds {int(model.optimizer.iterations.numpy())} steps "
                                 f"but its checkpoint.json says {done_steps}; delete it to start again.")
-        elif args.init_from:
+        elif config.init_from:
             try:
-                init_from(model, args.init_from)
+                init_from(model, config.init_from)
             except ValueError as error:
                 raise UserError(f"stt-train: {error}") from None
 
     callbacks = [
-        StopAtStep(args.steps),
-        RunCheckpoint(args.out, settings, restored=checkpoint),
-        keras.callbacks.TensorBoard(os.path.join(args.out, "logs")),
+        StopAtStep(config.steps),
+        RunCheckpoint(out, settings, restored=checkpoint),
+        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
     ]
     model.fit(  # shuffle=False: the pipeline shuffles itself (seeded); Keras would warn and ignore True
-        train, epochs=epochs, initial_epoch=done, steps_per_epoch=args.checkpoint_every, validation_data=val,
-        callbacks=callbacks, verbose=args.verbose, shuffle=False,
+        train, epochs=epochs, initial_epoch=done, steps_per_epoch=config.checkpoint_every, validation_data=val,
+        callbacks=callbacks, verbose=config.verbose, shuffle=False,
     )
-    print(f"stt-train: done, {int(model.optimizer.iterations.numpy())} steps; models in {args.out}")
+    print(f"stt-train: done, {int(model.optimizer.iterations.numpy())} steps; models in {out}")
     return model
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from stt_keras.training.data.cityscapes_ids import to_train_ids
-from stt_keras.training.data.pipeline import IGNORE_LABEL, augment, check_label_values, sample_dataset
+from stt_keras.metrics import IGNORE_LABEL
+from stt_keras.training.data.pipeline import augment, check_label_values, sample_dataset
 
 
 def read_frame(path):

@@ -13,7 +13,7 @@ parallelism.
 import numpy as np
 import tensorflow as tf
 
-IGNORE_LABEL = 255
+from stt_keras.metrics import IGNORE_LABEL
 
 
 def clip_indices(num_frames, labelled, num_key_frames, frame_stride=1, pad_start=False):

@@ -327,12 +327,14 @@ def write_video(path, frames=60, height=128, width=256, seed=1000, index=0, fps=
 if __name__ == "__main__":
     import argparse
 
+    from stt_keras.sizes import parse_size
+
     parser = argparse.ArgumentParser(description="Write a synthetic video file (for the edge demo).")
     parser.add_argument("--out", required=True)
     parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--size", default="128x256", help="HxW")
+    parser.add_argument("--size", default="128x256", type=parse_size, help="HxW")
     parser.add_argument("--seed", type=int, default=1000)
     args = parser.parse_args()
-    h, w = (int(v) for v in args.size.split("x"))
+    h, w = args.size
     write_video(args.out, args.frames, h, w, args.seed)
     print(f"wrote {args.frames} frames of {h}x{w} synthetic video to {args.out}")
