@@ -8,6 +8,8 @@ slower. Keras 3's `export(format="litert")` turns on SELECT_TF_OPS (Flex) by
 default; we never do.
 """
 
+import re
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
@@ -62,7 +64,95 @@ def converter_settings(quantization):
     return settings
 
 
-def convert(concrete, quantization="float32", representative_dataset=None, keep_float_scope=None):
+FLOAT_HEAD_CONVS = 1  # int8: the classifier conv and everything after it stay float32 (see `head_tensors`)
+DECODER_SCOPE = "decoder"  # the segmenter's decoder layer: float_head="decoder" keeps all of it float
+
+
+HEAD_OUTPUTS = ("logits", "labels")
+
+
+def head_tensors(float_bytes, convs=1, outputs=HEAD_OUTPUTS):
+    """Output tensor names of the model's "head" in a float .tflite: the last `convs` convolutions
+    before the `outputs` (signature names) and every op downstream of them (the logits'
+    upsampling, on-device labels).
+
+    Walks back from those outputs through non-convolution ops to the first CONV_2D /
+    DEPTHWISE_CONV_2D on each path (the classifier), `convs` times (2: the conv that feeds the
+    classifier too), then takes every op that consumes, transitively, an output of those
+    convolutions. Other outputs (the STT state) are not walked from.
+    """
+    if convs < 0:
+        raise ValueError(f"`convs` must be >= 0, got {convs}.")
+    model = schema.ModelT.InitFromPackedBuf(bytearray(float_bytes), 0)
+    codes = [_OP_NAMES.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM") for c in model.operatorCodes]
+    graph = model.subgraphs[0]
+    ops = list(graph.operators or [])
+    producer = {int(t): i for i, op in enumerate(ops) for t in op.outputs}
+    consumers = {}
+    for i, op in enumerate(ops):
+        for t in op.inputs:
+            consumers.setdefault(int(t), []).append(i)
+
+    def is_conv(i):
+        return codes[ops[i].opcodeIndex] in ("CONV_2D", "DEPTHWISE_CONV_2D")
+
+    def convs_above(tensors):
+        # The first convolution on every path up from `tensors` (runtime inputs only).
+        found, seen, stack = set(), set(), [producer[t] for t in tensors if t in producer]
+        while stack:
+            i = stack.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            if is_conv(i):
+                found.add(i)
+                continue
+            stack.extend(producer[int(t)] for t in ops[i].inputs if int(t) in producer)
+        return found
+
+    signature = model.signatureDefs[0] if model.signatureDefs else None
+    if signature is None:
+        raise ValueError("head_tensors needs a model with a signature (named outputs).")
+    named = {(o.name.decode() if isinstance(o.name, bytes) else o.name): int(o.tensorIndex) for o in signature.outputs}
+    heads, frontier = set(), [named[name] for name in outputs if name in named]
+    if not frontier:
+        raise ValueError(f"The model has none of the outputs {list(outputs)}; its outputs: {sorted(named)}.")
+    for _ in range(convs):
+        level = convs_above(frontier)
+        if not level:
+            break
+        heads |= level
+        frontier = [int(ops[i].inputs[0]) for i in level]  # the convolution's data input
+    kept, stack = set(), list(heads)
+    while stack:
+        i = stack.pop()
+        if i in kept:
+            continue
+        kept.add(i)
+        for t in ops[i].outputs:
+            stack.extend(consumers.get(int(t), []))
+    names = []
+    for i in sorted(kept):
+        for t in ops[i].outputs:
+            name = graph.tensors[t].name
+            names.append(name.decode() if isinstance(name, bytes) else name)
+    return names
+
+
+def _tensor_names(model_bytes):
+    return [t.name.decode() if isinstance(t.name, bytes) else t.name
+            for t in schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0).subgraphs[0].tensors]
+
+
+def _in_scope(name, scope, numbered=True):
+    """Whether a (possibly fused, ";"-joined) tensor name lies under name scope `scope`; `numbered`
+    also accepts the traced copies Keras names `scope_1/`, `scope_2/`, ..."""
+    pattern = re.escape(scope) + (r"(_\d+)?/" if numbered else "/")
+    return any(re.match(pattern, part) for part in name.split(";"))
+
+
+def convert(concrete, quantization="float32", representative_dataset=None, keep_float_scope=None,
+            float_head=FLOAT_HEAD_CONVS):
     """TFLite flatbuffer bytes of a frozen concrete function, and the settings used.
 
     Args:
@@ -75,6 +165,13 @@ def convert(concrete, quantization="float32", representative_dataset=None, keep_
             The STT block is kept float this way: its NSM scores, top-k threshold
             and softmax do not survive int8 (a quantized DIV even faults on a
             zero divisor), while the convolutions around it hold the FLOPs.
+        float_head: for "int8", how many of the last convolutions (and every op
+            after them: the logits' upsampling, on-device labels) stay float32
+            (`head_tensors`; same denylist). 1 (default): the classifier, so the
+            logits are float and labels do not fall on int8 ties; 0: none;
+            "decoder": every op of the model's decoder layer (name scope
+            `DECODER_SCOPE`) and the head (see docs/gpu_accelerator.md for what
+            each costs and buys).
     """
     settings = converter_settings(quantization)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module())
@@ -88,13 +185,25 @@ def convert(concrete, quantization="float32", representative_dataset=None, keep_
             raise ValueError("int8 quantization needs a representative dataset.")
         converter.representative_dataset = representative_dataset
         settings["representative_dataset"] = getattr(representative_dataset, "description", "custom")
-        if keep_float_scope:
+        denylist = []
+        if keep_float_scope or float_head:
             float_bytes, _ = convert(concrete, "float32")
-            names = [t.name.decode() if isinstance(t.name, bytes) else t.name
-                     for t in schema.ModelT.InitFromPackedBuf(bytearray(float_bytes), 0).subgraphs[0].tensors]
-            kept = [n for n in names if n.startswith(keep_float_scope + "/") or f";{keep_float_scope}/" in n]
+        if keep_float_scope:
+            kept = [n for n in _tensor_names(float_bytes) if _in_scope(n, keep_float_scope, numbered=False)]
             settings["kept_float"] = f"{len(kept)} tensors under name scope {keep_float_scope!r} (denylisted_nodes)"
-            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=kept)
+            denylist += kept
+        if float_head == "decoder":
+            head = [n for n in _tensor_names(float_bytes) if _in_scope(n, DECODER_SCOPE)]
+            head += head_tensors(float_bytes, 1)
+            settings["float_head"] = f"the decoder: {len(head)} op outputs (denylisted_nodes)"
+            denylist += [n for n in head if n not in denylist]
+        elif float_head:
+            head = head_tensors(float_bytes, int(float_head))
+            settings["float_head"] = (f"the last {float_head} convolution(s) before the outputs and the "
+                                      f"{len(head)} op outputs from there on (denylisted_nodes)")
+            denylist += [n for n in head if n not in denylist]
+        if denylist:
+            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
             debugger = tf.lite.experimental.QuantizationDebugger(
                 converter=converter, debug_dataset=representative_dataset, debug_options=options)
             return debugger.get_nondebug_quantized_model(), settings

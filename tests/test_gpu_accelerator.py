@@ -177,16 +177,31 @@ def test_edge_demo_runs_on_the_gpu_accelerator(gpu_exports, tmp_path):
     assert out.is_file()
 
 
-INT8_MIN_AGREEMENT = 0.985  # measured 99.06% (worst step 96.96%); the 99.5% target is not met, see docs/gpu_accelerator.md
+INT8_MIN_AGREEMENT = 0.99  # measured 99.33% (worst step 97.05%) with the float classifier; see docs/gpu_accelerator.md
+
+
+def _gpu_vs_cpu(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    gpu = litert_gpu.GpuModel(path)  # GPU only: raises if any op is refused
+    assert gpu.fully_accelerated and not gpu.op_split and not gpu.validation_errors, gpu.log[-2000:]
+    cpu = Interpreter(model_path=path, num_threads=2).get_signature_runner()
+    frames = video_frames(*SIZE)
+    on_gpu = stream_labels(gpu, frames, gpu.input_details)
+    on_cpu = stream_labels(cpu, frames, gpu.input_details)
+    assert len(np.unique(on_cpu)) > 1
+    per_step = (on_gpu == on_cpu).reshape(len(frames), -1).mean(-1)
+    print(f"{os.path.basename(path)}: labels agree {100 * per_step.mean():.3f}% over {len(frames)} steps "
+          f"(worst step {100 * per_step.min():.2f}%)")
+    return per_step
 
 
 def test_int8_model_runs_fully_on_the_gpu_with_the_cpu_labels(trained_model_path, tmp_path):
-    """The int8 model (GPU-form graph, int8 encoder/decoder, float STT) compiles GPU-only and keeps
-    the CPU's labels: before strided 1x1 convolutions were traced as slice + 1x1 (export/gpu_step.py),
-    the accelerator computed ResNet's int8 shortcuts wrongly and agreed on 79-80%. What remains is
-    the accelerator's int8 rounding (one quantization step on <= 3% of values per op)."""
-    from ai_edge_litert.interpreter import Interpreter
-
+    """The int8 model (GPU-form graph, int8 encoder/decoder, float STT, float classifier and logits)
+    compiles GPU-only and keeps the CPU's labels: before strided 1x1 convolutions were traced as
+    slice + 1x1 (export/gpu_step.py), the accelerator computed ResNet's int8 shortcuts wrongly and
+    agreed on 79-80%; with int8 logits (float_head=0) 99.06%. What remains is the accelerator's int8
+    rounding (one quantization step on <= 3% of values per op) upstream of the classifier."""
     from stt_keras.export import cli as export_cli
 
     out = str(tmp_path / "int8")
@@ -195,15 +210,24 @@ def test_int8_model_runs_fully_on_the_gpu_with_the_cpu_labels(trained_model_path
          "--forms", "gpu", "--quantizations", "int8", "--gpu-check", "off", "--parity-sequences", "1",
          "--parity-frames", "2", "--calibration-sequences", "3", "--calibration-frames", "6"])
     export_cli.run_export(args)
-    path = os.path.join(out, "stt_int8.tflite")
-    gpu = litert_gpu.GpuModel(path)  # GPU only: raises if any op is refused
-    assert gpu.fully_accelerated and not gpu.op_split and not gpu.validation_errors, gpu.log[-2000:]
-    cpu = Interpreter(model_path=path, num_threads=2).get_signature_runner()
-    frames = video_frames(*SIZE)
-    on_gpu = stream_labels(gpu, frames, gpu.input_details)
-    on_cpu = stream_labels(cpu, frames, gpu.input_details)
-    per_step = (on_gpu == on_cpu).reshape(len(frames), -1).mean(-1)
-    print(f"stt_int8.tflite: labels agree {100 * per_step.mean():.3f}% over {len(frames)} steps "
-          f"(worst step {100 * per_step.min():.2f}%)")
+    per_step = _gpu_vs_cpu(os.path.join(out, "stt_int8.tflite"))
     assert per_step.mean() >= INT8_MIN_AGREEMENT and per_step.min() >= 0.95, per_step
-    assert len(np.unique(on_cpu)) > 1
+
+
+@pytest.mark.slow
+def test_int8_model_with_a_float_decoder_meets_the_target(trained_model_path, tmp_path):
+    """float_head="decoder" (the whole decoder float, +70% size on the tiny model): >= 99.5% (measured 99.61%)."""
+    import stt_keras
+    from stt_keras.export import calibration, step as step_lib, tflite
+    from stt_keras.export.gpu_step import STT_SCOPE
+
+    model = stt_keras.load_model(trained_model_path, compile=False)
+    fn = step_lib.make_step_function(model, *SIZE, "gpu")
+    state_shape = fn.get_concrete_function().structured_input_signature[0][1].shape.as_list()
+    dataset = calibration.representative_dataset(fn, *SIZE, state_shape, 3, 6, np.float32)
+    model_bytes, _ = tflite.convert(tflite.frozen_function(fn), "int8", dataset, keep_float_scope=STT_SCOPE,
+                                    float_head="decoder")
+    path = tmp_path / "stt_int8_float_decoder.tflite"
+    path.write_bytes(model_bytes)
+    per_step = _gpu_vs_cpu(str(path))
+    assert per_step.mean() >= MIN_AGREEMENT and per_step.min() >= 0.95, per_step
