@@ -186,6 +186,11 @@ def available_memory():
     return min(limits) if limits else None
 
 
+def int8_float_head(value):
+    """`--int8-float-head` as `tflite.convert`'s float_head: "decoder" or a count of convolutions."""
+    return value if value == "decoder" else int(value)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="stt-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
@@ -203,6 +208,10 @@ def build_parser():
     p.add_argument("--quantizations", default=None,
                    help="TFLite quantizations (default: float32,float16,dynamic_range,int8, each where the forms allow it;"
                         " a quantization given here that no requested form can build is an error)")
+    p.add_argument("--int8-float-head", default="1", choices=("0", "1", "2", "decoder"),
+                   help="int8: how much of the head stays float32: 0 none, 1 the classifier (default: float logits), "
+                        "2 also the conv before it, decoder: the whole decoder (closest to the float model on a GPU; "
+                        "about 1.7-1.8x the file size; docs/gpu_accelerator.md)")
     p.add_argument("--gpu-check", choices=("auto", "off", "require"), default="auto",
                    help="compile GPU-form float models for LiteRT's GPU accelerator and compare its labels with "
                         "the CPU (auto: when a Vulkan device is available; require: fail without one)")
@@ -388,8 +397,10 @@ def run_export(args):
                                 sequences=calibration_sequences, description=calibration_text)
                         from stt_keras.export.gpu_step import STT_SCOPE
 
+                        float_head = int8_float_head(args.int8_float_head)
                         model_bytes, settings = tflite.convert(frozen, quantization, dataset,
-                                                               keep_float_scope=STT_SCOPE if streaming else None)
+                                                               keep_float_scope=STT_SCOPE if streaming else None,
+                                                               float_head=float_head)
                         ops = tflite.check_ops(model_bytes)  # raises on Flex / variables / unfolded BN
                         # The one int8 model is named plainly (it is the only one), whatever its graph form.
                         base = "stt" if streaming else "frame"

@@ -77,3 +77,16 @@ def test_float_head_keeps_exactly_those_convolutions_float(float_head, float_con
         assert len(np.unique(logits)) <= 256
     expected = concrete(frame=tf.constant(frame))["logits"].numpy()
     assert np.abs(logits - expected).max() < 0.2 * np.abs(expected).max()  # still the same function
+
+
+def test_the_export_cli_passes_the_float_head_through():
+    from stt_keras.export import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["--model", "m.keras", "--out", "o"])
+    assert cli.int8_float_head(args.int8_float_head) == tflite.FLOAT_HEAD_CONVS == 1  # the default is the classifier
+    for flag, expected in [("0", 0), ("2", 2), ("decoder", "decoder")]:
+        args = parser.parse_args(["--model", "m.keras", "--out", "o", "--int8-float-head", flag])
+        assert cli.int8_float_head(args.int8_float_head) == expected
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m.keras", "--out", "o", "--int8-float-head", "all"])
