@@ -346,6 +346,20 @@ class SparseTemporalTransformer(keras.layers.Layer):
     def compute_output_shape(self, query_shape, keys_shape):
         return tuple(query_shape)
 
+    def compute_key_values_shape(self, keys_shape):
+        """Shape of `project_keys(keys)` for keys [..., h, w, d]: [..., h, w, 2 d_r], d_r = d / reduction.
+
+        One frame's slice of the streaming state (docs/export.md, "The streaming
+        state contract"); no weight is built or run.
+        """
+        channels = keys_shape[-1]
+        if channels is None:
+            raise ValueError(f"The channel dimension of the keys must be known, got shape {tuple(keys_shape)}.")
+        if channels % (self.num_heads * self.reduction):
+            raise ValueError(f"channels d={channels} must be divisible by num_heads * reduction = "
+                             f"{self.num_heads} * {self.reduction} = {self.num_heads * self.reduction}.")
+        return (*tuple(keys_shape)[:-1], 2 * (channels // self.reduction))
+
     def get_config(self):
         config = super().get_config()
         config.update(
