@@ -48,6 +48,73 @@ def _check(kind, name, expected, actual_shape, actual_dtype):
             f"{list(expected['shape'])} {expected['dtype']}.")
 
 
+def _check_io(meta, inputs, outputs):
+    """ModelError unless the model's {name: (shape, dtype)} inputs and outputs hold the metadata's."""
+    for kind, found, specs in (("input", inputs, meta["inputs"]), ("output", outputs, meta["outputs"])):
+        for name, spec in specs.items():
+            if name not in found:
+                raise ModelError(f"model has no {kind} {name!r} (it has {sorted(found)}).")
+            _check(kind, name, spec, *found[name])
+
+
+def step_inputs(frame_rgb, state, reset, frame_dtype):
+    """The {frame, state, reset} inputs of an exported step (docs/export.md, "The streaming state contract").
+
+    frame_rgb [H, W, 3]; state None for a per-frame model (then only `frame`).
+    """
+    inputs = {"frame": frame_rgb[None].astype(frame_dtype)}
+    if state is not None:
+        inputs.update(state=state, reset=np.array([1.0 if reset else 0.0], np.float32))
+    return inputs
+
+
+class LiteRTSession:
+    """A .tflite file or its bytes through its serving signature: session(**inputs) -> {name: array}.
+
+    The plain runtime wrapper the runners below and the exporter's parity checks share.
+    """
+
+    def __init__(self, model, threads=2, delegates=()):
+        from ai_edge_litert.interpreter import Interpreter
+
+        source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+        # num_threads=None would mean 1 thread in LiteRT: always pass it.
+        self.interpreter = Interpreter(**source, num_threads=threads, experimental_delegates=list(delegates))
+        self.runner = self.interpreter.get_signature_runner()
+
+    def io_details(self):
+        """({input name: (shape, dtype)}, {output name: (shape, dtype)})."""
+        return tuple({name: (d["shape"], d["dtype"]) for name, d in details.items()}
+                     for details in (self.runner.get_input_details(), self.runner.get_output_details()))
+
+    def __call__(self, **inputs):
+        return self.runner(**inputs)
+
+
+class OnnxSession:
+    """An .onnx file with ONNX Runtime: session(**inputs) -> {name: array}, on the first available provider listed."""
+
+    TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64"}
+
+    def __init__(self, path, threads=2, providers=("CPUExecutionProvider",)):
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        self.providers = [p for p in providers if p in available] or available
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=self.providers)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def io_details(self):
+        """({input name: (shape, dtype)}, {output name: (shape, dtype)})."""
+        return tuple({i.name: (i.shape, self.TYPES.get(i.type, i.type)) for i in items}
+                     for items in (self.session.get_inputs(), self.session.get_outputs()))
+
+    def __call__(self, **inputs):
+        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+
+
 class _Runner:
     def __init__(self, meta):
         self.meta = meta
@@ -61,10 +128,7 @@ class _Runner:
         return np.zeros(self.inputs["state"]["shape"], np.dtype(self.inputs["state"]["dtype"]))
 
     def __call__(self, frame_rgb, state, reset):
-        inputs = {"frame": frame_rgb[None].astype(self.frame_dtype)}
-        if "state" in self.inputs:
-            inputs.update(state=state, reset=np.array([1.0 if reset else 0.0], np.float32))
-        out = self._run(**inputs)
+        out = self._run(**step_inputs(frame_rgb, state if "state" in self.inputs else None, reset, self.frame_dtype))
         result = np.asarray(out[self.output_name])[0]
         labels = result if self.output_name == "labels" else result.argmax(-1)
         return labels.astype(np.int32), (np.asarray(out["next_state"]) if "next_state" in out else None)
@@ -76,7 +140,7 @@ class LiteRTRunner(_Runner):
     def __init__(self, path, meta, threads=2, delegate=None):
         super().__init__(meta)
         try:
-            from ai_edge_litert.interpreter import Interpreter, load_delegate
+            from ai_edge_litert.interpreter import load_delegate
         except ImportError:
             raise ModelError("ai-edge-litert is not installed: pip install ai-edge-litert")
         delegates = []
@@ -86,24 +150,14 @@ class LiteRTRunner(_Runner):
             except (ValueError, OSError, RuntimeError) as error:
                 raise ModelError(f"cannot load delegate {delegate}: {error}")
         try:
-            # num_threads=None would mean 1 thread in LiteRT: always pass it.
-            self.interpreter = Interpreter(model_path=path, num_threads=threads, experimental_delegates=delegates)
-            self.runner = self.interpreter.get_signature_runner()
+            self.session = LiteRTSession(path, threads, delegates)
         except (ValueError, RuntimeError) as error:
             raise ModelError(f"cannot load {path} with LiteRT: {error}")
-        details_in = self.runner.get_input_details()
-        details_out = self.runner.get_output_details()
-        for name, spec in meta["inputs"].items():
-            if name not in details_in:
-                raise ModelError(f"model has no input {name!r} (it has {sorted(details_in)}).")
-            _check("input", name, spec, details_in[name]["shape"], details_in[name]["dtype"])
-        for name, spec in meta["outputs"].items():
-            if name not in details_out:
-                raise ModelError(f"model has no output {name!r} (it has {sorted(details_out)}).")
-            _check("output", name, spec, details_out[name]["shape"], details_out[name]["dtype"])
+        self.interpreter = self.session.interpreter
+        _check_io(meta, *self.session.io_details())
 
     def _run(self, **inputs):
-        return self.runner(**inputs)
+        return self.session(**inputs)
 
 
 class LiteRTGpuRunner(_Runner):
@@ -129,12 +183,8 @@ class LiteRTGpuRunner(_Runner):
         self.fully_accelerated = bool(self.model.fully_accelerated and not self.model.op_split)
         self.op_split = self.model.op_split
         self.refused = self.model.refused
-        for kind, details, specs in (("input", self.model.input_details, meta["inputs"]),
-                                     ("output", self.model.output_details, meta["outputs"])):
-            for name, spec in specs.items():
-                if name not in details:
-                    raise ModelError(f"model has no {kind} {name!r} (it has {sorted(details)}).")
-                _check(kind, name, spec, details[name]["shape"], details[name]["dtype"])
+        _check_io(meta, *({name: (d["shape"], d["dtype"]) for name, d in details.items()}
+                          for details in (self.model.input_details, self.model.output_details)))
 
     def describe(self):
         if self.model.validation_errors:
@@ -157,29 +207,18 @@ class OnnxRunner(_Runner):
     def __init__(self, path, meta, threads=2):
         super().__init__(meta)
         try:
-            import onnxruntime
+            import onnxruntime  # noqa: F401
         except ImportError:
             raise ModelError("onnxruntime is not installed: pip install onnxruntime (onnxruntime-gpu on a Jetson)")
-        available = onnxruntime.get_available_providers()
-        self.providers = [p for p in self.PREFERRED if p in available] or available
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(path, options, providers=self.providers)
+            self.session = OnnxSession(path, threads, self.PREFERRED)
         except Exception as error:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load {path} with ONNX Runtime: {error}")
-        types = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64"}
-        for kind, items, specs in (("input", self.session.get_inputs(), meta["inputs"]),
-                                   ("output", self.session.get_outputs(), meta["outputs"])):
-            found = {i.name: i for i in items}
-            for name, spec in specs.items():
-                if name not in found:
-                    raise ModelError(f"model has no {kind} {name!r} (it has {sorted(found)}).")
-                _check(kind, name, spec, found[name].shape, types.get(found[name].type, found[name].type))
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = self.session.providers
+        _check_io(meta, *self.session.io_details())
 
     def _run(self, **inputs):
-        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+        return self.session(**inputs)
 
 
 def verify_checksum(path, meta):

@@ -27,6 +27,7 @@ import re
 import cv2
 import numpy as np
 
+from stt_keras.export.parity import stream_sequence
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.progress import Progress
 from stt_keras.training.data.synthetic import SyntheticVideo
@@ -44,17 +45,15 @@ def synthetic_frames(height, width, num_sequences, frames_per_sequence, seed):
 
 
 def stream_inputs(step_fn, sequences, frame_dtype=np.uint8, state_shape=None):
-    """Yields the (frame, state, reset) dict of every step of streaming `sequences` with `step_fn`."""
+    """Yields the (frame, state, reset) dict of every step of streaming `sequences` with `step_fn`.
+
+    The states are the float step's own (`parity.stream_sequence`); a per-frame
+    model (`state_shape` None) is not run: its inputs are the frames alone.
+    """
     for frames, _ in sequences:
-        state = None if state_shape is None else np.zeros(state_shape, np.float32)
-        for t, frame in enumerate(frames):
-            inputs = {"frame": frame[None].astype(frame_dtype)}
-            if state is None:  # a per-frame model
-                yield inputs
-                continue
-            inputs.update(state=state, reset=np.array([1.0 if t == 0 else 0.0], np.float32))
+        for inputs, _ in stream_sequence(step_fn if state_shape is not None else None, frames, state_shape,
+                                         frame_dtype):
             yield inputs
-            state = np.asarray(step_fn(**inputs)["next_state"])
 
 
 def representative_dataset(step_fn, height, width, state_shape, num_sequences=4, frames_per_sequence=8,

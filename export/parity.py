@@ -1,8 +1,11 @@
 """Parity of exported models against Keras: the same frames, each model streaming its own state."""
 
+import hashlib
+
 import numpy as np
 
-from stt_keras.training.metrics import MeanIoU
+from stt_edge_demo.runners import LiteRTSession, OnnxSession, step_inputs
+from stt_keras.metrics import MeanIoU
 
 
 class ChecksumError(ValueError):
@@ -21,48 +24,64 @@ def verify_checksum(path, expected_sha256):
                             "(the file was modified or damaged after export).")
 
 
-class TFLiteStep:
-    """Calls a .tflite step like the Keras step function: step(frame=, state=, reset=) -> dict."""
+def _verify_bytes(model_bytes, expected_sha256):
+    if expected_sha256 is not None and hashlib.sha256(bytes(model_bytes)).hexdigest() != expected_sha256:
+        raise ChecksumError("TFLite model bytes do not match the expected SHA-256.")
+
+
+class TFLiteStep(LiteRTSession):
+    """Calls a .tflite step (file or bytes) like the Keras step function: step(frame=, state=, reset=) -> dict.
+
+    The edge demo's `LiteRTSession` after a checksum check (ChecksumError).
+    """
 
     def __init__(self, model_bytes_or_path, num_threads=2, expected_sha256=None):
-        from ai_edge_litert.interpreter import Interpreter
-
         if isinstance(model_bytes_or_path, (bytes, bytearray)):
-            if expected_sha256 is not None:
-                import hashlib
-
-                if hashlib.sha256(bytes(model_bytes_or_path)).hexdigest() != expected_sha256:
-                    raise ChecksumError("TFLite model bytes do not match the expected SHA-256.")
-            self.interpreter = Interpreter(model_content=bytes(model_bytes_or_path), num_threads=num_threads)
+            _verify_bytes(model_bytes_or_path, expected_sha256)
         else:
             verify_checksum(str(model_bytes_or_path), expected_sha256)
-            self.interpreter = Interpreter(model_path=str(model_bytes_or_path), num_threads=num_threads)
-        self.runner = self.interpreter.get_signature_runner()
-
-    def __call__(self, **inputs):
-        return self.runner(**inputs)
+        super().__init__(model_bytes_or_path, num_threads)
 
 
-class OnnxStep:
-    """Calls an .onnx step with onnxruntime (CPU) like the Keras step function."""
+class OnnxStep(OnnxSession):
+    """Calls an .onnx step with onnxruntime (CPU) like the Keras step function (the edge demo's `OnnxSession`)."""
 
     def __init__(self, path, num_threads=2, expected_sha256=None):
-        import onnxruntime
-
         verify_checksum(str(path), expected_sha256)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = num_threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, **inputs):
-        return dict(zip(self.outputs, self.session.run(self.outputs, inputs)))
+        super().__init__(path, num_threads, providers=("CPUExecutionProvider",))
 
 
 def labels_of(outputs):
     if "labels" in outputs:
         return np.asarray(outputs["labels"])
     return np.asarray(outputs["logits"]).argmax(-1).astype(np.int32)
+
+
+def stream_sequence(step, frames, state_shape, frame_dtype=np.uint8):
+    """Streams one sequence through an exported step; yields (inputs, outputs) of every frame.
+
+    The one loop that carries an exported step's state (parity, int8 calibration,
+    the GPU check): zeros and reset 1.0 on the first frame, then each step's
+    `next_state` (docs/export.md, "The streaming state contract").
+
+    Args:
+        step: callable(**inputs) -> {name: array} (a Keras step function,
+            TFLiteStep, OnnxStep, ...). None only for a per-frame model, where
+            nothing needs running to make the next inputs: outputs are then None.
+        frames: [N, H, W, 3] frames.
+        state_shape: the packed state's shape (`model.state_shape(H, W,
+            packed=True)`), or None for a per-frame model (frame in, no state).
+        frame_dtype: the step's frame dtype.
+    """
+    if step is None and state_shape is not None:
+        raise ValueError("stream_sequence: a streaming model's next state comes from running `step`; pass it.")
+    state = None if state_shape is None else np.zeros(state_shape, np.float32)
+    for t, frame in enumerate(frames):
+        inputs = step_inputs(frame, state, t == 0, frame_dtype)
+        outputs = None if step is None else step(**inputs)
+        yield inputs, outputs
+        if state is not None:
+            state = np.asarray(outputs["next_state"], np.float32)
 
 
 def stream(step, sequences, state_shape, frame_dtype=np.uint8):
@@ -72,15 +91,8 @@ def stream(step, sequences, state_shape, frame_dtype=np.uint8):
     """
     results = []
     for frames, _ in sequences:
-        state = None if state_shape is None else np.zeros(state_shape, np.float32)
         labels, logits = [], []
-        for t, frame in enumerate(frames):
-            inputs = {"frame": frame[None].astype(frame_dtype)}
-            if state is not None:
-                inputs.update(state=state, reset=np.array([1.0 if t == 0 else 0.0], np.float32))
-            out = step(**inputs)
-            if state is not None:
-                state = np.asarray(out["next_state"], np.float32)
+        for _, out in stream_sequence(step, frames, state_shape, frame_dtype):
             labels.append(labels_of(out)[0])
             logits.append(np.asarray(out["logits"])[0] if "logits" in out else None)
         results.append((np.stack(labels), None if logits[0] is None else np.stack(logits)))

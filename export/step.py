@@ -1,22 +1,14 @@
 """The streaming step as an exportable function with explicit state I/O.
 
 Every exported step (SavedModel `step` signature, TFLite, ONNX) has the same
-contract, batch 1 and static shapes:
+contract, batch 1 and static shapes: inputs (frame, state, reset), outputs
+([labels], [logits], next_state), the state packed along channels as
+`model.state_shape(H, W, packed=True)`. The contract is written down once, in
+docs/export.md, "The streaming state contract". A per-frame model (no STT) has
+the same contract without state, reset and next_state.
 
-    inputs   frame  [1, H, W, 3]        uint8 RGB (float32 in [0, 255] for the "gpu" form
-                                         with the "full" interface)
-             state  [1, h, w, T * C]    float32, C = 2 d_r: the projected key/value
-                                         maps of the T previous frames, oldest first,
-                                         packed along channels (rank 4: GPU delegates
-                                         reject rank-5 tensors)
-             reset  [1]                 float32, 1.0 on the first frame of a stream
-                                         (the incoming state is then ignored)
-    outputs  labels [1, H, W] int32     ("default" form or "edge" interface)
-             logits [1, H, W, classes]  float32 ("full" interface only)
-             next_state [1, h, w, T * C] the state to pass in with the next frame
-                                        (ONNX forbids an output named like an input)
-
-A per-frame model (no STT) has the same contract without state, reset and next_state.
+This module only traces; the state's geometry and packing are the library's
+(`STTSegmenter.state_shape`, `stt_keras.layers.dense_masked.pack_frames`).
 
 Two forms compute the same function:
 - "default": the library's own `STTSegmenter.stream_step` (tile loops, top-k
@@ -38,7 +30,6 @@ import numpy as np
 import tensorflow as tf
 
 from stt_keras.kernels import portable_ops
-from stt_keras.layers import dense_masked
 
 FORMS = ("default", "gpu")
 INTERFACES = ("full", "edge")
@@ -46,8 +37,8 @@ INTERFACES = ("full", "edge")
 # Input and output names in signature order, and what each one means (goes into the metadata).
 MEANINGS = {
     "frame": "RGB frame, values in [0, 255]; ImageNet mean/std is applied inside the model",
-    "state": "streaming state: projected key/value maps of the T previous frames, oldest first, packed along "
-             "channels; zeros with reset=1 on a stream's first frame",
+    "state": "streaming state [1, h, w, T * C]: projected key/value maps of the T previous frames, oldest first, "
+             "packed along channels (docs/export.md, 'The streaming state contract'); zeros with reset=1 first",
     "reset": "1.0 on the first frame of a stream (the incoming state is then ignored), else 0.0",
     "labels": "class index per pixel (argmax over classes; the lowest index on ties)",
     "logits": "class scores per pixel (before softmax)",
@@ -59,19 +50,6 @@ def is_streaming(model):
     return getattr(model, "stt", None) is not None
 
 
-def state_geometry(model, height, width):
-    """(h, w, T, C) of the streaming state of `model` at frame size (height, width)."""
-    if not is_streaming(model):
-        raise ValueError("Only STT models stream; a per-frame model has no state.")
-    state = model.initial_state(1, height, width)
-    _, frames, h, w, channels = state.shape
-    return h, w, frames, channels
-
-
-pack_state = dense_masked.pack_frames  # [B, T, h, w, C] -> [B, h, w, T * C], oldest frame first
-unpack_state = dense_masked.unpack_frames  # [B, h, w, T * C], T -> [B, T, h, w, C]
-
-
 def frame_dtype(form="default", interface="full"):
     return tf.float32 if form == "gpu" and interface == "full" else tf.uint8
 
@@ -81,10 +59,9 @@ def input_signature(model, height, width, form="default", interface="full"):
     frame = tf.TensorSpec([1, height, width, 3], frame_dtype(form, interface), name="frame")
     if not is_streaming(model):
         return [frame]
-    h, w, frames, channels = state_geometry(model, height, width)
     return [
         frame,
-        tf.TensorSpec([1, h, w, frames * channels], tf.float32, name="state"),
+        tf.TensorSpec(model.state_shape(height, width, packed=True), tf.float32, name="state"),
         tf.TensorSpec([1], tf.float32, name="reset"),
     ]
 

@@ -6,11 +6,11 @@ import tensorflow as tf
 class StreamingSegmenter:
     """Segments a video frame by frame with a ring buffer of cached key features.
 
-    The state is the projected key/value map of the T most recent frames (what
-    the STT reads), so a frame costs one encoder pass + STT + decoder, the same
-    for every frame. First-frame policy: the buffer starts filled with the first
-    frame's own map, so frame k <= T + 1 sees [f_1 x (T + 2 - k), f_2, ..., f_{k-1}]
-    as keys - exactly what the clip model computes on that padded clip.
+    Carries `model.stream_step`'s state for you, so a frame costs one encoder
+    pass + STT + decoder. The state (`self.state`, `model.state_shape(H, W)`), its
+    first-frame policy and what a step equals on a clip are described in
+    docs/export.md, "The streaming state contract". A new frame shape starts a
+    new stream.
 
     Args:
         model: an STTSegmenter with an STT.

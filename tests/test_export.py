@@ -14,7 +14,8 @@ import tensorflow as tf
 from onnx import TensorProto, helper
 
 import stt_keras
-from stt_keras.export import atomic, cli, gpu_step, onnx_export, step as step_lib, tflite
+from stt_keras.export import atomic, calibration, cli, gpu_step, onnx_export, parity, step as step_lib, tflite
+from stt_keras.layers import dense_masked
 from stt_keras.models import STTSegmenter
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -61,6 +62,7 @@ def test_step_forms_match_stream_step(tiny_model, overrides):
     default = step_lib.make_step_function(tiny_model, *SIZE, "default")
     gpu = step_lib.make_step_function(tiny_model, *SIZE, "gpu")
     shape = default.get_concrete_function().structured_input_signature[0][1].shape
+    assert tuple(shape) == tiny_model.state_shape(*SIZE, packed=True)  # the exported state is the library's
     state_d = state_g = np.zeros(shape, np.float32)
     state_5d = None
     rng = np.random.default_rng(1)
@@ -75,17 +77,44 @@ def test_step_forms_match_stream_step(tiny_model, overrides):
         np.testing.assert_allclose(out_d["logits"], logits, atol=1e-5)
         np.testing.assert_allclose(out_g["logits"], logits, atol=1e-4)
         np.testing.assert_array_equal(out_d["labels"], np.argmax(logits, -1))
-        np.testing.assert_allclose(out_d["next_state"], step_lib.pack_state(state_5d), atol=1e-5)  # eager vs traced graph: float rounding only
+        np.testing.assert_allclose(out_d["next_state"], dense_masked.pack_frames(state_5d), atol=1e-5)  # eager vs traced graph: float rounding only
         np.testing.assert_allclose(out_g["next_state"], out_d["next_state"], atol=1e-5)
         state_d, state_g = out_d["next_state"].numpy(), out_g["next_state"].numpy()
 
 
+def test_one_streaming_loop_carries_the_state_for_parity_and_calibration(tiny_model):
+    fn = step_lib.make_step_function(tiny_model, *SIZE, "default")
+    shape = tiny_model.state_shape(*SIZE, packed=True)
+    frames = np.random.default_rng(3).integers(0, 256, (4, *SIZE, 3)).astype(np.uint8)
+    (labels, logits), = parity.stream(fn, [(frames, None)], shape)
+    inputs = list(calibration.stream_inputs(fn, [(frames, None)], state_shape=shape))
+    assert len(inputs) == len(frames)
+    state = tiny_model.initial_state(1, *SIZE, packed=True)
+    for t, frame in enumerate(frames):
+        expected, state_next = tiny_model.stream_step(frame[None], state, t == 0)
+        np.testing.assert_array_equal(inputs[t]["frame"], frame[None])
+        np.testing.assert_array_equal(inputs[t]["reset"], [1.0 if t == 0 else 0.0])
+        if t:  # the state each step gets is the previous step's next_state (the first one is ignored)
+            np.testing.assert_allclose(inputs[t]["state"], state, atol=1e-5)
+        np.testing.assert_allclose(logits[t], expected[0], atol=1e-4)
+        np.testing.assert_array_equal(labels[t], np.argmax(logits[t], -1))
+        state = state_next
+
+    def never(**_):
+        raise AssertionError("a per-frame model's calibration inputs need no step run")
+
+    per_frame = list(calibration.stream_inputs(never, [(frames, None)], state_shape=None))
+    assert [sorted(i) for i in per_frame] == [["frame"]] * len(frames)
+    with pytest.raises(ValueError, match="pass it"):
+        next(parity.stream_sequence(None, frames, shape))
+
+
 def test_pack_unpack_state_round_trip():
     x = np.random.default_rng(2).normal(size=(1, 3, 4, 5, 6)).astype(np.float32)
-    packed = step_lib.pack_state(tf.constant(x))
+    packed = dense_masked.pack_frames(tf.constant(x))
     assert packed.shape == (1, 4, 5, 18)
     np.testing.assert_array_equal(packed[0, 1, 2, 6:12], x[0, 1, 1, 2])  # frame 1 is the second channel block
-    np.testing.assert_array_equal(step_lib.unpack_state(packed, 3), x)
+    np.testing.assert_array_equal(dense_masked.unpack_frames(packed, 3), x)
 
 
 # ------------------------------------------------------------ the CLI export

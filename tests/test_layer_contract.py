@@ -90,8 +90,7 @@ def test_every_layer_has_a_case():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_layer_checks(name, tmp_path):
     cls, make, inputs, kwargs = CASES[name]
-    # STTSegmenter has no compute_output_shape yet (#16: the state shape is to come from it).
-    check_layer(make, inputs, tmp_path, atol=1e-4, call_kwargs=kwargs, output_shape=cls is not STTSegmenter)
+    check_layer(make, inputs, tmp_path, atol=1e-4, call_kwargs=kwargs)
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))

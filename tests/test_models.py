@@ -314,3 +314,24 @@ def test_streaming_rejects_per_frame_models_and_bad_frames():
         model.stream_step(np.zeros((1, H, W, 3), "uint8"), state, True)
     with pytest.raises(ValueError, match="T=3"):
         model.stream_step(np.zeros((2, H, W, 3), "uint8"), state[:, :2], True)
+
+
+@pytest.mark.parametrize("preset", ["stt_psp_tiny", "stt_bise_tiny"])
+def test_state_shape_is_the_shape_stream_step_returns_without_running_the_encoder(preset):
+    model = STTSegmenter.from_preset(preset, num_classes=CLASSES)
+    sizes = [(H, W), (33, 47), (17, 9)]
+    shapes = {size: (model.state_shape(*size), model.state_shape(*size, packed=True, batch=2)) for size in sizes}
+    assert not model.encoder.built and not model.stt.built  # computed from compute_output_shape, nothing ran
+    for (height, width), (unpacked, packed) in shapes.items():
+        frame = np.random.default_rng(height).integers(0, 256, (1, height, width, 3)).astype("uint8")
+        _, state = model.stream_step(frame, model.initial_state(1, height, width), True)
+        assert tuple(state.shape) == unpacked
+        features = model.encoder(frame)["features"]  # the state's map is the encoder's, with 2 d_r channels
+        assert unpacked[2:] == (*features.shape[1:3], 2 * features.shape[-1] // model.stt.reduction)
+        _, state = model.stream_step(np.repeat(frame, 2, 0), model.initial_state(2, height, width, packed=True), True)
+        assert tuple(state.shape) == packed == (2, *unpacked[2:4], unpacked[1] * unpacked[4])
+    assert model.compute_output_shape((2, 4, 33, 47, 3)) == (2, 33, 47, CLASSES)
+    with pytest.raises(ValueError, match="height"):
+        model.state_shape(0, W)
+    with pytest.raises(ValueError, match="per-frame"):
+        STTSegmenter.from_preset(preset.removeprefix("stt_"), num_classes=CLASSES).state_shape(H, W)

@@ -1,6 +1,7 @@
 """The STT core layers against the plain NumPy reference (tests/stt_reference.py)."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from stt_keras.layers import (
 
 
 def weights_of(layer):
-    return {v.path.split("/")[-1]: np.asarray(v.numpy(), np.float64) for v in layer.weights}
+    return {"_".join(v.path.split("/")[-2:]): np.asarray(v.numpy(), np.float64) for v in layer.weights}
 
 
 def random_clip(batch, frames, h, w, d, seed=0):
@@ -242,7 +243,7 @@ def test_block_keeps_the_query_at_full_width():
     layer = SparseTemporalTransformer(num_key_frames=2, num_heads=4, reduction=4, neighborhood_radius=1)
     q, k = random_clip(1, 2, 6, 6, 64)
     layer(q, k)
-    shapes = {v.path.split("/")[-1]: tuple(v.shape) for v in layer.weights}
+    shapes = {"_".join(v.path.split("/")[-2:]): tuple(v.shape) for v in layer.weights}
     assert shapes["query_kernel"] == shapes["key_kernel"] == shapes["value_kernel"] == (64, 16)
     assert shapes["output_kernel"] == (16, 64)
     assert shapes["ffn1_kernel"] == (64, 16) and shapes["ffn2_kernel"] == (16, 64)
@@ -644,3 +645,24 @@ def test_stream_step_implementations_agree_with_either_state_layout(overrides):
         state = new_state
     with pytest.raises(ValueError, match="implementation"):
         model.stream_step(frame, state, False, implementation="gpu")
+
+
+@pytest.mark.parametrize("tag", ["postnorm", "prenorm"])
+def test_files_saved_before_the_block_had_sublayers_load_with_identical_outputs(tag):
+    """tests/data/stt_block_*.keras were saved at commit 64a7d8e, when the block's 16 weights
+    were its own `add_weight` variables (with the inputs and outputs of that code in the .npz)."""
+    folder = os.path.join(os.path.dirname(__file__), "data")
+    expected = np.load(os.path.join(folder, f"stt_block_{tag}.npz"))
+    model = keras.saving.load_model(os.path.join(folder, f"stt_block_{tag}.keras"), safe_mode=True)
+    out = model([expected["query"], expected["keys"]]).numpy()
+    np.testing.assert_allclose(out, expected["output"], rtol=0, atol=1e-6)  # bit-identical on the machine that wrote it
+    stt = model.get_layer("stt")
+    assert [type(layer).__name__ for layer in stt._weight_layers()] == ["Dense"] * 4 + ["LayerNormalization"] + \
+        ["Dense"] * 2 + ["LayerNormalization"]
+    assert not any("load_own_variables" in vars(layer) for layer in stt._weight_layers())  # the one-time skip is gone
+    # A file saved now has the sublayers' layout and round-trips too.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "now.keras")
+        model.save(path)
+        again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(again([expected["query"], expected["keys"]]).numpy(), expected["output"])

@@ -9,6 +9,17 @@ from stt_keras import kernels
 from stt_keras.layers import dense_masked, nsm, temporal_attention, windows
 
 KEY_SELECTIONS = ("window", "all")
+
+
+def _skip_next_load(layer):
+    """Makes the next `layer.load_own_variables` a no-op when the file has nothing for it (its parent
+    loaded its weights from the old layout); anything the file does hold is still loaded."""
+    def load_own_variables(store):
+        object.__delattr__(layer, "load_own_variables")  # back to the class's method
+        if len(store.keys()):
+            layer.load_own_variables(store)
+
+    object.__setattr__(layer, "load_own_variables", load_own_variables)
 IMPLEMENTATIONS = ("sparse", "dense_masked")
 
 
@@ -35,6 +46,12 @@ class SparseTemporalTransformer(keras.layers.Layer):
     X = q + MH(LN(q)), Y = X + FFN(LN(X)) with W^O and the FFN's output layer
     initialised to zero: an untrained block is exactly the identity, so it can
     be inserted into a trained per-frame model without disturbing it.
+
+    The weights live in sublayers, as in keras' MultiHeadAttention: Dense `query`,
+    `key`, `value`, `output`, `ffn1`, `ffn2` and LayerNormalization `norm1`, `norm2`
+    (also readable as `query_kernel`, `norm1_gamma`, ...); the block computes with
+    them itself (float32, native kernels, `dense_masked`). Files saved when they
+    were the block's own variables still load (`load_own_variables`).
 
     The key side can be computed once per frame and cached: `project_keys(K)`
     gives the projected key/value map and `attend(Q, projected)` the output;
@@ -185,25 +202,69 @@ class SparseTemporalTransformer(keras.layers.Layer):
         # Pre-norm starts as the identity: its two residual branches end in zero weights.
         last = "zeros" if self.norm_first else "glorot_uniform"
 
-        def dense(name, shape_in, shape_out, initializer="glorot_uniform"):
-            kernel = self.add_weight(name=f"{name}_kernel", shape=(shape_in, shape_out), initializer=initializer)
-            bias = self.add_weight(name=f"{name}_bias", shape=(shape_out,), initializer="zeros")
-            return kernel, bias
+        # Sublayers hold the weights (as keras' MultiHeadAttention does); the block's own
+        # code computes with them (float32, `_linear`/`_layer_norm`, the native kernels and
+        # dense_masked read the same variables). Created in the order of the old layout
+        # (`_LEGACY_WEIGHTS`), so get_weights()/set_weights() keep their order.
+        def dense(name, shape_in, units, initializer="glorot_uniform"):
+            layer = keras.layers.Dense(units, kernel_initializer=initializer, dtype=self.dtype_policy, name=name)
+            layer.build((None, shape_in))
+            return layer
 
         def norm(name):
-            gamma = self.add_weight(name=f"{name}_gamma", shape=(d,), initializer="ones")
-            beta = self.add_weight(name=f"{name}_beta", shape=(d,), initializer="zeros")
-            return gamma, beta
+            layer = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name)
+            layer.build((None, d))
+            return layer
 
-        self.query_kernel, self.query_bias = dense("query", d, d_r)
-        self.key_kernel, self.key_bias = dense("key", d, d_r)
-        self.value_kernel, self.value_bias = dense("value", d, d_r)
-        self.output_kernel, self.output_bias = dense("output", d_r, d, last)
-        self.norm1_gamma, self.norm1_beta = norm("norm1")
-        self.ffn1_kernel, self.ffn1_bias = dense("ffn1", d, self.hidden_channels)
-        self.ffn2_kernel, self.ffn2_bias = dense("ffn2", self.hidden_channels, d, last)
-        self.norm2_gamma, self.norm2_beta = norm("norm2")
+        self.query = dense("query", d, d_r)
+        self.key = dense("key", d, d_r)
+        self.value = dense("value", d, d_r)
+        self.output_dense = dense("output", d_r, d, last)
+        self.norm1 = norm("norm1")
+        self.ffn1 = dense("ffn1", d, self.hidden_channels)
+        self.ffn2 = dense("ffn2", self.hidden_channels, d, last)
+        self.norm2 = norm("norm2")
         self.built = True
+
+    def _weight_layers(self):
+        return (self.query, self.key, self.value, self.output_dense, self.norm1, self.ffn1, self.ffn2, self.norm2)
+
+    # The weights by their old names (dense_masked, the tests and the NumPy reference use them).
+    query_kernel = property(lambda self: self.query.kernel)
+    query_bias = property(lambda self: self.query.bias)
+    key_kernel = property(lambda self: self.key.kernel)
+    key_bias = property(lambda self: self.key.bias)
+    value_kernel = property(lambda self: self.value.kernel)
+    value_bias = property(lambda self: self.value.bias)
+    output_kernel = property(lambda self: self.output_dense.kernel)
+    output_bias = property(lambda self: self.output_dense.bias)
+    norm1_gamma = property(lambda self: self.norm1.gamma)
+    norm1_beta = property(lambda self: self.norm1.beta)
+    ffn1_kernel = property(lambda self: self.ffn1.kernel)
+    ffn1_bias = property(lambda self: self.ffn1.bias)
+    ffn2_kernel = property(lambda self: self.ffn2.kernel)
+    ffn2_bias = property(lambda self: self.ffn2.bias)
+    norm2_gamma = property(lambda self: self.norm2.gamma)
+    norm2_beta = property(lambda self: self.norm2.beta)
+
+    def load_own_variables(self, store):
+        """Loads files saved before the block had sublayers: its 16 weights were its own variables.
+
+        Such a file lists them (in `_weight_layers` order) under the block itself and
+        nothing under the sublayers: they are assigned here and the sublayers' own
+        (empty) load is skipped once. A current file has nothing under the block.
+        """
+        count = len(store.keys())
+        if count == 0:
+            return
+        variables = [v for layer in self._weight_layers() for v in layer.weights]
+        if not self.built or count != len(variables):
+            raise ValueError(f"Layer '{self.name}': the file lists {count} variables for the block itself; a file "
+                             f"from before its sublayers lists {len(variables)} (and a current one none).")
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
+        for layer in self._weight_layers():
+            _skip_next_load(layer)
 
     # ------------------------------------------------------------- pieces
     def _linear(self, x, kernel, bias):
@@ -345,6 +406,20 @@ class SparseTemporalTransformer(keras.layers.Layer):
 
     def compute_output_shape(self, query_shape, keys_shape):
         return tuple(query_shape)
+
+    def compute_key_values_shape(self, keys_shape):
+        """Shape of `project_keys(keys)` for keys [..., h, w, d]: [..., h, w, 2 d_r], d_r = d / reduction.
+
+        One frame's slice of the streaming state (docs/export.md, "The streaming
+        state contract"); no weight is built or run.
+        """
+        channels = keys_shape[-1]
+        if channels is None:
+            raise ValueError(f"The channel dimension of the keys must be known, got shape {tuple(keys_shape)}.")
+        if channels % (self.num_heads * self.reduction):
+            raise ValueError(f"channels d={channels} must be divisible by num_heads * reduction = "
+                             f"{self.num_heads} * {self.reduction} = {self.num_heads * self.reduction}.")
+        return (*tuple(keys_shape)[:-1], 2 * (channels // self.reduction))
 
     def get_config(self):
         config = super().get_config()

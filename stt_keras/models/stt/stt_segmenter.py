@@ -353,29 +353,53 @@ class STTSegmenter(keras.Model):
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------------ streaming
-    def initial_state(self, batch, height, width):
-        """All-zero streaming state [B, T, h, w, 2 d_r] for a frame size (with reset=True first)."""
-        probe = tf.zeros([1, height, width, 3], tf.float32)
-        features, _ = self._encode(probe, False)
-        h, w = features.shape[1], features.shape[2]
-        d_r = features.shape[-1] // self.stt.reduction
-        return tf.zeros([batch, self.num_key_frames, h, w, 2 * d_r], tf.float32)
+    # The state's layout is described once, in docs/export.md, "The streaming state contract".
+    def compute_output_shape(self, input_shape):
+        """[B, H, W, classes] (float32 logits) for a clip [B, T+1, H, W, 3] (or frames [B, H, W, 3])."""
+        input_shape = tuple(input_shape)
+        if len(input_shape) not in (4, 5):
+            raise ValueError(f"Expected frames [B, H, W, 3] or a clip [B, T+1, H, W, 3], got shape {input_shape}.")
+        return (input_shape[0], input_shape[-3], input_shape[-2], self.num_classes)
+
+    def compute_output_spec(self, inputs, training=None):
+        # The logits are float32 under every dtype policy (Keras would say the compute dtype).
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
+
+    def state_shape(self, height, width, packed=False, batch=1):
+        """Shape of the streaming state for frames of height x width, from `compute_output_shape` (nothing runs).
+
+        [batch, T, h, w, C] or, `packed`, [batch, h, w, T * C] (the exported steps'
+        layout; `dense_masked.pack_frames` / `unpack_frames` convert). h x w is the
+        encoder's feature map, C = 2 d_r the STT's projected key/value channels.
+        See docs/export.md, "The streaming state contract".
+        """
+        if self.stt is None:
+            raise ValueError("Only STT models stream; a per-frame model has no state.")
+        for name, size in (("height", height), ("width", width)):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"state_shape: {name} must be a positive int (frame pixels), got {size!r}.")
+        features = self.encoder.compute_output_shape((batch, height, width, 3))["features"]
+        _, h, w, channels = self.stt.compute_key_values_shape(features)
+        frames = self.num_key_frames
+        return (batch, h, w, frames * channels) if packed else (batch, frames, h, w, channels)
+
+    def initial_state(self, batch, height, width, packed=False):
+        """All-zero float32 state of `state_shape` (start a stream with reset=True: its contents are not read)."""
+        return tf.zeros(self.state_shape(height, width, packed=packed, batch=batch), tf.float32)
 
     def stream_step(self, frame, state, reset, implementation=None):
         """One streaming step as a pure function: (frame, state, reset) -> (logits, new_state).
 
-        The frame is encoded once; its projected key/value map is appended to the
-        state (a ring buffer of the T most recent frames, oldest first) for the
-        next T steps. When `reset` is true the state is first filled with this
-        frame's own projected map (the first-frame policy: the first frame attends
-        to T copies of itself), so step k of a stream equals the clip model on
-        [f_1 repeated T + 2 - k times, f_2, ..., f_k] for k <= T + 1.
+        Encodes the frame once, attends from it to the state, decodes, and returns
+        the state with this frame's projected key/value map appended (the oldest
+        dropped). `reset` true: the state is first filled with this frame's own map
+        (the first-frame policy). Layout, first-frame policy and what a step equals
+        on a clip: docs/export.md, "The streaming state contract".
 
         Args:
             frame: [B, H, W, 3] uint8 or float in [0, 255].
-            state: float32 [B, T, h, w, 2 d_r], or packed along channels
-                [B, h, w, T * 2 d_r] (oldest frame first; `dense_masked.pack_frames`).
-                The new state comes back in the same layout.
+            state: float32 of `state_shape(H, W)` or `state_shape(H, W, packed=True)`;
+                the new state comes back in the same layout.
             reset: bool scalar (or [B]) tensor; "dense_masked" also takes float 0/1.
             implementation: None (the STT layer's) or "sparse" / "dense_masked" (see
                 `SparseTemporalTransformer`). "dense_masked" with a packed state is
