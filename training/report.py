@@ -219,7 +219,7 @@ def build(runs):
         lines += ["", "## Reading the numbers", "",
                   f"STT minus baseline: mIoU {100 * (s['miou'] - b['miou']):+.1f}, TC {100 * (s['tc'] - b['tc']):+.1f} "
                   f"points{extra}. One seed: the same comparison over three seeds, with the spread, is "
-                  "`python benchmarks/synthetic_accuracy.py --seeds 0 1 2` (README, \"Does time pay?\")."]
+                  "`python benchmarks/synthetic_accuracy.py --seeds 0 1 2` (docs/performance.md, \"Does time pay?\")."]
     report = "\n".join(lines) + "\n"
     with open(os.path.join(runs, "report.md"), "w") as f:
         f.write(report)

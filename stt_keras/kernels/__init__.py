@@ -3,7 +3,7 @@
 `windowed_attention.cc` is a TensorFlow custom op library with two ops:
 `SttWindowedAttention`, the windowed attention of the selected queries only,
 with scores kept in registers and cache, and `SttNsmScore`, the NSM score of
-every point (README, "STT core"). It is compiled here, the first time it is needed, with the
+every point (docs/models.md, "Two implementations of the sparse kernels"). It is compiled here, the first time it is needed, with the
 C++ compiler and the flags of the installed TensorFlow (`tf.sysconfig`), into a
 per-user cache (`$STT_KERAS_CACHE`, default `~/.cache/stt_keras`), keyed by the
 source, the TensorFlow version and the machine; a compiled library is reused.

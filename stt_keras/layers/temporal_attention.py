@@ -7,8 +7,8 @@ concatenated, [.., d_r]. Everything runs in float32.
 
 Windowed attention (docs/method.md, "Key selection"): a query at (u, v) attends to
 the (2 l_t + 1)^2 keys around (u, v) in key frame t; window points outside the map
-are masked out (they never receive weight). Layout, chosen by measurement (README,
-"Implementation"): the query map is cut into small tiles, the halo of each tile
+are masked out (they never receive weight). Layout, chosen by measurement (docs/performance.md,
+"The STT block: what the sparsity buys"): the query map is cut into small tiles, the halo of each tile
 (its union of windows, per frame) is gathered once, the tile's scores come from
 one matmul per head against the halo, a fixed mask keeps each query's own window,
 and a second matmul applies the softmax weights to the halo values. Tiles are

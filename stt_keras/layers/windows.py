@@ -5,7 +5,7 @@ and each block reads one square *halo* of the source map around it (the block
 grown by the window radius on every side). One matmul of the block against its
 halo then yields every score a point of the block can need; a fixed boolean
 mask keeps the ones inside each point's own window. This is the layout that
-measured fastest on CPU (see README, "Implementation"): the halo is copied once
+measured fastest on CPU (docs/models.md, "Two implementations of the sparse kernels"): the halo is copied once
 per block instead of once per query, and the scores come from a dense matmul
 instead of gathered dot products.
 

@@ -8,7 +8,7 @@ PAPER_STT = dict(
 # Small STT for the tiny CPU models: 3 key frames, radii [3, 2, 1], r=3, 4 heads. Every point is a
 # query (top_ratio=1, not the paper's 0.5): on the synthetic benchmark at the quickstart budget the
 # 50% NSM selection left half of each degraded frame without temporal context and lost most of the
-# gain there (README, "Does time pay?"); the key windows stay sparse.
+# gain there (docs/performance.md, "Does time pay?"); the key windows stay sparse.
 TINY_STT = dict(
     num_key_frames=3, start_size=1, end_size=3, expansion=1, neighborhood_radius=3,
     top_ratio=1.0, num_heads=4, reduction=4,
