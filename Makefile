@@ -30,22 +30,26 @@ QUICK := runs/quickstart
 QUICK_ARGS := --steps 300 --checkpoint-every 50 --batch-size 4 --synthetic-size 128x256 --crop 128x128 --val-batches 4 --verbose 2
 BIN := $(VENV)/bin
 quickstart: venv
-	@echo "== [1/7] train the per-frame baseline (psp_tiny)"
+	@echo "== [1/8] train the per-frame baseline (psp_tiny)"
 	$(BIN)/stt-train --preset psp_tiny --out $(QUICK)/psp_tiny $(QUICK_ARGS)
-	@echo "== [2/7] train the STT model (stt_psp_tiny): same steps, data and seed"
+	@echo "== [2/8] train the STT model (stt_psp_tiny): same steps, data and seed"
 	$(BIN)/stt-train --preset stt_psp_tiny --out $(QUICK)/stt_psp_tiny $(QUICK_ARGS)
-	@echo "== [3/7] evaluate both on held-out synthetic sequences (mIoU, TC, frames/s)"
+	@echo "== [3/8] evaluate both on held-out synthetic sequences (mIoU, TC, frames/s)"
 	$(BIN)/stt-eval --model $(QUICK)/psp_tiny/last.keras --out $(QUICK)/psp_tiny/eval
 	$(BIN)/stt-eval --model $(QUICK)/stt_psp_tiny/last.keras --out $(QUICK)/stt_psp_tiny/eval
-	@echo "== [4/7] export the STT model: SavedModel, TFLite float32 and int8, parity checks"
+	@echo "== [4/8] export the STT model: SavedModel, TFLite float32 and int8, parity checks"
 	$(BIN)/stt-export --model $(QUICK)/stt_psp_tiny/last.keras --out $(QUICK)/export --size 128x256 \
-		--formats savedmodel,tflite --forms default,gpu --quantizations float32,int8
-	@echo "== [5/7] write a synthetic video"
+		--formats savedmodel,tflite --forms default,gpu --quantizations float32,int8 --interfaces full,edge
+	@echo "== [5/8] write a synthetic video"
 	$(PY) -m stt_keras.training.data.synthetic --out $(QUICK)/demo/input.mp4 --frames 60
-	@echo "== [6/7] edge demo: LiteRT int8 model on the video"
+	@echo "== [6/8] edge demo: LiteRT int8 model on the video"
 	$(PY) -m stt_edge_demo --model $(QUICK)/export/stt_int8.tflite --video $(QUICK)/demo/input.mp4 \
 		--out $(QUICK)/demo/overlay.mp4 --no-display
-	@echo "== [7/7] report"
+	@echo "== [7/8] the phone demo in headless Chromium (LiteRT.js, WebGPU on SwiftShader): a screenshot for the report"
+	@mkdir -p $(QUICK)/figures
+	-$(PY) -m stt_edge_demo.web.headless --model $(QUICK)/export --video $(QUICK)/demo/input.mp4 --frames 20 \
+		--out $(QUICK)/figures/web_demo.png > $(QUICK)/figures/web_demo.txt
+	@echo "== [8/8] report"
 	$(PY) -m stt_keras.training.report --runs $(QUICK)
 
 bench: venv

@@ -6,6 +6,7 @@ import os
 import shutil
 
 import cv2
+import numpy as np
 
 from stt_keras.training import report
 
@@ -27,7 +28,13 @@ def test_report_has_table_plots_and_stills(trained_model_path, exported, tmp_pat
         writer.writerow(["frame", "latency_ms", "total_ms"])
         writer.writerows((i, 5.0 + i % 3, 9.0) for i in range(20))
 
+    (runs / "figures").mkdir()
+    cv2.imwrite(str(runs / "figures" / "web_demo.png"), np.zeros((8, 8, 3), np.uint8))  # as edge_demo.web.headless writes
+    (runs / "figures" / "web_demo.txt").write_text("20 frames of stt_edge_int8.tflite on webgpu\n")
+
     text, better = report.build(str(runs))
+    assert "## The phone demo in the browser" in text and "![web demo](figures/web_demo.png)" in text
+    assert "20 frames of stt_edge_int8.tflite on webgpu" in text
     assert "| STT (`stt_psp_tiny`) | 53.4 | n/a | n/a | 72.3 | - | 40.0 |" in text
     assert "| per-frame baseline (PSPNet tiny) | 51.2 | n/a | n/a | 70.1 |" in text
     assert "mIoU +2.2, TC +2.2" in text and better == (True, True)

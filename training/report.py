@@ -148,6 +148,18 @@ def make_stills(stt_path, base_path, out_dir, count=3):
     return paths, len(chosen), h * w
 
 
+def web_demo_section(figures):
+    """The phone demo's screenshot (edge_demo/web in headless Chromium), when the quickstart could take one."""
+    if not os.path.isfile(os.path.join(figures, "web_demo.png")):
+        return []
+    summary = os.path.join(figures, "web_demo.txt")
+    text = open(summary).read().strip() if os.path.isfile(summary) else ""
+    return ["", "## The phone demo in the browser", "",
+            "The exported edge model in LiteRT.js, as a phone's browser runs it (`python -m stt_edge_demo.web`), "
+            "in headless Chromium on the demo video (docs/web_demo.md)." + (f" `{text}`" if text else ""), "",
+            "![web demo](figures/web_demo.png)"]
+
+
 def _fmt(value, scale=100.0, digits=1):
     return "n/a" if value is None else f"{scale * value:.{digits}f}"
 
@@ -206,6 +218,7 @@ def build(runs):
               f"Input | per-frame baseline | STT (streaming){queries} | ground truth, on the first degraded frames "
               "of a held-out sequence." + ("" if queries else " Every feature-map point is a query of this STT."), ""]
     lines += [f"![{os.path.basename(p)}](figures/{os.path.basename(p)})" for p in stills]
+    lines += web_demo_section(figures)
     better = None
     if len(results) == 2:
         (bl, b), (sl, s) = list(results.items())
