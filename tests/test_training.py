@@ -34,6 +34,9 @@ def test_training_writes_checkpoints_and_logs(tmp_path):
     assert any(f.startswith("events") for _, _, files in os.walk(os.path.join(out, "logs")) for f in files)
 
 
+# Slow (about 100 s): tests/test_reliability_training.py kills the real process (exit 137) at every
+# write of a checkpoint and resumes in the default suite; this one SIGKILLs a longer run mid-epoch.
+@pytest.mark.slow
 def test_killed_run_resumes_without_losing_finished_work(tmp_path):
     out = str(tmp_path / "run")
     args = TINY + ["--out", out, "--steps", "48", "--checkpoint-every", "8"]
