@@ -187,11 +187,11 @@ def attention_kernel(request):
         yield request.param
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-1]}-{c[-2]}")
-def test_stt_matches_reference(case, attention_kernel):
+def check_against_reference(case, implementation):
+    """The block (with random weights) against the NumPy reference; exactly the top-ratio points change."""
     b, t, h, w, d, heads, s, e, eps, r, ratio, sel = case
     q, k = random_clip(b, t, h, w, d)
-    layer = make_stt(case)
+    layer = make_stt(case, implementation=implementation)
     layer(q, k)
     randomize(layer)
     ours = layer(q, k).numpy()
@@ -203,6 +203,12 @@ def test_stt_matches_reference(case, attention_kernel):
     np.testing.assert_allclose(ours, expected, rtol=2e-4, atol=2e-4)
     changed = np.abs(ours - q).max(axis=-1) > 0
     assert changed.sum() == b * max(1, int(np.floor(ratio * h * w + 0.5)))
+
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-1]}-{c[-2]}")
+def test_stt_matches_reference(case, attention_kernel):
+    check_against_reference(case, "sparse")
 
 
 @pytest.mark.parametrize("extra", [dict(norm_first=True), dict(nsm_temperature=0.1), dict(ffn_channels=24),
@@ -507,20 +513,7 @@ def test_dense_masked_pieces_equal_the_sparse_pieces(monkeypatch):
 
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-2]}")
 def test_dense_masked_matches_reference(case):
-    b, t, h, w, d, heads, s, e, eps, r, ratio, sel = case
-    q, k = random_clip(b, t, h, w, d)
-    layer = make_stt(case, implementation="dense_masked")
-    layer(q, k)
-    randomize(layer)
-    ours = layer(q, k).numpy()
-    expected = ref.stt_block(
-        q.astype(np.float64), k.astype(np.float64), weights_of(layer), num_key_frames=t,
-        start_size=s, end_size=e, expansion=eps, neighborhood_radius=r, top_ratio=ratio,
-        num_heads=heads, key_selection=sel, epsilon=1e-5,
-    )
-    np.testing.assert_allclose(ours, expected, rtol=2e-4, atol=2e-4)
-    changed = np.abs(ours - q).max(axis=-1) > 0
-    assert changed.sum() == b * max(1, int(np.floor(ratio * h * w + 0.5)))
+    check_against_reference(case, "dense_masked")
 
 
 @pytest.mark.parametrize("extra", [dict(norm_first=True), dict(nsm_temperature=0.1), dict(ffn_channels=24),
