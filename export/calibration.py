@@ -31,6 +31,7 @@ from stt_keras.export.parity import stream_sequence
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.progress import Progress
 from stt_keras.training.data.synthetic import SyntheticVideo
+from stt_keras.training.data.video import decode_frames
 
 CALIBRATION_SEED = 2000  # not the training seeds (0..) nor the evaluation seed (1000)
 EVALUATION_SEED = 1000  # stt-eval's held-out synthetic sequences
@@ -125,16 +126,8 @@ class _Sequence:
 
             return [read_frame(p) for p in self.paths[start:stop]]
         capture = cv2.VideoCapture(self.video)
-        try:
-            capture.set(cv2.CAP_PROP_POS_FRAMES, start)
-            frames = []
-            while len(frames) < stop - start:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                frames.append(frame[..., ::-1])
-        finally:
-            capture.release()
+        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+        frames = decode_frames(capture, stop - start)
         if len(frames) < stop - start:
             raise ValueError(f"Video {self.video} ended at frame {start + len(frames)}, before the {stop} it declares.")
         return frames

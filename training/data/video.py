@@ -15,6 +15,20 @@ import tensorflow as tf
 from stt_keras.training.data.pipeline import augment, check_label_values, clip_indices, sample_dataset
 
 
+def decode_frames(capture, count=None):
+    """RGB frames from an open cv2.VideoCapture, up to `count` (None: to the end); releases the capture."""
+    frames = []
+    try:
+        while count is None or len(frames) < count:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame[..., ::-1])
+    finally:
+        capture.release()
+    return frames
+
+
 def read_video(path, max_frames=None):
     """RGB uint8 [N, H, W, 3] of a video file; clear errors for missing, unreadable or truncated files."""
     if not os.path.isfile(path):
@@ -23,15 +37,7 @@ def read_video(path, max_frames=None):
     if not capture.isOpened():
         raise ValueError(f"OpenCV cannot open video {path} (unknown container or codec).")
     declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    frames = []
-    try:
-        while max_frames is None or len(frames) < max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame[..., ::-1])
-    finally:
-        capture.release()
+    frames = decode_frames(capture, max_frames)
     if not frames:
         raise ValueError(f"Video {path} has no decodable frame (empty or corrupt).")
     if max_frames is None and declared > 0 and len(frames) < declared:
