@@ -64,3 +64,37 @@ def assert_float32_close(actual, expected, ops_depth, scale=None, err_msg=""):
             f"{err_msg}: {int(np.sum(~(difference <= atol)))} / {difference.size} elements differ by more than "
             f"atol = {C:g} * eps32 * {used:.4g} * sqrt({ops_depth}) = {atol:.3g}; max difference {worst:.3g}")
     return atol
+
+
+def model_ops_depth(model):
+    """An upper bound of `ops_depth` for a Keras model: the reduction lengths of all its kernels and
+    normalisations summed (every path through the model is shorter than their sum)."""
+    depth = 0
+    for layer in model._flatten_layers(include_self=False):
+        for weight in layer.weights:
+            name = weight.path.split("/")[-1]
+            if name in ("kernel", "depthwise_kernel") and len(weight.shape) >= 2:
+                depth += int(np.prod(weight.shape[:-1])) if name == "kernel" else int(np.prod(weight.shape[:-2]))
+            elif name in ("gamma", "moving_variance"):
+                depth += int(weight.shape[-1])
+    return max(depth, 1)
+
+
+def assert_labels_match_logits(labels, logits, ops_depth, err_msg=""):
+    """Labels computed by one runtime against the logits of another: equal to argmax(logits) except
+    where the logit of the label is within float32 rounding (`float32_tolerance`) of the largest one,
+    i.e. a near tie that another summation order may break either way.
+
+    Returns the fraction of labels that equal argmax(logits) exactly.
+    """
+    labels = np.asarray(labels)
+    logits = np.asarray(logits, np.float64)
+    assert labels.shape == logits.shape[:-1], f"{err_msg}: labels {labels.shape} against logits {logits.shape}"
+    atol = float32_tolerance(logits, ops_depth)
+    best = logits.max(-1)
+    chosen = np.take_along_axis(logits, labels[..., None].astype(np.int64), -1)[..., 0]
+    far = best - chosen > 2 * atol  # both sides' roundings
+    assert not far.any(), (
+        f"{err_msg}: {int(far.sum())} / {labels.size} labels are not the argmax and not within 2 * {atol:.3g} of it "
+        f"(largest gap {float((best - chosen).max()):.3g})")
+    return float(np.mean(labels == logits.argmax(-1)))
