@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -272,8 +271,9 @@ def test_onnx_tensorrt_limits(exported):
 def test_saved_model_cli_show_and_run(exported, tmp_path):
     out, _ = exported
     directory = os.path.join(out, "saved_model", "1")
-    cli_tool = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    shown = subprocess.run([cli_tool, "show", "--dir", directory, "--all"], env=ENV, capture_output=True, text=True)
+    # The saved_model_cli console script's own module, run by this interpreter (a venv may lack the script).
+    cli_tool = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    shown = subprocess.run([*cli_tool, "show", "--dir", directory, "--all"], env=ENV, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr[-2000:]
     for text in ("signature_def['serving_default']", "signature_def['step']", "clip", "probabilities", "next_state"):
         assert text in shown.stdout, text
@@ -285,7 +285,7 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
     for name, value in (("frame", frame), ("state", state), ("reset", reset)):
         np.save(tmp_path / f"{name}.npy", value)
     inputs = ";".join(f"{n}={tmp_path / (n + '.npy')}" for n in ("frame", "state", "reset"))
-    ran = subprocess.run([cli_tool, "run", "--dir", directory, "--tag_set", "serve", "--signature_def", "step",
+    ran = subprocess.run([*cli_tool, "run", "--dir", directory, "--tag_set", "serve", "--signature_def", "step",
                           "--inputs", inputs, "--outdir", str(tmp_path / "out")], env=ENV, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr[-2000:]
     labels = np.load(tmp_path / "out" / "labels.npy")
