@@ -134,6 +134,24 @@ class _Runner:
         return labels.astype(np.int32), (np.asarray(out["next_state"]) if "next_state" in out else None)
 
 
+def _check_delegate_library(library):
+    """ModelError unless `library` loads and has LiteRT's external delegate entry points.
+
+    Checked before `load_delegate`: a `Delegate` whose library fails to load is left half made,
+    and its `__del__` then raises an AttributeError that Python can only print as a warning.
+    """
+    import ctypes
+
+    try:
+        handle = ctypes.CDLL(library)
+    except OSError as error:
+        raise ModelError(f"cannot load delegate {library}: {error}")
+    missing = [name for name in ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate")
+               if not hasattr(handle, name)]
+    if missing:
+        raise ModelError(f"cannot load delegate {library}: not a LiteRT external delegate (no {', '.join(missing)})")
+
+
 class LiteRTRunner(_Runner):
     """LiteRT interpreter through the model's serving_default signature."""
 
@@ -145,6 +163,7 @@ class LiteRTRunner(_Runner):
             raise ModelError("ai-edge-litert is not installed: pip install ai-edge-litert")
         delegates = []
         if delegate:
+            _check_delegate_library(delegate)
             try:
                 delegates.append(load_delegate(delegate))
             except (ValueError, OSError, RuntimeError) as error:

@@ -176,6 +176,7 @@ def test_never_imports_tensorflow_or_stt_keras(models, tmp_path):
             assert not re.search(r"^\s*(import|from)\s+(tensorflow|stt_keras|keras|training|export)\b", text, re.M), name
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no half-made LiteRT Delegate
 def test_bad_inputs_fail_cleanly(models, tmp_path, capsys):
     code = app.main(["--model", models["labels"], "--video", str(tmp_path / "missing.mp4"), "--no-display"])
     assert code == 2 and "missing.mp4" in capsys.readouterr().err
@@ -203,6 +204,8 @@ def test_bad_inputs_fail_cleanly(models, tmp_path, capsys):
     assert app.main(["--model", models["labels"], "--video", video, "--no-display", "--delegate",
                      str(tmp_path / "nope.so")]) == 2
     assert "nope.so" in capsys.readouterr().err
+    assert app.main(["--model", models["labels"], "--video", video, "--no-display", "--delegate", "libm.so.6"]) == 2
+    assert "not a LiteRT external delegate" in capsys.readouterr().err
 
 
 def test_truncated_video_keeps_what_was_processed(models, tmp_path, capsys):

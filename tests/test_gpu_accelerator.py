@@ -177,7 +177,10 @@ def test_edge_demo_runs_on_the_gpu_accelerator(gpu_exports, tmp_path):
     assert out.is_file()
 
 
-INT8_MIN_AGREEMENT = 0.99  # measured 99.33% (worst step 97.05%) with the float classifier; see docs/gpu_accelerator.md
+# Measured 99.33% (worst step 97.05%) with the float classifier, 98.39% (97.06%) with the fixture model trained
+# under ONEDNN_MAX_CPU_ISA=AVX2 on one core: the briefly trained model differs from CPU to CPU. The bug this
+# guards against (strided 1x1 shortcuts) gave 79-80%. See docs/gpu_accelerator.md.
+INT8_MIN_AGREEMENT = 0.98
 
 
 def _gpu_vs_cpu(path):

@@ -15,6 +15,8 @@ Every sublayer must carry the policy (a Dropout made without it once upcast
 PSPNet's head to float32).
 """
 
+import os
+
 import numpy as np
 import pytest
 import keras
@@ -96,6 +98,10 @@ def test_layer_checks(name, tmp_path):
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_mixed_precision(name, policy):
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in ("ALL", "DEFAULT"):
+        # TensorFlow sends float16/bfloat16 convolutions to oneDNN by the CPU's real features, and
+        # oneDNN restricted below them has no kernel for them: an emulated profile cannot run this.
+        pytest.skip("ONEDNN_MAX_CPU_ISA is set: half precision needs oneDNN's full ISA on this CPU")
     cls, make, inputs, kwargs = CASES[name]
     reference = make()
     expected = keras.tree.flatten(reference(*inputs, **kwargs))

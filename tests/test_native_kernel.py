@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from stt_keras import kernels
 from stt_keras.layers import SparseTemporalTransformer, temporal_attention
+from tolerances import assert_float32_close
 
 pytestmark = pytest.mark.skipif(os.environ.get("STT_KERAS_NATIVE") == "0", reason="native kernel disabled")
 
@@ -16,6 +17,13 @@ def native():
     module = kernels.load()
     assert module is not None, kernels.native_status()
     return module
+
+
+def attention_ops_depth(radii, d_head):
+    """float32 roundings of one output (tests/tolerances.py): the score's dot product, the softmax
+    sum and the weighted sum over every key of the windows."""
+    keys = sum((2 * r + 1) ** 2 for r in radii)
+    return d_head + 2 * keys
 
 
 def tf_path(q_full, kv, positions, radii, heads):
@@ -46,7 +54,7 @@ def test_native_equals_tf_path(case):
     positions = np.stack([rng.permutation(h * w)[:n] for _ in range(b)]).astype("int32")
     q = np.take_along_axis(q_full.reshape(b, h * w, d_r), positions[..., None], axis=1)
     ours = native().stt_windowed_attention(q, positions, kv, radii=radii, num_heads=heads).numpy()
-    np.testing.assert_allclose(ours, tf_path(q_full, kv, positions, radii, heads), rtol=1e-4, atol=1e-5)
+    assert_float32_close(ours, tf_path(q_full, kv, positions, radii, heads), attention_ops_depth(radii, d_head))
 
 
 def test_native_rejects_bad_positions_and_shapes():
@@ -79,8 +87,8 @@ def test_native_gradients_equal_tf_path_gradients():
                 out = temporal_attention.selected_windowed_attention(q, positions, kv, radii, heads)
             loss = tf.reduce_sum(out * probe)
         grads.append(tape.gradient(loss, [q, kv]))
-    for a, c in zip(*grads):
-        np.testing.assert_allclose(a.numpy(), c.numpy(), rtol=1e-4, atol=1e-5)
+    for a, c in zip(*grads):  # the backward pass adds the same sums once more
+        assert_float32_close(a.numpy(), c.numpy(), 2 * attention_ops_depth(radii, 8 // heads))
 
 
 def op_types(fn, *args):
@@ -128,7 +136,7 @@ def test_native_nsm_equals_tf_path(case):
     ours = native().stt_nsm_score(x, radius=r).numpy()
     with kernels.portable_ops():
         expected = nsm.nsm_score(x, r).numpy()
-    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=2e-5)
+    assert_float32_close(ours, expected, d + 2 * (2 * r + 1) ** 2)  # cosines, then their windowed mean
 
 
 def test_native_nsm_rejects_radius_over_7():

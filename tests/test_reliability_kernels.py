@@ -68,6 +68,7 @@ def test_planted_or_unverifiable_libraries_are_never_loaded(tmp_path):
     planted = tmp_path / "planted.so"
     subprocess.run(["gcc", "-shared", "-fPIC", str(source), "-o", str(planted)], check=True)
     env = {**ENV, "CXX": str(tmp_path / "no-such-compiler")}  # a rebuild cannot succeed: nothing else can be loaded
+    env.pop("STT_KERAS_NATIVE", None)  # the loader's checks are tested even where the suite runs without the kernels
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(planted), str(tmp_path)], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -95,3 +96,20 @@ def test_a_build_records_its_checksum_with_safe_modes(tmp_path):
     assert kernels._verify(path) is None
     assert open(path + ".sha256").read().strip() == hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert not os.stat(path).st_mode & 0o022 and os.stat(path).st_uid == os.getuid()
+
+
+def test_the_march_switch_names_the_target_and_keys_the_cache(monkeypatch):
+    """STT_KERAS_NATIVE_MARCH compiles for another CPU profile: its own cache entry; a bad name is refused."""
+    from stt_keras import kernels
+
+    monkeypatch.delenv("STT_KERAS_NATIVE_MARCH", raising=False)
+    native = kernels._library_path()
+    assert kernels._flag_sets()[0][0] == "-march=native"
+    monkeypatch.setenv("STT_KERAS_NATIVE_MARCH", "x86-64-v3")
+    assert kernels._flag_sets() == [["-march=x86-64-v3", *kernels._FLAGS]]
+    assert kernels._library_path() != native
+    monkeypatch.setenv("STT_KERAS_NATIVE_MARCH", "native -o /tmp/x")
+    import pytest
+
+    with pytest.raises(RuntimeError, match="not a -march name"):
+        kernels._library_path()

@@ -6,7 +6,15 @@ with scores kept in registers and cache, and `SttNsmScore`, the NSM score of
 every point (docs/models.md, "Two implementations of the sparse kernels"). It is compiled here, the first time it is needed, with the
 C++ compiler and the flags of the installed TensorFlow (`tf.sysconfig`), into a
 per-user cache (`$STT_KERAS_CACHE`, default `~/.cache/stt_keras`), keyed by the
-source, the TensorFlow version and the machine; a compiled library is reused.
+source, the compiler flags, the TensorFlow version and the machine; a compiled
+library is reused.
+
+It is compiled for this machine's CPU (`-march=native`). `STT_KERAS_NATIVE_MARCH`
+names another `-march` target, e.g. `x86-64-v3` (AVX2 and FMA, no AVX-512) to run
+the code a narrower CPU would run. With `-march=native` on a CPU with AVX512-FP16,
+that extension is left out (`-mno-avx512fp16`): the Eigen headers of TensorFlow do
+not compile with it under GCC 12, and the kernels compute in float32 only; a
+compiler that does not know the flag gets a second try without it.
 
 When the op is used (`use_native()`): on a machine without GPUs, outside XLA
 (`jit_compile=True` traces the pure-TF path), and never while exporting (a
@@ -28,6 +36,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import threading
@@ -38,8 +47,8 @@ import tensorflow as tf
 from stt_keras.fileio import sha256_file
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "windowed_attention.cc")
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
-          "-fno-trapping-math", "-shared", "-fPIC", "-w"]
+_FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-shared",
+          "-fPIC", "-w"]
 _OPS = ("stt_windowed_attention", "stt_nsm_score")
 _lock = threading.Lock()
 _state = {"module": None, "status": "not loaded yet"}
@@ -58,10 +67,26 @@ def _cpu_signature():
     return platform.processor()
 
 
+def _march():
+    """The -march target: `$STT_KERAS_NATIVE_MARCH` (a name like x86-64-v3), default `native`."""
+    march = os.environ.get("STT_KERAS_NATIVE_MARCH", "") or "native"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", march):
+        raise RuntimeError(f"STT_KERAS_NATIVE_MARCH={march!r} is not a -march name (like native or x86-64-v3)")
+    return march
+
+
+def _flag_sets():
+    """The compiler flags to try, in order (see the module docstring for the AVX512-FP16 exception)."""
+    base = [f"-march={_march()}", *_FLAGS]
+    if _march() == "native" and "avx512_fp16" in _cpu_signature().split():
+        return [[*base, "-mno-avx512fp16"], base]
+    return [base]
+
+
 def _library_path():
     with open(_SOURCE, "rb") as f:
         source = f.read()
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + tf.__version__.encode()
+    key = hashlib.sha256(source + " ".join(_flag_sets()[0]).encode() + tf.__version__.encode()
                          + platform.machine().encode() + _cpu_signature().encode()).hexdigest()[:16]
     cache = os.environ.get("STT_KERAS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "stt_keras"))
     return os.path.join(cache, f"windowed_attention-{key}.so")
@@ -106,6 +131,17 @@ def _verify(path):
 
 
 def _build(path):
+    """Compiles the op into `path` with the first flag set that builds (`_flag_sets()`)."""
+    errors = []
+    for flags in _flag_sets():
+        try:
+            return _build_with(path, flags)
+        except RuntimeError as error:
+            errors.append(str(error))
+    raise RuntimeError("\n".join(errors))
+
+
+def _build_with(path, flags):
     """Compiles the op into `path` atomically (temporary file, then rename) and records its SHA-256 beside it."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     compiler = os.environ.get("CXX", "g++")
@@ -113,14 +149,14 @@ def _build(path):
     os.close(fd)
     fd, tmp_sum = tempfile.mkstemp(suffix=".sha256", dir=os.path.dirname(path))
     os.close(fd)
-    command = [compiler, *_FLAGS, _SOURCE, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    command = [compiler, *flags, _SOURCE, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     try:
         try:
             result = subprocess.run(command, capture_output=True, text=True)
         except OSError as error:
             raise RuntimeError(f"cannot run the compiler {compiler}: {error}") from None
         if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed:\n{result.stderr[-2000:]}")
+            raise RuntimeError(f"{compiler} {' '.join(flags[:2])} failed:\n{result.stderr[-2000:]}")
         os.chmod(tmp, 0o755)  # whatever the umask: never group/world-writable
         with open(tmp_sum, "w") as f:
             f.write(sha256_file(tmp) + "\n")
@@ -157,7 +193,7 @@ def load():
             if missing:
                 raise RuntimeError(f"{path} loads but lacks the ops {missing}")
             _state["module"] = module
-            _state["status"] = f"loaded from {path}"
+            _state["status"] = f"loaded from {path} (-march={_march()})"
         except (OSError, RuntimeError, tf.errors.NotFoundError) as e:
             _state["status"] = f"unavailable: {e}"
             warnings.warn(f"stt_keras: native windowed attention unavailable, using the pure-TF path ({e})")
