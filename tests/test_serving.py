@@ -514,3 +514,167 @@ def test_client_cli_survives_a_server_killed_mid_stream(exported, tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+# ------------------------------------------------------------ bounded load test (127.0.0.1 only)
+def proc_status(pid):
+    """(RSS in MB, thread count) of a process, from /proc."""
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["Threads"])
+
+
+def start_server_process(directory, *args):
+    """A server subprocess on 127.0.0.1:0; returns (Popen, bound address)."""
+    import select
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "stt_keras.export.serve", "server", "--saved-model", directory,
+                                "--address", "127.0.0.1:0", *args], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    line, deadline = "", time.monotonic() + 180
+    while "serving" not in line and time.monotonic() < deadline and process.poll() is None:
+        if select.select([process.stdout], [], [], 1)[0]:
+            line = process.stdout.readline()
+    assert "serving" in line, f"server did not start: {line!r}"
+    return process, line.split(" at ")[1].split(" ")[0]
+
+
+LOAD = {  # name: (seconds, Step clients, idle streams, idle sockets, server arguments)
+    "fast": (8, 3, 3, 20, ["--workers", "2", "--max-streams", "4", "--idle-timeout", "2"]),
+    "slow": (60, 6, 6, 100, ["--workers", "4", "--max-streams", "8", "--idle-timeout", "5"]),
+}
+RSS_BOUND_MB = 40  # growth of the server's RSS from after the warm-up to the end of the load
+THREAD_BOUND = 2  # threads the server may have beyond those it had after the warm-up
+
+
+@pytest.mark.parametrize("load", [
+    "fast", pytest.param("slow", marks=pytest.mark.slow)])
+def test_load_concurrent_clients_idle_streams_and_idle_sockets(exported, load):
+    """N clients call Info and Step in a loop and one streams frames, while M idle streams hold stream slots
+    (closed by the idle timeout, then reopened) and K raw TCP sockets that never speak HTTP/2 are held open
+    (closed by the handshake timeout, then reopened). Every well-formed call is answered OK, and the
+    server's RSS and thread count stay flat within RSS_BOUND_MB and THREAD_BOUND."""
+    import socket
+    import threading
+    import time
+
+    seconds, clients, idle_streams, idle_sockets, server_args = LOAD[load]
+    _, directory, frames = exported
+    process, address = start_server_process(directory, *server_args)
+    host, port = address.rsplit(":", 1)
+    stop, lock = threading.Event(), threading.Lock()
+    counts = {"info": 0, "step": 0, "stream frames": 0, "idle stream timeouts": 0, "sockets closed by server": 0}
+    errors = []
+
+    def count(key, n=1):
+        with lock:
+            counts[key] += n
+
+    try:
+        warm = serve.SegmenterClient(address, timeout=60)
+        state = np.zeros(warm.info()["state_shape"], np.float32)
+        for t in range(3):
+            warm.step(frames[t][None], state, t == 0)
+        list(warm.stream(frames[:3]))
+        warm.close()
+        time.sleep(0.5)
+        rss0, threads0 = proc_status(process.pid)
+
+        def stepper():
+            with serve.SegmenterClient(address, timeout=60) as client:
+                s, t = np.zeros(client.info()["state_shape"], np.float32), 0
+                info = client.channel.unary_unary(f"/{serve.SERVICE}/Info")
+                while not stop.is_set():
+                    try:
+                        assert serve.decode(info(b"", timeout=60))["num_classes"] == 5
+                        count("info")
+                        _, s = client.step(frames[t % len(frames)][None], s, t == 0)
+                        count("step")
+                        t += 1
+                    except Exception as error:  # noqa: BLE001
+                        errors.append(f"stepper: {error}")
+                        return
+
+        def streamer():
+            def frames_until_stop():
+                t = 0
+                while not stop.is_set():
+                    yield frames[t % len(frames)]
+                    t += 1
+            with serve.SegmenterClient(address, timeout=60) as client:
+                try:
+                    for _ in client.stream(frames_until_stop()):
+                        count("stream frames")
+                except Exception as error:  # noqa: BLE001
+                    errors.append(f"streamer: {error}")
+
+        def idle_stream():
+            channel = grpc.insecure_channel(address)
+            call = channel.stream_stream(f"/{serve.SERVICE}/Stream")
+            while not stop.is_set():
+                blocked = BlockedRequests()
+                try:
+                    list(call(iter(blocked)))
+                    errors.append("idle stream ended without a status")
+                except grpc.RpcError as error:
+                    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        count("idle stream timeouts")
+                    elif not stop.is_set():
+                        errors.append(f"idle stream: {error.code()} {error.details()}")
+                finally:
+                    blocked.release()
+            channel.close()
+
+        def idle_sockets_holder():
+            held = []
+            while not stop.is_set():
+                while len(held) < idle_sockets:
+                    held.append(socket.create_connection((host, int(port)), timeout=5))
+                for sock in list(held):  # a closed socket reads b"" at once; an open one times out
+                    sock.settimeout(0.01)
+                    try:
+                        if sock.recv(65536) == b"":  # (the server first sends its HTTP/2 settings)
+                            held.remove(sock)
+                            sock.close()
+                            count("sockets closed by server")
+                    except (socket.timeout, BlockingIOError):
+                        pass
+                    except OSError:
+                        held.remove(sock)
+                        sock.close()
+                        count("sockets closed by server")
+                stop.wait(0.2)
+            for sock in held:
+                sock.close()
+
+        samples = []
+
+        def sampler():
+            while not stop.wait(0.5):
+                samples.append(proc_status(process.pid))
+
+        threads = ([threading.Thread(target=stepper) for _ in range(clients)] + [threading.Thread(target=streamer)]
+                   + [threading.Thread(target=idle_stream) for _ in range(idle_streams)]
+                   + [threading.Thread(target=idle_sockets_holder), threading.Thread(target=sampler)])
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+        stop.set()
+        for thread in threads:
+            thread.join(120)
+        rss1, threads1 = proc_status(process.pid)
+        print(f"\nload {load}: {seconds} s, {counts}; server RSS {rss0:.0f} -> {rss1:.0f} MB "
+              f"(max {max(r for r, _ in samples):.0f}), threads {threads0} -> {threads1} "
+              f"(max {max(t for _, t in samples)})")
+        assert not errors, errors[:5]
+        assert counts["info"] >= clients and counts["step"] >= clients and counts["stream frames"] >= 1, counts
+        assert counts["idle stream timeouts"] >= idle_streams, counts  # each idle stream was closed at least once
+        assert counts["sockets closed by server"] >= idle_sockets, counts
+        assert max(t for _, t in samples) <= threads0 + THREAD_BOUND and threads1 <= threads0 + THREAD_BOUND
+        assert rss1 - rss0 <= RSS_BOUND_MB, (rss0, rss1)
+        # Still serving after the load.
+        with serve.SegmenterClient(address, timeout=60) as client:
+            assert client.info()["num_classes"] == 5
+    finally:
+        process.terminate()  # SIGTERM: a graceful stop
+        assert process.wait(60) == 0
