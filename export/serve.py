@@ -28,6 +28,7 @@ out when idle, and every refusal is a gRPC status with one line (docs/serving.md
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -281,7 +282,9 @@ class _Handlers:
     def __init__(self, service, limits, pool):
         self.service, self.limits, self.pool = service, limits, pool
         self.open_streams = 0
-        self.steps = 0
+        # Model jobs on the pool, queued or running, counted until they finish: a call cancelled by its
+        # client leaves its job running, and the count still holds it (no unbounded queue from cancels).
+        self.jobs = {"step": 0, "stream": 0}
 
     async def _next(self, messages, context, what):
         """The client's next message, or None at the end of its messages; DEADLINE_EXCEEDED when it idles."""
@@ -296,12 +299,24 @@ class _Handlers:
                                 f"no {what} from the client for {self.limits.idle_timeout:g} s (the server's idle "
                                 "timeout): the call is closed")
 
-    async def _run(self, context, fn, *args):
+    def _job_done(self, kind):
+        self.jobs[kind] -= 1
+
+    async def _run(self, context, kind, fn, *args):
         """fn(*args) on the worker pool; a refusal becomes its gRPC status, never UNKNOWN with a traceback."""
         import grpc
 
+        loop = asyncio.get_running_loop()
+        job = self.pool.submit(fn, *args)
+        self.jobs[kind] += 1
+
+        def finished(_):
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
+                loop.call_soon_threadsafe(self._job_done, kind)
+
+        job.add_done_callback(finished)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+            return await asyncio.wrap_future(job)  # a cancelled call cancels the job if it has not started
         except RequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except (MemoryError, self._resource_errors()) as error:
@@ -333,15 +348,11 @@ class _Handlers:
         data = await self._next(messages, context, "request")
         if data is None:
             await self._no_request(context)
-        if self.steps >= self.limits.max_steps:
+        if self.jobs["step"] >= self.limits.max_steps:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"the server is busy: {self.steps} Step calls running or waiting (at most "
+                                f"the server is busy: {self.jobs['step']} Step calls running or waiting (at most "
                                 f"{self.limits.max_steps}: twice --workers {self.limits.workers}); retry later")
-        self.steps += 1
-        try:
-            return await self._run(context, self.service.step, data)
-        finally:
-            self.steps -= 1
+        return await self._run(context, "step", self.service.step, data)
 
     async def stream(self, messages, context):
         import grpc
@@ -351,9 +362,10 @@ class _Handlers:
         if state_dtype not in self.service.steps:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"state-dtype {state_dtype!r} not offered: {sorted(self.service.steps)}")
-        if self.open_streams >= self.limits.max_streams:
+        held = max(self.open_streams, self.jobs["stream"])  # a cancelled stream's last frame still counts
+        if held >= self.limits.max_streams:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{self.open_streams} streams are open, the server's limit (--max-streams "
+                                f"{held} streams are open, the server's limit (--max-streams "
                                 f"{self.limits.max_streams}); retry later")
         self.open_streams += 1
         try:
@@ -362,7 +374,7 @@ class _Handlers:
                 data = await self._next(messages, context, "frame")
                 if data is None:
                     return
-                answer, state = await self._run(context, self.service.stream_step, data, state, state_dtype)
+                answer, state = await self._run(context, "stream", self.service.stream_step, data, state, state_dtype)
                 faults.point("serve_stream_frame")
                 try:  # a client that stops reading its labels is idle too
                     await asyncio.wait_for(context.write(answer), self.limits.idle_timeout)
@@ -465,7 +477,8 @@ class Server:
         import grpc
 
         self._server = grpc.aio.server(options=self._options(), maximum_concurrent_rpcs=self.limits.max_calls)
-        self._server.add_generic_rpc_handlers((_Handlers(self.service, self.limits, self._pool).generic_handler(),))
+        self.handlers = _Handlers(self.service, self.limits, self._pool)
+        self._server.add_generic_rpc_handlers((self.handlers.generic_handler(),))
         try:
             if tls is None:
                 port = self._server.add_insecure_port(address)

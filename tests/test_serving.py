@@ -339,6 +339,30 @@ def test_streams_are_capped_idle_calls_time_out_and_info_always_answers(exported
     channel.close()
 
 
+def test_cancelled_calls_never_pile_up_work_on_the_server(exported, limited):
+    """Step calls cancelled by their client as soon as sent: their model jobs still count until they finish, so
+    the work queued on the server stays within the Step limit (2 x workers) and new calls are served."""
+    import time
+
+    _, _, frames = exported
+    channel = grpc.insecure_channel(limited.address)
+    step = channel.unary_unary(f"/{serve.SERVICE}/Step")
+    data = serve.encode({"frame": frames[0][None], "state": np.zeros(limited.service.state_shape, np.float32),
+                         "reset": np.ones([1], np.float32)})
+    most = 0
+    for _ in range(30):
+        step.future(data).cancel()
+        most = max(most, limited._pool._work_queue.qsize() + limited.limits.workers, limited.handlers.jobs["step"])
+    assert most <= limited.limits.max_steps + limited.limits.workers
+    deadline = time.monotonic() + 60
+    while limited.handlers.jobs["step"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert limited.handlers.jobs == {"step": 0, "stream": 0}
+    labels = serve.decode(step(data, timeout=60))["labels"]
+    assert labels.shape == (1, *SIZE)
+    channel.close()
+
+
 def test_client_timeout_and_a_dead_server_are_one_clear_error(exported):
     _, directory, frames = exported
     srv, port = serve.make_server(directory, "127.0.0.1:0", workers=1, max_streams=1, idle_timeout=30)
