@@ -619,13 +619,26 @@ class SegmenterClient:
         import grpc
 
         self.info()
-        requests = (encode({"frame": np.asarray(f, np.uint8).reshape([1, *np.shape(f)[-3:]])}) for f in frames)
-        call = self._stream(requests, metadata=(("state-dtype", state_dtype),))
-        last, done, timed_out = [time.monotonic()], threading.Event(), threading.Event()
+        lock = threading.Lock()
+        pending = {"sent": 0, "answered": 0, "since": time.monotonic()}  # the clock runs while labels are due
 
-        def watchdog():  # one answer per frame, each within `timeout`
+        def requests():
+            for f in frames:
+                data = encode({"frame": np.asarray(f, np.uint8).reshape([1, *np.shape(f)[-3:]])})
+                with lock:
+                    if pending["sent"] == pending["answered"]:
+                        pending["since"] = time.monotonic()
+                    pending["sent"] += 1
+                yield data
+
+        call = self._stream(requests(), metadata=(("state-dtype", state_dtype),))
+        done, timed_out = threading.Event(), threading.Event()
+
+        def watchdog():  # the labels of a frame sent arrive within `timeout` (a caller may pause between frames)
             while not done.wait(min(1.0, self.timeout / 4)):
-                if time.monotonic() - last[0] > self.timeout:
+                with lock:
+                    late = pending["sent"] > pending["answered"] and time.monotonic() - pending["since"] > self.timeout
+                if late:
                     timed_out.set()
                     call.cancel()
                     return
@@ -634,7 +647,9 @@ class SegmenterClient:
         watcher.start()
         try:
             for data in call:
-                last[0] = time.monotonic()
+                with lock:
+                    pending["answered"] += 1
+                    pending["since"] = time.monotonic()
                 yield parse(data, self._stream_specs, "answer")["labels"]
         except grpc.RpcError as error:
             if timed_out.is_set():

@@ -85,7 +85,7 @@ def test_float16_state_step_is_the_float32_step_with_a_rounded_state(exported):
 def test_grpc_stream_and_step_equal_the_in_process_stream(exported, server):
     model, _, frames = exported
     expected = library_labels(model, frames)
-    client = serve.SegmenterClient(server, timeout=120)
+    client = serve.SegmenterClient(server, timeout=3.0)
     info = client.info()
     assert info["frame_shape"] == [1, *SIZE, 3] and info["num_classes"] == 5 and info["num_key_frames"] == 3
     assert info["state_dtypes"] == ["float16", "float32"]
@@ -708,3 +708,29 @@ def test_load_concurrent_clients_idle_streams_and_idle_sockets(exported, load):
     finally:
         process.terminate()  # SIGTERM: a graceful stop
         assert process.wait(60) == 0
+
+
+def test_client_stream_timeout_counts_only_while_labels_are_due(exported, server):
+    """A caller may pause between frames (benchmarks/serving.py drives a stream one frame at a time); the
+    client's timeout is for the labels of a frame sent, not for the pause."""
+    import queue
+    import time
+
+    _, _, frames = exported
+    client = serve.SegmenterClient(server, timeout=3.0)
+    client.info()
+    requests = queue.Queue()
+
+    def paced():
+        while (item := requests.get()) is not None:
+            yield item
+
+    results = client.stream(paced())
+    requests.put(frames[0])
+    first = next(results)
+    time.sleep(4.0)  # longer than the timeout, with no frame outstanding
+    requests.put(frames[1])
+    second = next(results)
+    requests.put(None)
+    assert list(results) == [] and first.shape == second.shape == (1, *SIZE)
+    client.close()
