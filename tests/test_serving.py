@@ -85,7 +85,7 @@ def test_float16_state_step_is_the_float32_step_with_a_rounded_state(exported):
 def test_grpc_stream_and_step_equal_the_in_process_stream(exported, server):
     model, _, frames = exported
     expected = library_labels(model, frames)
-    client = serve.SegmenterClient(server, timeout=3.0)
+    client = serve.SegmenterClient(server, timeout=120)
     info = client.info()
     assert info["frame_shape"] == [1, *SIZE, 3] and info["num_classes"] == 5 and info["num_key_frames"] == 3
     assert info["state_dtypes"] == ["float16", "float32"]
