@@ -291,7 +291,8 @@ def main():
         if not args.skip_speed:
             server = None
             if args.grpc:
-                server, port = serve.make_server(directory, "localhost:0", workers=2)
+                # The Stream row's call waits while the other rows run (minutes at this size): no idle timeout.
+                server, port = serve.make_server(directory, "localhost:0", workers=2, idle_timeout=24 * 3600)
             rows = make_rows(loaded, model.num_key_frames, f"localhost:{port}" if server else None)
             report["speed"] = measure_speed(rows, frames, args.repeats, args.frames)
             rows.close()

@@ -14,11 +14,27 @@ OPSET = 17
 TENSORRT_TOPK_MAX_K = 3840
 
 
+def _select_as_where(ctx, node, name, args):
+    """tf2onnx's handler of Select/SelectV2 with the float case kept a `Where`.
+
+    tf2onnx (1.16) writes a float select as cond * x + (1 - cond) * y (faster in ONNX Runtime), which is
+    NaN wherever the unselected branch is NaN or inf: the reset of the streaming step (`tf.where(reset,
+    fresh, state)`) would no longer ignore a non-finite incoming state. `Where` is exact, and TensorRT
+    runs it.
+    """
+    from tf2onnx.onnx_opset.controlflow import Select
+
+    node.set_attr("handles_nan", True)  # the flag tf2onnx's own rewriters set to keep the Where
+    Select.version_9(ctx, node)
+
+
 def export(step_fn, signature, path, opset=OPSET):
     """Writes `step_fn` (from export.step.make_step_function) as ONNX to `path`; returns the ModelProto."""
     import tf2onnx  # optional dependency: only the ONNX export needs it
 
-    model, _ = tf2onnx.convert.from_function(step_fn, input_signature=signature, opset=opset, output_path=str(path))
+    handlers = {op: (_select_as_where, []) for op in ("Select", "SelectV2")}
+    model, _ = tf2onnx.convert.from_function(step_fn, input_signature=signature, opset=opset, output_path=str(path),
+                                             custom_op_handlers=handlers)
     return model
 
 

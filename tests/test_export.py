@@ -84,6 +84,80 @@ def test_step_forms_match_stream_step(tiny_model, overrides):
         state_d, state_g = out_d["next_state"].numpy(), out_g["next_state"].numpy()
 
 
+def non_finite_state(shape):
+    """A state no step should read: NaN, +inf and -inf in turn."""
+    state = np.full(shape, np.nan, np.float32)
+    state.reshape(-1)[1::3] = np.inf
+    state.reshape(-1)[2::3] = -np.inf
+    return state
+
+
+def test_reset_ignores_a_non_finite_state(tiny_model):
+    """With reset the incoming state is not read (the metadata says so): a NaN/inf state gives exactly the
+    outputs of a zero state, in both Keras implementations, both layouts and both traced step forms."""
+    frame = np.random.default_rng(6).integers(0, 256, (1, *SIZE, 3)).astype(np.uint8)
+    for implementation in ("sparse", "dense_masked"):
+        for packed in (False, True):
+            zeros = tiny_model.initial_state(1, *SIZE, packed=packed)
+            bad = non_finite_state(zeros.shape)
+            for reset in (True, tf.constant([1.0])):
+                expected = [t.numpy() for t in tiny_model.stream_step(frame, zeros, reset, implementation=implementation)]
+                got = [t.numpy() for t in tiny_model.stream_step(frame, bad, reset, implementation=implementation)]
+                assert all(np.isfinite(t).all() for t in got), (implementation, packed)
+                for a, b in zip(got, expected):
+                    np.testing.assert_array_equal(a, b)
+            # Without reset the state is read: the NaN shows (the test can fail).
+            logits, _ = tiny_model.stream_step(frame, bad, False, implementation=implementation)
+            assert not np.isfinite(logits.numpy()).all()
+    shape = tiny_model.state_shape(*SIZE, packed=True)
+    for form in step_lib.FORMS:
+        fn = step_lib.make_step_function(tiny_model, *SIZE, form)
+        f = frame.astype(step_lib.frame_dtype(form).as_numpy_dtype)
+        expected = fn(f, np.zeros(shape, np.float32), np.ones([1], np.float32))
+        got = fn(f, non_finite_state(shape), np.ones([1], np.float32))
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{form} {name}")
+
+
+def test_every_exported_step_ignores_a_non_finite_state_on_reset(exported):
+    """SavedModel signatures (float32 and float16 state), every .tflite (default, GPU form float32/float16/int8,
+    both interfaces) and every .onnx step: a NaN/inf state with reset=1 gives the zero state's outputs."""
+    out, report = exported
+    frame = np.random.default_rng(7).integers(0, 256, (1, *SIZE, 3)).astype(np.uint8)
+    loaded = tf.saved_model.load(os.path.join(out, "saved_model", "1"))
+    for name in ("step", "step_float16"):
+        fn = loaded.signatures[name]
+        spec = fn.structured_input_signature[1]["state"]
+        run = lambda state: {k: v.numpy() for k, v in fn(frame=tf.constant(frame), state=tf.constant(state),
+                                                          reset=tf.constant([1.0])).items()}
+        expected, got = run(np.zeros(spec.shape, spec.dtype.as_numpy_dtype)), run(
+            non_finite_state(spec.shape).astype(spec.dtype.as_numpy_dtype))
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{name} {key}")
+    checked = []
+    for filename in sorted(report["files"]):
+        path = os.path.join(out, filename)
+        if filename.endswith(".tflite"):
+            session = parity.TFLiteStep(path)
+        elif filename.endswith(".onnx"):
+            session = parity.OnnxStep(path)
+        else:
+            continue
+        inputs, _ = session.io_details()
+        if "state" not in inputs:
+            continue
+        state_shape = [int(d) for d in inputs["state"][0]]
+        f = frame.astype(np.dtype(inputs["frame"][1]))
+        expected = session(frame=f, state=np.zeros(state_shape, np.float32), reset=np.ones([1], np.float32))
+        got = session(frame=f, state=non_finite_state(state_shape), reset=np.ones([1], np.float32))
+        for key in expected:
+            assert np.isfinite(np.asarray(got[key], np.float64)).all(), (filename, key)
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{filename} {key}")
+        checked.append(filename)
+    assert {"stt_float32.tflite", "stt_gpu_float32.tflite", "stt_gpu_float16.tflite", "stt_int8.tflite",
+            "stt_step.onnx", "stt_gpu_step.onnx"} <= set(checked), checked
+
+
 def test_one_streaming_loop_carries_the_state_for_parity_and_calibration(tiny_model):
     fn = step_lib.make_step_function(tiny_model, *SIZE, "default")
     shape = tiny_model.state_shape(*SIZE, packed=True)

@@ -400,7 +400,9 @@ class STTSegmenter(keras.Model):
             frame: [B, H, W, 3] uint8 or float in [0, 255].
             state: float32 of `state_shape(H, W)` or `state_shape(H, W, packed=True)`;
                 the new state comes back in the same layout.
-            reset: bool scalar (or [B]) tensor; "dense_masked" also takes float 0/1.
+            reset: bool scalar (or [B]) tensor; "dense_masked" also takes float 0/1 (> 0.5 is
+                true). With reset true the incoming state is not read at all: a NaN or inf
+                state gives the same outputs as zeros.
             implementation: None (the STT layer's) or "sparse" / "dense_masked" (see
                 `SparseTemporalTransformer`). "dense_masked" with a packed state is
                 the delegate-friendly step the GPU export traces: no loops, top-k,
@@ -450,9 +452,11 @@ class STTSegmenter(keras.Model):
         # One name scope around the STT and the state, so int8 export can keep exactly these ops in float.
         with tf.name_scope(dense_masked.SCOPE):
             current = dense_masked.project_keys(self.stt, features)
-            reset = tf.reshape(tf.cast(reset, tf.float32), [-1, 1, 1, 1])
+            reset = tf.reshape(tf.cast(reset, tf.float32), [-1, 1, 1, 1]) > 0.5
             fresh = tf.concat([current] * self.num_key_frames, axis=-1)
-            state = state * (1.0 - reset) + fresh * reset
+            # A select, not a 0/1 blend: NaN * 0 is NaN, and a reset must ignore the incoming state
+            # whatever it holds. SELECT_V2 with a broadcast condition runs on LiteRT's GPU accelerator.
+            state = tf.where(reset, fresh, state)
             mixed = dense_masked.attend(self.stt, features, state)
             # The ring-buffer shift belongs to the scope too (int8 export keeps the state float).
             next_state = tf.concat([state[..., current.shape[-1]:], current], axis=-1)
