@@ -242,7 +242,7 @@ def test_server_serves_the_page_model_and_runtime_only(running_server, web_expor
     for bad in ("/../server.py", "/models/../stt_edge_int8.tflite", "/export_report.json", "/models/export_report.json",
                 "/%2e%2e/server.py", "/vendor/core/../../package.json", "/frames.bin"):
         assert _get(base + bad)[0] == 404, bad
-    assert _get(base + "/report/summary", method="POST", data=b"{}")[0] == 404  # only a test server collects reports
+    assert _get(base + "/report/summary", method="POST", data=b"{}")[0] == 405  # only a test server collects reports
     assert all(client == "127.0.0.1" for client, *_ in demo.log)
 
 
@@ -271,7 +271,7 @@ def test_server_refuses_what_it_cannot_serve(web_exports, tmp_path):
         f.write(b"x")
     with pytest.raises(server.ServerError, match="does not match the SHA-256"):
         server.find_models(str(damaged))
-    folder, names, default = server.find_models(os.path.join(web_exports, "stt_edge_int8.tflite"))
+    folder, names, default, _ = server.find_models(os.path.join(web_exports, "stt_edge_int8.tflite"))
     assert (names, default) == (["stt_edge_int8.tflite"], "stt_edge_int8.tflite")
     result = subprocess.run([sys.executable, "-m", "stt_edge_demo.web", "--model", str(tmp_path / "empty")],
                             capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
