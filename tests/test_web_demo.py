@@ -246,6 +246,25 @@ def test_server_serves_the_page_model_and_runtime_only(running_server, web_expor
     assert all(client == "127.0.0.1" for client, *_ in demo.log)
 
 
+def test_a_class_count_other_than_the_models_is_refused(web_exports, tmp_path):
+    """The edge interface outputs labels only: the class count of its on-device ARG_MAX is read from the
+    graph and checked against the metadata's class names before any frame."""
+    import json
+
+    from stt_edge_demo.runners import ModelError
+
+    source = os.path.join(web_exports, "stt_edge_int8.tflite")
+    model = tmp_path / "stt_edge_int8.tflite"
+    model.write_bytes(open(source, "rb").read())
+    meta = load_metadata(source)
+    classes = len(meta["classes"])
+    meta.update(classes=meta["classes"][:2], palette=meta["palette"][:2])
+    (tmp_path / "stt_edge_int8.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=f"computes its labels over {classes} classes but its metadata .* names 2"):
+        load_runner(str(model))
+    assert load_runner(source)[0].num_classes == classes
+
+
 def test_the_web_demo_needs_no_tensorflow():
     """Like edge_demo: the server and the browser driver import no TensorFlow, Keras or project training code."""
     import re
