@@ -41,55 +41,87 @@ def blend(frame_bgr, colour_bgr, alpha):
 
 LEGEND_BOX = 14  # pixels per legend row at full scale (frames 640 pixels wide and more)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-MAX_LEGEND_WIDTH = 0.25   # the legend covers at most this share of the frame's width ...
-MAX_LEGEND_HEIGHT = 0.5   # ... and of its height; below the smallest scale only the fps text remains
+MAX_LEGEND_WIDTH = 0.3    # the legend covers at most this share of the frame's width ...
+MAX_LEGEND_HEIGHT = 0.8   # ... and of its height (a narrow column in the corner)
+MIN_SCALE, MAX_SCALE = 0.5, 2.0  # 0.5: 7-pixel colour boxes and 5-pixel letters, still legible
 
 
-def _layout(classes, height, width, fps=True):
-    """(scale, rows drawn) of the top-left legend for a frame of height x width: scaled with the frame
-    (1.0 at 640 pixels wide, at most 2.0), shrunk until it fits MAX_LEGEND_WIDTH x MAX_LEGEND_HEIGHT;
-    rows 0 (fps text only) when even the smallest readable scale does not fit."""
-    scale = min(2.0, max(0.3, width / 640))
-    names = [str(n) for n in classes]
-    while True:
-        h, w = _legend_extent(names, scale, fps)
-        if w <= MAX_LEGEND_WIDTH * width and h <= MAX_LEGEND_HEIGHT * height:
-            return scale, len(names)
-        if scale <= 0.3:
-            return scale, 0
-        scale = max(0.3, scale * 0.85)
+class _Layout:
+    """Where the legend of `classes` goes on a height x width frame (top-left corner).
 
+    Scaled with the frame (1.0 at 640 pixels wide), shrunk to MIN_SCALE to fit MAX_LEGEND_WIDTH x
+    MAX_LEGEND_HEIGHT; names that are still too wide are cut (ending in "."); when even the rows do
+    not fit, only the fps counter is drawn. The first row is always the fps counter's.
+    """
 
-def _legend_extent(names, scale, fps):
-    box, gap, margin = max(3, round(LEGEND_BOX * scale)), max(1, round(4 * scale)), max(2, round(6 * scale))
-    text = max((cv2.getTextSize(n, FONT, 0.4 * scale, 1)[0][0] for n in names), default=0)
-    fps_w = cv2.getTextSize("000.0 fps", FONT, 0.45 * scale, 1)[0][0] if fps else 0
-    width = margin + max(box + margin + text, fps_w) + margin
-    height = margin + (len(names) + (1 if fps else 0)) * (box + gap) + margin
-    return height, width
+    def __init__(self, classes, height, width):
+        names = [str(n) for n in classes]
+        scale = min(MAX_SCALE, max(MIN_SCALE, width / 640))
+        while True:
+            self._set(scale)
+            if self._fits(names, height, width) or scale <= MIN_SCALE:
+                break
+            scale = max(MIN_SCALE, scale * 0.85)
+        room = int(MAX_LEGEND_WIDTH * width) - (3 * self.margin + self.box)
+        self.names = [self._cut(n, room) for n in names]
+        self.rows = len(names) if self._rows_height(len(names)) <= MAX_LEGEND_HEIGHT * height and room > 0 else 0
+
+    def _set(self, scale):
+        self.scale = scale
+        self.box, self.gap, self.margin = max(3, round(LEGEND_BOX * scale)), max(1, round(4 * scale)), max(2, round(6 * scale))
+        self.font, self.fps_font = 0.4 * scale, 0.45 * scale
+        self.thickness = 1 if scale < 1.5 else 2
+
+    def _text_width(self, text):
+        return cv2.getTextSize(text, FONT, self.font, self.thickness)[0][0]
+
+    def _rows_height(self, rows):
+        return self.margin + (rows + 1) * (self.box + self.gap) + self.margin
+
+    def _fits(self, names, height, width):
+        text = max((self._text_width(n) for n in names), default=0)
+        return (3 * self.margin + self.box + text <= MAX_LEGEND_WIDTH * width
+                and self._rows_height(len(names)) <= MAX_LEGEND_HEIGHT * height)
+
+    def _cut(self, name, room):
+        if self._text_width(name) <= room:
+            return name
+        while len(name) > 1 and self._text_width(name + ".") > room:
+            name = name[:-1]
+        return name + "."
+
+    def boxes(self):
+        """[(x0, y0, x1, y1)] of the colour box of each class drawn (inclusive corners)."""
+        top = self.margin + self.box + self.gap
+        return [(self.margin, top + i * (self.box + self.gap), self.margin + self.box, top + i * (self.box + self.gap) + self.box)
+                for i in range(self.rows)]
+
+    def size(self, fps=True):
+        text = max([self._text_width(n) for n in self.names[:self.rows]], default=0)
+        fps_w = cv2.getTextSize("000.0 fps", FONT, self.fps_font, self.thickness)[0][0] if fps else 0
+        width = max(self.margin + self.box + self.margin + text, self.margin + fps_w) + self.margin
+        return self._rows_height(self.rows), width
 
 
 def legend_size(classes, height, width, fps=True):
     """(height, width) of the top-left region the legend and the fps text cover on a height x width frame."""
-    scale, rows = _layout(classes, height, width, fps)
-    return _legend_extent([str(n) for n in classes][:rows], scale, fps)
+    return _Layout(classes, height, width).size(fps)
+
+
+def legend_boxes(classes, height, width):
+    """[(x0, y0, x1, y1)] of the legend's colour boxes on a height x width frame (one per class drawn)."""
+    return _Layout(classes, height, width).boxes()
 
 
 def draw_legend(image, classes, palette_rgb, fps=None):
     """Class colour boxes with names, and the fps counter, in the top-left corner (in place), scaled
-    to the frame (see _layout): on a small frame the legend stays small, or is left out."""
-    scale, rows = _layout(classes, image.shape[0], image.shape[1], fps is not None)
-    box, gap, margin = max(3, round(LEGEND_BOX * scale)), max(1, round(4 * scale)), max(2, round(6 * scale))
-    thickness = 1 if scale < 1.5 else 2
-    y = margin
+    to the frame (see _Layout): on a small frame the legend stays small."""
+    layout = _Layout(classes, image.shape[0], image.shape[1])
     if fps is not None:
-        cv2.putText(image, f"{fps:5.1f} fps", (margin, y + box - max(1, round(2 * scale))), FONT, 0.45 * scale,
-                    (255, 255, 255), thickness, cv2.LINE_AA)
-        y += box + gap
-    for name, colour in list(zip(classes, palette_rgb))[:rows]:
-        bgr = tuple(int(c) for c in colour[::-1])
-        cv2.rectangle(image, (margin, y), (margin + box, y + box), bgr, -1)
-        cv2.putText(image, str(name), (2 * margin + box, y + box - max(1, round(3 * scale))), FONT, 0.4 * scale,
-                    (255, 255, 255), thickness, cv2.LINE_AA)
-        y += box + gap
+        cv2.putText(image, f"{fps:5.1f} fps", (layout.margin, layout.margin + layout.box - max(1, round(2 * layout.scale))),
+                    FONT, layout.fps_font, (255, 255, 255), layout.thickness, cv2.LINE_AA)
+    for (x0, y0, x1, y1), name, colour in zip(layout.boxes(), layout.names, palette_rgb):
+        cv2.rectangle(image, (x0, y0), (x1, y1), tuple(int(c) for c in colour[::-1]), -1)
+        cv2.putText(image, name, (x1 + layout.margin, y1 - max(1, round(3 * layout.scale))), FONT, layout.font,
+                    (255, 255, 255), layout.thickness, cv2.LINE_AA)
     return image

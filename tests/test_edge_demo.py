@@ -381,18 +381,24 @@ def test_metadata_that_does_not_fit_the_model_is_one_line(models, tmp_path, caps
 
 
 # ------------------------------------------------------------------ the overlay
-@pytest.mark.parametrize("size", [(96, 160), (240, 320), (480, 640), (1080, 1920)])
-def test_legend_scales_with_the_frame(size):
-    classes = ["road", "sidewalk", "building", "vegetation", "sky", "person", "car"]
-    palette = [[40 * i, 255 - 30 * i, 100] for i in range(7)]
+@pytest.mark.parametrize("size,count", [((96, 160), 4), ((96, 160), 7), ((240, 320), 7), ((480, 640), 7),
+                                        ((1080, 1920), 7)])
+def test_legend_scales_with_the_frame(size, count):
+    """The legend is a narrow column in the top-left corner: at most 30% of the frame's width and 80%
+    of its height, scaled with the frame (readable sizes only); when the rows do not fit, the fps only."""
+    classes = ["road", "sidewalk", "building", "vegetation", "sky", "person", "car"][:count]
+    palette = [[40 * i, 255 - 30 * i, 100] for i in range(count)]
     h, w = size
     image = np.full((h, w, 3), 77, np.uint8)
     overlay.draw_legend(image, classes, palette, fps=29.9)
     ys, xs = np.nonzero((image != 77).any(-1))
     assert len(xs), "nothing drawn"
-    assert xs.max() + 1 <= 0.25 * w and ys.max() + 1 <= 0.5 * h, (size, xs.max(), ys.max())
+    assert xs.max() + 1 <= 0.3 * w and ys.max() + 1 <= 0.8 * h, (size, xs.max(), ys.max())
     legend_h, legend_w = overlay.legend_size(classes, h, w)
     assert xs.max() < legend_w and ys.max() < legend_h
-    if w >= 640:  # full size: every class has its swatch in its palette colour
-        for colour in palette:
-            assert ((image == colour[::-1]).all(-1)).any(), colour
+    boxes = overlay.legend_boxes(classes, h, w)
+    assert len(boxes) == (0 if size == (96, 160) and count == 7 else count)
+    for (x0, y0, x1, y1), colour in zip(boxes, palette):  # every class drawn has its box in its palette colour
+        assert (image[y0:y1 + 1, x0:x1 + 1] == colour[::-1]).all(), colour
+    if w >= 640:
+        assert boxes[0][2] - boxes[0][0] >= 14  # full size from 640 pixels wide on

@@ -73,6 +73,16 @@ def frames(tmp_path_factory):
     return headless.video_frames(path, *SIZE, FRAMES)
 
 
+@pytest.fixture(scope="module")
+def frames_box(frames):
+    """The content box of the letterboxed frames: 96x160 -> 64x107 at left 10 (bars of 10 and 11 columns)."""
+    from stt_edge_demo import overlay
+
+    box = overlay.letterbox(np.zeros((96, 160, 3), np.uint8), *SIZE)[1]
+    assert box == (0, 10, 64, 107) and not frames[:, :, :10].any()
+    return box
+
+
 def python_edge_labels(model_path, frames):
     """Labels [N, H, W] of the Python edge demo's LiteRT runner (CPU, XNNPACK), state carried, on `frames`."""
     runner, _ = load_runner(model_path)
@@ -87,10 +97,14 @@ def python_edge_labels(model_path, frames):
 @needs_browser
 @pytest.mark.parametrize("backend", ["webgpu", "wasm"])
 @pytest.mark.parametrize("name", MODELS)
-def test_page_labels_match_the_python_edge_demo(web_exports, frames, name, backend, tmp_path):
+def test_page_labels_match_the_python_edge_demo(web_exports, frames, frames_box, name, backend, tmp_path):
     shot = str(tmp_path / "page.png")
-    result = headless.run_page(web_exports, frames, backend, name, screenshot=shot, timeout=300,
-                               probe="fetch('http://example.com/leak').then(() => 'fetched', (e) => 'refused: ' + e)")
+    result = headless.run_page(web_exports, frames, backend, name, screenshot=shot, timeout=300, box=frames_box,
+                               probe="Promise.all([fetch('http://example.com/leak').then(() => 'fetched', (e) => 'refused: ' + e),"
+                                     " [document.getElementById('view').width, document.getElementById('view').height]])")
+    # The page shows the frame's content only: the letterbox bars are cut off, never coloured.
+    result["probe"], shown = result["probe"]
+    assert shown == [frames_box[3], frames_box[2]], shown
     reference = python_edge_labels(os.path.join(web_exports, name), frames)
     page = result["labels"].astype(np.int32)
     per_frame = (page == reference).reshape(FRAMES, -1).mean(-1)

@@ -159,23 +159,25 @@ class DevTools:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def video_frames(path, height, width, count):
-    """The first `count` frames of a video as `python -m stt_edge_demo` sees them: RGB, letterboxed."""
+def video_frames(path, height, width, count, with_box=False):
+    """The first `count` frames of a video as `python -m stt_edge_demo` sees them: RGB, letterboxed
+    ([N, height, width, 3] uint8; with_box: and the content box (top, left, height, width) inside)."""
     import cv2
 
     from .. import overlay
 
     capture = cv2.VideoCapture(path)
-    frames = []
+    frames, box = [], None
     while len(frames) < count:
         ok, frame = capture.read()
         if not ok:
             break
-        frames.append(overlay.letterbox(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), height, width)[0])
+        boxed, box = overlay.letterbox(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), height, width)
+        frames.append(boxed)
     capture.release()
     if not frames:
         raise ValueError(f"no frame could be read from {path}")
-    return np.stack(frames)
+    return (np.stack(frames), box) if with_box else np.stack(frames)
 
 
 def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, screenshot=None, chromium=None,
@@ -216,6 +218,8 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
                                                              "deviceScaleFactor": 1, "mobile": False}, session=session)
         name = model_name or server.default_model
         source = "frames=/frames.bin" if frames is not None else f"count={count}"
+        if box is not None:
+            source += "&box=" + ",".join(str(int(v)) for v in box)
         url = f"http://127.0.0.1:{server.server_address[1]}/?backend={backend}&model={name}&{source}&report=1"
         browser.send("Page.navigate", {"url": url}, session=session)
         if frames is None:
@@ -333,11 +337,11 @@ def main(argv=None):
                                           "export one with: stt-export ... --forms gpu --interfaces edge --formats tflite")
                         + ", or use --backend wasm")
     try:
-        frames = video_frames(args.video, *meta["input_size"], args.frames)
+        frames, box = video_frames(args.video, *meta["input_size"], args.frames, with_box=True)
     except ValueError as error:
         return fail(str(error))
     result = run_page(args.model, frames, args.backend, name, screenshot=args.out,
-                      allow_unverified=args.allow_unverified)
+                      allow_unverified=args.allow_unverified, box=box)
     s = result["summary"]
     outside = [u for u in result["requests"] if not u.startswith(("http://127.0.0.1:", "data:", "blob:"))]
     print(f"edge_demo.web.headless: {s['frames']} frames of {s['model']} on {s['backend']}, "

@@ -3,6 +3,7 @@
 //   backend=webgpu|wasm   (default: WebGPU when the browser has it)
 //   model=NAME.tflite     (default: the server's choice, see /models.json)
 //   frames=URL            raw frames letterboxed to the model size (tests, replays)
+//   box=TOP,LEFT,H,W      the frames' content inside the letterbox (default: the whole frame); only it is shown
 //   report=1              POST labels and a summary back to the server (tests)
 import {drawLegend, FpsMeter, Overlay} from './draw.js';
 import {fetchRawFrames, Letterboxer, openCamera, openFile} from './frames.js';
@@ -84,6 +85,7 @@ async function runRawFrames(url, segmenter, overlay) {
   const all = new Uint8Array(frames.length * H * W);
   const times = [];
   const fps = new FpsMeter();
+  const box = rawBox(params.get('box'), H, W);
   segmenter.reset();
   for (const [i, rgb] of frames.entries()) {
     const start = performance.now();
@@ -95,11 +97,22 @@ async function runRawFrames(url, segmenter, overlay) {
       image.data[q + 3] = 255;
     }
     canvas.getContext('2d').putImageData(image, 0, 0);
-    overlay.draw(canvas, H, W, labels, {top: 0, left: 0, height: H, width: W});
+    overlay.draw(canvas, box.height, box.width, labels, box, box);  // the content only: no letterbox bars
     $('fps').textContent = `${fps.tick().toFixed(1)} fps`;
     setStatus(`frame ${i + 1} of ${frames.length}`);
   }
   return {labels: all, frames: frames.length, msPerFrame: times};
+}
+
+/** The content box of letterboxed raw frames from ?box=top,left,height,width (checked), else the whole frame. */
+function rawBox(text, H, W) {
+  const whole = {top: 0, left: 0, height: H, width: W};
+  if (!text) return whole;
+  const [top, left, height, width] = text.split(',').map(Number);
+  const ok = [top, left, height, width].every(Number.isInteger) && top >= 0 && left >= 0 && height > 0 && width > 0 &&
+    top + height <= H && left + width <= W;
+  if (!ok) throw new Error(`box=${text} is not top,left,height,width inside ${H}x${W}`);
+  return {top, left, height, width};
 }
 
 async function main() {
