@@ -164,7 +164,8 @@ class OnnxSession:
         self.providers = [p for p in providers if p in available] or available
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(bytes(path) if isinstance(path, (bytes, bytearray)) else str(path), options, providers=self.providers)
+        source = bytes(path) if isinstance(path, (bytes, bytearray)) else str(path)  # the verified bytes, or a file
+        self.session = onnxruntime.InferenceSession(source, options, providers=self.providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def io_details(self):
@@ -195,8 +196,9 @@ class _Runner:
         result = np.asarray(out[self.output_name])[0]
         labels = result if self.output_name == "labels" else result.argmax(-1)
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ModelError(f"{self.name} output label {int(labels.max() if labels.max() >= self.num_classes else labels.min())} "
-                             f"but its metadata names {self.num_classes} classes ({metadata_path(self.name)}).")
+            bad = int(labels.max() if labels.max() >= self.num_classes else labels.min())
+            raise ModelError(f"{self.name} output label {bad} but its metadata names {self.num_classes} classes "
+                             f"({metadata_path(self.name)}).")
         return labels.astype(np.int32), (np.asarray(out["next_state"]) if "next_state" in out else None)
 
 

@@ -344,13 +344,19 @@ class DemoServer:
             handler.owner, handler.closed = self, closed
             return handler
 
+        timeouts = {}
+        if self.ssl_context is not None:
+            timeouts["ssl_handshake_timeout"] = self.handshake_timeout
+            if sys.version_info >= (3, 11):  # a peer that never answers the TLS close waits this long, not 30 s
+                timeouts["ssl_shutdown_timeout"] = self.handshake_timeout
         try:
-            await loop.connect_accepted_socket(
-                protocol, conn, ssl=self.ssl_context,
-                ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None)
+            await loop.connect_accepted_socket(protocol, conn, ssl=self.ssl_context, **timeouts)
             await closed
         except (OSError, ssl.SSLError, asyncio.TimeoutError, EOFError):
             conn.close()  # a failed or timed-out TLS handshake, a reset: this connection only
+        except Exception as error:  # anything else ends this connection only, in one line
+            conn.close()
+            self._note(f"connection failed: {type(error).__name__}: {str(error)[:200]}")
         finally:
             self.open_connections -= 1
             slots.release()
