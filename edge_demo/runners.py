@@ -109,7 +109,11 @@ def step_inputs(frame_rgb, state, reset, frame_dtype):
 
 
 def _argmax_classes(interpreter, tensor):
-    """The class count of the ARG_MAX that computes output `tensor` (through casts/reshapes), or None."""
+    """The class count behind labels output `tensor`, read from the graph, or None if not recognised.
+
+    Follows casts, reshapes and the subtraction of stt-export's on-device argmax (`classes -
+    max(hits)`, export/step.py) back to the ARG_MAX or REDUCE_MAX over the class axis.
+    """
     try:
         ops = interpreter._get_ops_details()
         shapes = {d["index"]: d["shape"] for d in interpreter.get_tensor_details()}
@@ -120,12 +124,16 @@ def _argmax_classes(interpreter, tensor):
         op = producer.get(int(tensor))
         if op is None:
             return None
-        if op["op_name"] == "ARG_MAX":
-            shape = shapes.get(int(op["inputs"][0]))
+        inputs = [int(i) for i in op["inputs"] if int(i) >= 0]
+        if op["op_name"] in ("ARG_MAX", "REDUCE_MAX"):
+            shape = shapes.get(inputs[0])
             return int(shape[-1]) if shape is not None and len(shape) else None
-        if op["op_name"] not in ("CAST", "RESHAPE", "SQUEEZE"):
+        if op["op_name"] in ("CAST", "RESHAPE", "SQUEEZE"):
+            tensor = inputs[0]
+        elif op["op_name"] == "SUB":  # the per-pixel operand, not the constant class count
+            tensor = max(inputs, key=lambda i: len(shapes.get(i, ())))
+        else:
             return None
-        tensor = op["inputs"][0]
     return None
 
 

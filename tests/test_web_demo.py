@@ -184,6 +184,22 @@ def test_page_reports_a_model_it_cannot_run(web_exports, frames, tmp_path):
         headless.run_page(str(folder), frames, "wasm", timeout=120)
 
 
+@needs_browser
+def test_page_refuses_webgpu_for_a_model_webgpu_cannot_build(web_exports, frames, tmp_path):
+    """A default-form model asked for on WebGPU: the page names the problem (no LiteRT traceback)."""
+    import json
+
+    folder = tmp_path / "default_form"
+    folder.mkdir()
+    for suffix in (".tflite", ".json"):
+        shutil.copy(os.path.join(web_exports, "stt_edge_int8" + suffix), folder / ("stt_edge_int8" + suffix))
+    meta = json.loads((folder / "stt_edge_int8.json").read_text())
+    meta["form"] = "default"  # the file's SHA-256 still matches: only the metadata says so
+    (folder / "stt_edge_int8.json").write_text(json.dumps(meta))
+    with pytest.raises(RuntimeError, match="'default' graph form, WebGPU needs the gpu form.*choose Wasm"):
+        headless.run_page(str(folder), frames, "webgpu", timeout=120)
+
+
 # ------------------------------------------------------------------ the server and the model copy (no browser)
 def test_webgpu_copy_computes_the_same_labels(web_exports, frames):
     """The [1, n]-index copy LiteRT.js gets on WebGPU is the same function (Python LiteRT, both files)."""
@@ -249,6 +265,7 @@ def test_server_serves_the_page_model_and_runtime_only(running_server, web_expor
     catalog = json.loads(_get(base + "/models.json")[2])
     assert catalog["default"] == "stt_gpu_edge_float16.tflite" and sorted(catalog["models"]) == sorted(MODELS)
     assert catalog["webgpu_gathers_on_cpu"] == {name: 7 for name in MODELS}
+    assert catalog["webgpu_problems"] == {}  # both are gpu-form edge models
     model = _get(base + "/models/stt_edge_int8.tflite")
     assert model[0] == 200 and model[2] == open(os.path.join(web_exports, "stt_edge_int8.tflite"), "rb").read()
     status, headers, _ = _get(base + "/wasm/litert_wasm_internal.wasm", method="HEAD")

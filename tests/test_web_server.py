@@ -61,16 +61,20 @@ def model_bytes():
     return _edge_model_bytes()
 
 
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory):
+def _runtime_stub(folder):
     """A stand-in for node_modules/@litertjs/core: the server only lists and serves its files."""
-    root = tmp_path_factory.mktemp("node_modules")
+    root = folder / "node_modules"
     for rel, body in (("core/dist/index.js", b"export {};\n"), ("core/wasm/litert_wasm_internal.wasm", b"\0asm" + b"\1" * 3000000),
                       ("wasm-utils/dist/index.js", b"export {};\n")):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
     return str(root / "core")
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    return _runtime_stub(tmp_path_factory.mktemp("runtime"))
 
 
 @pytest.fixture(scope="module")
@@ -357,6 +361,10 @@ def test_headless_webgpu_refuses_a_model_it_cannot_run(model_bytes, tmp_path):
                                 env=ENV, timeout=60)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert expected in result.stderr and not out.exists()
+    demo = server.DemoServer(default_form, port=0, runtime_dir=_runtime_stub(tmp_path), quiet=True)
+    catalog = json.loads(demo.catalog())  # the page reads it and names the problem instead of failing in LiteRT.js
+    demo.server_close()
+    assert "'default' graph form" in catalog["webgpu_problems"]["stt_edge_float32.tflite"]
     full = write_edge_model(str(tmp_path / "full"), model_bytes, form="gpu")
     meta = json.load(open(os.path.join(full, MODEL.replace(".tflite", ".json"))))
     meta["interface"] = "full"

@@ -382,8 +382,10 @@ class DemoServer:
         return web_response.Response(status=status, body=body, headers=headers)
 
     def catalog(self):
+        problems = {name: webgpu_problem(self.metadata[name], name) for name in self.models}
         return json.dumps({"models": self.models, "default": self.default_model,
-                           "webgpu_gathers_on_cpu": self.rewritten}).encode()
+                           "webgpu_gathers_on_cpu": self.rewritten,
+                           "webgpu_problems": {k: v for k, v in problems.items() if v}}).encode()
 
     def host_allowed(self, header):
         """Host names a browser on this machine or the LAN uses: IP addresses, localhost names, this

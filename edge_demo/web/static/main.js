@@ -120,12 +120,17 @@ async function main() {
   const name = params.get('model') ?? catalog.default;
   if (!catalog.models.includes(name)) throw new Error(`unknown model ${name} (the server has ${catalog.models})`);
   const meta = await getJson(`/models/${name.replace(/\.tflite$/, '.json')}`);
-  const accelerator = params.get('backend') ?? (navigator.gpu ? 'webgpu' : 'wasm');
+  // A model WebGPU cannot build (not the gpu form, not the edge interface): Wasm by default, a clear error if asked.
+  const webgpuProblem = (catalog.webgpu_problems ?? {})[name];
+  const accelerator = params.get('backend') ?? (navigator.gpu && !webgpuProblem ? 'webgpu' : 'wasm');
   $('models').replaceChildren(...catalog.models.map((m) => new Option(m, m, false, m === name)));
   $('accelerator').value = accelerator;
   const reloadWith = (key) => (e) => { params.set(key, e.target.value); location.search = params; };
   $('models').onchange = reloadWith('model');
   $('accelerator').onchange = reloadWith('backend');
+  if (accelerator === 'webgpu' && webgpuProblem) {
+    throw new Error(`${webgpuProblem}: choose Wasm (CPU) as the backend, or another model`);
+  }
   setStatus(`compiling ${name} for ${accelerator}…`);
   // On WebGPU the server's copy with [1, n] gather indices (edge_demo/web/webmodel.py): LiteRT.js 2.5.3's
   // WebGPU delegate fails on 1-D ones and leaves these to the CPU; same function, same labels.
