@@ -365,6 +365,13 @@ def test_headless_webgpu_refuses_a_model_it_cannot_run(model_bytes, tmp_path):
     catalog = json.loads(demo.catalog())  # the page reads it and names the problem instead of failing in LiteRT.js
     demo.server_close()
     assert "'default' graph form" in catalog["webgpu_problems"]["stt_edge_float32.tflite"]
+    gpu_form = write_edge_model(str(tmp_path / "gpu"), model_bytes)
+    for out, expected in ((video, "is not a screenshot"), (str(tmp_path / "nowhere" / "p.png"), "no folder"),
+                          (str(tmp_path), "is a folder")):
+        result = subprocess.run([sys.executable, "-m", "stt_edge_demo.web.headless", "--model", gpu_form, "--video",
+                                 video, "--out", out], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=60)
+        assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert os.path.getsize(video) > 0 and cv2.VideoCapture(video).read()[0]  # the video is intact
     full = write_edge_model(str(tmp_path / "full"), model_bytes, form="gpu")
     meta = json.load(open(os.path.join(full, MODEL.replace(".tflite", ".json"))))
     meta["interface"] = "full"

@@ -321,6 +321,11 @@ def main(argv=None):
         return fail(f"--frames must be at least 1, got {args.frames}")
     if not os.path.isfile(args.video):
         return fail(f"video not found: {args.video}")
+    folder_out = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out) or not os.path.isdir(folder_out):
+        return fail(f"--out {args.out}: " + ("is a folder" if os.path.isdir(args.out) else f"no folder {folder_out}"))
+    if os.path.exists(args.out) and (os.path.samefile(args.out, args.video) or not args.out.lower().endswith(".png")):
+        return fail(f"--out {args.out} exists and is not a screenshot (.png) of an earlier run; refusing to replace it")
     try:
         folder, names, default, verified = find_models(args.model, args.allow_unverified)
     except (ServerError, ModelError) as error:
