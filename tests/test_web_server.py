@@ -491,3 +491,27 @@ def test_load_clients_and_idle_sockets_memory_and_threads_flat(export_dir, runti
         process.wait(10)
         err = process.stderr.read()
     assert "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(server.LITERT_DIR, "wasm")) and shutil.which("npm") is None,
+                    reason="the CLI needs LiteRT.js (npm ci in edge_demo/web) and npm is missing")
+def test_ctrl_c_stops_the_server_quietly(export_dir, tmp_path):
+    import signal
+
+    port_holder = socket.create_server(("127.0.0.1", 0))
+    port = port_holder.getsockname()[1]
+    port_holder.close()
+    process = subprocess.Popen([sys.executable, "-m", "stt_edge_demo.web", "--model", export_dir, "--port", str(port)],
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), cwd=str(tmp_path),
+                               env={**ENV, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert f"open http://127.0.0.1:{port}/" in process.stdout.readline() + process.stdout.readline()
+        idle = socket.create_connection(("127.0.0.1", port))  # an open connection does not hold the exit up
+        assert get(port, "/models.json")[0] == 200
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=15)
+        idle.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and "Traceback" not in err, err
