@@ -71,6 +71,7 @@ class _Layout:
         self.box, self.gap, self.margin = max(3, round(LEGEND_BOX * scale)), max(1, round(4 * scale)), max(2, round(6 * scale))
         self.font, self.fps_font = 0.4 * scale, 0.45 * scale
         self.thickness = 1 if scale < 1.5 else 2
+        self.crisp = scale < 1  # small letters: thresholded, every pixel of them fully white (no grey fringe)
 
     def _text_width(self, text):
         return cv2.getTextSize(text, FONT, self.font, self.thickness)[0][0]
@@ -113,15 +114,29 @@ def legend_boxes(classes, height, width):
     return _Layout(classes, height, width).boxes()
 
 
+def _put_text(image, text, org, font, layout):
+    if not layout.crisp:
+        cv2.putText(image, text, org, FONT, font, (255, 255, 255), layout.thickness, cv2.LINE_AA)
+        return
+    x, y = org
+    (w, h), base = cv2.getTextSize(text, FONT, font, layout.thickness)
+    top, left = max(0, y - h - 2), max(0, x - 1)
+    bottom, right = min(image.shape[0], y + base + 2), min(image.shape[1], x + w + 2)
+    if bottom <= top or right <= left:
+        return
+    mask = np.zeros((bottom - top, right - left), np.uint8)
+    cv2.putText(mask, text, (x - left, y - top), FONT, font, 255, layout.thickness, cv2.LINE_AA)
+    image[top:bottom, left:right][mask >= 128] = 255
+
+
 def draw_legend(image, classes, palette_rgb, fps=None):
     """Class colour boxes with names, and the fps counter, in the top-left corner (in place), scaled
     to the frame (see _Layout): on a small frame the legend stays small."""
     layout = _Layout(classes, image.shape[0], image.shape[1])
     if fps is not None:
-        cv2.putText(image, f"{fps:5.1f} fps", (layout.margin, layout.margin + layout.box - max(1, round(2 * layout.scale))),
-                    FONT, layout.fps_font, (255, 255, 255), layout.thickness, cv2.LINE_AA)
+        _put_text(image, f"{fps:5.1f} fps", (layout.margin, layout.margin + layout.box - max(1, round(2 * layout.scale))),
+                  layout.fps_font, layout)
     for (x0, y0, x1, y1), name, colour in zip(layout.boxes(), layout.names, palette_rgb):
         cv2.rectangle(image, (x0, y0), (x1, y1), tuple(int(c) for c in colour[::-1]), -1)
-        cv2.putText(image, name, (x1 + layout.margin, y1 - max(1, round(3 * layout.scale))), FONT, layout.font,
-                    (255, 255, 255), layout.thickness, cv2.LINE_AA)
+        _put_text(image, name, (x1 + layout.margin, y1 - max(1, round(3 * layout.scale))), layout.font, layout)
     return image
