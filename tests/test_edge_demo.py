@@ -402,3 +402,17 @@ def test_legend_scales_with_the_frame(size, count):
         assert (image[y0:y1 + 1, x0:x1 + 1] == colour[::-1]).all(), colour
     if w >= 640:
         assert boxes[0][2] - boxes[0][0] >= 14  # full size from 640 pixels wide on
+
+
+def test_overlay_has_no_letterbox_bars(models, tmp_path):
+    """A 3:1 video into a 2:3 model (bars above and below the content inside the model): the overlay is
+    drawn at the video's own size, every row of each band in that band's colour, top and bottom rows too."""
+    video = _blocks_video(tmp_path / "wide.avi", frames=2, size=(40, 120))
+    out = str(tmp_path / "o.mkv")
+    assert app.main(["--model", models["labels"], "--video", video, "--out", out, "--no-display", "--alpha", "1.0",
+                     "--no-legend"]) == 0
+    frame = _read_all(out)[0]
+    assert frame.shape == (40, 120, 3)
+    for band in range(4):
+        column = frame[:, band * 30 + 15]
+        assert (column == PALETTE[band][::-1]).all(), (band, column[[0, -1]])
