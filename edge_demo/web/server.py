@@ -12,7 +12,8 @@ metadata once, at start, and the verified bytes are served from memory. LiteRT.j
 missing, offline after that. Binds 127.0.0.1 unless --lan. A browser gives a page the camera only
 on https or on localhost: see docs/web_demo.md.
 
-Limits: at most --max-connections open connections (64; more wait in the kernel's queue), a TLS
+Limits: at most --max-connections open connections (64; at the cap a new client takes the slot of
+the connection idle the longest, or waits in the kernel's queue while all are busy), a TLS
 handshake must finish within 10 s and a request (or the next one on a kept-alive connection)
 must arrive within --idle-timeout (15 s); a client that reads nothing of a response for 30 s is
 dropped; request lines over 64 KB get 414; requests naming another Host than this machine's
@@ -260,6 +261,7 @@ class DemoServer:
         if not _is_ip(host):
             self.allowed_hosts.add(host.lower())
         self.open_connections = 0
+        self._handshaking, self._accepted = {}, {}  # task / protocol -> when accepted, while it lasts
         self._loop = self._stop = None
         self._done = threading.Event()
         self._done.set()
@@ -318,7 +320,10 @@ class DemoServer:
     async def _accept(self, slots, connections):
         loop = asyncio.get_running_loop()
         while True:
-            await slots.acquire()
+            if slots.locked():
+                await self._make_room(slots)
+            else:
+                await slots.acquire()
             try:
                 conn, address = await loop.sock_accept(self.socket)
             except OSError as error:  # out of file descriptors, a connection reset while queued, ...
@@ -333,15 +338,54 @@ class DemoServer:
             connections.add(task)
             task.add_done_callback(connections.discard)
 
+    async def _make_room(self, slots):
+        """At the connection cap: takes a slot as soon as one frees, or, when a client is waiting to be
+        accepted, frees the slot of the connection idle the longest (one waiting for its first request or
+        between kept-alive requests, or still in its TLS handshake). Busy connections are never closed."""
+        loop = asyncio.get_running_loop()
+        fd = self.socket.fileno()
+        waiting = loop.create_future()
+        loop.add_reader(fd, lambda: waiting.done() or waiting.set_result(None))
+        acquire = asyncio.ensure_future(slots.acquire())
+        try:
+            await asyncio.wait({waiting, acquire}, return_when=asyncio.FIRST_COMPLETED)
+            if not acquire.done():
+                self._evict_idle()
+            await acquire
+        except BaseException:
+            acquire.cancel()
+            if acquire.done() and not acquire.cancelled():
+                slots.release()
+            raise
+        finally:
+            loop.remove_reader(fd)
+
+    def _evict_idle(self):
+        candidates = [(start, task) for task, start in self._handshaking.items()]
+        candidates += [(start, protocol) for protocol, start in self._accepted.items()
+                       if not getattr(protocol, "_request_in_progress", True) and not getattr(protocol, "_messages", True)]
+        if candidates:
+            _, victim = min(candidates, key=lambda c: c[0])
+            if isinstance(victim, asyncio.Task):
+                victim.cancel()
+            else:  # abort, not close: a close would first wait for a reader that may never read
+                transport = victim.transport
+                victim.force_close()
+                if transport is not None:
+                    transport.abort()
+
     async def _connection(self, conn, slots):
         """One connection, from accept (its slot) through the TLS handshake to its close."""
         loop = asyncio.get_running_loop()
         closed = loop.create_future()
         self.open_connections += 1
+        task, made = asyncio.current_task(), []
 
         def protocol():
             handler = _Protocol(self._http, loop=loop, **self._kwargs)
             handler.owner, handler.closed = self, closed
+            self._accepted[handler] = started
+            made.append(handler)
             return handler
 
         timeouts = {}
@@ -349,15 +393,32 @@ class DemoServer:
             timeouts["ssl_handshake_timeout"] = self.handshake_timeout
             if sys.version_info >= (3, 11):  # a peer that never answers the TLS close waits this long, not 30 s
                 timeouts["ssl_shutdown_timeout"] = self.handshake_timeout
+        started = loop.time()
+        self._handshaking[task] = started
         try:
-            await loop.connect_accepted_socket(protocol, conn, ssl=self.ssl_context, **timeouts)
-            await closed
+            try:
+                transport, _ = await loop.connect_accepted_socket(protocol, conn, ssl=self.ssl_context, **timeouts)
+            finally:
+                self._handshaking.pop(task, None)
+            # A closing connection flushes what is left to send first; a peer that reads none of it would
+            # hold the connection for ever: after send_timeout of closing it is aborted.
+            closing_since = None
+            while not closed.done():
+                await asyncio.wait({closed}, timeout=1.0)
+                if not closed.done() and transport.is_closing():
+                    closing_since = closing_since or loop.time()
+                    if loop.time() - closing_since >= self.send_timeout:
+                        transport.abort()
+                        await asyncio.wait({closed}, timeout=1.0)
+                        break
         except (OSError, ssl.SSLError, asyncio.TimeoutError, EOFError):
             conn.close()  # a failed or timed-out TLS handshake, a reset: this connection only
         except Exception as error:  # anything else ends this connection only, in one line
             conn.close()
             self._note(f"connection failed: {type(error).__name__}: {str(error)[:200]}")
         finally:
+            for handler in made:
+                self._accepted.pop(handler, None)
             self.open_connections -= 1
             slots.release()
 
