@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,litert,onnx,report]"
+	$(PY) -m pip install --quiet -e ".[test,litert,onnx,report,web]"
 	touch $@
 
 venv: $(VENV)/.installed

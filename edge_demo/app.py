@@ -55,7 +55,8 @@ def build_parser():
     source.add_argument("--video", help="input video file")
     source.add_argument("--camera", type=int, help="camera index (e.g. 0)")
     p.add_argument("--out", help="output overlay video (.mp4: mp4v, .avi: MJPG, .mkv: lossless FFV1)")
-    p.add_argument("--csv", help="per-frame latency CSV (default: next to --out, else edge_demo_frames.csv)")
+    p.add_argument("--csv", help="per-frame latency CSV (default: next to --out with the extension .csv; "
+                                 "none without --out)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the runtime (default 2)")
     p.add_argument("--delegate", help="external LiteRT delegate .so (e.g. a GPU delegate build)")
     p.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
@@ -65,7 +66,53 @@ def build_parser():
     p.add_argument("--no-legend", action="store_true", help="no legend / fps text on the overlay")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="run a model whose metadata records no sha256 (a hand-made file); default: refuse it")
     return p
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_paths(args, csv_path):
+    """InputError unless every output can be written without touching an input: run before anything is read.
+
+    Refused: an output that is (also through a link or another spelling) the video, the model, its
+    metadata or the delegate; --out and the CSV being one file; an output that is a folder, or whose
+    folder is missing or is a regular file.
+    """
+    from .runners import metadata_path
+
+    inputs = [(f"--video {args.video}", args.video)] if args.video is not None else []
+    inputs += [(f"--model {args.model}", args.model), ("the model's metadata", metadata_path(args.model))]
+    if args.delegate:
+        inputs.append((f"--delegate {args.delegate}", args.delegate))
+    outputs = [("--out", args.out)] if args.out else []
+    if csv_path:
+        outputs.append(("--csv" if args.csv else "the CSV (next to --out)", csv_path))
+    for name, path in outputs:
+        if os.path.isdir(path):
+            raise InputError(f"{name} {path} is a folder; give a file name.")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            ancestor = parent
+            while ancestor and not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+                ancestor = os.path.dirname(ancestor)
+            if os.path.exists(ancestor) and not os.path.isdir(ancestor):
+                raise InputError(f"{name} {path}: {ancestor} is a file, not a folder.")
+            raise InputError(f"{name} {path}: the folder {parent} does not exist.")
+        if os.path.exists(path) or os.path.islink(path):
+            for what, source in inputs:
+                if os.path.exists(source) and _same_file(path, source):
+                    raise InputError(f"{name} {path} is {what}: refusing to write over an input.")
+    if len(outputs) == 2 and os.path.abspath(outputs[0][1]) == os.path.abspath(outputs[1][1]) or (
+            len(outputs) == 2 and os.path.exists(outputs[0][1]) and os.path.exists(outputs[1][1])
+            and _same_file(outputs[0][1], outputs[1][1])):
+        raise InputError(f"--out and {outputs[1][0]} are the same file ({args.out}).")
 
 
 def open_source(args):
@@ -88,7 +135,6 @@ def open_writer(path, fps, width, height):
     # .mkv: lossless FFV1 (exact colours, for checking); .avi: MJPG; anything else: mp4v.
     suffix = os.path.splitext(path)[1].lower()
     fourcc = cv2.VideoWriter_fourcc(*{".mkv": "FFV1", ".avi": "MJPG"}.get(suffix, "mp4v"))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     writer = cv2.VideoWriter(path, fourcc, fps, (width, height))
     if not writer.isOpened():
         raise InputError(f"cannot write video {path}")
@@ -121,14 +167,20 @@ def run(args):
     """Processes the stream; returns (exit code, summary dict)."""
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
-    runner, meta = load_runner(args.model, args.threads, args.delegate, getattr(args, "accelerator", "cpu"))
+    if args.max_frames is not None and args.max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {args.max_frames}")
+    if args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else None)
+    check_paths(args, csv_path)
+    runner, meta = load_runner(args.model, args.threads, args.delegate, getattr(args, "accelerator", "cpu"),
+                               allow_unverified=getattr(args, "allow_unverified", False))
     if hasattr(runner, "describe"):
         print(f"edge_demo: {runner.describe()}", flush=True)
     print(f"edge_demo: {len(meta['classes'])} classes: {', '.join(map(str, meta['classes']))}", flush=True)
     model_h, model_w = meta["input_size"]
     capture, fps, promised = open_source(args)
     show = display_available(args)
-    csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else "edge_demo_frames.csv")
     writer, rows, latencies = None, [], []
     state, code, count = runner.initial_state(), 0, 0
     start = time.perf_counter()
@@ -186,10 +238,11 @@ def run(args):
             writer.release()
         if show:
             cv2.destroyAllWindows()
-        with open(csv_path, "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(["frame", "latency_ms", "total_ms"])
-            out.writerows((i, f"{a:.3f}", f"{b:.3f}") for i, a, b in rows)
+        if csv_path:
+            with open(csv_path, "w", newline="") as f:
+                out = csv.writer(f)
+                out.writerow(["frame", "latency_ms", "total_ms"])
+                out.writerows((i, f"{a:.3f}", f"{b:.3f}") for i, a, b in rows)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     summary = summarize(latencies, wall)
@@ -209,7 +262,7 @@ def main(argv=None):
     if summary["frames"]:
         print(f"edge_demo: {summary['frames']} frames, model latency mean {summary['mean_ms']:.1f} ms, "
               f"median {summary['median_ms']:.1f} ms, p95 {summary['p95_ms']:.1f} ms; {summary['fps']:.1f} fps "
-              f"end to end ({summary['runtime']}); per-frame CSV: {summary['csv']}")
+              f"end to end ({summary['runtime']})" + (f"; per-frame CSV: {summary['csv']}" if summary["csv"] else ""))
     else:
         print("edge_demo: no frames processed.", file=sys.stderr)
         code = code or 2

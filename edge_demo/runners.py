@@ -22,6 +22,7 @@ def metadata_path(model_path):
 
 
 def load_metadata(model_path):
+    """The metadata dict stt-export wrote next to `model_path`, checked for what the demos rely on (ModelError)."""
     path = metadata_path(model_path)
     if not os.path.isfile(path):
         raise ModelError(f"metadata not found: expected {path} next to the model (stt-export writes it).")
@@ -30,14 +31,53 @@ def load_metadata(model_path):
             meta = json.load(f)
     except (OSError, ValueError) as error:
         raise ModelError(f"metadata {path} is not readable JSON: {error}")
+    if not isinstance(meta, dict):
+        raise ModelError(f"metadata {path} is not a JSON object.")
     for key in ("input_size", "classes", "palette", "inputs", "outputs"):
         if key not in meta:
             raise ModelError(f"metadata {path} has no {key!r}.")
+    check_metadata(meta, path)
     if not {"labels", "logits"} & set(meta["outputs"]):
         raise ModelError(f"metadata {path}: outputs must include labels or logits.")
     if "state" in meta["inputs"] and "next_state" not in meta["outputs"]:
         raise ModelError(f"metadata {path}: a model with a state input must output next_state.")
     return meta
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_metadata(meta, path):
+    """ModelError (one line naming `path`) unless classes, palette, input size and tensor specs are usable."""
+    size = meta["input_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        raise ModelError(f"metadata {path}: input_size must be [height, width] of positive integers, got {size!r:.80}.")
+    classes, palette = meta["classes"], meta["palette"]
+    if not isinstance(classes, list) or not classes or len(classes) > 256:
+        raise ModelError(f"metadata {path}: classes must be a list of 1 to 256 names, got {classes!r:.80}.")
+    if not isinstance(palette, list) or len(palette) != len(classes):
+        count = len(palette) if isinstance(palette, list) else type(palette).__name__
+        raise ModelError(f"metadata {path}: the palette has {count} colours for {len(classes)} classes "
+                         "(one RGB colour per class).")
+    for index, colour in enumerate(palette):
+        if not (isinstance(colour, list) and len(colour) == 3 and all(_is_int(c) and 0 <= c <= 255 for c in colour)):
+            raise ModelError(f"metadata {path}: palette colour {index} is {colour!r:.60}, not [r, g, b] in 0..255.")
+    for kind in ("inputs", "outputs"):
+        specs = meta[kind]
+        if not isinstance(specs, dict) or not all(
+                isinstance(s, dict) and isinstance(s.get("shape"), list) and all(_is_int(d) for d in s["shape"])
+                and isinstance(s.get("dtype"), str) for s in specs.values()):
+            raise ModelError(f"metadata {path}: {kind} must map names to {{shape: [ints], dtype: str}}.")
+    frame = meta["inputs"].get("frame")
+    if frame is None:
+        raise ModelError(f"metadata {path}: inputs have no 'frame'.")
+    if frame["shape"][1:3] != size:
+        raise ModelError(f"metadata {path}: input_size {size} but the frame input is {frame['shape']}.")
+    logits = meta["outputs"].get("logits")
+    if logits is not None and logits["shape"][-1:] != [len(classes)]:
+        raise ModelError(f"metadata {path} names {len(classes)} classes but the logits output has "
+                         f"{logits['shape'][-1:] or '?'}.")
 
 
 def _check(kind, name, expected, actual_shape, actual_dtype):
@@ -66,6 +106,35 @@ def step_inputs(frame_rgb, state, reset, frame_dtype):
     if state is not None:
         inputs.update(state=state, reset=np.array([1.0 if reset else 0.0], np.float32))
     return inputs
+
+
+def _argmax_classes(interpreter, tensor):
+    """The class count behind labels output `tensor`, read from the graph, or None if not recognised.
+
+    Follows casts, reshapes and the subtraction of stt-export's on-device argmax (`classes -
+    max(hits)`, export/step.py) back to the ARG_MAX or REDUCE_MAX over the class axis.
+    """
+    try:
+        ops = interpreter._get_ops_details()
+        shapes = {d["index"]: d["shape"] for d in interpreter.get_tensor_details()}
+    except Exception:  # a LiteRT without these introspection calls: the per-frame check remains
+        return None
+    producer = {int(out): op for op in ops for out in op["outputs"]}
+    for _ in range(8):
+        op = producer.get(int(tensor))
+        if op is None:
+            return None
+        inputs = [int(i) for i in op["inputs"] if int(i) >= 0]
+        if op["op_name"] in ("ARG_MAX", "REDUCE_MAX"):
+            shape = shapes.get(inputs[0])
+            return int(shape[-1]) if shape is not None and len(shape) else None
+        if op["op_name"] in ("CAST", "RESHAPE", "SQUEEZE"):
+            tensor = inputs[0]
+        elif op["op_name"] == "SUB":  # the per-pixel operand, not the constant class count
+            tensor = max(inputs, key=lambda i: len(shapes.get(i, ())))
+        else:
+            return None
+    return None
 
 
 class LiteRTSession:
@@ -103,7 +172,8 @@ class OnnxSession:
         self.providers = [p for p in providers if p in available] or available
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=self.providers)
+        source = bytes(path) if isinstance(path, (bytes, bytearray)) else str(path)  # the verified bytes, or a file
+        self.session = onnxruntime.InferenceSession(source, options, providers=self.providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def io_details(self):
@@ -116,8 +186,10 @@ class OnnxSession:
 
 
 class _Runner:
-    def __init__(self, meta):
+    def __init__(self, meta, name="the model"):
         self.meta = meta
+        self.name = name
+        self.num_classes = len(meta["classes"])
         self.inputs = meta["inputs"]
         self.output_name = "labels" if "labels" in meta["outputs"] else "logits"
         self.frame_dtype = np.dtype(self.inputs["frame"]["dtype"])
@@ -131,6 +203,10 @@ class _Runner:
         out = self._run(**step_inputs(frame_rgb, state if "state" in self.inputs else None, reset, self.frame_dtype))
         result = np.asarray(out[self.output_name])[0]
         labels = result if self.output_name == "labels" else result.argmax(-1)
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = int(labels.max() if labels.max() >= self.num_classes else labels.min())
+            raise ModelError(f"{self.name} output label {bad} but its metadata names {self.num_classes} classes "
+                             f"({metadata_path(self.name)}).")
         return labels.astype(np.int32), (np.asarray(out["next_state"]) if "next_state" in out else None)
 
 
@@ -155,8 +231,8 @@ def _check_delegate_library(library):
 class LiteRTRunner(_Runner):
     """LiteRT interpreter through the model's serving_default signature."""
 
-    def __init__(self, path, meta, threads=2, delegate=None):
-        super().__init__(meta)
+    def __init__(self, path, meta, threads=2, delegate=None, name=None):
+        super().__init__(meta, name or str(path))
         try:
             from ai_edge_litert.interpreter import load_delegate
         except ImportError:
@@ -171,9 +247,14 @@ class LiteRTRunner(_Runner):
         try:
             self.session = LiteRTSession(path, threads, delegates)
         except (ValueError, RuntimeError) as error:
-            raise ModelError(f"cannot load {path} with LiteRT: {error}")
+            raise ModelError(f"cannot load {self.name} with LiteRT: {error}")
         self.interpreter = self.session.interpreter
         _check_io(meta, *self.session.io_details())
+        if self.output_name == "labels":
+            classes = _argmax_classes(self.interpreter, self.session.runner.get_output_details()["labels"]["index"])
+            if classes is not None and classes != self.num_classes:
+                raise ModelError(f"{self.name} computes its labels over {classes} classes but its metadata "
+                                 f"{metadata_path(self.name)} names {self.num_classes}.")
 
     def _run(self, **inputs):
         return self.session(**inputs)
@@ -186,8 +267,8 @@ class LiteRTGpuRunner(_Runner):
     `op_split` say whether any did.
     """
 
-    def __init__(self, path, meta, threads=2):
-        super().__init__(meta)
+    def __init__(self, path, meta, threads=2, name=None):
+        super().__init__(meta, name or str(path))
         try:
             from . import litert_gpu
         except ImportError:
@@ -198,7 +279,7 @@ class LiteRTGpuRunner(_Runner):
         try:
             self.model = litert_gpu.GpuModel(path, cpu_fallback=True, threads=threads)
         except (RuntimeError, ValueError) as error:
-            raise ModelError(f"cannot compile {path} for LiteRT's GPU accelerator: {str(error).strip()[-400:]}")
+            raise ModelError(f"cannot compile {self.name} for LiteRT's GPU accelerator: {str(error).strip()[-400:]}")
         self.fully_accelerated = bool(self.model.fully_accelerated and not self.model.op_split)
         self.op_split = self.model.op_split
         self.refused = self.model.refused
@@ -223,8 +304,8 @@ class OnnxRunner(_Runner):
 
     PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
-    def __init__(self, path, meta, threads=2):
-        super().__init__(meta)
+    def __init__(self, path, meta, threads=2, name=None):
+        super().__init__(meta, name or str(path))
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -232,7 +313,7 @@ class OnnxRunner(_Runner):
         try:
             self.session = OnnxSession(path, threads, self.PREFERRED)
         except Exception as error:  # onnxruntime raises its own exception types
-            raise ModelError(f"cannot load {path} with ONNX Runtime: {error}")
+            raise ModelError(f"cannot load {self.name} with ONNX Runtime: {error}")
         self.providers = self.session.providers
         _check_io(meta, *self.session.io_details())
 
@@ -240,39 +321,55 @@ class OnnxRunner(_Runner):
         return self.session(**inputs)
 
 
-def verify_checksum(path, meta):
-    """Checks the model file against the SHA-256 stt-export recorded in its metadata (ModelError if it differs)."""
+def read_verified(path, meta, allow_unverified=False):
+    """The bytes of the model file, checked against the SHA-256 stt-export recorded in its metadata.
+
+    ModelError if they differ, or if the metadata records no SHA-256 (unless `allow_unverified`,
+    for hand-made files: then a warning). The bytes returned are the ones hashed: use them, not
+    the file, so that a file changed afterwards is never used.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise ModelError(f"cannot read model {path}: {error.strerror or error}")
     expected = meta.get("sha256")
     if expected is None:
-        print(f"edge_demo: warning: metadata {metadata_path(path)} records no sha256; {path} cannot be verified "
-              "(re-export it with a current stt-export).", file=sys.stderr)
-        return
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected:
+        if not allow_unverified:
+            raise ModelError(f"metadata {metadata_path(path)} records no sha256, so {path} cannot be verified: "
+                             "re-export it with stt-export, or pass --allow-unverified for a hand-made file.")
+        print(f"edge_demo: warning: {path} is not verified (--allow-unverified: its metadata records no sha256).",
+              file=sys.stderr)
+        return data
+    if not isinstance(expected, str) or hashlib.sha256(data).hexdigest() != expected.lower():
         raise ModelError(f"model {path} does not match the SHA-256 in {metadata_path(path)}: "
                          "the file was modified or damaged after export; re-export it.")
+    return data
 
 
-def load_runner(path, threads=2, delegate=None, accelerator="cpu"):
-    """(runner, metadata) for a .tflite or .onnx model, verified against its metadata's checksum;
-    accelerator "gpu": LiteRT's GPU accelerator."""
+def verify_checksum(path, meta, allow_unverified=False):
+    """Checks the model file against its metadata's SHA-256 (see read_verified); returns the verified bytes."""
+    return read_verified(path, meta, allow_unverified)
+
+
+def load_runner(path, threads=2, delegate=None, accelerator="cpu", allow_unverified=False):
+    """(runner, metadata) for a .tflite or .onnx model, verified against its metadata's checksum
+    (a metadata without one is refused unless `allow_unverified`); accelerator "gpu": LiteRT's GPU
+    accelerator. The runtime loads the bytes that were verified, not the file a second time."""
     if not os.path.isfile(path):
         raise ModelError(f"model file not found: {path}")
     meta = load_metadata(path)
-    verify_checksum(path, meta)
+    data = read_verified(path, meta, allow_unverified)
     if accelerator == "gpu":
         if not path.endswith(".tflite"):
             raise ModelError("--accelerator gpu runs .tflite models (LiteRT); for ONNX use onnxruntime's providers.")
         if delegate:
             raise ModelError("--accelerator gpu and --delegate exclude each other.")
-        return LiteRTGpuRunner(path, meta, threads), meta
+        return LiteRTGpuRunner(data, meta, threads, name=path), meta
     if path.endswith(".onnx"):
         if delegate:
             raise ModelError("--delegate applies to .tflite models; ONNX Runtime picks its execution provider itself.")
-        return OnnxRunner(path, meta, threads), meta
+        return OnnxRunner(data, meta, threads, name=path), meta
     if path.endswith(".tflite"):
-        return LiteRTRunner(path, meta, threads, delegate), meta
+        return LiteRTRunner(data, meta, threads, delegate, name=path), meta
     raise ModelError(f"unknown model type {path!r}: expected .tflite or .onnx")

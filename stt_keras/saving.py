@@ -62,11 +62,13 @@ def check_model_file(path):
     return config
 
 
-def load_model(path, compile=True):
+def load_model(path, compile=True, verify=True):
     """Loads a `.keras` file or a preset directory of an stt-keras model (safe mode: no arbitrary code).
 
     A preset directory (`save_to_preset`) holds no compile settings: its model
-    comes back uncompiled whatever `compile` says (call `model.compile()`).
+    comes back uncompiled whatever `compile` says (call `model.compile()`). Its
+    files are checked against the checksums in its metadata.json, and a preset
+    without them is refused; `verify=False` loads a hand-made one anyway.
 
     Registers every stt-keras class first (layers, models and the metrics a
     compiled model refers to, all in the library).
@@ -81,7 +83,7 @@ def load_model(path, compile=True):
     from stt_keras.models import STTSegmenter
 
     if is_preset_dir(path):
-        return load_preset(path)
+        return load_preset(path, verify=verify)
     config = check_model_file(path)
     if config.get("class_name") != "STTSegmenter":
         raise ModelFileError(
@@ -194,8 +196,13 @@ def save_preset(model, directory, labels=None, colors=None):
     return metadata
 
 
-def read_preset_metadata(directory):
-    """The metadata dict of a preset directory, checked; ModelFileError naming what is missing or wrong."""
+def read_preset_metadata(directory, verify=True):
+    """The metadata dict of a preset directory, checked; ModelFileError naming what is missing or wrong.
+
+    `verify` (default): the SHA-256 and size of config.json and model.weights.h5 must match the
+    metadata's "files" entries, and a metadata without them is refused. verify=False skips these
+    checks, for a preset directory made by hand (the explicit opt-out).
+    """
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"No preset directory at {directory}.")
     missing = [name for name in PRESET_FILES if not os.path.isfile(os.path.join(directory, name))]
@@ -211,7 +218,23 @@ def read_preset_metadata(directory):
     if not isinstance(metadata, dict) or metadata.get("format") != PRESET_FORMAT:
         found = metadata.get("format") if isinstance(metadata, dict) else None
         raise ModelFileError(f"preset {directory}: {PRESET_METADATA} has format {found!r}, expected {PRESET_FORMAT!r}.")
-    for name, expected in metadata.get("files", {}).items():
+    files = metadata.get("files")
+    if not verify:
+        return metadata
+    if files is None:
+        raise ModelFileError(f"preset {directory}: {PRESET_METADATA} records no \"files\" checksums, so its weights "
+                             "cannot be verified; write it again with model.save_to_preset, or load it with "
+                             "verify=False if you made it by hand.")
+    if not isinstance(files, dict):
+        raise ModelFileError(f"preset {directory}: \"files\" in {PRESET_METADATA} must map file names to "
+                             f"{{\"sha256\": ..., \"bytes\": ...}}, not a {type(files).__name__}.")
+    for name in (PRESET_CONFIG, PRESET_WEIGHTS):
+        expected = files.get(name)
+        if not (isinstance(expected, dict) and isinstance(expected.get("sha256"), str)
+                and isinstance(expected.get("bytes"), int) and not isinstance(expected.get("bytes"), bool)):
+            what = "no entry" if expected is None else f"the entry {json.dumps(expected)[:80]}"
+            raise ModelFileError(f"preset {directory}: \"files\" in {PRESET_METADATA} has {what} for {name} "
+                                 "(needs \"sha256\" and \"bytes\").")
         path = os.path.join(directory, name)
         if os.path.getsize(path) != expected["bytes"] or sha256_file(path) != expected["sha256"]:
             raise ModelFileError(f"preset {directory}: {name} does not match its checksum in {PRESET_METADATA} "
@@ -219,14 +242,17 @@ def read_preset_metadata(directory):
     return metadata
 
 
-def load_preset(directory, load_weights=True):
-    """Builds the model of a preset directory and loads its weights (safe mode); uncompiled."""
+def load_preset(directory, load_weights=True, verify=True):
+    """Builds the model of a preset directory and loads its weights (safe mode); uncompiled.
+
+    verify=False: load a hand-made preset whose metadata records no checksums (see read_preset_metadata).
+    """
     import stt_keras.layers  # noqa: F401  (registration)
     import stt_keras.metrics  # noqa: F401
     import stt_keras.models  # noqa: F401
     from stt_keras.models import STTSegmenter
 
-    metadata = read_preset_metadata(directory)
+    metadata = read_preset_metadata(directory, verify=verify)
     try:
         with open(os.path.join(directory, PRESET_CONFIG)) as f:
             config = json.load(f)

@@ -39,7 +39,13 @@ def _fake_step(output="labels"):
     return step
 
 
-def _metadata(output):
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _metadata(output, model_path=None):
     outputs = {"next_state": {"shape": STATE, "dtype": "float32"}}
     outputs.update({"labels": {"shape": [1, H, W], "dtype": "int32"}} if output == "labels"
                    else {"logits": {"shape": [1, H, W, 4], "dtype": "float32"}})
@@ -47,7 +53,7 @@ def _metadata(output):
             "classes": ["a", "b", "c", "d"], "palette": PALETTE,
             "inputs": {"frame": {"shape": [1, H, W, 3], "dtype": "uint8"}, "state": {"shape": STATE, "dtype": "float32"},
                        "reset": {"shape": [1], "dtype": "float32"}},
-            "outputs": outputs}
+            "outputs": outputs, **({"sha256": _sha256(model_path)} if model_path else {})}
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +64,16 @@ def models(tmp_path_factory):
         step = _fake_step(output)
         converter = tf.lite.TFLiteConverter.from_concrete_functions([step.get_concrete_function()], tf.Module())
         path = str(folder / f"fake_{output}.tflite")
-        open(path, "wb").write(converter.convert())
-        json.dump(_metadata(output), open(path.replace(".tflite", ".json"), "w"))
+        with open(path, "wb") as f:
+            f.write(converter.convert())
+        json.dump(_metadata(output, path), open(path.replace(".tflite", ".json"), "w"))
         paths[output] = path
     import tf2onnx
 
-    onnx_path = str(folder / "fake_labels.onnx")
+    onnx_path = str(folder / "fake_onnx.onnx")
     step = _fake_step("labels")
     tf2onnx.convert.from_function(step, input_signature=step.input_signature, opset=17, output_path=onnx_path)
-    json.dump(_metadata("labels"), open(onnx_path.replace(".onnx", ".json"), "w"))
+    json.dump(_metadata("labels", onnx_path), open(onnx_path.replace(".onnx", ".json"), "w"))
     paths["onnx"] = onnx_path
     return paths
 
@@ -131,7 +138,7 @@ def test_logits_model_and_legend(models, tmp_path):
     assert app.main(["--model", models["logits"], "--video", video, "--out", out, "--no-display", "--alpha", "1.0"]) == 0
     frame = _read_all(out)[0]
     np.testing.assert_array_equal(frame[40, 3 * 18 + 9], PALETTE[3][::-1])  # below the legend
-    legend_h, legend_w = overlay.legend_size(4)
+    legend_h, legend_w = overlay.legend_size(["a", "b", "c", "d"], *frame.shape[:2])
     assert (frame[:legend_h, :legend_w] != PALETTE[0][::-1]).any()  # something was drawn there
 
 
@@ -195,7 +202,7 @@ def test_bad_inputs_fail_cleanly(models, tmp_path, capsys):
 
     wrong = tmp_path / "wrong.tflite"
     wrong.write_bytes(open(models["labels"], "rb").read())
-    meta = _metadata("labels")
+    meta = _metadata("labels", str(wrong))
     meta["inputs"]["state"]["shape"] = [1, 4, 6, 16]
     json.dump(meta, open(tmp_path / "wrong.json", "w"))
     assert app.main(["--model", str(wrong), "--video", video, "--no-display"]) == 2
@@ -257,3 +264,158 @@ def test_real_exported_onnx_model_matches_litert(exported, tmp_path):
         labels_l, state_l = lite_runner(rgb, state_l, reset=t == 0)
         assert np.mean(labels_o == labels_l) >= 0.999
     assert len(_read_all(tmp_path / "o.mkv")) == 3
+
+
+# ------------------------------------------------------------------ nothing the user owns is destroyed
+def _digest(path):
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_outputs_that_would_destroy_an_input_are_refused_before_reading(models, tmp_path, capsys, monkeypatch):
+    video = _blocks_video(tmp_path / "in.avi", frames=3)
+    model = models["labels"]
+    (tmp_path / "sub").mkdir()
+    os.symlink(video, tmp_path / "link.avi")
+    (tmp_path / "afile").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    before = {p: _digest(p) for p in (video, model, model.replace(".tflite", ".json"), str(tmp_path / "afile"))}
+    cases = [
+        (["--out", video], "is --video"),
+        (["--out", "in.avi"], "is --video"),                             # relative spelling
+        (["--out", "sub/../in.avi"], "is --video"),
+        (["--out", str(tmp_path / "link.avi")], "is --video"),           # through a symlink
+        (["--csv", video], "is --video"),
+        (["--csv", model], "is --model"),
+        (["--csv", model.replace(".tflite", ".json")], "the model's metadata"),
+        (["--out", str(tmp_path / "in.csv"), "--csv", "in.avi"], "is --video"),
+        (["--csv", str(tmp_path / "sub")], "is a folder"),
+        (["--out", str(tmp_path / "sub")], "is a folder"),
+        (["--out", str(tmp_path / "afile" / "o.mkv")], "afile is a file, not a folder"),
+        (["--out", str(tmp_path / "afile" / "deeper" / "o.mkv")], "afile is a file, not a folder"),
+        (["--out", str(tmp_path / "missing" / "o.mkv")], "does not exist"),
+        (["--csv", str(tmp_path / "missing" / "f.csv")], "does not exist"),
+        (["--out", "o.mkv", "--csv", "o.mkv"], "are the same file"),
+        (["--max-frames", "-1"], "--max-frames must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
+    ]
+    for extra, message in cases:
+        code = app.main(["--model", model, "--video", video, "--no-display", *extra])
+        err = capsys.readouterr().err
+        assert code == 2, (extra, err)
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (extra, err)
+    # Refused before anything was read or written: the inputs are intact, no output was created.
+    assert before == {p: _digest(p) for p in before}
+    assert sorted(os.listdir(tmp_path)) == ["afile", "in.avi", "link.avi", "sub"]
+    assert os.listdir(tmp_path / "sub") == []
+
+
+def test_no_csv_without_csv_or_out(models, tmp_path, monkeypatch, capsys):
+    video = _blocks_video(tmp_path / "in.avi", frames=3)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert app.main(["--model", models["labels"], "--video", video, "--no-display"]) == 0
+    assert os.listdir(work) == []  # the README's default: no CSV
+    assert "per-frame CSV" not in capsys.readouterr().out
+    assert app.main(["--model", models["labels"], "--video", video, "--no-display", "--csv", "frames.csv"]) == 0
+    assert os.listdir(work) == ["frames.csv"] and len(list(csv.DictReader(open(work / "frames.csv")))) == 3
+
+
+# ------------------------------------------------------------------ integrity and metadata
+def test_a_metadata_without_sha256_is_refused_unless_allowed(models, tmp_path, capsys):
+    video = _blocks_video(tmp_path / "in.avi", frames=3)
+    for kind in ("labels", "onnx"):
+        source = models[kind]
+        suffix = os.path.splitext(source)[1]
+        model = tmp_path / f"unverified_{kind}{suffix}"
+        data = bytearray(open(source, "rb").read())
+        model.write_bytes(bytes(data))
+        meta = json.load(open(os.path.splitext(source)[0] + ".json"))
+        del meta["sha256"]
+        json.dump(meta, open(tmp_path / f"unverified_{kind}.json", "w"))
+        assert app.main(["--model", str(model), "--video", video, "--no-display"]) == 2
+        err = capsys.readouterr().err
+        assert "records no sha256" in err and "--allow-unverified" in err and len(err.strip().splitlines()) == 1
+        assert app.main(["--model", str(model), "--video", video, "--no-display", "--allow-unverified"]) == 0
+        assert "is not verified" in capsys.readouterr().err
+    # A tampered file with its hash recorded is refused, with or without the opt-out.
+    tampered = tmp_path / "tampered.tflite"
+    data = bytearray(open(models["labels"], "rb").read())
+    data[-10] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    json.dump(_metadata("labels", models["labels"]), open(tmp_path / "tampered.json", "w"))
+    for extra in ([], ["--allow-unverified"]):
+        assert app.main(["--model", str(tampered), "--video", video, "--no-display", *extra]) == 2
+        assert "does not match the SHA-256" in capsys.readouterr().err
+
+
+def test_metadata_that_does_not_fit_the_model_is_one_line(models, tmp_path, capsys):
+    video = _blocks_video(tmp_path / "in.avi", frames=3)
+
+    def changed(name, output, change):
+        source = models[output]
+        model = tmp_path / f"{name}.tflite"
+        model.write_bytes(open(source, "rb").read())
+        meta = json.loads(json.dumps(_metadata(output, source)))  # a copy: PALETTE stays as it is
+        change(meta)
+        json.dump(meta, open(tmp_path / f"{name}.json", "w"))
+        return str(model)
+
+    cases = {
+        "two_names": ("labels", lambda m: m.update(classes=["a", "b"], palette=PALETTE[:2]),
+                      "but its metadata names 2 classes"),
+        "two_names_logits": ("logits", lambda m: m.update(classes=["a", "b"], palette=PALETTE[:2]),
+                             "names 2 classes but the logits output has [4]"),
+        "one_colour": ("labels", lambda m: m.update(palette=PALETTE[:1]), "the palette has 1 colours for 4 classes"),
+        "no_classes": ("labels", lambda m: m.update(classes=[], palette=[]), "classes must be a list of 1 to 256 names"),
+        "size_0x0": ("labels", lambda m: m.update(input_size=[0, 0]), "input_size must be [height, width] of positive"),
+        "colour_300": ("labels", lambda m: m["palette"].__setitem__(1, [300, 0, 0]), "palette colour 1 is [300, 0, 0]"),
+        "colour_text": ("labels", lambda m: m["palette"].__setitem__(1, "red"), "palette colour 1 is 'red'"),
+        "size_other": ("labels", lambda m: m.update(input_size=[64, 64]), "input_size [64, 64] but the frame input"),
+        "classes_text": ("labels", lambda m: m.update(classes="abcd"), "classes must be a list"),
+    }
+    for name, (output, change, message) in cases.items():
+        out = tmp_path / f"{name}.mkv"
+        code = app.main(["--model", changed(name, output, change), "--video", video, "--no-display", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (name, err)
+
+
+# ------------------------------------------------------------------ the overlay
+@pytest.mark.parametrize("size,count", [((96, 160), 4), ((96, 160), 7), ((240, 320), 7), ((480, 640), 7),
+                                        ((1080, 1920), 7)])
+def test_legend_scales_with_the_frame(size, count):
+    """The legend is a narrow column in the top-left corner: at most 30% of the frame's width and 80%
+    of its height, scaled with the frame (readable sizes only); when the rows do not fit, the fps only."""
+    classes = ["road", "sidewalk", "building", "vegetation", "sky", "person", "car"][:count]
+    palette = [[40 * i, 255 - 30 * i, 100] for i in range(count)]
+    h, w = size
+    image = np.full((h, w, 3), 77, np.uint8)
+    overlay.draw_legend(image, classes, palette, fps=29.9)
+    ys, xs = np.nonzero((image != 77).any(-1))
+    assert len(xs), "nothing drawn"
+    assert xs.max() + 1 <= 0.3 * w and ys.max() + 1 <= 0.8 * h, (size, xs.max(), ys.max())
+    legend_h, legend_w = overlay.legend_size(classes, h, w)
+    assert xs.max() < legend_w and ys.max() < legend_h
+    boxes = overlay.legend_boxes(classes, h, w)
+    assert len(boxes) == (0 if size == (96, 160) and count == 7 else count)
+    for (x0, y0, x1, y1), colour in zip(boxes, palette):  # every class drawn has its box in its palette colour
+        assert (image[y0:y1 + 1, x0:x1 + 1] == colour[::-1]).all(), colour
+    if w >= 640:
+        assert boxes[0][2] - boxes[0][0] >= 14  # full size from 640 pixels wide on
+
+
+def test_overlay_has_no_letterbox_bars(models, tmp_path):
+    """A 3:1 video into a 2:3 model (bars above and below the content inside the model): the overlay is
+    drawn at the video's own size, every row of each band in that band's colour, top and bottom rows too."""
+    video = _blocks_video(tmp_path / "wide.avi", frames=2, size=(40, 120))
+    out = str(tmp_path / "o.mkv")
+    assert app.main(["--model", models["labels"], "--video", video, "--out", out, "--no-display", "--alpha", "1.0",
+                     "--no-legend"]) == 0
+    frame = _read_all(out)[0]
+    assert frame.shape == (40, 120, 3)
+    for band in range(4):
+        column = frame[:, band * 30 + 15]
+        assert (column == PALETTE[band][::-1]).all(), (band, column[[0, -1]])

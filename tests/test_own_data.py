@@ -233,8 +233,10 @@ def check_edge_demo(out, data, tmp_path, in_process):
     other = legend_text_mask(["class_0", "class_1", "class_2"])
     assert legend.sum() >= 10 and (first[legend] == 255).all()  # every fully covered pixel of the names is white
     assert (other & ~legend).any() and not (first[other & ~legend] == 255).all()  # not the generic names
-    colour_box = first[6 + 14 + 4 + 2: 6 + 14 + 4 + 12, 8:18]  # the first legend box: class 0's colour (BGR)
-    assert (colour_box == COLOURS[0][::-1]).all()
+    from stt_edge_demo import overlay as drawing
+
+    x0, y0, x1, y1 = drawing.legend_boxes(NAMES, H, W)[0]  # the first legend box: class 0's colour (BGR)
+    assert (first[y0:y1 + 1, x0:x1 + 1] == COLOURS[0][::-1]).all()
 
 
 def read_first_frame_png(data, t):

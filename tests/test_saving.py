@@ -271,6 +271,50 @@ def test_preset_errors_name_the_problem(fitted, preset_dir, tmp_path):
     assert STTSegmenter.from_preset("stt_psp_tiny", num_classes=4).num_classes == 4
 
 
+def test_preset_without_checksums_is_refused_unless_verify_false(fitted, preset_dir, tmp_path):
+    """Integrity is required: a metadata.json without usable "files" checksums is refused (one line),
+    so that swapped weights are never loaded silently; verify=False is the explicit opt-out."""
+    import shutil
+
+    model, _, _ = fitted
+    frames = np.random.default_rng(0).integers(0, 256, (1, model.num_key_frames + 1, 64, 64, 3)).astype(np.uint8)
+    other = STTSegmenter.from_config(model.get_config())  # the same architecture, other weights
+    other(frames)
+
+    def variant(name, change):
+        folder = tmp_path / name
+        shutil.copytree(preset_dir, folder)
+        metadata = json.loads((folder / "metadata.json").read_text())
+        change(metadata)
+        (folder / "metadata.json").write_text(json.dumps(metadata))
+        return str(folder)
+
+    cases = {
+        "no_files": (lambda m: m.pop("files"), r'records no "files" checksums.*verify=False'),
+        "files_list": (lambda m: m.update(files=[["config.json", "x"]]), r'"files" in metadata.json must map .* not a list'),
+        "no_bytes": (lambda m: m["files"]["model.weights.h5"].pop("bytes"), r'entry \{"sha256".*for model.weights.h5 '
+                                                                              r'\(needs "sha256" and "bytes"\)'),
+        "no_weights_entry": (lambda m: m["files"].pop("model.weights.h5"), "has no entry for model.weights.h5"),
+        "bytes_as_text": (lambda m: m["files"]["config.json"].update(bytes="12"), "for config.json"),
+    }
+    for name, (change, message) in cases.items():
+        folder = variant(name, change)
+        for load in (STTSegmenter.from_preset, stt_keras.load_model):
+            with pytest.raises(ModelFileError, match=message) as caught:
+                load(folder)
+            assert "\n" not in str(caught.value), name
+    # Swapped weights with the checksums deleted: refused; loaded only when the caller opts out.
+    swapped = variant("swapped", lambda m: m.pop("files"))
+    other.save_weights(os.path.join(swapped, "model.weights.h5"))
+    with pytest.raises(ModelFileError, match="records no"):
+        STTSegmenter.from_preset(swapped)
+    loaded = STTSegmenter.from_preset(swapped, verify=False)
+    np.testing.assert_allclose(loaded(frames), other(frames), atol=1e-5)
+    assert stt_keras.load_model(swapped, verify=False).num_classes == 3
+    # verify=False on an intact preset changes nothing.
+    np.testing.assert_allclose(STTSegmenter.from_preset(preset_dir, verify=False)(frames), model(frames), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["stt_bise_tiny", "psp_tiny"])
 def test_preset_round_trip_of_bisenet_and_a_per_frame_model(name, tmp_path):
     keras.utils.set_random_seed(6)

@@ -73,6 +73,16 @@ def frames(tmp_path_factory):
     return headless.video_frames(path, *SIZE, FRAMES)
 
 
+@pytest.fixture(scope="module")
+def frames_box(frames):
+    """The content box of the letterboxed frames: 96x160 -> 64x107 at left 10 (bars of 10 and 11 columns)."""
+    from stt_edge_demo import overlay
+
+    box = overlay.letterbox(np.zeros((96, 160, 3), np.uint8), *SIZE)[1]
+    assert box == (0, 10, 64, 107) and not frames[:, :, :10].any()
+    return box
+
+
 def python_edge_labels(model_path, frames):
     """Labels [N, H, W] of the Python edge demo's LiteRT runner (CPU, XNNPACK), state carried, on `frames`."""
     runner, _ = load_runner(model_path)
@@ -87,10 +97,14 @@ def python_edge_labels(model_path, frames):
 @needs_browser
 @pytest.mark.parametrize("backend", ["webgpu", "wasm"])
 @pytest.mark.parametrize("name", MODELS)
-def test_page_labels_match_the_python_edge_demo(web_exports, frames, name, backend, tmp_path):
+def test_page_labels_match_the_python_edge_demo(web_exports, frames, frames_box, name, backend, tmp_path):
     shot = str(tmp_path / "page.png")
-    result = headless.run_page(web_exports, frames, backend, name, screenshot=shot, timeout=300,
-                               probe="fetch('http://example.com/leak').then(() => 'fetched', (e) => 'refused: ' + e)")
+    result = headless.run_page(web_exports, frames, backend, name, screenshot=shot, timeout=300, box=frames_box,
+                               probe="Promise.all([fetch('http://example.com/leak').then(() => 'fetched', (e) => 'refused: ' + e),"
+                                     " [document.getElementById('view').width, document.getElementById('view').height]])")
+    # The page shows the frame's content only: the letterbox bars are cut off, never coloured.
+    result["probe"], shown = result["probe"]
+    assert shown == [frames_box[3], frames_box[2]], shown
     reference = python_edge_labels(os.path.join(web_exports, name), frames)
     page = result["labels"].astype(np.int32)
     per_frame = (page == reference).reshape(FRAMES, -1).mean(-1)
@@ -170,6 +184,22 @@ def test_page_reports_a_model_it_cannot_run(web_exports, frames, tmp_path):
         headless.run_page(str(folder), frames, "wasm", timeout=120)
 
 
+@needs_browser
+def test_page_refuses_webgpu_for_a_model_webgpu_cannot_build(web_exports, frames, tmp_path):
+    """A default-form model asked for on WebGPU: the page names the problem (no LiteRT traceback)."""
+    import json
+
+    folder = tmp_path / "default_form"
+    folder.mkdir()
+    for suffix in (".tflite", ".json"):
+        shutil.copy(os.path.join(web_exports, "stt_edge_int8" + suffix), folder / ("stt_edge_int8" + suffix))
+    meta = json.loads((folder / "stt_edge_int8.json").read_text())
+    meta["form"] = "default"  # the file's SHA-256 still matches: only the metadata says so
+    (folder / "stt_edge_int8.json").write_text(json.dumps(meta))
+    with pytest.raises(RuntimeError, match="'default' graph form, WebGPU needs the gpu form.*choose Wasm"):
+        headless.run_page(str(folder), frames, "webgpu", timeout=120)
+
+
 # ------------------------------------------------------------------ the server and the model copy (no browser)
 def test_webgpu_copy_computes_the_same_labels(web_exports, frames):
     """The [1, n]-index copy LiteRT.js gets on WebGPU is the same function (Python LiteRT, both files)."""
@@ -235,6 +265,7 @@ def test_server_serves_the_page_model_and_runtime_only(running_server, web_expor
     catalog = json.loads(_get(base + "/models.json")[2])
     assert catalog["default"] == "stt_gpu_edge_float16.tflite" and sorted(catalog["models"]) == sorted(MODELS)
     assert catalog["webgpu_gathers_on_cpu"] == {name: 7 for name in MODELS}
+    assert catalog["webgpu_problems"] == {}  # both are gpu-form edge models
     model = _get(base + "/models/stt_edge_int8.tflite")
     assert model[0] == 200 and model[2] == open(os.path.join(web_exports, "stt_edge_int8.tflite"), "rb").read()
     status, headers, _ = _get(base + "/wasm/litert_wasm_internal.wasm", method="HEAD")
@@ -242,8 +273,27 @@ def test_server_serves_the_page_model_and_runtime_only(running_server, web_expor
     for bad in ("/../server.py", "/models/../stt_edge_int8.tflite", "/export_report.json", "/models/export_report.json",
                 "/%2e%2e/server.py", "/vendor/core/../../package.json", "/frames.bin"):
         assert _get(base + bad)[0] == 404, bad
-    assert _get(base + "/report/summary", method="POST", data=b"{}")[0] == 404  # only a test server collects reports
+    assert _get(base + "/report/summary", method="POST", data=b"{}")[0] == 405  # only a test server collects reports
     assert all(client == "127.0.0.1" for client, *_ in demo.log)
+
+
+def test_a_class_count_other_than_the_models_is_refused(web_exports, tmp_path):
+    """The edge interface outputs labels only: the class count of its on-device ARG_MAX is read from the
+    graph and checked against the metadata's class names before any frame."""
+    import json
+
+    from stt_edge_demo.runners import ModelError
+
+    source = os.path.join(web_exports, "stt_edge_int8.tflite")
+    model = tmp_path / "stt_edge_int8.tflite"
+    model.write_bytes(open(source, "rb").read())
+    meta = load_metadata(source)
+    classes = len(meta["classes"])
+    meta.update(classes=meta["classes"][:2], palette=meta["palette"][:2])
+    (tmp_path / "stt_edge_int8.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=f"computes its labels over {classes} classes but its metadata .* names 2"):
+        load_runner(str(model))
+    assert load_runner(source)[0].num_classes == classes
 
 
 def test_the_web_demo_needs_no_tensorflow():
@@ -271,7 +321,7 @@ def test_server_refuses_what_it_cannot_serve(web_exports, tmp_path):
         f.write(b"x")
     with pytest.raises(server.ServerError, match="does not match the SHA-256"):
         server.find_models(str(damaged))
-    folder, names, default = server.find_models(os.path.join(web_exports, "stt_edge_int8.tflite"))
+    folder, names, default, _ = server.find_models(os.path.join(web_exports, "stt_edge_int8.tflite"))
     assert (names, default) == (["stt_edge_int8.tflite"], "stt_edge_int8.tflite")
     result = subprocess.run([sys.executable, "-m", "stt_edge_demo.web", "--model", str(tmp_path / "empty")],
                             capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))

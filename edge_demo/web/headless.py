@@ -159,27 +159,29 @@ class DevTools:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def video_frames(path, height, width, count):
-    """The first `count` frames of a video as `python -m stt_edge_demo` sees them: RGB, letterboxed."""
+def video_frames(path, height, width, count, with_box=False):
+    """The first `count` frames of a video as `python -m stt_edge_demo` sees them: RGB, letterboxed
+    ([N, height, width, 3] uint8; with_box: and the content box (top, left, height, width) inside)."""
     import cv2
 
     from .. import overlay
 
     capture = cv2.VideoCapture(path)
-    frames = []
+    frames, box = [], None
     while len(frames) < count:
         ok, frame = capture.read()
         if not ok:
             break
-        frames.append(overlay.letterbox(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), height, width)[0])
+        boxed, box = overlay.letterbox(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), height, width)
+        frames.append(boxed)
     capture.release()
     if not frames:
         raise ValueError(f"no frame could be read from {path}")
-    return np.stack(frames)
+    return (np.stack(frames), box) if with_box else np.stack(frames)
 
 
 def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, screenshot=None, chromium=None,
-             window=(960, 600), probe=None, video=None, count=10):
+             window=(960, 600), probe=None, video=None, count=10, allow_unverified=False, box=None):
     """Opens the page in headless Chromium on `frames` [N, H, W, 3] uint8 (letterboxed to the model size).
 
     Returns a dict: labels [N, H, W] uint8, summary (the page's), requests (every URL the page asked
@@ -199,7 +201,7 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
         frames_file = os.path.join(work, "frames.bin")
         np.ascontiguousarray(frames, np.uint8).tofile(frames_file)
     reports = []
-    server = DemoServer(model, port=0, frames=frames_file, reports=reports, quiet=True)
+    server = DemoServer(model, port=0, frames=frames_file, reports=reports, quiet=True, allow_unverified=allow_unverified)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     proxy = RefusingProxy()
     flags = ["--headless=new", f"--window-size={window[0]},{window[1]}", f"--proxy-server=http://127.0.0.1:{proxy.port}",
@@ -216,6 +218,8 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
                                                              "deviceScaleFactor": 1, "mobile": False}, session=session)
         name = model_name or server.default_model
         source = "frames=/frames.bin" if frames is not None else f"count={count}"
+        if box is not None:
+            source += "&box=" + ",".join(str(int(v)) for v in box)
         url = f"http://127.0.0.1:{server.server_address[1]}/?backend={backend}&model={name}&{source}&report=1"
         browser.send("Page.navigate", {"url": url}, session=session)
         if frames is None:
@@ -304,14 +308,45 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--backend", choices=("webgpu", "wasm"), default="webgpu")
     p.add_argument("--out", required=True, help="screenshot .png")
+    p.add_argument("--allow-unverified", action="store_true", help="accept models whose metadata records no sha256")
     args = p.parse_args(argv)
-    from .server import find_models
-    from ..runners import load_metadata
+    from .server import ServerError, find_models, webgpu_problem
+    from ..runners import ModelError
 
-    folder, _, default = find_models(args.model)
-    meta = load_metadata(os.path.join(folder, args.model_name or default))
-    frames = video_frames(args.video, *meta["input_size"], args.frames)
-    result = run_page(args.model, frames, args.backend, args.model_name, screenshot=args.out)
+    def fail(message):
+        print(f"{p.prog}: error: {message}", file=sys.stderr)
+        return 2
+
+    if args.frames < 1:
+        return fail(f"--frames must be at least 1, got {args.frames}")
+    if not os.path.isfile(args.video):
+        return fail(f"video not found: {args.video}")
+    folder_out = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out) or not os.path.isdir(folder_out):
+        return fail(f"--out {args.out}: " + ("is a folder" if os.path.isdir(args.out) else f"no folder {folder_out}"))
+    if os.path.exists(args.out) and (os.path.samefile(args.out, args.video) or not args.out.lower().endswith(".png")):
+        return fail(f"--out {args.out} exists and is not a screenshot (.png) of an earlier run; refusing to replace it")
+    try:
+        folder, names, default, verified = find_models(args.model, args.allow_unverified)
+    except (ServerError, ModelError) as error:
+        return fail(str(error))
+    name = args.model_name or default
+    if name not in verified:
+        return fail(f"--model-name {name} is not one of the usable models in {folder}: {', '.join(names)}")
+    meta = verified[name][2]
+    if args.backend == "webgpu":
+        problem = webgpu_problem(meta, name)
+        if problem:
+            usable = [n for n in names if webgpu_problem(verified[n][2], n) is None]
+            return fail(f"{problem}; " + (f"choose one of {', '.join(usable)} with --model-name" if usable else
+                                          "export one with: stt-export ... --forms gpu --interfaces edge --formats tflite")
+                        + ", or use --backend wasm")
+    try:
+        frames, box = video_frames(args.video, *meta["input_size"], args.frames, with_box=True)
+    except ValueError as error:
+        return fail(str(error))
+    result = run_page(args.model, frames, args.backend, name, screenshot=args.out,
+                      allow_unverified=args.allow_unverified, box=box)
     s = result["summary"]
     outside = [u for u in result["requests"] if not u.startswith(("http://127.0.0.1:", "data:", "blob:"))]
     print(f"edge_demo.web.headless: {s['frames']} frames of {s['model']} on {s['backend']}, "

@@ -14,8 +14,10 @@ export class Overlay {
     palette.forEach(([r, g, b], i) => { this.colours[i] = (0xff000000 | (b << 16) | (g << 8) | r) >>> 0; });
   }
 
-  /** Draws `image` (frame size h x w) and over it the labels of its letterboxed box. */
-  draw(image, h, w, labels, box) {
+  /** Draws `image` (frame size h x w) and over it the labels of its letterboxed box: the labels of the
+   *  box only, so the letterbox bars never get a colour. `source` (optional): the part of `image` to
+   *  show, for an image that is itself letterboxed (raw test frames): then only that box is drawn. */
+  draw(image, h, w, labels, box, source = null) {
     if (this.canvas.width !== w || this.canvas.height !== h) {
       this.canvas.width = w;
       this.canvas.height = h;
@@ -25,7 +27,8 @@ export class Overlay {
     this.labelContext.putImageData(this.labelImage, 0, 0);
     const c = this.context;
     c.globalAlpha = 1;
-    c.drawImage(image, 0, 0, w, h);
+    if (source) c.drawImage(image, source.left, source.top, source.width, source.height, 0, 0, w, h);
+    else c.drawImage(image, 0, 0, w, h);
     c.globalAlpha = this.alpha;
     c.imageSmoothingEnabled = false;  // nearest neighbour, like edge_demo's unletterbox
     c.drawImage(this.labelCanvas, box.left, box.top, box.width, box.height, 0, 0, w, h);

@@ -3,6 +3,7 @@
 //   backend=webgpu|wasm   (default: WebGPU when the browser has it)
 //   model=NAME.tflite     (default: the server's choice, see /models.json)
 //   frames=URL            raw frames letterboxed to the model size (tests, replays)
+//   box=TOP,LEFT,H,W      the frames' content inside the letterbox (default: the whole frame); only it is shown
 //   report=1              POST labels and a summary back to the server (tests)
 import {drawLegend, FpsMeter, Overlay} from './draw.js';
 import {fetchRawFrames, Letterboxer, openCamera, openFile} from './frames.js';
@@ -84,6 +85,7 @@ async function runRawFrames(url, segmenter, overlay) {
   const all = new Uint8Array(frames.length * H * W);
   const times = [];
   const fps = new FpsMeter();
+  const box = rawBox(params.get('box'), H, W);
   segmenter.reset();
   for (const [i, rgb] of frames.entries()) {
     const start = performance.now();
@@ -95,11 +97,22 @@ async function runRawFrames(url, segmenter, overlay) {
       image.data[q + 3] = 255;
     }
     canvas.getContext('2d').putImageData(image, 0, 0);
-    overlay.draw(canvas, H, W, labels, {top: 0, left: 0, height: H, width: W});
+    overlay.draw(canvas, box.height, box.width, labels, box, box);  // the content only: no letterbox bars
     $('fps').textContent = `${fps.tick().toFixed(1)} fps`;
     setStatus(`frame ${i + 1} of ${frames.length}`);
   }
   return {labels: all, frames: frames.length, msPerFrame: times};
+}
+
+/** The content box of letterboxed raw frames from ?box=top,left,height,width (checked), else the whole frame. */
+function rawBox(text, H, W) {
+  const whole = {top: 0, left: 0, height: H, width: W};
+  if (!text) return whole;
+  const [top, left, height, width] = text.split(',').map(Number);
+  const ok = [top, left, height, width].every(Number.isInteger) && top >= 0 && left >= 0 && height > 0 && width > 0 &&
+    top + height <= H && left + width <= W;
+  if (!ok) throw new Error(`box=${text} is not top,left,height,width inside ${H}x${W}`);
+  return {top, left, height, width};
 }
 
 async function main() {
@@ -107,12 +120,17 @@ async function main() {
   const name = params.get('model') ?? catalog.default;
   if (!catalog.models.includes(name)) throw new Error(`unknown model ${name} (the server has ${catalog.models})`);
   const meta = await getJson(`/models/${name.replace(/\.tflite$/, '.json')}`);
-  const accelerator = params.get('backend') ?? (navigator.gpu ? 'webgpu' : 'wasm');
+  // A model WebGPU cannot build (not the gpu form, not the edge interface): Wasm by default, a clear error if asked.
+  const webgpuProblem = (catalog.webgpu_problems ?? {})[name];
+  const accelerator = params.get('backend') ?? (navigator.gpu && !webgpuProblem ? 'webgpu' : 'wasm');
   $('models').replaceChildren(...catalog.models.map((m) => new Option(m, m, false, m === name)));
   $('accelerator').value = accelerator;
   const reloadWith = (key) => (e) => { params.set(key, e.target.value); location.search = params; };
   $('models').onchange = reloadWith('model');
   $('accelerator').onchange = reloadWith('backend');
+  if (accelerator === 'webgpu' && webgpuProblem) {
+    throw new Error(`${webgpuProblem}: choose Wasm (CPU) as the backend, or another model`);
+  }
   setStatus(`compiling ${name} for ${accelerator}…`);
   // On WebGPU the server's copy with [1, n] gather indices (edge_demo/web/webmodel.py): LiteRT.js 2.5.3's
   // WebGPU delegate fails on 1-D ones and leaves these to the CPU; same function, same labels.

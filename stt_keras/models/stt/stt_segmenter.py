@@ -124,7 +124,7 @@ class STTSegmenter(keras.Model):
 
     # ----------------------------------------------------------- construction
     @classmethod
-    def from_preset(cls, preset, num_classes=None, backbone_weights=None, load_weights=True, **overrides):
+    def from_preset(cls, preset, num_classes=None, backbone_weights=None, load_weights=True, verify=True, **overrides):
         """A model from a built-in preset name or a preset directory, as in keras-hub.
 
         - A built-in name (see `list_presets()`), e.g. `from_preset("stt_psp18",
@@ -141,6 +141,9 @@ class STTSegmenter(keras.Model):
             backbone_weights: None, "imagenet" (KerasHub preset of the backbone) or a
                 KerasHub preset directory; built-in names only.
             load_weights: for a directory, load its trained weights.
+            verify: for a directory, check its files against the SHA-256 and sizes
+                its metadata.json records, and refuse one that records none
+                (verify=False: a hand-made preset directory).
             **overrides: built-in names only: STT arguments (top_ratio=0.3,
                 key_selection="all", ...), encoder/decoder arguments
                 (feature_channels, head_channels, output_stride, backbone) or
@@ -161,7 +164,7 @@ class STTSegmenter(keras.Model):
             if given:
                 raise ValueError(f"from_preset({str(preset)!r}) loads a saved model; {given} apply to built-in preset "
                                  "names only.")
-            model = saving.load_preset(os.fspath(preset), load_weights=load_weights)
+            model = saving.load_preset(os.fspath(preset), load_weights=load_weights, verify=verify)
             if num_classes is not None and num_classes != model.num_classes:
                 raise ValueError(f"Preset {preset} has {model.num_classes} classes, not num_classes={num_classes}.")
             return model
