@@ -262,8 +262,11 @@ def run_export(args):
     gpu = _gpu_checker(args.gpu_check)
     report = {"model": os.path.abspath(args.model), "size": list(size), "labels": label_source,
               "classes": class_names, "palette": palette, "files": {}, "gpu_accelerator": gpu.status, "warnings": []}
+    int8 = any(path.endswith("_int8.tflite") for path in planned)
     calibration_sequences, calibration_text, sequences, parity_text, miou_meaningful = _frames_for_checks(
-        args, model, size, report, calibration, label_source)
+        args, model, size, report, calibration, label_source, int8)
+    if not int8:
+        calibration_text = None  # no int8 model: nothing is calibrated
     report["calibration_data"] = calibration_text
     report["parity_data"] = parity_text
 
@@ -446,8 +449,10 @@ def _counted(step, what, sequences):
 LOUD = "*" * 100
 
 
-def _frames_for_checks(args, model, size, report, calibration, label_source):
-    """(calibration sequences or None, its description, parity sequences, their description, parity mIoU meaningful)."""
+def _frames_for_checks(args, model, size, report, calibration, label_source, int8=True):
+    """(calibration sequences or None, its description, parity sequences, their description, parity mIoU meaningful).
+
+    `int8`: an int8 model is planned (else the calibration frames are not announced)."""
     from stt_keras.training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 
     if args.calibration_data:
@@ -460,7 +465,8 @@ def _frames_for_checks(args, model, size, report, calibration, label_source):
             raise UserError(f"stt-export: --calibration-data: {error}") from None
         if overlaps:
             parity_text += " (the data is too short for parity segments apart from the calibration ones: some are shared)"
-        print(f"stt-export: int8 calibration on {calib_text}", file=sys.stderr, flush=True)
+        if int8:
+            print(f"stt-export: int8 calibration on {calib_text}", file=sys.stderr, flush=True)
         print(f"stt-export: parity checks on {parity_text}", file=sys.stderr, flush=True)
         meaningful = any((labels != IGNORE_LABEL).any() for _, labels in parity_sequences)
         return calib, calib_text, parity_sequences, parity_text, meaningful

@@ -67,8 +67,28 @@ def prepare_environment(tf_logs=False):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines (absl, XLA, oneDNN)
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         os.environ["STT_KERAS_QUIET"] = "1"
+        from stt_keras_cli.quiet import filter_native_logs
+
+        filter_native_logs()
+        import warnings
+
+        # LiteRT's runtime is ai-edge-litert when installed; tf.lite's interpreter is only the fallback.
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
+        warnings.filterwarnings("ignore", message=r".*Warning: tf\.lite\.Interpreter.*")
+        warnings.formatwarning = _own_warnings_on_one_line(warnings.formatwarning)
     devices = _load_library_module("devices", "devices.py")
     devices.cpu_only_without_cuda_driver()
+
+
+def _own_warnings_on_one_line(formatwarning):
+    """The project's own warnings ("stt_keras: ...") as their message alone, without file, line and source."""
+
+    def format(message, category, filename, lineno, line=None):
+        if str(message).startswith(("stt_keras:", "stt-")):
+            return f"{message}\n"
+        return formatwarning(message, category, filename, lineno, line)
+
+    return format
 
 
 def quiet_python_logs(tf_logs=False):

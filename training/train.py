@@ -231,7 +231,7 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
           f"crop {crop[0]}x{crop[1]}{'' if config.crop else ' (the frame size)'}", flush=True)
     train = data_lib.make_file_dataset(samples, num_classes, config.batch_size, crop, True, config.seed, fmt,
                                        skip=skip)
-    val = data_lib.make_file_dataset(val_samples, num_classes, config.batch_size, config.crop, False, config.seed, fmt)
+    val = data_lib.make_file_dataset(val_samples, num_classes, config.batch_size, crop, False, config.seed, fmt)
     return train, val
 
 
