@@ -48,24 +48,34 @@ def _raise_terminated(signum, frame):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m stt_edge_demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from stt_keras_cli import HelpFormatter  # no TensorFlow: the commands' shared help format
+
+    p = argparse.ArgumentParser(prog="python -m stt_edge_demo", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help=".tflite (LiteRT) or .onnx (ONNX Runtime); metadata .json next to it")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", help="input video file")
     source.add_argument("--camera", type=int, help="camera index (e.g. 0)")
     p.add_argument("--out", help="output overlay video (.mp4: mp4v, .avi: MJPG, .mkv: lossless FFV1)")
     p.add_argument("--csv", help="per-frame latency CSV (default: next to --out, else edge_demo_frames.csv)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the runtime (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the runtime")
     p.add_argument("--delegate", help="external LiteRT delegate .so (e.g. a GPU delegate build)")
     p.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
-                   help="cpu (default): LiteRT interpreter / ONNX Runtime; gpu: LiteRT's GPU accelerator "
+                   help="cpu: LiteRT interpreter / ONNX Runtime; gpu: LiteRT's GPU accelerator "
                         "(CompiledModel; on a machine without a GPU, SwiftShader from the chromium package)")
     p.add_argument("--no-display", action="store_true", help="headless: no window")
     p.add_argument("--no-legend", action="store_true", help="no legend / fps text on the overlay")
-    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (default: the whole video)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the runtimes' own log lines (LiteRT, ONNX Runtime; hidden by default)")
     return p
+
+
+def _progress(total):
+    """The progress line of stt-eval (stt_keras/progress.py, loaded without stt_keras: no TensorFlow here)."""
+    from stt_keras_cli import load_library_module
+
+    return load_library_module("progress", "progress.py").Progress("edge_demo", total or None, "frames")
 
 
 def open_source(args):
@@ -131,6 +141,8 @@ def run(args):
     csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else "edge_demo_frames.csv")
     writer, rows, latencies = None, [], []
     state, code, count = runner.initial_state(), 0, 0
+    total = min(promised, args.max_frames) if promised and args.max_frames else (promised or args.max_frames)
+    progress = _progress(total)
     start = time.perf_counter()
     previous_handler = None
     try:
@@ -169,6 +181,7 @@ def run(args):
                 latencies.append(model_ms)
                 rows.append((count, model_ms, 1000.0 * (time.perf_counter() - frame_start)))
                 count += 1
+            progress.update()
             if show:
                 cv2.imshow("edge_demo", image)
                 if cv2.waitKey(1) & 0xFF in (27, ord("q")):
@@ -181,6 +194,7 @@ def run(args):
         if previous_handler is not None:  # a second SIGTERM must not cut the finalisation short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         wall = time.perf_counter() - start
+        progress.close()
         capture.release()
         if writer is not None:
             writer.release()
@@ -201,6 +215,10 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if not args.verbose and argv is None:  # a command line (a caller passing argv keeps its own fds)
+        from stt_keras_cli.quiet import filter_native_logs  # LiteRT's INFO lines, on stdout too
+
+        filter_native_logs()
     try:
         code, summary = run(args)
     except (ModelError, InputError) as error:

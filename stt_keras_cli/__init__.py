@@ -40,8 +40,12 @@ def library_file(*parts):
     return os.path.join(os.path.dirname(spec.origin), *parts)
 
 
-def _load_library_module(name, *parts):
-    """Executes a TensorFlow-free module of the library (plain definitions) by path, without its package."""
+def load_library_module(name, *parts):
+    """Executes a TensorFlow-free module of the library (plain definitions) by path, without its package.
+
+    For the commands and the edge demo, which must not import `stt_keras` (it loads
+    TensorFlow) but share its plain modules: sizes.py, devices.py, progress.py, the presets.
+    """
     spec = importlib.util.spec_from_file_location(f"stt_keras_cli._{name}", library_file(*parts))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -50,7 +54,7 @@ def _load_library_module(name, *parts):
 
 def preset_names():
     """The built-in preset names (stt_keras/models/stt/stt_presets.py, the one registry), sorted."""
-    return sorted(_load_library_module("presets", "models", "stt", "stt_presets.py").PRESETS)
+    return sorted(load_library_module("presets", "models", "stt", "stt_presets.py").PRESETS)
 
 
 def add_tf_logs_flag(parser):
@@ -58,25 +62,28 @@ def add_tf_logs_flag(parser):
                         help="also show TensorFlow's, absl's and LiteRT's own log lines (hidden by default)")
 
 
-def prepare_environment(tf_logs=False):
+def prepare_environment(tf_logs=False, filter_fds=True):
     """Before TensorFlow is imported: quiet native logs unless `tf_logs`, and the CPU only without a CUDA driver.
 
-    A variable the user set is left as it is.
+    `filter_fds`: also filter fds 1 and 2 (stt_keras_cli/quiet.py) for the rest of the
+    process; the commands do when run from a command line (not when a caller passes
+    `argv`, e.g. a test in its own process). A variable the user set is left as it is.
     """
     if not tf_logs:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines (absl, XLA, oneDNN)
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         os.environ["STT_KERAS_QUIET"] = "1"
-        from stt_keras_cli.quiet import filter_native_logs
+        if filter_fds:
+            from stt_keras_cli.quiet import filter_native_logs
 
-        filter_native_logs()
+            filter_native_logs()
         import warnings
 
         # LiteRT's runtime is ai-edge-litert when installed; tf.lite's interpreter is only the fallback.
         warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*Warning: tf\.lite\.Interpreter.*")
         warnings.formatwarning = _own_warnings_on_one_line(warnings.formatwarning)
-    devices = _load_library_module("devices", "devices.py")
+    devices = load_library_module("devices", "devices.py")
     devices.cpu_only_without_cuda_driver()
 
 

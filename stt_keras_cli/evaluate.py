@@ -23,7 +23,6 @@ Progress (frames done, frames/s, ETA) goes to stderr every 10 s
 """
 
 import argparse
-import sys
 
 from stt_keras_cli import HelpFormatter, add_tf_logs_flag, prepare_environment, quiet_python_logs
 
@@ -52,7 +51,7 @@ def build_parser():
 def main(argv=None):
     """Console entry point: parses (no TensorFlow yet), then runs `stt_keras.training.evaluate.run`."""
     args = build_parser().parse_args(argv)
-    prepare_environment(args.tf_logs)
+    prepare_environment(args.tf_logs, filter_fds=argv is None)
     from stt_keras.errors import run_cli
     from stt_keras.training import evaluate
 
@@ -61,4 +60,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

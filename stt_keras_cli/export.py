@@ -49,7 +49,6 @@ ETA) of calibration and parity runs goes to stderr.
 """
 
 import argparse
-import sys
 
 from stt_keras_cli import HelpFormatter, add_tf_logs_flag, prepare_environment, quiet_python_logs
 
@@ -103,7 +102,7 @@ def build_parser():
 def main(argv=None):
     """Console entry point: parses (no TensorFlow yet), then runs `stt_keras.export.cli.run_export`."""
     args = build_parser().parse_args(argv)
-    prepare_environment(args.tf_logs)
+    prepare_environment(args.tf_logs, filter_fds=argv is None)
     from stt_keras.errors import run_cli
     from stt_keras.export import cli
 
@@ -112,4 +111,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -28,7 +28,6 @@ into a `TrainConfig` and calls `run(config)`, as `train` does.
 
 import argparse
 import dataclasses
-import sys
 
 from stt_keras_cli import HelpFormatter, add_tf_logs_flag, prepare_environment, preset_names, quiet_python_logs
 
@@ -88,9 +87,9 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.defa
 
 def _size(value):
     # The library's parser (stt_keras/sizes.py) without importing the library (it loads TensorFlow).
-    from stt_keras_cli import _load_library_module
+    from stt_keras_cli import load_library_module
 
-    sizes = _load_library_module("sizes", "sizes.py")
+    sizes = load_library_module("sizes", "sizes.py")
     try:
         return sizes.parse_size(value)
     except ValueError as error:
@@ -165,7 +164,7 @@ def config_from_args(args):
 def main(argv=None):
     """Console entry point: parses (no TensorFlow yet), then trains through `stt_keras.training.train.run`."""
     args = build_parser().parse_args(argv)
-    prepare_environment(args.tf_logs)
+    prepare_environment(args.tf_logs, filter_fds=argv is None)
     from stt_keras.errors import run_cli
     from stt_keras.training import train as train_lib
 
@@ -174,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

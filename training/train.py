@@ -425,4 +425,4 @@ def _train_locked(config):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
