@@ -312,6 +312,13 @@ class STTSegmenter(keras.Model):
             metrics = [MeanIoU(self.num_classes, ignore_label=ignore_label)]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with `shuffle=False` by default for a `tf.data.Dataset` (clip pipelines shuffle
+        themselves; Keras ignores `shuffle=True` for a dataset and warns about it)."""
+        if isinstance(x, tf.data.Dataset) and "shuffle" not in kwargs and len(args) < 7:
+            kwargs["shuffle"] = False
+        return super().fit(x, y, *args, **kwargs)
+
     def compile_from_config(self, config):
         # Keras skips compile() on load for a model whose compile() is overridden;
         # this one takes the saved (already resolved) optimizer, loss and metrics.
