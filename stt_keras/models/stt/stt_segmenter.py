@@ -1,8 +1,10 @@
 """STTSegmenter: shared encoder on every frame -> Sparse Temporal Transformer -> decoder."""
 
 import os
+import types
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from stt_keras.layers import SparseTemporalTransformer, dense_masked
@@ -110,6 +112,9 @@ class STTSegmenter(keras.Model):
     >>> tuple(model(clip).shape)
     (1, 64, 64, 5)
     """
+
+    # The built-in presets, name -> recipe (with its "description"), as KerasHub models list theirs.
+    presets = types.MappingProxyType(PRESETS)
 
     def __init__(self, encoder, decoder, stt=None, stop_key_gradients=False, aux_weight=0.4, **kwargs):
         super().__init__(**kwargs)
@@ -267,6 +272,42 @@ class STTSegmenter(keras.Model):
         else:
             logits = self.decoder(mixed, skips, output_size=size, training=training)
         return tf.cast(logits, tf.float32)
+
+    def segment(self, frames) -> np.ndarray:
+        """Class labels (int32, argmax over classes) of one image or of every frame of a video.
+
+        - One image [H, W, 3] -> labels [H, W]. An STT model sees the image as its
+          own history (the first-frame policy: a clip of T+1 copies).
+        - A video: frames [N, H, W, 3] or a list/iterable of [H, W, 3] -> labels
+          [N, H, W]. An STT model streams them (`StreamingSegmenter`: one encoder
+          pass per frame, the first frame starts the stream); a per-frame model
+          segments each frame alone.
+
+        Example:
+        >>> import numpy as np
+        >>> model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=5)
+        >>> model.segment(np.zeros((64, 96, 3), "uint8")).shape
+        (64, 96)
+        >>> model.segment(np.zeros((4, 64, 96, 3), "uint8")).shape
+        (4, 64, 96)
+        """
+        if isinstance(frames, np.ndarray) or tf.is_tensor(frames):
+            array = np.asarray(frames)
+            if array.ndim == 3:
+                clip = array[None, None] if self.stt is None else np.repeat(array[None, None], self.num_key_frames + 1, 1)
+                logits = self(clip[:, -1] if self.stt is None else clip, training=False)
+                return np.argmax(np.asarray(logits)[0], axis=-1).astype(np.int32)
+            if array.ndim != 4:
+                raise ValueError(f"segment() takes an image [H, W, 3] or frames [N, H, W, 3], got shape {array.shape}.")
+            frames = list(array)
+        if self.stt is None:
+            labels = [np.argmax(np.asarray(self(np.asarray(f)[None], training=False))[0], -1) for f in frames]
+            if not labels:
+                raise ValueError("segment() got no frames.")
+            return np.stack(labels).astype(np.int32)
+        from stt_keras.streaming import StreamingSegmenter
+
+        return StreamingSegmenter(self).segment(frames)
 
     # --------------------------------------------------------------- training
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", ignore_label=IGNORE_LABEL, **kwargs):
