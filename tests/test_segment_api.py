@@ -66,3 +66,22 @@ def test_segment_refuses_bad_shapes(models):
         stt.segment(np.zeros((2, 2), np.uint8))
     with pytest.raises(ValueError, match="no frames"):
         stt.segment([])
+
+
+def test_summary_is_one_row_per_part_with_per_frame_shapes(models):
+    stt, frame_model = models
+    lines = []
+    stt.summary(print_fn=lines.append, size=(96, 160))
+    assert len(lines) == 6
+    assert lines[2].split()[:2] == ["encoder", "PSPNetEncoder"] and "[12, 20, 128]" in lines[2]
+    assert lines[3].split()[:2] == ["stt", "SparseTemporalTransformer"] and "3 key frames" in lines[3]
+    assert lines[4].split()[:2] == ["decoder", "PSPNetDecoder"] and "[96, 160, 5]" in lines[4]
+    counts = [int(line.split()[-1].replace(",", "")) for line in lines[2:5]]
+    assert counts == [stt.encoder.count_params(), stt.stt.count_params(), stt.decoder.count_params()]
+    assert f"{stt.count_params():,}" in lines[5]
+    lines = []
+    frame_model.summary(print_fn=lines.append)
+    assert len(lines) == 5 and "per frame" in lines[0]
+    lines = []
+    stt.summary(print_fn=lines.append, expand_nested=True)  # Keras's own table on request
+    assert any("PSPNetEncoder" in line for line in lines)

@@ -40,7 +40,7 @@ from stt_keras_cli.train import STT_FLAGS, TrainConfig, build_parser, config_fro
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
-def train(preset, num_classes=None, *, out, **settings):
+def train(preset: str, num_classes: int | None = None, *, out: str, **settings) -> keras.Model | None:
     """Trains (or resumes) a model of `preset` into the run folder `out`, as stt-train does.
 
     Args:
