@@ -9,7 +9,8 @@ accelerator registration and "INFO: Failed to load OpenCL library" (on stdout).
 process that passes every line through except those of `NOISE`, and writes
 them to the original destinations. The filter is a separate process so that
 nothing is lost when the command dies (a crash message still gets through),
-and it reads the pipe until every writer, child processes included, is gone.
+and it reads the pipes until every writer, child processes included, is gone
+(the native libraries write until the very end of the process).
 
 Lines pass unchanged and in order per stream; a progress bar that redraws one
 line with carriage returns passes as it is. `--tf-logs` turns the filter off.
@@ -27,6 +28,7 @@ NOISE = re.compile("|".join([
     r"E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] failed call to cuInit.*",  # GPU probe without a driver
     r"E\d{4} [\d:.]+ +\d+ node_def_util\.cc:\d+\] NodeDef mentions attribute .* will be ignored\..*",  # converters
     r"INFO: .*",  # TFLite / LiteRT runtime notes (XNNPACK delegate, OpenCL library, accelerators)
+    r"WARNING: \[\w+\.cc:\d+\] .*",  # LiteRT's own warnings ("NPU accelerator could not be loaded ...")
     r"(\x1b\[[0-9;]*m)?\d{4}-\d\d-\d\d [\d:.]+ \[[WI]:onnxruntime:.*",  # ONNX Runtime warnings and notes
     r"\[LiteRT\] .*|LiteRT: .*|.*\b(Registered|Registering|Loaded) (the )?(accelerator|delegate|dispatch).*",
     r"VERBOSE: .*|WARNING: Attempting to use a delegate that only supports static-sized tensors.*",
@@ -106,7 +108,9 @@ def filter_native_logs():
         os.close(pipes[fd][0])
         os.dup2(pipes[fd][1], fd)
         os.close(pipes[fd][1])
-    _state.update(pid=pid, saved=saved)
+    for original in saved.values():
+        os.close(original)  # the filter holds its own copies
+    _state.update(pid=pid)
     atexit.register(_finish)
 
 
@@ -126,18 +130,13 @@ def _channel(fd):
 
 
 def _finish():
-    """Gives fds 1 and 2 back and waits until the filter has written every line."""
-    if not _state:
-        return
+    """Flushes Python's streams into the filter at exit.
+
+    The descriptors stay on the pipes: the native libraries still write while the
+    process ends (LiteRT's accelerator teardown runs after Python's exit handlers).
+    The filter process ends when the last writer closes them, right after this one.
+    """
     try:
         sys.stdout.flush(), sys.stderr.flush()
     except (OSError, ValueError):
         pass
-    for fd, original in _state["saved"].items():
-        os.dup2(original, fd)  # our write ends of the pipes close here
-        os.close(original)
-    try:
-        os.waitpid(_state["pid"], 0)
-    except ChildProcessError:
-        pass
-    _state.clear()

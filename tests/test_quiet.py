@@ -30,6 +30,8 @@ NOISE = [
     "call to cuInit: UNKNOWN ERROR (303)",
     "INFO: Failed to load OpenCL library",
     "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    "INFO: [accelerator_registry.cc:54] RegisterAccelerator: ptr=0x55d04fd06e60, name=CpuAccelerator",
+    "WARNING: [npu_registry.cc:34] NPU accelerator could not be loaded and registered: kLiteRtStatusErrorNotFound.",
     "\x1b[0;93m2026-12-03 20:46:59.900696389 [W:onnxruntime:, graph.cc:5809 CleanUnusedInitializersAndNodeArgs] "
     "Removing initializer 'scales__292'.\x1b[m",
 ]
