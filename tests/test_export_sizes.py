@@ -73,8 +73,10 @@ def _check_export(model_path, out, size, report):
         parity = entry["parity"]
         if "int8" in name:
             continue  # quantized: not a function-preserving check
-        assert parity["logits_max_abs_diff"] < 1e-3 * max(1.0, parity["logits_max_abs"]), (size, name, parity)
-        assert parity["label_agreement"] > 0.999, (size, name, parity)
+        # float16 weights round the logits (random weights: many near-tied labels); float32 keeps the function.
+        tolerance, agreement = (1e-2, 0.99) if "float16" in name else (1e-3, 0.999)
+        assert parity["logits_max_abs_diff"] < tolerance * max(1.0, parity["logits_max_abs"]), (size, name, parity)
+        assert parity["label_agreement"] > agreement, (size, name, parity)
         meta = json.load(open(os.path.join(out, name.rsplit(".", 1)[0] + ".json")))
         assert meta["input_size"] == [h, w] and meta["inputs"]["frame"]["shape"] == [1, h, w, 3]
     # The SavedModel `step` signature against the Keras model's own streaming step.
