@@ -72,7 +72,6 @@ def prepare_environment(tf_logs=False, filter_fds=True):
     if not tf_logs:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines (absl, XLA, oneDNN)
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-        os.environ["STT_KERAS_QUIET"] = "1"
         if filter_fds:
             from stt_keras_cli.quiet import filter_native_logs
 
