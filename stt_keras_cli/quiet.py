@@ -33,6 +33,7 @@ NOISE = re.compile("|".join([
     r"\[LiteRT\] .*|LiteRT: .*|.*\b(Registered|Registering|Loaded) (the )?(accelerator|delegate|dispatch).*",
     r"VERBOSE: .*|WARNING: Attempting to use a delegate that only supports static-sized tensors.*",
     r"WARNING:absl:.*",
+    r"fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+",  # converter
 ]))
 
 _state = {}

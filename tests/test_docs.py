@@ -36,6 +36,7 @@ PACKAGE_FOLDERS = {
     "stt_keras.export": "export",
     "stt_edge_demo": "edge_demo",
     "stt_keras": "stt_keras",
+    "stt_keras_cli": "stt_keras_cli",
 }
 
 FENCE = re.compile(r"^(```|~~~)")

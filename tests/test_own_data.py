@@ -17,8 +17,8 @@ import pytest
 
 from conftest import ENV
 
-# The generated dataset of docs/own_data.md step 0 (python -m stt_keras.training.data.example).
-from stt_keras.training.data.example import COLOURS, NAMES, H, W, scene, write_dataset, write_labels_file  # noqa: E402,F401
+# The generated dataset of docs/own_data.md step 0 (python -m stt_keras_cli.example_data).
+from stt_keras_cli.example_data import COLOURS, NAMES, H, W, scene, write_dataset, write_labels_file  # noqa: E402,F401
 
 
 def run_cli(module, *args):

@@ -29,6 +29,7 @@ NOISE = [
     "E0000 00:00:1796331666.521309   18559 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed "
     "call to cuInit: UNKNOWN ERROR (303)",
     "INFO: Failed to load OpenCL library",
+    "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, output_inference_type: FLOAT32",
     "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
     "INFO: [accelerator_registry.cc:54] RegisterAccelerator: ptr=0x55d04fd06e60, name=CpuAccelerator",
     "WARNING: [npu_registry.cc:34] NPU accelerator could not be loaded and registered: kLiteRtStatusErrorNotFound.",

@@ -288,7 +288,8 @@ def run(args):
     if model.num_classes != len(names):
         raise UserError(f"stt-eval: the model predicts {model.num_classes} classes, the dataset has {len(names)}.")
     total = sum(len(item[0]) for item in make_sequences()[:args.max_sequences])
-    print(f"stt-eval: {description}: {len(make_sequences()[:args.max_sequences])} sequences, {total} frames"
+    count = len(make_sequences()[:args.max_sequences])
+    print(f"stt-eval: {description}: {count} sequence{'' if count == 1 else 's'}, {total} frame{'' if total == 1 else 's'}"
           + (", twice (the second pass ablates the history)" if model.stt is not None and not args.no_history_ablation
              else ""), file=sys.stderr, flush=True)
     try:

@@ -1,11 +1,12 @@
 """A small generated dataset in the folder layout of docs/own_data.md: try the own-data path before your data.
 
-    python -m stt_keras.training.data.example --out data/mine
+    python -m stt_keras_cli.example_data --out data/mine
 
 writes data/mine/{train,val}/{frames,labels}/SEQUENCE/frame_NNN.png (3 classes,
 64x128 frames, a label on every frame, the top row 255 = ignored) and the
 labels file data/mine/labels.txt. tests/test_own_data.py runs the whole path
-on it.
+on it. It lives with the commands because it needs only NumPy and OpenCV: it
+writes the data at once, without starting TensorFlow.
 """
 
 import os
@@ -63,7 +64,7 @@ def write_labels_file(path):
 def main(argv=None):
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m stt_keras.training.data.example", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m stt_keras_cli.example_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="dataset folder to write (e.g. data/mine)")
     parser.add_argument("--frames", type=int, default=8, help="frames per sequence (default: 8)")
