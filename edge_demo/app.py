@@ -48,7 +48,10 @@ def _raise_terminated(signum, frame):
 
 
 def build_parser():
-    from stt_keras_cli import HelpFormatter  # no TensorFlow: the commands' shared help format
+    try:
+        from stt_keras_cli import HelpFormatter  # no TensorFlow: the commands' shared help format (defaults shown)
+    except ImportError:  # the edge demo copied on its own
+        HelpFormatter = argparse.RawDescriptionHelpFormatter
 
     p = argparse.ArgumentParser(prog="python -m stt_edge_demo", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help=".tflite (LiteRT) or .onnx (ONNX Runtime); metadata .json next to it")
@@ -71,11 +74,23 @@ def build_parser():
     return p
 
 
-def _progress(total):
-    """The progress line of stt-eval (stt_keras/progress.py, loaded without stt_keras: no TensorFlow here)."""
-    from stt_keras_cli import load_library_module
+class _NoProgress:
+    def update(self, count=1):
+        pass
 
-    return load_library_module("progress", "progress.py").Progress("edge_demo", total or None, "frames")
+    def close(self):
+        pass
+
+
+def _progress(total):
+    """The progress line of stt-eval (stt_keras/progress.py, loaded without stt_keras: no TensorFlow here);
+    none when the edge demo runs without the rest of the project."""
+    try:
+        from stt_keras_cli import load_library_module
+
+        return load_library_module("progress", "progress.py").Progress("edge_demo", total or None, "frames")
+    except (ImportError, OSError, AttributeError):
+        return _NoProgress()
 
 
 def open_source(args):
@@ -216,9 +231,12 @@ def run(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if not args.verbose and argv is None:  # a command line (a caller passing argv keeps its own fds)
-        from stt_keras_cli.quiet import filter_native_logs  # LiteRT's INFO lines, on stdout too
-
-        filter_native_logs()
+        try:
+            from stt_keras_cli.quiet import filter_native_logs  # LiteRT's INFO lines, on stdout too
+        except ImportError:  # the edge demo copied on its own: the runtimes' lines stay
+            pass
+        else:
+            filter_native_logs()
     try:
         code, summary = run(args)
     except (ModelError, InputError) as error:
