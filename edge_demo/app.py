@@ -48,8 +48,12 @@ def _raise_terminated(signum, frame):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m stt_edge_demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        from stt_keras_cli import HelpFormatter  # no TensorFlow: the commands' shared help format (defaults shown)
+    except ImportError:  # the edge demo copied on its own
+        HelpFormatter = argparse.RawDescriptionHelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m stt_edge_demo", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help=".tflite (LiteRT) or .onnx (ONNX Runtime); metadata .json next to it")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", help="input video file")
@@ -60,14 +64,16 @@ def build_parser():
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the runtime (default 2)")
     p.add_argument("--delegate", help="external LiteRT delegate .so (e.g. a GPU delegate build)")
     p.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
-                   help="cpu (default): LiteRT interpreter / ONNX Runtime; gpu: LiteRT's GPU accelerator "
+                   help="cpu: LiteRT interpreter / ONNX Runtime; gpu: LiteRT's GPU accelerator "
                         "(CompiledModel; on a machine without a GPU, SwiftShader from the chromium package)")
     p.add_argument("--no-display", action="store_true", help="headless: no window")
     p.add_argument("--no-legend", action="store_true", help="no legend / fps text on the overlay")
-    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (default: the whole video)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
     p.add_argument("--allow-unverified", action="store_true",
                    help="run a model whose metadata records no sha256 (a hand-made file); default: refuse it")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the runtimes' own log lines (LiteRT, ONNX Runtime; hidden by default)")
     return p
 
 
@@ -113,6 +119,25 @@ def check_paths(args, csv_path):
             len(outputs) == 2 and os.path.exists(outputs[0][1]) and os.path.exists(outputs[1][1])
             and _same_file(outputs[0][1], outputs[1][1])):
         raise InputError(f"--out and {outputs[1][0]} are the same file ({args.out}).")
+
+
+class _NoProgress:
+    def update(self, count=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total):
+    """The progress line of stt-eval (stt_keras/progress.py, loaded without stt_keras: no TensorFlow here);
+    none when the edge demo runs without the rest of the project."""
+    try:
+        from stt_keras_cli import load_library_module
+
+        return load_library_module("progress", "progress.py").Progress("edge_demo", total or None, "frames")
+    except (ImportError, OSError, AttributeError):
+        return _NoProgress()
 
 
 def open_source(args):
@@ -183,6 +208,8 @@ def run(args):
     show = display_available(args)
     writer, rows, latencies = None, [], []
     state, code, count = runner.initial_state(), 0, 0
+    total = min(promised, args.max_frames) if promised and args.max_frames else (promised or args.max_frames)
+    progress = _progress(total)
     start = time.perf_counter()
     previous_handler = None
     try:
@@ -221,6 +248,7 @@ def run(args):
                 latencies.append(model_ms)
                 rows.append((count, model_ms, 1000.0 * (time.perf_counter() - frame_start)))
                 count += 1
+            progress.update()
             if show:
                 cv2.imshow("edge_demo", image)
                 if cv2.waitKey(1) & 0xFF in (27, ord("q")):
@@ -233,6 +261,7 @@ def run(args):
         if previous_handler is not None:  # a second SIGTERM must not cut the finalisation short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         wall = time.perf_counter() - start
+        progress.close()
         capture.release()
         if writer is not None:
             writer.release()
@@ -254,6 +283,13 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if not args.verbose and argv is None:  # a command line (a caller passing argv keeps its own fds)
+        try:
+            from stt_keras_cli.quiet import filter_native_logs  # LiteRT's INFO lines, on stdout too
+        except ImportError:  # the edge demo copied on its own: the runtimes' lines stay
+            pass
+        else:
+            filter_native_logs()
     try:
         code, summary = run(args)
     except (ModelError, InputError) as error:

@@ -1,54 +1,9 @@
-"""stt-export: a trained .keras model -> SavedModel (TF Serving), TFLite and ONNX streaming steps.
+"""stt-export's export: `run_export(args)` writes the models, checks and reports.
 
-    stt-export --model runs/stt/model.keras --out exports/stt_tiny --size 128x256
-
-writes, atomically (a failed or interrupted export leaves `--out` as it was):
-
-    exports/NAME/saved_model/1/            TF Serving layout: serving_default (clip) and step
-    exports/NAME/stt_<q>.tflite + .json    default-form step, q in float32 float16 dynamic_range
-    exports/NAME/stt_gpu_<q>.tflite + .json  delegate-friendly step, q in float32 float16 dynamic_range
-    exports/NAME/stt_int8.tflite + .json   full int8 (convolutions int8, the STT block float32),
-                                           built from the loop-free (gpu) graph
-    exports/NAME/stt_step.onnx + .json, stt_gpu_step.onnx + .json
-    exports/NAME/export_report.json, export_report.md   parity, sizes, op lists, GPU/TensorRT checks
-    exports/NAME/export_manifest.json      SHA-256 of every file (each model's .json also holds its own)
-
-`--out` must be new, empty, or an earlier export (its manifest lists every file
-in it): any other folder is refused, never deleted. Arguments that would write
-no model, and frame sizes whose export needs more memory than the machine has
-(estimated up front; `--no-memory-check` to try anyway), are refused before
-anything is written.
-
-A per-frame model (psp18, bise18, psp_tiny, ...) has no state and one graph form:
-frame_<q>.tflite, frame_int8.tflite, frame_step.onnx. With `--interfaces edge` (or
-full,edge) every file also comes in the edge interface (uint8 frame in, int32
-labels computed on the device out, no logits): names get `_edge`, e.g.
-stt_gpu_edge_float32.tflite, frame_edge_step.onnx.
-
-Every .tflite is checked for Flex ops, variable ops and unfolded BatchNorm (the
-export fails if it finds any). The GPU-form (and per-frame) float models are
-compiled for LiteRT's GPU accelerator when a Vulkan device is there (`--gpu-check`,
-see edge_demo/litert_gpu.py): the report says how many ops run on the GPU and how
-often its labels agree with LiteRT on the CPU.
-Parity: each exported model streams the same held-out sequences as the Keras
-model, each carrying its own state.
-
-Your own data (docs/own_data.md):
-
-    stt-export --model runs/mine/best.keras --out exports/mine --size 256x512 \
-        --labels labels.txt --calibration-data data/mine/val
-
-`--labels` names the classes (a labels file: one name per line with an optional
-colour, or JSON; or a built-in set); they go into every model's metadata (the edge
-demo's legend), `labels.json` and the SavedModel's assets. `--calibration-data`
-(a folder layout the readers know, a video file, or a quoted glob of frames)
-supplies the int8 calibration frames and the parity frames; without it both are
-synthetic, and a model that was not trained on the synthetic video gets a loud
-warning. The report and manifest name the data used. Progress (frames, frames/s,
-ETA) of calibration and parity runs goes to stderr.
+The command line (formats, forms, files written, examples: `stt-export --help`)
+is parsed in stt_keras_cli/export.py, which imports no TensorFlow.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -186,48 +141,7 @@ def available_memory():
     return min(limits) if limits else None
 
 
-def int8_float_head(value):
-    """`--int8-float-head` as `tflite.convert`'s float_head: "decoder" or a count of convolutions."""
-    return value if value == "decoder" else int(value)
-
-
-def build_parser():
-    p = argparse.ArgumentParser(prog="stt-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="a .keras file from stt-train (loaded in safe mode), or a preset directory (save_to_preset)")
-    p.add_argument("--out", required=True, help="export folder, e.g. exports/stt_psp18")
-    p.add_argument("--size", default="128x256", help="frame size HxW the exported models take (default 128x256)")
-    p.add_argument("--labels", default=None,
-                   help="class names (and colours) for the metadata: a labels file (one name per line, optional colour "
-                        "'road 128 64 128' or '#804080'; or JSON), or a built-in set: synthetic, cityscapes, camvid "
-                        "(default: the built-in set with the model's class count, else class_0, class_1, ...)")
-    p.add_argument("--formats", default="savedmodel,tflite,onnx", help="comma list of savedmodel, tflite, onnx")
-    p.add_argument("--forms", default="default,gpu", help="comma list of step forms: default, gpu")
-    p.add_argument("--interfaces", default="full", help="comma list of full (logits, float gpu-form frame), "
-                   "edge (uint8 frame, int32 labels computed on the device)")
-    p.add_argument("--quantizations", default=None,
-                   help="TFLite quantizations (default: float32,float16,dynamic_range,int8, each where the forms allow it;"
-                        " a quantization given here that no requested form can build is an error)")
-    p.add_argument("--int8-float-head", default="1", choices=("0", "1", "2", "decoder"),
-                   help="int8: how much of the head stays float32: 0 none, 1 the classifier (default: float logits), "
-                        "2 also the conv before it, decoder: the whole decoder (closest to the float model on a GPU; "
-                        "about 1.7-1.8x the file size; docs/gpu_accelerator.md)")
-    p.add_argument("--gpu-check", choices=("auto", "off", "require"), default="auto",
-                   help="compile GPU-form float models for LiteRT's GPU accelerator and compare its labels with "
-                        "the CPU (auto: when a Vulkan device is available; require: fail without one)")
-    p.add_argument("--calibration-data", default=None,
-                   help="frames for int8 calibration and parity: a folder in the generic layout (frames/SEQ/*.png, "
-                        "optional labels/SEQ/*.png) or a dataset root with SPLIT/frames, a CamVid or Cityscapes root, a "
-                        "folder of images, a video file, or a quoted glob of frames (default: the synthetic video)")
-    p.add_argument("--calibration-split", default="val", help="split of a --calibration-data dataset root")
-    p.add_argument("--calibration-sequences", type=int, default=4, help="segments for int8 calibration")
-    p.add_argument("--calibration-frames", type=int, default=8, help="consecutive frames per calibration segment")
-    p.add_argument("--parity-sequences", type=int, default=2, help="segments for the parity checks")
-    p.add_argument("--parity-frames", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2, help="LiteRT/ONNX Runtime threads for parity runs")
-    p.add_argument("--no-memory-check", action="store_true",
-                   help="export even when the up-front memory estimate exceeds the memory available")
-    return p
+from stt_keras_cli.export import build_parser, int8_float_head  # noqa: E402,F401
 
 
 def _io_description(fn):
@@ -348,8 +262,11 @@ def run_export(args):
     gpu = _gpu_checker(args.gpu_check)
     report = {"model": os.path.abspath(args.model), "size": list(size), "labels": label_source,
               "classes": class_names, "palette": palette, "files": {}, "gpu_accelerator": gpu.status, "warnings": []}
+    int8 = any(path.endswith("_int8.tflite") for path in planned)
     calibration_sequences, calibration_text, sequences, parity_text, miou_meaningful = _frames_for_checks(
-        args, model, size, report, calibration, label_source)
+        args, model, size, report, calibration, label_source, int8)
+    if not int8:
+        calibration_text = None  # no int8 model: nothing is calibrated
     report["calibration_data"] = calibration_text
     report["parity_data"] = parity_text
 
@@ -532,8 +449,10 @@ def _counted(step, what, sequences):
 LOUD = "*" * 100
 
 
-def _frames_for_checks(args, model, size, report, calibration, label_source):
-    """(calibration sequences or None, its description, parity sequences, their description, parity mIoU meaningful)."""
+def _frames_for_checks(args, model, size, report, calibration, label_source, int8=True):
+    """(calibration sequences or None, its description, parity sequences, their description, parity mIoU meaningful).
+
+    `int8`: an int8 model is planned (else the calibration frames are not announced)."""
     from stt_keras.training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 
     if args.calibration_data:
@@ -546,7 +465,8 @@ def _frames_for_checks(args, model, size, report, calibration, label_source):
             raise UserError(f"stt-export: --calibration-data: {error}") from None
         if overlaps:
             parity_text += " (the data is too short for parity segments apart from the calibration ones: some are shared)"
-        print(f"stt-export: int8 calibration on {calib_text}", file=sys.stderr, flush=True)
+        if int8:
+            print(f"stt-export: int8 calibration on {calib_text}", file=sys.stderr, flush=True)
         print(f"stt-export: parity checks on {parity_text}", file=sys.stderr, flush=True)
         meaningful = any((labels != IGNORE_LABEL).any() for _, labels in parity_sequences)
         return calib, calib_text, parity_sequences, parity_text, meaningful
@@ -624,9 +544,11 @@ def markdown_report(report):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    run_cli("stt-export", run_export, args)
+    """`python -m stt_keras.export.cli`: the stt-export command (stt_keras_cli.export.main)."""
+    from stt_keras_cli.export import main as cli_main
+
+    cli_main(argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -7,6 +7,7 @@ reduction attribute, and Loop bodies run but are slow and fragile. The
 delegate-friendly ("gpu") form has none of these ops, so it is the TensorRT path.
 """
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -33,9 +34,81 @@ def export(step_fn, signature, path, opset=OPSET):
     import tf2onnx  # optional dependency: only the ONNX export needs it
 
     handlers = {op: (_select_as_where, []) for op in ("Select", "SelectV2")}
-    model, _ = tf2onnx.convert.from_function(step_fn, input_signature=signature, opset=opset, output_path=str(path),
+    model, _ = tf2onnx.convert.from_function(step_fn, input_signature=signature, opset=opset,
                                              custom_op_handlers=handlers)
+    model = resize_to_sizes(model)
+    onnx.save(model, str(path))
     return model
+
+
+def resize_to_sizes(model):
+    """`model` with every Resize given its output `sizes` instead of float `scales`; returns it.
+
+    tf2onnx writes a static bilinear resize as Resize(scales=out/in in float32). ONNX
+    takes the output size as floor(in * scale), and a ratio that float32 cannot hold
+    exactly rounds below the integer: the PSP head resizes its 3-bin pool (3 columns)
+    to a 20-column map with scale 6.6666665, and 3 * 6.6666665 floors to 19, so the
+    model fails to load (ShapeInferenceError at the concat) at every feature size that
+    is not a multiple of the pyramid bins. With `sizes` ONNX uses exactly the size
+    TensorFlow resized to, and the coordinate transform takes the exact ratio out/in
+    as TensorFlow does. The size is round(in * scale): the float32 ratio is within a
+    relative 1e-7 of out/in, far closer than half a pixel.
+    """
+    replaced = set()
+    for _ in range(1 + sum(n.op_type == "Resize" for n in model.graph.node)):
+        shapes = _inferred_shapes(model)
+        constants = _constants(model.graph)
+        changed = pending = False
+        for node in model.graph.node:
+            if node.op_type != "Resize" or len(node.input) < 3 or not node.input[2] or (
+                    len(node.input) > 3 and node.input[3]):
+                continue
+            scales = constants.get(node.input[2])
+            shape = shapes.get(node.input[0])
+            if scales is None or scales.size == 0:
+                continue
+            if shape is None or None in shape:
+                pending = True  # its input's shape shows once the resizes before it are fixed
+                continue
+            sizes = np.round(np.asarray(shape, np.float64) * scales.astype(np.float64)).astype(np.int64)
+            name = f"{node.name}/sizes"
+            model.graph.initializer.append(numpy_helper.from_array(sizes, name))
+            replaced.add(node.input[2])
+            node.input[2] = ""  # scales and sizes are exclusive; an empty name is the absent optional input
+            if len(node.input) > 3:
+                node.input[3] = name
+            else:
+                node.input.append(name)
+            changed = True
+        if not changed:
+            if pending:
+                raise RuntimeError("ONNX export: a Resize node's input shape is unknown; cannot give it static sizes.")
+            break
+    used = _used_names(model.graph)
+    for init in [init for init in model.graph.initializer if init.name in replaced and init.name not in used]:
+        model.graph.initializer.remove(init)  # the replaced scales (ONNX Runtime warns about unused initializers)
+    return model
+
+
+def _used_names(graph):
+    """Every tensor name a node of `graph` or of its subgraphs (Loop bodies) reads."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                names |= _used_names(attr.g)
+    return names
+
+
+def _inferred_shapes(model):
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
 
 
 def _constants(graph):

@@ -62,7 +62,7 @@ def check_model_file(path):
     return config
 
 
-def load_model(path, compile=True, verify=True):
+def load_model(path: str, compile: bool = True, verify: bool = True) -> keras.Model:
     """Loads a `.keras` file or a preset directory of an stt-keras model (safe mode: no arbitrary code).
 
     A preset directory (`save_to_preset`) holds no compile settings: its model

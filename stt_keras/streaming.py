@@ -1,5 +1,8 @@
 """Streaming inference: each frame is encoded once and reused as a key for the next T frames."""
 
+from typing import Iterable
+
+import numpy as np
 import tensorflow as tf
 
 
@@ -23,9 +26,15 @@ class StreamingSegmenter:
     >>> logits = stream.step(np.zeros((64, 64, 3), "uint8"))
     >>> tuple(logits.shape)
     (64, 64, 5)
+    >>> labels = stream.step(np.zeros((64, 64, 3), "uint8"), return_labels=True)   # argmax over classes
+    >>> labels.dtype, tuple(labels.shape)
+    (tf.int32, (64, 64))
+    >>> video = np.zeros((3, 64, 64, 3), "uint8")                                   # or any iterable of frames
+    >>> stream.segment(video).shape                                                 # a new stream: labels per frame
+    (3, 64, 64)
     """
 
-    def __init__(self, model, jit_compile=False):
+    def __init__(self, model, jit_compile: bool = False):
         if getattr(model, "stt", None) is None:
             raise ValueError("StreamingSegmenter needs an STT model (a per-frame model needs no stream).")
         self.model = model
@@ -34,7 +43,7 @@ class StreamingSegmenter:
         self._frame_shape = None
         self._reset = True
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget the past: the next frame starts a new stream.
 
         The state tensor is kept: a reset step ignores its contents (the first-frame
@@ -42,8 +51,12 @@ class StreamingSegmenter:
         """
         self._reset = True
 
-    def step(self, frame):
-        """frame [H, W, 3] or [1, H, W, 3] uint8/float in [0, 255] -> float32 logits of the same rank."""
+    def step(self, frame, return_labels: bool = False) -> tf.Tensor:
+        """frame [H, W, 3] or [B, H, W, 3] uint8/float in [0, 255] -> float32 logits of the same rank.
+
+        With `return_labels=True`, the class index per pixel instead (int32 [H, W] or
+        [B, H, W]: the argmax over classes, the lowest index on ties).
+        """
         frame = tf.convert_to_tensor(frame)
         single = frame.shape.rank == 3
         if single:
@@ -58,4 +71,15 @@ class StreamingSegmenter:
             self.state = self.model.initial_state(frame.shape[0], frame.shape[1], frame.shape[2])
         logits, self.state = self._step(frame, self.state, tf.constant(reset))
         self._reset = False
+        if return_labels:
+            logits = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return logits[0] if single else logits
+
+    def segment(self, frames: Iterable) -> np.ndarray:
+        """Labels of every frame of a video: int32 [N, H, W] from frames [H, W, 3] (an array [N, H, W, 3] or
+        any iterable, e.g. a video reader), streamed as a new stream (the first frame resets it)."""
+        self.reset()
+        labels = [self.step(frame, return_labels=True).numpy() for frame in frames]
+        if not labels:
+            raise ValueError("segment() got no frames.")
+        return np.stack(labels)

@@ -36,6 +36,7 @@ PACKAGE_FOLDERS = {
     "stt_keras.export": "export",
     "stt_edge_demo": "edge_demo",
     "stt_keras": "stt_keras",
+    "stt_keras_cli": "stt_keras_cli",
 }
 
 FENCE = re.compile(r"^(```|~~~)")
@@ -209,3 +210,121 @@ def test_modules_scripts_and_files_named_in_the_docs_exist():
 ])
 def test_slug_matches_github(text, expected):
     assert slug(text) == expected
+
+
+# ----------------------------------------------------------------- the pages' code, run as written
+# Every README and docs code block runs pasted, in a temporary folder outside the clone. Fast: the
+# imports of every Python block, and every documented command line through its parser. Slow: whole
+# blocks, with the long settings shrunk by the substitutions below (the only edits made to a block;
+# "" as a replacement means the text must be there, unchanged) and stderr holding only the project's
+# own lines.
+
+def code_blocks(language):
+    """[(page, index among the page's blocks of that language, code)] of every page."""
+    result = []
+    for page in markdown_pages():
+        _, blocks = split_code(page.read_text())
+        found = [code for lang, code in blocks if lang == language]
+        result += [(page, i, code) for i, code in enumerate(found)]
+    return result
+
+
+def test_every_python_block_imports_from_any_folder(tmp_path):
+    """The imports of every ```python block, run in a folder away from the clone (no `from export...`)."""
+    import subprocess
+    import sys
+
+    lines = []
+    for page, index, code in code_blocks("python"):
+        for node in ast.parse(code).body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                lines.append(f"print({f'{rel(page)} python block {index}: '!r} + {ast.unparse(node)!r}, flush=True)")
+                lines.append(ast.unparse(node))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", "\n".join(lines)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    last = result.stdout.strip().splitlines()[-1:] or ["(none)"]
+    assert result.returncode == 0, f"failed after {last[0]}:\n{result.stderr[-2000:]}"
+
+
+def logical_lines(code):
+    """A shell block's commands: continuation lines joined, comments and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", code)
+    commands = []
+    for line in joined.splitlines():
+        line = line.split(" #")[0].strip() if not line.lstrip().startswith("#") else ""
+        if line:
+            commands.append(line)
+    return commands
+
+
+def _command_parsers():
+    from stt_edge_demo import app as edge_app
+    from stt_keras_cli import evaluate, export, train
+
+    return {"stt-train": train.build_parser, "stt-eval": evaluate.build_parser, "stt-export": export.build_parser,
+            "stt-edge-demo": edge_app.build_parser, "python -m stt_edge_demo": edge_app.build_parser,
+            "python -m stt_keras.training.train": train.build_parser,
+            "python -m stt_keras.training.evaluate": evaluate.build_parser,
+            "python -m stt_keras.export.cli": export.build_parser}
+
+
+def test_every_documented_command_line_parses():
+    """Each stt-* / python -m command of a shell block is accepted by its parser (no TensorFlow needed)."""
+    import shlex
+
+    parsers = _command_parsers()
+    problems, checked = [], 0
+    for page, index, code in code_blocks("bash"):
+        for command in logical_lines(code):
+            for prefix, build in parsers.items():
+                if command == prefix or command.startswith(prefix + " "):
+                    argv = shlex.split(command[len(prefix):])
+                    try:
+                        build().parse_args(argv)
+                    except SystemExit:
+                        problems.append(f"{rel(page)} bash block {index}: {command}")
+                    checked += 1
+    assert checked >= 15
+    assert not problems, "\n  ".join(["these documented commands do not parse:", *problems])
+
+
+# Blocks run whole by the slow tests: (page, language, index) -> substitutions (old, new).
+RUN_BLOCKS = {
+    ("README.md", "python", 0): [("steps_per_epoch=50, epochs=6", "steps_per_epoch=2, epochs=1"),
+                                 ("SyntheticVideo(24)", "SyntheticVideo(2)")],
+    ("docs/own_data.md", "bash", 0): [("--steps 60 --checkpoint-every 30", "--steps 4 --checkpoint-every 2")],
+}
+# The lines a command may write to stderr: its own (prefixes), progress, warnings it names itself.
+OWN_STDERR = re.compile(r"^(stt-train|stt-eval|stt-export|stt_keras|edge_demo|wrote |\*+$)")
+
+
+def foreign_stderr_lines(stderr):
+    return [line for line in stderr.splitlines() if line.strip() and not OWN_STDERR.match(line)]
+
+
+def _block(page, language, index):
+    return dict(((rel(p), i), code) for p, i, code in code_blocks(language))[(page, index)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(RUN_BLOCKS), ids=lambda k: f"{k[0]}-{k[1]}-{k[2]}")
+def test_block_runs_as_written(key, tmp_path):
+    """The block, pasted into bash or python in an empty folder outside the clone (tiny settings)."""
+    import subprocess
+    import sys
+
+    page, language, index = key
+    code = _block(page, language, index)
+    for old, new in RUN_BLOCKS[key]:
+        assert old in code, f"{page}: the substitution {old!r} no longer matches the block"
+        code = code.replace(old, new)
+    bindir = os.path.dirname(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    command = ["bash", "-e", "-c", code] if language == "bash" else [sys.executable, "-c", code]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    if language == "bash":  # the commands: only their own lines (Python blocks: the library's warnings are Python's)
+        assert foreign_stderr_lines(result.stderr) == [], result.stderr[-4000:]
+    assert "shuffle=True" not in result.stderr  # model.fit on a clip dataset: no warning about an argument never given

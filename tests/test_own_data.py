@@ -17,50 +17,8 @@ import pytest
 
 from conftest import ENV
 
-H, W = 64, 128
-NAMES = ["asphalt", "red box", "green ball"]
-COLOURS = [[90, 90, 90], [230, 40, 40], [40, 200, 60]]
-
-
-def scene(t, seq, rng):
-    """(RGB frame, label) of frame t: a textured background (0), a moving box (1) and a moving disc (2)."""
-    frame = np.empty((H, W, 3), np.float32)
-    frame[:] = 110 + 20 * np.sin(np.arange(W) / 7.0 + seq)[None, :, None]
-    label = np.zeros((H, W), np.uint8)
-    x = 8 + (6 * t + 17 * seq) % (W - 40)
-    frame[16:44, x:x + 26] = [200, 50, 40]
-    label[16:44, x:x + 26] = 1
-    cy, cx = 36 + (3 * t) % 12, (W - 24 - 5 * t - 11 * seq) % (W - 20) + 10
-    ys, xs = np.mgrid[0:H, 0:W]
-    disc = (ys - cy) ** 2 + (xs - cx) ** 2 <= 10 ** 2
-    frame[disc] = [50, 190, 70]
-    label[disc] = 2
-    label[0, :] = 255  # the top row is "don't care": ignored by training and evaluation
-    frame += rng.normal(0, 6, frame.shape)
-    return np.clip(frame, 0, 255).astype(np.uint8), label
-
-
-def write_dataset(root, splits=(("train", 2), ("val", 1)), frames=8):
-    """ROOT/SPLIT/frames/SEQ/frame_NNN.png and ROOT/SPLIT/labels/SEQ/frame_NNN.png, every frame labelled."""
-    rng = np.random.default_rng(0)
-    for split, sequences in splits:
-        for s in range(sequences):
-            seq = f"{split}_walk{s}"
-            for folder in ("frames", "labels"):
-                os.makedirs(os.path.join(root, split, folder, seq), exist_ok=True)
-            for t in range(frames):
-                image, label = scene(t, s + (10 if split == "val" else 0), rng)
-                cv2.imwrite(os.path.join(root, split, "frames", seq, f"frame_{t:03d}.png"), image[..., ::-1])
-                cv2.imwrite(os.path.join(root, split, "labels", seq, f"frame_{t:03d}.png"), label)
-    return root
-
-
-def write_labels_file(path):
-    with open(path, "w") as f:
-        f.write("# class index order; ignore = 255 is not a class\n")
-        for name, colour in zip(NAMES, COLOURS):
-            f.write(f"{name} {colour[0]} {colour[1]} {colour[2]}\n")
-    return path
+# The generated dataset of docs/own_data.md step 0 (python -m stt_keras_cli.example_data).
+from stt_keras_cli.example_data import COLOURS, NAMES, H, W, scene, write_dataset, write_labels_file  # noqa: E402,F401
 
 
 def run_cli(module, *args):

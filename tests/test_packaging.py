@@ -16,8 +16,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALLED_AS = {"stt_keras": "stt_keras", "training": "stt_keras.training", "export": "stt_keras.export",
-                "edge_demo": "stt_edge_demo"}
-OWN_TOP_LEVEL = {"stt_keras", "stt_edge_demo"}
+                "edge_demo": "stt_edge_demo", "stt_keras_cli": "stt_keras_cli"}
+# stt_keras_cli: the commands' parsers, which must import without TensorFlow (`stt-train --help` at once).
+OWN_TOP_LEVEL = {"stt_keras", "stt_edge_demo", "stt_keras_cli"}
 
 
 def _setup_cfg():
@@ -78,7 +79,7 @@ def test_no_generic_import_names_anywhere():
     """Every project import uses the installed names (a `from training ...` only works from the repo root)."""
     generic = ("training", "export", "edge_demo")
     offenders = []
-    for folder in ("stt_keras", "training", "export", "edge_demo", "tests", "benchmarks"):
+    for folder in ("stt_keras", "training", "export", "edge_demo", "stt_keras_cli", "tests", "benchmarks"):
         for path in _python_files(folder):
             offenders += [(os.path.relpath(path, ROOT), name) for name in _imports(path)
                           if any(name == g or name.startswith(g + ".") for g in generic)]
@@ -124,3 +125,50 @@ def test_the_installed_edge_demo_runs_without_tensorflow(installed, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--model" in result.stdout
+
+
+COMMANDS = {"stt-train": "stt_keras_cli.train", "stt-eval": "stt_keras_cli.evaluate", "stt-export": "stt_keras_cli.export",
+            "stt-edge-demo": "stt_edge_demo.app"}
+
+
+def test_the_commands_parse_without_tensorflow():
+    """Every console script's module builds its parser and parses without importing TensorFlow, Keras or stt_keras."""
+    scripts = dict(line.replace(" ", "").split("=") for line in
+                   _setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines())
+    assert {name: target.split(":")[0] for name, target in scripts.items()} == COMMANDS
+    code = ("import sys, importlib\n"
+            f"for name in {sorted(COMMANDS.values())!r}:\n"
+            "    importlib.import_module(name).build_parser().format_help()\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'stt_keras', 'keras_hub'))\n"
+            "print(heavy)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def _best_of(command, runs=3):
+    import time
+
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True)
+        best = min(best, time.perf_counter() - start)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return best, result
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_answers_at_once(command):
+    """`CMD --help` (the installed console script) in under a second, and at most ~8x a bare `python -c pass`.
+
+    Measured as the best of three runs (a loaded machine slows both alike); importing
+    TensorFlow alone takes several seconds, so this fails if any command imports it.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), command)
+    if not os.path.isfile(script):
+        pytest.skip(f"{command} is not installed next to {sys.executable} (pip install -e .)")
+    bare, _ = _best_of([sys.executable, "-c", "pass"])
+    seconds, result = _best_of([script, "--help"])
+    assert "usage:" in result.stdout and result.stderr == ""
+    assert seconds < max(1.0, 8 * bare), f"{command} --help took {seconds:.2f} s (python -c pass: {bare:.2f} s)"

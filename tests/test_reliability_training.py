@@ -133,12 +133,23 @@ def test_second_run_on_the_same_out_names_the_lock_holder(tmp_path):
     (["--num-classes", "0"], "--num-classes must be at least 2"),
     (["--dataset", "folder", "--data-root", "x"], "needs --num-classes"),
     (["--dataset", "cityscapes"], "--data-root is required"),
-    (["--preset", "nope"], "unknown --preset 'nope'"),
     (["--init-from", "missing.keras"], "--init-from model file not found"),
 ])
 def test_bad_training_arguments_are_one_line_errors(tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message) as error:
         train_lib.run(_args(tmp_path / "run", *argv))
+    assert error.value.code == 2
+
+
+def test_unknown_preset_is_refused_with_the_choices(tmp_path, capsys):
+    """By the parser (before TensorFlow starts) on the command line, by run() from Python."""
+    with pytest.raises(SystemExit) as error:
+        _args(tmp_path, "--preset", "nope")
+    err = capsys.readouterr().err
+    assert error.value.code == 2 and "--preset: invalid choice: 'nope'" in err and "'stt_psp_tiny'" in err
+    config = train_lib.TrainConfig(preset="nope", out=str(tmp_path / "run"))
+    with pytest.raises(SystemExit, match="unknown --preset 'nope'; available: .*stt_psp_tiny") as error:
+        train_lib.run(config)
     assert error.value.code == 2
 
 

@@ -1,28 +1,9 @@
-"""stt-eval: mIoU, per-class IoU, temporal consistency and frames/s of a saved model on whole sequences.
+"""stt-eval's evaluation: `run(args)` streams whole sequences and writes results.json and report.md.
 
-Each sequence is run frame by frame the way the model is deployed: an STT model
-through StreamingSegmenter (every frame encoded once, the first-frame policy at
-the start of every sequence), a per-frame model on each frame alone. mIoU is
-over the labelled frames; TC (ETC's protocol, docs/method.md) over every consecutive
-pair of predicted frames, with OpenCV DIS flow.
-
-    stt-eval --model runs/synthetic_stt/best.keras --dataset synthetic --out runs/synthetic_stt/eval
-    stt-eval --model m.keras --dataset cityscapes --data-root /data/cityscapes --split val --out eval/
-    stt-eval --model m.keras --dataset camvid --data-root /data/camvid --split test --out eval/
-    stt-eval --model m.keras --dataset folder --data-root data/mine --split val --labels labels.txt --out eval/
-    stt-eval --model m.keras --dataset video --data-root drive.mp4 --label-dir drive_labels/ --out eval/
-
-Cityscapes TC clips follow ETC: the 19 frames before the annotated one, the
-annotated one and the 10 after (the whole 30-frame snippet); CamVid snippets are
-taken the same way around each labelled frame (fewer at a recording's ends).
-A folder dataset (ROOT/SPLIT/frames/SEQUENCE/*, labels/SEQUENCE/STEM.png) and a
-video (its {frame:06d}.png labels) stream every sequence whole.
-
-Progress (frames done, frames/s, ETA) goes to stderr every 10 s
-(STT_KERAS_PROGRESS_SECONDS changes the interval).
+The command line (`stt-eval --help`) is parsed in stt_keras_cli/evaluate.py,
+which imports no TensorFlow.
 """
 
-import argparse
 import glob
 import json
 import math
@@ -208,26 +189,7 @@ def markdown_report(results, class_names, title):
     return "\n".join(lines) + "\n"
 
 
-DATASETS = ("synthetic", "cityscapes", "camvid", "folder", "video")
-
-
-def build_parser():
-    p = argparse.ArgumentParser(prog="stt-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a .keras file from stt-train")
-    p.add_argument("--dataset", choices=DATASETS, default="synthetic")
-    p.add_argument("--data-root", help="dataset root (cityscapes, camvid, folder: the folder holding SPLIT/frames or "
-                                       "frames/), or the video file (video)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--label-dir", help="--dataset video: the folder of {frame:06d}.png labels (frame 0 is the first)")
-    p.add_argument("--labels", help="class names for the report (folder, video): a labels file as for stt-export "
-                                    "(JSON, or one name per line); default class_0, class_1, ...")
-    p.add_argument("--out", required=True, help="folder for results.json and report.md")
-    p.add_argument("--max-sequences", type=int, default=None)
-    p.add_argument("--no-history-ablation", action="store_true",
-                   help="skip the second pass with the STT's history replaced by the current frame (halves the time)")
-    p.add_argument("--synthetic-sequences", type=int, default=6)
-    p.add_argument("--synthetic-size", default="128x256")
-    return p
+from stt_keras_cli.evaluate import DATASETS, build_parser  # noqa: E402,F401
 
 
 def finite_or_none(value):
@@ -326,7 +288,8 @@ def run(args):
     if model.num_classes != len(names):
         raise UserError(f"stt-eval: the model predicts {model.num_classes} classes, the dataset has {len(names)}.")
     total = sum(len(item[0]) for item in make_sequences()[:args.max_sequences])
-    print(f"stt-eval: {description}: {len(make_sequences()[:args.max_sequences])} sequences, {total} frames"
+    count = len(make_sequences()[:args.max_sequences])
+    print(f"stt-eval: {description}: {count} sequence{'' if count == 1 else 's'}, {total} frame{'' if total == 1 else 's'}"
           + (", twice (the second pass ablates the history)" if model.stt is not None and not args.no_history_ablation
              else ""), file=sys.stderr, flush=True)
     try:
@@ -351,9 +314,11 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    run_cli("stt-eval", run, args)
+    """`python -m stt_keras.training.evaluate`: the stt-eval command (stt_keras_cli.evaluate.main)."""
+    from stt_keras_cli.evaluate import main as cli_main
+
+    cli_main(argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,32 +1,11 @@
-"""stt-train: train an STT model (or its per-frame baseline) with model.fit.
+"""Training runs: `train()` and `run(TrainConfig)`, what the stt-train command calls.
 
-Example (the built-in synthetic video, a few minutes on 2 CPU cores):
-    stt-train --preset stt_psp_tiny --dataset synthetic --steps 600 --out runs/synthetic_stt
-
-Cityscapes (paper lineage: SGD, momentum 0.9, poly decay, 80k iterations):
-    stt-train --preset stt_psp18 --dataset cityscapes --data-root /data/cityscapes \
-        --crop 512x1024 --batch-size 8 --steps 80000 --lr 0.01 --backbone-weights imagenet
-
-A run writes into --out: logs/ (TensorBoard), backup/ (killed runs resume from
-the last finished chunk of --checkpoint-every steps, with the optimizer state,
-the data order and the best score so far, and end at exactly --steps), last.keras,
-best.keras (by validation mIoU), history.csv, config.json and run.json (the
-settings the run was started with). Every file is written to a temporary name
-and renamed into place (training/callbacks.py).
-
-Re-running a command on its --out resumes it (or, when it is finished, says so
-and changes nothing). Other settings on an existing --out are refused with the
-list of what differs; --allow-new-settings continues the run with new training
-settings (steps, learning rate, ...) but never with another model or dataset.
-One run at a time per --out: a second one is refused, naming the PID that holds
-the lock (released by the kernel when that process ends, however it ends).
-
-From Python, `train(preset, num_classes, out=..., **settings)` does the same
-(settings: the fields of `TrainConfig`); this command parses its arguments
-into a `TrainConfig` and calls `run(config)`, as `train` does.
+The command line (options, defaults, examples: `stt-train --help`) is parsed in
+stt_keras_cli/train.py, which imports no TensorFlow, into a `TrainConfig`; `run`
+trains it. A run folder's files, resuming and the one-run-per-folder lock are
+described there and in docs/training.md.
 """
 
-import argparse
 import dataclasses
 import errno
 import fcntl
@@ -56,59 +35,12 @@ SETTING_DEFAULTS = {"first_frames": "pad"}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None}
-# The command-line flags that override the preset's STT arguments (TrainConfig.stt_overrides).
-STT_FLAGS = ("top_ratio", "key_selection", "norm_first", "nsm_temperature")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything one training run is made of; `train()` and the stt-train command both build one.
-
-    The fields are the command's options with `_` for `-` (`checkpoint_every` is
-    `--checkpoint-every`), with the same defaults and meanings (`stt-train --help`),
-    except `stt_overrides`: the arguments of `STTSegmenter.from_preset` that change
-    the preset ({"top_ratio": 0.5, "key_selection": "all", ...}); the command fills
-    it from --top-ratio, --key-selection, --norm-first and --nsm-temperature.
-    `crop` and `synthetic_size` are (H, W) pairs or "HxW" strings.
-    """
-
-    preset: str
-    out: str
-    num_classes: int = None  # None: the dataset's own (required for dataset="folder")
-    dataset: str = "synthetic"  # synthetic, cityscapes, camvid or folder
-    data_root: str = None
-    train_split: str = "train"
-    val_split: str = "val"
-    steps: int = 600
-    checkpoint_every: int = 50
-    batch_size: int = 4
-    crop: tuple = None  # (H, W); None: the frame size
-    frame_stride: int = 1
-    first_frames: str = "pad"
-    lr: float = 0.01
-    momentum: float = 0.9
-    poly_power: float = 0.9
-    weight_decay: float = 1e-4
-    aux_weight: float = 0.4
-    stt_overrides: dict = dataclasses.field(default_factory=dict)
-    mixed_precision: bool = False
-    xla: bool = False
-    distribute: str = "none"
-    cpu_devices: int = 0
-    init_from: str = None
-    backbone_weights: str = None
-    seed: int = 0
-    synthetic_sequences: int = 24
-    synthetic_size: tuple = (128, 256)
-    val_batches: int = None
-    allow_new_settings: bool = False
-    verbose: int = 1
-
+from stt_keras_cli.train import STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
-def train(preset, num_classes=None, *, out, **settings):
+def train(preset: str, num_classes: int | None = None, *, out: str, **settings) -> keras.Model | None:
     """Trains (or resumes) a model of `preset` into the run folder `out`, as stt-train does.
 
     Args:
@@ -131,65 +63,11 @@ def train(preset, num_classes=None, *, out, **settings):
     return run(TrainConfig(preset=preset, num_classes=num_classes, out=out, **settings))
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="stt-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = _DEFAULTS
-    p.add_argument("--preset", default="stt_psp_tiny")
-    p.add_argument("--dataset", choices=list(DATASET_CLASSES), default=d["dataset"])
-    p.add_argument("--data-root", help="dataset root (not for synthetic)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of a --dataset folder")
-    p.add_argument("--train-split", default=d["train_split"])
-    p.add_argument("--val-split", default=d["val_split"])
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--steps", type=int, default=d["steps"], help="total optimizer steps")
-    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"],
-                   help="steps per Keras epoch (backup/validation interval)")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--crop", type=parse_size, default=None, help="training crop HxW (default: the frame size)")
-    p.add_argument("--frame-stride", type=int, default=d["frame_stride"])
-    p.add_argument("--first-frames", choices=["pad", "skip"], default=d["first_frames"],
-                   help="labels on the first T * stride frames of a sequence (folder, camvid): pad = their history is the "
-                        "first frame, as in streaming inference (default); skip = do not train on them")
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--momentum", type=float, default=d["momentum"])
-    p.add_argument("--poly-power", type=float, default=d["poly_power"])
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="decoupled (AdamW-style) decay of SGD")
-    p.add_argument("--aux-weight", type=float, default=d["aux_weight"])
-    p.add_argument("--top-ratio", type=float, default=None, help="override the preset's STT query ratio")
-    p.add_argument("--key-selection", choices=["window", "all"], default=None, help="override the preset's key selection")
-    p.add_argument("--norm-first", action="store_true", default=None,
-                   help="pre-norm STT block that starts as the identity (not the paper; for --init-from)")
-    p.add_argument("--nsm-temperature", type=float, default=None,
-                   help="score query complexity on cosine / tau instead of raw dot products")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
-    p.add_argument("--xla", action="store_true", help="compile the train step with XLA")
-    p.add_argument("--distribute", choices=["none", "mirrored", "multiworker"], default=d["distribute"],
-                   help="mirrored: all local devices; multiworker: TF_CONFIG cluster")
-    p.add_argument("--cpu-devices", type=int, default=d["cpu_devices"],
-                   help="split the CPU into N logical devices (to run --distribute mirrored without GPUs)")
-    p.add_argument("--init-from", default=None,
-                   help="a .keras model (e.g. the per-frame baseline) whose encoder and decoder weights start this run")
-    p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"])
-    p.add_argument("--synthetic-size", type=parse_size, default=d["synthetic_size"])
-    p.add_argument("--val-batches", type=int, default=None, help="limit validation batches")
-    p.add_argument("--allow-new-settings", action="store_true",
-                   help="continue an existing --out with other training settings (never another model)")
-    p.add_argument("--verbose", type=int, default=d["verbose"])
-    return p
-
-
-def config_from_args(args):
-    """The TrainConfig of parsed command-line arguments: the STT flags given become `stt_overrides`."""
-    values = {k: v for k, v in vars(args).items() if k not in STT_FLAGS}
-    values["stt_overrides"] = {k: getattr(args, k) for k in STT_FLAGS if getattr(args, k) is not None}
-    return TrainConfig(**values)
-
-
 def main(argv=None):
-    """Console entry point: the arguments become a TrainConfig, trained by `run`."""
-    run_cli("stt-train", run, config_from_args(build_parser().parse_args(argv)))
+    """`python -m stt_keras.training.train`: the stt-train command (stt_keras_cli.train.main)."""
+    from stt_keras_cli.train import main as cli_main
+
+    cli_main(argv)
 
 
 def run_settings(config):
@@ -264,6 +142,34 @@ def make_strategy(kind, cpu_devices=0):
     return tf.distribute.get_strategy()
 
 
+def _stdout_is_terminal():
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def plural(count, noun):
+    """'1 sequence', '3 sequences'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def describe_samples(samples):
+    """'2 sequences, 40 labelled frames' of a sample list [(frame paths, label path)]."""
+    sequences = {os.path.dirname(label) for _, label in samples}
+    return f"{plural(len(sequences), 'sequence')}, {plural(len(samples), 'labelled frame')}"
+
+
+def frame_size_of(samples):
+    """(H, W) of the first sample's label image (a label has its frame's size)."""
+    import cv2
+
+    label = cv2.imread(samples[0][1], cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise ValueError(f"cannot read the label image {samples[0][1]}.")
+    return tuple(int(v) for v in label.shape[:2])
+
+
 def worker_output_dir(out, distribute):
     """Where this process writes: `out` for the chief, `out/worker-N` for the other workers.
 
@@ -296,6 +202,10 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
             train_video, num_key_frames, config.batch_size, config.crop, True, config.seed, config.frame_stride, skip=skip)
         val = data_lib.make_synthetic_dataset(
             val_video, num_key_frames, config.batch_size, None, False, config.seed, config.frame_stride, labelled_every=10)
+        crop = config.crop or (h, w)
+        print(f"stt-train: synthetic video: training on {plural(config.synthetic_sequences, 'sequence')} of 30 frames "
+              f"at {h}x{w}, validating on {plural(max(2, config.synthetic_sequences // 4), 'sequence')}; "
+              f"crop {crop[0]}x{crop[1]}", flush=True)
         return train, val
     if config.dataset == "cityscapes":
         lister, fmt = data_lib.cityscapes_samples, "cityscapes"
@@ -315,9 +225,13 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
         if not listed:
             raise ValueError(f"no labelled frame to train or validate on in the {split} split of {config.data_root}"
                              + (f" ({listed.skipped} skipped by --first-frames skip)" if listed.skipped else "") + ".")
-    train = data_lib.make_file_dataset(samples, num_classes, config.batch_size, config.crop, True, config.seed, fmt,
+    crop = config.crop or frame_size_of(samples)  # the default crop is the frame size
+    print(f"stt-train: {config.dataset} data in {config.data_root}: training on {describe_samples(samples)} "
+          f"({config.train_split}), validating on {describe_samples(val_samples)} ({config.val_split}); "
+          f"crop {crop[0]}x{crop[1]}{'' if config.crop else ' (the frame size)'}", flush=True)
+    train = data_lib.make_file_dataset(samples, num_classes, config.batch_size, crop, True, config.seed, fmt,
                                        skip=skip)
-    val = data_lib.make_file_dataset(val_samples, num_classes, config.batch_size, config.crop, False, config.seed, fmt)
+    val = data_lib.make_file_dataset(val_samples, num_classes, config.batch_size, crop, False, config.seed, fmt)
     return train, val
 
 
@@ -454,8 +368,11 @@ def _train_locked(config):
     keras.utils.set_random_seed(config.seed)
 
     strategy = make_strategy(config.distribute, config.cpu_devices)
-    name = "MultiWorkerMirroredStrategy" if config.distribute == "multiworker" else type(strategy).__name__
-    print(f"stt-train: {name} with {strategy.num_replicas_in_sync} replica(s), writing to {out}")
+    if config.distribute == "none":
+        print(f"stt-train: training on one device, writing to {out}")
+    else:
+        name = "MultiWorkerMirroredStrategy" if config.distribute == "multiworker" else type(strategy).__name__
+        print(f"stt-train: {name} with {strategy.num_replicas_in_sync} replica(s), writing to {out}")
     num_classes = config.num_classes or DATASET_CLASSES[config.dataset]
     with strategy.scope():
         try:
@@ -498,13 +415,14 @@ def _train_locked(config):
         RunCheckpoint(out, settings, restored=checkpoint),
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
     ]
+    verbose = config.verbose if config.verbose is not None else (1 if _stdout_is_terminal() else 2)
     model.fit(  # shuffle=False: the pipeline shuffles itself (seeded); Keras would warn and ignore True
         train, epochs=epochs, initial_epoch=done, steps_per_epoch=config.checkpoint_every, validation_data=val,
-        callbacks=callbacks, verbose=config.verbose, shuffle=False,
+        callbacks=callbacks, verbose=verbose, shuffle=False,
     )
     print(f"stt-train: done, {int(model.optimizer.iterations.numpy())} steps; models in {out}")
     return model
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

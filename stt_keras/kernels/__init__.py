@@ -38,8 +38,10 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 import warnings
 
 import tensorflow as tf
@@ -50,6 +52,7 @@ _SOURCE = os.path.join(os.path.dirname(__file__), "windowed_attention.cc")
 _FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-shared",
           "-fPIC", "-w"]
 _OPS = ("stt_windowed_attention", "stt_nsm_score")
+BUILD_SECONDS = 15  # typical compile time on 2 cores (README, Dependencies)
 _lock = threading.Lock()
 _state = {"module": None, "status": "not loaded yet"}
 _portable = threading.local()
@@ -184,7 +187,13 @@ def load():
             if problem is not None:
                 if problem != "not built yet":
                     warnings.warn(f"stt_keras: not loading the cached native library: {problem}; rebuilding it")
+                # The first step of a run waits for this: say why (once per machine and TensorFlow version).
+                print(f"stt_keras: compiling the native STT kernels (once, ~{BUILD_SECONDS} s) into {os.path.dirname(path)}",
+                      file=sys.stderr, flush=True)
+                start = time.monotonic()
                 _build(path)
+                print(f"stt_keras: native STT kernels compiled in {time.monotonic() - start:.0f} s", file=sys.stderr,
+                      flush=True)
                 problem = _verify(path)
                 if problem is not None:
                     raise RuntimeError(f"the rebuilt library failed its check: {problem}")
@@ -196,7 +205,10 @@ def load():
             _state["status"] = f"loaded from {path} (-march={_march()})"
         except (OSError, RuntimeError, tf.errors.NotFoundError) as e:
             _state["status"] = f"unavailable: {e}"
-            warnings.warn(f"stt_keras: native windowed attention unavailable, using the pure-TF path ({e})")
+            # One line: the compiler's full output is in native_status().
+            reason = next((line.strip() for line in str(e).splitlines() if "error" in line), str(e).splitlines()[0])
+            warnings.warn(f"stt_keras: native windowed attention unavailable, using the pure-TF path ({reason[:300]}; "
+                          "stt_keras.kernels.native_status() has the details)")
         return _state["module"]
 
 

@@ -1,8 +1,10 @@
 """STTSegmenter: shared encoder on every frame -> Sparse Temporal Transformer -> decoder."""
 
 import os
+import types
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from stt_keras.layers import SparseTemporalTransformer, dense_masked
@@ -22,7 +24,7 @@ _ARCH_KEYS = {"backbone", "feature_channels", "head_channels", "output_stride"}
 _MODEL_KEYS = {"stop_key_gradients", "aux_weight"}
 
 
-def list_presets():
+def list_presets() -> dict:
     """{preset name: description} of every model `STTSegmenter.from_preset` can build."""
     return {name: recipe["description"] for name, recipe in PRESETS.items()}
 
@@ -111,6 +113,9 @@ class STTSegmenter(keras.Model):
     (1, 64, 64, 5)
     """
 
+    # The built-in presets, name -> recipe (with its "description"), as KerasHub models list theirs.
+    presets = types.MappingProxyType(PRESETS)
+
     def __init__(self, encoder, decoder, stt=None, stop_key_gradients=False, aux_weight=0.4, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
@@ -124,7 +129,8 @@ class STTSegmenter(keras.Model):
 
     # ----------------------------------------------------------- construction
     @classmethod
-    def from_preset(cls, preset, num_classes=None, backbone_weights=None, load_weights=True, verify=True, **overrides):
+    def from_preset(cls, preset: str, num_classes: int | None = None, backbone_weights: str | None = None,
+                    load_weights: bool = True, verify: bool = True, **overrides) -> "STTSegmenter":
         """A model from a built-in preset name or a preset directory, as in keras-hub.
 
         - A built-in name (see `list_presets()`), e.g. `from_preset("stt_psp18",
@@ -271,6 +277,42 @@ class STTSegmenter(keras.Model):
             logits = self.decoder(mixed, skips, output_size=size, training=training)
         return tf.cast(logits, tf.float32)
 
+    def segment(self, frames) -> np.ndarray:
+        """Class labels (int32, argmax over classes) of one image or of every frame of a video.
+
+        - One image [H, W, 3] -> labels [H, W]. An STT model sees the image as its
+          own history (the first-frame policy: a clip of T+1 copies).
+        - A video: frames [N, H, W, 3] or a list/iterable of [H, W, 3] -> labels
+          [N, H, W]. An STT model streams them (`StreamingSegmenter`: one encoder
+          pass per frame, the first frame starts the stream); a per-frame model
+          segments each frame alone.
+
+        Example:
+        >>> import numpy as np
+        >>> model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=5)
+        >>> model.segment(np.zeros((64, 96, 3), "uint8")).shape
+        (64, 96)
+        >>> model.segment(np.zeros((4, 64, 96, 3), "uint8")).shape
+        (4, 64, 96)
+        """
+        if isinstance(frames, np.ndarray) or tf.is_tensor(frames):
+            array = np.asarray(frames)
+            if array.ndim == 3:
+                clip = array[None, None] if self.stt is None else np.repeat(array[None, None], self.num_key_frames + 1, 1)
+                logits = self(clip[:, -1] if self.stt is None else clip, training=False)
+                return np.argmax(np.asarray(logits)[0], axis=-1).astype(np.int32)
+            if array.ndim != 4:
+                raise ValueError(f"segment() takes an image [H, W, 3] or frames [N, H, W, 3], got shape {array.shape}.")
+            frames = list(array)
+        if self.stt is None:
+            labels = [np.argmax(np.asarray(self(np.asarray(f)[None], training=False))[0], -1) for f in frames]
+            if not labels:
+                raise ValueError("segment() got no frames.")
+            return np.stack(labels).astype(np.int32)
+        from stt_keras.streaming import StreamingSegmenter
+
+        return StreamingSegmenter(self).segment(frames)
+
     # --------------------------------------------------------------- training
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", ignore_label=IGNORE_LABEL, **kwargs):
         """Configures training; every argument has a default, as keras-hub tasks do.
@@ -315,6 +357,13 @@ class STTSegmenter(keras.Model):
             metrics = [MeanIoU(self.num_classes, ignore_label=ignore_label)]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with `shuffle=False` by default for a `tf.data.Dataset` (clip pipelines shuffle
+        themselves; Keras ignores `shuffle=True` for a dataset and warns about it)."""
+        if isinstance(x, tf.data.Dataset) and "shuffle" not in kwargs and len(args) < 7:
+            kwargs["shuffle"] = False
+        return super().fit(x, y, *args, **kwargs)
+
     def compile_from_config(self, config):
         # Keras skips compile() on load for a model whose compile() is overridden;
         # this one takes the saved (already resolved) optimizer, loss and metrics.
@@ -357,6 +406,62 @@ class STTSegmenter(keras.Model):
 
     # ------------------------------------------------------------ streaming
     # The state's layout is described once, in docs/export.md, "The streaming state contract".
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
+                layer_range=None, size=None):
+        """The model in one table: its input, then encoder, STT and decoder with their output per frame and
+        their parameters (Keras's own layer table: `expand_nested=True`).
+
+        Args:
+            size: (H, W) the shapes are given for (default 512 x 1024).
+            print_fn: where the lines go (default `print`).
+
+        Example:
+        >>> model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=5)
+        >>> model.summary(size=(128, 256))  # doctest: +ELLIPSIS
+        STTSegmenter 'stt_psp_tiny': one clip [batch, T+1 = 4, H, W, 3] -> logits [batch, H, W, 5] (...)
+        part     layer                       output per frame at 128 x 256               parameters
+        encoder  PSPNetEncoder               features [16, 32, 128], aux [16, 32, 96]       572,224
+        stt      SparseTemporalTransformer   [16, 32, 128] (query + 3 key frames)            25,472
+        decoder  PSPNetDecoder               logits [128, 256, 5]                           536,458
+        total                                                                             1,134,154 (1,131,018 trainable)
+        """
+        if expand_nested or line_length or positions or show_trainable or layer_range:
+            return super().summary(line_length=line_length, positions=positions, print_fn=print_fn,
+                                   expand_nested=expand_nested, show_trainable=show_trainable, layer_range=layer_range)
+        print_fn = print_fn or print
+        if not self.built or not self.decoder.built:  # parameter counts need the weights; any size builds them
+            frames = self.num_key_frames + 1
+            self(np.zeros((1, frames, 64, 64, 3) if self.stt is not None else (1, 64, 64, 3), np.uint8))
+        h, w = size or (512, 1024)
+
+        def shape(value):
+            return "[" + ", ".join(str(v) for v in tuple(value)[1:]) + "]"
+
+        encoded = self.encoder.compute_output_shape((1, h, w, 3))
+        features = encoded["features"]
+        rows = [("encoder", type(self.encoder).__name__,
+                 ", ".join(f"{k} {shape(v)}" for k, v in encoded.items()), self.encoder.count_params())]
+        if self.stt is not None:
+            rows.append(("stt", type(self.stt).__name__, f"{shape(features)} (query + {self.num_key_frames} key frames)",
+                         self.stt.count_params()))
+        rows.append(("decoder", type(self.decoder).__name__, f"logits [{h}, {w}, {self.num_classes}]",
+                     self.decoder.count_params()))
+        total = self.count_params()
+        trainable = sum(int(np.prod(v.shape)) for v in self.trainable_weights)
+        if self.stt is not None:
+            head = (f"STTSegmenter {self.name!r}: one clip [batch, T+1 = {self.num_key_frames + 1}, H, W, 3] -> logits "
+                    f"[batch, H, W, {self.num_classes}] (uint8 or float frames in [0, 255]; the last frame is segmented)")
+        else:
+            head = (f"STTSegmenter {self.name!r} (per frame): frames [batch, H, W, 3] -> logits "
+                    f"[batch, H, W, {self.num_classes}] (uint8 or float in [0, 255])")
+        widths = [8, max(26, max(len(r[1]) for r in rows) + 2), max(42, max(len(r[2]) for r in rows) + 2)]
+        lines = [head, f"{'part':<{widths[0]}} {'layer':<{widths[1]}} {f'output per frame at {h} x {w}':<{widths[2]}}"
+                       f"{'parameters':>12}"]
+        lines += [f"{a:<{widths[0]}} {b:<{widths[1]}} {c:<{widths[2]}}{d:>12,}" for a, b, c, d in rows]
+        lines.append(f"{'total':<{sum(widths) + 2}}{total:>12,} ({trainable:,} trainable)")
+        for line in lines:
+            print_fn(line)
+
     def compute_output_shape(self, input_shape):
         """[B, H, W, classes] (float32 logits) for a clip [B, T+1, H, W, 3] (or frames [B, H, W, 3])."""
         input_shape = tuple(input_shape)
@@ -368,7 +473,7 @@ class STTSegmenter(keras.Model):
         # The logits are float32 under every dtype policy (Keras would say the compute dtype).
         return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
 
-    def state_shape(self, height, width, packed=False, batch=1):
+    def state_shape(self, height: int, width: int, packed: bool = False, batch: int = 1) -> tuple:
         """Shape of the streaming state for frames of height x width, from `compute_output_shape` (nothing runs).
 
         [batch, T, h, w, C] or, `packed`, [batch, h, w, T * C] (the exported steps'
@@ -386,7 +491,7 @@ class STTSegmenter(keras.Model):
         frames = self.num_key_frames
         return (batch, h, w, frames * channels) if packed else (batch, frames, h, w, channels)
 
-    def initial_state(self, batch, height, width, packed=False):
+    def initial_state(self, batch: int, height: int, width: int, packed: bool = False) -> tf.Tensor:
         """All-zero float32 state of `state_shape` (start a stream with reset=True: its contents are not read)."""
         return tf.zeros(self.state_shape(height, width, packed=packed, batch=batch), tf.float32)
 
@@ -466,7 +571,7 @@ class STTSegmenter(keras.Model):
         logits = self.decoder(tf.cast(mixed, self.decoder.compute_dtype), skips, output_size=size, training=False)
         return tf.cast(logits, tf.float32), next_state
 
-    def save_to_preset(self, preset_dir, labels=None, colors=None):
+    def save_to_preset(self, preset_dir: str, labels: list | None = None, colors: list | None = None) -> None:
         """Writes this (trained) model as a preset directory that `from_preset(preset_dir)` loads.
 
         Writes config.json, model.weights.h5 and metadata.json (class count, the

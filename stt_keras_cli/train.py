@@ -1,0 +1,176 @@
+r"""stt-train: train an STT model (or its per-frame baseline) with model.fit.
+
+Example (the built-in synthetic video, a few minutes on 2 CPU cores):
+    stt-train --preset stt_psp_tiny --dataset synthetic --steps 600 --out runs/synthetic_stt
+
+Cityscapes (paper lineage: SGD, momentum 0.9, poly decay, 80k iterations):
+    stt-train --preset stt_psp18 --dataset cityscapes --data-root /data/cityscapes \
+        --crop 512x1024 --batch-size 8 --steps 80000 --lr 0.01 --backbone-weights imagenet
+
+A run writes into --out: logs/ (TensorBoard), backup/ (killed runs resume from
+the last finished chunk of --checkpoint-every steps, with the optimizer state,
+the data order and the best score so far, and end at exactly --steps), last.keras,
+best.keras (by validation mIoU), history.csv, config.json and run.json (the
+settings the run was started with). Every file is written to a temporary name
+and renamed into place (training/callbacks.py).
+
+Re-running a command on its --out resumes it (or, when it is finished, says so
+and changes nothing). Other settings on an existing --out are refused with the
+list of what differs; --allow-new-settings continues the run with new training
+settings (steps, learning rate, ...) but never with another model or dataset.
+One run at a time per --out: a second one is refused, naming the PID that holds
+the lock (released by the kernel when that process ends, however it ends).
+
+From Python, `train(preset, num_classes, out=..., **settings)` does the same
+(settings: the fields of `TrainConfig`); this command parses its arguments
+into a `TrainConfig` and calls `run(config)`, as `train` does.
+"""
+
+import argparse
+import dataclasses
+
+from stt_keras_cli import HelpFormatter, add_tf_logs_flag, prepare_environment, preset_names, quiet_python_logs
+
+# The datasets stt-train reads (stt_keras.training.train.DATASET_CLASSES holds their class counts).
+DATASETS = ("synthetic", "cityscapes", "camvid", "folder")
+# The command-line flags that override the preset's STT arguments (TrainConfig.stt_overrides).
+STT_FLAGS = ("top_ratio", "key_selection", "norm_first", "nsm_temperature")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one training run is made of; `train()` and the stt-train command both build one.
+
+    The fields are the command's options with `_` for `-` (`checkpoint_every` is
+    `--checkpoint-every`), with the same defaults and meanings (`stt-train --help`),
+    except `stt_overrides`: the arguments of `STTSegmenter.from_preset` that change
+    the preset ({"top_ratio": 0.5, "key_selection": "all", ...}); the command fills
+    it from --top-ratio, --key-selection, --norm-first and --nsm-temperature.
+    `crop` and `synthetic_size` are (H, W) pairs or "HxW" strings.
+    """
+
+    preset: str
+    out: str
+    num_classes: int = None  # None: the dataset's own (required for dataset="folder")
+    dataset: str = "synthetic"  # synthetic, cityscapes, camvid or folder
+    data_root: str = None
+    train_split: str = "train"
+    val_split: str = "val"
+    steps: int = 600
+    checkpoint_every: int = 50
+    batch_size: int = 4
+    crop: tuple = None  # (H, W); None: the frame size
+    frame_stride: int = 1
+    first_frames: str = "pad"
+    lr: float = 0.01
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    weight_decay: float = 1e-4
+    aux_weight: float = 0.4
+    stt_overrides: dict = dataclasses.field(default_factory=dict)
+    mixed_precision: bool = False
+    xla: bool = False
+    distribute: str = "none"
+    cpu_devices: int = 0
+    init_from: str = None
+    backbone_weights: str = None
+    seed: int = 0
+    synthetic_sequences: int = 24
+    synthetic_size: tuple = (128, 256)
+    val_batches: int = None
+    allow_new_settings: bool = False
+    verbose: int = None  # Keras fit: 0 silent, 1 progress bar, 2 one line per epoch; None: 1 on a terminal, else 2
+
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
+def _size(value):
+    # The library's parser (stt_keras/sizes.py) without importing the library (it loads TensorFlow).
+    from stt_keras_cli import load_library_module
+
+    sizes = load_library_module("sizes", "sizes.py")
+    try:
+        return sizes.parse_size(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="stt-train", description=__doc__, formatter_class=HelpFormatter)
+    d = DEFAULTS
+    p.add_argument("--preset", default="stt_psp_tiny", choices=preset_names(), metavar="PRESET",
+                   help="the model recipe, one of: %(choices)s")
+    p.add_argument("--dataset", choices=DATASETS, default=d["dataset"], help="the training data")
+    p.add_argument("--data-root", help="dataset root (not for synthetic)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of a --dataset folder (the other datasets have their own)")
+    p.add_argument("--train-split", default=d["train_split"], help="split (folder) to train on")
+    p.add_argument("--val-split", default=d["val_split"], help="split (folder) to validate on")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--steps", type=int, default=d["steps"], help="total optimizer steps")
+    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"],
+                   help="steps per Keras epoch (backup/validation interval)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="clips per step")
+    p.add_argument("--crop", type=_size, default=None, metavar="HxW",
+                   help="training crop (default: the frame size, read from the first labelled frame; "
+                        "--dataset synthetic: --synthetic-size)")
+    p.add_argument("--frame-stride", type=int, default=d["frame_stride"], help="frames between a clip's frames")
+    p.add_argument("--first-frames", choices=["pad", "skip"], default=d["first_frames"],
+                   help="labels on the first T * stride frames of a sequence (folder, camvid): pad = their history is the "
+                        "first frame, as in streaming inference (default); skip = do not train on them")
+    p.add_argument("--lr", type=float, default=d["lr"], help="initial learning rate (SGD, poly decay to 0)")
+    p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")
+    p.add_argument("--poly-power", type=float, default=d["poly_power"], help="power of the poly decay")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="decoupled (AdamW-style) decay of SGD")
+    p.add_argument("--aux-weight", type=float, default=d["aux_weight"], help="weight of the auxiliary head's loss")
+    p.add_argument("--top-ratio", type=float, default=None, help="override the preset's STT query ratio")
+    p.add_argument("--key-selection", choices=["window", "all"], default=None, help="override the preset's key selection")
+    p.add_argument("--norm-first", action="store_true", default=None,
+                   help="pre-norm STT block that starts as the identity (not the paper; for --init-from)")
+    p.add_argument("--nsm-temperature", type=float, default=None,
+                   help="score query complexity on cosine / tau instead of raw dot products")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
+    p.add_argument("--xla", action="store_true", help="compile the train step with XLA")
+    p.add_argument("--distribute", choices=["none", "mirrored", "multiworker"], default=d["distribute"],
+                   help="mirrored: all local devices; multiworker: TF_CONFIG cluster")
+    p.add_argument("--cpu-devices", type=int, default=d["cpu_devices"],
+                   help="split the CPU into N logical devices (to run --distribute mirrored without GPUs)")
+    p.add_argument("--init-from", default=None,
+                   help="a .keras model (e.g. the per-frame baseline) whose encoder and decoder weights start this run")
+    p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
+    p.add_argument("--seed", type=int, default=d["seed"], help="initial weights, data order and augmentation")
+    p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"],
+                   help="--dataset synthetic: training sequences of 30 frames")
+    p.add_argument("--synthetic-size", type=_size, default=d["synthetic_size"], metavar="HxW",
+                   help="--dataset synthetic: frame size")
+    p.add_argument("--val-batches", type=int, default=None, help="limit validation batches (default: all)")
+    p.add_argument("--allow-new-settings", action="store_true",
+                   help="continue an existing --out with other training settings (never another model)")
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
+                   help="Keras progress: 0 none, 1 a progress bar, 2 one line per epoch "
+                        "(default: 1 on a terminal, 2 when the output goes to a file or pipe)")
+    add_tf_logs_flag(p)
+    return p
+
+
+def config_from_args(args):
+    """The TrainConfig of parsed command-line arguments: the STT flags given become `stt_overrides`."""
+    values = {k: v for k, v in vars(args).items() if k not in STT_FLAGS and k != "tf_logs"}
+    values["stt_overrides"] = {k: getattr(args, k) for k in STT_FLAGS if getattr(args, k) is not None}
+    return TrainConfig(**values)
+
+
+def main(argv=None):
+    """Console entry point: parses (no TensorFlow yet), then trains through `stt_keras.training.train.run`."""
+    args = build_parser().parse_args(argv)
+    prepare_environment(args.tf_logs, filter_fds=argv is None)
+    from stt_keras.errors import run_cli
+    from stt_keras.training import train as train_lib
+
+    quiet_python_logs(args.tf_logs)
+    run_cli("stt-train", train_lib.run, config_from_args(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Quiet commands: only the project's own lines reach the user unless --tf-logs asks for more.
+
+The native libraries (TensorFlow, absl, oneDNN, LiteRT, ONNX Runtime) write their log
+lines straight to file descriptors 1 and 2; stt_keras_cli/quiet.py filters both.
+The whole commands are run quiet by tests/test_docs.py (the documented walkthrough).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from stt_keras_cli.quiet import is_noise
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# No TF_CPP_MIN_LOG_LEVEL from the test suite: the commands must be quiet on their own.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLED_DEVICE_TYPES",
+                                                             "GRPC_VERBOSITY")}
+CLEAN_ENV["PYTHONUNBUFFERED"] = "1"
+
+NOISE = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1796331595.351291   18559 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    "different numerical results due to floating-point round-off errors from different computation orders.",
+    "I0000 00:00:1796331595.375914   18559 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will "
+    "not be used.",
+    "E0000 00:00:1796331666.521309   18559 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed "
+    "call to cuInit: UNKNOWN ERROR (303)",
+    "INFO: Failed to load OpenCL library",
+    "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, output_inference_type: FLOAT32",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    "INFO: [accelerator_registry.cc:54] RegisterAccelerator: ptr=0x55d04fd06e60, name=CpuAccelerator",
+    "WARNING: [npu_registry.cc:34] NPU accelerator could not be loaded and registered: kLiteRtStatusErrorNotFound.",
+    "\x1b[0;93m2026-12-03 20:46:59.900696389 [W:onnxruntime:, graph.cc:5809 CleanUnusedInitializersAndNodeArgs] "
+    "Removing initializer 'scales__292'.\x1b[m",
+]
+KEPT = [
+    "stt-export: stt_float32.tflite: 3.70 MB, labels agree 100.00% (7 s)",
+    "Traceback (most recent call last):",
+    "E0000 00:00:1796331666.521309   18559 some_op.cc:52] a real error stays visible",
+    "Epoch 1/2",
+]
+
+
+@pytest.mark.parametrize("line", NOISE)
+def test_native_log_lines_are_noise(line):
+    assert is_noise(line)
+
+
+@pytest.mark.parametrize("line", KEPT)
+def test_everything_else_passes(line):
+    assert not is_noise(line)
+
+
+def _run(code, **kwargs):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
+                          env=CLEAN_ENV, timeout=300, **kwargs)
+
+
+def test_the_filter_drops_native_lines_on_both_descriptors_and_keeps_order():
+    noise = "\n".join(NOISE[:4]) + "\n"
+    result = _run(f"""
+        import os, sys
+        from stt_keras_cli.quiet import filter_native_logs
+        filter_native_logs()
+        os.write(2, {noise.encode()!r})
+        os.write(1, b"INFO: Failed to load OpenCL library\\nresult 1\\n")
+        print("result 2")
+        sys.stderr.write("stt-train: one\\n")
+        os.write(2, b"stt-train: two\\nno newline at the end")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "result 1\nresult 2\n"
+    assert result.stderr == "stt-train: one\nstt-train: two\nno newline at the end"
+
+
+def test_a_crash_still_shows_its_message():
+    result = _run("""
+        import os, sys
+        from stt_keras_cli.quiet import filter_native_logs
+        filter_native_logs()
+        sys.stderr.write("stt-eval: about to crash\\n")
+        sys.stderr.flush()
+        os.abort()
+    """)
+    assert result.returncode != 0
+    assert result.stderr == "stt-eval: about to crash\n"
+
+
+def test_tensorflow_starts_silently_even_when_keras_comes_first():
+    """What a command does before its work: the environment, then Keras (TensorFlow), then the library; one op."""
+    result = _run("""
+        from stt_keras_cli import prepare_environment, quiet_python_logs
+        prepare_environment()
+        import keras
+        import stt_keras
+        quiet_python_logs()
+        import tensorflow as tf
+        print(float(tf.reduce_sum(tf.ones([2, 2]))))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "4.0\n"
+    assert result.stderr == ""
+
+
+def test_tf_logs_shows_them_again():
+    result = _run("""
+        from stt_keras_cli import prepare_environment
+        prepare_environment(tf_logs=True)
+        import os
+        os.write(2, b"I0000 00:00:1.5   1 port.cc:153] a native line\\n")
+    """)
+    assert result.stderr == "I0000 00:00:1.5   1 port.cc:153] a native line\n"
