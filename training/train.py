@@ -41,7 +41,7 @@ from stt_keras.errors import UserError, run_cli
 from stt_keras.models import STTSegmenter
 from stt_keras.sizes import SizeError, parse_size
 from stt_keras.training import data as data_lib
-from stt_keras.training.data.readers import CAMVID_CLASSES
+from stt_keras.training.data.readers import CAMVID_CLASSES, VSPW_CLASSES
 from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
                                 remove_stale_temporaries, truncate_history)
 
@@ -55,7 +55,7 @@ TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_s
 SETTING_DEFAULTS = {"first_frames": "pad"}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
-                   "camvid": len(CAMVID_CLASSES), "folder": None}
+                   "camvid": len(CAMVID_CLASSES), "folder": None, "vspw": len(VSPW_CLASSES)}
 # The command-line flags that override the preset's STT arguments (TrainConfig.stt_overrides).
 STT_FLAGS = ("top_ratio", "key_selection", "norm_first", "nsm_temperature")
 
@@ -75,7 +75,7 @@ class TrainConfig:
     preset: str
     out: str
     num_classes: int = None  # None: the dataset's own (required for dataset="folder")
-    dataset: str = "synthetic"  # synthetic, cityscapes, camvid or folder
+    dataset: str = "synthetic"  # synthetic, cityscapes, camvid, folder or vspw
     data_root: str = None
     train_split: str = "train"
     val_split: str = "val"
@@ -114,7 +114,7 @@ def train(preset, num_classes=None, *, out, **settings):
     Args:
         preset: a built-in preset name (`stt_keras.models.list_presets()`).
         num_classes: output classes; None takes the dataset's own (synthetic 7,
-            cityscapes 19, camvid 11); required for dataset="folder".
+            cityscapes 19, camvid 11, vspw 124); required for dataset="folder".
         out: the run folder (checkpoints, models, history; see the module docstring).
         **settings: the other fields of `TrainConfig`, e.g. dataset="synthetic",
             steps=300, crop=(128, 128), stt_overrides={"top_ratio": 0.5}.
@@ -148,7 +148,7 @@ def build_parser():
     p.add_argument("--crop", type=parse_size, default=None, help="training crop HxW (default: the frame size)")
     p.add_argument("--frame-stride", type=int, default=d["frame_stride"])
     p.add_argument("--first-frames", choices=["pad", "skip"], default=d["first_frames"],
-                   help="labels on the first T * stride frames of a sequence (folder, camvid): pad = their history is the "
+                   help="labels on the first T * stride frames of a sequence (folder, camvid, vspw): pad = their history is the "
                         "first frame, as in streaming inference (default); skip = do not train on them")
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--momentum", type=float, default=d["momentum"])
@@ -301,6 +301,8 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
         lister, fmt = data_lib.cityscapes_samples, "cityscapes"
     elif config.dataset == "camvid":
         lister, fmt = data_lib.camvid_samples, "index"
+    elif config.dataset == "vspw":  # a mask on every frame: a clip ends at each one
+        lister, fmt = data_lib.vspw_samples, "vspw"
     else:
         lister, fmt = None, "index"
     first = {} if config.dataset == "cityscapes" else {"first_frames": config.first_frames}
