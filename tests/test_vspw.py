@@ -305,17 +305,47 @@ def test_stt_eval_reports_mvc_on_the_synthetic_set_and_names_a_missing_split(tmp
     from stt_keras.models import STTSegmenter
     from stt_keras.training.evaluate import evaluate, main, synthetic_sequences
 
-    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7)
+    model = STTSegmenter.from_preset("psp_tiny", num_classes=7)
     sequences = list(synthetic_sequences(1, frames=18, size=(32, 64)))
     results = evaluate(model, sequences, 7)
     assert results["vc_windows"] == {"8": 10, "16": 2} and 0.0 <= results["mvc_8"] <= 1.0
     # Labelled every other frame: no sequence is densely labelled, so no mVC.
     sparse = evaluate(model, list(synthetic_sequences(1, frames=18, size=(32, 64), labelled_every=2)), 7)
     assert sparse["mvc_8"] is None and sparse["vc_sequences"] == 0
-    model(np.zeros((1, model.num_key_frames + 1, 32, 64, 3), np.uint8))
+    model(np.zeros((1, 32, 64, 3), np.uint8))
     model.save(str(tmp_path / "m.keras"))
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", str(tmp_path / "m.keras"), "--dataset", "vspw", "--data-root", str(tmp_path),
               "--out", str(tmp_path / "eval")])
     assert exit_info.value.code == 2
     assert "no VSPW split file" in capsys.readouterr().err
+
+
+def test_stt_train_reads_vspw(tmp_path):
+    """stt-train --dataset vspw: 124 classes without --num-classes, clips ending at every frame of the split,
+    labels mapped."""
+    from stt_keras.errors import UserError
+    from stt_keras.training.train import TrainConfig, check_config, make_datasets
+
+    root = str(tmp_path / "VSPW_480p")
+    videos = write_vspw(root)
+    config = check_config(TrainConfig(preset="stt_psp_tiny", out=str(tmp_path / "run"), dataset="vspw", data_root=root,
+                                      batch_size=2, crop="32x32"))
+    _, val = make_datasets(config, num_key_frames=3, num_classes=124, start_step=0)
+    clips, labels = next(iter(val))  # the val split in order, cropped to 32x32 around the centre
+    stored = videos["1001_abc"][:2, :, 16:48]
+    np.testing.assert_array_equal(labels.numpy(), np.where((stored == 0) | (stored == 255), 255, stored - 1.0))
+    with pytest.raises(UserError, match="has 124 classes"):
+        check_config(TrainConfig(preset="stt_psp_tiny", out="x", dataset="vspw", data_root=root, num_classes=19))
+
+
+@pytest.mark.slow
+def test_stt_train_runs_on_vspw(tmp_path):
+    """A two-step stt-train run on the fixture tree (about 50 s on 2 busy cores)."""
+    from stt_keras.training.train import train
+
+    root = str(tmp_path / "VSPW_480p")
+    write_vspw(root)
+    model = train("stt_psp_tiny", out=str(tmp_path / "run"), dataset="vspw", data_root=root, steps=2, checkpoint_every=2,
+                  batch_size=2, crop="32x32", val_batches=1, verbose=0)
+    assert model.num_classes == 124 and os.path.isfile(str(tmp_path / "run" / "last.keras"))
