@@ -349,3 +349,36 @@ def test_stt_train_runs_on_vspw(tmp_path):
     model = train("stt_psp_tiny", out=str(tmp_path / "run"), dataset="vspw", data_root=root, steps=2, checkpoint_every=2,
                   batch_size=2, crop="32x32", val_batches=1, verbose=0)
     assert model.num_classes == 124 and os.path.isfile(str(tmp_path / "run" / "last.keras"))
+
+
+def test_mvc_on_a_folder_dataset_scores_only_the_densely_labelled_sequences(tmp_path):
+    """Folder layout: a sequence labelled on every frame is scored like VSPW's script does; one with a
+    frame left unlabelled is left out of mVC (its labelled frames still count for mIoU)."""
+    from stt_keras.models import STTSegmenter
+    from stt_keras.training.evaluate import evaluate, file_sequences
+
+    rng = np.random.default_rng(5)
+    root = str(tmp_path / "mine")
+    labels = {}
+    for seq, length in (("dense", 11), ("gappy", 11)):
+        os.makedirs(os.path.join(root, "frames", seq))
+        os.makedirs(os.path.join(root, "labels", seq))
+        block = rng.integers(0, 3, (4, 8)).astype(np.uint8)
+        labels[seq] = []
+        for t in range(length):
+            if t % 4 == 3:
+                block[rng.integers(4), rng.integers(8)] = 255
+            label = cv2.resize(block, (W, H), interpolation=cv2.INTER_NEAREST)
+            cv2.imwrite(os.path.join(root, "frames", seq, f"img_{t:03d}.png"),
+                        rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+            if not (seq == "gappy" and t == 5):
+                cv2.imwrite(os.path.join(root, "labels", seq, f"img_{t:03d}.png"), label)
+            labels[seq].append(label)
+    model = STTSegmenter.from_preset("psp_tiny", num_classes=3)
+    results = evaluate(model, file_sequences(readers.folder_sequences(root), 3), 3)
+    frames = sorted(os.listdir(os.path.join(root, "frames", "dense")))
+    preds = np.stack([np.asarray(model(cv2.imread(os.path.join(root, "frames", "dense", f))[None, ..., ::-1])[0])
+                      .argmax(-1) for f in frames])
+    assert results["vc_sequences"] == 1 and results["vc_windows"] == {"8": 3, "16": 0}
+    assert results["mvc_8"] == pytest.approx(vc_perclip([(np.stack(labels["dense"]), preds)], 8), abs=1e-9)
+    assert results["mvc_16"] is None
