@@ -382,3 +382,19 @@ def test_mvc_on_a_folder_dataset_scores_only_the_densely_labelled_sequences(tmp_
     assert results["vc_sequences"] == 1 and results["vc_windows"] == {"8": 3, "16": 0}
     assert results["mvc_8"] == pytest.approx(vc_perclip([(np.stack(labels["dense"]), preds)], 8), abs=1e-9)
     assert results["mvc_16"] is None
+
+
+def test_export_reads_a_vspw_root_for_calibration_and_names_its_classes(tmp_path):
+    """stt-export --calibration-data VSPW_ROOT: every video of the split, masks mapped; --labels vspw."""
+    from stt_keras.export.calibration import UserData
+    from stt_keras.export.labels import class_names_for
+
+    root = str(tmp_path / "VSPW_480p")
+    videos = write_vspw(root)
+    data = UserData(root, H, W, 124, split="val")
+    assert data.kind == "VSPW (split val)" and data.total_frames == sum(LENGTHS.values()) and data.has_labels
+    (frames, labels), = data.segments(1, 4)[0]
+    stored = videos["1001_abc"][:4]
+    np.testing.assert_array_equal(labels, np.where((stored == 0) | (stored == 255), 255, stored - 1))
+    names, palette, source = class_names_for(None, 124)
+    assert names == list(readers.VSPW_CLASSES) and len({tuple(c) for c in palette}) == 124 and "vspw" in source
