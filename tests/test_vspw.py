@@ -175,6 +175,10 @@ def test_window_consistency_and_sparse_sequences():
     assert vc.result() == {8: None, 16: None} and vc.sequences == 0 and vc.sequences_skipped == 1
     with pytest.raises(ValueError, match="protocol"):
         VideoConsistency(protocol="mean")
+    vc.start_sequence()
+    vc.update(np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="Frame 1 is 3x2, the frames before it 2x2"):
+        vc.update(np.zeros((2, 3)), np.zeros((2, 3)))
 
 
 # ----------------------------------------------------------------- a VSPW tree on disk

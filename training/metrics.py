@@ -149,7 +149,9 @@ class VideoConsistency:
     every n, mVC_8 included.
 
     Only sequences with a label on every frame are scored; a sequence with an
-    unlabelled frame is left out whole (`sequences_skipped`).
+    unlabelled frame is left out whole (`sequences_skipped`). It streams: per pixel it
+    keeps how many consecutive frames kept their value (n frames are constant iff that
+    run reaches n), so it holds one previous frame, whatever n.
 
     Args:
         windows: window lengths n.
@@ -167,14 +169,20 @@ class VideoConsistency:
         self.sequences = 0
         self.sequences_skipped = 0
         self._open = False
+        self._clear()
 
     def start_sequence(self):
         """Starts a new sequence (ends an open one)."""
         if self._open:
             self.end_sequence()
-        self._labels, self._predictions = [], []
+        self._clear()
         self._pending = {n: [] for n in self.windows}
         self._frames, self._dense, self._open = 0, True, True
+
+    def _clear(self):
+        # The previous frame's ground truth and prediction, and per pixel how many consecutive frames up to
+        # it kept the same value (capped at max(windows)): n frames ending there are constant iff run >= n.
+        self._last_truth = self._last_prediction = self._run_truth = self._run_prediction = None
 
     def update(self, label, prediction, stored=None):
         """The next frame of the sequence: its train-id label [H, W] (None: unlabelled), prediction [H, W],
@@ -184,18 +192,32 @@ class VideoConsistency:
         self._frames += 1
         if label is None or not self._dense:
             self._dense = False
-            self._labels, self._predictions = [], []
+            self._clear()
             return
         truth = np.asarray(label if self.protocol == "cffm" or stored is None else stored)
-        t = self._frames - 1  # this frame's index; the buffer holds the min(t, max(windows)) frames before it
-        for n in self.windows:
-            if t >= n:  # frame t exists, so the window t - n .. t - 1 is one the script counts
-                self._pending[n].append(window_consistency(self._labels[-n:], self._predictions[-n:]))
-        self._labels.append(truth)
-        self._predictions.append(np.asarray(prediction, np.int32))
-        keep = max(self.windows)
-        if len(self._labels) > keep:
-            del self._labels[:-keep], self._predictions[:-keep]
+        prediction = np.asarray(prediction)
+        if truth.shape != prediction.shape or truth.ndim != 2:
+            raise ValueError(f"Expected a label and a prediction [H, W] of one size, got {truth.shape} and "
+                             f"{prediction.shape}.")
+        t = self._frames - 1  # this frame's index
+        if t == 0:
+            self._run_truth = np.ones(truth.shape, np.int16)
+            self._run_prediction = np.ones(truth.shape, np.int16)
+        else:
+            if truth.shape != self._last_truth.shape:
+                raise ValueError(f"Frame {t} is {truth.shape[1]}x{truth.shape[0]}, the frames before it "
+                                 f"{self._last_truth.shape[1]}x{self._last_truth.shape[0]}.")
+            for n in self.windows:
+                if t >= n:  # frame t exists, so the window t - n .. t - 1 is one the script counts
+                    common = self._run_truth >= n
+                    count = np.count_nonzero(common)
+                    self._pending[n].append(
+                        np.count_nonzero(common & (self._run_prediction >= n)) / count if count else float("nan"))
+            cap = max(self.windows)
+            self._run_truth = np.where(truth == self._last_truth, np.minimum(self._run_truth + 1, cap), 1).astype(np.int16)
+            self._run_prediction = np.where(prediction == self._last_prediction,
+                                            np.minimum(self._run_prediction + 1, cap), 1).astype(np.int16)
+        self._last_truth, self._last_prediction = truth, prediction
 
     def end_sequence(self):
         """Ends the sequence: its windows count if every frame had a label (and, "cffm", it is long enough)."""
@@ -211,7 +233,7 @@ class VideoConsistency:
         for n in self.windows:
             self.values[n].extend(self._pending[n])
         self.sequences += 1
-        self._labels, self._predictions = [], []
+        self._clear()
 
     def result(self):
         """{n: mVC_n in [0, 1], or None when no window was counted}."""
