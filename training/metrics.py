@@ -143,8 +143,8 @@ class VideoConsistency:
     VC_perclip.py): the ground truth is the mask as stored (`stored` of `update`; VSPW:
     0 "others" and 255 void are two values, so a pixel going from one to the other
     breaks the consistency), and each n is a run of its own (skip N <= n).
-    protocol="cffm" is the copy in CFFM / MRCFA (GuoleiSun/VSS-CFFM, VC_perclip.py),
-    which later VSPW papers report: the ground truth is the train-id label (VSPW: 0 and
+    protocol="cffm" is the copy shipped with the CFFM and MRCFA code (GuoleiSun/VSS-CFFM
+    and GuoleiSun/VSS-MRCFA, VC_perclip.py): the ground truth is the train-id label (VSPW: 0 and
     255 both 255 first), and sequences of N <= max(windows) frames (16) are skipped for
     every n, mVC_8 included.
 
