@@ -9,6 +9,8 @@ from running the (float) step over whole segments, reset on each first frame.
     `labels/SEQ/STEM.png`), or a dataset root whose `SPLIT/` is one (as stt-train
     reads it); a CamVid root (its `frames/`) reads the same way, without labels;
   * a Cityscapes root (`leftImg8bit_sequence/SPLIT/CITY/...`): each snippet is a sequence;
+  * a VSPW root (`SPLIT.txt`, `data/VIDEO/origin/*.jpg`, `mask/*.png`): each video of the split,
+    with its masks mapped to train ids (0 and 255 ignored);
   * a folder of images (one sequence, in file-name order);
   * a video file (anything OpenCV decodes);
   * a glob of frames, quoted (`'shots/*.png'`): one sequence per folder, in file-name order.
@@ -186,6 +188,10 @@ def read_user_data(spec, split="val"):
         listed = readers.folder_sequences(root)
         kind = "folder layout" + ("" if root == spec else f" (split {split})")
         return [_Sequence(name, paths, labels=labels) for name, paths, labels in listed], kind
+    if os.path.isfile(os.path.join(spec, f"{split}.txt")) and os.path.isdir(os.path.join(spec, "data")):
+        listed = readers.vspw_sequences(spec, split, require_labels=False)
+        return ([_Sequence(name, paths, labels=labels, label_format="vspw") for name, paths, labels in listed],
+                f"VSPW (split {split})")
     if os.path.isdir(os.path.join(spec, "leftImg8bit_sequence", split)):
         sequences = _cityscapes_sequences(spec, split)
         if sequences:
@@ -195,7 +201,7 @@ def read_user_data(spec, split="val"):
         return [_Sequence(folder, paths) for folder, paths in groups.items()], "folder of frames"
     raise FileNotFoundError(
         f"--calibration-data {spec}: no frames found (expected frames/SEQUENCE/*.png, {split}/frames/SEQUENCE/*.png, "
-        f"leftImg8bit_sequence/{split}/, image files, a video file or a quoted glob such as 'frames/*.png').")
+        f"leftImg8bit_sequence/{split}/, {split}.txt with data/ (VSPW), image files, a video file or a quoted glob such as 'frames/*.png').")
 
 
 def _segments(sequences, length, overlapping=False):

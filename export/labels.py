@@ -70,6 +70,10 @@ def default_palette(num_classes):
     return colours
 
 
+# VSPW: its 124 class names; colours from the default palette (the benchmark defines none of its own).
+LABEL_SETS["vspw"] = (list(readers.VSPW_CLASSES), default_palette(len(readers.VSPW_CLASSES)))
+
+
 _COLOUR = re.compile(r"^(?P<name>.*?)[\s,;:]+(?:#(?P<hex>[0-9a-fA-F]{6})|(?P<r>\d{1,3})[\s,]+(?P<g>\d{1,3})[\s,]+(?P<b>\d{1,3}))\s*$")
 
 

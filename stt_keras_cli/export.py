@@ -66,7 +66,7 @@ def build_parser():
     p.add_argument("--size", default="128x256", metavar="HxW", help="frame size the exported models take (any size)")
     p.add_argument("--labels", default=None,
                    help="class names (and colours) for the metadata: a labels file (one name per line, optional colour "
-                        "'road 128 64 128' or '#804080'; or JSON), or a built-in set: synthetic, cityscapes, camvid "
+                        "'road 128 64 128' or '#804080'; or JSON), or a built-in set: synthetic, cityscapes, camvid, vspw "
                         "(default: the built-in set with the model's class count, else class_0, class_1, ...)")
     p.add_argument("--formats", default="savedmodel,tflite,onnx", help="comma list of savedmodel, tflite, onnx")
     p.add_argument("--forms", default="default,gpu", help="comma list of step forms: default, gpu")
@@ -84,7 +84,7 @@ def build_parser():
                         "the CPU (auto: when a Vulkan device is available; require: fail without one)")
     p.add_argument("--calibration-data", default=None,
                    help="frames for int8 calibration and parity: a folder in the generic layout (frames/SEQ/*.png, "
-                        "optional labels/SEQ/*.png) or a dataset root with SPLIT/frames, a CamVid or Cityscapes root, a "
+                        "optional labels/SEQ/*.png) or a dataset root with SPLIT/frames, a CamVid, Cityscapes or VSPW root, a "
                         "folder of images, a video file, or a quoted glob of frames (default: the synthetic video)")
     p.add_argument("--calibration-split", default="val", help="split of a --calibration-data dataset root")
     p.add_argument("--calibration-sequences", type=int, default=4, help="segments for int8 calibration")

@@ -32,7 +32,7 @@ import dataclasses
 from stt_keras_cli import HelpFormatter, add_tf_logs_flag, prepare_environment, preset_names, quiet_python_logs
 
 # The datasets stt-train reads (stt_keras.training.train.DATASET_CLASSES holds their class counts).
-DATASETS = ("synthetic", "cityscapes", "camvid", "folder")
+DATASETS = ("synthetic", "cityscapes", "camvid", "folder", "vspw")
 # The command-line flags that override the preset's STT arguments (TrainConfig.stt_overrides).
 STT_FLAGS = ("top_ratio", "key_selection", "norm_first", "nsm_temperature")
 
@@ -52,7 +52,7 @@ class TrainConfig:
     preset: str
     out: str
     num_classes: int = None  # None: the dataset's own (required for dataset="folder")
-    dataset: str = "synthetic"  # synthetic, cityscapes, camvid or folder
+    dataset: str = "synthetic"  # synthetic, cityscapes, camvid, folder or vspw
     data_root: str = None
     train_split: str = "train"
     val_split: str = "val"
@@ -117,7 +117,7 @@ def build_parser():
                         "--dataset synthetic: --synthetic-size)")
     p.add_argument("--frame-stride", type=int, default=d["frame_stride"], help="frames between a clip's frames")
     p.add_argument("--first-frames", choices=["pad", "skip"], default=d["first_frames"],
-                   help="labels on the first T * stride frames of a sequence (folder, camvid): pad = their history is the "
+                   help="labels on the first T * stride frames of a sequence (folder, camvid, vspw): pad = their history is the "
                         "first frame, as in streaming inference (default); skip = do not train on them")
     p.add_argument("--lr", type=float, default=d["lr"], help="initial learning rate (SGD, poly decay to 0)")
     p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")

@@ -24,7 +24,7 @@ from stt_keras.training.data.files import FrameFiles, LabelFiles
 from stt_keras.training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from stt_keras.training.data.synthetic import SyntheticVideo
 from stt_keras.training.data.video import VideoFrames, read_video_labels
-from stt_keras.training.metrics import FLOW_ESTIMATOR, MeanIoU, TemporalConsistency
+from stt_keras.training.metrics import FLOW_ESTIMATOR, VC_PROTOCOLS, MeanIoU, TemporalConsistency, VideoConsistency
 
 
 def synthetic_sequences(num_sequences=6, frames=30, size=(128, 256), seed=1000, labelled_every=1):
@@ -52,9 +52,9 @@ def cityscapes_sequences(root, split):
     return sequences
 
 
-def file_sequences(listed, num_classes):
+def file_sequences(listed, num_classes, label_format="index"):
     """(name, frame paths, {index: label path}) lists -> [(FrameFiles, LabelFiles)]."""
-    return [(FrameFiles(paths), LabelFiles(labels, num_classes)) for _, paths, labels in listed]
+    return [(FrameFiles(paths), LabelFiles(labels, num_classes, label_format)) for _, paths, labels in listed]
 
 
 def video_sequences(path, label_dir, num_classes):
@@ -70,7 +70,7 @@ def _count(frames):
         return None
 
 
-def evaluate(model, sequences, num_classes, max_sequences=None, history="video"):
+def evaluate(model, sequences, num_classes, max_sequences=None, history="video", vc_protocol="vspw"):
     """Runs `model` over sequences; returns the metrics dict.
 
     Args:
@@ -83,6 +83,8 @@ def evaluate(model, sequences, num_classes, max_sequences=None, history="video")
         history: "video" (the real stream) or "current" (the history ablation:
             every step's history is copies of the current frame, so the STT sees
             no past; a per-frame model is unaffected).
+        vc_protocol: mVC_8 / mVC_16 (`VideoConsistency`) on the sequences with a label on
+            every frame: "vspw" (the VSPW authors' script) or "cffm" (its CFFM/MRCFA copy).
     """
     if history not in ("video", "current"):
         raise ValueError(f"`history` must be 'video' or 'current', got {history!r}.")
@@ -96,6 +98,7 @@ def evaluate(model, sequences, num_classes, max_sequences=None, history="video")
                "clean_frames": MeanIoU(num_classes)}
     has_masks = False
     tc = TemporalConsistency(num_classes, masked=True)
+    vc = VideoConsistency(protocol=vc_protocol)
     stream = StreamingSegmenter(model) if model.stt is not None else None
     per_frame = tf.function(lambda frame: model(frame, training=False))  # compiled, as the stream step is
     seconds, frames_timed = 0.0, 0
@@ -107,6 +110,7 @@ def evaluate(model, sequences, num_classes, max_sequences=None, history="video")
         has_masks |= masks is not None
         if stream is not None:
             stream.reset()
+        vc.start_sequence()
         previous = None  # (frame, prediction): TC adds up over consecutive pairs
         for t, frame in enumerate(frames):
             if stream is not None and history == "current":
@@ -118,7 +122,9 @@ def evaluate(model, sequences, num_classes, max_sequences=None, history="video")
                 seconds += time.perf_counter() - start
                 frames_timed += 1
             if t in labels:
-                label = labels[t][None].astype(np.int64)
+                # with_stored: the label as stored too (VSPW's mask), in one read
+                train_ids, stored = labels.with_stored(t) if hasattr(labels, "with_stored") else (labels[t], None)
+                label = train_ids[None].astype(np.int64)
                 if label.shape[1:] != prediction.shape:
                     raise ValueError(f"Frame {t} of sequence {n} is {prediction.shape[0]}x{prediction.shape[1]} but its "
                                      f"label is {label.shape[1]}x{label.shape[2]}.")
@@ -128,18 +134,27 @@ def evaluate(model, sequences, num_classes, max_sequences=None, history="video")
                     subsets["degraded_frames" if mask.any() else "clean_frames"].update_state(label, prediction[None])
                     if mask.any():
                         subsets["degraded_pixels"].update_state(np.where(mask, label, IGNORE_LABEL), prediction[None])
+                vc.update(train_ids, prediction, stored)
+            else:
+                vc.update(None, prediction)
             if previous is not None:
                 tc.update(np.stack([previous[0], frame]), np.stack([previous[1], prediction]))
             previous = (frame, prediction)
             progress.update()
+        vc.end_sequence()
     progress.close()
     per_class = miou.per_class_iou().numpy()
+    consistency = vc.result()
     results = {
         "miou": float(miou.result()),
         "per_class_iou": [None if np.isnan(v) else float(v) for v in per_class],
         "tc": tc.result(),
         "tc_occlusion_masked": tc.result_masked(),
         "tc_flow": FLOW_ESTIMATOR,
+        **{f"mvc_{n}": value for n, value in consistency.items()},
+        "vc_protocol": vc_protocol,
+        "vc_sequences": vc.sequences,
+        "vc_windows": {str(n): count for n, count in vc.windows_counted().items()},
         "frames_per_second": frames_timed / seconds if seconds else None,
         "frames_timed": frames_timed,
         "history": history,
@@ -151,15 +166,16 @@ def evaluate(model, sequences, num_classes, max_sequences=None, history="video")
     return results
 
 
-def evaluate_with_ablation(model, make_sequences, num_classes, max_sequences=None, ablation=True):
+def evaluate_with_ablation(model, make_sequences, num_classes, max_sequences=None, ablation=True, vc_protocol="vspw"):
     """`evaluate` on the real stream and, for an STT model, again with the history
     ablation (results["history_ablation"]): how much of the result comes from time."""
-    results = evaluate(model, make_sequences(), num_classes, max_sequences)
+    results = evaluate(model, make_sequences(), num_classes, max_sequences, vc_protocol=vc_protocol)
     if model.stt is not None and ablation:
-        ablation = evaluate(model, make_sequences(), num_classes, max_sequences, history="current")
+        ablation = evaluate(model, make_sequences(), num_classes, max_sequences, history="current",
+                            vc_protocol=vc_protocol)
         results["history_ablation"] = {k: v for k, v in ablation.items()
                                        if k in ("miou", "tc", "miou_degraded_frames", "miou_degraded_pixels",
-                                                "miou_clean_frames")}
+                                                "miou_clean_frames", "mvc_8", "mvc_16")}
     return results
 
 
@@ -171,6 +187,10 @@ def markdown_report(results, class_names, title):
     lines.append(f"| mIoU | {pct(results['miou'])} |")
     lines.append(f"| TC ({results['tc_flow']}) | {pct(results['tc'])} |")
     lines.append(f"| TC, occlusion-masked (forward-backward check) | {pct(results['tc_occlusion_masked'])} |")
+    for n in (8, 16):
+        if results.get(f"mvc_{n}") is not None:
+            lines.append(f"| mVC_{n} ({results['vc_protocol']} protocol, {results['vc_windows'][str(n)]} windows of "
+                         f"{results['vc_sequences']} densely labelled sequences) | {pct(results[f'mvc_{n}'])} |")
     for key, name in (("miou_degraded_frames", "mIoU, degraded frames"), ("miou_degraded_pixels", "mIoU, degraded pixels"),
                       ("miou_clean_frames", "mIoU, clean frames")):
         if results.get(key) is not None:
@@ -181,6 +201,9 @@ def markdown_report(results, class_names, title):
         if ablation.get("miou_degraded_frames") is not None:
             lines.append(f"| mIoU on degraded frames, history ablated | {pct(ablation['miou_degraded_frames'])} |")
         lines.append(f"| TC, history ablated | {pct(ablation['tc'])} |")
+        for n in (8, 16):
+            if ablation.get(f"mvc_{n}") is not None:
+                lines.append(f"| mVC_{n}, history ablated | {pct(ablation[f'mvc_{n}'])} |")
     fps = results["frames_per_second"]
     lines.append(f"| frames/s (batch 1, this machine) | {fps:.2f} |" if fps else "| frames/s | n/a |")
     lines += ["", "| class | IoU |", "|---|---|"]
@@ -238,6 +261,10 @@ def check_arguments(args):
         labels = os.path.join(args.data_root, "labels", args.split)
         if not glob.glob(os.path.join(labels, "*.png")):
             raise UserError(f"stt-eval: no CamVid labels (*.png) in {labels}: nothing to score.")
+    elif args.dataset == "vspw":
+        listing = os.path.join(args.data_root, f"{args.split}.txt")
+        if not os.path.isfile(listing):
+            raise UserError(f"stt-eval: no VSPW split file {listing} (ROOT/{{train,val,test}}.txt next to ROOT/data/).")
     elif args.dataset == "video":
         if not os.path.isfile(args.data_root):
             raise UserError(f"stt-eval: --dataset video needs --data-root VIDEO_FILE; no file at {args.data_root}.")
@@ -258,6 +285,10 @@ def dataset_sequences(args, num_classes, size=None):
     elif args.dataset == "camvid":
         sequences = file_sequences(readers.camvid_sequences(args.data_root, args.split), len(readers.CAMVID_CLASSES))
         names = list(readers.CAMVID_CLASSES)
+    elif args.dataset == "vspw":
+        sequences = file_sequences(readers.vspw_sequences(args.data_root, args.split), len(readers.VSPW_CLASSES),
+                                   "vspw")
+        names = list(readers.VSPW_CLASSES)
     elif args.dataset == "folder":
         root = folder_root(args.data_root, args.split)
         listed = readers.folder_sequences(root)
@@ -275,7 +306,7 @@ def dataset_sequences(args, num_classes, size=None):
         names, _, _ = class_names_for(args.labels, num_classes)
     where = folder_root(args.data_root, args.split) if args.dataset == "folder" else args.data_root
     return (lambda: sequences), names, f"{args.dataset} {where}" + (
-        f" (split {args.split})" if args.dataset in ("cityscapes", "camvid") else "")
+        f" (split {args.split})" if args.dataset in ("cityscapes", "camvid", "vspw") else "")
 
 
 def run(args):
@@ -294,7 +325,7 @@ def run(args):
              else ""), file=sys.stderr, flush=True)
     try:
         results = evaluate_with_ablation(model, make_sequences, len(names), args.max_sequences,
-                                         ablation=not args.no_history_ablation)
+                                         ablation=not args.no_history_ablation, vc_protocol=args.vc_protocol)
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"stt-eval: {error}") from None
     if results.get("miou") is None or not math.isfinite(results["miou"]):

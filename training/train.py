@@ -20,7 +20,7 @@ from stt_keras.errors import UserError, run_cli
 from stt_keras.models import STTSegmenter
 from stt_keras.sizes import SizeError, parse_size
 from stt_keras.training import data as data_lib
-from stt_keras.training.data.readers import CAMVID_CLASSES
+from stt_keras.training.data.readers import CAMVID_CLASSES, VSPW_CLASSES
 from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
                                 remove_stale_temporaries, truncate_history)
 
@@ -34,7 +34,7 @@ TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_s
 SETTING_DEFAULTS = {"first_frames": "pad"}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
-                   "camvid": len(CAMVID_CLASSES), "folder": None}
+                   "camvid": len(CAMVID_CLASSES), "folder": None, "vspw": len(VSPW_CLASSES)}
 from stt_keras_cli.train import STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -46,7 +46,7 @@ def train(preset: str, num_classes: int | None = None, *, out: str, **settings) 
     Args:
         preset: a built-in preset name (`stt_keras.models.list_presets()`).
         num_classes: output classes; None takes the dataset's own (synthetic 7,
-            cityscapes 19, camvid 11); required for dataset="folder".
+            cityscapes 19, camvid 11, vspw 124); required for dataset="folder".
         out: the run folder (checkpoints, models, history; see the module docstring).
         **settings: the other fields of `TrainConfig`, e.g. dataset="synthetic",
             steps=300, crop=(128, 128), stt_overrides={"top_ratio": 0.5}.
@@ -211,6 +211,8 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
         lister, fmt = data_lib.cityscapes_samples, "cityscapes"
     elif config.dataset == "camvid":
         lister, fmt = data_lib.camvid_samples, "index"
+    elif config.dataset == "vspw":  # a mask on every frame: a clip ends at each one
+        lister, fmt = data_lib.vspw_samples, "vspw"
     else:
         lister, fmt = None, "index"
     first = {} if config.dataset == "cityscapes" else {"first_frames": config.first_frames}

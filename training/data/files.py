@@ -4,9 +4,12 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from stt_keras.training.data.cityscapes_ids import to_train_ids
+from stt_keras.training.data.cityscapes_ids import to_train_ids as cityscapes_to_train_ids
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.training.data.pipeline import augment, check_label_values, sample_dataset
+from stt_keras.training.data.readers import vspw_to_train_ids
+
+LABEL_FORMATS = ("cityscapes", "index", "vspw")
 
 
 def read_frame(path):
@@ -17,19 +20,34 @@ def read_frame(path):
     return image[..., ::-1]
 
 
-def read_label(path, num_classes, label_format):
-    """uint8 [H, W] train ids of a label file ('cityscapes' labelIds or plain 'index' labels)."""
+def read_raw_label(path):
+    """uint8 [H, W] of a single-channel 8-bit label file, as stored."""
     label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if label is None:
         raise ValueError(f"Cannot read label {path}: missing, truncated or not an image.")
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError(f"Label {path} must be a single-channel 8-bit image, got shape {label.shape}, dtype {label.dtype}.")
-    if label_format == "cityscapes":
+    return label
+
+
+def to_train_ids(label, num_classes, label_format, path):
+    """A stored label -> uint8 train ids ('cityscapes' labelIds, VSPW masks, or plain 'index' labels), checked."""
+    if label_format == "vspw":
+        try:
+            label = vspw_to_train_ids(label)
+        except ValueError as error:
+            raise ValueError(f"Label {path}: {error}") from None
+    elif label_format == "cityscapes":
         if label.max() > 33 and (label[label > 33] != 255).any():
             raise ValueError(f"Label {path} has labelIds above 33: {sorted(set(label[label > 33].tolist()) - {255})}.")
-        label = to_train_ids(label)
+        label = cityscapes_to_train_ids(label)
     check_label_values(label, num_classes, f"label {path}")
     return label
+
+
+def read_label(path, num_classes, label_format):
+    """uint8 [H, W] train ids of a label file ('cityscapes' labelIds, 'vspw' masks or plain 'index' labels)."""
+    return to_train_ids(read_raw_label(path), num_classes, label_format, path)
 
 
 def load_clip(frame_paths, label_path, num_classes, label_format):
@@ -52,12 +70,13 @@ def make_file_dataset(samples, num_classes, batch_size, crop_size=None, training
     Args:
         samples: list of (frame paths, label path), e.g. from `cityscapes_samples`.
         num_classes: classes of the labels (after mapping).
-        label_format: "cityscapes" (labelIds, mapped to train ids) or "index".
+        label_format: "cityscapes" (labelIds, mapped to train ids), "vspw" (raw VSPW masks,
+            mapped by `vspw_to_train_ids`) or "index".
     """
     if not samples:
         raise ValueError("No samples to read.")
-    if label_format not in ("cityscapes", "index"):
-        raise ValueError(f"label_format must be 'cityscapes' or 'index', got {label_format!r}.")
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}.")
     frame_paths = tf.constant([list(p) for p, _ in samples])
     label_paths = tf.constant([l for _, l in samples])
     num_frames = len(samples[0][0])
@@ -103,7 +122,11 @@ class FrameFiles:
 
 
 class LabelFiles(dict):
-    """{frame index: label path} that reads a label (checked against the classes) when it is looked up."""
+    """{frame index: label path} that reads a label (checked against the classes) when it is looked up.
+
+    `with_stored(index)` gives (train ids, the label as stored) from one read: the
+    video consistency of VSPW's own script compares the stored masks (0 and 255 apart).
+    """
 
     def __init__(self, paths, num_classes, label_format="index"):
         super().__init__(paths)
@@ -111,6 +134,11 @@ class LabelFiles(dict):
 
     def __getitem__(self, index):
         return read_label(super().__getitem__(index), self.num_classes, self.label_format)
+
+    def with_stored(self, index):
+        path = super().__getitem__(index)
+        stored = read_raw_label(path)
+        return to_train_ids(stored, self.num_classes, self.label_format, path), stored
 
     def items(self):
         return ((k, self[k]) for k in self.keys())

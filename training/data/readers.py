@@ -45,6 +45,14 @@ Generic folders:
   the numbering is a missing frame, an error naming it (or, with
   skip_incomplete=True, the clips that need it are skipped), never a clip of
   frames that are not consecutive.
+
+VSPW (the video scene parsing benchmark, VSPW_480p as released):
+    {root}/{split}.txt                       video names, one a line (train, val, test)
+    {root}/data/{video}/origin/{stem}.jpg    every frame; stream order = sorted file names
+    {root}/data/{video}/mask/{stem}.png      a mask on every frame: 1..124 the classes,
+                                             0 "others" and 255 void, both ignored
+  Masks become train ids by the toolkit's mapping (`vspw_to_train_ids`): k -> k - 1,
+  0 and 255 -> 255 (mmsegmentation's reduce_zero_label); 124 classes (`VSPW_CLASSES`).
 """
 
 import functools
@@ -336,3 +344,117 @@ def camvid_sequences(root, split, before=19, after=10):
     if not sequences:
         raise FileNotFoundError(f"No CamVid labels (*.png) in {label_dir}.")
     return sequences
+
+
+# ------------------------------------------------------------------- VSPW
+# The 124 classes of VSPW, in train-id order: raw mask value k (1..124) is train id k - 1.
+# Raw value 0 is "others" and 255 "void"; both are ignored (VSPW toolkit, see `vspw_to_train_ids`).
+VSPW_CLASSES = (
+    "wall", "ceiling", "door", "stair", "ladder", "escalator", "Playground_slide", "handrail_or_fence", "window",
+    "rail", "goal", "pillar", "pole", "floor", "ground", "grass", "sand", "athletic_field", "road", "path",
+    "crosswalk", "building", "house", "bridge", "tower", "windmill", "well_or_well_lid", "other_construction", "sky",
+    "mountain", "stone", "wood", "ice", "snowfield", "grandstand", "sea", "river", "lake", "waterfall", "water",
+    "billboard_or_Bulletin_Board", "sculpture", "pipeline", "flag", "parasol_or_umbrella", "cushion_or_carpet", "tent",
+    "roadblock", "car", "bus", "truck", "bicycle", "motorcycle", "wheeled_machine", "ship_or_boat", "raft", "airplane",
+    "tyre", "traffic_light", "lamp", "person", "cat", "dog", "horse", "cattle", "other_animal", "tree", "flower",
+    "other_plant", "toy", "ball_net", "backboard", "skateboard", "bat", "ball", "cupboard_or_showcase_or_storage_rack",
+    "box", "traveling_case_or_trolley_case", "basket", "bag_or_package", "trash_can", "cage", "plate",
+    "tub_or_bowl_or_pot", "bottle_or_cup", "barrel", "fishbowl", "bed", "pillow", "table_or_desk", "chair_or_seat",
+    "bench", "sofa", "shelf", "bathtub", "gun", "commode", "roaster", "other_machine", "refrigerator",
+    "washing_machine", "Microwave_oven", "fan", "curtain", "textiles", "clothes", "painting_or_poster", "mirror",
+    "flower_pot_or_vase", "clock", "book", "tool", "blackboard", "tissue", "screen_or_television", "computer",
+    "printer", "Mobile_phone", "keyboard", "other_electronic_product", "fruit", "food", "instrument", "train",
+)
+VSPW_RAW_VALUES = "0..124 and 255"
+
+
+def vspw_to_train_ids(mask):
+    """A raw VSPW mask (values 0..124, 255) -> train ids: k -> k - 1 for k in 1..124; 0 ("others") and 255 -> 255.
+
+    The mapping the VSPW toolkit recommends (label[label==0]=255; label=label-1;
+    label[label==254]=255), mmsegmentation's reduce_zero_label. Other values are an error.
+    """
+    mask = np.asarray(mask)
+    bad = np.unique(mask[(mask > len(VSPW_CLASSES)) & (mask != 255)])
+    if bad.size:
+        raise ValueError(f"VSPW mask values {bad.tolist()} are outside {VSPW_RAW_VALUES}.")
+    out = mask.astype(np.int16) - 1
+    out[(mask == 0) | (mask == 255)] = 255
+    return out.astype(np.uint8)
+
+
+def vspw_videos(root, split):
+    """The video names of a VSPW split: ROOT/{split}.txt, one name a line (blank lines skipped)."""
+    listing = os.path.join(root, f"{split}.txt")
+    if not os.path.isfile(listing):
+        raise FileNotFoundError(f"No VSPW split file {listing} (ROOT/{{train,val,test}}.txt, one video name a line).")
+    with open(listing) as f:
+        videos = [line.strip() for line in f if line.strip()]
+    if not videos:
+        raise FileNotFoundError(f"VSPW split file {listing} names no video.")
+    return videos
+
+
+def _vspw_frames(root, video):
+    """Sorted frame paths of data/{video}/origin (*.jpg, *.png), hidden files skipped, as the toolkit lists them."""
+    folder = os.path.join(root, "data", video, "origin")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"VSPW video {video} has no frame folder {folder}.")
+    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and n.lower().endswith((".jpg", ".jpeg", ".png")))
+    if not names:
+        raise FileNotFoundError(f"VSPW video {video} has no frames (*.jpg) in {folder}.")
+    return [os.path.join(folder, n) for n in names]
+
+
+def vspw_sequences(root, split, require_labels=True):
+    """[(video, frame paths in stream order, {frame index: mask path})] of a VSPW split, every video whole.
+
+    Layout (VSPW_480p as released):
+        ROOT/{split}.txt                     video names, one a line
+        ROOT/data/{video}/origin/{stem}.jpg  every frame; stream order = sorted file names
+        ROOT/data/{video}/mask/{stem}.png    its mask (raw values 0..124, 255), one per frame
+    Every frame has its mask (a frame without one, or a mask without its frame, is an
+    error naming it); with require_labels=False (the test split has no masks) a video
+    without a mask folder gets no labels.
+    """
+    sequences = []
+    for video in vspw_videos(root, split):
+        frames = _vspw_frames(root, video)
+        mask_dir = os.path.join(root, "data", video, "mask")
+        if not os.path.isdir(mask_dir):
+            if require_labels:
+                raise FileNotFoundError(f"VSPW video {video} has no mask folder {mask_dir}.")
+            sequences.append((video, frames, {}))
+            continue
+        stems = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(frames)}
+        masks = {}
+        for name in sorted(os.listdir(mask_dir)):
+            if name.startswith(".") or not name.lower().endswith(".png"):
+                continue
+            stem = os.path.splitext(name)[0]
+            if stem not in stems:
+                raise FileNotFoundError(f"VSPW mask {os.path.join(mask_dir, name)} has no frame {stem}.* in "
+                                        f"{os.path.dirname(frames[0])}.")
+            masks[stems[stem]] = os.path.join(mask_dir, name)
+        unlabelled = next((p for i, p in enumerate(frames) if i not in masks), None)
+        if unlabelled is not None:
+            stem = os.path.splitext(os.path.basename(unlabelled))[0]
+            raise FileNotFoundError(f"VSPW frame {unlabelled} has no mask {os.path.join(mask_dir, stem + '.png')} "
+                                    "(VSPW labels every frame).")
+        sequences.append((video, frames, masks))
+    return sequences
+
+
+def vspw_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False, first_frames="pad"):
+    """Clips ending at every frame of a VSPW split (every frame has a mask): (frame paths [T+1], mask path).
+
+    A clip is its frame and the T * stride frames before it in the video's sorted
+    order; before the first frame the history repeats the first frame ("pad", the
+    streaming policy), or those frames are dropped ("skip") or an error ("error").
+    """
+    _check_policy(first_frames)
+    candidates = []
+    for _, frames, masks in vspw_sequences(root, split):
+        path_of = (lambda i, frames=frames: frames[i])
+        candidates += [(path_of, index, masks[index], 0) for index in sorted(masks)]
+    return _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_frames)
