@@ -13,6 +13,9 @@ TINY_STT = dict(
     num_key_frames=3, start_size=1, end_size=3, expansion=1, neighborhood_radius=3,
     top_ratio=1.0, num_heads=4, reduction=4,
 )
+# The block `STTSegmenter.from_image_segmenter` inserts by default: TINY_STT in the pre-norm form
+# (docs/method.md), which starts as the identity, so the wrapped segmenter first gives its own logits.
+IDENTITY_STT = dict(TINY_STT, norm_first=True)
 
 _PSP = dict(arch="pspnet", head_channels=512)
 _BISE = dict(arch="bisenet")

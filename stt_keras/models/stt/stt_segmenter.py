@@ -12,7 +12,7 @@ from stt_keras.models.bisenet.bisenet_decoder import BiSeNetDecoder
 from stt_keras.models.bisenet.bisenet_encoder import BiSeNetEncoder
 from stt_keras.models.pspnet.pspnet_decoder import PSPNetDecoder
 from stt_keras.models.pspnet.pspnet_encoder import PSPNetEncoder
-from stt_keras.models.stt.stt_presets import PRESETS
+from stt_keras.models.stt.stt_presets import IDENTITY_STT, PRESETS
 
 _STT_KEYS = {
     "num_key_frames", "start_size", "end_size", "expansion", "neighborhood_radius", "top_ratio",
@@ -80,6 +80,18 @@ def _logs_for_multi_worker_reduce(logs):
         return logs
     return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and v.shape.rank == 0 else v
             for k, v in logs.items()}
+
+
+def _make_stt(stt, dtype=None):
+    """The STT of `from_image_segmenter`: "auto", a dict over IDENTITY_STT, a layer, or None."""
+    if stt is None or isinstance(stt, SparseTemporalTransformer):
+        return stt
+    if isinstance(stt, str) and stt == "auto":
+        stt = {}
+    if not isinstance(stt, dict):
+        raise TypeError(f"`stt` must be 'auto', a dict of SparseTemporalTransformer arguments, a "
+                        f"SparseTemporalTransformer or None, got {type(stt).__name__}.")
+    return SparseTemporalTransformer(**{**IDENTITY_STT, **stt}, dtype=dtype, name="stt")
 
 
 @keras.saving.register_keras_serializable(package="stt_keras")
@@ -202,6 +214,37 @@ class STTSegmenter(keras.Model):
             stt = SparseTemporalTransformer(**{**stt_config, **stt_overrides}, dtype=dtype, name="stt")
         model_kwargs = {k: v for k, v in overrides.items() if k in _MODEL_KEYS}
         return cls(encoder, decoder, stt, name=name, **model_kwargs)
+
+    @classmethod
+    def from_image_segmenter(cls, segmenter_or_preset, stt="auto", num_classes=None, features_stage=None,
+                             dtype=None, name=None):
+        """An STT model (or its per-frame twin) from a KerasHub image segmenter, its trained weights untouched.
+
+        The segmenter is split where its decoder's work stays per frame (SegFormer:
+        after the MiT encoder, the STT on the stage `features_stage` map; the other
+        stages are the decoder's skips) and its variables are copied one to one;
+        its image converter's normalisation goes inside the encoder, so the model
+        takes raw RGB in [0, 255], at any frame size. See docs/pretrained.md.
+
+        Args:
+            segmenter_or_preset: a KerasHub `SegFormerImageSegmenter` or
+                `DeepLabV3ImageSegmenter`, a KerasHub preset name
+                ("segformer_b0_cityscapes_1024", ...) or a local KerasHub preset
+                directory (`save_to_preset`).
+            stt: "auto" (a small block that starts as the identity: `TINY_STT` with
+                `norm_first=True`), a dict of `SparseTemporalTransformer` arguments
+                (over those defaults), a `SparseTemporalTransformer`, or None for
+                the per-frame twin.
+            num_classes: None keeps the segmenter's classes and classifier; another
+                number gives a new, randomly initialised classifier.
+            features_stage: SegFormer: the MiT stage (1..4) the STT mixes (default 4).
+            dtype: dtype policy of the new layers (e.g. "mixed_float16").
+        """
+        from stt_keras.models import keras_hub_segmenters as hub
+
+        segmenter = hub.load_image_segmenter(segmenter_or_preset)
+        encoder, decoder, kind = hub.split_image_segmenter(segmenter, num_classes, features_stage, dtype)
+        return cls(encoder, decoder, _make_stt(stt, dtype), name=name or ("stt_" if stt is not None else "") + kind)
 
     # ------------------------------------------------------------------ call
     def _encode(self, frames, training):
