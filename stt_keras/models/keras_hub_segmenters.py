@@ -141,6 +141,20 @@ def split_segformer(segmenter, num_classes=None, features_stage=4, dtype=None):
     return encoder, decoder
 
 
+def check_architecture(segmenter, recipe, source, preset):
+    """ValueError (one line) when the loaded segmenter is not the architecture the built-in preset names."""
+    import keras_hub
+
+    if not isinstance(segmenter, keras_hub.models.SegFormerImageSegmenter):
+        raise ValueError(f"{source!r} is a {type(segmenter).__name__}; preset {preset!r} starts from a SegFormer.")
+    arch, expected = segformer_arch(segmenter), SEGFORMER_ARCHS[recipe["size"]]
+    wrong = {k: arch[k] for k in expected if arch[k] != expected[k]}
+    if wrong:
+        raise ValueError(f"{source!r} is not a SegFormer-{recipe['size'].upper()} ({wrong}, expected "
+                         f"{ {k: expected[k] for k in wrong} }); use STTSegmenter.from_image_segmenter({source!r}) for "
+                         f"another size, or preset {preset!r} with a matching KerasHub preset.")
+
+
 def split_image_segmenter(segmenter, num_classes=None, features_stage=None, dtype=None):
     """(encoder, decoder, kind) for a KerasHub SegFormer or DeepLabV3 image segmenter."""
     import keras_hub

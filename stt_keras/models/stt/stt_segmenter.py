@@ -82,16 +82,22 @@ def _logs_for_multi_worker_reduce(logs):
             for k, v in logs.items()}
 
 
-def _make_stt(stt, dtype=None):
-    """The STT of `from_image_segmenter`: "auto", a dict over IDENTITY_STT, a layer, or None."""
-    if stt is None or isinstance(stt, SparseTemporalTransformer):
-        return stt
+def _make_stt(stt, encoder, dtype=None):
+    """The STT of `from_image_segmenter`, built for `encoder`'s features: "auto", a dict over IDENTITY_STT,
+    a layer, or None."""
+    if stt is None:
+        return None
     if isinstance(stt, str) and stt == "auto":
         stt = {}
-    if not isinstance(stt, dict):
+    if isinstance(stt, dict):
+        stt = SparseTemporalTransformer(**{**IDENTITY_STT, **stt}, dtype=dtype, name="stt")
+    if not isinstance(stt, SparseTemporalTransformer):
         raise TypeError(f"`stt` must be 'auto', a dict of SparseTemporalTransformer arguments, a "
                         f"SparseTemporalTransformer or None, got {type(stt).__name__}.")
-    return SparseTemporalTransformer(**{**IDENTITY_STT, **stt}, dtype=dtype, name="stt")
+    if not stt.built:  # its variables exist before the first call (stream_step and exports read them)
+        d = encoder.compute_output_shape((None, None, None, 3))["features"][-1]
+        stt.build((None, None, None, d), (None, stt.num_key_frames, None, None, d))
+    return stt
 
 
 @keras.saving.register_keras_serializable(package="stt_keras")
@@ -177,6 +183,8 @@ class STTSegmenter(keras.Model):
             if num_classes is not None and num_classes != model.num_classes:
                 raise ValueError(f"Preset {preset} has {model.num_classes} classes, not num_classes={num_classes}.")
             return model
+        if PRESETS.get(name, {}).get("arch") == "image_segmenter":
+            return cls._from_image_segmenter_preset(name, num_classes, backbone_weights, **overrides)
         if num_classes is None and name in PRESETS:
             raise ValueError(f"from_preset({name!r}) builds a new model: pass num_classes (the number of classes).")
         if name not in PRESETS:
@@ -244,7 +252,37 @@ class STTSegmenter(keras.Model):
 
         segmenter = hub.load_image_segmenter(segmenter_or_preset)
         encoder, decoder, kind = hub.split_image_segmenter(segmenter, num_classes, features_stage, dtype)
-        return cls(encoder, decoder, _make_stt(stt, dtype), name=name or ("stt_" if stt is not None else "") + kind)
+        return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name or ("stt_" if stt is not None else "") + kind)
+
+    @classmethod
+    def _from_image_segmenter_preset(cls, name, num_classes, backbone_weights, image_segmenter_weights="preset",
+                                     **overrides):
+        """A built-in preset that starts from a KerasHub image segmenter (docs/pretrained.md)."""
+        from stt_keras.models import keras_hub_segmenters as hub
+
+        recipe = PRESETS[name]
+        if backbone_weights is not None:
+            raise ValueError(f"from_preset({name!r}) starts from a whole KerasHub segmenter: pass "
+                             "image_segmenter_weights (a KerasHub preset name or directory, or None), not backbone_weights.")
+        unknown = set(overrides) - _STT_KEYS - {"features_stage", "dtype"}
+        if unknown:
+            raise ValueError(f"Unknown override(s) {sorted(unknown)} for preset {name!r}; allowed: "
+                             f"{sorted(_STT_KEYS | {'features_stage', 'image_segmenter_weights'})}.")
+        stt_overrides = {k: v for k, v in overrides.items() if k in _STT_KEYS}
+        if recipe["stt"] is None and stt_overrides:
+            raise ValueError(f"Preset {name!r} is a per-frame model; it takes no STT overrides {sorted(stt_overrides)}.")
+        stt = None if recipe["stt"] is None else {**recipe["stt"], **stt_overrides}
+        features_stage = overrides.get("features_stage", recipe["features_stage"])
+        dtype = overrides.get("dtype")
+        if image_segmenter_weights is None:
+            encoder, decoder = hub.build_segformer(hub.SEGFORMER_ARCHS[recipe["size"]],
+                                                   num_classes or recipe["num_classes"], features_stage, dtype=dtype)
+            return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name)
+        source = recipe["image_segmenter"] if image_segmenter_weights == "preset" else image_segmenter_weights
+        segmenter = hub.load_image_segmenter(source)
+        hub.check_architecture(segmenter, recipe, source, name)
+        return cls.from_image_segmenter(segmenter, stt=stt, num_classes=num_classes, features_stage=features_stage,
+                                        dtype=dtype, name=name)
 
     # ------------------------------------------------------------------ call
     def _encode(self, frames, training):
