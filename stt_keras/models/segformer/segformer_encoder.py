@@ -11,6 +11,7 @@ and every export size, square or not.
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from stt_keras.models.blocks import build_sublayer, with_channels
@@ -95,6 +96,19 @@ class MiTBlock(keras.layers.Layer):
         keep = ops.cast(keras.random.uniform((ops.shape(x)[0], 1, 1, 1), seed=self.seed) > self.drop_path, x.dtype)
         return x / (1.0 - self.drop_path) * keep
 
+    def _reduce(self, x):
+        """The `sr` conv (kernel = stride = sr_ratio, 'valid') as space-to-depth and one matmul.
+
+        The same function with the same variables; computed this way because TF 2.21's
+        CPU bfloat16 convolution with kernel = stride gives wrong values (test_layer_contract's
+        mixed_bfloat16 case), and a matmul is what every delegate runs well.
+        """
+        s = self.sr_ratio
+        n, h, w, c = _dims(x)
+        x = tf.nn.space_to_depth(x[:, : (h // s) * s, : (w // s) * s], s)
+        kernel = ops.reshape(ops.cast(self.sr.kernel, x.dtype), (s * s * c, self.dim))
+        return ops.matmul(x, kernel) + ops.cast(self.sr.bias, x.dtype)
+
     def _attention(self, x, training):
         n, h, w, c = _dims(x)
         heads, head_dim = self.num_heads, self.dim // self.num_heads
@@ -105,7 +119,7 @@ class MiTBlock(keras.layers.Layer):
         q = split(self.q(x))
         kv = x
         if self.sr_ratio > 1:
-            kv = self.sr_norm(self.sr(x))
+            kv = self.sr_norm(self._reduce(x))
         k, v = split(self.k(kv)), split(self.v(kv))
         attn = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * ops.cast(head_dim ** -0.5, q.dtype)
         attn = self.attn_drop(ops.softmax(attn, axis=-1), training=training)
