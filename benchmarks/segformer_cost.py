@@ -1,0 +1,67 @@
+"""Cost of the STT on SegFormer: the streaming step of STT-SegFormer vs SegFormer per frame.
+
+Side by side in one process (batch 1, Keras graph mode, random weights of the
+KerasHub B0 architecture, so no download is needed), for each MiT stage the STT
+can sit on (--stages): the per-frame SegFormer-B0 (one encoder + decoder pass)
+and the STT model's `stream_step` (one encoder pass, the STT over the cached
+projected keys of the previous frames, the same decoder). Both models share the
+encoder and decoder weights. Target (issue 21): step / per frame <= 1.15x.
+
+Run: python benchmarks/segformer_cost.py [--height 256 --width 512] [--stages 3 4] [--size b0]
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from timing import timeit  # noqa: E402
+from stt_keras.models import STTSegmenter  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--size", default="b0", choices=["b0", "b1"])
+    parser.add_argument("--stages", type=int, nargs="+", default=[3, 4])
+    parser.add_argument("--implementation", default="sparse", choices=["sparse", "dense_masked"])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    h, w = args.height, args.width
+    base = STTSegmenter.from_preset(f"segformer_{args.size}", image_segmenter_weights=None)
+    frame = tf.constant(np.random.default_rng(0).integers(0, 256, (1, h, w, 3)).astype("uint8"))
+    base(frame)
+    print(f"{os.cpu_count()} cores, input {h}x{w}, batch 1, SegFormer-{args.size.upper()}; ms per frame "
+          f"(median of {args.repeats})")
+    fn = tf.function(lambda f: base(f))
+    per_frame = timeit(lambda: fn(frame).numpy(), args.repeats)
+    print(f"  per-frame segformer_{args.size:3s}                  {per_frame * 1e3:9.1f} ms", flush=True)
+    for stage in args.stages:
+        stt = STTSegmenter.from_preset(f"stt_segformer_{args.size}", image_segmenter_weights=None,
+                                       features_stage=stage)
+        stt.encoder.set_weights(base.encoder.get_weights())
+        stt.decoder.set_weights(base.decoder.get_weights())
+        packed = args.implementation == "dense_masked"
+        state = stt.initial_state(1, h, w, packed=packed)
+        step = tf.function(lambda f, s: stt.stream_step(f, s, tf.constant(False), implementation=args.implementation))
+        _, state = stt.stream_step(frame, state, tf.constant(True), implementation=args.implementation)
+        seconds = timeit(lambda: step(frame, state)[0].numpy(), args.repeats)
+        # The per-frame model again, interleaved, so load changes on a shared machine show.
+        again = timeit(lambda: fn(frame).numpy(), args.repeats)
+        reference = min(per_frame, again)
+        shape = stt.state_shape(h, w)
+        print(f"  stream_step, STT on stage {stage} ({shape[2]}x{shape[3]}x{stt.encoder.hidden_dims[stage - 1]}) "
+              f"{seconds * 1e3:9.1f} ms  ratio {seconds / reference:.2f}x (per frame now {again * 1e3:.1f} ms)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
