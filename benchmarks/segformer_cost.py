@@ -13,6 +13,7 @@ Run: python benchmarks/segformer_cost.py [--height 256 --width 512] [--stages 3 
 import argparse
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,7 +22,6 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from timing import timeit  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
 
 
@@ -39,28 +39,36 @@ def main():
     base = STTSegmenter.from_preset(f"segformer_{args.size}", image_segmenter_weights=None)
     frame = tf.constant(np.random.default_rng(0).integers(0, 256, (1, h, w, 3)).astype("uint8"))
     base(frame)
-    print(f"{os.cpu_count()} cores, input {h}x{w}, batch 1, SegFormer-{args.size.upper()}; ms per frame "
-          f"(median of {args.repeats})")
-    fn = tf.function(lambda f: base(f))
-    per_frame = timeit(lambda: fn(frame).numpy(), args.repeats)
-    print(f"  per-frame segformer_{args.size:3s}                  {per_frame * 1e3:9.1f} ms", flush=True)
+    runs = {"per-frame": tf.function(lambda f: base(f))}
+    inputs = {"per-frame": (frame,)}
     for stage in args.stages:
         stt = STTSegmenter.from_preset(f"stt_segformer_{args.size}", image_segmenter_weights=None,
                                        features_stage=stage)
         stt.encoder.set_weights(base.encoder.get_weights())
         stt.decoder.set_weights(base.decoder.get_weights())
-        packed = args.implementation == "dense_masked"
-        state = stt.initial_state(1, h, w, packed=packed)
-        step = tf.function(lambda f, s: stt.stream_step(f, s, tf.constant(False), implementation=args.implementation))
+        state = stt.initial_state(1, h, w, packed=args.implementation == "dense_masked")
         _, state = stt.stream_step(frame, state, tf.constant(True), implementation=args.implementation)
-        seconds = timeit(lambda: step(frame, state)[0].numpy(), args.repeats)
-        # The per-frame model again, interleaved, so load changes on a shared machine show.
-        again = timeit(lambda: fn(frame).numpy(), args.repeats)
-        reference = min(per_frame, again)
-        shape = stt.state_shape(h, w)
-        print(f"  stream_step, STT on stage {stage} ({shape[2]}x{shape[3]}x{stt.encoder.hidden_dims[stage - 1]}) "
-              f"{seconds * 1e3:9.1f} ms  ratio {seconds / reference:.2f}x (per frame now {again * 1e3:.1f} ms)",
-              flush=True)
+        name = f"stage {stage} ({'x'.join(map(str, stt.state_shape(h, w)[2:4]))}x{stt.encoder.hidden_dims[stage - 1]})"
+        runs[name] = tf.function(
+            lambda f, s, stt=stt: stt.stream_step(f, s, tf.constant(False), implementation=args.implementation)[0])
+        inputs[name] = (frame, state)
+    for name, fn in runs.items():  # trace and warm up
+        fn(*inputs[name]).numpy()
+    # Interleaved: every round times each run once, and each step's ratio is taken against
+    # the per-frame time of the same round, so load changes on a shared machine cancel out.
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn(*inputs[name]).numpy()
+            times[name].append(time.perf_counter() - start)
+    print(f"{os.cpu_count()} cores, input {h}x{w}, batch 1, SegFormer-{args.size.upper()}, STT {args.implementation}; "
+          f"median of {args.repeats} interleaved rounds")
+    base_times = np.array(times.pop("per-frame"))
+    print(f"  per-frame SegFormer-{args.size.upper()}              {np.median(base_times) * 1e3:8.1f} ms")
+    for name, values in times.items():
+        ratio = np.median(np.array(values) / base_times)
+        print(f"  stream_step, STT on {name:16s} {np.median(values) * 1e3:8.1f} ms   ratio {ratio:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -155,11 +155,76 @@ def check_architecture(segmenter, recipe, source, preset):
                          f"another size, or preset {preset!r} with a matching KerasHub preset.")
 
 
+def deeplab_arch(segmenter):
+    """The encoder/decoder arguments of a KerasHub DeepLabV3ImageSegmenter."""
+    backbone = segmenter.backbone
+    return dict(resnet_config=backbone.image_encoder.get_config(),
+                spatial_pyramid_pooling_key=backbone.spatial_pyramid_pooling_key,
+                dilation_rates=list(backbone.dilation_rates), low_level_feature_key=backbone.low_level_feature_key,
+                projection_filters=backbone.projection_filters)
+
+
+def build_deeplab(arch, num_classes, scale=IMAGENET_SCALE, offset=IMAGENET_OFFSET, dtype=None):
+    """A built DeepLabV3Encoder and DeepLabV3Decoder from the arguments of `deeplab_arch` (random weights)."""
+    from stt_keras.models.deeplab_v3.deeplab_v3_decoder import DeepLabV3Decoder
+    from stt_keras.models.deeplab_v3.deeplab_v3_encoder import DeepLabV3Encoder
+
+    arch = dict(arch)
+    projection_filters = arch.pop("projection_filters")
+    encoder = DeepLabV3Encoder(**arch, scale=scale, offset=offset, dtype=dtype, name="encoder")
+    decoder = DeepLabV3Decoder(num_classes, low_level=bool(arch["low_level_feature_key"]),
+                               projection_filters=projection_filters, dtype=dtype, name="decoder")
+    frames = (None, None, None, 3)
+    encoder.build(frames)
+    shapes = encoder.compute_output_shape(frames)
+    decoder.build(shapes.pop("features"), shapes)
+    return encoder, decoder
+
+
+def split_deeplab(segmenter, num_classes=None, dtype=None):
+    """(DeepLabV3Encoder, DeepLabV3Decoder) with the KerasHub DeepLabV3ImageSegmenter's weights."""
+    from keras_hub.src.models.deeplab_v3.deeplab_v3_layers import SpatialPyramidPooling
+
+    if segmenter.activation not in (None, "linear"):
+        raise ValueError(f"The segmenter ends in activation={segmenter.activation!r}; STTSegmenter outputs logits. "
+                         "Build it with activation=None.")
+    own_classes = segmenter.num_classes
+    num_classes = own_classes if num_classes is None else num_classes
+    scale, offset = _converter_normalisation(segmenter)
+    encoder, decoder = build_deeplab(deeplab_arch(segmenter), num_classes, scale, offset, dtype)
+    backbone = segmenter.backbone
+    encoder.resnet.set_weights(backbone.image_encoder.get_weights())
+    aspp = next(layer for layer in backbone.layers if isinstance(layer, SpatialPyramidPooling))
+    if aspp.num_channels != encoder.num_channels or aspp.dropout:
+        raise ValueError(f"Only the ASPP KerasHub builds (256 channels, no dropout) is supported, got "
+                         f"{aspp.num_channels} channels, dropout {aspp.dropout}.")
+    branches = aspp.aspp_parallel_channels
+    for sequential, (conv, bn) in zip(branches[:-1], encoder.branches):
+        _copy(sequential.layers[0], conv)
+        _copy(sequential.layers[1], bn)
+    _copy(branches[-1].layers[2], encoder.pool_branch[0])
+    _copy(branches[-1].layers[3], encoder.pool_branch[1])
+    _copy(aspp.projection.layers[0], encoder.projection[0])
+    _copy(aspp.projection.layers[1], encoder.projection[1])
+    if decoder.low_level:
+        _copy(backbone.get_layer("decoder_conv"), decoder.low_level_projection[0])
+        _copy(backbone.get_layer("decoder_norm"), decoder.low_level_projection[1])
+    _copy(backbone.get_layer("segmentation_head_conv"), decoder.head[0])
+    _copy(backbone.get_layer("segmentation_head_norm"), decoder.head[1])
+    if num_classes == own_classes:
+        _copy(segmenter.output_conv, decoder.classifier)
+    return encoder, decoder
+
+
 def split_image_segmenter(segmenter, num_classes=None, features_stage=None, dtype=None):
     """(encoder, decoder, kind) for a KerasHub SegFormer or DeepLabV3 image segmenter."""
     import keras_hub
 
     if isinstance(segmenter, keras_hub.models.SegFormerImageSegmenter):
         return (*split_segformer(segmenter, num_classes, features_stage or 4, dtype), "segformer")
+    if isinstance(segmenter, keras_hub.models.DeepLabV3ImageSegmenter):
+        if features_stage is not None:
+            raise ValueError("features_stage is a SegFormer argument; DeepLabV3's STT mixes the ASPP output.")
+        return (*split_deeplab(segmenter, num_classes, dtype), "deeplab_v3")
     raise TypeError(f"from_image_segmenter takes a KerasHub SegFormerImageSegmenter or DeepLabV3ImageSegmenter, "
                     f"got {type(segmenter).__name__}.")
