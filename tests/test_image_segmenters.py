@@ -192,7 +192,7 @@ def test_builtin_preset_from_a_keras_hub_preset_directory(b0_preset):
 
 
 def test_builtin_preset_refuses_another_architecture(tiny_preset):
-    with pytest.raises(ValueError, match="not a SegFormer-B0"):
+    with pytest.raises(ValueError, match="not the b0 architecture"):
         STTSegmenter.from_preset("stt_segformer_b0", image_segmenter_weights=tiny_preset)
 
 
@@ -241,3 +241,68 @@ def test_mixed_precision(tiny):
     expected = reference(tiny, clip[:, -1])
     assert np.abs(out - expected).max() <= 2e-2 * np.abs(expected).max()
     assert all(v.dtype == "float32" for v in model.weights)
+
+
+# ------------------------------------------------------------------------------- DeepLabV3+
+def keras_hub_deeplab(size, num_classes=4, seed=0):
+    """A small KerasHub DeepLabV3+ (bottleneck ResNet, one block per stage) with trained-looking BatchNorm stats."""
+    resnet = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64, 64, 64],
+        stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block",
+        image_shape=(None, None, 3))
+    backbone = keras_hub.models.DeepLabV3Backbone(
+        image_encoder=resnet, spatial_pyramid_pooling_key="P5", upsampling_size=8, dilation_rates=[6, 12, 18],
+        low_level_feature_key="P2", image_shape=(*size, 3))
+    converter = keras_hub.layers.DeepLabV3ImageConverter(image_size=size, scale=1 / 127.5, offset=-1)
+    preprocessor = keras_hub.models.DeepLabV3ImageSegmenterPreprocessor(image_converter=converter)
+    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=num_classes,
+                                                         preprocessor=preprocessor)
+    rng = np.random.default_rng(seed)
+    for w in segmenter.weights:
+        if "moving_variance" in w.path:
+            w.assign(rng.uniform(0.5, 2, w.shape))
+        elif "moving_mean" in w.path:
+            w.assign(rng.normal(0, 0.3, w.shape))
+    return segmenter
+
+
+@pytest.fixture(scope="module")
+def deeplab():
+    return keras_hub_deeplab((96, 96))
+
+
+def test_deeplab_identity_at_start_and_streaming(deeplab):
+    model = STTSegmenter.from_image_segmenter(deeplab)
+    assert model.name == "stt_deeplab_v3" and model.encoder.num_channels == 256
+    video = frames_for((1, 6, 96, 96, 3), seed=8)
+    expected = [reference(deeplab, video[:, t]) for t in range(6)]
+    scale = np.abs(np.array(expected)).max()
+    for t in range(3, 6):
+        np.testing.assert_allclose(model(video[:, t - 3:t + 1]).numpy(), expected[t], atol=1e-5 * scale + 1e-6)
+    state = model.initial_state(1, 96, 96)
+    for t in range(6):
+        logits, state = model.stream_step(video[:, t], state, tf.constant(t == 0))
+        np.testing.assert_allclose(logits.numpy(), expected[t], atol=1e-5 * scale + 1e-6)
+    twin = STTSegmenter.from_image_segmenter(deeplab, stt=None)
+    np.testing.assert_allclose(twin(video[:, 0]).numpy(), expected[0], atol=1e-5 * scale + 1e-6)
+
+
+def test_deeplab_any_size_and_preset_directory(deeplab, tmp_path):
+    path = str(tmp_path / "deeplab")
+    deeplab.save_to_preset(path)
+    model = STTSegmenter.from_image_segmenter(path, stt=None)
+    there = keras_hub_deeplab((128, 160))
+    there.set_weights(deeplab.get_weights())
+    frames = frames_for((1, 128, 160, 3), seed=9)
+    expected = reference(there, frames)
+    np.testing.assert_allclose(model(frames).numpy(), expected, atol=1e-5 * np.abs(expected).max() + 1e-6)
+    with pytest.raises(ValueError, match="not the resnet50 architecture"):
+        STTSegmenter.from_preset("stt_deeplabv3plus_r50", image_segmenter_weights=path)
+    with pytest.raises(ValueError, match="starts from a SegFormerImageSegmenter"):
+        STTSegmenter.from_preset("stt_segformer_b0", image_segmenter_weights=path)
+
+
+def test_deeplab_preset_random_weights():
+    model = STTSegmenter.from_preset("stt_deeplabv3plus_r50", image_segmenter_weights=None)
+    assert model.num_classes == 21 and model.state_shape(64, 96) == (1, 3, 2, 3, 128)
+    assert model(np.zeros((1, 4, 64, 96, 3), "uint8")).shape == (1, 64, 96, 21)

@@ -24,6 +24,8 @@ from stt_keras.layers import NSMQuerySelection, SparseTemporalTransformer
 from stt_keras.models import BiSeNetDecoder, BiSeNetEncoder, PSPNetDecoder, PSPNetEncoder, ResNetFeatures, STTSegmenter
 from stt_keras.models.bisenet.bisenet_decoder import AttentionRefinement, FeatureFusion
 from stt_keras.models.blocks import ConvBNReLU
+from stt_keras.models.deeplab_v3.deeplab_v3_decoder import DeepLabV3Decoder
+from stt_keras.models.deeplab_v3.deeplab_v3_encoder import DeepLabV3Encoder
 from stt_keras.models.keras_hub_segmenters import SEGFORMER_ARCHS, build_segformer
 from stt_keras.models.segformer.segformer_decoder import SegFormerDecoder
 from stt_keras.models.segformer.segformer_encoder import MiTBlock, SegFormerEncoder
@@ -100,6 +102,15 @@ CASES = {
         SegFormerDecoder, lambda dtype=None: SegFormerDecoder(5, [8, 16, 24, 32], projection_filters=16, dtype=dtype),
         (_rand(2, 2, 3, 32), {"P1": _rand(2, 16, 24, 8), "P2": _rand(2, 8, 12, 16), "P3": _rand(2, 4, 6, 24)}),
         {"output_size": (64, 96)}),
+    "deeplab_v3_encoder": (
+        DeepLabV3Encoder, lambda dtype=None: DeepLabV3Encoder(
+            dict(input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64],
+                 stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block"),
+            "P3", [2, 4], "P2", num_channels=16, dtype=dtype),
+        (_rand(1, 64, 96, 3, scale=255),), {}),
+    "deeplab_v3_decoder": (
+        DeepLabV3Decoder, lambda dtype=None: DeepLabV3Decoder(5, projection_filters=8, head_channels=16, dtype=dtype),
+        (_rand(2, 4, 6, 16), {"low_level": _rand(2, 16, 24, 12)}), {"output_size": (64, 96)}),
     "stt_segformer": (STTSegmenter, _stt_segformer, (_rand(1, 3, 64, 64, 3, scale=255),), {}),
     "bisenet_segmenter": (
         STTSegmenter, lambda dtype=None: STTSegmenter.from_preset("bise_tiny", num_classes=3, dtype=dtype),

@@ -26,6 +26,14 @@ SEGFORMER_ARCHS = {
     "b1": dict(_MIT_COMMON, hidden_dims=[64, 128, 320, 512], depths=[2, 2, 2, 2], projection_filters=256),
     "b2": dict(_MIT_COMMON, hidden_dims=[64, 128, 320, 512], depths=[3, 4, 6, 3], projection_filters=768),
 }
+# DeepLabV3+ with KerasHub's ResNet-50 (stride 32, the ASPP on P5, the decoder on P2), as its Pascal VOC preset.
+DEEPLAB_ARCHS = {
+    "resnet50": dict(
+        resnet_config=dict(input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128, 256, 512],
+                           stackwise_num_blocks=[3, 4, 6, 3], stackwise_num_strides=[1, 2, 2, 2],
+                           block_type="bottleneck_block", use_pre_activation=False),
+        spatial_pyramid_pooling_key="P5", dilation_rates=[6, 12, 18], low_level_feature_key="P2", projection_filters=48),
+}
 
 
 class PresetUnavailable(ValueError):
@@ -145,14 +153,30 @@ def check_architecture(segmenter, recipe, source, preset):
     """ValueError (one line) when the loaded segmenter is not the architecture the built-in preset names."""
     import keras_hub
 
-    if not isinstance(segmenter, keras_hub.models.SegFormerImageSegmenter):
-        raise ValueError(f"{source!r} is a {type(segmenter).__name__}; preset {preset!r} starts from a SegFormer.")
-    arch, expected = segformer_arch(segmenter), SEGFORMER_ARCHS[recipe["size"]]
-    wrong = {k: arch[k] for k in expected if arch[k] != expected[k]}
+    if recipe["kind"] == "segformer":
+        cls, arch, expected = keras_hub.models.SegFormerImageSegmenter, None, SEGFORMER_ARCHS[recipe["size"]]
+    else:
+        cls, arch, expected = keras_hub.models.DeepLabV3ImageSegmenter, None, DEEPLAB_ARCHS[recipe["size"]]
+    if not isinstance(segmenter, cls):
+        raise ValueError(f"{source!r} is a {type(segmenter).__name__}; preset {preset!r} starts from a {cls.__name__}.")
+    if recipe["kind"] == "segformer":
+        arch = segformer_arch(segmenter)
+        wrong = {k: arch[k] for k in expected if arch[k] != expected[k]}
+    else:
+        arch = deeplab_arch(segmenter)
+        wrong = {k: arch[k] for k in expected if k != "resnet_config" and arch[k] != expected[k]}
+        wrong.update({k: arch["resnet_config"].get(k) for k, v in expected["resnet_config"].items()
+                      if arch["resnet_config"].get(k) != v})
     if wrong:
-        raise ValueError(f"{source!r} is not a SegFormer-{recipe['size'].upper()} ({wrong}, expected "
-                         f"{ {k: expected[k] for k in wrong} }); use STTSegmenter.from_image_segmenter({source!r}) for "
-                         f"another size, or preset {preset!r} with a matching KerasHub preset.")
+        raise ValueError(f"{source!r} is not the {recipe['size']} architecture of preset {preset!r} ({wrong}); use "
+                         f"STTSegmenter.from_image_segmenter({source!r}) for another architecture.")
+
+
+def build_architecture(recipe, num_classes, features_stage=None, dtype=None):
+    """The encoder and decoder of a built-in image-segmenter preset, with random weights."""
+    if recipe["kind"] == "segformer":
+        return build_segformer(SEGFORMER_ARCHS[recipe["size"]], num_classes, features_stage or 4, dtype=dtype)
+    return build_deeplab(DEEPLAB_ARCHS[recipe["size"]], num_classes, dtype=dtype)
 
 
 def deeplab_arch(segmenter):

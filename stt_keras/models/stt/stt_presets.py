@@ -56,3 +56,11 @@ PRESETS.update({
     "segformer_b1": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b1_cityscapes_1024", size="b1", stt=None,
                          description="SegFormer-B1 per-frame twin (KerasHub's segformer_b1_cityscapes_1024)"),
 })
+_DEEPLAB_VOC = dict(arch="image_segmenter", kind="deeplab_v3", num_classes=21, features_stage=None,
+                   image_segmenter="deeplab_v3_plus_resnet50_pascalvoc", size="resnet50")
+PRESETS.update({
+    "stt_deeplabv3plus_r50": dict(_DEEPLAB_VOC, stt=IDENTITY_STT,
+                                  description="STT-DeepLabV3+ from KerasHub's deeplab_v3_plus_resnet50_pascalvoc, STT on the ASPP output"),
+    "deeplabv3plus_r50": dict(_DEEPLAB_VOC, stt=None,
+                              description="DeepLabV3+ ResNet-50 per-frame twin (KerasHub's deeplab_v3_plus_resnet50_pascalvoc)"),
+})

@@ -275,8 +275,7 @@ class STTSegmenter(keras.Model):
         features_stage = overrides.get("features_stage", recipe["features_stage"])
         dtype = overrides.get("dtype")
         if image_segmenter_weights is None:
-            encoder, decoder = hub.build_segformer(hub.SEGFORMER_ARCHS[recipe["size"]],
-                                                   num_classes or recipe["num_classes"], features_stage, dtype=dtype)
+            encoder, decoder = hub.build_architecture(recipe, num_classes or recipe["num_classes"], features_stage, dtype)
             return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name)
         source = recipe["image_segmenter"] if image_segmenter_weights == "preset" else image_segmenter_weights
         segmenter = hub.load_image_segmenter(source)
