@@ -306,3 +306,42 @@ def test_deeplab_preset_random_weights():
     model = STTSegmenter.from_preset("stt_deeplabv3plus_r50", image_segmenter_weights=None)
     assert model.num_classes == 21 and model.state_shape(64, 96) == (1, 3, 2, 3, 128)
     assert model(np.zeros((1, 4, 64, 96, 3), "uint8")).shape == (1, 64, 96, 21)
+
+
+# --------------------------------------------------------------------------------- stt-train
+@pytest.mark.slow  # about 60 s: two steps of the real B0 architecture, compiled under mixed_float16
+def test_stt_train_from_a_keras_hub_preset_directory_frozen_encoder_mixed_precision(b0_preset, tmp_path):
+    from stt_keras.training.train import train
+
+    model = train("stt_segformer_b0", out=str(tmp_path / "run"), init_from=b0_preset, freeze="encoder",
+                  mixed_precision=True, steps=2, checkpoint_every=2, batch_size=1, crop=(64, 64),
+                  synthetic_size=(64, 128), synthetic_sequences=2, val_batches=1, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # the caller's policy again
+    assert model.encoder.dtype_policy.name == "mixed_float16" and not model.encoder.trainable
+    hub = keras_hub.models.ImageSegmenter.from_preset(b0_preset)
+    start = STTSegmenter.from_image_segmenter(hub, num_classes=model.num_classes)
+    for ours, theirs in zip(model.encoder.weights, start.encoder.weights):  # frozen: the KerasHub weights
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    moved = [np.abs(a.numpy() - b.numpy()).max() for a, b in zip(model.decoder.trainable_weights,
+                                                                   start.decoder.trainable_weights)]
+    assert max(moved) > 0  # the decoder (and its new 7-class classifier) trained
+    history = open(tmp_path / "run" / "history.csv").read().splitlines()
+    assert len(history) == 2 and "nan" not in history[1]
+
+
+def test_stt_train_without_the_hub_fails_with_one_line(monkeypatch, tmp_path, capsys):
+    from stt_keras.training import train as train_module
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'api.kaggle.com'")
+
+    monkeypatch.setattr(keras_hub.models.ImageSegmenter, "from_preset", offline)
+    with pytest.raises(SystemExit) as info:
+        train_module.main(["--preset", "stt_segformer_b0", "--out", str(tmp_path / "run"), "--steps", "1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stt-train: error: "), err
+    assert "save_to_preset" in err[0]
+    with pytest.raises(SystemExit) as info:
+        train_module.main(["--preset", "segformer_b0", "--out", str(tmp_path / "run2"), "--freeze", "encoder+decoder"])
+    assert info.value.code == 2 and "nothing to train" in capsys.readouterr().err

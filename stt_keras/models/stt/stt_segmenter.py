@@ -264,10 +264,11 @@ class STTSegmenter(keras.Model):
         if backbone_weights is not None:
             raise ValueError(f"from_preset({name!r}) starts from a whole KerasHub segmenter: pass "
                              "image_segmenter_weights (a KerasHub preset name or directory, or None), not backbone_weights.")
-        unknown = set(overrides) - _STT_KEYS - {"features_stage", "dtype"}
+        unknown = set(overrides) - _STT_KEYS - _MODEL_KEYS - {"features_stage", "dtype"}
         if unknown:
             raise ValueError(f"Unknown override(s) {sorted(unknown)} for preset {name!r}; allowed: "
-                             f"{sorted(_STT_KEYS | {'features_stage', 'image_segmenter_weights'})}.")
+                             f"{sorted(_STT_KEYS | _MODEL_KEYS | {'features_stage', 'image_segmenter_weights'})}.")
+        model_kwargs = {k: v for k, v in overrides.items() if k in _MODEL_KEYS}
         stt_overrides = {k: v for k, v in overrides.items() if k in _STT_KEYS}
         if recipe["stt"] is None and stt_overrides:
             raise ValueError(f"Preset {name!r} is a per-frame model; it takes no STT overrides {sorted(stt_overrides)}.")
@@ -276,12 +277,15 @@ class STTSegmenter(keras.Model):
         dtype = overrides.get("dtype")
         if image_segmenter_weights is None:
             encoder, decoder = hub.build_architecture(recipe, num_classes or recipe["num_classes"], features_stage, dtype)
-            return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name)
+            return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name, **model_kwargs)
         source = recipe["image_segmenter"] if image_segmenter_weights == "preset" else image_segmenter_weights
         segmenter = hub.load_image_segmenter(source)
         hub.check_architecture(segmenter, recipe, source, name)
-        return cls.from_image_segmenter(segmenter, stt=stt, num_classes=num_classes, features_stage=features_stage,
-                                        dtype=dtype, name=name)
+        model = cls.from_image_segmenter(segmenter, stt=stt, num_classes=num_classes, features_stage=features_stage,
+                                         dtype=dtype, name=name)
+        for key, value in model_kwargs.items():  # the model options (no aux head here: aux_weight is inert)
+            setattr(model, key, float(value) if key == "aux_weight" else value)
+        return model
 
     # ------------------------------------------------------------------ call
     def _encode(self, frames, training):
