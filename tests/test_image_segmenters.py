@@ -180,6 +180,7 @@ def test_local_keras_hub_preset_directory_and_new_classes(tiny, tiny_preset):
         STTSegmenter.from_image_segmenter(keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Dense(2)]))
 
 
+@pytest.mark.slow  # about 60 s: the real B0 architecture, built, saved, loaded and run three times
 def test_builtin_preset_from_a_keras_hub_preset_directory(b0_preset):
     model = STTSegmenter.from_preset("stt_segformer_b0", image_segmenter_weights=b0_preset)
     assert model.name == "stt_segformer_b0" and model.num_classes == 19
