@@ -9,6 +9,8 @@ model with a fresh (identity) STT must give their logits, frame by frame.
 
 import math
 import os
+import subprocess
+import sys
 from unittest import mock
 
 import keras
@@ -230,6 +232,13 @@ def test_keras_file_and_preset_round_trips(tiny, tmp_path):
     model.save_to_preset(str(tmp_path / "preset"))
     again = STTSegmenter.from_preset(str(tmp_path / "preset"))
     np.testing.assert_array_equal(again(clip).numpy(), expected)
+    # A fresh process: `import stt_keras` alone registers the SegFormer layers.
+    np.save(tmp_path / "clip.npy", clip)
+    code = ("import sys, numpy as np, keras, stt_keras; m = keras.saving.load_model(sys.argv[1]); "
+            "np.save(sys.argv[3], m(np.load(sys.argv[2])).numpy())")
+    subprocess.run([sys.executable, "-c", code, path, str(tmp_path / "clip.npy"), str(tmp_path / "out.npy")],
+                   check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
     twin = STTSegmenter.from_image_segmenter(tiny, stt=None)
     assert np.abs(expected - twin(clip[:, -1]).numpy()).max() > 1e-3  # the STT did act
 
