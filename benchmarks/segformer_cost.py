@@ -7,7 +7,11 @@ and the STT model's `stream_step` (one encoder pass, the STT over the cached
 projected keys of the previous frames, the same decoder). Both models share the
 encoder and decoder weights. Target (issue 21): step / per frame <= 1.15x.
 
-Run: python benchmarks/segformer_cost.py [--height 256 --width 512] [--stages 3 4] [--size b0]
+With --tflite-int8, the same pair converted to full-int8 LiteRT models (the gpu form: the STT
+block kept float32, as stt-export does; calibrated on 2 x 3 synthetic frames) is timed the same
+way with 2 threads.
+
+Run: python benchmarks/segformer_cost.py [--height 256 --width 512] [--stages 3 4] [--size b0] [--tflite-int8]
 """
 
 import argparse
@@ -33,6 +37,7 @@ def main():
     parser.add_argument("--stages", type=int, nargs="+", default=[3, 4])
     parser.add_argument("--implementation", default="sparse", choices=["sparse", "dense_masked"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tflite-int8", action="store_true", help="also time int8 LiteRT models of both")
     args = parser.parse_args()
 
     h, w = args.height, args.width
@@ -69,6 +74,38 @@ def main():
     for name, values in times.items():
         ratio = np.median(np.array(values) / base_times)
         print(f"  stream_step, STT on {name:16s} {np.median(values) * 1e3:8.1f} ms   ratio {ratio:.2f}x", flush=True)
+    if args.tflite_int8:
+        tflite_int8(base, stt, h, w, args.repeats)
+
+
+def tflite_int8(base, stt, h, w, repeats, threads=2):
+    """Per-frame and streaming-step int8 LiteRT models of the same weights, timed interleaved."""
+    from stt_keras.export import calibration, gpu_step, parity, step as step_lib, tflite
+
+    frames = calibration.synthetic_frames(h, w, 1, 3, calibration.EVALUATION_SEED)[0][0]
+    runners, inputs = {}, {}
+    for name, model in (("per-frame", base), ("stream_step", stt)):
+        fn = step_lib.make_step_function(model, h, w, "gpu")
+        state_shape = stt.state_shape(h, w, packed=True) if model is stt else None
+        dataset = calibration.representative_dataset(fn, h, w, state_shape, 2, 3, np.float32)
+        model_bytes, _ = tflite.convert(tflite.frozen_function(fn), "int8", dataset,
+                                        keep_float_scope=gpu_step.STT_SCOPE)
+        runners[name] = parity.TFLiteStep(model_bytes, threads)
+        frame = frames[-1][None].astype(np.float32)
+        inputs[name] = {"frame": frame}
+        if model is stt:
+            inputs[name].update(state=np.zeros(state_shape, np.float32), reset=np.zeros([1], np.float32))
+        runners[name](**inputs[name])
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            runner(**inputs[name])
+            times[name].append(time.perf_counter() - start)
+    base_times = np.array(times["per-frame"])
+    print(f"  LiteRT int8 ({threads} threads): per-frame {np.median(base_times) * 1e3:.1f} ms, stream_step "
+          f"{np.median(times['stream_step']) * 1e3:.1f} ms, ratio "
+          f"{np.median(np.array(times['stream_step']) / base_times):.2f}x", flush=True)
 
 
 if __name__ == "__main__":
