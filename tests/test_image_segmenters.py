@@ -355,3 +355,33 @@ def test_stt_train_without_the_hub_fails_with_one_line(monkeypatch, tmp_path, ca
     with pytest.raises(SystemExit) as info:
         train_module.main(["--preset", "segformer_b0", "--out", str(tmp_path / "run2"), "--freeze", "encoder+decoder"])
     assert info.value.code == 2 and "nothing to train" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- stt-export
+@pytest.mark.slow  # about 3 minutes: every export of a tiny STT-SegFormer at 64x128
+def test_stt_export_of_an_stt_segformer(tiny, tmp_path):
+    """SavedModel, TFLite (float32/float16/dynamic range/int8, both forms) and ONNX with parity."""
+    import json
+
+    from stt_keras.export import cli as export_cli
+
+    model = STTSegmenter.from_image_segmenter(tiny, stt={"top_ratio": 0.5})
+    rng = np.random.default_rng(0)  # off the identity, so the exported STT is exercised
+    model.stt.set_weights([w + 0.02 * rng.normal(size=w.shape).astype("float32") for w in model.stt.get_weights()])
+    path = str(tmp_path / "stt_segformer.keras")
+    model.save(path)
+    out = str(tmp_path / "export")
+    args = export_cli.build_parser().parse_args(
+        ["--model", path, "--out", out, "--size", "64x128", "--parity-sequences", "1", "--parity-frames", "6",
+         "--calibration-sequences", "2", "--calibration-frames", "6"])
+    export_cli.run_export(args)
+    report = json.load(open(os.path.join(out, "export_report.json")))
+    assert report["saved_model"]["signatures"][:2] == ["serving_default", "step"]
+    files = report["files"]
+    for name in ("stt_float32.tflite", "stt_gpu_float32.tflite", "stt_step.onnx", "stt_gpu_step.onnx"):
+        assert files[name]["parity"]["label_agreement"] == 1.0, name
+        assert files[name]["parity"]["logits_max_abs_diff"] < 1e-4, name
+    assert files["stt_int8.tflite"]["parity"]["label_agreement"] > 0.9  # an untrained model: many near-ties
+    gpu = files["stt_gpu_float32.tflite"].get("gpu_accelerator")
+    if gpu:  # where a Vulkan device is there: the whole step on LiteRT's GPU accelerator
+        assert gpu["fully_accelerated"] and gpu["label_agreement_with_cpu"] == 1.0
