@@ -148,6 +148,11 @@ class STTSegmenter(keras.Model):
         - A built-in name (see `list_presets()`), e.g. `from_preset("stt_psp18",
           num_classes=19)`: the architecture recipe, with random weights (or the
           backbone's pretrained ones, `backbone_weights`). `num_classes` is required.
+        - A preset that starts from a KerasHub segmenter (`stt_segformer_b0`,
+          `stt_deeplabv3plus_r50`, ...; docs/pretrained.md): loads the KerasHub preset
+          it names; `image_segmenter_weights` replaces it (another KerasHub preset
+          name or a local KerasHub preset directory), None builds the architecture
+          with random weights. `num_classes` is optional (default: the preset's).
         - A directory written by `save_to_preset`: its config and trained weights
           (`load_weights=False`: the architecture only, freshly initialised).
           `num_classes`, if given, must match; no other arguments apply.
