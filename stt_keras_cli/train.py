@@ -32,6 +32,8 @@ import dataclasses
 from stt_keras_cli import HelpFormatter, add_tf_logs_flag, prepare_environment, preset_names, quiet_python_logs
 
 # The datasets stt-train reads (stt_keras.training.train.DATASET_CLASSES holds their class counts).
+# --freeze: the parts of the model that keep their (initial) weights.
+FREEZE = {"encoder": ("encoder",), "encoder+decoder": ("encoder", "decoder")}
 DATASETS = ("synthetic", "cityscapes", "camvid", "folder", "vspw")
 # The command-line flags that override the preset's STT arguments (TrainConfig.stt_overrides).
 STT_FLAGS = ("top_ratio", "key_selection", "norm_first", "nsm_temperature")
@@ -73,6 +75,7 @@ class TrainConfig:
     distribute: str = "none"
     cpu_devices: int = 0
     init_from: str = None
+    freeze: str = None  # None, "encoder" or "encoder+decoder"
     backbone_weights: str = None
     seed: int = 0
     synthetic_sequences: int = 24
@@ -137,7 +140,11 @@ def build_parser():
     p.add_argument("--cpu-devices", type=int, default=d["cpu_devices"],
                    help="split the CPU into N logical devices (to run --distribute mirrored without GPUs)")
     p.add_argument("--init-from", default=None,
-                   help="a .keras model (e.g. the per-frame baseline) whose encoder and decoder weights start this run")
+                   help="a .keras model or preset directory (e.g. the per-frame baseline) whose encoder and decoder "
+                        "weights start this run; for the presets from KerasHub segmenters (stt_segformer_b0, ...) also "
+                        "a KerasHub preset name or directory to start from instead of the one the preset names")
+    p.add_argument("--freeze", choices=list(FREEZE), default=None,
+                   help="train only the rest: encoder = STT and decoder, encoder+decoder = the STT alone")
     p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
     p.add_argument("--seed", type=int, default=d["seed"], help="initial weights, data order and augmentation")
     p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"],

@@ -25,17 +25,17 @@ from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_writ
                                 remove_stale_temporaries, truncate_history)
 
 # Settings that define the model: a run can never continue with others.
-MODEL_SETTINGS = ("preset", "dataset", "num_classes", "stt_overrides", "mixed_precision")
+MODEL_SETTINGS = ("preset", "dataset", "num_classes", "stt_overrides", "mixed_precision", "freeze")
 # Settings that define the training: changing them needs --allow-new-settings.
 TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
                      "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
                      "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames")
 # Settings added after runs were first stored: a run.json without them was made with this value.
-SETTING_DEFAULTS = {"first_frames": "pad"}
+SETTING_DEFAULTS = {"first_frames": "pad", "freeze": None}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None, "vspw": len(VSPW_CLASSES)}
-from stt_keras_cli.train import STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
+from stt_keras_cli.train import FREEZE, STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
@@ -250,6 +250,33 @@ def init_from(model, path):
     print(f"stt-train: encoder and decoder initialised from {path}")
 
 
+def _image_segmenter_start(config):
+    """{"image_segmenter_weights": ...} for the presets that start from a KerasHub segmenter, else {}.
+
+    --init-from a KerasHub preset (name or directory) replaces the one the preset names; a
+    .keras file or stt-keras preset directory builds the architecture without downloading
+    (its weights are copied in after); no --init-from loads the preset's own KerasHub preset.
+    """
+    from stt_keras.models.stt.stt_presets import PRESETS
+    from stt_keras.saving import PRESET_FORMAT
+
+    if PRESETS[config.preset].get("arch") != "image_segmenter":
+        return {}
+    if not config.init_from:
+        return {"image_segmenter_weights": "preset"}
+    metadata = os.path.join(config.init_from, "metadata.json")
+    if os.path.isfile(config.init_from):
+        return {"image_segmenter_weights": None}  # the architecture only; init_from() copies the weights
+    if os.path.isdir(config.init_from) and os.path.isfile(metadata):
+        try:
+            with open(metadata) as f:
+                if json.load(f).get("format") == PRESET_FORMAT:  # an stt-keras preset directory
+                    return {"image_segmenter_weights": None}
+        except (OSError, ValueError):
+            pass
+    return {"image_segmenter_weights": config.init_from}
+
+
 def check_config(config):
     """The config with its sizes as (H, W) and its class count resolved; UserError naming the first bad setting."""
     if not isinstance(config, TrainConfig):
@@ -282,8 +309,13 @@ def check_config(config):
 
     if config.preset not in PRESETS:
         raise UserError(f"stt-train: unknown --preset {config.preset!r}; available: {', '.join(sorted(PRESETS))}.")
-    if config.init_from and not os.path.isfile(config.init_from):
+    hub_preset = PRESETS[config.preset].get("arch") == "image_segmenter"
+    if config.init_from and not os.path.exists(config.init_from) and not (hub_preset and os.sep not in config.init_from):
         raise UserError(f"stt-train: --init-from model file not found: {config.init_from}")
+    if config.freeze is not None and config.freeze not in FREEZE:
+        raise UserError(f"stt-train: --freeze must be one of {', '.join(FREEZE)}, got {config.freeze!r}.")
+    if config.freeze == "encoder+decoder" and PRESETS[config.preset]["stt"] is None:
+        raise UserError(f"stt-train: --freeze encoder+decoder leaves nothing to train in the per-frame {config.preset}.")
     sizes = {}
     for name in ("crop", "synthetic_size"):
         if getattr(config, name) is not None:
@@ -376,13 +408,16 @@ def _train_locked(config):
         name = "MultiWorkerMirroredStrategy" if config.distribute == "multiworker" else type(strategy).__name__
         print(f"stt-train: {name} with {strategy.num_replicas_in_sync} replica(s), writing to {out}")
     num_classes = config.num_classes or DATASET_CLASSES[config.dataset]
+    start_from = _image_segmenter_start(config)
     with strategy.scope():
         try:
             model = STTSegmenter.from_preset(config.preset, num_classes=num_classes,
                                              backbone_weights=config.backbone_weights, aux_weight=config.aux_weight,
-                                             **config.stt_overrides)
-        except ValueError as error:  # an override the preset does not take, named by from_preset
+                                             **start_from, **config.stt_overrides)
+        except ValueError as error:  # an override the preset does not take, or a KerasHub preset it cannot load
             raise UserError(f"stt-train: {error}") from None
+        for part in FREEZE.get(config.freeze, ()):
+            getattr(model, part).trainable = False
     num_key_frames = model.num_key_frames
     try:
         train, val = make_datasets(config, num_key_frames, num_classes, done_steps)
@@ -406,7 +441,7 @@ def _train_locked(config):
             if int(model.optimizer.iterations.numpy()) != done_steps:
                 raise UserError(f"stt-train: backup {backup_dir} holds {int(model.optimizer.iterations.numpy())} steps "
                                 f"but its checkpoint.json says {done_steps}; delete it to start again.")
-        elif config.init_from:
+        elif config.init_from and not start_from.get("image_segmenter_weights"):
             try:
                 init_from(model, config.init_from)
             except ValueError as error:

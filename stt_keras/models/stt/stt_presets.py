@@ -13,6 +13,9 @@ TINY_STT = dict(
     num_key_frames=3, start_size=1, end_size=3, expansion=1, neighborhood_radius=3,
     top_ratio=1.0, num_heads=4, reduction=4,
 )
+# The block `STTSegmenter.from_image_segmenter` inserts by default: TINY_STT in the pre-norm form
+# (docs/method.md), which starts as the identity, so the wrapped segmenter first gives its own logits.
+IDENTITY_STT = dict(TINY_STT, norm_first=True)
 
 _PSP = dict(arch="pspnet", head_channels=512)
 _BISE = dict(arch="bisenet")
@@ -37,3 +40,27 @@ PRESETS = {
     "stt_bise_tiny": dict(arch="bisenet", backbone="resnet_tiny", stt=TINY_STT, description="tiny STT-BiSeNet for CPU: 1-block ResNet context path, T=3"),
     "bise_tiny": dict(arch="bisenet", backbone="resnet_tiny", stt=None, description="tiny BiSeNet per-frame baseline"),
 }
+
+# Models started from a KerasHub image segmenter (`STTSegmenter.from_image_segmenter`): the KerasHub
+# preset they load (`image_segmenter_weights` replaces it: a local KerasHub preset directory, or None
+# for the architecture with random weights), the architecture that preset has, and its class count.
+# The STT starts as the identity (IDENTITY_STT), on the MiT stage-4 map (docs/pretrained.md).
+_SEGFORMER_CITYSCAPES = dict(arch="image_segmenter", kind="segformer", num_classes=19, features_stage=4)
+PRESETS.update({
+    "stt_segformer_b0": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b0_cityscapes_1024", size="b0", stt=IDENTITY_STT,
+                             description="STT-SegFormer-B0 from KerasHub's segformer_b0_cityscapes_1024, STT on the 1/32 MiT map"),
+    "stt_segformer_b1": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b1_cityscapes_1024", size="b1", stt=IDENTITY_STT,
+                             description="STT-SegFormer-B1 from KerasHub's segformer_b1_cityscapes_1024, STT on the 1/32 MiT map"),
+    "segformer_b0": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b0_cityscapes_1024", size="b0", stt=None,
+                         description="SegFormer-B0 per-frame twin (KerasHub's segformer_b0_cityscapes_1024)"),
+    "segformer_b1": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b1_cityscapes_1024", size="b1", stt=None,
+                         description="SegFormer-B1 per-frame twin (KerasHub's segformer_b1_cityscapes_1024)"),
+})
+_DEEPLAB_VOC = dict(arch="image_segmenter", kind="deeplab_v3", num_classes=21, features_stage=None,
+                   image_segmenter="deeplab_v3_plus_resnet50_pascalvoc", size="resnet50")
+PRESETS.update({
+    "stt_deeplabv3plus_r50": dict(_DEEPLAB_VOC, stt=IDENTITY_STT,
+                                  description="STT-DeepLabV3+ from KerasHub's deeplab_v3_plus_resnet50_pascalvoc, STT on the ASPP output"),
+    "deeplabv3plus_r50": dict(_DEEPLAB_VOC, stt=None,
+                              description="DeepLabV3+ ResNet-50 per-frame twin (KerasHub's deeplab_v3_plus_resnet50_pascalvoc)"),
+})

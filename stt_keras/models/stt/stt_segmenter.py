@@ -14,7 +14,7 @@ from stt_keras.models.bisenet.bisenet_decoder import BiSeNetDecoder
 from stt_keras.models.bisenet.bisenet_encoder import BiSeNetEncoder
 from stt_keras.models.pspnet.pspnet_decoder import PSPNetDecoder
 from stt_keras.models.pspnet.pspnet_encoder import PSPNetEncoder
-from stt_keras.models.stt.stt_presets import PRESETS
+from stt_keras.models.stt.stt_presets import IDENTITY_STT, PRESETS
 
 _STT_KEYS = {
     "num_key_frames", "start_size", "end_size", "expansion", "neighborhood_radius", "top_ratio",
@@ -84,6 +84,24 @@ def _logs_for_multi_worker_reduce(logs):
             for k, v in logs.items()}
 
 
+def _make_stt(stt, encoder, dtype=None):
+    """The STT of `from_image_segmenter`, built for `encoder`'s features: "auto", a dict over IDENTITY_STT,
+    a layer, or None."""
+    if stt is None:
+        return None
+    if isinstance(stt, str) and stt == "auto":
+        stt = {}
+    if isinstance(stt, dict):
+        stt = SparseTemporalTransformer(**{**IDENTITY_STT, **stt}, dtype=dtype, name="stt")
+    if not isinstance(stt, SparseTemporalTransformer):
+        raise TypeError(f"`stt` must be 'auto', a dict of SparseTemporalTransformer arguments, a "
+                        f"SparseTemporalTransformer or None, got {type(stt).__name__}.")
+    if not stt.built:  # its variables exist before the first call (stream_step and exports read them)
+        d = encoder.compute_output_shape((None, None, None, 3))["features"][-1]
+        stt.build((None, None, None, d), (None, stt.num_key_frames, None, None, d))
+    return stt
+
+
 @keras.saving.register_keras_serializable(package="stt_keras")
 class STTSegmenter(keras.Model):
     """Video semantic segmentation: logits for the last frame of a clip.
@@ -136,6 +154,11 @@ class STTSegmenter(keras.Model):
         - A built-in name (see `list_presets()`), e.g. `from_preset("stt_psp18",
           num_classes=19)`: the architecture recipe, with random weights (or the
           backbone's pretrained ones, `backbone_weights`). `num_classes` is required.
+        - A preset that starts from a KerasHub segmenter (`stt_segformer_b0`,
+          `stt_deeplabv3plus_r50`, ...; docs/pretrained.md): loads the KerasHub preset
+          it names; `image_segmenter_weights` replaces it (another KerasHub preset
+          name or a local KerasHub preset directory), None builds the architecture
+          with random weights. `num_classes` is optional (default: the preset's).
         - A directory written by `save_to_preset`: its config and trained weights
           (`load_weights=False`: the architecture only, freshly initialised).
           `num_classes`, if given, must match; no other arguments apply.
@@ -174,6 +197,8 @@ class STTSegmenter(keras.Model):
             if num_classes is not None and num_classes != model.num_classes:
                 raise ValueError(f"Preset {preset} has {model.num_classes} classes, not num_classes={num_classes}.")
             return model
+        if PRESETS.get(name, {}).get("arch") == "image_segmenter":
+            return cls._from_image_segmenter_preset(name, num_classes, backbone_weights, **overrides)
         if num_classes is None and name in PRESETS:
             raise ValueError(f"from_preset({name!r}) builds a new model: pass num_classes (the number of classes).")
         if name not in PRESETS:
@@ -211,6 +236,70 @@ class STTSegmenter(keras.Model):
             stt = SparseTemporalTransformer(**{**stt_config, **stt_overrides}, dtype=dtype, name="stt")
         model_kwargs = {k: v for k, v in overrides.items() if k in _MODEL_KEYS}
         return cls(encoder, decoder, stt, name=name, **model_kwargs)
+
+    @classmethod
+    def from_image_segmenter(cls, segmenter_or_preset, stt="auto", num_classes=None, features_stage=None,
+                             dtype=None, name=None):
+        """An STT model (or its per-frame twin) from a KerasHub image segmenter, its trained weights untouched.
+
+        The segmenter is split where its decoder's work stays per frame (SegFormer:
+        after the MiT encoder, the STT on the stage `features_stage` map; the other
+        stages are the decoder's skips) and its variables are copied one to one;
+        its image converter's normalisation goes inside the encoder, so the model
+        takes raw RGB in [0, 255], at any frame size. See docs/pretrained.md.
+
+        Args:
+            segmenter_or_preset: a KerasHub `SegFormerImageSegmenter` or
+                `DeepLabV3ImageSegmenter`, a KerasHub preset name
+                ("segformer_b0_cityscapes_1024", ...) or a local KerasHub preset
+                directory (`save_to_preset`).
+            stt: "auto" (a small block that starts as the identity: `TINY_STT` with
+                `norm_first=True`), a dict of `SparseTemporalTransformer` arguments
+                (over those defaults), a `SparseTemporalTransformer`, or None for
+                the per-frame twin.
+            num_classes: None keeps the segmenter's classes and classifier; another
+                number gives a new, randomly initialised classifier.
+            features_stage: SegFormer: the MiT stage (1..4) the STT mixes (default 4).
+            dtype: dtype policy of the new layers (e.g. "mixed_float16").
+        """
+        from stt_keras.models import keras_hub_segmenters as hub
+
+        segmenter = hub.load_image_segmenter(segmenter_or_preset)
+        encoder, decoder, kind = hub.split_image_segmenter(segmenter, num_classes, features_stage, dtype)
+        return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name or ("stt_" if stt is not None else "") + kind)
+
+    @classmethod
+    def _from_image_segmenter_preset(cls, name, num_classes, backbone_weights, image_segmenter_weights="preset",
+                                     **overrides):
+        """A built-in preset that starts from a KerasHub image segmenter (docs/pretrained.md)."""
+        from stt_keras.models import keras_hub_segmenters as hub
+
+        recipe = PRESETS[name]
+        if backbone_weights is not None:
+            raise ValueError(f"from_preset({name!r}) starts from a whole KerasHub segmenter: pass "
+                             "image_segmenter_weights (a KerasHub preset name or directory, or None), not backbone_weights.")
+        unknown = set(overrides) - _STT_KEYS - _MODEL_KEYS - {"features_stage", "dtype"}
+        if unknown:
+            raise ValueError(f"Unknown override(s) {sorted(unknown)} for preset {name!r}; allowed: "
+                             f"{sorted(_STT_KEYS | _MODEL_KEYS | {'features_stage', 'image_segmenter_weights'})}.")
+        model_kwargs = {k: v for k, v in overrides.items() if k in _MODEL_KEYS}
+        stt_overrides = {k: v for k, v in overrides.items() if k in _STT_KEYS}
+        if recipe["stt"] is None and stt_overrides:
+            raise ValueError(f"Preset {name!r} is a per-frame model; it takes no STT overrides {sorted(stt_overrides)}.")
+        stt = None if recipe["stt"] is None else {**recipe["stt"], **stt_overrides}
+        features_stage = overrides.get("features_stage", recipe["features_stage"])
+        dtype = overrides.get("dtype")
+        if image_segmenter_weights is None:
+            encoder, decoder = hub.build_architecture(recipe, num_classes or recipe["num_classes"], features_stage, dtype)
+            return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name, **model_kwargs)
+        source = recipe["image_segmenter"] if image_segmenter_weights == "preset" else image_segmenter_weights
+        segmenter = hub.load_image_segmenter(source)
+        hub.check_architecture(segmenter, recipe, source, name)
+        model = cls.from_image_segmenter(segmenter, stt=stt, num_classes=num_classes, features_stage=features_stage,
+                                         dtype=dtype, name=name)
+        for key, value in model_kwargs.items():  # the model options (no aux head here: aux_weight is inert)
+            setattr(model, key, float(value) if key == "aux_weight" else value)
+        return model
 
     # ------------------------------------------------------------------ call
     def _encode(self, frames, training):
