@@ -46,13 +46,14 @@ from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_writ
                                 remove_stale_temporaries, truncate_history)
 
 # Settings that define the model: a run can never continue with others.
-MODEL_SETTINGS = ("preset", "dataset", "num_classes", "stt_overrides", "mixed_precision")
+MODEL_SETTINGS = ("preset", "dataset", "synthetic_family", "num_classes", "stt_overrides", "mixed_precision")
 # Settings that define the training: changing them needs --allow-new-settings.
 TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
                      "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
                      "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames")
 # Settings added after runs were first stored: a run.json without them was made with this value.
 SETTING_DEFAULTS = {"first_frames": "pad"}
+SYNTHETIC_DEFAULTS = {"synthetic_family": "default"}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None}
@@ -69,7 +70,9 @@ class TrainConfig:
     except `stt_overrides`: the arguments of `STTSegmenter.from_preset` that change
     the preset ({"top_ratio": 0.5, "key_selection": "all", ...}); the command fills
     it from --top-ratio, --key-selection, --norm-first and --nsm-temperature.
-    `crop` and `synthetic_size` are (H, W) pairs or "HxW" strings.
+    `crop` and `synthetic_size` are (H, W) pairs or "HxW" strings (`synthetic_size`
+    None: the synthetic family's own size). With `init_from`, an STT preset gets the
+    identity-at-start block (`norm_first=True`) unless `stt_overrides` sets it.
     """
 
     preset: str
@@ -99,7 +102,8 @@ class TrainConfig:
     backbone_weights: str = None
     seed: int = 0
     synthetic_sequences: int = 24
-    synthetic_size: tuple = (128, 256)
+    synthetic_size: tuple = None  # None: the family's own (default: 128x256)
+    synthetic_family: str = "default"
     val_batches: int = None
     allow_new_settings: bool = False
     verbose: int = 1
@@ -157,8 +161,9 @@ def build_parser():
     p.add_argument("--aux-weight", type=float, default=d["aux_weight"])
     p.add_argument("--top-ratio", type=float, default=None, help="override the preset's STT query ratio")
     p.add_argument("--key-selection", choices=["window", "all"], default=None, help="override the preset's key selection")
-    p.add_argument("--norm-first", action="store_true", default=None,
-                   help="pre-norm STT block that starts as the identity (not the paper; for --init-from)")
+    p.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="pre-norm STT block that starts as the identity (not the paper; the default with --init-from); "
+                        "--no-norm-first: the paper's post-norm block")
     p.add_argument("--nsm-temperature", type=float, default=None,
                    help="score query complexity on cosine / tau instead of raw dot products")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
@@ -172,7 +177,9 @@ def build_parser():
     p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"])
-    p.add_argument("--synthetic-size", type=parse_size, default=d["synthetic_size"])
+    p.add_argument("--synthetic-size", type=parse_size, default=None, help="HxW (default: the family's own)")
+    p.add_argument("--synthetic-family", default=d["synthetic_family"], choices=list(data_lib.FAMILIES),
+                   help="the synthetic scene family (docs/training.md)")
     p.add_argument("--val-batches", type=int, default=None, help="limit validation batches")
     p.add_argument("--allow-new-settings", action="store_true",
                    help="continue an existing --out with other training settings (never another model)")
@@ -199,7 +206,7 @@ def run_settings(config):
         value = getattr(config, key)
         settings[key] = list(value) if isinstance(value, tuple) else value
     if settings["dataset"] != "synthetic":
-        settings.pop("synthetic_sequences"), settings.pop("synthetic_size")
+        settings.pop("synthetic_sequences"), settings.pop("synthetic_size"), settings.pop("synthetic_family")
     else:  # the synthetic set starts its clips at frame T (unchanged: the measured results stay reproducible)
         settings.pop("first_frames")
     return settings
@@ -210,13 +217,22 @@ def settings_difference(before, now):
     keys = [k for k in MODEL_SETTINGS + TRAINING_SETTINGS if k in before or k in now]
     if before.get("dataset") != "synthetic":
         before = {**SETTING_DEFAULTS, **before}
+    else:
+        before = {**SYNTHETIC_DEFAULTS, **before}
     before, now = _own_class_count_as_none(before), _own_class_count_as_none(now)
     return [(k, before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)]
 
 
+def dataset_classes(dataset, family="default"):
+    """The class count of a dataset (of a synthetic family), None when the caller gives it."""
+    if dataset == "synthetic":
+        return data_lib.get_family(family).num_classes
+    return DATASET_CLASSES.get(dataset)
+
+
 def _own_class_count_as_none(settings):
     """num_classes=19 on cityscapes is the same run as no num_classes (likewise camvid 11, synthetic 7)."""
-    fixed = DATASET_CLASSES.get(settings.get("dataset"))
+    fixed = dataset_classes(settings.get("dataset"), settings.get("synthetic_family") or "default")
     return {**settings, "num_classes": None} if fixed is not None and settings.get("num_classes") == fixed else settings
 
 
@@ -290,8 +306,10 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
     skip = start_step * config.batch_size
     if config.dataset == "synthetic":
         h, w = config.synthetic_size
-        train_video = data_lib.SyntheticVideo(config.synthetic_sequences, 30, h, w, seed=config.seed)
-        val_video = data_lib.SyntheticVideo(max(2, config.synthetic_sequences // 4), 30, h, w, seed=config.seed + 1000)
+        family = config.synthetic_family
+        train_video = data_lib.SyntheticVideo(config.synthetic_sequences, 30, h, w, seed=config.seed, family=family)
+        val_video = data_lib.SyntheticVideo(max(2, config.synthetic_sequences // 4), 30, h, w, seed=config.seed + 1000,
+                                            family=family)
         train = data_lib.make_synthetic_dataset(
             train_video, num_key_frames, config.batch_size, config.crop, True, config.seed, config.frame_stride, skip=skip)
         val = data_lib.make_synthetic_dataset(
@@ -347,7 +365,10 @@ def check_config(config):
         raise UserError(f"stt-train: --num-classes must be at least 2, got {config.num_classes}.")
     if config.dataset not in DATASET_CLASSES:
         raise UserError(f"stt-train: unknown --dataset {config.dataset!r}; available: {', '.join(DATASET_CLASSES)}.")
-    fixed = DATASET_CLASSES[config.dataset]
+    if config.synthetic_family not in data_lib.FAMILIES:
+        raise UserError(f"stt-train: unknown --synthetic-family {config.synthetic_family!r}; available: "
+                        f"{', '.join(data_lib.FAMILIES)}.")
+    fixed = dataset_classes(config.dataset, config.synthetic_family)
     if config.dataset == "folder" and config.num_classes is None:
         raise UserError("stt-train: --dataset folder needs --num-classes (the number of label classes, at least 2).")
     if fixed is not None and config.num_classes not in (None, fixed):
@@ -368,6 +389,11 @@ def check_config(config):
         raise UserError(f"stt-train: unknown --preset {config.preset!r}; available: {', '.join(sorted(PRESETS))}.")
     if config.init_from and not os.path.isfile(config.init_from):
         raise UserError(f"stt-train: --init-from model file not found: {config.init_from}")
+    overrides = dict(config.stt_overrides)
+    if config.init_from and PRESETS[config.preset].get("stt") is not None and "norm_first" not in overrides:
+        overrides["norm_first"] = True  # the block starts as the identity: step 0 is the initialising model
+    if config.dataset == "synthetic" and config.synthetic_size is None:
+        config = dataclasses.replace(config, synthetic_size=data_lib.get_family(config.synthetic_family).size)
     sizes = {}
     for name in ("crop", "synthetic_size"):
         if getattr(config, name) is not None:
@@ -375,7 +401,7 @@ def check_config(config):
                 sizes[name] = parse_size(getattr(config, name), f"--{name.replace('_', '-')}")
             except SizeError as error:
                 raise UserError(f"stt-train: {error}.") from None
-    return dataclasses.replace(config, stt_overrides=dict(config.stt_overrides), **sizes)
+    return dataclasses.replace(config, stt_overrides=overrides, **sizes)
 
 
 def _resume_state(config, settings):
@@ -456,7 +482,7 @@ def _train_locked(config):
     strategy = make_strategy(config.distribute, config.cpu_devices)
     name = "MultiWorkerMirroredStrategy" if config.distribute == "multiworker" else type(strategy).__name__
     print(f"stt-train: {name} with {strategy.num_replicas_in_sync} replica(s), writing to {out}")
-    num_classes = config.num_classes or DATASET_CLASSES[config.dataset]
+    num_classes = config.num_classes or dataset_classes(config.dataset, config.synthetic_family)
     with strategy.scope():
         try:
             model = STTSegmenter.from_preset(config.preset, num_classes=num_classes,
