@@ -21,6 +21,12 @@ settings (steps, learning rate, ...) but never with another model or dataset.
 One run at a time per --out: a second one is refused, naming the PID that holds
 the lock (released by the kernel when that process ends, however it ends).
 
+The recommended recipe for an STT preset (docs/training.md, "The recommended recipe"): train
+the per-frame model first, then the STT initialised from it, whose block starts as the identity:
+    stt-train --preset stt_psp_tiny --per-frame-steps 150 --steps 150 --crop 128x128 --out runs/stt
+trains psp_tiny for 150 steps into runs/stt/per_frame, then stt_psp_tiny for 150 more into runs/stt
+(the same as running the two stages yourself with --init-from runs/stt/per_frame/last.keras).
+
 From Python, `train(preset, num_classes, out=..., **settings)` does the same
 (settings: the fields of `TrainConfig`); this command parses its arguments
 into a `TrainConfig` and calls `run(config)`, as `train` does.
@@ -99,6 +105,7 @@ class TrainConfig:
     distribute: str = "none"
     cpu_devices: int = 0
     init_from: str = None
+    per_frame_steps: int = 0  # > 0: the recipe; first the per-frame model for this many steps into OUT/per_frame
     backbone_weights: str = None
     seed: int = 0
     synthetic_sequences: int = 24
@@ -174,6 +181,9 @@ def build_parser():
                    help="split the CPU into N logical devices (to run --distribute mirrored without GPUs)")
     p.add_argument("--init-from", default=None,
                    help="a .keras model (e.g. the per-frame baseline) whose encoder and decoder weights start this run")
+    p.add_argument("--per-frame-steps", type=int, default=d["per_frame_steps"],
+                   help="the recommended recipe: first train the STT preset's per-frame model this many steps (into "
+                        "OUT/per_frame), then the STT from it (--init-from, identity-start block) for --steps")
     p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"])
@@ -387,6 +397,17 @@ def check_config(config):
 
     if config.preset not in PRESETS:
         raise UserError(f"stt-train: unknown --preset {config.preset!r}; available: {', '.join(sorted(PRESETS))}.")
+    if config.per_frame_steps < 0:
+        raise UserError(f"stt-train: --per-frame-steps must be 0 or positive, got {config.per_frame_steps}.")
+    if config.per_frame_steps:
+        if per_frame_preset(config.preset) is None:
+            raise UserError(f"stt-train: --per-frame-steps needs an STT preset with a per-frame counterpart "
+                            f"(stt_X and X), not {config.preset!r}.")
+        if config.init_from:
+            raise UserError("stt-train: --per-frame-steps trains the model --init-from would give; use one of them.")
+        if config.distribute == "multiworker":
+            raise UserError("stt-train: --per-frame-steps is not for --distribute multiworker; run the per-frame "
+                            "model first, then the STT with --init-from.")
     if config.init_from and not os.path.isfile(config.init_from):
         raise UserError(f"stt-train: --init-from model file not found: {config.init_from}")
     overrides = dict(config.stt_overrides)
@@ -442,9 +463,25 @@ def _resume_state(config, settings):
     return checkpoint
 
 
+def per_frame_preset(preset):
+    """The per-frame counterpart of an STT preset (stt_psp_tiny -> psp_tiny), or None."""
+    from stt_keras.models.stt.stt_presets import PRESETS
+
+    if not preset.startswith("stt_") or PRESETS.get(preset, {}).get("stt") is None:
+        return None
+    base = preset[len("stt_"):]
+    return base if base in PRESETS and PRESETS[base].get("stt") is None else None
+
+
 def run(config):
     """Runs one (possibly resumed) training of a TrainConfig; returns the trained model (None if already finished)."""
     config = check_config(config)
+    if config.per_frame_steps:  # the recipe: the per-frame model, then the STT initialised from it
+        first = os.path.join(config.out, "per_frame")
+        run(dataclasses.replace(config, preset=per_frame_preset(config.preset), out=first, steps=config.per_frame_steps,
+                                per_frame_steps=0, stt_overrides={}))
+        print(f"stt-train: per-frame stage done ({first}); the STT starts from it")
+        return run(dataclasses.replace(config, per_frame_steps=0, init_from=os.path.join(first, "last.keras")))
     config = dataclasses.replace(config, out=worker_output_dir(config.out, config.distribute))
     if os.path.exists(config.out) and not os.path.isdir(config.out):
         raise UserError(f"stt-train: --out {config.out} exists and is not a folder.")
