@@ -12,6 +12,8 @@ Variants (--steps N):
 - `ft_stt` (the recommended recipe): `base`, then the STT initialised from it (--init-from, the
   identity-at-start block) trained N more steps; compared with `base2x`.
 - `ft_stt_post`: the same with the paper's post-norm block (does not start as the identity).
+- `ft_stt_15`: another split of the same total: `base_h` (the per-frame model, N/2 steps), then the
+  STT from it for 3N/2 steps.
 - `stt`, `stt2x`, `stt_q50`, ...: the STT from scratch (N steps; `stt2x` 2N).
 
 Oracle headroom (per family, from the `base2x` model): on every degraded pixel of a degraded frame,
@@ -54,6 +56,8 @@ VARIANTS = [
     ("ft_stt", "**recipe**: per-frame 1x, then STT (identity at start) +1x", "stt_psp_tiny", {}, 1),
     ("ft_stt_post", "per-frame 1x, then STT with the paper's post-norm block +1x", "stt_psp_tiny",
      {"norm_first": False}, 1),
+    ("base_h", "per-frame `psp_tiny`, 0.5x", "psp_tiny", {}, 0.5),
+    ("ft_stt_15", "per-frame 0.5x, then STT (identity at start) +1.5x", "stt_psp_tiny", {}, 1.5),
     ("stt", "STT from scratch, 1x", "stt_psp_tiny", {}, 1),
     ("stt2x", "STT from scratch, 2x", "stt_psp_tiny", {}, 2),
     ("stt_q50", "STT from scratch, top 50% by NSM, 1x", "stt_psp_tiny", {"top_ratio": 0.5}, 1),
@@ -132,13 +136,13 @@ def _run_dir(args, family, seed, key):
 def run_variant(args, family, seed, key):
     _, name, preset, overrides, factor = VARIANT[key]
     out = _run_dir(args, family, seed, key)
-    steps = factor * args.steps
+    steps = int(round(factor * args.steps))
     size = family_size(family, args.scale, args.size)
     crop = parse_size(args.crop, "--crop")
     crop = (min(crop[0], size[0]), min(crop[1], size[1]))
     init = None
     if key.startswith("ft_"):
-        init = os.path.join(_run_dir(args, family, seed, "base"), "last.keras")
+        init = os.path.join(_run_dir(args, family, seed, "base_h" if key == "ft_stt_15" else "base"), "last.keras")
         if not os.path.exists(init):
             raise SystemExit(f"{key} fine-tunes the per-frame model: run the 'base' variant of {family}, seed {seed} first.")
     print(f"== {family} seed {seed} {key}: {steps} steps at {size[0]}x{size[1]}, crop {crop[0]}x{crop[1]}", flush=True)
