@@ -12,6 +12,8 @@ Variants (--steps N):
 - `ft_stt` (the recommended recipe): `base`, then the STT initialised from it (--init-from, the
   identity-at-start block) trained N more steps; compared with `base2x`.
 - `ft_stt_post`: the same with the paper's post-norm block (does not start as the identity).
+- `ft_stt_lr5`: the recipe with the STT stage at lr 0.005 (about where the per-frame 2x schedule is
+  at its half: 0.01 x 0.5^0.9), instead of restarting at 0.01.
 - `ft_stt_15`: another split of the same total: `base_h` (the per-frame model, N/2 steps), then the
   STT from it for 3N/2 steps.
 - `stt`, `stt2x`, `stt_q50`, ...: the STT from scratch (N steps; `stt2x` 2N).
@@ -56,6 +58,7 @@ VARIANTS = [
     ("ft_stt", "**recipe**: per-frame 1x, then STT (identity at start) +1x", "stt_psp_tiny", {}, 1),
     ("ft_stt_post", "per-frame 1x, then STT with the paper's post-norm block +1x", "stt_psp_tiny",
      {"norm_first": False}, 1),
+    ("ft_stt_lr5", "per-frame 1x, then STT (identity at start) +1x at lr 0.005", "stt_psp_tiny", {}, 1),
     ("base_h", "per-frame `psp_tiny`, 0.5x", "psp_tiny", {}, 0.5),
     ("ft_stt_15", "per-frame 0.5x, then STT (identity at start) +1.5x", "stt_psp_tiny", {}, 1.5),
     ("stt", "STT from scratch, 1x", "stt_psp_tiny", {}, 1),
@@ -66,6 +69,7 @@ VARIANTS = [
     ("stt_nf", "STT from scratch, pre-norm block, 1x", "stt_psp_tiny", {"norm_first": True}, 1),
 ]
 VARIANT = {v[0]: v for v in VARIANTS}
+TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}}  # training settings a variant changes
 
 
 def family_size(name, scale, size=None):
@@ -149,7 +153,8 @@ def run_variant(args, family, seed, key):
     start = time.perf_counter()
     train_lib.train(preset, out=out, steps=steps, checkpoint_every=max(1, steps // 2), batch_size=args.batch_size,
                     synthetic_size=size, synthetic_family=family, crop=crop, synthetic_sequences=args.sequences,
-                    seed=seed, val_batches=2, verbose=2, init_from=init, stt_overrides=dict(overrides))
+                    seed=seed, val_batches=2, verbose=2, init_from=init, stt_overrides=dict(overrides),
+                    **TRAIN_SETTINGS.get(key, {}))
     train_seconds = time.perf_counter() - start
     model = load_model(os.path.join(out, "last.keras"), compile=False)
     results = evaluate_with_ablation(model, lambda: _sequences(args, family), model.num_classes)
