@@ -14,6 +14,8 @@ Variants (--steps N):
 - `ft_stt_post`: the same with the paper's post-norm block (does not start as the identity).
 - `ft_stt_lr5`: the recipe with the STT stage at lr 0.005 (about where the per-frame 2x schedule is
   at its half: 0.01 x 0.5^0.9), instead of restarting at 0.01.
+- `ft_stt_x10`: the recipe with the new STT block learning at 10x the learning rate
+  (--stt-lr-multiplier 10; the encoder and decoder at 1x), as new layers of a trained model often are.
 - `ft_stt_15`: another split of the same total: `base_h` (the per-frame model, N/2 steps), then the
   STT from it for 3N/2 steps.
 - `stt`, `stt2x`, `stt_q50`, ...: the STT from scratch (N steps; `stt2x` 2N).
@@ -59,6 +61,7 @@ VARIANTS = [
     ("ft_stt_post", "per-frame 1x, then STT with the paper's post-norm block +1x", "stt_psp_tiny",
      {"norm_first": False}, 1),
     ("ft_stt_lr5", "per-frame 1x, then STT (identity at start) +1x at lr 0.005", "stt_psp_tiny", {}, 1),
+    ("ft_stt_x10", "per-frame 1x, then STT (identity at start, block at 10x lr) +1x", "stt_psp_tiny", {}, 1),
     ("base_h", "per-frame `psp_tiny`, 0.5x", "psp_tiny", {}, 0.5),
     ("ft_stt_15", "per-frame 0.5x, then STT (identity at start) +1.5x", "stt_psp_tiny", {}, 1.5),
     ("stt", "STT from scratch, 1x", "stt_psp_tiny", {}, 1),
@@ -69,7 +72,7 @@ VARIANTS = [
     ("stt_nf", "STT from scratch, pre-norm block, 1x", "stt_psp_tiny", {"norm_first": True}, 1),
 ]
 VARIANT = {v[0]: v for v in VARIANTS}
-TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}}  # training settings a variant changes
+TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0}}  # training settings a variant changes
 
 
 def family_size(name, scale, size=None):

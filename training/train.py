@@ -56,10 +56,10 @@ MODEL_SETTINGS = ("preset", "dataset", "synthetic_family", "num_classes", "stt_o
 # Settings that define the training: changing them needs --allow-new-settings.
 TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
                      "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
-                     "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames")
+                     "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames", "stt_lr_multiplier")
 # Settings added after runs were first stored: a run.json without them was made with this value.
-SETTING_DEFAULTS = {"first_frames": "pad"}
-SYNTHETIC_DEFAULTS = {"synthetic_family": "default"}
+SETTING_DEFAULTS = {"first_frames": "pad", "stt_lr_multiplier": 1.0}
+SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None}
@@ -106,6 +106,7 @@ class TrainConfig:
     cpu_devices: int = 0
     init_from: str = None
     per_frame_steps: int = 0  # > 0: the recipe; first the per-frame model for this many steps into OUT/per_frame
+    stt_lr_multiplier: float = 1.0  # the STT block learns at this x lr (its gradients are scaled)
     backbone_weights: str = None
     seed: int = 0
     synthetic_sequences: int = 24
@@ -184,6 +185,8 @@ def build_parser():
     p.add_argument("--per-frame-steps", type=int, default=d["per_frame_steps"],
                    help="the recommended recipe: first train the STT preset's per-frame model this many steps (into "
                         "OUT/per_frame), then the STT from it (--init-from, identity-start block) for --steps")
+    p.add_argument("--stt-lr-multiplier", type=float, default=d["stt_lr_multiplier"],
+                   help="the STT block's learning rate relative to --lr (its gradients are multiplied)")
     p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"])
@@ -397,6 +400,8 @@ def check_config(config):
 
     if config.preset not in PRESETS:
         raise UserError(f"stt-train: unknown --preset {config.preset!r}; available: {', '.join(sorted(PRESETS))}.")
+    if not config.stt_lr_multiplier > 0:
+        raise UserError(f"stt-train: --stt-lr-multiplier must be positive, got {config.stt_lr_multiplier}.")
     if config.per_frame_steps < 0:
         raise UserError(f"stt-train: --per-frame-steps must be 0 or positive, got {config.per_frame_steps}.")
     if config.per_frame_steps:
@@ -527,6 +532,8 @@ def _train_locked(config):
                                              **config.stt_overrides)
         except ValueError as error:  # an override the preset does not take, named by from_preset
             raise UserError(f"stt-train: {error}") from None
+    if model.stt is not None:
+        model.stt.gradient_scale = config.stt_lr_multiplier
     num_key_frames = model.num_key_frames
     try:
         train, val = make_datasets(config, num_key_frames, num_classes, done_steps)
