@@ -48,3 +48,31 @@ def test_the_recipe_trains_both_stages_and_resumes(tmp_path):
     assert stt_keras.load_model(os.path.join(out, "last.keras"), compile=False).stt.norm_first
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("already finished") == 2, again.stdout[-2000:]
+
+
+def test_the_stt_lr_multiplier_scales_the_blocks_gradients_only():
+    import numpy as np
+    import tensorflow as tf
+
+    from stt_keras.layers import SparseTemporalTransformer
+
+    stt = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2, top_ratio=0.5)
+    rng = np.random.default_rng(0)
+    q = tf.constant(rng.random((1, 8, 8, 16), np.float32))
+    k = tf.constant(rng.random((1, 2, 8, 8, 16), np.float32))
+    stt(q, k)
+
+    def run(scale):
+        stt.gradient_scale = scale
+        with tf.GradientTape() as tape:
+            tape.watch(q)
+            y = tf.reduce_sum(stt(q, k) ** 2)
+        return y, tape.gradient(y, [q] + stt.trainable_weights)
+
+    (y1, g1), (y10, g10) = run(1.0), run(10.0)
+    assert float(y1) == float(y10)  # the forward pass is the same
+    for a, b in zip(g1[1:], g10[1:]):
+        np.testing.assert_allclose(b.numpy(), 10 * a.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g10[0].numpy(), g1[0].numpy(), rtol=1e-5, atol=1e-6)  # not the input's
+    with pytest.raises(UserError, match="--stt-lr-multiplier must be positive"):
+        check_config(TrainConfig("stt_psp_tiny", out="unused", stt_lr_multiplier=0))
