@@ -16,6 +16,8 @@ Variants (--steps N):
   at its half: 0.01 x 0.5^0.9), instead of restarting at 0.01.
 - `ft_stt_x10`: the recipe with the new STT block learning at 10x the learning rate
   (--stt-lr-multiplier 10; the encoder and decoder at 1x), as new layers of a trained model often are.
+- `p18_base`, `p18_ft50`, `p18_ft100`: the paper-size `stt_psp18` with the recipe, at its 50% NSM
+  selection and with every point a query (no ImageNet weights here).
 - `ft_stt_15`: another split of the same total: `base_h` (the per-frame model, N/2 steps), then the
   STT from it for 3N/2 steps.
 - `stt`, `stt2x`, `stt_q50`, ...: the STT from scratch (N steps; `stt2x` 2N).
@@ -64,6 +66,10 @@ VARIANTS = [
     ("ft_stt_x10", "per-frame 1x, then STT (identity at start, block at 10x lr) +1x", "stt_psp_tiny", {}, 1),
     ("base_h", "per-frame `psp_tiny`, 0.5x", "psp_tiny", {}, 0.5),
     ("ft_stt_15", "per-frame 0.5x, then STT (identity at start) +1.5x", "stt_psp_tiny", {}, 1.5),
+    ("p18_base", "per-frame `psp18`, 1x", "psp18", {}, 1),
+    ("p18_ft50", "per-frame `psp18` 1x, then `stt_psp18` (top 50%, identity at start) +1x", "stt_psp18", {}, 1),
+    ("p18_ft100", "per-frame `psp18` 1x, then `stt_psp18` (top 100%, identity at start) +1x", "stt_psp18",
+     {"top_ratio": 1.0}, 1),
     ("stt", "STT from scratch, 1x", "stt_psp_tiny", {}, 1),
     ("stt2x", "STT from scratch, 2x", "stt_psp_tiny", {}, 2),
     ("stt_q50", "STT from scratch, top 50% by NSM, 1x", "stt_psp_tiny", {"top_ratio": 0.5}, 1),
@@ -148,8 +154,9 @@ def run_variant(args, family, seed, key):
     crop = parse_size(args.crop, "--crop")
     crop = (min(crop[0], size[0]), min(crop[1], size[1]))
     init = None
-    if key.startswith("ft_"):
-        init = os.path.join(_run_dir(args, family, seed, "base_h" if key == "ft_stt_15" else "base"), "last.keras")
+    if key.startswith(("ft_", "p18_ft")):
+        first = "base_h" if key == "ft_stt_15" else "p18_base" if key.startswith("p18_") else "base"
+        init = os.path.join(_run_dir(args, family, seed, first), "last.keras")
         if not os.path.exists(init):
             raise SystemExit(f"{key} fine-tunes the per-frame model: run the 'base' variant of {family}, seed {seed} first.")
     print(f"== {family} seed {seed} {key}: {steps} steps at {size[0]}x{size[1]}, crop {crop[0]}x{crop[1]}", flush=True)
