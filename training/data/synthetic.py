@@ -162,7 +162,7 @@ FAMILIES = {
         size=(128, 256), classes=_STREET9, extras=True, camera="zoom", pan_scale=0.3, zoom=0.8,
         kinds=("vehicle", "vehicle", "vehicle", "blocks", "blur"), jump_rate=0.12),
     "night": Family(
-        "a slow pan at night: under-exposure, heavy noise, drifting blobs and stalls, frequent bursts, 4 classes",
+        "a slow pan at night: under-exposure, heavy noise, drifting blobs and stalls, frequent bursts",
         size=(96, 192), classes=_COARSE4, extras=True, pan_scale=0.5,
         kinds=("underexposed", "underexposed", "noise", "noise", "occluder", "repeat"), burst_rate=0.4),
 }
