@@ -74,7 +74,12 @@ VARIANTS = [
     ("stt2x", "STT from scratch, 2x", "stt_psp_tiny", {}, 2),
     ("stt_q50", "STT from scratch, top 50% by NSM, 1x", "stt_psp_tiny", {"top_ratio": 0.5}, 1),
     ("stt_q75", "STT from scratch, top 75% by NSM, 1x", "stt_psp_tiny", {"top_ratio": 0.75}, 1),
+    ("stt_q100", "STT from scratch, every point a query (top 100%), 1x", "stt_psp_tiny", {"top_ratio": 1.0}, 1),
     ("stt_all", "STT from scratch, top 50%, all keys, 1x", "stt_psp_tiny", {"top_ratio": 0.5, "key_selection": "all"}, 1),
+    ("stt_cos", "STT from scratch, top 50%, scale-free NSM (cosine / 0.1), 1x", "stt_psp_tiny",
+     {"top_ratio": 0.5, "nsm_temperature": 0.1}, 1),
+    ("stt_chg", "STT from scratch, top 50%, NSM + temporal change (w=1), 1x", "stt_psp_tiny",
+     {"top_ratio": 0.5, "change_weight": 1.0}, 1),
     ("stt_nf", "STT from scratch, pre-norm block, 1x", "stt_psp_tiny", {"norm_first": True}, 1),
 ]
 VARIANT = {v[0]: v for v in VARIANTS}
