@@ -24,17 +24,21 @@ test-slow: venv
 	$(PY) -m pytest -q -m slow --durations=15
 
 # The main job on the built-in synthetic video, end to end (about 3 minutes on 2 cores after the
-# install): train the small STT model and its per-frame baseline with the same budget and seed,
-# evaluate both, export the STT model (SavedModel, TFLite float32 + int8), run the edge demo on a
-# synthetic video, and write runs/quickstart/report.md. Re-running resumes finished steps.
+# install): train the small STT model with the recommended recipe (the per-frame model first, then
+# the STT initialised from it) and the per-frame model with the same total steps and seed, evaluate
+# both, export the STT model (SavedModel, TFLite float32 + int8), run the edge demo on a synthetic
+# video, and write runs/quickstart/report.md. Re-running resumes finished steps.
 QUICK := runs/quickstart
-QUICK_ARGS := --steps 300 --checkpoint-every 50 --batch-size 4 --synthetic-size 128x256 --crop 128x128 --val-batches 4 --verbose 2
+QUICK_STEPS := 300
+RECIPE_PER_FRAME_STEPS := 150
+QUICK_ARGS := --checkpoint-every 50 --batch-size 4 --synthetic-size 128x256 --crop 128x128 --val-batches 4 --verbose 2
 BIN := $(VENV)/bin
 quickstart: venv
-	@echo "== [1/8] train the per-frame baseline (psp_tiny)"
-	$(BIN)/stt-train --preset psp_tiny --out $(QUICK)/psp_tiny $(QUICK_ARGS)
-	@echo "== [2/8] train the STT model (stt_psp_tiny): same steps, data and seed"
-	$(BIN)/stt-train --preset stt_psp_tiny --out $(QUICK)/stt_psp_tiny $(QUICK_ARGS)
+	@echo "== [1/8] train the per-frame model (psp_tiny), $(QUICK_STEPS) steps"
+	$(BIN)/stt-train --preset psp_tiny --steps $(QUICK_STEPS) --out $(QUICK)/psp_tiny $(QUICK_ARGS)
+	@echo "== [2/8] the recipe: psp_tiny $(RECIPE_PER_FRAME_STEPS) steps, then stt_psp_tiny from it: same total steps, data and seed"
+	$(BIN)/stt-train --preset stt_psp_tiny --per-frame-steps $(RECIPE_PER_FRAME_STEPS) \
+		--steps $$(( $(QUICK_STEPS) - $(RECIPE_PER_FRAME_STEPS) )) --out $(QUICK)/stt_psp_tiny $(QUICK_ARGS)
 	@echo "== [3/8] evaluate both on held-out synthetic sequences (mIoU, TC, frames/s)"
 	$(BIN)/stt-eval --model $(QUICK)/psp_tiny/last.keras --out $(QUICK)/psp_tiny/eval
 	$(BIN)/stt-eval --model $(QUICK)/stt_psp_tiny/last.keras --out $(QUICK)/stt_psp_tiny/eval

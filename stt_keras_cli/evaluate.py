@@ -53,7 +53,9 @@ def build_parser():
                         "0 and 255 apart); cffm = its CFFM/MRCFA copy (0 and 255 merged, sequences of <= 16 frames "
                         "skipped for mVC_8 too)")
     p.add_argument("--synthetic-sequences", type=int, default=6, help="--dataset synthetic: held-out sequences of 30 frames")
-    p.add_argument("--synthetic-size", default="128x256", metavar="HxW", help="--dataset synthetic: frame size")
+    p.add_argument("--synthetic-size", default=None, metavar="HxW", help="--dataset synthetic: frame size (default: the family's own)")
+    p.add_argument("--synthetic-family", default="default", metavar="FAMILY",
+                   help="--dataset synthetic: the scene family (docs/training.md)")
     add_tf_logs_flag(p)
     return p
 

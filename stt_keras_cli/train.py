@@ -48,7 +48,9 @@ class TrainConfig:
     except `stt_overrides`: the arguments of `STTSegmenter.from_preset` that change
     the preset ({"top_ratio": 0.5, "key_selection": "all", ...}); the command fills
     it from --top-ratio, --key-selection, --norm-first and --nsm-temperature.
-    `crop` and `synthetic_size` are (H, W) pairs or "HxW" strings.
+    `crop` and `synthetic_size` are (H, W) pairs or "HxW" strings (`synthetic_size`
+    None: the synthetic family's own size). With `init_from`, an STT preset gets the
+    identity-at-start block (`norm_first=True`) unless `stt_overrides` sets it.
     """
 
     preset: str
@@ -75,11 +77,14 @@ class TrainConfig:
     distribute: str = "none"
     cpu_devices: int = 0
     init_from: str = None
+    per_frame_steps: int = 0  # > 0: the recipe; first the per-frame model for this many steps into OUT/per_frame
+    stt_lr_multiplier: float = 1.0  # the STT block learns at this x lr (its gradients are scaled)
     freeze: str = None  # None, "encoder" or "encoder+decoder"
     backbone_weights: str = None
     seed: int = 0
     synthetic_sequences: int = 24
-    synthetic_size: tuple = (128, 256)
+    synthetic_size: tuple = None  # None: the family's own (default: 128x256)
+    synthetic_family: str = "default"
     val_batches: int = None
     allow_new_settings: bool = False
     verbose: int = None  # Keras fit: 0 silent, 1 progress bar, 2 one line per epoch; None: 1 on a terminal, else 2
@@ -129,8 +134,9 @@ def build_parser():
     p.add_argument("--aux-weight", type=float, default=d["aux_weight"], help="weight of the auxiliary head's loss")
     p.add_argument("--top-ratio", type=float, default=None, help="override the preset's STT query ratio")
     p.add_argument("--key-selection", choices=["window", "all"], default=None, help="override the preset's key selection")
-    p.add_argument("--norm-first", action="store_true", default=None,
-                   help="pre-norm STT block that starts as the identity (not the paper; for --init-from)")
+    p.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="pre-norm STT block that starts as the identity (not the paper; the default with --init-from); "
+                        "--no-norm-first: the paper's post-norm block")
     p.add_argument("--nsm-temperature", type=float, default=None,
                    help="score query complexity on cosine / tau instead of raw dot products")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
@@ -145,12 +151,19 @@ def build_parser():
                         "a KerasHub preset name or directory to start from instead of the one the preset names")
     p.add_argument("--freeze", choices=list(FREEZE), default=None,
                    help="train only the rest: encoder = STT and decoder, encoder+decoder = the STT alone")
+    p.add_argument("--per-frame-steps", type=int, default=d["per_frame_steps"],
+                   help="the recommended recipe: first train the STT preset's per-frame model this many steps (into "
+                        "OUT/per_frame), then the STT from it (--init-from, identity-start block) for --steps")
+    p.add_argument("--stt-lr-multiplier", type=float, default=d["stt_lr_multiplier"],
+                   help="the STT block's learning rate relative to --lr (its gradients are multiplied)")
     p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
     p.add_argument("--seed", type=int, default=d["seed"], help="initial weights, data order and augmentation")
     p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"],
                    help="--dataset synthetic: training sequences of 30 frames")
-    p.add_argument("--synthetic-size", type=_size, default=d["synthetic_size"], metavar="HxW",
-                   help="--dataset synthetic: frame size")
+    p.add_argument("--synthetic-size", type=_size, default=None, metavar="HxW",
+                   help="--dataset synthetic: frame size (default: the family's own)")
+    p.add_argument("--synthetic-family", default=d["synthetic_family"], metavar="FAMILY",
+                   help="--dataset synthetic: the scene family (docs/training.md; 'default' is the built-in video)")
     p.add_argument("--val-batches", type=int, default=None, help="limit validation batches (default: all)")
     p.add_argument("--allow-new-settings", action="store_true",
                    help="continue an existing --out with other training settings (never another model)")

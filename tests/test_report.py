@@ -35,8 +35,9 @@ def test_report_has_table_plots_and_stills(trained_model_path, exported, tmp_pat
     text, better = report.build(str(runs))
     assert "## The phone demo in the browser" in text and "![web demo](figures/web_demo.png)" in text
     assert "20 frames of stt_edge_int8.tflite on webgpu" in text
-    assert "| STT (`stt_psp_tiny`) | 53.4 | n/a | n/a | 72.3 | - | 40.0 |" in text
-    assert "| per-frame baseline (PSPNet tiny) | 51.2 | n/a | n/a | 70.1 |" in text
+    steps = json.load(open(os.path.join(run, "config.json")))["steps"]
+    assert f"| STT `stt_psp_tiny` from scratch, {steps} steps | 53.4 | n/a | n/a | n/a | 72.3 | - | 40.0 |" in text
+    assert f"| per-frame `psp_tiny`, {steps} steps | 51.2 | n/a | n/a | n/a | 70.1 |" in text
     assert "mIoU +2.2, TC +2.2" in text and better == (True, True)
     assert "median model latency 6.0 ms" in text
     assert open(runs / "report.md").read() == text
@@ -51,3 +52,18 @@ def test_report_has_table_plots_and_stills(trained_model_path, exported, tmp_pat
         assert f"figures/{name}" in text
     still = cv2.imread(str(runs / "figures" / stills[0]))
     assert still.shape[0] == 128 and still.shape[1] == 5 * (256 + 4)  # input | baseline | STT | queries | truth
+
+
+def test_labels_name_the_recipe_and_its_stages(tmp_path):
+    runs = tmp_path / "quickstart"
+    for folder, steps in (("psp_tiny", 300), ("stt_psp_tiny", 150), ("stt_psp_tiny/per_frame", 150)):
+        (runs / folder).mkdir(parents=True)
+        json.dump({"steps": steps, "checkpoint_every": 50}, open(runs / folder / "config.json", "w"))
+        with open(runs / folder / "history.csv", "w") as f:
+            f.write("epoch,loss,mean_iou,val_loss,val_mean_iou\n0,1.0,0.3,0.9,0.35\n1,0.8,0.4,0.7,0.45\n")
+    assert report.model_label(str(runs), "psp_tiny", "x") == "per-frame `psp_tiny`, 300 steps"
+    assert report.model_label(str(runs), "stt_psp_tiny", "x") == \
+        "recipe: `psp_tiny` 150 steps, then STT `stt_psp_tiny` 150 steps"
+    assert report._history(str(runs / "stt_psp_tiny"), offset=150)["loss"][0] == [200, 250]
+    report.plot_training(str(runs), str(tmp_path / "training.png"))
+    assert cv2.imread(str(tmp_path / "training.png")) is not None

@@ -21,16 +21,16 @@ from stt_keras.progress import Progress
 from stt_keras.sizes import SizeError, parse_size
 from stt_keras.training.data import cityscapes_ids, readers
 from stt_keras.training.data.files import FrameFiles, LabelFiles
-from stt_keras.training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
-from stt_keras.training.data.synthetic import SyntheticVideo
+from stt_keras.training.data.synthetic import FAMILIES, SyntheticVideo, get_family
 from stt_keras.training.data.video import VideoFrames, read_video_labels
 from stt_keras.training.metrics import FLOW_ESTIMATOR, VC_PROTOCOLS, MeanIoU, TemporalConsistency, VideoConsistency
 
 
-def synthetic_sequences(num_sequences=6, frames=30, size=(128, 256), seed=1000, labelled_every=1):
-    """Held-out synthetic sequences (a seed the training set does not use):
+def synthetic_sequences(num_sequences=6, frames=30, size=None, seed=1000, labelled_every=1, family="default"):
+    """Held-out synthetic sequences (a seed the training set does not use) of a family (size None: its own):
     (frames, {index: label}, {index: degraded-pixel mask})."""
-    video = SyntheticVideo(num_sequences, frames, *size, seed=seed)
+    size = size or get_family(family).size
+    video = SyntheticVideo(num_sequences, frames, *size, seed=seed, family=family)
     for i in range(num_sequences):
         f, l, d = video.sequence(i, with_degradation=True)
         labelled = range(0, frames, labelled_every)
@@ -247,6 +247,8 @@ def check_arguments(args):
     if args.labels and not os.path.isfile(args.labels):
         raise UserError(f"stt-eval: --labels file not found: {args.labels}")
     if args.dataset == "synthetic":
+        if args.synthetic_size is None:
+            return get_family(args.synthetic_family).size
         try:
             return parse_size(args.synthetic_size, "--synthetic-size")
         except SizeError as error:
@@ -277,8 +279,10 @@ def check_arguments(args):
 def dataset_sequences(args, num_classes, size=None):
     """(make_sequences, class names, description) of the dataset the arguments name; UserError if it is unusable."""
     if args.dataset == "synthetic":
-        sequences = list(synthetic_sequences(args.synthetic_sequences, size=size))
-        return (lambda: sequences), list(SYNTHETIC_CLASSES), f"synthetic, {args.synthetic_sequences} sequences"
+        family = args.synthetic_family
+        sequences = list(synthetic_sequences(args.synthetic_sequences, size=size, family=family))
+        return (lambda: sequences), list(get_family(family).class_names), (
+            f"synthetic{'' if family == 'default' else f' family {family}'}, {args.synthetic_sequences} sequences")
     if args.dataset == "cityscapes":
         sequences = cityscapes_sequences(args.data_root, args.split)
         names = list(cityscapes_ids.CLASS_NAMES)

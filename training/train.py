@@ -25,13 +25,14 @@ from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_writ
                                 remove_stale_temporaries, truncate_history)
 
 # Settings that define the model: a run can never continue with others.
-MODEL_SETTINGS = ("preset", "dataset", "num_classes", "stt_overrides", "mixed_precision", "freeze")
+MODEL_SETTINGS = ("preset", "dataset", "synthetic_family", "num_classes", "stt_overrides", "mixed_precision", "freeze")
 # Settings that define the training: changing them needs --allow-new-settings.
 TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
                      "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
-                     "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames")
+                     "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames", "stt_lr_multiplier")
 # Settings added after runs were first stored: a run.json without them was made with this value.
-SETTING_DEFAULTS = {"first_frames": "pad", "freeze": None}
+SETTING_DEFAULTS = {"first_frames": "pad", "freeze": None, "stt_lr_multiplier": 1.0}
+SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None, "vspw": len(VSPW_CLASSES)}
@@ -77,7 +78,7 @@ def run_settings(config):
         value = getattr(config, key)
         settings[key] = list(value) if isinstance(value, tuple) else value
     if settings["dataset"] != "synthetic":
-        settings.pop("synthetic_sequences"), settings.pop("synthetic_size")
+        settings.pop("synthetic_sequences"), settings.pop("synthetic_size"), settings.pop("synthetic_family")
     else:  # the synthetic set starts its clips at frame T (unchanged: the measured results stay reproducible)
         settings.pop("first_frames")
     return settings
@@ -88,13 +89,22 @@ def settings_difference(before, now):
     keys = [k for k in MODEL_SETTINGS + TRAINING_SETTINGS if k in before or k in now]
     if before.get("dataset") != "synthetic":
         before = {**SETTING_DEFAULTS, **before}
+    else:
+        before = {**SYNTHETIC_DEFAULTS, **before}
     before, now = _own_class_count_as_none(before), _own_class_count_as_none(now)
     return [(k, before.get(k), now.get(k)) for k in keys if before.get(k) != now.get(k)]
 
 
+def dataset_classes(dataset, family="default"):
+    """The class count of a dataset (of a synthetic family), None when the caller gives it."""
+    if dataset == "synthetic":
+        return data_lib.get_family(family).num_classes
+    return DATASET_CLASSES.get(dataset)
+
+
 def _own_class_count_as_none(settings):
     """num_classes=19 on cityscapes is the same run as no num_classes (likewise camvid 11, synthetic 7)."""
-    fixed = DATASET_CLASSES.get(settings.get("dataset"))
+    fixed = dataset_classes(settings.get("dataset"), settings.get("synthetic_family") or "default")
     return {**settings, "num_classes": None} if fixed is not None and settings.get("num_classes") == fixed else settings
 
 
@@ -196,8 +206,10 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
     skip = start_step * config.batch_size
     if config.dataset == "synthetic":
         h, w = config.synthetic_size
-        train_video = data_lib.SyntheticVideo(config.synthetic_sequences, 30, h, w, seed=config.seed)
-        val_video = data_lib.SyntheticVideo(max(2, config.synthetic_sequences // 4), 30, h, w, seed=config.seed + 1000)
+        family = config.synthetic_family
+        train_video = data_lib.SyntheticVideo(config.synthetic_sequences, 30, h, w, seed=config.seed, family=family)
+        val_video = data_lib.SyntheticVideo(max(2, config.synthetic_sequences // 4), 30, h, w, seed=config.seed + 1000,
+                                            family=family)
         train = data_lib.make_synthetic_dataset(
             train_video, num_key_frames, config.batch_size, config.crop, True, config.seed, config.frame_stride, skip=skip)
         val = data_lib.make_synthetic_dataset(
@@ -290,7 +302,10 @@ def check_config(config):
         raise UserError(f"stt-train: --num-classes must be at least 2, got {config.num_classes}.")
     if config.dataset not in DATASET_CLASSES:
         raise UserError(f"stt-train: unknown --dataset {config.dataset!r}; available: {', '.join(DATASET_CLASSES)}.")
-    fixed = DATASET_CLASSES[config.dataset]
+    if config.synthetic_family not in data_lib.FAMILIES:
+        raise UserError(f"stt-train: unknown --synthetic-family {config.synthetic_family!r}; available: "
+                        f"{', '.join(data_lib.FAMILIES)}.")
+    fixed = dataset_classes(config.dataset, config.synthetic_family)
     if config.dataset == "folder" and config.num_classes is None:
         raise UserError("stt-train: --dataset folder needs --num-classes (the number of label classes, at least 2).")
     if fixed is not None and config.num_classes not in (None, fixed):
@@ -309,6 +324,19 @@ def check_config(config):
 
     if config.preset not in PRESETS:
         raise UserError(f"stt-train: unknown --preset {config.preset!r}; available: {', '.join(sorted(PRESETS))}.")
+    if not config.stt_lr_multiplier > 0:
+        raise UserError(f"stt-train: --stt-lr-multiplier must be positive, got {config.stt_lr_multiplier}.")
+    if config.per_frame_steps < 0:
+        raise UserError(f"stt-train: --per-frame-steps must be 0 or positive, got {config.per_frame_steps}.")
+    if config.per_frame_steps:
+        if per_frame_preset(config.preset) is None:
+            raise UserError(f"stt-train: --per-frame-steps needs an STT preset with a per-frame counterpart "
+                            f"(stt_X and X), not {config.preset!r}.")
+        if config.init_from:
+            raise UserError("stt-train: --per-frame-steps trains the model --init-from would give; use one of them.")
+        if config.distribute == "multiworker":
+            raise UserError("stt-train: --per-frame-steps is not for --distribute multiworker; run the per-frame "
+                            "model first, then the STT with --init-from.")
     hub_preset = PRESETS[config.preset].get("arch") == "image_segmenter"
     if config.init_from and not os.path.exists(config.init_from) and not (hub_preset and os.sep not in config.init_from):
         raise UserError(f"stt-train: --init-from model file not found: {config.init_from}")
@@ -316,6 +344,11 @@ def check_config(config):
         raise UserError(f"stt-train: --freeze must be one of {', '.join(FREEZE)}, got {config.freeze!r}.")
     if config.freeze == "encoder+decoder" and PRESETS[config.preset]["stt"] is None:
         raise UserError(f"stt-train: --freeze encoder+decoder leaves nothing to train in the per-frame {config.preset}.")
+    overrides = dict(config.stt_overrides)
+    if config.init_from and PRESETS[config.preset].get("stt") is not None and "norm_first" not in overrides:
+        overrides["norm_first"] = True  # the block starts as the identity: step 0 is the initialising model
+    if config.dataset == "synthetic" and config.synthetic_size is None:
+        config = dataclasses.replace(config, synthetic_size=data_lib.get_family(config.synthetic_family).size)
     sizes = {}
     for name in ("crop", "synthetic_size"):
         if getattr(config, name) is not None:
@@ -323,7 +356,7 @@ def check_config(config):
                 sizes[name] = parse_size(getattr(config, name), f"--{name.replace('_', '-')}")
             except SizeError as error:
                 raise UserError(f"stt-train: {error}.") from None
-    return dataclasses.replace(config, stt_overrides=dict(config.stt_overrides), **sizes)
+    return dataclasses.replace(config, stt_overrides=overrides, **sizes)
 
 
 def _resume_state(config, settings):
@@ -364,9 +397,25 @@ def _resume_state(config, settings):
     return checkpoint
 
 
+def per_frame_preset(preset):
+    """The per-frame counterpart of an STT preset (stt_psp_tiny -> psp_tiny), or None."""
+    from stt_keras.models.stt.stt_presets import PRESETS
+
+    if not preset.startswith("stt_") or PRESETS.get(preset, {}).get("stt") is None:
+        return None
+    base = preset[len("stt_"):]
+    return base if base in PRESETS and PRESETS[base].get("stt") is None else None
+
+
 def run(config):
     """Runs one (possibly resumed) training of a TrainConfig; returns the trained model (None if already finished)."""
     config = check_config(config)
+    if config.per_frame_steps:  # the recipe: the per-frame model, then the STT initialised from it
+        first = os.path.join(config.out, "per_frame")
+        run(dataclasses.replace(config, preset=per_frame_preset(config.preset), out=first, steps=config.per_frame_steps,
+                                per_frame_steps=0, stt_overrides={}))
+        print(f"stt-train: per-frame stage done ({first}); the STT starts from it")
+        return run(dataclasses.replace(config, per_frame_steps=0, init_from=os.path.join(first, "last.keras")))
     config = dataclasses.replace(config, out=worker_output_dir(config.out, config.distribute))
     if os.path.exists(config.out) and not os.path.isdir(config.out):
         raise UserError(f"stt-train: --out {config.out} exists and is not a folder.")
@@ -407,7 +456,7 @@ def _train_locked(config):
     else:
         name = "MultiWorkerMirroredStrategy" if config.distribute == "multiworker" else type(strategy).__name__
         print(f"stt-train: {name} with {strategy.num_replicas_in_sync} replica(s), writing to {out}")
-    num_classes = config.num_classes or DATASET_CLASSES[config.dataset]
+    num_classes = config.num_classes or dataset_classes(config.dataset, config.synthetic_family)
     start_from = _image_segmenter_start(config)
     with strategy.scope():
         try:
@@ -418,6 +467,8 @@ def _train_locked(config):
             raise UserError(f"stt-train: {error}") from None
         for part in FREEZE.get(config.freeze, ()):
             getattr(model, part).trainable = False
+    if model.stt is not None:
+        model.stt.gradient_scale = config.stt_lr_multiplier
     num_key_frames = model.num_key_frames
     try:
         train, val = make_datasets(config, num_key_frames, num_classes, done_steps)

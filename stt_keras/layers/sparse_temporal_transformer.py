@@ -23,6 +23,15 @@ def _skip_next_load(layer):
 IMPLEMENTATIONS = ("sparse", "dense_masked")
 
 
+def _scale_gradient(x, scale):
+    """x, with its gradient multiplied by `scale`."""
+    @tf.custom_gradient
+    def identity(value):
+        return tf.identity(value), lambda grad: grad * scale
+
+    return identity(x)
+
+
 @keras.saving.register_keras_serializable(package="stt_keras")
 class SparseTemporalTransformer(keras.layers.Layer):
     """Mixes the previous frames' features into the complex points of the current one.
@@ -229,23 +238,34 @@ class SparseTemporalTransformer(keras.layers.Layer):
     def _weight_layers(self):
         return (self.query, self.key, self.value, self.output_dense, self.norm1, self.ffn1, self.ffn2, self.norm2)
 
-    # The weights by their old names (dense_masked, the tests and the NumPy reference use them).
-    query_kernel = property(lambda self: self.query.kernel)
-    query_bias = property(lambda self: self.query.bias)
-    key_kernel = property(lambda self: self.key.kernel)
-    key_bias = property(lambda self: self.key.bias)
-    value_kernel = property(lambda self: self.value.kernel)
-    value_bias = property(lambda self: self.value.bias)
-    output_kernel = property(lambda self: self.output_dense.kernel)
-    output_bias = property(lambda self: self.output_dense.bias)
-    norm1_gamma = property(lambda self: self.norm1.gamma)
-    norm1_beta = property(lambda self: self.norm1.beta)
-    ffn1_kernel = property(lambda self: self.ffn1.kernel)
-    ffn1_bias = property(lambda self: self.ffn1.bias)
-    ffn2_kernel = property(lambda self: self.ffn2.kernel)
-    ffn2_bias = property(lambda self: self.ffn2.bias)
-    norm2_gamma = property(lambda self: self.norm2.gamma)
-    norm2_beta = property(lambda self: self.norm2.beta)
+    # The weights by their old names (dense_masked, the tests and the NumPy reference use them). Reading
+    # them through `_read` applies `gradient_scale` (training only changes how fast they learn).
+    query_kernel = property(lambda self: self._read(self.query.kernel))
+    query_bias = property(lambda self: self._read(self.query.bias))
+    key_kernel = property(lambda self: self._read(self.key.kernel))
+    key_bias = property(lambda self: self._read(self.key.bias))
+    value_kernel = property(lambda self: self._read(self.value.kernel))
+    value_bias = property(lambda self: self._read(self.value.bias))
+    output_kernel = property(lambda self: self._read(self.output_dense.kernel))
+    output_bias = property(lambda self: self._read(self.output_dense.bias))
+    norm1_gamma = property(lambda self: self._read(self.norm1.gamma))
+    norm1_beta = property(lambda self: self._read(self.norm1.beta))
+    ffn1_kernel = property(lambda self: self._read(self.ffn1.kernel))
+    ffn1_bias = property(lambda self: self._read(self.ffn1.bias))
+    ffn2_kernel = property(lambda self: self._read(self.ffn2.kernel))
+    ffn2_bias = property(lambda self: self._read(self.ffn2.bias))
+    norm2_gamma = property(lambda self: self._read(self.norm2.gamma))
+    norm2_beta = property(lambda self: self._read(self.norm2.beta))
+
+    # Gradient multiplier of the block's weights (1: none). The forward value is the weight itself; its
+    # gradient is multiplied, so with SGD the block learns at `gradient_scale` x the learning rate (a new
+    # block in a trained model, as stt-train --stt-lr-multiplier sets it). Not saved: a training setting.
+    gradient_scale = 1.0
+
+    def _read(self, variable):
+        if self.gradient_scale == 1.0:
+            return variable
+        return _scale_gradient(tf.convert_to_tensor(variable), float(self.gradient_scale))
 
     def load_own_variables(self, store):
         """Loads files saved before the block had sublayers: its 16 weights were its own variables.
