@@ -173,7 +173,7 @@ def test_stt_eval_cityscapes_root_without_labels(saved_model, tmp_path):
 def test_stt_eval_never_writes_nan(saved_model, tmp_path, monkeypatch):
     from stt_keras.training import evaluate
 
-    def no_labels(model, sequences, num_classes, max_sequences=None, history="video"):
+    def no_labels(model, sequences, num_classes, max_sequences=None, history="video", vc_protocol="vspw"):
         return {"miou": float("nan"), "per_class_iou": [None] * 7, "tc": 0.5, "tc_occlusion_masked": 0.5,
                 "tc_flow": "DIS", "frames_per_second": None, "frames_timed": 0}
 
@@ -183,7 +183,7 @@ def test_stt_eval_never_writes_nan(saved_model, tmp_path, monkeypatch):
         evaluate.run(args)
     assert not (tmp_path / "eval").exists()
 
-    def nan_tc(model, sequences, num_classes, max_sequences=None, history="video"):
+    def nan_tc(model, sequences, num_classes, max_sequences=None, history="video", vc_protocol="vspw"):
         return {**no_labels(model, sequences, num_classes), "miou": 0.25, "tc": float("nan")}
 
     monkeypatch.setattr(evaluate, "evaluate", nan_tc)
