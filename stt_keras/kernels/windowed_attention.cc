@@ -414,7 +414,7 @@ class SttWindowedAttentionOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("SttWindowedAttention").Device(DEVICE_CPU), SttWindowedAttentionOp);
 
 // ---------------------------------------------------------------------------
-// NSM score (METHOD.md, "Query selection") of every point of a feature map:
+// NSM score (docs/method.md, "Query selection") of every point of a feature map:
 // for q = F[u, v] and its in-map neighbours Q_i within `radius` (q included),
 //   s_i = <Q_i, q>,  score = logsumexp(s) - mean(s) - log(n_b) + mean(1 - cos(Q_i, q)).
 // Points are taken 16 at a time along a map row; for each neighbour row and
