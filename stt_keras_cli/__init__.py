@@ -9,6 +9,7 @@ the code that runs the command.
 """
 
 import argparse
+import importlib
 import importlib.util
 import os
 import sys
@@ -110,6 +111,18 @@ def quiet_python_logs(tf_logs=False):
         absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:
         pass
+
+
+def run_command(prog, parser, argv, module, function, to_input=None):
+    """A console entry point: parse (no TensorFlow yet), quiet the logs, then run `module.function`
+    on the parsed arguments (or on `to_input(args)`) under `run_cli`, which turns errors into one line."""
+    args = parser.parse_args(argv)
+    prepare_environment(args.tf_logs, filter_fds=argv is None)
+    from stt_keras.errors import run_cli
+
+    target = getattr(importlib.import_module(module), function)
+    quiet_python_logs(args.tf_logs)
+    run_cli(prog, target, to_input(args) if to_input else args)
 
 
 def stdout_is_terminal():

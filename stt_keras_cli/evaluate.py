@@ -27,7 +27,7 @@ Progress (frames done, frames/s, ETA) goes to stderr every 10 s
 
 import argparse
 
-from stt_keras_cli import HelpFormatter, add_tf_logs_flag, prepare_environment, quiet_python_logs
+from stt_keras_cli import HelpFormatter, add_tf_logs_flag, run_command
 
 DATASETS = ("synthetic", "cityscapes", "camvid", "folder", "video", "vspw")
 # training/metrics.py VC_PROTOCOLS (kept here too: this module imports no TensorFlow).
@@ -61,13 +61,7 @@ def build_parser():
 
 def main(argv=None):
     """Console entry point: parses (no TensorFlow yet), then runs `stt_keras.training.evaluate.run`."""
-    args = build_parser().parse_args(argv)
-    prepare_environment(args.tf_logs, filter_fds=argv is None)
-    from stt_keras.errors import run_cli
-    from stt_keras.training import evaluate
-
-    quiet_python_logs(args.tf_logs)
-    run_cli("stt-eval", evaluate.run, args)
+    run_command("stt-eval", build_parser(), argv, "stt_keras.training.evaluate", "run")
 
 
 if __name__ == "__main__":

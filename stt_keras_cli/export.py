@@ -50,7 +50,7 @@ ETA) of calibration and parity runs goes to stderr.
 
 import argparse
 
-from stt_keras_cli import HelpFormatter, add_tf_logs_flag, prepare_environment, quiet_python_logs
+from stt_keras_cli import HelpFormatter, add_tf_logs_flag, run_command
 
 
 def int8_float_head(value):
@@ -97,17 +97,9 @@ def build_parser():
     add_tf_logs_flag(p)
     return p
 
-
-
 def main(argv=None):
     """Console entry point: parses (no TensorFlow yet), then runs `stt_keras.export.cli.run_export`."""
-    args = build_parser().parse_args(argv)
-    prepare_environment(args.tf_logs, filter_fds=argv is None)
-    from stt_keras.errors import run_cli
-    from stt_keras.export import cli
-
-    quiet_python_logs(args.tf_logs)
-    run_cli("stt-export", cli.run_export, args)
+    run_command("stt-export", build_parser(), argv, "stt_keras.export.cli", "run_export")
 
 
 if __name__ == "__main__":

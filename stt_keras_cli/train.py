@@ -29,7 +29,7 @@ into a `TrainConfig` and calls `run(config)`, as `train` does.
 import argparse
 import dataclasses
 
-from stt_keras_cli import HelpFormatter, add_tf_logs_flag, prepare_environment, preset_names, quiet_python_logs
+from stt_keras_cli import HelpFormatter, add_tf_logs_flag, preset_names, run_command
 
 # The datasets stt-train reads (stt_keras.training.train.DATASET_CLASSES holds their class counts).
 # --freeze: the parts of the model that keep their (initial) weights.
@@ -183,13 +183,7 @@ def config_from_args(args):
 
 def main(argv=None):
     """Console entry point: parses (no TensorFlow yet), then trains through `stt_keras.training.train.run`."""
-    args = build_parser().parse_args(argv)
-    prepare_environment(args.tf_logs, filter_fds=argv is None)
-    from stt_keras.errors import run_cli
-    from stt_keras.training import train as train_lib
-
-    quiet_python_logs(args.tf_logs)
-    run_cli("stt-train", train_lib.run, config_from_args(args))
+    run_command("stt-train", build_parser(), argv, "stt_keras.training.train", "run", config_from_args)
 
 
 if __name__ == "__main__":
