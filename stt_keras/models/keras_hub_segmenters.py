@@ -102,6 +102,11 @@ def build_segformer(arch, num_classes, features_stage=4, scale=IMAGENET_SCALE, o
                                name="encoder")
     decoder = SegFormerDecoder(num_classes, arch["hidden_dims"], projection_filters=projection_filters,
                                features_stage=features_stage, dtype=dtype, name="decoder")
+    return _built(encoder, decoder)
+
+
+def _built(encoder, decoder):
+    """Builds the pair for frames of any size (the decoder from the encoder's output shapes); returns it."""
     frames = (None, None, None, 3)
     encoder.build(frames)
     shapes = encoder.compute_output_shape(frames)
@@ -198,11 +203,7 @@ def build_deeplab(arch, num_classes, scale=IMAGENET_SCALE, offset=IMAGENET_OFFSE
     encoder = DeepLabV3Encoder(**arch, scale=scale, offset=offset, dtype=dtype, name="encoder")
     decoder = DeepLabV3Decoder(num_classes, low_level=bool(arch["low_level_feature_key"]),
                                projection_filters=projection_filters, dtype=dtype, name="decoder")
-    frames = (None, None, None, 3)
-    encoder.build(frames)
-    shapes = encoder.compute_output_shape(frames)
-    decoder.build(shapes.pop("features"), shapes)
-    return encoder, decoder
+    return _built(encoder, decoder)
 
 
 def split_deeplab(segmenter, num_classes=None, dtype=None):
