@@ -114,22 +114,16 @@ def test_labels_on_device_is_argmax_on_the_gpu():
 
 # ------------------------------------------------------------ the exported models
 @pytest.fixture(scope="module")
-def gpu_exports(trained_model_path, trained_frame_model_path, tmp_path_factory):
+def gpu_exports(exported, edge_exported, frame_exported):
     """GPU-form float32/float16 exports, full and edge interfaces: the trained tiny STT model and a
-    per-frame psp_tiny. Returns {filename: path}."""
-    from stt_keras.export import cli as export_cli
-
-    folder = tmp_path_factory.mktemp("gpu_exports")
+    per-frame psp_tiny, from the shared exports of tests/conftest.py (exported with --gpu-check auto:
+    the tests below hold every one to the targets). Returns {filename: (path, report entry)}."""
     files = {}
-    for model_path, name in ((trained_model_path, "stt"), (trained_frame_model_path, "frame")):
-        out = str(folder / name)
-        args = export_cli.build_parser().parse_args(
-            ["--model", model_path, "--out", out, "--size", f"{SIZE[0]}x{SIZE[1]}", "--formats", "tflite",
-             "--forms", "gpu", "--interfaces", "full,edge", "--quantizations", "float32,float16",
-             "--gpu-check", "require", "--parity-sequences", "1", "--parity-frames", "4"])
-        report = export_cli.run_export(args)
-        for filename, entry in report["files"].items():
-            files[filename] = (os.path.join(out, filename), entry)
+    for folder, report in (exported, edge_exported, frame_exported):
+        assert report["gpu_accelerator"]["checked"], report["gpu_accelerator"]
+        for filename in EXPECTED:
+            if filename in report["files"]:
+                files[filename] = (os.path.join(folder, filename), report["files"][filename])
     return files
 
 
@@ -199,21 +193,17 @@ def _gpu_vs_cpu(path):
     return per_step
 
 
-def test_int8_model_runs_fully_on_the_gpu_with_the_cpu_labels(trained_model_path, tmp_path):
+def test_int8_model_runs_fully_on_the_gpu_with_the_cpu_labels(exported):
     """The int8 model (GPU-form graph, int8 encoder/decoder, float STT, float classifier and logits)
     compiles GPU-only and keeps the CPU's labels: before strided 1x1 convolutions were traced as
     slice + 1x1 (export/gpu_step.py), the accelerator computed ResNet's int8 shortcuts wrongly and
     agreed on 79-80%; with int8 logits (float_head=0) 99.06%. What remains is the accelerator's int8
-    rounding (one quantization step on <= 3% of values per op) upstream of the classifier."""
-    from stt_keras.export import cli as export_cli
-
-    out = str(tmp_path / "int8")
-    args = export_cli.build_parser().parse_args(
-        ["--model", trained_model_path, "--out", out, "--size", f"{SIZE[0]}x{SIZE[1]}", "--formats", "tflite",
-         "--forms", "gpu", "--quantizations", "int8", "--gpu-check", "off", "--parity-sequences", "1",
-         "--parity-frames", "2", "--calibration-sequences", "3", "--calibration-frames", "6"])
-    export_cli.run_export(args)
-    per_step = _gpu_vs_cpu(os.path.join(out, "stt_int8.tflite"))
+    rounding (one quantization step on <= 3% of values per op) upstream of the classifier.
+    The model is the shared export's stt_int8.tflite (tests/conftest.py: the default int8 settings,
+    calibrated on 3 segments of 6 frames)."""
+    folder, report = exported
+    assert report["files"]["stt_int8.tflite"]["form"] == "gpu"
+    per_step = _gpu_vs_cpu(os.path.join(folder, "stt_int8.tflite"))
     assert per_step.mean() >= INT8_MIN_AGREEMENT and per_step.min() >= 0.95, per_step
 
 
