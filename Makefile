@@ -14,8 +14,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Default suite: everything not marked slow (< 15 minutes on a busy 2-core machine). The 15
-# slowest tests are listed at the end, so a test that grows is seen.
+# Default suite: everything not marked slow. Budget: 11 minutes of CPU time, so 15 minutes on a
+# 2-core machine shared with one other job (docs/performance.md, "Test suite"). The 15 slowest
+# tests are listed at the end, so a test that grows is seen.
 test: venv
 	$(PY) -m pytest -q --durations=15
 
