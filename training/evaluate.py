@@ -261,7 +261,7 @@ def check_arguments(args):
             raise UserError(f"stt-eval: no Cityscapes labels (*_gtFine_labelIds.png) under {labels}: nothing to score.")
     elif args.dataset == "camvid":
         labels = os.path.join(args.data_root, "labels", args.split)
-        if not glob.glob(os.path.join(labels, "*.png")):
+        if not glob.glob(os.path.join(labels, "*.[pP][nN][gG]")):
             raise UserError(f"stt-eval: no CamVid labels (*.png) in {labels}: nothing to score.")
     elif args.dataset == "vspw":
         listing = os.path.join(args.data_root, f"{args.split}.txt")
