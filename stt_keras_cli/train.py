@@ -87,6 +87,7 @@ class TrainConfig:
     synthetic_family: str = "default"
     val_batches: int = None
     allow_new_settings: bool = False
+    skip_scan: bool = False  # True: no pre-flight dataset scan (training/data/scan.py)
     verbose: int = None  # Keras fit: 0 silent, 1 progress bar, 2 one line per epoch; None: 1 on a terminal, else 2
 
 
@@ -167,6 +168,9 @@ def build_parser():
     p.add_argument("--val-batches", type=int, default=None, help="limit validation batches (default: all)")
     p.add_argument("--allow-new-settings", action="store_true",
                    help="continue an existing --out with other training settings (never another model)")
+    p.add_argument("--skip-scan", action="store_true",
+                   help="do not scan the dataset first (every frame and label the run reads: decodable, sizes, label "
+                        "values; cached, docs/own_data.md); a bad file then stops the run when it is drawn")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
                    help="Keras progress: 0 none, 1 a progress bar, 2 one line per epoch "
                         "(default: 1 on a terminal, 2 when the output goes to a file or pipe)")

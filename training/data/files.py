@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from stt_keras.training.data.images import read_image
+from stt_keras.training.data.images import label_format_problem, read_image
 from stt_keras.training.data.cityscapes_ids import to_train_ids as cityscapes_to_train_ids
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.training.data.pipeline import augment, check_label_values, sample_dataset
@@ -25,16 +25,6 @@ def read_raw_label(path):
     if problem is not None:
         raise ValueError(f"Label {path} {problem}.")
     return label
-
-
-def label_format_problem(shape, dtype):
-    """What makes a decoded label unusable (None: a single-channel 8-bit image), as 'is ...' text."""
-    channels = 1 if len(shape) == 2 else shape[2]
-    if channels == 1 and np.dtype(dtype) == np.uint8:
-        return None
-    bits = np.dtype(dtype).itemsize * 8
-    return (f"is a {channels}-channel {bits}-bit image; labels must be single-channel 8-bit images "
-            f"(class indices, {IGNORE_LABEL} ignored)")
 
 
 def to_train_ids(label, num_classes, label_format, path):

@@ -22,6 +22,7 @@ import zlib
 import cv2
 import numpy as np
 
+IGNORE_LABEL = 255  # stt_keras.metrics.IGNORE_LABEL (this module imports no TensorFlow)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_START = b"\xff\xd8"
 # The next marker after entropy-coded data: 0xFF followed by a byte that is not a stuffed 0x00, a restart
@@ -97,22 +98,40 @@ def structure_problem(data):
     return None
 
 
+def decode_image(path, flags):
+    """(cv2.imdecode of the file at `path` with `flags`, None) after the structure check, or (None, what is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    if not data:
+        return None, "the file is empty"
+    problem = structure_problem(data)
+    if problem is not None:
+        return None, problem
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        return None, "not an image OpenCV can decode (damaged, or another format)"
+    return image, None
+
+
 def read_image(path, flags, what="image"):
     """cv2.imdecode of the file at `path` with `flags`, after the structure check; ValueError naming the file.
 
     `what` names the file in the message ("frame", "label").
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as error:
-        raise ValueError(f"Cannot read {what} {path}: {error.strerror or error}.") from None
-    if not data:
-        raise ValueError(f"Cannot read {what} {path}: the file is empty.")
-    problem = structure_problem(data)
+    image, problem = decode_image(path, flags)
     if problem is not None:
         raise ValueError(f"Cannot read {what} {path}: {problem}.")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if image is None:
-        raise ValueError(f"Cannot read {what} {path}: not an image OpenCV can decode (damaged, or another format).")
     return image
+
+
+def label_format_problem(shape, dtype):
+    """What makes a decoded label unusable (None: a single-channel 8-bit image), as 'is ...' text."""
+    channels = 1 if len(shape) == 2 else shape[2]
+    if channels == 1 and np.dtype(dtype) == np.uint8:
+        return None
+    bits = np.dtype(dtype).itemsize * 8
+    return (f"is a {channels}-channel {bits}-bit image; labels must be single-channel 8-bit images "
+            f"(class indices, {IGNORE_LABEL} ignored)")

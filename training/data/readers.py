@@ -165,6 +165,25 @@ def cityscapes_samples(root, split, num_key_frames, frame_stride=1, skip_incompl
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
 
 
+def cityscapes_sequences(root, split, before=19, after=10):
+    """[(name, frame paths, {before: label path})]: the 30-frame snippet around every annotated Cityscapes frame.
+
+    For streaming evaluation (ETC's TC protocol): the 19 frames before the annotated
+    one, the annotated one and the 10 after. A missing frame is an error naming it.
+    """
+    sequences = []
+    for label_path in sorted(glob.glob(os.path.join(root, "gtFine", split, "*", "*_gtFine_labelIds.png"))):
+        city, seq, frame = os.path.basename(label_path).split("_")[:3]
+        start = int(frame) - before
+        paths = [os.path.join(root, "leftImg8bit_sequence", split, city, f"{city}_{seq}_{start + k:06d}_leftImg8bit.png")
+                 for k in range(before + after + 1)]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"TC clip of {label_path} needs {missing[0]}.")
+        sequences.append((f"{city}_{seq}_{frame}", paths, {before: label_path}))
+    return sequences
+
+
 def camvid_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False, first_frames="pad"):
     """Clips ending at every labelled frame of a CamVid split (layout above)."""
     _check_policy(first_frames)
