@@ -29,7 +29,7 @@ into a `TrainConfig` and calls `run(config)`, as `train` does.
 import argparse
 import dataclasses
 
-from stt_keras_cli import HelpFormatter, add_tf_logs_flag, preset_names, run_command
+from stt_keras_cli import HelpFormatter, add_tf_logs_flag, frame_size, preset_names, run_command
 
 # The datasets stt-train reads (stt_keras.training.train.DATASET_CLASSES holds their class counts).
 # --freeze: the parts of the model that keep their (initial) weights.
@@ -94,17 +94,6 @@ class TrainConfig:
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
-def _size(value):
-    # The library's parser (stt_keras/sizes.py) without importing the library (it loads TensorFlow).
-    from stt_keras_cli import load_library_module
-
-    sizes = load_library_module("sizes", "sizes.py")
-    try:
-        return sizes.parse_size(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def build_parser():
     p = argparse.ArgumentParser(prog="stt-train", description=__doc__, formatter_class=HelpFormatter)
     d = DEFAULTS
@@ -121,7 +110,7 @@ def build_parser():
     p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"],
                    help="steps per Keras epoch (backup/validation interval)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="clips per step")
-    p.add_argument("--crop", type=_size, default=None, metavar="HxW",
+    p.add_argument("--crop", type=frame_size, default=None, metavar="HxW",
                    help="training crop (default: the frame size, read from the first labelled frame; "
                         "--dataset synthetic: --synthetic-size)")
     p.add_argument("--frame-stride", type=int, default=d["frame_stride"], help="frames between a clip's frames")
@@ -161,7 +150,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=d["seed"], help="initial weights, data order and augmentation")
     p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"],
                    help="--dataset synthetic: training sequences of 30 frames")
-    p.add_argument("--synthetic-size", type=_size, default=None, metavar="HxW",
+    p.add_argument("--synthetic-size", type=frame_size, default=None, metavar="HxW",
                    help="--dataset synthetic: frame size (default: the family's own)")
     p.add_argument("--synthetic-family", default=d["synthetic_family"], metavar="FAMILY",
                    help="--dataset synthetic: the scene family (docs/training.md; 'default' is the built-in video)")

@@ -145,3 +145,41 @@ def test_a_gap_in_a_huge_numbering_is_found_in_time_of_the_files(tmp_path):
     assert time.perf_counter() - start < 1.0
     os.remove(folder / "img_5000000.png")
     assert [os.path.basename(p) for p in folder_sequences(str(tmp_path))[0][1]] == ["img_0.png", "img_1.png"]
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("train", ["--crop", "8x8"]), ("train", ["--synthetic-size", "8x64"]), ("eval", ["--synthetic-size", "8x8"]),
+    ("export", ["--size", "8x8"]), ("export", ["--size", "15x256"]),
+])
+def test_frame_sizes_below_16_are_one_line_before_any_work(tmp_path, capsys, command, argv):
+    """--size 8x8 was a traceback from stt-export's synthetic calibration frames after the model had loaded."""
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"never read: the size is refused first")
+    out = str(tmp_path / "out")
+    if command == "train":
+        from stt_keras.training import train as lib
+
+        call = lambda: lib.main([*argv, "--out", out])  # noqa: E731
+    elif command == "eval":
+        from stt_keras.training import evaluate as lib
+
+        call = lambda: lib.main(["--model", str(model), "--out", out, *argv])  # noqa: E731
+    else:
+        from stt_keras.export import cli as lib
+
+        call = lambda: lib.main(["--model", str(model), "--out", out, *argv])  # noqa: E731
+    with pytest.raises(SystemExit) as error:
+        call()
+    assert error.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "must be at least 16x16" in err[-1] and err[-1].startswith(f"stt-{command}: error: ")  # after argparse usage
+    assert not any("Traceback" in line for line in err)
+    assert not os.path.exists(out)
+
+
+def test_train_function_refuses_a_crop_below_16(tmp_path):
+    from stt_keras.training import train as train_lib
+
+    with pytest.raises(SystemExit, match="--crop must be at least 16x16"):
+        train_lib.train("stt_psp_tiny", out=str(tmp_path / "run"), crop=(8, 8))
+    assert not os.path.exists(tmp_path / "run")

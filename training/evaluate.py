@@ -18,7 +18,7 @@ from stt_keras import StreamingSegmenter, load_model
 from stt_keras.errors import UserError, run_cli
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.progress import Progress
-from stt_keras.sizes import SizeError, parse_size
+from stt_keras.sizes import SizeError, parse_frame_size
 from stt_keras.training.data import cityscapes_ids, readers, scan
 from stt_keras.training.data.files import FrameFiles, LabelFiles
 from stt_keras.training.data.synthetic import FAMILIES, SyntheticVideo, get_family
@@ -240,7 +240,7 @@ def check_arguments(args):
         if args.synthetic_size is None:
             return get_family(args.synthetic_family).size
         try:
-            return parse_size(args.synthetic_size, "--synthetic-size")
+            return parse_frame_size(args.synthetic_size, "--synthetic-size")
         except SizeError as error:
             raise UserError(f"stt-eval: {error}.") from None
     if not args.data_root:

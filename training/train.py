@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from stt_keras.errors import UserError, run_cli
 from stt_keras.models import STTSegmenter
-from stt_keras.sizes import SizeError, parse_size
+from stt_keras.sizes import SizeError, parse_frame_size
 from stt_keras.training import data as data_lib
 from stt_keras.training.data.readers import CAMVID_CLASSES, VSPW_CLASSES
 from stt_keras.training.data.scan import check_training_data
@@ -354,7 +354,7 @@ def check_config(config):
     for name in ("crop", "synthetic_size"):
         if getattr(config, name) is not None:
             try:
-                sizes[name] = parse_size(getattr(config, name), f"--{name.replace('_', '-')}")
+                sizes[name] = parse_frame_size(getattr(config, name), f"--{name.replace('_', '-')}")
             except SizeError as error:
                 raise UserError(f"stt-train: {error}.") from None
     return dataclasses.replace(config, stt_overrides=overrides, **sizes)
