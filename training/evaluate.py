@@ -305,7 +305,9 @@ def dataset_sequences(args, num_classes, size=None):
 
 def run(args):
     size = check_arguments(args)
-    scanned = None if args.dataset == "synthetic" or getattr(args, "skip_scan", False) else scan.check_evaluation_data(args)
+    scanned = None  # the pre-flight scan (training/data/scan.py) of every file streamed, before the model
+    if args.dataset != "synthetic" and not getattr(args, "skip_scan", False):
+        scanned = scan.check_evaluation_data(args)
     model = load_model(args.model, compile=False)
     scan.finish_evaluation_check(scanned, model.num_classes)  # folder and video labels: the model's class count
     try:
