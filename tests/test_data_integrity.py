@@ -183,3 +183,23 @@ def test_train_function_refuses_a_crop_below_16(tmp_path):
     with pytest.raises(SystemExit, match="--crop must be at least 16x16"):
         train_lib.train("stt_psp_tiny", out=str(tmp_path / "run"), crop=(8, 8))
     assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2, 1])
+def test_palette_labels_are_read_as_their_indices(tmp_path, bits):
+    """A palette PNG (PIL's mode "P", Pascal VOC's and VSPW's masks) is a label of indices; OpenCV alone gives colours."""
+    Image = pytest.importorskip("PIL.Image")  # Pillow comes with tensorboard; the readers do not use it
+
+    from stt_keras.training.data import scan
+
+    classes = 2 ** bits if bits < 8 else 125
+    indices = (np.arange(24 * 40).reshape(24, 40) * 7 % classes).astype(np.uint8)
+    image = Image.fromarray(indices, "P")
+    image.putpalette(list(np.random.default_rng(bits).integers(0, 256, 3 * 256, dtype=np.uint8)))
+    path = str(tmp_path / "mask.png")
+    image.save(path, bits=bits, transparency=0)  # a tRNS chunk too
+    assert cv2.imread(path, cv2.IMREAD_UNCHANGED).ndim == 3  # what OpenCV makes of it
+    np.testing.assert_array_equal(read_raw_label(path), indices)
+    np.testing.assert_array_equal(read_raw_label(path), np.asarray(Image.open(path)))
+    facts = scan.file_facts(path, "label")
+    assert facts["size"] == [24, 40] and scan.values_of(int(facts["values"], 16)) == sorted(set(indices.ravel()))

@@ -20,7 +20,7 @@ def read_frame(path):
 
 def read_raw_label(path):
     """uint8 [H, W] of a single-channel 8-bit label file, as stored."""
-    label = read_image(path, cv2.IMREAD_UNCHANGED, "label")
+    label = read_image(path, cv2.IMREAD_UNCHANGED, "label", palette_indices=True)
     problem = label_format_problem(label.shape, label.dtype)
     if problem is not None:
         raise ValueError(f"Label {path} {problem}.")

@@ -89,6 +89,33 @@ def png_problem(data):
     return f"truncated PNG: the file ends at byte {n} without its IEND chunk"
 
 
+def palette_as_grey(data):
+    """PNG bytes of a palette image (colour type 3) rewritten as greyscale of the same bit depth, else None.
+
+    Decoded, the greyscale image holds the palette indices: what a palette label
+    means (PIL's mode "P", Pascal VOC's and VSPW's masks). OpenCV would expand the
+    palette to colours. Only IHDR (colour type 0), IDAT and IEND are kept: the
+    other chunks (PLTE, tRNS, bKGD, ...) describe the palette. Call after the
+    structure check (`png_problem`).
+    """
+    if data[:len(PNG_SIGNATURE)] != PNG_SIGNATURE or len(data) < 33 or data[12:16] != b"IHDR" or data[25] != 3:
+        return None
+    out = [PNG_SIGNATURE]
+    pos = len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        body = bytearray(data[pos + 8:pos + 8 + length])
+        if kind == b"IHDR":
+            body[9] = 0  # colour type 3 (palette) -> 0 (greyscale), same bit depth
+        if kind in (b"IHDR", b"IDAT", b"IEND"):
+            out += [length.to_bytes(4, "big"), kind, bytes(body), zlib.crc32(kind + body).to_bytes(4, "big")]
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return b"".join(out)
+
+
 def structure_problem(data):
     """What is wrong with the structure of JPEG or PNG bytes (None if nothing, or another format)."""
     if data[:len(PNG_SIGNATURE)] == PNG_SIGNATURE:
@@ -98,8 +125,11 @@ def structure_problem(data):
     return None
 
 
-def decode_image(path, flags):
-    """(cv2.imdecode of the file at `path` with `flags`, None) after the structure check, or (None, what is wrong)."""
+def decode_image(path, flags, palette_indices=False):
+    """(cv2.imdecode of the file at `path` with `flags`, None) after the structure check, or (None, what is wrong).
+
+    `palette_indices`: a palette PNG decodes to its indices (uint8 [H, W]), not its colours (labels).
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -110,18 +140,22 @@ def decode_image(path, flags):
     problem = structure_problem(data)
     if problem is not None:
         return None, problem
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    grey = palette_as_grey(data) if palette_indices else None
+    image = cv2.imdecode(np.frombuffer(grey or data, np.uint8), flags)
     if image is None:
         return None, "not an image OpenCV can decode (damaged, or another format)"
+    depth = data[24] if grey else 8
+    if depth < 8:  # OpenCV scales 1, 2 and 4-bit greyscale up to 0..255: back to the indices
+        image = image // (255 // (2 ** depth - 1))
     return image, None
 
 
-def read_image(path, flags, what="image"):
+def read_image(path, flags, what="image", palette_indices=False):
     """cv2.imdecode of the file at `path` with `flags`, after the structure check; ValueError naming the file.
 
-    `what` names the file in the message ("frame", "label").
+    `what` names the file in the message ("frame", "label"); `palette_indices` as `decode_image`.
     """
-    image, problem = decode_image(path, flags)
+    image, problem = decode_image(path, flags, palette_indices)
     if problem is not None:
         raise ValueError(f"Cannot read {what} {path}: {problem}.")
     return image

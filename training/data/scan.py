@@ -111,7 +111,8 @@ def range_problem(bitmask, label_format, num_classes):
 
 def file_facts(path, kind):
     """What one file gives, as cached: {"size": [H, W]} (labels also "values", a bitmask), or {"error": text}."""
-    image, problem = decode_image(path, cv2.IMREAD_COLOR if kind == "frame" else cv2.IMREAD_UNCHANGED)
+    image, problem = decode_image(path, cv2.IMREAD_COLOR if kind == "frame" else cv2.IMREAD_UNCHANGED,
+                                  palette_indices=kind == "label")
     if problem is not None:
         return {"error": problem}
     facts = {"size": [int(image.shape[0]), int(image.shape[1])]}
