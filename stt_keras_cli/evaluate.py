@@ -21,6 +21,9 @@ A folder dataset (ROOT/SPLIT/frames/SEQUENCE/*, labels/SEQUENCE/STEM.png), a
 VSPW split (ROOT/SPLIT.txt, ROOT/data/VIDEO/origin and mask) and a video (its
 {frame:06d}.png labels) stream every sequence whole.
 
+Every frame and label to be streamed is scanned first, before the model is
+loaded, as stt-train does (--skip-scan turns it off).
+
 Progress (frames done, frames/s, ETA) goes to stderr every 10 s
 (STT_KERAS_PROGRESS_SECONDS changes the interval).
 """

@@ -14,6 +14,10 @@ best.keras (by validation mIoU), history.csv, config.json and run.json (the
 settings the run was started with). Every file is written to a temporary name
 and renamed into place (training/callbacks.py).
 
+On a real dataset, every frame and label the run will read is scanned first
+(decodable, label format and values, sizes; cached): all problems are listed
+with their paths before any model is built. --skip-scan turns it off.
+
 Re-running a command on its --out resumes it (or, when it is finished, says so
 and changes nothing). Other settings on an existing --out are refused with the
 list of what differs; --allow-new-settings continues the run with new training
