@@ -62,7 +62,7 @@ def bad_dataset(root):
         os.path.join(t, "labels", "b", "img_002.png"): "truncated PNG",
         os.path.join(t, "labels", "c", "img_004.png"): "label is 8x16 but its frame",
         os.path.join(t, "frames", "d"): "frames of mixed sizes in one sequence: 16x16 (4 frames, e.g. img_000.jpg), "
-                                        "32x16 (1 frames, e.g. img_003.jpg)",
+                                        "32x16 (1 frame, e.g. img_003.jpg)",
         os.path.join(t, "labels", "e", "img_002.png"): "label is a 1-channel 16-bit image",
         os.path.join(root, "val", "labels", "a", "img_004.png"): "label values [7] are outside the 3 classes",
     }

@@ -248,7 +248,7 @@ def scan_units(units, root, label_format="index", num_classes=None, cache_dir=No
             if len(by_size) > 1:
                 parts = sorted(by_size.items(), key=lambda item: -len(item[1]))
                 problems[folder] = "frames of mixed sizes in one sequence: " + ", ".join(
-                    f"{h}x{w} ({len(paths)} frames, e.g. {os.path.basename(min(paths))})" for (h, w), paths in parts)
+                    f"{h}x{w} ({len(paths)} frame{'' if len(paths) == 1 else 's'}, e.g. {os.path.basename(min(paths))})" for (h, w), paths in parts)
     report = ScanReport(len(wanted), len(wanted) - len(todo), time.perf_counter() - start, problems.items(),
                         values, label_format)
     if label_format == "index" and num_classes is not None:
