@@ -242,3 +242,22 @@ def test_stt_eval_scans_before_loading_the_model_and_checks_classes_after(tmp_pa
     assert error.value.code == 2 and "stt-eval: error: 1 problem in the dataset, listed above" in err
     assert "img_004.png: label values [2] are outside the 2 classes (0..1, and 255 for ignore)" in err
     assert not os.path.exists(tmp_path / "eval")
+
+
+def test_every_clip_that_misses_a_frame_is_listed(tmp_path):
+    """The listing alone stops at the first missing frame; the scan lists every clip that misses one."""
+    root = str(tmp_path / "data")
+    good_split(os.path.join(root, "train"), ("a", "b"), frames=10, labelled=(4, 9))
+    os.remove(os.path.join(root, "train", "frames", "a", "img_003.jpg"))
+    os.remove(os.path.join(root, "train", "frames", "b", "img_008.jpg"))
+    write(os.path.join(root, "train", "labels", "b", "img_009.png"), label(value=5))  # also out of range
+    report = scan.scan_dataset("folder", root, ("train",), NUM_CLASSES, num_key_frames=2, cache_dir=None)
+    labels = os.path.join(root, "train", "labels")
+    assert [(os.path.relpath(p, labels), m.split(" (T=")[0]) for p, m in report.problems] == [
+        ("a/img_004.png", f"its clip needs {os.path.join(root, 'train', 'frames', 'a', 'img_003.jpg')}, which does not exist"),
+        ("b/img_009.png", f"its clip needs {os.path.join(root, 'train', 'frames', 'b', 'img_008.jpg')}, which does not exist"),
+    ]
+    # The label of a skipped clip is not read (the run would not read it); with T=0 it is, and its values are named.
+    report = scan.scan_dataset("folder", root, ("train",), NUM_CLASSES, num_key_frames=0, cache_dir=None)
+    assert [(os.path.relpath(p, labels), m) for p, m in report.problems] == [
+        ("b/img_009.png", "label values [5] are outside the 3 classes (0..2, and 255 for ignore)")]

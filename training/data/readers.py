@@ -74,9 +74,17 @@ CAMVID_COLOURS = np.array(
 
 
 class SampleList(list):
-    """A list of (frame paths, label path) with the number of samples skipped."""
+    """A list of (frame paths, label path) with the number of samples skipped.
+
+    `incomplete`: [(label path, what its clip misses)] of the samples skipped by
+    skip_incomplete=True (the pre-flight scan lists them all).
+    """
 
     skipped = 0
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.incomplete = []
 
 
 def _clip(frame_path_of, end, num_key_frames, frame_stride):
@@ -111,6 +119,8 @@ def _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_fr
         if missing is not None:
             if skip_incomplete:
                 samples.skipped += 1
+                samples.incomplete.append(
+                    (label, f"its clip needs {missing}, which does not exist (T={num_key_frames}, stride={frame_stride})"))
                 continue
             hint = "pass skip_incomplete=True to skip such clips"
             if paths is None and first is not None:

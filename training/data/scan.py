@@ -15,7 +15,9 @@ and its label; evaluation: every frame of every streamed sequence and its labels
   a PNG's chunks and CRCs up to IEND; images.py), then one decode;
 - labels: single-channel 8-bit, and values within the dataset's classes (or 255,
   ignored): `index` labels 0..N-1, Cityscapes labelIds 0..33, VSPW masks 0..124;
-- a label has the size of its frame; the frames of one sequence folder share one size.
+- a label has the size of its frame; the frames of one sequence folder share one size;
+- training: every clip's frames exist (each clip that misses one is listed, not
+  only the first).
 
 What a file gave (its size, or what is wrong, and which label values it holds) is
 cached by (path, file size, mtime), so a second run re-reads only the files that
@@ -179,13 +181,14 @@ class _Cache:
 
 
 def scan_units(units, root, label_format="index", num_classes=None, cache_dir=None, prog="stt_keras",
-               stream=None, workers=None, frame_size=None):
+               stream=None, workers=None, frame_size=None, listed_problems=()):
     """Scans `units` [(frame paths, {position in the list: label path})]; returns a ScanReport.
 
     A unit is a training clip (its label at the last position) or a whole sequence.
     `root` keys the cache file; `cache_dir` None: no cache. `num_classes` None with
     index labels: the range check waits for `ScanReport.check_classes`.
     `frame_size` (H, W): the size of every frame when frames are not files (a video).
+    `listed_problems`: [(path, message)] the listing found (clips with a missing frame).
     """
     from stt_keras.progress import Progress
 
@@ -221,24 +224,29 @@ def scan_units(units, root, label_format="index", num_classes=None, cache_dir=No
         print(f"{prog}: note: {warning}; the next run scans again.", file=stream, flush=True)
 
     problems, values = {}, {}
+
+    def add(path, message):  # one entry per path, its messages joined
+        problems[path] = f"{problems[path]}; {message}" if path in problems else message
+
+    for path, message in listed_problems:
+        add(path, message)
     for key, (kind, path) in wanted.items():
         if "error" in facts[key]:
-            problems[path] = facts[key]["error"]
+            add(path, facts[key]["error"])
         elif kind == "label":
             values[path] = int(facts[key]["values"], 16)
     if label_format != "index" or num_classes is not None:
         for path, bitmask in values.items():
             message = range_problem(bitmask, label_format, num_classes)
             if message:
-                problems[path] = message
+                add(path, message)
     size_of = (lambda path: list(frame_size)) if frame_size else (lambda path: facts[f"frame:{path}"].get("size"))
     for frames, labels in units:  # a label has its frame's size
         for position, label in labels.items():
             frame = frames[position] if frames else None
             want, got = size_of(frame), facts[f"label:{label}"].get("size")
             if want and got and want != got and label not in problems:
-                problems[label] = (f"label is {got[0]}x{got[1]} but its frame {frame or 'of the video'} is "
-                                   f"{want[0]}x{want[1]}")
+                add(label, f"label is {got[0]}x{got[1]} but its frame {frame or 'of the video'} is {want[0]}x{want[1]}")
     if not frame_size:  # the frames of one sequence folder share one size
         sizes = {}
         for key, (kind, path) in wanted.items():
@@ -247,8 +255,9 @@ def scan_units(units, root, label_format="index", num_classes=None, cache_dir=No
         for folder, by_size in sizes.items():
             if len(by_size) > 1:
                 parts = sorted(by_size.items(), key=lambda item: -len(item[1]))
-                problems[folder] = "frames of mixed sizes in one sequence: " + ", ".join(
-                    f"{h}x{w} ({len(paths)} frame{'' if len(paths) == 1 else 's'}, e.g. {os.path.basename(min(paths))})" for (h, w), paths in parts)
+                add(folder, "frames of mixed sizes in one sequence: " + ", ".join(
+                    f"{h}x{w} ({len(paths)} frame{'' if len(paths) == 1 else 's'}, e.g. {os.path.basename(min(paths))})"
+                    for (h, w), paths in parts))
     report = ScanReport(len(wanted), len(wanted) - len(todo), time.perf_counter() - start, problems.items(),
                         values, label_format)
     if label_format == "index" and num_classes is not None:
@@ -257,42 +266,43 @@ def scan_units(units, root, label_format="index", num_classes=None, cache_dir=No
 
 
 def _clip_units(samples):
-    return [(list(paths), {len(paths) - 1: label}) for paths, label in samples]
+    return [(list(paths), {len(paths) - 1: label}) for paths, label in samples], list(samples.incomplete)
 
 
 def _sequence_units(sequences):
-    return [(list(paths), dict(labels)) for _, paths, labels in sequences]
+    return [(list(paths), dict(labels)) for _, paths, labels in sequences], []
 
 
 def dataset_units(dataset, data_root, split, num_key_frames=None, frame_stride=1, first_frames="pad", label_dir=None):
-    """(units, label format, frame size or None) of one split: training clips when `num_key_frames` is given,
-    else the whole sequences stt-eval streams. Listing errors (a missing frame, folder, ...) are raised as is."""
+    """(units, problems, label format, frame size or None) of one split: training clips when `num_key_frames` is
+    given (problems: every clip that misses a frame), else the whole sequences stt-eval streams. Other listing
+    errors (a missing folder, a label without its frame, ...) are raised as is."""
     label_format = LABEL_FORMATS.get(dataset, "index")
     if dataset == "video":  # the frames are in the video file: its labels, checked against its frame size
         capture = cv2.VideoCapture(data_root)
         size = (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
         capture.release()
         labels = readers.label_files(label_dir)
-        return [([], {0: path}) for path in labels], label_format, (size if min(size) > 0 else None)
+        return [([], {0: path}) for path in labels], [], label_format, (size if min(size) > 0 else None)
     if dataset == "folder":
         root = os.path.join(data_root, split)
         if num_key_frames is None and not os.path.isdir(os.path.join(root, "frames")):
             root = data_root  # stt-eval also takes a folder of one split
-    if num_key_frames is not None:
-        first = {} if dataset == "cityscapes" else {"first_frames": first_frames}
+    if num_key_frames is not None:  # skip_incomplete: every clip that misses a frame is listed, not the first alone
+        first = {"skip_incomplete": True, **({} if dataset == "cityscapes" else {"first_frames": first_frames})}
         if dataset == "folder":
             samples = readers.folder_samples(root, num_key_frames, frame_stride, **first)
         else:
             lister = {"cityscapes": readers.cityscapes_samples, "camvid": readers.camvid_samples,
                       "vspw": readers.vspw_samples}[dataset]
             samples = lister(data_root, split, num_key_frames, frame_stride, **first)
-        return _clip_units(samples), label_format, None
+        return (*_clip_units(samples), label_format, None)
     if dataset == "folder":
         sequences = readers.folder_sequences(root)
     else:
         sequences = {"cityscapes": readers.cityscapes_sequences, "camvid": readers.camvid_sequences,
                      "vspw": readers.vspw_sequences}[dataset](data_root, split)
-    return _sequence_units(sequences), label_format, None
+    return (*_sequence_units(sequences), label_format, None)
 
 
 def scan_dataset(dataset, data_root, splits=("train",), num_classes=None, num_key_frames=None, frame_stride=1,
@@ -319,12 +329,14 @@ def scan_dataset(dataset, data_root, splits=("train",), num_classes=None, num_ke
     [('data/mine/train/labels/b/img_004.png', 'label values [9] are outside the 7 classes (0..6, and 255 for ignore)')]
     """
     cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir
-    units, label_format, size = [], "index", None
+    units, listed, label_format, size = [], [], "index", None
     for split in splits:
-        more, label_format, size = dataset_units(dataset, data_root, split, num_key_frames, frame_stride,
-                                                 first_frames, label_dir)
+        more, problems, label_format, size = dataset_units(dataset, data_root, split, num_key_frames, frame_stride,
+                                                           first_frames, label_dir)
         units += more
-    return scan_units(units, data_root, label_format, num_classes, cache_dir, prog, stream, frame_size=size)
+        listed += problems
+    return scan_units(units, data_root, label_format, num_classes, cache_dir, prog, stream, frame_size=size,
+                      listed_problems=listed)
 
 
 def raise_for_problems(report, prog, stream=None):
