@@ -203,3 +203,15 @@ def test_palette_labels_are_read_as_their_indices(tmp_path, bits):
     np.testing.assert_array_equal(read_raw_label(path), np.asarray(Image.open(path)))
     facts = scan.file_facts(path, "label")
     assert facts["size"] == [24, 40] and scan.values_of(int(facts["values"], 16)) == sorted(set(indices.ravel()))
+
+
+def test_a_zero_frame_calibration_video_is_one_line(tmp_path):
+    """A video that opens but declares 0 frames was accepted as calibration data, then failed in the TFLite calibrator."""
+    from stt_keras.export import calibration
+
+    path = str(tmp_path / "zero.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 32))
+    writer.release()  # a valid container with no frame
+    assert cv2.VideoCapture(path).isOpened()
+    with pytest.raises(ValueError, match=r"zero\.avi \(video file\) has no frames"):
+        calibration.UserData(path, 32, 64, 3)
