@@ -244,6 +244,8 @@ class UserData:
         self.spec, self.height, self.width, self.num_classes = spec, height, width, num_classes
         self.sequences, self.kind = read_user_data(spec, split)
         self.total_frames = sum(s.length for s in self.sequences)
+        if self.total_frames == 0:  # e.g. a video container declaring 0 frames: nothing to calibrate or check on
+            raise ValueError(f"{spec} ({self.kind}) has no frames.")
         self.has_labels = any(s.labels for s in self.sequences)
 
     def _load(self, cut):

@@ -13,7 +13,7 @@ import numpy as np
 
 from stt_keras.errors import UserError, run_cli
 from stt_keras.metrics import IGNORE_LABEL
-from stt_keras.sizes import SizeError, parse_size
+from stt_keras.sizes import SizeError, parse_frame_size
 from stt_keras.export import parity
 
 # Full int8 comes from the loop-free "gpu" graph: the TFLite calibrator crashes
@@ -201,7 +201,7 @@ def run_export(args):
     from stt_keras.export.atomic import atomic_directory, check_destination, write_manifest
 
     try:
-        size = parse_size(args.size, "--size")
+        size = parse_frame_size(args.size, "--size")
     except SizeError as error:
         raise UserError(f"stt-export: {error}.") from None
     formats = {f.strip() for f in args.formats.split(",") if f.strip()}

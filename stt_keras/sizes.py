@@ -43,3 +43,24 @@ def parse_size(value, what="size"):
     if h < 1 or w < 1:
         raise SizeError(f"{what} must be positive (height x width), got {value!r}")
     return h, w
+
+
+# The smallest frame side the commands take (--crop, --synthetic-size, stt-export --size): the synthetic
+# video (training, evaluation, the export's calibration and parity frames) draws its scenes at 16 pixels or
+# more, and below 16 every model's coarsest map (1/8 to 1/32 of the frame) is a single pixel.
+MIN_FRAME_SIDE = 16
+
+
+def parse_frame_size(value, what="size"):
+    """`parse_size` for a frame size: also a SizeError when a side is below MIN_FRAME_SIDE.
+
+    >>> parse_frame_size("8x8", "--size")
+    Traceback (most recent call last):
+    ...
+    stt_keras.sizes.SizeError: --size must be at least 16x16 (the synthetic video's smallest frame; below 16 every model's coarsest map is one pixel), got '8x8'
+    """
+    h, w = parse_size(value, what)
+    if min(h, w) < MIN_FRAME_SIDE:
+        raise SizeError(f"{what} must be at least {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} (the synthetic video's smallest "
+                        f"frame; below {MIN_FRAME_SIDE} every model's coarsest map is one pixel), got {value!r}")
+    return h, w

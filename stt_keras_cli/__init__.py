@@ -53,6 +53,15 @@ def load_library_module(name, *parts):
     return module
 
 
+def frame_size(value):
+    """argparse `type=` of a frame size HxW (stt_keras/sizes.py `parse_frame_size`, loaded without the library)."""
+    sizes = load_library_module("sizes", "sizes.py")
+    try:
+        return sizes.parse_frame_size(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def preset_names():
     """The built-in preset names (stt_keras/models/stt/stt_presets.py, the one registry), sorted."""
     return sorted(load_library_module("presets", "models", "stt", "stt_presets.py").PRESETS)

@@ -21,6 +21,9 @@ A folder dataset (ROOT/SPLIT/frames/SEQUENCE/*, labels/SEQUENCE/STEM.png), a
 VSPW split (ROOT/SPLIT.txt, ROOT/data/VIDEO/origin and mask) and a video (its
 {frame:06d}.png labels) stream every sequence whole.
 
+Every frame and label to be streamed is scanned first, before the model is
+loaded, as stt-train does (--skip-scan turns it off).
+
 Progress (frames done, frames/s, ETA) goes to stderr every 10 s
 (STT_KERAS_PROGRESS_SECONDS changes the interval).
 """
@@ -52,6 +55,9 @@ def build_parser():
                    help="mVC_8/16 on densely labelled sequences: vspw = the VSPW authors' VC_perclip.py (stored masks, "
                         "0 and 255 apart); cffm = its CFFM/MRCFA copy (0 and 255 merged, sequences of <= 16 frames "
                         "skipped for mVC_8 too)")
+    p.add_argument("--skip-scan", action="store_true",
+                   help="do not scan the dataset first (every frame and label streamed: decodable, sizes, label values; "
+                        "cached, docs/own_data.md); a bad file then stops the evaluation when it is reached")
     p.add_argument("--synthetic-sequences", type=int, default=6, help="--dataset synthetic: held-out sequences of 30 frames")
     p.add_argument("--synthetic-size", default=None, metavar="HxW", help="--dataset synthetic: frame size (default: the family's own)")
     p.add_argument("--synthetic-family", default="default", metavar="FAMILY",

@@ -63,7 +63,7 @@ def build_parser():
     p.add_argument("--model", required=True,
                    help="a .keras file from stt-train (loaded in safe mode), or a preset directory (save_to_preset)")
     p.add_argument("--out", required=True, help="export folder, e.g. exports/stt_psp18")
-    p.add_argument("--size", default="128x256", metavar="HxW", help="frame size the exported models take (any size)")
+    p.add_argument("--size", default="128x256", metavar="HxW", help="frame size the exported models take (at least 16x16)")
     p.add_argument("--labels", default=None,
                    help="class names (and colours) for the metadata: a labels file (one name per line, optional colour "
                         "'road 128 64 128' or '#804080'; or JSON), or a built-in set: synthetic, cityscapes, camvid, vspw "

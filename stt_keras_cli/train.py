@@ -14,6 +14,10 @@ best.keras (by validation mIoU), history.csv, config.json and run.json (the
 settings the run was started with). Every file is written to a temporary name
 and renamed into place (training/callbacks.py).
 
+On a real dataset, every frame and label the run will read is scanned first
+(decodable, label format and values, sizes; cached): all problems are listed
+with their paths before any model is built. --skip-scan turns it off.
+
 Re-running a command on its --out resumes it (or, when it is finished, says so
 and changes nothing). Other settings on an existing --out are refused with the
 list of what differs; --allow-new-settings continues the run with new training
@@ -29,7 +33,7 @@ into a `TrainConfig` and calls `run(config)`, as `train` does.
 import argparse
 import dataclasses
 
-from stt_keras_cli import HelpFormatter, add_tf_logs_flag, preset_names, run_command
+from stt_keras_cli import HelpFormatter, add_tf_logs_flag, frame_size, preset_names, run_command
 
 # The datasets stt-train reads (stt_keras.training.train.DATASET_CLASSES holds their class counts).
 # --freeze: the parts of the model that keep their (initial) weights.
@@ -87,21 +91,11 @@ class TrainConfig:
     synthetic_family: str = "default"
     val_batches: int = None
     allow_new_settings: bool = False
+    skip_scan: bool = False  # True: no pre-flight dataset scan (training/data/scan.py)
     verbose: int = None  # Keras fit: 0 silent, 1 progress bar, 2 one line per epoch; None: 1 on a terminal, else 2
 
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-
-
-def _size(value):
-    # The library's parser (stt_keras/sizes.py) without importing the library (it loads TensorFlow).
-    from stt_keras_cli import load_library_module
-
-    sizes = load_library_module("sizes", "sizes.py")
-    try:
-        return sizes.parse_size(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser():
@@ -120,7 +114,7 @@ def build_parser():
     p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"],
                    help="steps per Keras epoch (backup/validation interval)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="clips per step")
-    p.add_argument("--crop", type=_size, default=None, metavar="HxW",
+    p.add_argument("--crop", type=frame_size, default=None, metavar="HxW",
                    help="training crop (default: the frame size, read from the first labelled frame; "
                         "--dataset synthetic: --synthetic-size)")
     p.add_argument("--frame-stride", type=int, default=d["frame_stride"], help="frames between a clip's frames")
@@ -160,13 +154,16 @@ def build_parser():
     p.add_argument("--seed", type=int, default=d["seed"], help="initial weights, data order and augmentation")
     p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"],
                    help="--dataset synthetic: training sequences of 30 frames")
-    p.add_argument("--synthetic-size", type=_size, default=None, metavar="HxW",
+    p.add_argument("--synthetic-size", type=frame_size, default=None, metavar="HxW",
                    help="--dataset synthetic: frame size (default: the family's own)")
     p.add_argument("--synthetic-family", default=d["synthetic_family"], metavar="FAMILY",
                    help="--dataset synthetic: the scene family (docs/training.md; 'default' is the built-in video)")
     p.add_argument("--val-batches", type=int, default=None, help="limit validation batches (default: all)")
     p.add_argument("--allow-new-settings", action="store_true",
                    help="continue an existing --out with other training settings (never another model)")
+    p.add_argument("--skip-scan", action="store_true",
+                   help="do not scan the dataset first (every frame and label the run reads: decodable, sizes, label "
+                        "values; cached, docs/own_data.md); a bad file then stops the run when it is drawn")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
                    help="Keras progress: 0 none, 1 a progress bar, 2 one line per epoch "
                         "(default: 1 on a terminal, 2 when the output goes to a file or pipe)")

@@ -18,8 +18,8 @@ from stt_keras import StreamingSegmenter, load_model
 from stt_keras.errors import UserError, run_cli
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.progress import Progress
-from stt_keras.sizes import SizeError, parse_size
-from stt_keras.training.data import cityscapes_ids, readers
+from stt_keras.sizes import SizeError, parse_frame_size
+from stt_keras.training.data import cityscapes_ids, readers, scan
 from stt_keras.training.data.files import FrameFiles, LabelFiles
 from stt_keras.training.data.synthetic import FAMILIES, SyntheticVideo, get_family
 from stt_keras.training.data.video import VideoFrames, read_video_labels
@@ -39,17 +39,7 @@ def synthetic_sequences(num_sequences=6, frames=30, size=None, seed=1000, labell
 
 def cityscapes_sequences(root, split):
     """Cityscapes 30-frame snippets around every annotated frame: [(frames, {19: label})], files read when streamed."""
-    sequences = []
-    for label_path in sorted(glob.glob(os.path.join(root, "gtFine", split, "*", "*_gtFine_labelIds.png"))):
-        city, seq, frame = os.path.basename(label_path).split("_")[:3]
-        start = int(frame) - 19
-        paths = [os.path.join(root, "leftImg8bit_sequence", split, city, f"{city}_{seq}_{start + k:06d}_leftImg8bit.png")
-                 for k in range(30)]
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise FileNotFoundError(f"TC clip of {label_path} needs {missing[0]}.")
-        sequences.append((FrameFiles(paths), LabelFiles({19: label_path}, 19, "cityscapes")))
-    return sequences
+    return file_sequences(readers.cityscapes_sequences(root, split), 19, "cityscapes")
 
 
 def file_sequences(listed, num_classes, label_format="index"):
@@ -250,7 +240,7 @@ def check_arguments(args):
         if args.synthetic_size is None:
             return get_family(args.synthetic_family).size
         try:
-            return parse_size(args.synthetic_size, "--synthetic-size")
+            return parse_frame_size(args.synthetic_size, "--synthetic-size")
         except SizeError as error:
             raise UserError(f"stt-eval: {error}.") from None
     if not args.data_root:
@@ -261,7 +251,7 @@ def check_arguments(args):
             raise UserError(f"stt-eval: no Cityscapes labels (*_gtFine_labelIds.png) under {labels}: nothing to score.")
     elif args.dataset == "camvid":
         labels = os.path.join(args.data_root, "labels", args.split)
-        if not glob.glob(os.path.join(labels, "*.png")):
+        if not glob.glob(os.path.join(labels, "*.[pP][nN][gG]")):
             raise UserError(f"stt-eval: no CamVid labels (*.png) in {labels}: nothing to score.")
     elif args.dataset == "vspw":
         listing = os.path.join(args.data_root, f"{args.split}.txt")
@@ -315,7 +305,11 @@ def dataset_sequences(args, num_classes, size=None):
 
 def run(args):
     size = check_arguments(args)
+    scanned = None  # the pre-flight scan (training/data/scan.py) of every file streamed, before the model
+    if args.dataset != "synthetic" and not getattr(args, "skip_scan", False):
+        scanned = scan.check_evaluation_data(args)
     model = load_model(args.model, compile=False)
+    scan.finish_evaluation_check(scanned, model.num_classes)  # folder and video labels: the model's class count
     try:
         make_sequences, names, description = dataset_sequences(args, model.num_classes, size)
     except (FileNotFoundError, ValueError) as error:

@@ -18,9 +18,10 @@ import tensorflow as tf
 
 from stt_keras.errors import UserError, run_cli
 from stt_keras.models import STTSegmenter
-from stt_keras.sizes import SizeError, parse_size
+from stt_keras.sizes import SizeError, parse_frame_size
 from stt_keras.training import data as data_lib
 from stt_keras.training.data.readers import CAMVID_CLASSES, VSPW_CLASSES
+from stt_keras.training.data.scan import check_training_data
 from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
                                 remove_stale_temporaries, truncate_history)
 
@@ -353,7 +354,7 @@ def check_config(config):
     for name in ("crop", "synthetic_size"):
         if getattr(config, name) is not None:
             try:
-                sizes[name] = parse_size(getattr(config, name), f"--{name.replace('_', '-')}")
+                sizes[name] = parse_frame_size(getattr(config, name), f"--{name.replace('_', '-')}")
             except SizeError as error:
                 raise UserError(f"stt-train: {error}.") from None
     return dataclasses.replace(config, stt_overrides=overrides, **sizes)
@@ -440,6 +441,8 @@ def _train_locked(config):
     if done_steps >= config.steps:
         print(f"stt-train: {out} is already finished ({done_steps} of {config.steps} steps); nothing to do.")
         return None
+    if config.dataset != "synthetic" and not config.skip_scan:  # every file the run reads, before any model
+        check_training_data(config, config.num_classes or dataset_classes(config.dataset))
     epochs = done + -(-(config.steps - done_steps) // config.checkpoint_every)
     if checkpoint is not None:
         truncate_history(os.path.join(out, "history.csv"), int(checkpoint.get("history_rows", done)))

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from stt_keras.training.data.images import label_format_problem, read_image
 from stt_keras.training.data.cityscapes_ids import to_train_ids as cityscapes_to_train_ids
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.training.data.pipeline import augment, check_label_values, sample_dataset
@@ -14,19 +15,15 @@ LABEL_FORMATS = ("cityscapes", "index", "vspw")
 
 def read_frame(path):
     """RGB uint8 [H, W, 3] of an image file; a clear error if it is missing or unreadable."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"Cannot read frame {path}: missing, truncated or not an image.")
-    return image[..., ::-1]
+    return read_image(path, cv2.IMREAD_COLOR, "frame")[..., ::-1]
 
 
 def read_raw_label(path):
     """uint8 [H, W] of a single-channel 8-bit label file, as stored."""
-    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise ValueError(f"Cannot read label {path}: missing, truncated or not an image.")
-    if label.ndim != 2 or label.dtype != np.uint8:
-        raise ValueError(f"Label {path} must be a single-channel 8-bit image, got shape {label.shape}, dtype {label.dtype}.")
+    label = read_image(path, cv2.IMREAD_UNCHANGED, "label", palette_indices=True)
+    problem = label_format_problem(label.shape, label.dtype)
+    if problem is not None:
+        raise ValueError(f"Label {path} {problem}.")
     return label
 
 

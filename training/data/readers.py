@@ -74,9 +74,17 @@ CAMVID_COLOURS = np.array(
 
 
 class SampleList(list):
-    """A list of (frame paths, label path) with the number of samples skipped."""
+    """A list of (frame paths, label path) with the number of samples skipped.
+
+    `incomplete`: [(label path, what its clip misses)] of the samples skipped by
+    skip_incomplete=True (the pre-flight scan lists them all).
+    """
 
     skipped = 0
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.incomplete = []
 
 
 def _clip(frame_path_of, end, num_key_frames, frame_stride):
@@ -111,6 +119,8 @@ def _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_fr
         if missing is not None:
             if skip_incomplete:
                 samples.skipped += 1
+                samples.incomplete.append(
+                    (label, f"its clip needs {missing}, which does not exist (T={num_key_frames}, stride={frame_stride})"))
                 continue
             hint = "pass skip_incomplete=True to skip such clips"
             if paths is None and first is not None:
@@ -147,7 +157,7 @@ def _label_candidates(label_dir, dataset, label_glob, pattern, frame_path, misna
 
 
 _CITYSCAPES_LABEL = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_gtFine_labelIds\.png$")
-_CAMVID_LABEL = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.png$")
+_CAMVID_LABEL = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.(?i:png)$")
 
 
 def cityscapes_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False):
@@ -165,6 +175,25 @@ def cityscapes_samples(root, split, num_key_frames, frame_stride=1, skip_incompl
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
 
 
+def cityscapes_sequences(root, split, before=19, after=10):
+    """[(name, frame paths, {before: label path})]: the 30-frame snippet around every annotated Cityscapes frame.
+
+    For streaming evaluation (ETC's TC protocol): the 19 frames before the annotated
+    one, the annotated one and the 10 after. A missing frame is an error naming it.
+    """
+    sequences = []
+    for label_path in sorted(glob.glob(os.path.join(root, "gtFine", split, "*", "*_gtFine_labelIds.png"))):
+        city, seq, frame = os.path.basename(label_path).split("_")[:3]
+        start = int(frame) - before
+        paths = [os.path.join(root, "leftImg8bit_sequence", split, city, f"{city}_{seq}_{start + k:06d}_leftImg8bit.png")
+                 for k in range(before + after + 1)]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"TC clip of {label_path} needs {missing[0]}.")
+        sequences.append((f"{city}_{seq}_{frame}", paths, {before: label_path}))
+    return sequences
+
+
 def camvid_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False, first_frames="pad"):
     """Clips ending at every labelled frame of a CamVid split (layout above)."""
     _check_policy(first_frames)
@@ -180,7 +209,7 @@ def camvid_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=
         return firsts[m["seq"]]
 
     candidates = _label_candidates(
-        os.path.join(root, "labels", split), "CamVid", "*.png", _CAMVID_LABEL, frame_path,
+        os.path.join(root, "labels", split), "CamVid", "*.[pP][nN][gG]", _CAMVID_LABEL, frame_path,
         misnamed="{sequence}_{frame}.png", first_of=first_of)
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_frames)
 
@@ -199,18 +228,17 @@ def folder_samples(root, num_key_frames, frame_stride=1, skip_incomplete=False, 
     frames_root = os.path.join(root, "frames")
     if not os.path.isdir(frames_root):
         raise FileNotFoundError(f"No frame folders at {frames_root}.")
+    _check_label_folders(root)
     candidates = []
     for seq in sorted(os.listdir(frames_root)):
-        frames = sorted(
-            p for p in glob.glob(os.path.join(frames_root, seq, "*")) if p.lower().endswith((".png", ".jpg", ".jpeg"))
-        )
+        frames = _frame_files(os.path.join(frames_root, seq))
         numbering = _numbering(frames)
         if numbering is not None:
             position, path_of = numbering
         else:
             position = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(frames)}
             path_of = (lambda i, frames=frames: frames[i])
-        for label in sorted(glob.glob(os.path.join(root, "labels", seq, "*.png"))):
+        for label in label_files(os.path.join(root, "labels", seq)):
             stem = os.path.splitext(os.path.basename(label))[0]
             if stem not in position:
                 raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(frames_root, seq)}.")
@@ -268,18 +296,59 @@ def camvid_colour_to_index(colour_label):
 
 
 def _ordered_frames(folder):
-    """Frame paths of one sequence folder in stream order; FileNotFoundError naming the first gap in a numbering."""
-    frames = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith((".png", ".jpg", ".jpeg")))
+    """Frame paths of one sequence folder in stream order; FileNotFoundError naming the first gap in a numbering.
+
+    Time and memory grow with the number of files, not with the largest frame number.
+    """
+    frames = _frame_files(folder)
     numbering = _numbering(frames)
     if numbering is None:
         return frames
     position, path_of = numbering
-    ordered = [path_of(i) for i in range(max(position.values()) + 1)]
-    missing = next((p for p in ordered if not os.path.isfile(p)), None)
-    if missing is not None:
-        raise FileNotFoundError(f"Sequence {folder} has a gap in its frame numbering: {missing} does not exist "
-                                "(streaming needs every frame).")
-    return ordered
+    indices = sorted(set(position.values()))
+    if indices[-1] + 1 != len(indices):  # some index in 0..last has no file
+        gap = next(k for k, index in enumerate(indices) if index != k)
+        before, after = path_of(indices[gap - 1]), path_of(indices[gap])
+        raise FileNotFoundError(
+            f"Sequence {folder} has a gap in its frame numbering: {path_of(gap)} does not exist "
+            f"({indices[gap] - gap} frames missing between {os.path.basename(before)} and {os.path.basename(after)}, "
+            f"{indices[-1] + 1 - len(indices)} in all; streaming needs every frame).")
+    return [path_of(i) for i in indices]
+
+
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def _frame_files(folder):
+    """The frame files of a sequence folder (*.png, *.jpg, *.jpeg in any case), sorted by name."""
+    return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(FRAME_EXTENSIONS))
+
+
+def label_files(folder):
+    """The label files of a folder, *.png in any case (a.PNG is read like a.png), sorted; [] without the folder.
+
+    Two labels of one stem (a.png and a.PNG) are an error naming both.
+    """
+    labels = sorted(glob.glob(os.path.join(glob.escape(folder), "*.[pP][nN][gG]")))
+    stems = {}
+    for path in labels:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            raise ValueError(f"Two labels for one frame: {stems[stem]} and {path}; keep one.")
+        stems[stem] = path
+    return labels
+
+
+def _check_label_folders(root):
+    """FileNotFoundError naming both when a label folder labels/SEQ has no frame folder frames/SEQ (often a typo)."""
+    labels_root = os.path.join(root, "labels")
+    if not os.path.isdir(labels_root):
+        return
+    for seq in sorted(os.listdir(labels_root)):
+        labels = os.path.join(labels_root, seq)
+        if os.path.isdir(labels) and not os.path.isdir(os.path.join(root, "frames", seq)) and label_files(labels):
+            raise FileNotFoundError(f"Label folder {labels} has no frame folder {os.path.join(root, 'frames', seq)} "
+                                    "(a label folder is named like its sequence's frame folder).")
 
 
 def folder_sequences(root):
@@ -292,16 +361,20 @@ def folder_sequences(root):
     frames_root = os.path.join(root, "frames")
     if not os.path.isdir(frames_root):
         raise FileNotFoundError(f"No frame folders at {frames_root} (expected {root}/frames/SEQUENCE/*.png|jpg).")
+    _check_label_folders(root)
     sequences = []
     for seq in sorted(os.listdir(frames_root)):
         if not os.path.isdir(os.path.join(frames_root, seq)):
             continue
         paths = _ordered_frames(os.path.join(frames_root, seq))
         if not paths:
+            if label_files(os.path.join(root, "labels", seq)):
+                raise FileNotFoundError(f"Labels {os.path.join(root, 'labels', seq)} have no frames: "
+                                        f"{os.path.join(frames_root, seq)} holds no *.png or *.jpg file.")
             continue
         index = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(paths)}
         labels = {}
-        for label in sorted(glob.glob(os.path.join(root, "labels", seq, "*.png"))):
+        for label in label_files(os.path.join(root, "labels", seq)):
             stem = os.path.splitext(os.path.basename(label))[0]
             if stem not in index:
                 raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(frames_root, seq)}.")
@@ -323,10 +396,9 @@ def camvid_sequences(root, split, before=19, after=10):
     label_dir = os.path.join(root, "labels", split)
     if not os.path.isdir(label_dir):
         raise FileNotFoundError(f"No CamVid labels at {label_dir}.")
-    pattern = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.png$")
     sequences, firsts = [], {}
-    for label in sorted(glob.glob(os.path.join(label_dir, "*.png"))):
-        m = pattern.match(os.path.basename(label))
+    for label in label_files(label_dir):
+        m = _CAMVID_LABEL.match(os.path.basename(label))
         if m is None:
             raise ValueError(f"CamVid label {label} is not named {{sequence}}_{{frame}}.png.")
         seq, frame = m["seq"], int(m["frame"])

@@ -5,13 +5,14 @@ Layout: any video file OpenCV can decode, and a label folder with
 numbered from 0 in decoding order.
 """
 
-import glob
 import os
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
+from stt_keras.training.data.files import read_raw_label
+from stt_keras.training.data.readers import label_files
 from stt_keras.training.data.pipeline import augment, check_label_values, clip_indices, sample_dataset
 
 
@@ -48,16 +49,16 @@ def read_video(path, max_frames=None):
 def read_video_labels(label_dir, num_frames, num_classes):
     """{frame index: uint8 label} from `{frame:06d}.png` files."""
     labels = {}
-    for path in sorted(glob.glob(os.path.join(label_dir, "*.png"))):
+    for path in label_files(label_dir):
         stem = os.path.splitext(os.path.basename(path))[0]
         if not stem.isdigit():
             raise ValueError(f"Label {path} is not named by frame index ({{frame:06d}}.png).")
         index = int(stem)
         if index >= num_frames:
             raise ValueError(f"Label {path} is for frame {index}, but the video has {num_frames} frames.")
-        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if label is None or label.ndim != 2:
-            raise ValueError(f"Cannot read label {path} as a single-channel image.")
+        if index in labels:
+            raise ValueError(f"Two labels for frame {index} in {label_dir}; keep one.")
+        label = read_raw_label(path)
         check_label_values(label, num_classes, f"label {path}")
         labels[index] = label
     if not labels:
