@@ -94,7 +94,13 @@ def filter_native_logs():
     pid = os.fork()
     if pid == 0:  # the filter: one reader per stream (two threads), then exit
         try:
+            import signal
             import threading
+
+            # A Ctrl-C goes to the whole process group: the filter outlives it and passes on what the
+            # command prints about it (it ends when the command's last writer is gone).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
             for fd in (1, 2):
                 os.close(pipes[fd][1])
