@@ -126,9 +126,9 @@ def _read_record(backup_dir, name):
     except (OSError, ValueError, KeyError, TypeError) as error:
         return None, f"{path} is damaged ({error})"
     if not os.path.isfile(weights):
-        return None, f"its weights {weights} are missing"
+        return None, f"the weights {weights} named by {name} are missing"
     if sha256_file(weights) != record.get("weights_sha256"):
-        return None, f"its weights {weights} do not match the SHA-256 in {path} (truncated or changed)"
+        return None, f"the weights {weights} do not match the SHA-256 in {name} (truncated or changed)"
     return record, None
 
 
@@ -155,8 +155,9 @@ def read_checkpoint(backup_dir, warn=None):
         else:
             warn(message)
         return previous
+    problem = problem or f"{os.path.join(backup_dir, CHECKPOINT)} is missing"
     previous_text = previous_problem or f"there is no previous one ({PREVIOUS})"
-    raise ValueError(f"no usable checkpoint in {backup_dir}: {problem or 'the newest is missing'}; {previous_text}. "
+    raise ValueError(f"no usable checkpoint in {backup_dir}: {problem}; {previous_text}. "
                      f"Remove {backup_dir} to train from step 0, or use a new --out.")
 
 
