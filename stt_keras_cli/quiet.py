@@ -34,6 +34,7 @@ NOISE = re.compile("|".join([
     r"VERBOSE: .*|WARNING: Attempting to use a delegate that only supports static-sized tensors.*",
     r"WARNING:absl:.*",
     r"fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+",  # converter
+    r"\[[\w,]+ @ 0x[0-9a-f]+\] .*",  # FFmpeg inside OpenCV ("[mov,mp4,... @ 0x55...] moov atom not found")
 ]))
 
 _state = {}

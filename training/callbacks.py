@@ -66,9 +66,13 @@ def _commit(tmp, path):
 
 def atomic_write_bytes(path, data):
     tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-    _commit(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        _commit(tmp, path)
+    finally:  # a full disk leaves no temporary file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def atomic_write_json(path, data):
@@ -274,14 +278,19 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def _append_history(self, epoch, logs):
         keys = sorted(logs)
-        new = not os.path.exists(self.history) or os.path.getsize(self.history) == 0
-        with open(self.history, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["epoch", *keys])
-            writer.writerow([epoch, *[logs[k] for k in keys]])
-            f.flush()
-            os.fsync(f.fileno())
+        size = os.path.getsize(self.history) if os.path.exists(self.history) else 0
+        try:
+            with open(self.history, "a", newline="") as f:
+                writer = csv.writer(f)
+                if size == 0:
+                    writer.writerow(["epoch", *keys])
+                writer.writerow([epoch, *[logs[k] for k in keys]])
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:  # a full disk: no half row is left behind
+            with open(self.history, "r+b") as f:
+                f.truncate(size)
+            raise
         self.rows += 1
 
     def on_epoch_end(self, epoch, logs=None):

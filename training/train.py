@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from stt_keras.errors import Interrupted, UserError, run_cli
+from stt_keras.fileio import disk_full, read_only, unwritable_reason, write_error_reason
 from stt_keras.models import STTSegmenter
 from stt_keras.sizes import SizeError, parse_size
 from stt_keras.training import data as data_lib
@@ -408,6 +409,22 @@ def interrupted_message(out, step, steps, committed, received=()):
             f"there exactly.")
 
 
+def write_failure_message(out, error):
+    """The one line for a run whose files could not be written (full disk, read-only folder)."""
+    what = "the disk holding" if disk_full(error) else "cannot write to"
+    reason = write_error_reason(error)
+    try:
+        committed = read_checkpoint(os.path.join(out, "backup"), warn=lambda message: None)
+    except ValueError:
+        committed = None
+    where = ("nothing was checkpointed yet" if committed is None else
+             f"the last checkpoint, step {committed['steps']} (chunk {committed['epoch']}), is intact")
+    fix = "free some space" if disk_full(error) else "make it writable"
+    return (f"stt-train: {what} --out {out}{' is full' if disk_full(error) else ''} ({reason}); {where} and no "
+            f"half-written file is left: {fix} and re-run the same command to "
+            f"{'start' if committed is None else 'resume'}.")
+
+
 def per_frame_preset(preset):
     """The per-frame counterpart of an STT preset (stt_psp_tiny -> psp_tiny), or None."""
     from stt_keras.models.stt.stt_presets import PRESETS
@@ -430,11 +447,20 @@ def run(config):
     config = dataclasses.replace(config, out=worker_output_dir(config.out, config.distribute))
     if os.path.exists(config.out) and not os.path.isdir(config.out):
         raise UserError(f"stt-train: --out {config.out} exists and is not a folder.")
+    unwritable = unwritable_reason(config.out)
+    if unwritable:
+        raise UserError(f"stt-train: cannot write to --out {config.out} ({unwritable}).")
     os.makedirs(config.out, exist_ok=True)
     lock = RunLock(config.out).acquire()
     policy = keras.mixed_precision.global_policy()
     try:
         return _train_locked(config)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 (re-raised unless the disk is full or read-only)
+        if not (disk_full(error) or read_only(error)):
+            raise
+        raise UserError(write_failure_message(config.out, error)) from None
     finally:
         lock.release()
         keras.mixed_precision.set_global_policy(policy)  # a Python caller's policy is theirs again
