@@ -10,6 +10,7 @@ import pytest
 
 from stt_keras.training import callbacks as cb
 from stt_keras.training import train as train_lib
+from tmpfs import can_mount_tmpfs, on_tmpfs
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 # The smallest run that still validates: per-frame tiny model, 32x64 frames, 3 chunks of 2 steps.
@@ -465,3 +466,89 @@ def test_ctrl_c_and_a_damaged_newest_checkpoint_resume_exactly(tmp_path):
     assert "after 2 chunks (4 of 8 steps)" in r.stdout
     assert _history(damaged) == _history(reference)
     _same_final_model(damaged, reference)
+
+
+def test_a_full_disk_at_a_chunk_write_keeps_the_checkpoint_and_leaves_no_half_file(tmp_path, monkeypatch):
+    """ENOSPC injected at the weights write (the real full disk is the slow test below): the previous commit
+    stands, no temporary file, no half history row; the one line names the folder and the step kept."""
+    import errno
+
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    callback = cb.RunCheckpoint(str(tmp_path), {"steps": 4})
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"loss": 1.0})
+    history = (tmp_path / "history.csv").read_text()
+
+    def full(path, *args, **kwargs):  # the disk fills up in the middle of the weights file
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(model, "save_weights", full)
+    with pytest.raises(OSError):
+        callback.on_epoch_end(1, {"loss": 1.0})
+    monkeypatch.undo()
+    assert committed(str(tmp_path))["epoch"] == 1 and temporaries(str(tmp_path)) == []
+    assert sorted(os.listdir(tmp_path / "backup")) == [cb.CHECKPOINT, "chunk-000001.weights.h5"]
+    assert cb.read_checkpoint(str(tmp_path / "backup"))["epoch"] == 1
+    # A full disk while the history row is written: the file is cut back to its committed rows.
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError):
+        callback._append_history(2, {"loss": 1.0})
+    monkeypatch.undo()
+    assert (tmp_path / "history.csv").read_text().count("\n") == history.count("\n") + 1  # chunk 2's row only
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "last.keras"))
+    message = train_lib.write_failure_message(str(tmp_path), error)
+    assert message == (f"stt-train: the disk holding --out {tmp_path} is full (No space left on device); the last "
+                       "checkpoint, step 0 (chunk 1), is intact and no half-written file is left: free some space and "
+                       "re-run the same command to resume.")
+    import tensorflow as tf
+
+    saved = tf.errors.ResourceExhaustedError(None, None, "{{function_node SaveV2}} /x/variables/variables_temp; "
+                                                         "No space left on device")
+    assert "full (No space left on device)" in train_lib.write_failure_message(str(tmp_path / "new"), saved)
+    assert "nothing was checkpointed yet" in train_lib.write_failure_message(str(tmp_path / "new"), saved)
+
+
+def test_unwritable_out_folders_are_named_before_any_work(tmp_path):
+    from stt_keras.fileio import unwritable_reason
+
+    assert unwritable_reason(str(tmp_path)) is None and os.listdir(tmp_path) == []  # the probe is removed
+    assert unwritable_reason(str(tmp_path / "a" / "b" / "c")) is None and os.listdir(tmp_path) == []
+    (tmp_path / "file").write_text("x")
+    assert unwritable_reason(str(tmp_path / "file" / "run")) == f"{tmp_path / 'file'} exists and is not a folder"
+    if os.geteuid() != 0:  # root ignores permission bits: the read-only mount below covers it
+        (tmp_path / "locked").mkdir(mode=0o555)
+        assert "Permission denied" in unwritable_reason(str(tmp_path / "locked" / "run"))
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs a mount namespace (unshare) to mount a tmpfs")
+def test_training_into_a_read_only_folder_is_one_line_before_any_work(tmp_path):
+    r = on_tmpfs(ENV, tmp_path, "ro,size=1m", f'"{sys.executable}" -c "from stt_keras_cli.train import main; main()" '
+                 f'{" ".join(TINY)} --steps 2 --out "{tmp_path}/run"')
+    assert r.returncode == 2 and r.stderr == (f"stt-train: error: cannot write to --out {tmp_path}/run ({tmp_path}: "
+                                              "Read-only file system).\n"), r.stderr[-3000:]
+    assert "training on" not in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs a mount namespace (unshare) to mount a tmpfs")
+def test_training_into_a_full_disk_is_one_line_and_resumes_once_there_is_space(tmp_path):
+    """A real 30 MB tmpfs: chunk 1 (last.keras, best.keras, the backup: 3 x 9 MB) fits, chunk 2's last.keras does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    kept = tmp_path / "kept"
+    r = on_tmpfs(ENV, disk, "size=30m", f'"{sys.executable}" -c "from stt_keras_cli.train import main; main()" '
+                 f'{" ".join(TINY)} --steps 6 --out "{disk}/run"; rc=$?; cp -a "{disk}/run" "{kept}"; exit $rc')
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr == (f"stt-train: error: the disk holding --out {disk}/run is full (No space left on device); the "
+                        "last checkpoint, step 2 (chunk 1), is intact and no half-written file is left: free some space "
+                        "and re-run the same command to resume.\n"), r.stderr[-3000:]
+    assert committed(str(kept))["steps"] == 2 and temporaries(str(kept)) == []
+    assert len(open(kept / "history.csv").read().splitlines()) == 2
+    r = run(kept, "--steps", "6")  # on a disk with space
+    assert r.returncode == 0 and "after 1 chunks (2 of 6 steps)" in r.stdout and "done, 6 steps" in r.stdout
