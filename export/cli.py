@@ -249,6 +249,12 @@ def _run_export(args):
         unwritable = unwritable_reason(folder)
         if unwritable:
             raise UserError(f"stt-export: cannot write --out {args.out} ({unwritable}); choose a writable folder.")
+    from stt_keras.training.data.synthetic import MIN_SIDE
+
+    if not args.calibration_data and min(size) < MIN_SIDE:
+        raise UserError(f"stt-export: --size {size[0]}x{size[1]} is smaller than the built-in synthetic frames the "
+                        f"parity check and int8 calibration use ({MIN_SIDE}x{MIN_SIDE} at least); pass "
+                        "--calibration-data with frames of your own, or a larger --size.")
     user_data = None
     if args.calibration_data:  # listed (and a video probed) before the model is loaded
         try:

@@ -98,8 +98,8 @@ def filter_native_logs():
             import signal
             import threading
 
-            # A Ctrl-C goes to the whole process group: the filter outlives it and passes on what the
-            # command prints about it (it ends when the command's last writer is gone).
+            # A terminal's Ctrl-C goes to the whole process group: the filter ignores it (and SIGTERM) and
+            # passes on what the command prints about it; it ends when the command's last writer is gone.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

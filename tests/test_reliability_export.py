@@ -198,6 +198,14 @@ def test_calibration_data_without_frames_is_refused_before_the_model_loads(dummy
         assert error.value.code == 2 and not (tmp_path / "out").exists()
 
 
+def test_a_size_below_the_synthetic_frames_needs_frames_of_ones_own(dummy_model, tmp_path):
+    with pytest.raises(SystemExit, match=r"--size 8x8 is smaller than the built-in synthetic frames .*16x16.*"
+                                         r"--calibration-data") as error:
+        cli.run_export(cli.build_parser().parse_args(["--model", str(dummy_model), "--out", str(tmp_path / "out"),
+                                                      "--size", "8x8"]))
+    assert error.value.code == 2 and not (tmp_path / "out").exists()
+
+
 def test_a_full_disk_during_the_export_is_one_line_and_keeps_the_earlier_export(tmp_path, monkeypatch):
     """The disk fills up while the SavedModel is written (TensorFlow's ResourceExhaustedError, injected here; the
     real full disk is the slow test below): one line naming --out, the earlier export untouched, no partial folder."""

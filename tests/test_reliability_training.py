@@ -135,6 +135,7 @@ def test_second_run_on_the_same_out_names_the_lock_holder(tmp_path):
     (["--dataset", "folder", "--data-root", "x"], "needs --num-classes"),
     (["--dataset", "cityscapes"], "--data-root is required"),
     (["--init-from", "missing.keras"], "--init-from model file not found"),
+    (["--synthetic-size", "8x8"], "--synthetic-size 8x8 is below 16x16"),
 ])
 def test_bad_training_arguments_are_one_line_errors(tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message) as error:

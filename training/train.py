@@ -357,6 +357,11 @@ def check_config(config):
                 sizes[name] = parse_size(getattr(config, name), f"--{name.replace('_', '-')}")
             except SizeError as error:
                 raise UserError(f"stt-train: {error}.") from None
+    small = sizes.get("synthetic_size")
+    if config.dataset == "synthetic" and small and min(small) < data_lib.synthetic.MIN_SIDE:
+        raise UserError(f"stt-train: --synthetic-size {small[0]}x{small[1]} is below {data_lib.synthetic.MIN_SIDE}x"
+                        f"{data_lib.synthetic.MIN_SIDE}, the smallest the synthetic video is drawn at (--crop may be "
+                        "smaller).")
     return dataclasses.replace(config, stt_overrides=overrides, **sizes)
 
 

@@ -185,6 +185,9 @@ def palette(family="default"):
     return get_family(family).palette()
 
 
+MIN_SIDE = 16  # the smallest frame height and width the scenes are drawn at
+
+
 class SyntheticVideo:
     """Deterministic synthetic video sequences with per-frame labels.
 
@@ -212,7 +215,7 @@ class SyntheticVideo:
         height = self.family.size[0] if height is None else height
         width = self.family.size[1] if width is None else width
         for name, value, low in (("num_sequences", num_sequences, 1), ("frames_per_sequence", frames_per_sequence, 1),
-                                 ("height", height, 16), ("width", width, 16)):
+                                 ("height", height, MIN_SIDE), ("width", width, MIN_SIDE)):
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
         self.num_sequences = int(num_sequences)
