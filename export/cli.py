@@ -198,14 +198,15 @@ def _sha256_bytes(data):
 def run_export(args):
     """Runs stt-export on parsed arguments; returns the report. A full disk or a folder that turns read-only is one
     line (UserError): --out keeps what it held, the partial export is removed (atomic_directory)."""
-    from stt_keras.fileio import disk_full, read_only, write_error_reason
+    from stt_keras.fileio import concerns, disk_full, read_only, write_error_reason
 
     try:
         return _run_export(args)
     except UserError:
         raise
     except Exception as error:  # noqa: BLE001 (re-raised unless it is the disk)
-        if not (disk_full(error) or read_only(error)):
+        out_folder = os.path.dirname(os.path.abspath(args.out))  # the export is written beside --out, then swapped in
+        if not (disk_full(error) or (read_only(error) and concerns(error, out_folder))):
             raise
         reason = write_error_reason(error)
         where = f"the disk holding --out {args.out} is full" if disk_full(error) else f"cannot write --out {args.out}"

@@ -95,3 +95,12 @@ def write_error_reason(error):
         if phrase in text:
             return phrase
     return text.strip().splitlines()[0][:160] if text.strip() else type(error).__name__
+
+
+def concerns(error, folder):
+    """True if `error` names a path inside `folder` (its OSError filename, or the path in a library's message)."""
+    folder = os.path.abspath(folder)
+    names = [getattr(error, "filename", None), getattr(error, "filename2", None)]
+    if any(isinstance(n, str) and (os.path.abspath(n) + os.sep).startswith(folder + os.sep) for n in names):
+        return True
+    return folder + os.sep in str(error) or str(error).rstrip().endswith(folder)

@@ -522,6 +522,15 @@ def test_unwritable_out_folders_are_named_before_any_work(tmp_path):
     assert unwritable_reason(str(tmp_path / "a" / "b" / "c")) is None and os.listdir(tmp_path) == []
     (tmp_path / "file").write_text("x")
     assert unwritable_reason(str(tmp_path / "file" / "run")) == f"{tmp_path / 'file'} exists and is not a folder"
+    # Only a refused write under --out is "cannot write to --out"; an unreadable data file stays what it is.
+    import errno
+
+    from stt_keras.fileio import concerns, read_only
+
+    denied = OSError(errno.EACCES, "Permission denied", str(tmp_path / "run" / "history.csv"))
+    assert read_only(denied) and concerns(denied, str(tmp_path / "run"))
+    assert not concerns(OSError(errno.EACCES, "Permission denied", "/data/frames/a.png"), str(tmp_path / "run"))
+    assert concerns(RuntimeError(f"{{SaveV2}} {tmp_path}/run/logs/x; Permission denied"), str(tmp_path / "run"))
     if os.geteuid() != 0:  # root ignores permission bits: the read-only mount below covers it
         (tmp_path / "locked").mkdir(mode=0o555)
         assert "Permission denied" in unwritable_reason(str(tmp_path / "locked" / "run"))

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from stt_keras.errors import Interrupted, UserError, run_cli
-from stt_keras.fileio import disk_full, read_only, unwritable_reason, write_error_reason
+from stt_keras.fileio import concerns, disk_full, read_only, unwritable_reason, write_error_reason
 from stt_keras.models import STTSegmenter
 from stt_keras.sizes import SizeError, parse_size
 from stt_keras.training import data as data_lib
@@ -463,8 +463,8 @@ def run(config):
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as error:  # noqa: BLE001 (re-raised unless the disk is full or read-only)
-        if not (disk_full(error) or read_only(error)):
-            raise
+        if not (disk_full(error) or (read_only(error) and concerns(error, config.out))):
+            raise  # (a full disk is named whichever file hit it; "Permission denied" only for --out's own files)
         raise UserError(write_failure_message(config.out, error)) from None
     finally:
         lock.release()
