@@ -323,7 +323,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             "rng": rng_state(self.model),
             "settings": self.settings,
         }
-        previous = self.committed
+        previous = self.committed if self.committed and "weights" in self.committed else None
         if previous is not None:  # the last good commit (not a damaged file) becomes the previous checkpoint
             atomic_write_json(os.path.join(self.backup_dir, PREVIOUS), previous)
         atomic_write_json(os.path.join(self.backup_dir, CHECKPOINT), record)
