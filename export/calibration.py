@@ -118,6 +118,11 @@ class _Sequence:
             from stt_keras.training.data.video import VideoFrames
 
             self.length = len(VideoFrames(video))
+            capture = cv2.VideoCapture(video)
+            ok = capture.read()[0] if self.length else False
+            capture.release()
+            if not ok:  # refused here, before any work, not later by the int8 converter
+                raise ValueError(f"video {video} has no decodable frame (empty or corrupt).")
         else:
             self.length = len(paths)
 
@@ -236,7 +241,7 @@ class UserData:
     Args:
         spec: --calibration-data (module docstring).
         height, width: the export size.
-        num_classes: the model's classes (labels are checked against them).
+        num_classes: the model's classes (labels are checked against them; may be set after listing).
         split: the split of a dataset root.
     """
 

@@ -196,6 +196,25 @@ def _sha256_bytes(data):
 
 
 def run_export(args):
+    """Runs stt-export on parsed arguments; returns the report. A full disk or a folder that turns read-only is one
+    line (UserError): --out keeps what it held, the partial export is removed (atomic_directory)."""
+    from stt_keras.fileio import concerns, disk_full, read_only, write_error_reason
+
+    try:
+        return _run_export(args)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 (re-raised unless it is the disk)
+        out_folder = os.path.dirname(os.path.abspath(args.out))  # the export is written beside --out, then swapped in
+        if not (disk_full(error) or (read_only(error) and concerns(error, out_folder))):
+            raise
+        reason = write_error_reason(error)
+        where = f"the disk holding --out {args.out} is full" if disk_full(error) else f"cannot write --out {args.out}"
+        raise UserError(f"stt-export: {where} ({reason}); --out is unchanged and no partial export is left"
+                        f"{': free some space and' if disk_full(error) else '; fix that and'} run again.") from None
+
+
+def _run_export(args):
     import stt_keras
     from stt_keras.export import atomic, calibration, labels as label_sets, onnx_export, parity, saved_model, step as step_lib, tflite
     from stt_keras.export.atomic import atomic_directory, check_destination, write_manifest
@@ -224,6 +243,19 @@ def run_export(args):
     if not (os.path.isfile(args.model) or os.path.isfile(os.path.join(args.model, "config.json"))):
         raise UserError(f"stt-export: model file (or preset directory with config.json) not found: {args.model}")
     check_destination(args.out, protected=[args.model])
+    from stt_keras.fileio import unwritable_reason
+
+    # The new export is made beside --out and swapped in; the old one is deleted: both folders must be writable.
+    for folder in [os.path.dirname(os.path.abspath(args.out))] + ([args.out] if os.path.isdir(args.out) else []):
+        unwritable = unwritable_reason(folder)
+        if unwritable:
+            raise UserError(f"stt-export: cannot write --out {args.out} ({unwritable}); choose a writable folder.")
+    user_data = None
+    if args.calibration_data:  # listed (and a video probed) before the model is loaded
+        try:
+            user_data = calibration.UserData(args.calibration_data, *size, None, args.calibration_split)
+        except (FileNotFoundError, ValueError) as error:
+            raise UserError(f"stt-export: --calibration-data: {error}") from None
 
     model = stt_keras.load_model(args.model, compile=False)
     streaming = model.stt is not None
@@ -264,7 +296,7 @@ def run_export(args):
               "classes": class_names, "palette": palette, "files": {}, "gpu_accelerator": gpu.status, "warnings": []}
     int8 = any(path.endswith("_int8.tflite") for path in planned)
     calibration_sequences, calibration_text, sequences, parity_text, miou_meaningful = _frames_for_checks(
-        args, model, size, report, calibration, label_source, int8)
+        args, model, size, report, calibration, label_source, int8, user_data)
     if not int8:
         calibration_text = None  # no int8 model: nothing is calibrated
     report["calibration_data"] = calibration_text
@@ -449,15 +481,18 @@ def _counted(step, what, sequences):
 LOUD = "*" * 100
 
 
-def _frames_for_checks(args, model, size, report, calibration, label_source, int8=True):
+def _frames_for_checks(args, model, size, report, calibration, label_source, int8=True, data=None):
     """(calibration sequences or None, its description, parity sequences, their description, parity mIoU meaningful).
 
-    `int8`: an int8 model is planned (else the calibration frames are not announced)."""
+    `int8`: an int8 model is planned (else the calibration frames are not announced). `data`: the
+    `--calibration-data` already listed (a `calibration.UserData`), else it is listed here."""
     from stt_keras.training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 
     if args.calibration_data:
         try:
-            data = calibration.UserData(args.calibration_data, *size, model.num_classes, args.calibration_split)
+            if data is None:
+                data = calibration.UserData(args.calibration_data, *size, model.num_classes, args.calibration_split)
+            data.num_classes = model.num_classes
             calib, calib_text, _ = data.segments(args.calibration_sequences, args.calibration_frames)
             used = data.last_cuts
             parity_sequences, parity_text, overlaps = data.segments(args.parity_sequences, args.parity_frames, exclude=used)

@@ -1,9 +1,11 @@
 """File helpers shared by training (checkpoints), export (manifests) and the kernel cache.
 
-Plain Python, no TensorFlow: a checksum of a file, and fsync of a folder so that a rename
-into it survives a power cut.
+Plain Python, no TensorFlow: a checksum of a file, fsync of a folder so that a rename
+into it survives a power cut, and what the commands need to refuse a folder they cannot
+write to (before any work) and to name a full disk in one line.
 """
 
+import errno
 import hashlib
 import os
 
@@ -29,3 +31,76 @@ def fsync_dir(path):
         pass
     finally:
         os.close(fd)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_full(error):
+    """True if `error` reports a full disk (or quota, or file-size limit), whoever raised it.
+
+    OSError from Python's own writes carries the errno; h5py (Keras weights) and
+    TensorFlow (SavedModel, `tf.io`) raise their own types with the system's text.
+    """
+    if isinstance(error, OSError) and error.errno in _FULL:
+        return True
+    text = str(error)
+    return any(s in text for s in ("No space left on device", "Disk quota exceeded", "File too large", "errno = 28"))
+
+
+def read_only(error):
+    """True if `error` is a write refused by a read-only file system or the folder's permissions."""
+    if isinstance(error, OSError) and error.errno in _READ_ONLY:
+        return True
+    text = str(error)
+    return any(s in text for s in ("Read-only file system", "Permission denied", "errno = 30", "errno = 13"))
+
+
+def unwritable_reason(folder):
+    """Why files cannot be created in `folder` (or, when it does not exist yet, in the nearest folder above it
+    that does), as a short text; None when they can.
+
+    Probes with a real temporary file, so a read-only mount, permissions and a full
+    disk are all seen, also for root (whom permission bits do not stop).
+    """
+    import tempfile
+
+    probe = os.path.abspath(folder)
+    while not os.path.isdir(probe):
+        if os.path.lexists(probe):
+            return f"{probe} exists and is not a folder"
+        probe = os.path.dirname(probe)
+    try:
+        fd, path = tempfile.mkstemp(prefix=".write-probe-", dir=probe)
+    except OSError as error:
+        return f"{probe}: {error.strerror or error}"
+    try:
+        os.write(fd, b"x")
+    except OSError as error:
+        return f"{probe}: {error.strerror or error}"
+    finally:
+        os.close(fd)
+        os.remove(path)
+    return None
+
+
+def write_error_reason(error):
+    """A short reason for a failed write: the system's own words ("No space left on device"), not a library's trace."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    for phrase in ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system",
+                   "Permission denied"):
+        if phrase in text:
+            return phrase
+    return text.strip().splitlines()[0][:160] if text.strip() else type(error).__name__
+
+
+def concerns(error, folder):
+    """True if `error` names a path inside `folder` (its OSError filename, or the path in a library's message)."""
+    folder = os.path.abspath(folder)
+    names = [getattr(error, "filename", None), getattr(error, "filename2", None)]
+    if any(isinstance(n, str) and (os.path.abspath(n) + os.sep).startswith(folder + os.sep) for n in names):
+        return True
+    return folder + os.sep in str(error) or str(error).rstrip().endswith(folder)

@@ -127,9 +127,13 @@ def run_command(prog, parser, argv, module, function, to_input=None):
     on the parsed arguments (or on `to_input(args)`) under `run_cli`, which turns errors into one line."""
     args = parser.parse_args(argv)
     prepare_environment(args.tf_logs, filter_fds=argv is None)
-    from stt_keras.errors import run_cli
+    try:  # a Ctrl-C while TensorFlow loads is one line too (run_cli handles it afterwards)
+        from stt_keras.errors import run_cli
 
-    target = getattr(importlib.import_module(module), function)
+        target = getattr(importlib.import_module(module), function)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (Ctrl-C).", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     quiet_python_logs(args.tf_logs)
     run_cli(prog, target, to_input(args) if to_input else args)
 

@@ -34,6 +34,7 @@ NOISE = re.compile("|".join([
     r"VERBOSE: .*|WARNING: Attempting to use a delegate that only supports static-sized tensors.*",
     r"WARNING:absl:.*",
     r"fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+",  # converter
+    r"\[[\w,]+ @ 0x[0-9a-f]+\] .*",  # FFmpeg inside OpenCV ("[mov,mp4,... @ 0x55...] moov atom not found")
 ]))
 
 _state = {}
@@ -94,7 +95,13 @@ def filter_native_logs():
     pid = os.fork()
     if pid == 0:  # the filter: one reader per stream (two threads), then exit
         try:
+            import signal
             import threading
+
+            # A terminal's Ctrl-C goes to the whole process group: the filter ignores it (and SIGTERM) and
+            # passes on what the command prints about it; it ends when the command's last writer is gone.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
             for fd in (1, 2):
                 os.close(pipes[fd][1])

@@ -35,6 +35,7 @@ NOISE = [
     "WARNING: [npu_registry.cc:34] NPU accelerator could not be loaded and registered: kLiteRtStatusErrorNotFound.",
     "\x1b[0;93m2026-12-03 20:46:59.900696389 [W:onnxruntime:, graph.cc:5809 CleanUnusedInitializersAndNodeArgs] "
     "Removing initializer 'scales__292'.\x1b[m",
+    "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5577a4b0b440] moov atom not found",
 ]
 KEPT = [
     "stt-export: stt_float32.tflite: 3.70 MB, labels agree 100.00% (7 s)",
@@ -74,6 +75,23 @@ def test_the_filter_drops_native_lines_on_both_descriptors_and_keeps_order():
     assert result.returncode == 0, result.stderr
     assert result.stdout == "result 1\nresult 2\n"
     assert result.stderr == "stt-train: one\nstt-train: two\nno newline at the end"
+
+
+def test_the_filter_outlives_a_ctrl_c_to_the_process_group():
+    """A terminal's Ctrl-C reaches the whole process group, the filter too: the command's line about it gets through."""
+    result = _run("""
+        import os, signal, sys, time
+        from stt_keras_cli.quiet import filter_native_logs
+        filter_native_logs()
+        try:
+            os.killpg(0, signal.SIGINT)
+            time.sleep(30)
+        except KeyboardInterrupt:
+            time.sleep(0.5)  # a filter killed by the same Ctrl-C would be gone by now
+            sys.stderr.write("stt-train: stopped by Ctrl-C\\n")
+            raise SystemExit(130)
+    """, start_new_session=True)
+    assert result.returncode == 130 and result.stderr == "stt-train: stopped by Ctrl-C\n", result.stderr
 
 
 def test_a_crash_still_shows_its_message():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from stt_keras.export import atomic, cli
+from tmpfs import can_mount_tmpfs, on_tmpfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -176,6 +177,98 @@ def test_huge_export_size_is_refused_with_an_estimate(tmp_path, monkeypatch):
     small = cli.estimate_memory(model, (128, 256))
     assert cli.estimate_memory(model, (4096, 8192)) > 40 * 2**30 > 1000 * small / 2**30
     assert cli.available_memory() is None or cli.available_memory() > 0
+
+
+# ------------------------------------------------- full disks, read-only folders, empty calibration data
+def test_calibration_data_without_frames_is_refused_before_the_model_loads(dummy_model, tmp_path):
+    """A 0-frame video (it opens: an AVI without frames), a video OpenCV cannot open, a folder of no frames:
+    one line about the data; the dummy model (never read) proves nothing was loaded first."""
+    empty = tmp_path / "empty.avi"
+    writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (128, 64))
+    writer.release()
+    assert cv2.VideoCapture(str(empty)).isOpened()
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(3000))
+    (tmp_path / "no_frames").mkdir()
+    (tmp_path / "no_frames" / "notes.txt").write_text("x")
+    for data, message in ((empty, "empty.avi has no decodable frame"), (garbage, "cannot open video"),
+                          (tmp_path / "no_frames", "no frames found")):
+        with pytest.raises(SystemExit, match=f"--calibration-data: .*{message}") as error:
+            cli.run_export(export_args(dummy_model, tmp_path / "out", "--calibration-data", str(data)))
+        assert error.value.code == 2 and not (tmp_path / "out").exists()
+
+
+def test_a_size_below_16_is_one_line_before_any_work(dummy_model, tmp_path):
+    with pytest.raises(SystemExit, match=r"--size must be at least 16x16") as error:
+        cli.run_export(cli.build_parser().parse_args(["--model", str(dummy_model), "--out", str(tmp_path / "out"),
+                                                      "--size", "8x8"]))
+    assert error.value.code == 2 and not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_during_the_export_is_one_line_and_keeps_the_earlier_export(tmp_path, monkeypatch):
+    """The disk fills up while the SavedModel is written (TensorFlow's ResourceExhaustedError, injected here; the
+    real full disk is the slow test below): one line naming --out, the earlier export untouched, no partial folder."""
+    import tensorflow as tf
+
+    from stt_keras.export import saved_model
+    from stt_keras.models import STTSegmenter
+
+    model = STTSegmenter.from_preset("psp_tiny", num_classes=7)
+    model(np.zeros((1, 64, 128, 3), np.uint8))
+    path = tmp_path / "m.keras"
+    model.save(str(path))
+    out = tmp_path / "exports" / "m"
+    out.mkdir(parents=True)
+    (out / "frame_float32.tflite").write_bytes(b"the earlier export")
+    atomic.write_manifest(str(out))
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+
+    def full(model, folder, *args, **kwargs):
+        os.makedirs(os.path.join(folder, "variables"))
+        with open(os.path.join(folder, "variables", "variables_temp"), "wb") as f:
+            f.write(b"half")
+        raise tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__SaveV2}} "
+                                               f"{folder}/variables/variables_temp; No space left on device")
+
+    monkeypatch.setattr(saved_model, "save", full)
+    with pytest.raises(SystemExit) as error:
+        cli.run_export(export_args(path, out, "--formats", "savedmodel"))
+    assert error.value.code == 2 and str(error.value) == (
+        f"stt-export: the disk holding --out {out} is full (No space left on device); --out is unchanged and no "
+        "partial export is left: free some space and run again.")
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert os.listdir(out.parent) == ["m"]
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs a mount namespace (unshare) to mount a tmpfs")
+def test_export_into_a_read_only_folder_is_one_line_before_the_model_loads(dummy_model, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = on_tmpfs(ENV, disk, "ro,size=1m", f'"{sys.executable}" -c "from stt_keras_cli.export import main; main()" '
+                 f'--model "{dummy_model}" --out "{disk}/export" --size 64x128')
+    assert r.returncode == 2 and r.stderr == (f"stt-export: error: cannot write --out {disk}/export ({disk}: "
+                                              "Read-only file system); choose a writable folder.\n"), r.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs a mount namespace (unshare) to mount a tmpfs")
+def test_export_into_a_real_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """A 4 MB tmpfs: the SavedModel's variables (9 MB) do not fit."""
+    from stt_keras.models import STTSegmenter
+
+    model = STTSegmenter.from_preset("psp_tiny", num_classes=7)
+    model(np.zeros((1, 64, 128, 3), np.uint8))
+    path = tmp_path / "m.keras"
+    model.save(str(path))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = on_tmpfs(ENV, disk, "size=4m", f'"{sys.executable}" -c "from stt_keras_cli.export import main; main()" '
+                 f'--model "{path}" --out "{disk}/export" --size 64x128 --formats savedmodel; rc=$?; echo "left:$(ls -A "{disk}")"; '
+                 'exit $rc')
+    assert r.returncode == 2 and r.stderr == (
+        f"stt-export: error: the disk holding --out {disk}/export is full (No space left on device); --out is "
+        "unchanged and no partial export is left: free some space and run again.\n"), r.stderr[-3000:]
+    assert r.stdout.splitlines()[-1] == "left:"  # the tmpfs was left empty
 
 
 # ------------------------------------------------------------- checksums

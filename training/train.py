@@ -16,14 +16,15 @@ import sys
 import keras
 import tensorflow as tf
 
-from stt_keras.errors import UserError, run_cli
+from stt_keras.errors import Interrupted, UserError, run_cli
+from stt_keras.fileio import concerns, disk_full, read_only, unwritable_reason, write_error_reason
 from stt_keras.models import STTSegmenter
 from stt_keras.sizes import SizeError, parse_frame_size
 from stt_keras.training import data as data_lib
 from stt_keras.training.data.readers import CAMVID_CLASSES, VSPW_CLASSES
 from stt_keras.training.data.scan import check_training_data
 from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
-                                remove_stale_temporaries, truncate_history)
+                                remove_stale_temporaries, restore_rng_state, stop_signals, truncate_history)
 
 # Settings that define the model: a run can never continue with others.
 MODEL_SETTINGS = ("preset", "dataset", "synthetic_family", "num_classes", "stt_overrides", "mixed_precision", "freeze")
@@ -398,6 +399,33 @@ def _resume_state(config, settings):
     return checkpoint
 
 
+def interrupted_message(out, step, steps, committed, received=()):
+    """The one line a stopped run prints: where it stopped, what is kept, what re-running does."""
+    how = "SIGTERM" if "SIGTERM" in received else "Ctrl-C"
+    if committed is None:
+        return (f"stt-train: stopped by {how} at step {step} of {steps}, before the first checkpoint; re-running the "
+                f"same command starts the run again.")
+    return (f"stt-train: stopped by {how} at step {step} of {steps}; the last checkpoint is step {committed['steps']} "
+            f"(chunk {committed['epoch']}, {os.path.join(out, 'backup')}); re-running the same command resumes from "
+            f"there exactly.")
+
+
+def write_failure_message(out, error):
+    """The one line for a run whose files could not be written (full disk, read-only folder)."""
+    what = "the disk holding" if disk_full(error) else "cannot write to"
+    reason = write_error_reason(error)
+    try:
+        committed = read_checkpoint(os.path.join(out, "backup"), warn=lambda message: None)
+    except ValueError:
+        committed = None
+    where = ("nothing was checkpointed yet" if committed is None else
+             f"the last checkpoint, step {committed['steps']} (chunk {committed['epoch']}), is intact")
+    fix = "free some space" if disk_full(error) else "make it writable"
+    return (f"stt-train: {what} --out {out}{' is full' if disk_full(error) else ''} ({reason}); {where} and no "
+            f"half-written file is left: {fix} and re-run the same command to "
+            f"{'start' if committed is None else 'resume'}.")
+
+
 def per_frame_preset(preset):
     """The per-frame counterpart of an STT preset (stt_psp_tiny -> psp_tiny), or None."""
     from stt_keras.models.stt.stt_presets import PRESETS
@@ -420,11 +448,20 @@ def run(config):
     config = dataclasses.replace(config, out=worker_output_dir(config.out, config.distribute))
     if os.path.exists(config.out) and not os.path.isdir(config.out):
         raise UserError(f"stt-train: --out {config.out} exists and is not a folder.")
+    unwritable = unwritable_reason(config.out)
+    if unwritable:
+        raise UserError(f"stt-train: cannot write to --out {config.out} ({unwritable}).")
     os.makedirs(config.out, exist_ok=True)
     lock = RunLock(config.out).acquire()
     policy = keras.mixed_precision.global_policy()
     try:
         return _train_locked(config)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 (re-raised unless the disk is full or read-only)
+        if not (disk_full(error) or (read_only(error) and concerns(error, config.out))):
+            raise  # (a full disk is named whichever file hit it; "Permission denied" only for --out's own files)
+        raise UserError(write_failure_message(config.out, error)) from None
     finally:
         lock.release()
         keras.mixed_precision.set_global_policy(policy)  # a Python caller's policy is theirs again
@@ -495,22 +532,34 @@ def _train_locked(config):
             if int(model.optimizer.iterations.numpy()) != done_steps:
                 raise UserError(f"stt-train: backup {backup_dir} holds {int(model.optimizer.iterations.numpy())} steps "
                                 f"but its checkpoint.json says {done_steps}; delete it to start again.")
+            if checkpoint.get("rng") is not None:  # dropout masks continue where they stopped
+                try:
+                    restore_rng_state(model, checkpoint["rng"])
+                except ValueError as error:
+                    raise UserError(f"stt-train: backup {backup_dir}: {error}") from None
         elif config.init_from and not start_from.get("image_segmenter_weights"):
             try:
                 init_from(model, config.init_from)
             except ValueError as error:
                 raise UserError(f"stt-train: {error}") from None
 
+    checkpointer = RunCheckpoint(out, settings, restored=checkpoint)
     callbacks = [
         StopAtStep(config.steps),
-        RunCheckpoint(out, settings, restored=checkpoint),
+        checkpointer,
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
     ]
     verbose = config.verbose if config.verbose is not None else (1 if _stdout_is_terminal() else 2)
-    model.fit(  # shuffle=False: the pipeline shuffles itself (seeded); Keras would warn and ignore True
-        train, epochs=epochs, initial_epoch=done, steps_per_epoch=config.checkpoint_every, validation_data=val,
-        callbacks=callbacks, verbose=verbose, shuffle=False,
-    )
+    try:
+        with stop_signals() as received:
+            model.fit(  # shuffle=False: the pipeline shuffles itself (seeded); Keras would warn and ignore True
+                train, epochs=epochs, initial_epoch=done, steps_per_epoch=config.checkpoint_every, validation_data=val,
+                callbacks=callbacks, verbose=verbose, shuffle=False,
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(out, int(model.optimizer.iterations.numpy()), config.steps,
+                                              checkpointer.committed, received),
+                          143 if "SIGTERM" in received else 130) from None
     print(f"stt-train: done, {int(model.optimizer.iterations.numpy())} steps; models in {out}")
     return model
 

@@ -39,6 +39,8 @@ import dataclasses
 
 import numpy as np
 
+from stt_keras.sizes import MIN_FRAME_SIDE
+
 CLASS_NAMES = ("road", "sidewalk", "building", "vegetation", "sky", "car", "person")
 PALETTE = np.array(
     [[128, 64, 128], [244, 35, 232], [70, 70, 70], [107, 142, 35], [70, 130, 180], [0, 0, 142], [220, 20, 60]],
@@ -185,6 +187,9 @@ def palette(family="default"):
     return get_family(family).palette()
 
 
+MIN_SIDE = MIN_FRAME_SIDE  # the smallest frame height and width the scenes are drawn at
+
+
 class SyntheticVideo:
     """Deterministic synthetic video sequences with per-frame labels.
 
@@ -212,7 +217,7 @@ class SyntheticVideo:
         height = self.family.size[0] if height is None else height
         width = self.family.size[1] if width is None else width
         for name, value, low in (("num_sequences", num_sequences, 1), ("frames_per_sequence", frames_per_sequence, 1),
-                                 ("height", height, 16), ("width", width, 16)):
+                                 ("height", height, MIN_SIDE), ("width", width, MIN_SIDE)):
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
         self.num_sequences = int(num_sequences)
