@@ -3,6 +3,8 @@
     python -m stt_keras.export.serve server --saved-model exports/NAME/saved_model/1 [--address 127.0.0.1:8500]
     python -m stt_keras.export.serve client --address 127.0.0.1:8500 --video in.mp4 --out labels.npz [--mode stream|step]
 
+(`python -m stt_keras_cli.serve ...` runs the same without TensorFlow's own log lines.)
+
 No new dependency: `grpcio` comes with TensorFlow, and the messages are TensorFlow's
 own protos (`StructuredValue`, a dict of named `TensorProto`s), so no .proto file is
 compiled. The service `stt_keras.Segmenter` has three methods:

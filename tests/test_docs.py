@@ -448,7 +448,7 @@ def walk_script(page, blocks, log_dir):
             parts.append(f"python - 2> {err} <<'DOCS_WALK_PYTHON'\n{before}\n{code}\nDOCS_WALK_PYTHON")
         else:
             parts.append(f"{{\n{before}\n{code}\n}} 2> {err}")
-        parts.append(f"echo \"$(date +%s.%N) - $start\" | bc > {seconds}")
+        parts.append(f"awk \"BEGIN {{ print $(date +%s.%N) - $start }}\" > {seconds}")
     return "\n".join(parts) + "\n"
 
 
@@ -472,16 +472,19 @@ def walk_page(page, folder, timeout=3600):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["DOCS_PORT"] = str(free_port())
-    process = subprocess.Popen(["bash", "-c", walk_script(page, blocks, log_dir)], cwd=folder, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        stdout, _ = process.communicate(timeout=timeout)
-    finally:
+    # stdout to a file, not a pipe: a server a block leaves running in the background keeps its copy open.
+    with open(os.path.join(log_dir, "stdout"), "w") as out:
+        process = subprocess.Popen(["bash", "-c", walk_script(page, blocks, log_dir)], cwd=folder, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            os.killpg(process.pid, signal.SIGTERM)  # servers a block left running in the background
-        except ProcessLookupError:
-            pass
-        process.wait()
+            process.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)  # those servers (the whole session of the walk)
+            except ProcessLookupError:
+                pass
+            process.wait()
+    stdout = open(os.path.join(log_dir, "stdout")).read()
     stderr, seconds = {}, {}
     for index, *_ in blocks:
         path = os.path.join(log_dir, f"{index}.stderr")
