@@ -3,11 +3,14 @@
     python -m stt_keras.export.serve server --saved-model exports/NAME/saved_model/1 [--address 127.0.0.1:8500]
     python -m stt_keras.export.serve client --address 127.0.0.1:8500 --video in.mp4 --out labels.npz [--mode stream|step]
 
+(`python -m stt_keras_cli.serve ...` runs the same without TensorFlow's own log lines.)
+
 No new dependency: `grpcio` comes with TensorFlow, and the messages are TensorFlow's
 own protos (`StructuredValue`, a dict of named `TensorProto`s), so no .proto file is
 compiled. The service `stt_keras.Segmenter` has three methods:
 
-- `Info` (unary): the model's contract: frame size, classes, T, state shape and the
+- `Info` (unary): the model's contract: frame size, classes (with their names and
+  display colours, from the SavedModel's assets/labels.json), T, state shape and the
   state dtypes the SavedModel offers.
 - `Step` (unary): {frame, state, reset} -> {labels, next_state}: the SavedModel's
   `step` signature (or `step_float16` when the state sent is float16), the state
@@ -28,6 +31,7 @@ out when idle, and every refusal is a gRPC status with one line (docs/serving.md
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -41,6 +45,7 @@ from concurrent import futures
 
 import numpy as np
 
+from stt_edge_demo.overlay import letterbox, unletterbox
 from stt_keras import faults
 
 SERVICE = "stt_keras.Segmenter"
@@ -186,6 +191,18 @@ def _identity(data):
 
 
 # -------------------------------------------------------------------- server
+def class_names(saved_model_dir, num_classes):
+    """(names, RGB palette) of an stt-export SavedModel, from its assets/labels.json (what `stt-export`
+    wrote there: --labels, the preset's names, a built-in set); without that file, class_0 ... and the
+    default palette. ValueError if the file does not name num_classes classes."""
+    from stt_keras.export import labels as label_sets
+
+    path = os.path.join(saved_model_dir, "assets", "labels.json")
+    if not os.path.isfile(path):
+        return [f"class_{i}" for i in range(num_classes)], label_sets.default_palette(num_classes)
+    return label_sets.read_labels_file(path, num_classes)
+
+
 class SegmenterService:
     """The SavedModel's signatures: `info()`, `step(bytes) -> bytes`, `stream_step(bytes, state) -> (bytes, state)`.
 
@@ -212,6 +229,7 @@ class SegmenterService:
         clip = signatures["serving_default"].structured_input_signature[1]["clip"]
         self.num_key_frames = int(clip.shape[1]) - 1
         self.labels_dtype = np.uint8 if self.num_classes <= 256 else np.int32
+        self.classes, self.palette = class_names(saved_model_dir, self.num_classes)
         reset = Spec(("float32", "float64", "int32", "int64", "bool"), ([1], []), required=False)
         frame = Spec(("uint8",), (self.frame_shape,))
         self.step_specs = {"frame": frame, "state": Spec(sorted(self.steps), (self.state_shape,)), "reset": reset}
@@ -223,7 +241,8 @@ class SegmenterService:
         return {"frame_shape": np.array(self.frame_shape, np.int64), "state_shape": np.array(self.state_shape, np.int64),
                 "num_classes": np.array(self.num_classes, np.int64),
                 "num_key_frames": np.array(self.num_key_frames, np.int64),
-                "state_dtypes": np.array(sorted(self.steps), dtype=object)}
+                "state_dtypes": np.array(sorted(self.steps), dtype=object),
+                "classes": np.array(self.classes, dtype=object), "palette": np.array(self.palette, np.int64)}
 
     @staticmethod
     def _reset(request, default):
@@ -533,6 +552,10 @@ def _rpc_message(error):
 class SegmenterClient:
     """Client of `stt_keras.Segmenter`: `info()`, `step(frame, state, reset)`, `stream(frames)`.
 
+    Frames of any size: each is letterboxed to the model's size as the edge demo does
+    (`stt_edge_demo.overlay.letterbox`: aspect ratio kept, black bars), and its labels
+    come back at the frame's own size (the bars cut off, nearest neighbour).
+
     Every call has a timeout (`timeout` seconds; for `stream`, per frame), and the
     answers are checked against the model's contract (from `Info`) before they are
     decoded. TLS: `root_certificates` (PEM bytes of the CA), or `tls=True` for the
@@ -588,7 +611,9 @@ class SegmenterClient:
         self._info = {"frame_shape": info["frame_shape"].tolist(), "state_shape": info["state_shape"].tolist(),
                       "num_classes": int(info["num_classes"]), "num_key_frames": int(info["num_key_frames"]),
                       "state_dtypes": [v.decode() if isinstance(v, bytes) else str(v)
-                                       for v in info["state_dtypes"].tolist()]}
+                                       for v in info["state_dtypes"].tolist()],
+                      "classes": [v.decode() if isinstance(v, bytes) else str(v) for v in info["classes"].tolist()],
+                      "palette": info["palette"].tolist()}
         send, receive = message_limits(self._info["frame_shape"], self._info["state_shape"])
         self._open([("grpc.max_send_message_length", send), ("grpc.max_receive_message_length", receive)])
         _, h, w, _ = self._info["frame_shape"]
@@ -597,11 +622,28 @@ class SegmenterClient:
         self._stream_specs = {"labels": labels}
         return self._info
 
+    def _boxed(self, frame):
+        """A frame [h, w, 3] or [1, h, w, 3] -> (the model's input [1, H, W, 3], a function: labels [1, H, W] ->
+        labels [1, h, w] of the frame)."""
+        frame = np.asarray(frame)
+        if frame.ndim == 4 and frame.shape[0] == 1:
+            frame = frame[0]
+        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8 or 0 in frame.shape:
+            return frame, lambda labels: labels  # the server names what is wrong with it
+        _, height, width, _ = self._info["frame_shape"]
+        boxed, box = letterbox(frame, height, width)
+
+        def back(labels):
+            return unletterbox(labels[0], box, *frame.shape[:2]).astype(labels.dtype)[None]
+        return boxed[None], back
+
     def step(self, frame, state, reset):
-        """One `step` call: (labels int32 [1, H, W], next_state in the state's dtype)."""
+        """One `step` call on a frame of any size: (labels [1, h, w] at the frame's size, int32; next_state in
+        the state's dtype)."""
         import grpc
 
         self.info()
+        frame, back = self._boxed(frame)
         try:
             data = self._step(encode({"frame": frame, "state": state,
                                       "reset": np.array([1.0 if reset else 0.0], np.float32)}), timeout=self.timeout)
@@ -609,10 +651,11 @@ class SegmenterClient:
             message, code = _rpc_message(error)
             raise ServerError(f"Step failed ({message})", code) from error
         out = parse(data, self._step_specs, "answer")
-        return out["labels"], out["next_state"]
+        return back(out["labels"]), out["next_state"]
 
     def stream(self, frames, state_dtype="float32"):
-        """Yields labels [1, H, W] per frame [H, W, 3] (or [1, H, W, 3]) over one bidirectional stream.
+        """Yields labels [1, h, w] (uint8 up to 256 classes) per frame [h, w, 3] (or [1, h, w, 3]) of any size,
+        at that frame's size, over one bidirectional stream.
 
         ServerError when the server refuses, fails, or sends nothing for `timeout` seconds.
         """
@@ -621,10 +664,13 @@ class SegmenterClient:
         self.info()
         lock = threading.Lock()
         pending = {"sent": 0, "answered": 0, "since": time.monotonic()}  # the clock runs while labels are due
+        backs = collections.deque()  # per frame sent, how its labels go back to its size
 
         def requests():
             for f in frames:
-                data = encode({"frame": np.asarray(f, np.uint8).reshape([1, *np.shape(f)[-3:]])})
+                boxed, back = self._boxed(np.asarray(f, np.uint8).reshape([1, *np.shape(f)[-3:]]))
+                backs.append(back)
+                data = encode({"frame": boxed})
                 with lock:
                     if pending["sent"] == pending["answered"]:
                         pending["since"] = time.monotonic()
@@ -650,7 +696,8 @@ class SegmenterClient:
                 with lock:
                     pending["answered"] += 1
                     pending["since"] = time.monotonic()
-                yield parse(data, self._stream_specs, "answer")["labels"]
+                labels = parse(data, self._stream_specs, "answer")["labels"]
+                yield backs.popleft()(labels)
         except grpc.RpcError as error:
             if timed_out.is_set():
                 raise ServerError(f"no labels from {self.address} for {self.timeout:g} s (the client's timeout)",
@@ -673,7 +720,7 @@ class SegmenterClient:
 
 
 class VideoFrames:
-    """RGB uint8 frames [H, W, 3] of a video file, resized to (height, width).
+    """RGB uint8 frames [H, W, 3] of a video file, resized to (height, width) (None: the video's own size).
 
     `declared` is the frame count of the file's header (0 if unknown), `read` the
     frames decoded so far, `error` an exception raised while reading (reading stops).
@@ -706,7 +753,7 @@ class VideoFrames:
                     ok, frame = self.capture.read()
                     if not ok:
                         return
-                if frame.shape[:2] != (height, width):
+                if height is not None and frame.shape[:2] != (height, width):
                     frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
                 self.read += 1
                 yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
@@ -779,7 +826,8 @@ def build_parser():
     c = sub.add_parser("client", help="stream a video through a running server")
     c.add_argument("--address", type=_address, default=DEFAULT_ADDRESS)
     c.add_argument("--video", required=True)
-    c.add_argument("--out", required=True, help=".npz of the labels, one array per frame, stacked")
+    c.add_argument("--out", required=True, help=".npz of the labels at the video's size (`labels` [N, H, W]); each "
+                   "frame is letterboxed to the model's size as the edge demo does")
     c.add_argument("--mode", choices=["stream", "step"], default="stream",
                    help="stream: the server keeps the state; step: the client carries it (the `step` signature)")
     c.add_argument("--state-dtype", choices=["float32", "float16"], default="float32")
@@ -888,8 +936,7 @@ def run_client(parser, args):
             return _error(f"{error}", 1)
         if args.state_dtype not in info["state_dtypes"]:
             return _error(f"the server offers state dtypes {info['state_dtypes']}, not {args.state_dtype}")
-        _, height, width, _ = info["frame_shape"]
-        video = VideoFrames(args.video, height, width, args.max_frames)
+        video = VideoFrames(args.video, None, None, args.max_frames)  # the client letterboxes each frame
         labels, start, failure, code = [], time.perf_counter(), None, 0
         try:
             if args.mode == "stream":
@@ -917,8 +964,10 @@ def run_client(parser, args):
             return _error(f"{failure}; {len(labels)} of {total} frames segmented ({video.read} read from the video): {where}", code)
         if not labels:
             return _error(f"no frames read from {args.video}")
-        print(f"export.serve: {len(labels)} frames, {len(labels) / seconds:.2f} frames/s ({args.mode}); "
-              f"labels in {args.out}", flush=True)
+        _, height, width, _ = info["frame_shape"]
+        print(f"export.serve: {len(labels)} frames, {len(labels) / seconds:.2f} frames/s ({args.mode}; letterboxed "
+              f"to the model's {height}x{width}); labels at the video's {labels[0].shape[0]}x{labels[0].shape[1]} "
+              f"in {args.out}", flush=True)
         if video.ended_early():
             print(f"export.serve: warning: the video ended early, at frame {video.read} of the {video.declared} its "
                   "header declares (truncated?); the labels of the frames read are written.", file=sys.stderr,

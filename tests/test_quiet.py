@@ -131,3 +131,31 @@ def test_tf_logs_shows_them_again():
         os.write(2, b"I0000 00:00:1.5   1 port.cc:153] a native line\\n")
     """)
     assert result.stderr == "I0000 00:00:1.5   1 port.cc:153] a native line\n"
+
+
+PYTHON_USER = """
+    import keras                       # a Python user's own import order: TensorFlow loads here
+    import stt_keras
+    import tensorflow as tf
+    print(float(tf.reduce_sum(tf.ones([2, 2]))), "done")    # the first op: where TensorFlow probes its devices
+"""
+
+
+@pytest.mark.slow  # two TensorFlow starts: ~20 s quiet, minutes on a loaded machine
+def test_keras_before_stt_keras_and_the_one_variable_that_silences_tensorflow():
+    """Once TensorFlow is loaded, stt_keras cannot keep it from probing for a GPU (TF_ENABLED_DEVICE_TYPES is read
+    when TensorFlow loads, the log level when it first logs): on a machine without a CUDA driver the cuInit error
+    comes back. TF_CPP_MIN_LOG_LEVEL=3 set before the first import (docs/models.md) leaves only TensorFlow's INFO
+    lines from before its logging starts: no error, no warning."""
+    from stt_keras.devices import cuda_driver_present
+
+    plain = _run(PYTHON_USER)
+    assert plain.returncode == 0 and plain.stdout.endswith("done\n"), plain.stderr[-3000:]
+    if not cuda_driver_present():
+        assert "failed call to cuInit" in plain.stderr  # what the docs' line is for (no driver: this machine)
+    silenced = subprocess.run([sys.executable, "-c", textwrap.dedent(PYTHON_USER)], capture_output=True, text=True,
+                              cwd=ROOT, env={**CLEAN_ENV, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert silenced.returncode == 0 and silenced.stdout.endswith("done\n"), silenced.stderr[-3000:]
+    left = [line for line in silenced.stderr.splitlines() if line.strip()]
+    assert "cuInit" not in silenced.stderr
+    assert all(is_noise(line) and not line.startswith(("E", "W0")) for line in left), left

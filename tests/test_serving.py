@@ -1,5 +1,6 @@
 """Serving a stream: the SavedModel's float16-state step and the gRPC server/client (export/serve.py)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from stt_keras.training.data.synthetic import SyntheticVideo
 from tolerances import assert_labels_match_logits, model_ops_depth
 
 SIZE = (64, 128)
+CLASSES = ["road", "car", "tree lawn", "sky", "person"]
+PALETTE = [[128, 64, 128], [0, 0, 142], [107, 142, 35], [70, 130, 180], [220, 20, 60]]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
@@ -26,7 +29,9 @@ def exported(tmp_path_factory):
     model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=5, top_ratio=0.5)  # NSM selection in play
     model(np.zeros((1, 4, *SIZE, 3), np.uint8))
     directory = str(tmp_path_factory.mktemp("sm") / "1")
-    signatures = saved_model.save(model, directory, *SIZE)
+    labels_json = tmp_path_factory.mktemp("labels") / "labels.json"  # what stt-export puts in the assets
+    labels_json.write_text(json.dumps({"classes": CLASSES, "palette": PALETTE}))
+    signatures = saved_model.save(model, directory, *SIZE, assets=[str(labels_json)])
     assert signatures == ["serving_default", "step", "step_float16"]
     frames, _ = SyntheticVideo(1, 7, *SIZE, seed=3).sequence(0)
     return model, directory, frames
@@ -97,6 +102,7 @@ def test_grpc_stream_and_step_equal_the_in_process_stream(exported, server):
     info = client.info()
     assert info["frame_shape"] == [1, *SIZE, 3] and info["num_classes"] == 5 and info["num_key_frames"] == 3
     assert info["state_dtypes"] == ["float16", "float32"]
+    assert info["classes"] == CLASSES and info["palette"] == PALETTE  # from the SavedModel's assets/labels.json
     streamed = np.stack([labels[0] for labels in client.stream(frames)])
     assert streamed.dtype == np.uint8
     assert_labels_of(model, streamed, logits)
@@ -110,7 +116,7 @@ def test_grpc_stream_and_step_equal_the_in_process_stream(exported, server):
     assert (half == expected).mean() > 0.99
     # Bad input is refused with a message, not a crash of the server.
     with pytest.raises(serve.ServerError) as error:
-        client.step(np.zeros((1, 8, 8, 3), np.uint8), state, False)
+        client.step(np.zeros((1, 8, 8, 3), np.float32), state, False)  # any size is letterboxed; not a float
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and "frame must be uint8" in str(error.value)
     client.close()
 
@@ -130,6 +136,51 @@ def test_client_cli_streams_a_video(exported, server, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{len(frames)} frames" in result.stdout
     assert_labels_of(model, np.load(out)["labels"], logits)
+
+
+def test_client_letterboxes_as_the_edge_demo_and_answers_at_the_frames_size(exported, server, tmp_path):
+    """Frames of another aspect ratio: each is letterboxed by the edge demo's own function, and the labels come
+    back at the frame's size: exactly the edge demo's unletterbox of the model-size labels (never stretched)."""
+    from stt_edge_demo import overlay
+
+    model, _, frames = exported
+    assert serve.letterbox is overlay.letterbox and serve.unletterbox is overlay.unletterbox  # one function
+    rng = np.random.default_rng(5)
+    odd = [cv2.resize(f, (97, 61), interpolation=cv2.INTER_AREA) for f in frames]  # 61 x 97: taller than 1:2
+    odd += [rng.integers(0, 256, (45, 170, 3), np.uint8)]  # and one wider, in the same stream
+    boxes = [overlay.letterbox(f, *SIZE) for f in odd]
+    assert boxes[0][1] == (0, 13, 64, 102) and boxes[-1][1] == (15, 0, 34, 128)  # the bars
+    client = serve.SegmenterClient(server, timeout=120)
+    boxed = [labels[0] for labels in client.stream([b for b, _ in boxes])]  # model-size frames: sent as they are
+    assert_labels_of(model, np.stack(boxed), library_logits(model, [b for b, _ in boxes]))
+    expected = [overlay.unletterbox(labels, box, *f.shape[:2]) for labels, (_, box), f in zip(boxed, boxes, odd)]
+    streamed = [labels[0] for labels in client.stream(odd)]
+    assert [s.shape for s in streamed] == [f.shape[:2] for f in odd] and streamed[0].dtype == np.uint8
+    for got, want in zip(streamed, expected):
+        np.testing.assert_array_equal(got, want)
+    stretched = cv2.resize(boxed[0], (97, 61), interpolation=cv2.INTER_NEAREST)
+    assert (stretched != expected[0]).mean() > 0.01  # the test can tell a stretch from the letterbox
+    state = np.zeros(client.info()["state_shape"], np.float32)
+    for t, (frame, want) in enumerate(zip(odd, expected)):
+        labels, state = client.step(frame, state, t == 0)
+        np.testing.assert_array_equal(labels[0], want)
+    client.close()
+
+    video = str(tmp_path / "odd.avi")  # the client CLI: labels at the video's size
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, (98, 62))  # MJPG: even sizes
+    for frame in frames:
+        writer.write(cv2.cvtColor(cv2.resize(frame, (98, 62), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR))
+    writer.release()
+    decoded = list(serve.read_video(video, None, None))
+    assert decoded[0].shape == (62, 98, 3)
+    with serve.SegmenterClient(server, timeout=120) as again:
+        want = np.stack([labels[0] for labels in again.stream(decoded)])
+    out = str(tmp_path / "labels.npz")
+    result = subprocess.run([sys.executable, "-m", "stt_keras.export.serve", "client", "--address", server,
+                             "--video", video, "--out", out], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "letterboxed to the model's 64x128); labels at the video's 62x98" in result.stdout
+    np.testing.assert_array_equal(np.load(out)["labels"], want)
 
 
 # ------------------------------------------------------------ a server that trusts nothing (issue 23)
