@@ -5,9 +5,10 @@ The same function as the default ("sparse") implementation, built only from ops 
 mobile GPU runs (LiteRT's GPU accelerator, the classic TFLite GPU delegate):
 - No loops: the tile loops of the NSM score and the windowed attention become one
   batched computation over all tiles (WHILE is not a GPU op).
-- No rank-5 tensors: tiles are cut by GATHER with constant int32 indices from a
-  [points, channels] table (not by reshape/transpose through rank 6), and the key
-  frames are packed along channels, [B, h, w, T * 2 d_r] (`pack_frames`).
+- No rank-5 tensors and no GATHER: tiles and their halos are cut from the zero-padded
+  map by shifted slices, rank-4 reshapes, one transpose and concatenations (not by
+  reshape/transpose through rank 6; LiteRT.js's WebGPU delegate cannot build 1-D-index
+  gathers), and the key frames are packed along channels, [B, h, w, T * 2 d_r] (`pack_frames`).
 - No top-k: the top `top_ratio` points are found by bisection on a score threshold
   (a fixed number of halvings, unrolled), giving a 0/1 mask. This selects exactly
   the top-k set unless the k-th and (k+1)-th scores are within float rounding of
@@ -299,13 +300,15 @@ def top_mask(scores, top_ratio):
 def windowed_attention(queries, state, radii, num_heads):
     """Every point's attention to its key windows, from the packed key/value frames.
 
-    Tiles are processed in groups of at most MAX_GATHER_ROWS gathered key rows:
-    LiteRT's GPU accelerator keeps tensors in 2-D textures, at most MAX_TEXTURE_SIDE
-    texels a side on WebGPU's default limits (SwiftShader's too). One gather of every
-    tile's halo at the paper's size (STT-PSP18, 256x512: 128 tiles x 932 keys)
-    needed 4 x 238592 textures; the accelerator could not create them and the
-    attention came out wrong. Groups of 8192 rows still failed (4 x 14912); 4096
-    rows fit. At the tiny presets' sizes there is one group.
+    Tiles are processed in groups (rectangles of tiles) of at most MAX_HALO_ROWS key
+    rows: LiteRT's GPU accelerator keeps tensors in 2-D textures, at most
+    MAX_TEXTURE_SIDE texels a side on WebGPU's default limits (SwiftShader's too).
+    Every tile's halo at once at the paper's size (STT-PSP18, 256x512: 128 tiles x
+    932 keys) needed 4 x 238592 textures; the accelerator could not create them and
+    the attention came out wrong. Groups of 8192 rows still failed (4 x 14912); 4096
+    rows fit. At the tiny presets' sizes there is one group. Each group cuts the
+    halos of the largest radius from the padded state once, and every frame its own
+    centred square of them.
 
     Args:
         queries: float32 [B, h, w, d_r], projected and scaled.
