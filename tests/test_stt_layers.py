@@ -506,10 +506,13 @@ def test_dense_masked_pieces_equal_the_sparse_pieces(monkeypatch):
     np.testing.assert_array_equal(dense_masked.unpack_frames(packed, 3), kv)
     got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    # Tile groups (what keeps STT-PSP18's gathers inside the GPU's textures): the same function.
-    monkeypatch.setattr(dense_masked, "MAX_GATHER_ROWS", 300)  # 3 tiles of 100 keys per group, 5 groups
-    got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Tile groups (what keeps STT-PSP18's halos inside the GPU's textures): the same function, for runs
+    # of tiles along a tile row (2 tiles of 136 keys: 6 groups) and for bands of whole tile rows (8 tiles:
+    # a band of 2 rows and one of 1).
+    for limit in (300, 8 * 136):
+        monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", limit)
+        got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-2]}")

@@ -28,6 +28,7 @@ from stt_edge_demo.web import headless, server, webmodel
 FRAMES = 20
 SIZE = (64, 128)
 MIN_AGREEMENT = 0.99  # per frame
+MIN_MEAN_AGREEMENT = 0.995  # over the FRAMES frames
 MODELS = ("stt_gpu_edge_float16.tflite", "stt_edge_int8.tflite")
 LOCAL_SCHEMES = ("data:", "blob:")  # in-page URLs: the video file picked, the empty favicon
 
@@ -113,14 +114,13 @@ def test_page_labels_match_the_python_edge_demo(web_exports, frames, frames_box,
           f"{FRAMES} frames (worst frame {100 * per_frame.min():.2f}%); ops accelerator/CPU {result['op_split']}; "
           f"{np.mean(summary['msPerFrame'][1:]):.0f} ms per frame (SwiftShader/headless, not a speed measure)")
     assert summary["frames"] == FRAMES and summary["model"] == name and summary["accelerator"] == backend
-    assert per_frame.min() >= MIN_AGREEMENT, per_frame
+    assert per_frame.min() >= MIN_AGREEMENT and per_frame.mean() >= MIN_MEAN_AGREEMENT, per_frame
     assert len(np.unique(reference)) >= 3  # the clip exercises several classes, not one flat label
     if backend == "webgpu":
         assert "swiftshader" in summary["adapter"].lower(), summary
-        # Most of the graph runs on WebGPU: the CPU keeps the 7 gathers (webmodel.py) and, in the float16
-        # model, the float16 -> float32 weight DEQUANTIZE ops the delegate declines.
-        gpu_ops, cpu_ops = result["op_split"]
-        assert gpu_ops > 2 * cpu_ops, result["op_split"]
+        # The whole graph runs on WebGPU: no op on the CPU (Wasm), and the page says so.
+        assert summary["fullyAccelerated"] is True and result["op_split"] is None, (summary, result["op_split"])
+        assert "CPU" not in summary["backend"], summary
     else:
         assert summary["backend"].startswith("Wasm") and result["op_split"] is None
     # Nothing left 127.0.0.1: every request of the page went to the demo server ...
@@ -201,32 +201,56 @@ def test_page_refuses_webgpu_for_a_model_webgpu_cannot_build(web_exports, frames
 
 
 # ------------------------------------------------------------------ the server and the model copy (no browser)
-def test_webgpu_copy_computes_the_same_labels(web_exports, frames):
-    """The [1, n]-index copy LiteRT.js gets on WebGPU is the same function (Python LiteRT, both files)."""
-    from ai_edge_litert.interpreter import Interpreter
-
+def test_exported_gpu_form_has_no_gathers(web_exports):
+    """The gpu form cuts its tiles without GATHER (dense_masked.py): the server's WebGPU copy is the file itself."""
     from stt_edge_demo.web.webmodel import schema
 
     for name in MODELS:
         data = open(os.path.join(web_exports, name), "rb").read()
-        copy, changed = webmodel.gather_indices_2d(data)
-        assert changed == 7, changed  # NSM (2), attention keys, values, queries, and back from tiles (2)
-        model = schema.ModelT.InitFromPackedBuf(bytearray(copy), 0)
-        shapes = [list(model.subgraphs[0].tensors[op.inputs[1]].shape) for op in model.subgraphs[0].operators
-                  if model.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.GATHER]
-        assert len(shapes) == 7 and all(len(s) == 2 and s[0] == 1 for s in shapes), shapes
-        meta = load_metadata(os.path.join(web_exports, name))
-        outputs = []
-        for content in (data, copy):
-            runner = Interpreter(model_content=content).get_signature_runner()
-            state, labels = np.zeros(meta["inputs"]["state"]["shape"], np.float32), []
-            for t, frame in enumerate(frames[:6]):
-                out = runner(frame=frame[None], state=state, reset=np.array([float(t == 0)], np.float32))
-                state = out["next_state"]
-                labels.append(out["labels"])
-            outputs.append(np.stack(labels))
-        np.testing.assert_array_equal(outputs[0], outputs[1])
-        assert webmodel.gather_indices_2d(copy) == (copy, 0)  # nothing left to change
+        model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+        codes = {max(model.operatorCodes[op.opcodeIndex].builtinCode, model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+                 for op in model.subgraphs[0].operators}
+        assert schema.BuiltinOperator.GATHER not in codes and schema.BuiltinOperator.GATHER_ND not in codes, name
+        assert webmodel.gather_indices_2d(data) == (data, 0)
+
+
+def test_webgpu_copy_of_a_model_with_gathers_computes_the_same_outputs(tmp_path):
+    """A model with 1-D-index gathers (which LiteRT.js 2.5.3's WebGPU cannot build) gets a [1, n]-index copy on
+    WebGPU: the same function (Python LiteRT, both files); a gather not followed by RESHAPE is left alone."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from stt_edge_demo.web.webmodel import schema
+
+    index = np.random.default_rng(0).integers(0, 40, 24).astype(np.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec([40, 6], tf.float32, name="table")])
+    def fn(table):
+        tiles = tf.reshape(tf.gather(table * 2.0, index), [4, 6, 6])  # cut by a gather, then a reshape (changed)
+        return {"tiles": tf.reduce_sum(tiles, axis=1), "rows": tf.gather(table, index[:5]) * 3.0}  # then a MUL (left alone)
+
+    data = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn).convert()
+    copy, changed = webmodel.gather_indices_2d(data)
+    assert changed == 1, changed
+    model = schema.ModelT.InitFromPackedBuf(bytearray(copy), 0)
+    shapes = sorted(list(model.subgraphs[0].tensors[op.inputs[1]].shape) for op in model.subgraphs[0].operators
+                    if model.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.GATHER)
+    assert shapes == [[1, 24], [5]], shapes
+    table = np.random.default_rng(1).normal(size=(40, 6)).astype(np.float32)
+
+    def run(content):
+        interpreter = Interpreter(model_content=content)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], table)
+        interpreter.invoke()
+        by_shape = {tuple(d["shape"]): interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+        return {"tiles": by_shape[(4, 6)], "rows": by_shape[(5, 6)]}
+
+    outputs = [run(content) for content in (data, copy)]
+    for key in ("tiles", "rows"):
+        np.testing.assert_array_equal(outputs[0][key], outputs[1][key])
+    np.testing.assert_allclose(outputs[0]["tiles"], (table * 2.0)[index].reshape(4, 6, 6).sum(1), rtol=1e-5)
+    assert webmodel.gather_indices_2d(copy) == (copy, 0)  # nothing left to change
 
 
 @pytest.fixture
@@ -264,7 +288,7 @@ def test_server_serves_the_page_model_and_runtime_only(running_server, web_expor
     assert "http" not in csp and "*" not in csp  # no other origin, no wildcard
     catalog = json.loads(_get(base + "/models.json")[2])
     assert catalog["default"] == "stt_gpu_edge_float16.tflite" and sorted(catalog["models"]) == sorted(MODELS)
-    assert catalog["webgpu_gathers_on_cpu"] == {name: 7 for name in MODELS}
+    assert catalog["webgpu_gathers_on_cpu"] == {name: 0 for name in MODELS}  # the gpu form has no gathers
     assert catalog["webgpu_problems"] == {}  # both are gpu-form edge models
     model = _get(base + "/models/stt_edge_int8.tflite")
     assert model[0] == 200 and model[2] == open(os.path.join(web_exports, "stt_edge_int8.tflite"), "rb").read()

@@ -6,10 +6,12 @@ and with it the whole model:
     Failed to create litert::ml_drift::DelegateKernelLiteRt: INVALID_ARGUMENT: Unable to parse bc
     coord for BATCH axis ... selector object=indices ... shape: {bhwc, {400, 1, 1, 1}}
 
-(the 1-D index tensor is laid out along the batch axis). The GPU-form step cuts its attention tiles
-with such gathers, which LiteRT's GPU accelerator in ai-edge-litert 2.3.0 runs fine. With the index
-tensor reshaped to [1, n] the delegate declines the gathers ("Only support 1D indices"), LiteRT.js
-runs them on the CPU (Wasm, model partitioning needs JSPI) and everything else on WebGPU.
+(the 1-D index tensor is laid out along the batch axis). The GPU-form step has no gathers (it cuts
+its tiles by slices, stt_keras/layers/dense_masked.py): its copy is the file itself, and LiteRT.js
+runs all of it on WebGPU. Another model with such gathers (LiteRT's GPU accelerator in ai-edge-litert
+2.3.0 runs them fine) gets the index tensor reshaped to [1, n]: the delegate declines those gathers
+("Only support 1D indices"), LiteRT.js runs them on the CPU (Wasm, model partitioning needs JSPI)
+and everything else on WebGPU.
 
 The function is the same: GATHER's output gains a leading 1 at the gathered axis, and only gathers
 whose output goes to RESHAPE ops alone (which take an explicit shape) are changed. The tests check

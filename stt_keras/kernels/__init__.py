@@ -241,6 +241,11 @@ def _in_xla_or_save_context():
     return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
 
 
+def exporting():
+    """Whether the graph being traced is for export (inside `portable_ops()`)."""
+    return getattr(_portable, "on", False)
+
+
 def use_native():
     """Whether the layer being traced (or run eagerly) should call the native op now."""
     if getattr(_portable, "on", False) or _in_xla_or_save_context():

@@ -5,9 +5,10 @@ The same function as the default ("sparse") implementation, built only from ops 
 mobile GPU runs (LiteRT's GPU accelerator, the classic TFLite GPU delegate):
 - No loops: the tile loops of the NSM score and the windowed attention become one
   batched computation over all tiles (WHILE is not a GPU op).
-- No rank-5 tensors: tiles are cut by GATHER with constant int32 indices from a
-  [points, channels] table (not by reshape/transpose through rank 6), and the key
-  frames are packed along channels, [B, h, w, T * 2 d_r] (`pack_frames`).
+- No rank-5 tensors and no GATHER: tiles and their halos are cut from the zero-padded
+  map by shifted slices, rank-4 reshapes, one transpose and concatenations (not by
+  reshape/transpose through rank 6; LiteRT.js's WebGPU delegate cannot build 1-D-index
+  gathers), and the key frames are packed along channels, [B, h, w, T * 2 d_r] (`pack_frames`).
 - No top-k: the top `top_ratio` points are found by bisection on a score threshold
   (a fixed number of halvings, unrolled), giving a 0/1 mask. This selects exactly
   the top-k set unless the k-th and (k+1)-th scores are within float rounding of
@@ -46,7 +47,7 @@ ATTENTION_TILE = 4  # query tile of the windowed attention (as in temporal_atten
 BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
 SCOPE = "stt_block"  # name scope of the STT ops in `STTSegmenter.stream_step`: int8 export keeps them float
 MAX_TEXTURE_SIDE = 8192  # WebGPU's default maxTextureDimension2D (SwiftShader's too)
-MAX_GATHER_ROWS = 4096  # gathered key rows per tile group (see windowed_attention)
+MAX_HALO_ROWS = 4096  # key rows (tiles x halo points) per tile group (see windowed_attention)
 EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
 _FILL = 1.0e9  # masked logits get -_FILL: exp underflows to exactly 0 (-inf in float16, same result)
 
@@ -76,51 +77,97 @@ def unpack_frames(packed, frames):
 # the paper's size and the converter folds (1 - mask) into a second copy. The masks
 # here are per-tile [tiles, halo] or per-point-in-tile [points, halo] and meet by
 # broadcasting.
-def _tile_tables(h, w, radii, tile, frames_packed=None):
-    """Numpy tables for cutting `tile x tile` query blocks and their halos by gather.
+def _tile_tables(h, w, radii, tile):
+    """Numpy mask tables of `tile x tile` query blocks and their halos (windows.halo_tables' layout).
 
-    Returns (query_index [n_tiles, tile^2], inverse [h*w], halo_index
-    [n_tiles, n_halo], valid [n_tiles, n_halo] bool, window [tile^2, n_halo]
-    bool, count [n_tiles, tile^2] in-map window points). Query/inverse indices
-    address a table of h*w rows plus one zero row (h*w). Halo indices address a
-    table of T*h*w rows plus a zero row; with `frames_packed`=T the rows are
-    ordered point-major, (y*w + x) * T + frame, a plain reshape of a packed state.
+    Returns (valid [n_tiles, n_halo] bool: the halo point lies inside the map, window
+    [tile^2, n_halo] bool: inside that query point's window, count [n_tiles, tile^2]:
+    in-map window points). Tiles are row-major over the map; halos are frame-major, then
+    row-major (the order `_halos` cuts them in).
     """
     with tf.init_scope():  # evaluate eagerly even while a tf.function traces
-        index, valid, window = (t.numpy() for t in windows.halo_tables(h, w, radii, tile))
-    nth, ntw = windows.num_tiles(h, tile), windows.num_tiles(w, tile)
-    ty, tx = np.meshgrid(np.arange(nth), np.arange(ntw), indexing="ij")
-    py, px = np.meshgrid(np.arange(tile), np.arange(tile), indexing="ij")
-    y = ty.reshape(-1, 1) * tile + py.reshape(1, -1)
-    x = tx.reshape(-1, 1) * tile + px.reshape(1, -1)
-    inside = (y < h) & (x < w)
-    query_index = np.where(inside, y * w + x, h * w).astype(np.int32)
-    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    inverse = ((yy // tile) * ntw + xx // tile) * tile * tile + (yy % tile) * tile + (xx % tile)
-    inverse = inverse.reshape(-1).astype(np.int32)
-    outside = len(radii) * h * w
-    if frames_packed:
-        frame, position = index // (h * w), index % (h * w)
-        index = np.where(index == outside, outside, position * frames_packed + frame)
+        _, valid, window = (t.numpy() for t in windows.halo_tables(h, w, radii, tile))
     count = np.einsum("pk,tk->tp", window.astype(np.float32), valid.astype(np.float32))
-    return query_index, inverse, index.astype(np.int32), valid, window, np.maximum(count, 1.0).astype(np.float32)
+    return valid, window, np.maximum(count, 1.0).astype(np.float32)
 
 
-def _with_zero_row(table):
-    return tf.concat([table, tf.zeros([1, table.shape[-1]], table.dtype)], axis=0)
+# ------------------------------------------------------------ gather-free tiling
+# Tiles and their halos are cut from the zero-padded map by slices, reshapes, one
+# transpose and concatenations of shifted slices (no GATHER: LiteRT.js's WebGPU
+# delegate cannot build 1-D-index gathers, and every op here is one LiteRT's GPU
+# accelerator and LiteRT.js's WebGPU both run). Out-of-map points read the padding's
+# zeros. Every tensor keeps its channels as the last axis (no spatial axis is folded
+# into channels): the GPU stores tensors in 2-D textures of <= MAX_TEXTURE_SIDE texels.
+# Tile groups: a rectangle of `rows x cols` tiles; inside a group tiles are ordered
+# column-major ((j, i), the order the one transpose leaves them in).
+def _pad_for_halos(x, h, w, tile, radius):
+    """Zero-pads [1, h, w, C] so that the halo (side tile + 2 radius) of tile (i, j) is
+    x[0, tile i : tile i + side, tile j : tile j + side] for every tile of the map."""
+    blocks = -(-(tile + 2 * radius) // tile) - 1  # extra tile-sized blocks a halo reaches into
+    bottom = tile * (windows.num_tiles(h, tile) + blocks) - h - radius
+    right = tile * (windows.num_tiles(w, tile) + blocks) - w - radius
+    return tf.pad(x, [[0, 0], [radius, bottom], [radius, right], [0, 0]])
 
 
-def _gather_rows(table, index):
-    """table[index] for a 2-D constant index array, through a 1-D gather (the GPU delegate's limit)."""
-    rows = tf.gather(table, index.reshape(-1))
-    return tf.reshape(rows, [*index.shape, table.shape[-1]])
+def _halos(padded, tile, radius, top, left, rows, cols):
+    """Halos [cols * rows, side, side, C] (side = tile + 2 radius) of the `rows x cols` tiles whose
+    first is tile (top, left), from a map padded by `_pad_for_halos`; tiles column-major.
+
+    A halo spans `blocks` tile-wide column (row) blocks; the concatenation of the `blocks`
+    shifted block slices puts, next to every tile, the columns (rows) its halo reads, and a
+    slice drops the surplus. radius = 0 cuts the tiles themselves.
+    """
+    side = tile + 2 * radius
+    blocks = -(-side // tile)
+    c = padded.shape[-1]
+    hb, wb = rows + blocks - 1, cols + blocks - 1
+    x = padded[:, tile * top: tile * (top + hb), tile * left: tile * (left + wb), :]
+    x = tf.reshape(x, [tile * hb, wb, tile, c])  # [map rows, column blocks, tile columns, C]
+    if blocks > 1:
+        x = tf.concat([x[:, b: b + cols] for b in range(blocks)], axis=2)
+    if blocks * tile != side:
+        x = x[:, :, :side]
+    x = tf.transpose(x, [1, 0, 2, 3])  # [cols, map rows, side, C]
+    x = tf.reshape(x, [cols, hb, tile * side, c])  # [cols, row blocks, tile rows x side, C]
+    if blocks > 1:
+        x = tf.concat([x[:, b: b + rows] for b in range(blocks)], axis=2)
+    if blocks * tile != side:
+        x = x[:, :, :side * side]
+    return tf.reshape(x, [cols * rows, side, side, c])
 
 
-def _from_tiles(tiled, inverse, h, w):
-    """[n_tiles, tile^2, C] -> [1, h, w, C] by one gather."""
+def _untile(tiled, tile, rows, cols):
+    """[cols * rows, tile^2, C] (column-major tiles) -> the map block [1, rows tile, cols tile, C]."""
     c = tiled.shape[-1]
-    flat = tf.reshape(tiled, [-1, c])
-    return tf.reshape(tf.gather(flat, inverse), [1, h, w, c])
+    x = tf.transpose(tf.reshape(tiled, [cols, rows * tile, tile, c]), [1, 0, 2, 3])
+    return tf.reshape(x, [1, rows * tile, cols * tile, c])
+
+
+def _tile_order(top, left, rows, cols, tiles_wide):
+    """Row-major tile indices of a group in its column-major order (for the row-major tables)."""
+    return np.array([(top + i) * tiles_wide + left + j for j in range(cols) for i in range(rows)])
+
+
+def _tile_groups(tiles_high, tiles_wide, per_group):
+    """Rectangles (top, left, rows, cols) of at most `per_group` tiles covering the tile grid:
+    whole tile rows when a row fits, else runs of tiles along a row."""
+    if per_group >= tiles_wide:
+        band = min(tiles_high, per_group // tiles_wide)
+        return [(top, 0, min(band, tiles_high - top), tiles_wide) for top in range(0, tiles_high, band)]
+    return [(top, left, 1, min(per_group, tiles_wide - left))
+            for top in range(tiles_high) for left in range(0, tiles_wide, per_group)]
+
+
+def _assemble(blocks, h, w):
+    """Map blocks [((top, left, rows, cols), [1, ., ., C])], row bands in order -> [1, h, w, C]."""
+    bands, row = [], []
+    for index, (group, block) in enumerate(blocks):
+        row.append(block)
+        if index + 1 == len(blocks) or blocks[index + 1][0][0] != group[0]:
+            bands.append(row[0] if len(row) == 1 else tf.concat(row, axis=2))
+            row = []
+    x = bands[0] if len(bands) == 1 else tf.concat(bands, axis=1)
+    return x[:, :h, :w, :] if (x.shape[1], x.shape[2]) != (h, w) else x
 
 
 def _bias(mask):
@@ -186,10 +233,14 @@ def nsm_score(features, radius):
 
 def _nsm_score_one(features, radius, h, w):
     d = features.shape[-1]
-    q_index, inverse, halo_index, valid, window, count = _tile_tables(h, w, [radius], NSM_TILE)
-    table = _with_zero_row(tf.reshape(features, [h * w, d]))
-    q = _gather_rows(table, q_index[None])  # [1, tiles, 64, d]
-    halo = _gather_rows(table, halo_index[None])  # [1, tiles, halo, d]
+    valid, window, count = _tile_tables(h, w, [radius], NSM_TILE)
+    rows, cols = windows.num_tiles(h, NSM_TILE), windows.num_tiles(w, NSM_TILE)
+    count = count[_tile_order(0, 0, rows, cols, cols)]  # the halos' tile order (column-major)
+    tiles = rows * cols
+    q = _halos(_pad_for_halos(features, h, w, NSM_TILE, 0), NSM_TILE, 0, 0, 0, rows, cols)
+    q = tf.reshape(q, [1, tiles, NSM_TILE**2, d])  # [1, tiles, 64, d]
+    halo = _halos(_pad_for_halos(features, h, w, NSM_TILE, radius), NSM_TILE, radius, 0, 0, rows, cols)
+    halo = tf.reshape(halo, [1, tiles, window.shape[1], d])  # [1, tiles, halo, d]
     dots = tf.matmul(q, tf.transpose(halo, [0, 1, 3, 2]))  # [1, tiles, 64, halo]
     # Every reduction keeps its axis ([1, tiles, 64, 1]): dropping it costs a
     # shrink-axis slice, which the GPU delegate rejects.
@@ -216,7 +267,8 @@ def _nsm_score_one(features, radius, h, w):
     cosine = dots / tf.maximum(norms, EPS)
     cos_term = 1.0 - per_count(tf.reduce_sum(cosine * in_window, axis=-1, keepdims=True))
     score = (logsumexp - mean_dot + cos_term - tf.constant(log_high)) - tf.constant(log_low)  # [1, tiles, 64, 1]
-    return _from_tiles(score, inverse, h, w)
+    return _assemble([((0, 0, rows, cols), _untile(tf.reshape(score, [tiles, NSM_TILE**2, 1]), NSM_TILE, rows, cols))],
+                     h, w)
 
 
 def top_mask(scores, top_ratio):
@@ -248,13 +300,15 @@ def top_mask(scores, top_ratio):
 def windowed_attention(queries, state, radii, num_heads):
     """Every point's attention to its key windows, from the packed key/value frames.
 
-    Tiles are processed in groups of at most MAX_GATHER_ROWS gathered key rows:
-    LiteRT's GPU accelerator keeps tensors in 2-D textures, at most MAX_TEXTURE_SIDE
-    texels a side on WebGPU's default limits (SwiftShader's too). One gather of every
-    tile's halo at the paper's size (STT-PSP18, 256x512: 128 tiles x 932 keys)
-    needed 4 x 238592 textures; the accelerator could not create them and the
-    attention came out wrong. Groups of 8192 rows still failed (4 x 14912); 4096
-    rows fit. At the tiny presets' sizes there is one group.
+    Tiles are processed in groups (rectangles of tiles) of at most MAX_HALO_ROWS key
+    rows: LiteRT's GPU accelerator keeps tensors in 2-D textures, at most
+    MAX_TEXTURE_SIDE texels a side on WebGPU's default limits (SwiftShader's too).
+    Every tile's halo at once at the paper's size (STT-PSP18, 256x512: 128 tiles x
+    932 keys) needed 4 x 238592 textures; the accelerator could not create them and
+    the attention came out wrong. Groups of 8192 rows still failed (4 x 14912); 4096
+    rows fit. At the tiny presets' sizes there is one group. Each group cuts the
+    halos of the largest radius from the padded state once, and every frame its own
+    centred square of them.
 
     Args:
         queries: float32 [B, h, w, d_r], projected and scaled.
@@ -275,22 +329,33 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
         raise ValueError(f"The packed key/values have {state.shape[-1]} channels; {frames} frames of "
                          f"2 * {d_r} need {frames * channels}.")
     d_head = d_r // num_heads
-    q_index, inverse, halo_index, valid, window, _ = _tile_tables(h, w, radii, ATTENTION_TILE, frames_packed=frames)
-    points = ATTENTION_TILE**2
-    n_tiles, n_halo = halo_index.shape
-    rows = h * w * frames
-    keys, values = tf.split(tf.reshape(state, [rows, channels]), 2, axis=-1)  # SPLIT: fine on any rank
-    keys, values = _with_zero_row(keys), _with_zero_row(values)
-    query_table = _with_zero_row(tf.reshape(queries, [h * w, d_r]))
+    tile = ATTENTION_TILE
+    valid, window, _ = _tile_tables(h, w, radii, tile)
+    points = tile**2
+    n_halo = window.shape[1]
+    reach = max(radii)
+    # One padded copy of the whole state (every frame, keys and values) and of the queries;
+    # each group cuts the halos of the largest radius and every frame its own centred square.
+    state = _pad_for_halos(state, h, w, tile, reach)
+    queries = _pad_for_halos(queries, h, w, tile, 0)
     window_bias = tf.constant(_bias(window))  # [16, halo], broadcast over tiles and heads
-    group = max(1, MAX_GATHER_ROWS // n_halo)
-    outputs = []
-    for start in range(0, n_tiles, group):
-        part = slice(start, min(start + group, n_tiles))
-        tiles = part.stop - part.start
-        k = tf.reshape(_gather_rows(keys, halo_index[part]), [tiles, n_halo, num_heads, d_head])
-        v = tf.reshape(_gather_rows(values, halo_index[part]), [tiles, n_halo, num_heads, d_head])
-        q = _gather_rows(query_table, q_index[part])  # [tiles, 16, d_r]
+    tiles_high, tiles_wide = windows.num_tiles(h, tile), windows.num_tiles(w, tile)
+    blocks = []
+    for group in _tile_groups(tiles_high, tiles_wide, max(1, MAX_HALO_ROWS // n_halo)):
+        top, left, rows, cols = group
+        tiles = rows * cols
+        order = _tile_order(top, left, rows, cols, tiles_wide)
+        halos = _halos(state, tile, reach, top, left, rows, cols)  # [tiles, side, side, T * 2 d_r]
+        kv = []
+        for frame, r in enumerate(radii):  # halos frame-major, as the window table
+            square = halos[:, reach - r: reach + tile + r, reach - r: reach + tile + r,
+                           frame * channels: (frame + 1) * channels]
+            kv.append(tf.reshape(square, [tiles, (tile + 2 * r) ** 2, channels]))
+        kv = kv[0] if frames == 1 else tf.concat(kv, axis=1)  # [tiles, halo, 2 d_r]
+        k, v = tf.split(kv, 2, axis=-1)
+        k = tf.reshape(k, [tiles, n_halo, num_heads, d_head])
+        v = tf.reshape(v, [tiles, n_halo, num_heads, d_head])
+        q = _halos(queries, tile, 0, top, left, rows, cols)  # [tiles, 4, 4, d_r]
         q = tf.transpose(tf.reshape(q, [tiles, points, num_heads, d_head]), [0, 2, 1, 3])
         k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh, halo]
         v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
@@ -300,13 +365,13 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
         # arithmetic ops, never in the key table, so an int8 model that quantizes the
         # data-movement ops around the float STT block keeps sane key ranges (a -1e9
         # key channel there cost 6% of int8 labels).
-        in_map = valid[part].astype(np.float32)[:, None, None, :]
-        logits = (logits + window_bias) * tf.constant(in_map) + tf.constant(_bias(valid[part])[:, None, None, :])
+        in_map = valid[order].astype(np.float32)[:, None, None, :]
+        logits = (logits + window_bias) * tf.constant(in_map) + tf.constant(_bias(valid[order])[:, None, None, :])
         e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
         out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
-        outputs.append(tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [tiles, points, d_r]))
-    out = outputs[0] if len(outputs) == 1 else tf.concat(outputs, axis=0)
-    return _from_tiles(out, inverse, h, w)
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [tiles, points, d_r])
+        blocks.append((group, _untile(out, tile, rows, cols)))
+    return _assemble(blocks, h, w)
 
 
 def dense(x, kernel, bias):

@@ -132,8 +132,8 @@ async function main() {
     throw new Error(`${webgpuProblem}: choose Wasm (CPU) as the backend, or another model`);
   }
   setStatus(`compiling ${name} for ${accelerator}…`);
-  // On WebGPU the server's copy with [1, n] gather indices (edge_demo/web/webmodel.py): LiteRT.js 2.5.3's
-  // WebGPU delegate fails on 1-D ones and leaves these to the CPU; same function, same labels.
+  // On WebGPU the server's copy (edge_demo/web/webmodel.py): the file itself for the gpu form (no gathers); a model
+  // with 1-D gather indices gets [1, n] ones, which LiteRT.js 2.5.3's WebGPU delegate leaves to the CPU.
   const url = accelerator === 'webgpu' ? `/models/webgpu/${name}` : `/models/${name}`;
   const segmenter = await Segmenter.load(url, meta, accelerator);
   const adapter = accelerator === 'webgpu' ? await adapterName() : null;

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from stt_keras import kernels
 from stt_keras.layers import SparseTemporalTransformer, dense_masked
 from stt_keras.layers.sparse_temporal_transformer import IMPLEMENTATIONS
 from stt_keras.metrics import IGNORE_LABEL, MeanIoU
@@ -635,8 +636,14 @@ class STTSegmenter(keras.Model):
             state = dense_masked.unpack_frames(state, frames)
         features, skips = self._encode(frame, False)
         current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
-        reset = tf.reshape(tf.cast(reset, tf.bool), [-1, 1, 1, 1, 1])
-        state = tf.where(reset, tf.repeat(current, frames, axis=1), state)
+        reset = tf.reshape(tf.cast(reset, tf.bool), [-1])
+        # One flag for the batch: a step that does not reset builds no T copies of `current` (exported graphs keep
+        # the select: no control flow enters the files).
+        if reset.shape[0] == 1 and not kernels.exporting():
+            incoming = state
+            state = tf.cond(reset[0], lambda: tf.repeat(current, frames, axis=1), lambda: incoming)
+        else:
+            state = tf.where(tf.reshape(reset, [-1, 1, 1, 1, 1]), tf.repeat(current, frames, axis=1), state)
         mixed = self.stt.attend(features, state, implementation="sparse")
         logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
         new_state = tf.concat([state[:, 1:], current], axis=1)
