@@ -8,8 +8,9 @@ models are built from their presets with random weights (seed 0, 19 classes) and
   tflite_float32 LiteRT with XNNPACK, the gpu (loop-free) form of the STT step (the faster float
                  .tflite on a CPU, docs/performance.md), the per-frame model's one form
   tflite_int8    the int8 models `stt-export --quantizations int8` writes (`tflite.convert` with the
-                 exporter's settings: STT_SCOPE handling, float head; both calibrated on 2 x 3
-                 synthetic frames)
+                 exporter's settings: the STT block float but its QUANTIZABLE 1x1 convolutions, float
+                 classifier; both calibrated on 2 x 3 synthetic frames)
+  tflite_int8_float_block  the same with the whole STT block float32 (the per-frame model is the same)
   onnx           tf2onnx + ONNX Runtime (CPU provider), default form
 
 LiteRT and ONNX Runtime run through the edge demo's own sessions (`stt_edge_demo.runners`), all with
@@ -43,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-RUNTIMES = ("keras", "tflite_float32", "tflite_int8", "onnx")
+RUNTIMES = ("keras", "tflite_float32", "tflite_int8", "tflite_int8_float_block", "onnx")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
@@ -93,7 +94,7 @@ def make_runner(runtime, model, size, threads, tmp, name, identity=False):
     """(step callable taking frame/state/reset as the runtime wants them, frame dtype, state shape, bytes or None)."""
     from stt_edge_demo.runners import LiteRTSession, OnnxSession
     from stt_keras.export import calibration, onnx_export, step as step_lib, tflite
-    from stt_keras.export.gpu_step import STT_SCOPE
+    from stt_keras.export.gpu_step import STT_QUANTIZED, STT_SCOPE
 
     streaming = model.stt is not None
     form = "gpu" if streaming and runtime.startswith("tflite") else "default"
@@ -105,12 +106,13 @@ def make_runner(runtime, model, size, threads, tmp, name, identity=False):
     if runtime == "keras":
         return (lambda **kw: {k: v.numpy() for k, v in concrete(**kw).items()}), frame_dtype, state_shape, None
     if runtime.startswith("tflite"):
-        quantization = runtime.split("_", 1)[1]
+        quantization = runtime.split("_")[1]
         dataset = None
         if quantization == "int8":
             dataset = calibration.representative_dataset(fn, *size, state_shape, 2, 3, frame_dtype)
         model_bytes, _ = tflite.convert(tflite.frozen_function(fn), quantization, dataset,
-                                        keep_float_scope=STT_SCOPE if streaming else None)
+                                        keep_float_scope=STT_SCOPE if streaming else None,
+                                        quantized_subscopes=() if runtime.endswith("float_block") else STT_QUANTIZED)
         tflite.check_ops(model_bytes)
         return LiteRTSession(model_bytes, threads), frame_dtype, state_shape, len(model_bytes)
     path = os.path.join(tmp, f"{name}.onnx")

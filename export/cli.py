@@ -312,12 +312,12 @@ def run_export(args):
                             dataset = calibration.representative_dataset(
                                 fn, *size, state_shape, args.calibration_sequences, args.calibration_frames, frame_dtype,
                                 sequences=calibration_sequences, description=calibration_text)
-                        from stt_keras.export.gpu_step import STT_SCOPE
+                        from stt_keras.export.gpu_step import STT_QUANTIZED, STT_SCOPE
 
                         float_head = int8_float_head(args.int8_float_head)
                         model_bytes, settings = tflite.convert(frozen, quantization, dataset,
                                                                keep_float_scope=STT_SCOPE if streaming else None,
-                                                               float_head=float_head)
+                                                               float_head=float_head, quantized_subscopes=STT_QUANTIZED)
                         ops = tflite.check_ops(model_bytes)  # raises on Flex / variables / unfolded BN
                         # The one int8 model is named plainly (it is the only one), whatever its graph form.
                         base = "stt" if streaming else "frame"
