@@ -165,6 +165,7 @@ def convert(concrete, quantization="float32", representative_dataset=None, keep_
             The STT block is kept float this way: its NSM scores, top-k threshold
             and softmax do not survive int8 (a quantized DIV even faults on a
             zero divisor), while the convolutions around it hold the FLOPs.
+            Its plain 1x1 convolutions are the exception (`quantized_subscopes`).
         float_head: for "int8", how many of the last convolutions (and every op
             after them: the logits' upsampling, on-device labels) stay float32
             (`head_tensors`; same denylist). 1 (default): the classifier, so the

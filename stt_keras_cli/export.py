@@ -7,7 +7,8 @@ writes, atomically (a failed or interrupted export leaves `--out` as it was):
     exports/NAME/saved_model/1/            TF Serving layout: serving_default (clip) and step
     exports/NAME/stt_<q>.tflite + .json    default-form step, q in float32 float16 dynamic_range
     exports/NAME/stt_gpu_<q>.tflite + .json  delegate-friendly step, q in float32 float16 dynamic_range
-    exports/NAME/stt_int8.tflite + .json   full int8 (convolutions int8, the STT block float32),
+    exports/NAME/stt_int8.tflite + .json   full int8 (convolutions int8, the STT block float32 but
+                                           its 1x1 projections, W^O and FFN),
                                            built from the loop-free (gpu) graph
     exports/NAME/stt_step.onnx + .json, stt_gpu_step.onnx + .json
     exports/NAME/export_report.json, export_report.md   parity, sizes, op lists, GPU/TensorRT checks

@@ -45,10 +45,10 @@ NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse impl
 ATTENTION_TILE = 4  # query tile of the windowed attention (as in temporal_attention)
 BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
 SCOPE = "stt_block"  # name scope of the STT ops in `STTSegmenter.stream_step`: int8 export keeps them float,
-# except those under these sub-scopes of `attend` (the query projection, W^O and the FFN: plain 1x1
-# convolutions, quantized by default; the NSM score, top-k mask, attention softmax, LayerNorms, the
-# key/value projection and the state stay float32, docs/export.md)
-QUANTIZABLE = ("query", "output", "ffn")
+# except those under these sub-scopes (the key/value and query projections, W^O and the FFN: plain 1x1
+# convolutions, quantized; the NSM score, top-k mask, windowed attention and LayerNorms stay float32:
+# measured group by group, docs/export.md, "Int8")
+QUANTIZABLE = ("keys", "query", "output", "ffn")
 MAX_TEXTURE_SIDE = 8192  # WebGPU's default maxTextureDimension2D (SwiftShader's too)
 MAX_GATHER_ROWS = 4096  # gathered key rows per tile group (see windowed_attention)
 EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
@@ -377,7 +377,7 @@ def attend(stt, features, packed):
     eps = stt.layer_norm_epsilon
     scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
     q_in = layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
-    with tf.name_scope("query"):  # the QUANTIZABLE sub-scopes: plain 1x1 convolutions
+    with tf.name_scope("query"):  # query, output, ffn (and keys): the QUANTIZABLE sub-scopes
         q = dense(q_in, stt.query_kernel, stt.query_bias) * scale
     with tf.name_scope("attention"):
         attended = windowed_attention(q, packed, stt.radii, stt.num_heads)
