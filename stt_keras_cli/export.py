@@ -78,8 +78,9 @@ def build_parser():
                         " a quantization given here that no requested form can build is an error)")
     p.add_argument("--int8-float-head", default="1", choices=("0", "1", "2", "decoder"),
                    help="int8: how much of the head stays float32: 0 none, 1 the classifier (default: float logits), "
-                        "2 also the conv before it, decoder: the whole decoder (closest to the float model on a GPU; "
-                        "about 1.7-1.8x the file size; docs/gpu_accelerator.md)")
+                        "2 also the conv before it, decoder: the whole decoder and the whole STT block (for LiteRT's GPU "
+                        "accelerator: its labels agree with the CPU's; about 1.7-1.8x the file size and slower on a "
+                        "CPU; docs/gpu_accelerator.md)")
     p.add_argument("--gpu-check", choices=("auto", "off", "require"), default="auto",
                    help="compile GPU-form float models for LiteRT's GPU accelerator and compare its labels with "
                         "the CPU (auto: when a Vulkan device is available; require: fail without one)")

@@ -78,3 +78,11 @@ def test_the_block_names_what_int8_quantizes():
     from stt_keras.export.gpu_step import STT_QUANTIZED, STT_SCOPE
 
     assert (STT_SCOPE, STT_QUANTIZED) == (dense_masked.SCOPE, dense_masked.QUANTIZABLE)
+
+
+def test_the_gpu_setting_keeps_the_whole_block_float():
+    from stt_keras.export import cli
+    from stt_keras.export.gpu_step import STT_QUANTIZED
+
+    assert cli.int8_block_subscopes(1) == cli.int8_block_subscopes(0) == STT_QUANTIZED
+    assert cli.int8_block_subscopes("decoder") == ()
