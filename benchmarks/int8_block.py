@@ -40,6 +40,8 @@ def main():
     p.add_argument("--variants", default="none,query+output+ffn",
                    help=f"comma list of `+` lists of groups quantized ({', '.join(GROUPS)}) or none")
     p.add_argument("--sequences", type=int, default=6, help="held-out synthetic sequences of 30 frames (0: skip)")
+    p.add_argument("--calibration", default="3x6", metavar="SEQxFRAMES",
+                   help="int8 calibration: synthetic sequences x frames (latency only: fewer is faster to convert)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -48,6 +50,7 @@ def main():
     if (args.model is None) == (args.preset is None):
         p.error("give exactly one of --model and --preset")
     size = tuple(int(v) for v in args.size.split("x"))
+    calibration_frames = tuple(int(v) for v in args.calibration.split("x"))
     variants = {}
     for text in args.variants.split(","):
         groups = () if text == "none" else tuple(text.split("+"))
@@ -77,7 +80,7 @@ def main():
 
     models = {}
     for name, groups in variants.items():
-        dataset = calibration.representative_dataset(fn, *size, state_shape, 3, 6, np.float32)
+        dataset = calibration.representative_dataset(fn, *size, state_shape, *calibration_frames, np.float32)
         start = time.time()
         model_bytes, settings = tflite.convert(frozen, "int8", dataset, keep_float_scope=STT_SCOPE,
                                                quantized_subscopes=groups)
