@@ -58,6 +58,7 @@ def main():
 
     import stt_keras
     from stt_keras.export import calibration, parity, step as step_lib, tflite
+    from stt_keras.export.cli import int8_block_subscopes
     from stt_keras.export.gpu_step import STT_SCOPE
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -77,7 +78,8 @@ def main():
     for n in heads:
         dataset = calibration.representative_dataset(fn, *size, state_shape, 3, 6, np.float32)
         start = time.time()
-        model_bytes, settings = tflite.convert(frozen, "int8", dataset, keep_float_scope=STT_SCOPE, float_head=n)
+        model_bytes, settings = tflite.convert(frozen, "int8", dataset, keep_float_scope=STT_SCOPE, float_head=n,
+                                               quantized_subscopes=int8_block_subscopes(n))  # as stt-export
         models[n] = model_bytes
         print(f"float_head={n}: {len(model_bytes) / 1e6:.3f} MB, converted in {time.time() - start:.0f} s; "
               f"float ops {tflite.float_ops_in_quantized(model_bytes)}", flush=True)

@@ -26,6 +26,15 @@ GPU_CHECKED = ("float32", "float16")  # quantizations compiled for the GPU accel
 DEFAULT_QUANTIZATIONS = "float32,float16,dynamic_range,int8"
 
 
+def int8_block_subscopes(float_head):
+    """The STT block's sub-scopes an int8 export quantizes: its 1x1 convolutions (`gpu_step.STT_QUANTIZED`),
+    none with float_head="decoder", the GPU setting (on LiteRT's GPU accelerator they cost agreement
+    with the CPU: docs/gpu_accelerator.md)."""
+    from stt_keras.export.gpu_step import STT_QUANTIZED
+
+    return () if float_head == "decoder" else STT_QUANTIZED
+
+
 def plan_files(formats, forms, quantizations, explicit_quantizations=True, interfaces=("full",), streaming=True):
     """The model files the arguments ask for; UserError if a requested format or quantization would write none.
 
@@ -349,7 +358,8 @@ def _run_export(args):
                         float_head = int8_float_head(args.int8_float_head)
                         model_bytes, settings = tflite.convert(frozen, quantization, dataset,
                                                                keep_float_scope=STT_SCOPE if streaming else None,
-                                                               float_head=float_head)
+                                                               float_head=float_head,
+                                                               quantized_subscopes=int8_block_subscopes(float_head))
                         ops = tflite.check_ops(model_bytes)  # raises on Flex / variables / unfolded BN
                         # The one int8 model is named plainly (it is the only one), whatever its graph form.
                         base = "stt" if streaming else "frame"

@@ -13,6 +13,7 @@ import math
 import tensorflow as tf
 
 from stt_keras.layers.dense_masked import MAX_TEXTURE_SIDE, SCOPE as STT_SCOPE  # noqa: F401  (int8 export keeps it float)
+from stt_keras.layers.dense_masked import QUANTIZABLE as STT_QUANTIZED  # noqa: F401  (but these sub-scopes: int8)
 
 
 @contextlib.contextmanager

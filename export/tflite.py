@@ -152,7 +152,7 @@ def _in_scope(name, scope, numbered=True):
 
 
 def convert(concrete, quantization="float32", representative_dataset=None, keep_float_scope=None,
-            float_head=FLOAT_HEAD_CONVS):
+            float_head=FLOAT_HEAD_CONVS, quantized_subscopes=()):
     """TFLite flatbuffer bytes of a frozen concrete function, and the settings used.
 
     Args:
@@ -165,6 +165,7 @@ def convert(concrete, quantization="float32", representative_dataset=None, keep_
             The STT block is kept float this way: its NSM scores, top-k threshold
             and softmax do not survive int8 (a quantized DIV even faults on a
             zero divisor), while the convolutions around it hold the FLOPs.
+            Its plain 1x1 convolutions are the exception (`quantized_subscopes`).
         float_head: for "int8", how many of the last convolutions (and every op
             after them: the logits' upsampling, on-device labels) stay float32
             (`head_tensors`; same denylist). 1 (default): the classifier, so the
@@ -172,6 +173,9 @@ def convert(concrete, quantization="float32", representative_dataset=None, keep_
             "decoder": every op of the model's decoder layer (name scope
             `DECODER_SCOPE`) and the head (see docs/gpu_accelerator.md for what
             each costs and buys).
+        quantized_subscopes: for "int8", name scopes inside `keep_float_scope`
+            whose ops are quantized after all (the STT block's plain 1x1
+            convolutions: `dense_masked.QUANTIZABLE`).
     """
     settings = converter_settings(quantization)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module())
@@ -190,7 +194,13 @@ def convert(concrete, quantization="float32", representative_dataset=None, keep_
             float_bytes, _ = convert(concrete, "float32")
         if keep_float_scope:
             kept = [n for n in _tensor_names(float_bytes) if _in_scope(n, keep_float_scope, numbered=False)]
+            inner = [f"{keep_float_scope}/{sub}" for sub in quantized_subscopes]
+            quantized = [n for n in kept if any(_in_scope(n, scope) for scope in inner)]
+            kept = [n for n in kept if n not in quantized]
             settings["kept_float"] = f"{len(kept)} tensors under name scope {keep_float_scope!r} (denylisted_nodes)"
+            if quantized_subscopes:
+                settings["quantized_in_float_scope"] = (f"{len(quantized)} tensors under {', '.join(inner)} "
+                                                        f"(not denylisted)")
             denylist += kept
         if float_head == "decoder":
             head = [n for n in _tensor_names(float_bytes) if _in_scope(n, DECODER_SCOPE)]

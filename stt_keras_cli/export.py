@@ -7,7 +7,8 @@ writes, atomically (a failed or interrupted export leaves `--out` as it was):
     exports/NAME/saved_model/1/            TF Serving layout: serving_default (clip) and step
     exports/NAME/stt_<q>.tflite + .json    default-form step, q in float32 float16 dynamic_range
     exports/NAME/stt_gpu_<q>.tflite + .json  delegate-friendly step, q in float32 float16 dynamic_range
-    exports/NAME/stt_int8.tflite + .json   full int8 (convolutions int8, the STT block float32),
+    exports/NAME/stt_int8.tflite + .json   full int8 (convolutions int8, the STT block float32 but
+                                           its 1x1 projections, W^O and FFN),
                                            built from the loop-free (gpu) graph
     exports/NAME/stt_step.onnx + .json, stt_gpu_step.onnx + .json
     exports/NAME/export_report.json, export_report.md   parity, sizes, op lists, GPU/TensorRT checks
@@ -77,8 +78,9 @@ def build_parser():
                         " a quantization given here that no requested form can build is an error)")
     p.add_argument("--int8-float-head", default="1", choices=("0", "1", "2", "decoder"),
                    help="int8: how much of the head stays float32: 0 none, 1 the classifier (default: float logits), "
-                        "2 also the conv before it, decoder: the whole decoder (closest to the float model on a GPU; "
-                        "about 1.7-1.8x the file size; docs/gpu_accelerator.md)")
+                        "2 also the conv before it, decoder: the whole decoder and the whole STT block (for LiteRT's GPU "
+                        "accelerator: its labels agree with the CPU's; about 1.7-1.8x the file size and slower on a "
+                        "CPU; docs/gpu_accelerator.md)")
     p.add_argument("--gpu-check", choices=("auto", "off", "require"), default="auto",
                    help="compile GPU-form float models for LiteRT's GPU accelerator and compare its labels with "
                         "the CPU (auto: when a Vulkan device is available; require: fail without one)")

@@ -171,7 +171,8 @@ def test_edge_demo_runs_on_the_gpu_accelerator(gpu_exports, tmp_path):
     assert out.is_file()
 
 
-# Measured 99.33% (worst step 97.05%) with the float classifier, 98.39% (97.06%) with the fixture model trained
+# Measured 99.33% (worst step 97.05%) with the float classifier and the STT block float, 99.07% (97.99%) with the
+# block's 1x1 convolutions int8 too (the default; another model trained the same way), 98.39% (97.06%) with the fixture model trained
 # under ONEDNN_MAX_CPU_ISA=AVX2 on one core: the briefly trained model differs from CPU to CPU. The bug this
 # guards against (strided 1x1 shortcuts) gave 79-80%. See docs/gpu_accelerator.md.
 INT8_MIN_AGREEMENT = 0.98
@@ -209,9 +210,11 @@ def test_int8_model_runs_fully_on_the_gpu_with_the_cpu_labels(exported):
 
 @pytest.mark.slow
 def test_int8_model_with_a_float_decoder_meets_the_target(trained_model_path, tmp_path):
-    """float_head="decoder" (the whole decoder float, +70% size on the tiny model): >= 99.5% (measured 99.61%)."""
+    """float_head="decoder", the GPU setting (the whole decoder and STT block float, +70% size on the tiny model):
+    >= 99.5% (measured 99.61%, 99.57% on another model trained the same way)."""
     import stt_keras
     from stt_keras.export import calibration, step as step_lib, tflite
+    from stt_keras.export.cli import int8_block_subscopes
     from stt_keras.export.gpu_step import STT_SCOPE
 
     model = stt_keras.load_model(trained_model_path, compile=False)
@@ -219,7 +222,7 @@ def test_int8_model_with_a_float_decoder_meets_the_target(trained_model_path, tm
     state_shape = fn.get_concrete_function().structured_input_signature[0][1].shape.as_list()
     dataset = calibration.representative_dataset(fn, *SIZE, state_shape, 3, 6, np.float32)
     model_bytes, _ = tflite.convert(tflite.frozen_function(fn), "int8", dataset, keep_float_scope=STT_SCOPE,
-                                    float_head="decoder")
+                                    float_head="decoder", quantized_subscopes=int8_block_subscopes("decoder"))
     path = tmp_path / "stt_int8_float_decoder.tflite"
     path.write_bytes(model_bytes)
     per_step = _gpu_vs_cpu(str(path))

@@ -45,7 +45,11 @@ from stt_keras.layers import nsm, windows
 NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse implementation)
 ATTENTION_TILE = 4  # query tile of the windowed attention (as in temporal_attention)
 BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
-SCOPE = "stt_block"  # name scope of the STT ops in `STTSegmenter.stream_step`: int8 export keeps them float
+SCOPE = "stt_block"  # name scope of the STT ops in `STTSegmenter.stream_step`: int8 export keeps them float,
+# except those under these sub-scopes (the key/value and query projections, W^O and the FFN: plain 1x1
+# convolutions, quantized; the NSM score, top-k mask, windowed attention and LayerNorms stay float32:
+# measured group by group, docs/export.md, "Int8")
+QUANTIZABLE = ("keys", "query", "output", "ffn")
 MAX_TEXTURE_SIDE = 8192  # WebGPU's default maxTextureDimension2D (SwiftShader's too)
 MAX_HALO_ROWS = 4096  # key rows (tiles x halo points) per tile group (see windowed_attention)
 EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
@@ -383,10 +387,11 @@ def dense(x, kernel, bias):
 
 def layer_norm(x, gamma, beta, epsilon):
     """Layer norm over channels from plain means (no MOMENTS op), float32."""
-    mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-    centred = x - mean
-    var = tf.reduce_mean(centred * centred, axis=-1, keepdims=True)
-    return centred * tf.math.rsqrt(var + epsilon) * tf.cast(gamma, tf.float32) + tf.cast(beta, tf.float32)
+    with tf.name_scope("norm"):
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        centred = x - mean
+        var = tf.reduce_mean(centred * centred, axis=-1, keepdims=True)
+        return centred * tf.math.rsqrt(var + epsilon) * tf.cast(gamma, tf.float32) + tf.cast(beta, tf.float32)
 
 
 def _standardise(x):
@@ -401,7 +406,8 @@ def project_keys(stt, features):
     """Key/values [B, h, w, 2 d_r] of a frame's features, as `stt.project_keys` (1x1 convolution)."""
     kernel = tf.concat([stt.key_kernel, stt.value_kernel], axis=1)
     bias = tf.concat([stt.key_bias, stt.value_bias], axis=0)
-    return dense(tf.cast(features, tf.float32), kernel, bias)
+    with tf.name_scope("keys"):
+        return dense(tf.cast(features, tf.float32), kernel, bias)
 
 
 def selection_scores(stt, features, packed):
@@ -436,12 +442,16 @@ def attend(stt, features, packed):
     eps = stt.layer_norm_epsilon
     scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
     q_in = layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
-    q = dense(q_in, stt.query_kernel, stt.query_bias) * scale
-    attended = windowed_attention(q, packed, stt.radii, stt.num_heads)
-    mixed = dense(attended, stt.output_kernel, stt.output_bias)
+    with tf.name_scope("query"):  # query, output, ffn (and keys): the QUANTIZABLE sub-scopes
+        q = dense(q_in, stt.query_kernel, stt.query_bias) * scale
+    with tf.name_scope("attention"):
+        attended = windowed_attention(q, packed, stt.radii, stt.num_heads)
+    with tf.name_scope("output"):
+        mixed = dense(attended, stt.output_kernel, stt.output_bias)
 
     def ffn(x):
-        return dense(tf.nn.relu(dense(x, stt.ffn1_kernel, stt.ffn1_bias)), stt.ffn2_kernel, stt.ffn2_bias)
+        with tf.name_scope("ffn"):
+            return dense(tf.nn.relu(dense(x, stt.ffn1_kernel, stt.ffn1_bias)), stt.ffn2_kernel, stt.ffn2_bias)
 
     if stt.norm_first:
         x = features + mixed
@@ -451,6 +461,7 @@ def attend(stt, features, packed):
         out = layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta, eps)
     if stt.top_ratio == 1.0:  # every point is a query: no score, no mask
         return out
-    mask = tf.stop_gradient(top_mask(selection_scores(stt, tf.stop_gradient(features), tf.stop_gradient(packed)),
-                                     stt.top_ratio))
+    with tf.name_scope("select"):
+        mask = tf.stop_gradient(top_mask(selection_scores(stt, tf.stop_gradient(features), tf.stop_gradient(packed)),
+                                         stt.top_ratio))
     return mask * out + (1.0 - mask) * features
