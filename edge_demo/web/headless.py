@@ -184,7 +184,7 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
              window=(960, 600), probe=None, video=None, count=10, allow_unverified=False, box=None):
     """Opens the page in headless Chromium on `frames` [N, H, W, 3] uint8 (letterboxed to the model size).
 
-    Returns a dict: labels [N, H, W] uint8, summary (the page's), requests (every URL the page asked
+    Returns a dict: labels [N, H, W] int32, summary (the page's), requests (every URL the page asked
     for, from DevTools), proxy (every request that tried to leave 127.0.0.1), served (the server's
     log), console (the page's console and errors), op_split (ops on the accelerator, ops on the CPU, as
     LiteRT.js logs them), probe (the value of the JavaScript expression `probe` evaluated in the page
@@ -245,7 +245,7 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
                                   session=session)["result"].get("value")
         labels = next((body for kind, body in reports if kind == "labels"), None)
         if labels is not None:
-            labels = np.frombuffer(labels, np.uint8).reshape(len(frames), *frames.shape[1:3])
+            labels = np.frombuffer(labels, "<i4").reshape(len(frames), *frames.shape[1:3])
         summary = json.loads(next(body for kind, body in reports if kind == "summary"))
         return {"labels": labels, "summary": summary,
                 "requests": [e["params"]["request"]["url"] for e in browser.events

@@ -83,7 +83,8 @@ def ensure_runtime(npm="npm"):
         raise ServerError(f"LiteRT.js is not installed in {NODE_MODULES} and npm is missing: "
                           "install Node.js and npm (apt-get install nodejs npm), then rerun.")
     print(f"edge_demo.web: installing LiteRT.js {wanted} (npm ci in {WEB_DIR}) ...", file=sys.stderr, flush=True)
-    result = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=WEB_DIR,
+    # --omit=dev: the page needs LiteRT.js only (TypeScript, the dev dependency, checks the page's types in tests).
+    result = subprocess.run([npm, "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=WEB_DIR,
                             capture_output=True, text=True)
     if result.returncode != 0 or not os.path.isfile(installed):
         raise ServerError(f"npm ci failed in {WEB_DIR} (is the npm registry reachable?): "

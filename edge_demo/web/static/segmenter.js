@@ -4,10 +4,24 @@
 // stt-export writes next to the model: inputs frame [1, H, W, 3] uint8, state [1, h, w, T*C]
 // float32, reset [1] float32; outputs labels [1, H, W] int32, next_state like state.
 // A per-frame model has only frame -> labels.
+// @ts-check
 import {loadAndCompile, loadLiteRt, supportsFeature, Tensor} from '@litertjs/core';
 
-let runtime;  // LiteRT.js's Wasm module loads once per page
+/** @typedef {{dtype: string, shape: number[]}} TensorSpec */
+/** @typedef {{input_size: [number, number], inputs: Record<string, TensorSpec>, outputs: Record<string, TensorSpec>,
+ *             classes: string[], palette: [number, number, number][], streaming?: boolean}} ModelMeta
+ *  The metadata JSON stt-export writes next to the model (the fields the page reads). */
+/** @typedef {'webgpu' | 'wasm'} Backend */
 
+/** @type {Promise<unknown> | undefined} LiteRT.js's Wasm module loads once per page. */
+let runtime;
+
+/**
+ * Throws when the model's tensors differ from the metadata's (a mismatch is an error, not garbage).
+ * @param {string} kind 'input' or 'output'
+ * @param {readonly import('@litertjs/core').TensorDetails[]} details what the compiled model has
+ * @param {Record<string, TensorSpec>} expected what the metadata says
+ */
 function checkTensors(kind, details, expected) {
   const found = Object.fromEntries(details.map((d) => [d.name, d]));
   for (const [name, spec] of Object.entries(expected)) {
@@ -21,13 +35,20 @@ function checkTensors(kind, details, expected) {
   }
 }
 
+/** A model stream: `step(frame)` carries the state, `reset()` starts a new stream, `dispose()` frees it. */
 export class Segmenter {
-  /** Loads the runtime (Wasm files from `wasmDir`, served by the app) and compiles the model. */
-  static async load(modelUrl, meta, accelerator) {
+  /**
+   * Loads the runtime (its Wasm files are served by the app under /wasm/) and compiles the model.
+   * @param {string} modelUrl the .tflite to fetch
+   * @param {ModelMeta} meta its metadata JSON
+   * @param {Backend} accelerator
+   * @returns {Promise<Segmenter>}
+   */
+  static async create(modelUrl, meta, accelerator) {
     if (!('labels' in meta.outputs)) {
       throw new Error('this page runs edge-interface models (int32 labels out): export with --interfaces edge');
     }
-    if (accelerator === 'webgpu' && !navigator.gpu) throw new Error('this browser has no WebGPU: use Wasm');
+    if (accelerator === 'webgpu' && !(/** @type {any} */ (navigator)).gpu) throw new Error('this browser has no WebGPU: use Wasm');
     // JSPI lets LiteRT.js run ops WebGPU refuses on the CPU instead of moving the whole model there.
     runtime ??= loadLiteRt('/wasm/', {jspi: await supportsFeature('jspi')});
     await runtime;
@@ -37,13 +58,25 @@ export class Segmenter {
     return new Segmenter(model, meta, accelerator);
   }
 
+  /**
+   * Use `Segmenter.create`: it checks the model against its metadata first.
+   * @param {import('@litertjs/core').CompiledModel} model
+   * @param {ModelMeta} meta
+   * @param {Backend} accelerator
+   */
   constructor(model, meta, accelerator) {
     this.model = model;
     this.meta = meta;
     this.accelerator = accelerator;
-    [this.height, this.width] = meta.input_size;
+    this.height = meta.input_size[0];
+    this.width = meta.input_size[1];
     this.streaming = 'state' in meta.inputs;
-    this.state = null;  // next_state of the previous frame, left where the model put it (GPU memory on WebGPU)
+    /** @type {Tensor | null} next_state of the previous frame, left where the model put it (GPU memory on WebGPU) */
+    this.state = null;
+    /** @type {Tensor | null} */
+    this.zeros = null;
+    /** @type {Tensor[]} reset = 0 and reset = 1 */
+    this.resetFlags = [];
     if (this.streaming) {
       this.zeros = new Tensor(new Float32Array(meta.inputs.state.shape.reduce((a, b) => a * b)),
                               meta.inputs.state.shape);
@@ -62,12 +95,17 @@ export class Segmenter {
     this.state = null;
   }
 
-  /** rgb: Uint8Array H*W*3 -> Int32Array H*W of class indices; carries the state. */
+  /**
+   * One frame through the model, the state carried to the next call.
+   * @param {Uint8Array<ArrayBuffer>} rgb H * W * 3 bytes, letterboxed to the model size
+   * @returns {Promise<Int32Array>} H * W class indices
+   */
   async step(rgb) {
     const frame = new Tensor(rgb, [1, this.height, this.width, 3]);
+    /** @type {Record<string, Tensor>} */
     const inputs = {frame};
     if (this.streaming) {
-      inputs.state = this.state ?? this.zeros;
+      inputs.state = /** @type {Tensor} */ (this.state ?? this.zeros);
       inputs.reset = this.resetFlags[this.state ? 0 : 1];
     }
     let outputs;
@@ -79,8 +117,17 @@ export class Segmenter {
     this.state?.delete();
     this.state = outputs.next_state ?? null;
     // data() reads the labels back from the GPU on WebGPU; slice() copies them out of the Wasm heap.
-    const values = (await outputs.labels.data()).slice();
+    const values = /** @type {Int32Array} */ ((await outputs.labels.data()).slice());
     outputs.labels.delete();
     return values;
+  }
+
+  /** Frees the state and the constant tensors; the object is unusable after. */
+  dispose() {
+    this.reset();
+    this.zeros?.delete();
+    this.resetFlags.forEach((t) => t.delete());
+    this.resetFlags = [];
+    this.zeros = null;
   }
 }
