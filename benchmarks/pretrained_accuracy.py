@@ -18,11 +18,13 @@ against issue 21's targets (>= +1 mIoU, >= +3 on degraded frames, clean frames n
 
 Run: python benchmarks/pretrained_accuracy.py --seeds 0 1 2 [--steps 200] [--size 128x256] [--crop 128x128]
          [--stage 4] [--warmup 0] [--stt-lr-multiplier 1] [--out runs/pretrained_accuracy]
-(results.json keeps every finished run, keyed by every setting, so an interrupted benchmark resumes;
+(results.json keeps every finished run, keyed by every setting, so an interrupted benchmark resumes
+and runs of other STT settings (or seeds) can share --out in parallel once `base` exists;
 --table-only prints the tables of what is there.)
 """
 
 import argparse
+import fcntl
 import json
 import os
 import sys
@@ -32,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from synthetic_accuracy import _pct, _save  # noqa: E402
+from synthetic_accuracy import _pct  # noqa: E402
 
 from stt_keras import load_model  # noqa: E402
 from stt_keras.sizes import parse_size  # noqa: E402
@@ -140,6 +142,24 @@ def _mean_abs_output_projection(model):
     return float(np.mean(values)) if values else None
 
 
+def load_rows(out):
+    path = os.path.join(out, "results.json")
+    return json.load(open(path)) if os.path.exists(path) else []
+
+
+def add_row(out, row):
+    """Appends a finished run to results.json under a lock (runs of other settings may share the folder)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, ".results.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = load_rows(out) + [row]
+        tmp = os.path.join(out, "results.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(rows, f, indent=2)
+        os.replace(tmp, os.path.join(out, "results.json"))
+    return rows
+
+
 def find(rows, args, seed, key):
     for r in rows:
         if r["key"] == key and r["seed"] == seed and r["settings"] == settings_key(args) and (
@@ -208,16 +228,13 @@ def main():
         p.error("--steps, --lr, --stt-lr-multiplier and --batch-size must be positive")
     if not 0 <= args.warmup < args.steps:
         p.error(f"--warmup must be in [0, --steps), got {args.warmup}")
-    results_path = os.path.join(args.out, "results.json")
-    rows = json.load(open(results_path)) if os.path.exists(results_path) else []
     for seed in [] if args.table_only else args.seeds:
         for key in args.models:
-            if find(rows, args, seed, key) is None:
+            if find(load_rows(args.out), args, seed, key) is None:
                 if key != "base" and not os.path.exists(os.path.join(run_dir(args, seed, "base"), "last.keras")):
                     p.error(f"{key} starts from the per-frame model: run --models base for seed {seed} first")
-                rows.append(run_model(args, seed, key))
-                _save(rows, args.out)
-    print(tables(rows, args))
+                add_row(args.out, run_model(args, seed, key))
+    print(tables(load_rows(args.out), args))
 
 
 if __name__ == "__main__":
