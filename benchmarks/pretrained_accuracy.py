@@ -8,7 +8,7 @@ On the built-in synthetic video, per seed:
 - `ft_stt` (b): `stt_segformer_b0` initialised from `base` (`from_image_segmenter`'s identity-at-start
   block on the MiT stage `--stage`), N more steps: optionally the first `--warmup` of them with the
   encoder and decoder frozen (`--freeze encoder+decoder`: the STT alone), the rest jointly, the STT
-  at `--stt-lr-multiplier` x the learning rate.
+  at `--stt-lr-multiplier` x the learning rate (`--block post_norm`: the paper's block instead).
 (a) and (b) start from the same weights, with the same data, seed and schedule: the only
 difference is the STT. Each model streams held-out sequences (`--eval-sequences` of 30 frames at
 `--size`) and reports mIoU on all / degraded / clean frames, TC (DIS flow), mVC_8 (training's
@@ -82,13 +82,14 @@ def settings_key(args):
 
 
 def stt_key(args):
-    return dict(stage=args.stage, warmup=args.warmup, stt_lr_multiplier=args.stt_lr_multiplier)
+    key = dict(stage=args.stage, warmup=args.warmup, stt_lr_multiplier=args.stt_lr_multiplier)
+    return key if args.block == "identity" else dict(key, block=args.block)
 
 
 def run_dir(args, seed, name):
     tag = f"n{args.steps}_{args.size[0]}x{args.size[1]}_c{args.crop[0]}x{args.crop[1]}_lr{args.lr:g}"
     if name.startswith("ft_stt"):
-        tag += f"_s{args.stage}_w{args.warmup}_m{args.stt_lr_multiplier:g}"
+        tag += f"_s{args.stage}_w{args.warmup}_m{args.stt_lr_multiplier:g}" + ("_post" if args.block == "post_norm" else "")
     return os.path.join(args.out, tag, f"seed{seed}", name)
 
 
@@ -111,7 +112,7 @@ def run_model(args, seed, key):
     elif key == "cont":
         path = _train(args, seed, "segformer_b0", run_dir(args, seed, "cont"), args.steps, base)
     else:
-        overrides = {"features_stage": args.stage}
+        overrides = {"features_stage": args.stage, "norm_first": args.block == "identity"}
         init = base
         if args.warmup:
             init = _train(args, seed, "stt_segformer_b0", run_dir(args, seed, "ft_stt_warmup"), args.warmup, base,
@@ -176,7 +177,7 @@ def tables(rows, args):
     lines = [f"\nSTT on a SegFormer-B0-sized model: {args.steps} + {args.steps} steps x batch {args.batch_size}, "
              f"crop {args.crop[0]}x{args.crop[1]}, lr {args.lr:g}, eval {args.eval_sequences} held-out sequences of 30 "
              f"frames at {args.size[0]}x{args.size[1]}; STT on MiT stage {args.stage}, warm-up {args.warmup} steps "
-             f"(STT alone), STT at {args.stt_lr_multiplier:g}x lr (mean ± half the range over seeds)", "",
+             f"(STT alone), STT at {args.stt_lr_multiplier:g}x lr, {args.block} block (mean ± half the range over seeds)", "",
              "| model | " + " | ".join(n for _, n in METRICS) + " | mIoU, history ablated | mIoU per seed |",
              "|---|" + "---|" * (len(METRICS) + 2)]
     for key, name in MODELS:
@@ -215,6 +216,9 @@ def main():
     p.add_argument("--stage", type=int, default=4, choices=[1, 2, 3, 4], help="the MiT stage the STT mixes")
     p.add_argument("--warmup", type=int, default=0, help="of (b)'s N steps, the first ones train the STT alone")
     p.add_argument("--stt-lr-multiplier", type=float, default=1.0)
+    p.add_argument("--block", default="identity", choices=["identity", "post_norm"],
+                   help="(b)'s STT block: identity at start (norm-first, zero W^O and FFN output; stt-train's "
+                        "default with --init-from) or the paper's post-norm block")
     p.add_argument("--models", nargs="+", default=[k for k, _ in MODELS], choices=[k for k, _ in MODELS])
     p.add_argument("--out", default="runs/pretrained_accuracy")
     p.add_argument("--table-only", action="store_true", help="print the tables of results.json, train nothing")
