@@ -20,7 +20,7 @@ Run: python benchmarks/pretrained_accuracy.py --seeds 0 1 2 [--steps 200] [--siz
          [--stage 4] [--warmup 0] [--stt-lr-multiplier 1] [--out runs/pretrained_accuracy]
 (results.json keeps every finished run, keyed by every setting, so an interrupted benchmark resumes
 and runs of other STT settings (or seeds) can share --out in parallel once `base` exists;
---table-only prints the tables of what is there.)
+--table-only prints the tables of what is there for --seeds.)
 """
 
 import argparse
@@ -171,7 +171,7 @@ def find(rows, args, seed, key):
 
 def tables(rows, args):
     def mine(key):
-        return sorted([r for r in rows if r["key"] == key and r["settings"] == settings_key(args)
+        return sorted([r for r in rows if r["key"] == key and r["seed"] in args.seeds and r["settings"] == settings_key(args)
                        and (key != "ft_stt" or r.get("stt") == stt_key(args))], key=lambda r: r["seed"])
 
     lines = [f"\nSTT on a SegFormer-B0-sized model: {args.steps} + {args.steps} steps x batch {args.batch_size}, "
