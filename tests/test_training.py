@@ -135,6 +135,32 @@ def test_init_from_copies_encoder_and_decoder(tmp_path):
         init_from(other, str(tmp_path / "base.keras"))
 
 
+def test_init_from_an_stt_model_copies_its_stt_block_too(tmp_path):
+    """A warm-up that trained the STT alone (--freeze encoder+decoder) hands its block to the next stage."""
+    from stt_keras.models import STTSegmenter
+    from stt_keras.training.train import init_from
+
+    clip = np.random.default_rng(0).integers(0, 256, (1, 4, 64, 64, 3)).astype(np.uint8)
+    source = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7, norm_first=True)
+    source(clip)
+    rng = np.random.default_rng(1)
+    for w in source.stt.weights:  # a trained-looking block (fresh, its output weights are zero)
+        w.assign(rng.normal(0, 0.1, w.shape).astype("float32"))
+    source.save(str(tmp_path / "warm.keras"))
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7, norm_first=True)
+    model(clip)
+    init_from(model, str(tmp_path / "warm.keras"))
+    for a, b in zip(model.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(model(clip).numpy(), source(clip).numpy(), atol=1e-5)
+    post = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7, norm_first=False)  # another block form: its own start
+    post(clip)
+    start = [w.numpy() for w in post.stt.weights]
+    init_from(post, str(tmp_path / "warm.keras"))
+    for a, b in zip(post.stt.weights, start):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
 def test_only_the_chief_writes_to_out(monkeypatch):
     from stt_keras.training.train import worker_output_dir
 

@@ -252,16 +252,26 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
 
 
 def init_from(model, path):
-    """Copies encoder and decoder weights from another saved model (the paper fine-tunes an image model)."""
+    """Copies encoder and decoder weights from another saved model (the paper fine-tunes an image model).
+
+    When both models have an STT block of the same form and shapes (e.g. a run that trained the STT
+    alone with --freeze encoder+decoder), its weights are copied too; otherwise the STT keeps its
+    own start (the identity-at-start block when the source is a per-frame model).
+    """
     from stt_keras import load_model
 
     source = load_model(path, compile=False)
-    for part in ("encoder", "decoder"):
+    parts = ["encoder", "decoder"]
+    theirs = getattr(source, "stt", None)
+    if (model.stt is not None and theirs is not None and model.stt.norm_first == theirs.norm_first
+            and [w.shape for w in model.stt.weights] == [w.shape for w in theirs.weights]):
+        parts.append("stt")
+    for part in parts:
         ours, theirs = getattr(model, part), getattr(source, part)
         if [w.shape for w in ours.weights] != [w.shape for w in theirs.weights]:
             raise ValueError(f"--init-from {path}: its {part} does not match {model.name}'s.")
         ours.set_weights(theirs.get_weights())
-    print(f"stt-train: encoder and decoder initialised from {path}")
+    print(f"stt-train: {', '.join(parts)} initialised from {path}")
 
 
 def _image_segmenter_start(config):
