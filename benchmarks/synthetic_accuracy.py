@@ -16,6 +16,9 @@ Variants (--steps N):
   at its half: 0.01 x 0.5^0.9), instead of restarting at 0.01.
 - `ft_stt_x10`: the recipe with the new STT block learning at 10x the learning rate
   (--stt-lr-multiplier 10; the encoder and decoder at 1x), as new layers of a trained model often are.
+- `ft_dmg25`, `ft_dmg50`, `ft_dmg50_x10`: the recipe with --target-damage 0.25 / 0.5 in its STT stage
+  (the labelled frame of a training clip damaged, its label kept: only the past can supply it), the
+  last also with the block at 10x lr.
 - `p18_base`, `p18_ft50`, `p18_ft100`: the paper-size `stt_psp18` with the recipe, at its 50% NSM
   selection and with every point a query (no ImageNet weights here).
 - `ft_stt_15`: another split of the same total: `base_h` (the per-frame model, N/2 steps), then the
@@ -64,6 +67,10 @@ VARIANTS = [
      {"norm_first": False}, 1),
     ("ft_stt_lr5", "per-frame 1x, then STT (identity at start) +1x at lr 0.005", "stt_psp_tiny", {}, 1),
     ("ft_stt_x10", "per-frame 1x, then STT (identity at start, block at 10x lr) +1x", "stt_psp_tiny", {}, 1),
+    ("ft_dmg25", "per-frame 1x, then STT (identity at start) +1x, target damage 0.25", "stt_psp_tiny", {}, 1),
+    ("ft_dmg50", "per-frame 1x, then STT (identity at start) +1x, target damage 0.5", "stt_psp_tiny", {}, 1),
+    ("ft_dmg50_x10", "per-frame 1x, then STT (identity at start, block at 10x lr) +1x, target damage 0.5",
+     "stt_psp_tiny", {}, 1),
     ("base_h", "per-frame `psp_tiny`, 0.5x", "psp_tiny", {}, 0.5),
     ("ft_stt_15", "per-frame 0.5x, then STT (identity at start) +1.5x", "stt_psp_tiny", {}, 1.5),
     ("p18_base", "per-frame `psp18`, 1x", "psp18", {}, 1),
@@ -83,7 +90,9 @@ VARIANTS = [
     ("stt_nf", "STT from scratch, pre-norm block, 1x", "stt_psp_tiny", {"norm_first": True}, 1),
 ]
 VARIANT = {v[0]: v for v in VARIANTS}
-TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0}}  # training settings a variant changes
+TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0},
+                  "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
+                  "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0}}  # training settings a variant changes
 
 
 def family_size(name, scale, size=None):
@@ -130,8 +139,17 @@ def main():
     print(tables(rows, families, args))
 
 
+def _identity(r):
+    return r["key"], r["seed"], r["steps"], r.get("family", "default"), tuple(r.get("size") or ())
+
+
 def _save(rows, out):
+    """Writes results.json, keeping the runs another process of the same --out wrote meanwhile."""
     os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "results.json")
+    if os.path.exists(path):
+        ours = {_identity(r) for r in rows}
+        rows.extend(r for r in json.load(open(path)) if _identity(r) not in ours)
     tmp = os.path.join(out, "results.json.tmp")
     with open(tmp, "w") as f:
         json.dump(rows, f, indent=2)
