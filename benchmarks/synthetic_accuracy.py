@@ -16,7 +16,7 @@ Variants (--steps N):
   at its half: 0.01 x 0.5^0.9), instead of restarting at 0.01.
 - `ft_stt_x10`: the recipe with the new STT block learning at 10x the learning rate
   (--stt-lr-multiplier 10; the encoder and decoder at 1x), as new layers of a trained model often are.
-- `ft_dmg25`, `ft_dmg50`, `ft_dmg50_x10`: the recipe with --target-damage 0.25 / 0.5 in its STT stage
+- `ft_dmg25`, `ft_dmg50`, `ft_dmg50_x10`, `ft_dmg50_x30`: the recipe with --target-damage 0.25 / 0.5 in its STT stage
   (the labelled frame of a training clip damaged, its label kept: only the past can supply it), the
   last also with the block at 10x lr.
 - `p18_base`, `p18_ft50`, `p18_ft100`: the paper-size `stt_psp18` with the recipe, at its 50% NSM
@@ -71,6 +71,8 @@ VARIANTS = [
     ("ft_dmg50", "per-frame 1x, then STT (identity at start) +1x, target damage 0.5", "stt_psp_tiny", {}, 1),
     ("ft_dmg50_x10", "per-frame 1x, then STT (identity at start, block at 10x lr) +1x, target damage 0.5",
      "stt_psp_tiny", {}, 1),
+    ("ft_dmg50_x30", "per-frame 1x, then STT (identity at start, block at 30x lr) +1x, target damage 0.5",
+     "stt_psp_tiny", {}, 1),
     ("base_h", "per-frame `psp_tiny`, 0.5x", "psp_tiny", {}, 0.5),
     ("ft_stt_15", "per-frame 0.5x, then STT (identity at start) +1.5x", "stt_psp_tiny", {}, 1.5),
     ("p18_base", "per-frame `psp18`, 1x", "psp18", {}, 1),
@@ -92,7 +94,8 @@ VARIANTS = [
 VARIANT = {v[0]: v for v in VARIANTS}
 TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0},
                   "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
-                  "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0}}  # training settings a variant changes
+                  "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
+                  "ft_dmg50_x30": {"target_damage": 0.5, "stt_lr_multiplier": 30.0}}  # training settings a variant changes
 
 
 def family_size(name, scale, size=None):
