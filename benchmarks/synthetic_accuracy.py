@@ -73,6 +73,10 @@ VARIANTS = [
      "stt_psp_tiny", {}, 1),
     ("ft_dmg50_x30", "per-frame 1x, then STT (identity at start, block at 30x lr) +1x, target damage 0.5",
      "stt_psp_tiny", {}, 1),
+    ("ft_warmA", "per-frame 1x, then the STT alone (encoder+decoder frozen, block 10x lr, target damage 0.5) +0.5x",
+     "stt_psp_tiny", {}, 0.5),
+    ("ft_warm", "per-frame 1x, then the STT alone +0.5x, then all +0.5x (block 10x lr, target damage 0.5)",
+     "stt_psp_tiny", {}, 0.5),
     ("base_h", "per-frame `psp_tiny`, 0.5x", "psp_tiny", {}, 0.5),
     ("ft_stt_15", "per-frame 0.5x, then STT (identity at start) +1.5x", "stt_psp_tiny", {}, 1.5),
     ("p18_base", "per-frame `psp18`, 1x", "psp18", {}, 1),
@@ -95,7 +99,9 @@ VARIANT = {v[0]: v for v in VARIANTS}
 TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0},
                   "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
                   "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
-                  "ft_dmg50_x30": {"target_damage": 0.5, "stt_lr_multiplier": 30.0}}  # training settings a variant changes
+                  "ft_dmg50_x30": {"target_damage": 0.5, "stt_lr_multiplier": 30.0},
+                  "ft_warmA": {"target_damage": 0.5, "stt_lr_multiplier": 10.0, "freeze": "encoder+decoder"},
+                  "ft_warm": {"target_damage": 0.5, "stt_lr_multiplier": 10.0}}  # training settings a variant changes
 
 
 def family_size(name, scale, size=None):
@@ -181,7 +187,7 @@ def run_variant(args, family, seed, key):
     crop = (min(crop[0], size[0]), min(crop[1], size[1]))
     init = None
     if key.startswith(("ft_", "p18_ft")):
-        first = "base_h" if key == "ft_stt_15" else "p18_base" if key.startswith("p18_") else "base"
+        first = {"ft_stt_15": "base_h", "ft_warm": "ft_warmA"}.get(key, "p18_base" if key.startswith("p18_") else "base")
         init = os.path.join(_run_dir(args, family, seed, first), "last.keras")
         if not os.path.exists(init):
             raise SystemExit(f"{key} fine-tunes the per-frame model: run the 'base' variant of {family}, seed {seed} first.")

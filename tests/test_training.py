@@ -135,6 +135,31 @@ def test_init_from_copies_encoder_and_decoder(tmp_path):
         init_from(other, str(tmp_path / "base.keras"))
 
 
+def test_init_from_an_stt_model_copies_its_block_when_it_has_the_same_form(tmp_path):
+    from stt_keras.models import STTSegmenter
+    from stt_keras.training.train import init_from
+
+    def built(**overrides):
+        model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7, **overrides)
+        model(np.zeros((1, 4, 64, 64, 3), np.uint8))
+        return model
+
+    source = built(norm_first=True)
+    for w in source.stt.weights:
+        w.assign(np.random.default_rng(len(w.name)).normal(size=w.shape).astype("float32"))  # not the zero start
+    source.save(str(tmp_path / "stage1.keras"))
+    model = built(norm_first=True)
+    init_from(model, str(tmp_path / "stage1.keras"))
+    for a, b in zip(model.stt.get_weights(), source.stt.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    paper = built(norm_first=False)  # another form of the block: it starts fresh
+    fresh = [w.copy() for w in paper.stt.get_weights()]
+    init_from(paper, str(tmp_path / "stage1.keras"))
+    for a, b in zip(paper.stt.get_weights(), fresh):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(paper.encoder.get_weights()[0], source.encoder.get_weights()[0])
+
+
 def test_only_the_chief_writes_to_out(monkeypatch):
     from stt_keras.training.train import worker_output_dir
 

@@ -252,16 +252,25 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
 
 
 def init_from(model, path):
-    """Copies encoder and decoder weights from another saved model (the paper fine-tunes an image model)."""
+    """Copies encoder and decoder weights from another saved model (the paper fine-tunes an image model).
+
+    From an STT model whose block has the same form (norm_first) and weight shapes, the block's
+    weights are copied too (a run that continues another stage); otherwise the block starts fresh.
+    """
     from stt_keras import load_model
 
     source = load_model(path, compile=False)
-    for part in ("encoder", "decoder"):
+    parts = ["encoder", "decoder"]
+    ours_stt, theirs_stt = getattr(model, "stt", None), getattr(source, "stt", None)
+    if (ours_stt is not None and theirs_stt is not None and ours_stt.norm_first == theirs_stt.norm_first
+            and [w.shape for w in ours_stt.weights] == [w.shape for w in theirs_stt.weights]):
+        parts.append("stt")
+    for part in parts:
         ours, theirs = getattr(model, part), getattr(source, part)
         if [w.shape for w in ours.weights] != [w.shape for w in theirs.weights]:
             raise ValueError(f"--init-from {path}: its {part} does not match {model.name}'s.")
         ours.set_weights(theirs.get_weights())
-    print(f"stt-train: encoder and decoder initialised from {path}")
+    print(f"stt-train: encoder, decoder{' and STT block' if 'stt' in parts else ''} initialised from {path}")
 
 
 def _image_segmenter_start(config):
