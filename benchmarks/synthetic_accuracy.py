@@ -9,14 +9,22 @@ steps, per family and averaged, the held-out families apart.
 
 Variants (--steps N):
 - `base`: the per-frame model, N steps; `base2x`: the per-frame model, 2N steps.
-- `ft_stt` (the recommended recipe): `base`, then the STT initialised from it (--init-from, the
-  identity-at-start block) trained N more steps; compared with `base2x`.
+- `ft_dmg50_x10` (the recommended recipe): `base`, then the STT initialised from it (--init-from, the
+  identity-at-start block) trained N more steps with --target-damage 0.5 and --stt-lr-multiplier 10;
+  compared with `base2x`.
+- `ft_stt`: the same without target damage, the block at 1x lr.
 - `ft_stt_post`: the same with the paper's post-norm block (does not start as the identity).
-- `ft_stt_lr5`: the recipe with the STT stage at lr 0.005 (about where the per-frame 2x schedule is
+- `ft_stt_lr5`: `ft_stt` with the STT stage at lr 0.005 (about where the per-frame 2x schedule is
   at its half: 0.01 x 0.5^0.9), instead of restarting at 0.01.
-- `ft_stt_x10`: the recipe with the new STT block learning at 10x the learning rate
+- `ft_stt_x10`: `ft_stt` with the new STT block learning at 10x the learning rate
   (--stt-lr-multiplier 10; the encoder and decoder at 1x), as new layers of a trained model often are.
-- `p18_base`, `p18_ft50`, `p18_ft100`: the paper-size `stt_psp18` with the recipe, at its 50% NSM
+- `ft_dmg25`, `ft_dmg50`, `ft_dmg50_x30`: `ft_stt` with --target-damage 0.25 / 0.5 in its STT stage
+  (the labelled frame of a training clip damaged, its label kept: only the past can supply it),
+  `ft_dmg50_x30` also with the block at 30x lr.
+- `ft_warmA`, `ft_warm`: `base`, then the STT alone (encoder and decoder frozen) for N/2 steps, then
+  everything for N/2 more starting from it (--init-from an STT model copies its block too); target
+  damage 0.5 and the block at 10x lr in both stages. 300 steps in total, as `base2x`.
+- `p18_base`, `p18_ft50`, `p18_ft100`: the paper-size `stt_psp18` with `ft_stt`, at its 50% NSM
   selection and with every point a query (no ImageNet weights here).
 - `ft_stt_15`: another split of the same total: `base_h` (the per-frame model, N/2 steps), then the
   STT from it for 3N/2 steps.
@@ -53,17 +61,27 @@ from stt_keras.training.evaluate import evaluate_with_ablation, synthetic_sequen
 from stt_keras.training.metrics import MeanIoU  # noqa: E402
 
 HELD_OUT = ("zoom_vehicles", "night")  # fixed 2026-12-03 before any run (docs/performance.md): never tuned on
-RECIPE, REFERENCE = "ft_stt", "base2x"  # the recommended recipe and the per-frame model at the same total steps
+RECIPE, REFERENCE = "ft_dmg50_x10", "base2x"  # the recommended recipe and the per-frame model at the same total steps
 
 # (key, table name, preset, STT overrides, steps in units of --steps).
 VARIANTS = [
     ("base", "per-frame `psp_tiny`, 1x", "psp_tiny", {}, 1),
     ("base2x", "per-frame `psp_tiny`, 2x", "psp_tiny", {}, 2),
-    ("ft_stt", "**recipe**: per-frame 1x, then STT (identity at start) +1x", "stt_psp_tiny", {}, 1),
+    ("ft_stt", "per-frame 1x, then STT (identity at start) +1x (no damage, block at 1x lr)", "stt_psp_tiny", {}, 1),
     ("ft_stt_post", "per-frame 1x, then STT with the paper's post-norm block +1x", "stt_psp_tiny",
      {"norm_first": False}, 1),
     ("ft_stt_lr5", "per-frame 1x, then STT (identity at start) +1x at lr 0.005", "stt_psp_tiny", {}, 1),
     ("ft_stt_x10", "per-frame 1x, then STT (identity at start, block at 10x lr) +1x", "stt_psp_tiny", {}, 1),
+    ("ft_dmg25", "per-frame 1x, then STT (identity at start) +1x, target damage 0.25", "stt_psp_tiny", {}, 1),
+    ("ft_dmg50", "per-frame 1x, then STT (identity at start) +1x, target damage 0.5", "stt_psp_tiny", {}, 1),
+    ("ft_dmg50_x10", "**recipe**: per-frame 1x, then STT (identity at start, block at 10x lr) +1x, target damage 0.5",
+     "stt_psp_tiny", {}, 1),
+    ("ft_dmg50_x30", "per-frame 1x, then STT (identity at start, block at 30x lr) +1x, target damage 0.5",
+     "stt_psp_tiny", {}, 1),
+    ("ft_warmA", "per-frame 1x, then the STT alone (encoder+decoder frozen, block 10x lr, target damage 0.5) +0.5x",
+     "stt_psp_tiny", {}, 0.5),
+    ("ft_warm", "per-frame 1x, then the STT alone +0.5x, then all +0.5x (block 10x lr, target damage 0.5)",
+     "stt_psp_tiny", {}, 0.5),
     ("base_h", "per-frame `psp_tiny`, 0.5x", "psp_tiny", {}, 0.5),
     ("ft_stt_15", "per-frame 0.5x, then STT (identity at start) +1.5x", "stt_psp_tiny", {}, 1.5),
     ("p18_base", "per-frame `psp18`, 1x", "psp18", {}, 1),
@@ -83,7 +101,12 @@ VARIANTS = [
     ("stt_nf", "STT from scratch, pre-norm block, 1x", "stt_psp_tiny", {"norm_first": True}, 1),
 ]
 VARIANT = {v[0]: v for v in VARIANTS}
-TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0}}  # training settings a variant changes
+TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0},
+                  "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
+                  "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
+                  "ft_dmg50_x30": {"target_damage": 0.5, "stt_lr_multiplier": 30.0},
+                  "ft_warmA": {"target_damage": 0.5, "stt_lr_multiplier": 10.0, "freeze": "encoder+decoder"},
+                  "ft_warm": {"target_damage": 0.5, "stt_lr_multiplier": 10.0}}  # training settings a variant changes
 
 
 def family_size(name, scale, size=None):
@@ -107,7 +130,7 @@ def main():
     p.add_argument("--eval-sequences", type=int, default=6)
     p.add_argument("--out", default="runs/synthetic_families")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--variants", nargs="+", default=["base", "base2x", "ft_stt"], choices=list(VARIANT))
+    p.add_argument("--variants", nargs="+", default=["base", "base2x", RECIPE], choices=list(VARIANT))
     p.add_argument("--table-only", action="store_true", help="print the tables of results.json, train nothing")
     args = p.parse_args()
     families = list(FAMILIES) if args.families == ["all"] else args.families
@@ -130,8 +153,17 @@ def main():
     print(tables(rows, families, args))
 
 
+def _identity(r):
+    return r["key"], r["seed"], r["steps"], r.get("family", "default"), tuple(r.get("size") or ())
+
+
 def _save(rows, out):
+    """Writes results.json, keeping the runs another process of the same --out wrote meanwhile."""
     os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "results.json")
+    if os.path.exists(path):
+        ours = {_identity(r) for r in rows}
+        rows.extend(r for r in json.load(open(path)) if _identity(r) not in ours)
     tmp = os.path.join(out, "results.json.tmp")
     with open(tmp, "w") as f:
         json.dump(rows, f, indent=2)
@@ -160,7 +192,7 @@ def run_variant(args, family, seed, key):
     crop = (min(crop[0], size[0]), min(crop[1], size[1]))
     init = None
     if key.startswith(("ft_", "p18_ft")):
-        first = "base_h" if key == "ft_stt_15" else "p18_base" if key.startswith("p18_") else "base"
+        first = {"ft_stt_15": "base_h", "ft_warm": "ft_warmA"}.get(key, "p18_base" if key.startswith("p18_") else "base")
         init = os.path.join(_run_dir(args, family, seed, first), "last.keras")
         if not os.path.exists(init):
             raise SystemExit(f"{key} fine-tunes the per-frame model: run the 'base' variant of {family}, seed {seed} first.")

@@ -83,6 +83,7 @@ class TrainConfig:
     init_from: str = None
     per_frame_steps: int = 0  # > 0: the recipe; first the per-frame model for this many steps into OUT/per_frame
     stt_lr_multiplier: float = 1.0  # the STT block learns at this x lr (its gradients are scaled)
+    target_damage: float = 0.0  # probability of damaging a training clip's labelled frame (label unchanged)
     freeze: str = None  # None, "encoder" or "encoder+decoder"
     backbone_weights: str = None
     seed: int = 0
@@ -150,6 +151,10 @@ def build_parser():
                         "OUT/per_frame), then the STT from it (--init-from, identity-start block) for --steps")
     p.add_argument("--stt-lr-multiplier", type=float, default=d["stt_lr_multiplier"],
                    help="the STT block's learning rate relative to --lr (its gradients are multiplied)")
+    p.add_argument("--target-damage", type=float, default=d["target_damage"], metavar="P",
+                   help="with probability P, damage a training clip's labelled frame (erase, noise, exposure or blur; "
+                        "label unchanged) so that only the earlier frames can supply it; the per-frame stage of "
+                        "--per-frame-steps trains without it")
     p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
     p.add_argument("--seed", type=int, default=d["seed"], help="initial weights, data order and augmentation")
     p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"],

@@ -155,3 +155,39 @@ def test_degraded_pixels_differ_from_the_clean_render():
                 gaps.append(diff[degraded[t]].mean() - diff[~degraded[t]].mean() if (~degraded[t]).any()
                             else diff.mean())
     assert len(gaps) >= 5 and np.median(gaps) > 10, gaps
+
+
+def test_target_damage_hits_only_the_labelled_frame_at_its_rate():
+    """--target-damage: the last frame alone changes, in about the given share of clips; history and labels do not."""
+    video = SyntheticVideo(4, 30, 64, 128, seed=0)
+    plain = make_synthetic_dataset(video, 3, 64, (48, 48), True, seed=3)
+    damaged = make_synthetic_dataset(video, 3, 64, (48, 48), True, seed=3, target_damage=0.5)
+    (ca, la), (cb, lb) = next(iter(plain)), next(iter(damaged))
+    np.testing.assert_array_equal(la, lb)  # labels unchanged
+    np.testing.assert_array_equal(ca[:, :-1], cb[:, :-1])  # the history is the undamaged pipeline's, draw for draw
+    change = np.abs(ca[:, -1].numpy().astype(int) - cb[:, -1].numpy().astype(int)).mean(axis=(1, 2, 3))
+    hit = change > 0
+    assert 16 <= hit.sum() <= 48, hit.sum()  # Binomial(64, 0.5): 32 ± 4 sigma
+    assert np.median(change[hit]) > 10, change[hit]  # a damage, not a rounding difference
+    never = make_synthetic_dataset(video, 3, 64, (48, 48), True, seed=3, target_damage=0.0)
+    np.testing.assert_array_equal(next(iter(never))[0], ca)
+    always = next(iter(make_synthetic_dataset(video, 3, 64, (48, 48), True, seed=3, target_damage=1.0)))[0]
+    changed = (np.abs(ca[:, -1].numpy().astype(int) - always[:, -1].numpy().astype(int)).mean(axis=(1, 2, 3)) > 0)
+    assert changed.sum() >= 60, changed.sum()  # every clip is hit (a blur of a flat crop may change nothing)
+
+
+def test_each_damage_kind_changes_the_frame():
+    from stt_keras.training.data.pipeline import DAMAGES, damage_frame
+
+    rng = np.random.default_rng(0)
+    frame = tf.constant(np.kron(rng.uniform(0, 255, (8, 8, 3)), np.ones((6, 6, 1))).astype("float32"))  # blocky
+    kinds = {}
+    for k in range(64):
+        out = damage_frame(frame, tf.constant([k, 1], tf.int64)).numpy()
+        assert out.shape == frame.shape and out.min() >= 0 and out.max() <= 255
+        kinds.setdefault(int(tf.random.stateless_uniform(
+            [], tf.random.experimental.stateless_split(tf.constant([k, 1], tf.int64), 8)[0], 0, len(DAMAGES),
+            dtype=tf.int32)), []).append(np.abs(out - frame.numpy()).mean())
+    assert sorted(kinds) == list(range(len(DAMAGES)))  # every kind is drawn
+    for kind, changes in kinds.items():
+        assert min(changes) > 3, (DAMAGES[kind], min(changes))

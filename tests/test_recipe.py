@@ -76,3 +76,21 @@ def test_the_stt_lr_multiplier_scales_the_blocks_gradients_only():
     np.testing.assert_allclose(g10[0].numpy(), g1[0].numpy(), rtol=1e-5, atol=1e-6)  # not the input's
     with pytest.raises(UserError, match="--stt-lr-multiplier must be positive"):
         check_config(TrainConfig("stt_psp_tiny", out="unused", stt_lr_multiplier=0))
+
+
+def test_target_damage_must_be_a_probability_and_skips_the_per_frame_stage(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="--target-damage must be a probability"):
+        check_config(TrainConfig("stt_psp_tiny", out="unused", target_damage=1.5))
+    from stt_keras.training import train as train_lib
+
+    stages = []
+    real_run = train_lib.run
+
+    def fake_run(config):
+        if config.per_frame_steps:
+            return real_run(config)
+        stages.append((config.preset, config.target_damage))
+
+    monkeypatch.setattr(train_lib, "run", fake_run)
+    train_lib.run(TrainConfig("stt_psp_tiny", out=str(tmp_path), per_frame_steps=2, target_damage=0.5))
+    assert stages == [("psp_tiny", 0.0), ("stt_psp_tiny", 0.5)]

@@ -31,10 +31,11 @@ MODEL_SETTINGS = ("preset", "dataset", "synthetic_family", "num_classes", "stt_o
 # Settings that define the training: changing them needs --allow-new-settings.
 TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
                      "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
-                     "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames", "stt_lr_multiplier")
+                     "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames", "stt_lr_multiplier",
+                     "target_damage")
 # Settings added after runs were first stored: a run.json without them was made with this value.
-SETTING_DEFAULTS = {"first_frames": "pad", "freeze": None, "stt_lr_multiplier": 1.0}
-SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0}
+SETTING_DEFAULTS = {"first_frames": "pad", "freeze": None, "stt_lr_multiplier": 1.0, "target_damage": 0.0}
+SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0, "target_damage": 0.0}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None, "vspw": len(VSPW_CLASSES)}
@@ -213,7 +214,8 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
         val_video = data_lib.SyntheticVideo(max(2, config.synthetic_sequences // 4), 30, h, w, seed=config.seed + 1000,
                                             family=family)
         train = data_lib.make_synthetic_dataset(
-            train_video, num_key_frames, config.batch_size, config.crop, True, config.seed, config.frame_stride, skip=skip)
+            train_video, num_key_frames, config.batch_size, config.crop, True, config.seed, config.frame_stride, skip=skip,
+            target_damage=config.target_damage)
         val = data_lib.make_synthetic_dataset(
             val_video, num_key_frames, config.batch_size, None, False, config.seed, config.frame_stride, labelled_every=10)
         crop = config.crop or (h, w)
@@ -246,7 +248,7 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
           f"({config.train_split}), validating on {describe_samples(val_samples)} ({config.val_split}); "
           f"crop {crop[0]}x{crop[1]}{'' if config.crop else ' (the frame size)'}", flush=True)
     train = data_lib.make_file_dataset(samples, num_classes, config.batch_size, crop, True, config.seed, fmt,
-                                       skip=skip)
+                                       skip=skip, target_damage=config.target_damage)
     val = data_lib.make_file_dataset(val_samples, num_classes, config.batch_size, crop, False, config.seed, fmt)
     return train, val
 
@@ -254,24 +256,23 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
 def init_from(model, path):
     """Copies encoder and decoder weights from another saved model (the paper fine-tunes an image model).
 
-    When both models have an STT block of the same form and shapes (e.g. a run that trained the STT
-    alone with --freeze encoder+decoder), its weights are copied too; otherwise the STT keeps its
-    own start (the identity-at-start block when the source is a per-frame model).
+    From an STT model whose block has the same form (norm_first) and weight shapes, the block's
+    weights are copied too (a run that continues another stage); otherwise the block starts fresh.
     """
     from stt_keras import load_model
 
     source = load_model(path, compile=False)
     parts = ["encoder", "decoder"]
-    theirs = getattr(source, "stt", None)
-    if (model.stt is not None and theirs is not None and model.stt.norm_first == theirs.norm_first
-            and [w.shape for w in model.stt.weights] == [w.shape for w in theirs.weights]):
+    ours_stt, theirs_stt = getattr(model, "stt", None), getattr(source, "stt", None)
+    if (ours_stt is not None and theirs_stt is not None and ours_stt.norm_first == theirs_stt.norm_first
+            and [w.shape for w in ours_stt.weights] == [w.shape for w in theirs_stt.weights]):
         parts.append("stt")
     for part in parts:
         ours, theirs = getattr(model, part), getattr(source, part)
         if [w.shape for w in ours.weights] != [w.shape for w in theirs.weights]:
             raise ValueError(f"--init-from {path}: its {part} does not match {model.name}'s.")
         ours.set_weights(theirs.get_weights())
-    print(f"stt-train: {', '.join(parts)} initialised from {path}")
+    print(f"stt-train: encoder, decoder{' and STT block' if 'stt' in parts else ''} initialised from {path}")
 
 
 def _image_segmenter_start(config):
@@ -338,6 +339,8 @@ def check_config(config):
         raise UserError(f"stt-train: unknown --preset {config.preset!r}; available: {', '.join(sorted(PRESETS))}.")
     if not config.stt_lr_multiplier > 0:
         raise UserError(f"stt-train: --stt-lr-multiplier must be positive, got {config.stt_lr_multiplier}.")
+    if not 0 <= config.target_damage <= 1:
+        raise UserError(f"stt-train: --target-damage must be a probability in [0, 1], got {config.target_damage}.")
     if config.per_frame_steps < 0:
         raise UserError(f"stt-train: --per-frame-steps must be 0 or positive, got {config.per_frame_steps}.")
     if config.per_frame_steps:
@@ -452,7 +455,7 @@ def run(config):
     if config.per_frame_steps:  # the recipe: the per-frame model, then the STT initialised from it
         first = os.path.join(config.out, "per_frame")
         run(dataclasses.replace(config, preset=per_frame_preset(config.preset), out=first, steps=config.per_frame_steps,
-                                per_frame_steps=0, stt_overrides={}))
+                                per_frame_steps=0, stt_overrides={}, target_damage=0.0))  # no past to recover from
         print(f"stt-train: per-frame stage done ({first}); the STT starts from it")
         return run(dataclasses.replace(config, per_frame_steps=0, init_from=os.path.join(first, "last.keras")))
     config = dataclasses.replace(config, out=worker_output_dir(config.out, config.distribute))

@@ -57,7 +57,7 @@ def load_clip(frame_paths, label_path, num_classes, label_format):
 
 
 def make_file_dataset(samples, num_classes, batch_size, crop_size=None, training=True, seed=0,
-                      label_format="index", repeat=None, skip=0):
+                      label_format="index", repeat=None, skip=0, target_damage=0.0):
     """Batched (clip uint8 [B, T+1, H, W, 3], label int32 [B, H, W]) from (frame paths, label path) samples.
 
     Decoding runs in parallel (OpenCV releases the GIL) and any unreadable file
@@ -69,6 +69,7 @@ def make_file_dataset(samples, num_classes, batch_size, crop_size=None, training
         num_classes: classes of the labels (after mapping).
         label_format: "cityscapes" (labelIds, mapped to train ids), "vspw" (raw VSPW masks,
             mapped by `vspw_to_train_ids`) or "index".
+        target_damage: training only: probability of damaging a clip's labelled frame (`augment`).
     """
     if not samples:
         raise ValueError("No samples to read.")
@@ -88,7 +89,8 @@ def make_file_dataset(samples, num_classes, batch_size, crop_size=None, training
         clip = tf.ensure_shape(clip, [num_frames, None, None, 3])
         lab = tf.ensure_shape(lab, [None, None])
         if training:
-            clip, lab = augment(clip, lab, tf.stack([tf.cast(seed, tf.int64), i]), crop_size or (512, 1024))
+            clip, lab = augment(clip, lab, tf.stack([tf.cast(seed, tf.int64), i]), crop_size or (512, 1024),
+                               target_damage=target_damage)
         elif crop_size is not None:
             clip = tf.image.resize_with_crop_or_pad(clip, *crop_size)
             lab = tf.image.resize_with_crop_or_pad(lab[..., None] - IGNORE_LABEL, *crop_size)[..., 0] + IGNORE_LABEL

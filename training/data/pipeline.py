@@ -8,6 +8,12 @@ photometric jitter drawn once per clip (brightness and contrast: the frames of a
 real clip come from one camera). All randomness is stateless and keyed by
 (seed, sample index), so a pipeline is deterministic under its seed whatever the
 parallelism.
+
+Optional `target_damage` (a training recipe, not a property of any data): with
+that probability per clip, the labelled last frame alone is damaged, its label
+unchanged, so that only the earlier frames can tell the model what is there. One
+of four damages, drawn per clip: a random rectangle erased to noise, heavy
+Gaussian noise, under/over-exposure, or a strong blur (see `damage_frame`).
 """
 
 import numpy as np
@@ -62,12 +68,48 @@ def synthetic_arrays(video, num_key_frames, frame_stride=1, labelled_every=1):
     return frames, labels, index
 
 
-def augment(clip, label, seed, crop_size, scale_range=(0.75, 1.5), jitter=0.2):
+DAMAGES = ("erase", "noise", "exposure", "blur")
+
+
+def damage_frame(frame, seed):
+    """One random damage of a float32 frame [H, W, 3] in 0..255 (stateless under `seed`); see DAMAGES.
+
+    erase: a rectangle of 30-70% of each side becomes uniform noise; noise: Gaussian,
+    sigma 40-80; exposure: x 0.1-0.35 (dark) or pushed 65-90% towards white; blur:
+    a 9 x 9 box blur. Each damage keeps little of what the frame showed.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 8)
+    h, w = tf.shape(frame)[0], tf.shape(frame)[1]
+    kind = tf.random.stateless_uniform([], seeds[0], 0, len(DAMAGES), dtype=tf.int32)
+    # erase
+    fh = tf.random.stateless_uniform([2], seeds[1], 0.3, 0.7)
+    eh = tf.maximum(1, tf.cast(fh[0] * tf.cast(h, tf.float32), tf.int32))
+    ew = tf.maximum(1, tf.cast(fh[1] * tf.cast(w, tf.float32), tf.int32))
+    y0 = tf.random.stateless_uniform([], seeds[2], 0, h - eh + 1, dtype=tf.int32)
+    x0 = tf.random.stateless_uniform([], seeds[3], 0, w - ew + 1, dtype=tf.int32)
+    rows, cols = tf.range(h)[:, None, None], tf.range(w)[None, :, None]
+    inside = (rows >= y0) & (rows < y0 + eh) & (cols >= x0) & (cols < x0 + ew)
+    erased = tf.where(inside, tf.random.stateless_uniform(tf.shape(frame), seeds[4], 0.0, 255.0), frame)
+    # noise
+    sigma = tf.random.stateless_uniform([], seeds[5], 40.0, 80.0)
+    noisy = frame + sigma * tf.random.stateless_normal(tf.shape(frame), seeds[6])
+    # exposure: dark or washed out (one uniform draw picks the side and the amount)
+    u = tf.random.stateless_uniform([], seeds[7], 0.0, 1.0)
+    exposed = tf.where(u < 0.5, frame * (0.1 + 0.5 * u), frame + (255.0 - frame) * (0.65 + 0.5 * (u - 0.5)))
+    # blur
+    blurred = tf.nn.avg_pool2d(frame[None], 9, 1, "SAME")[0]
+    damaged = tf.gather(tf.stack([erased, noisy, exposed, blurred]), kind)
+    return tf.clip_by_value(damaged, 0.0, 255.0)
+
+
+def augment(clip, label, seed, crop_size, scale_range=(0.75, 1.5), jitter=0.2, target_damage=0.0):
     """Identical random scale / crop / flip on every frame and the label, one photometric jitter.
 
     Args:
         clip: uint8 [F, H, W, 3]. label: int32 [H, W]. seed: int32 [2] stateless seed.
         crop_size: (height, width) of the output.
+        target_damage: probability that the last (labelled) frame alone is damaged
+            (`damage_frame`), its label unchanged.
     """
     seeds = tf.random.experimental.stateless_split(seed, 6)
     h, w = tf.shape(clip)[1], tf.shape(clip)[2]
@@ -92,12 +134,17 @@ def augment(clip, label, seed, crop_size, scale_range=(0.75, 1.5), jitter=0.2):
     contrast = tf.random.stateless_uniform([], seeds[5], 1.0 - jitter, 1.0 + jitter)
     mean = tf.reduce_mean(frames)
     frames = (frames - mean) * contrast + mean + brightness
+    if target_damage > 0:  # drawn from a key of its own: the other draws stay what they were without it
+        keys = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 7), 2)
+        hit = tf.random.stateless_uniform([], keys[0]) < target_damage
+        last = tf.where(hit, damage_frame(tf.clip_by_value(frames[-1], 0.0, 255.0), keys[1]), frames[-1])
+        frames = tf.concat([frames[:-1], last[None]], axis=0)
     frames = tf.cast(tf.clip_by_value(tf.round(frames), 0, 255), tf.uint8)
     return tf.ensure_shape(frames, [None, ch, cw, 3]), tf.ensure_shape(lab, [ch, cw])
 
 
 def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, training=True, seed=0,
-                           frame_stride=1, labelled_every=1, repeat=None, skip=0):
+                           frame_stride=1, labelled_every=1, repeat=None, skip=0, target_damage=0.0):
     """Batched (clip [B, T+1, H, W, 3] uint8, label [B, H, W] int32) from a SyntheticVideo.
 
     Args:
@@ -111,6 +158,7 @@ def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, tr
         labelled_every: only every n-th frame ends a clip (sparse annotation).
         repeat: repeat the data (default: when training).
         skip: samples to skip first (resuming an interrupted run).
+        target_damage: training only: probability of damaging a clip's labelled frame (`augment`).
     """
     frames, labels, index = synthetic_arrays(video, num_key_frames, frame_stride, labelled_every)
     check_label_values(labels, video.num_classes, "synthetic video")
@@ -123,7 +171,8 @@ def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, tr
         clip = tf.gather(frames[seq], end + offsets)
         label = tf.cast(labels[seq, end], tf.int32)
         if training:
-            clip, label = augment(clip, label, tf.stack([tf.cast(seed, tf.int64), i]), size)
+            clip, label = augment(clip, label, tf.stack([tf.cast(seed, tf.int64), i]), size,
+                                  target_damage=target_damage)
         return clip, label
 
     return sample_dataset(index, load, batch_size, training, seed, repeat, skip)
