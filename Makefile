@@ -26,7 +26,7 @@ test-slow: venv
 
 # The main job on the built-in synthetic video, end to end (about 3 minutes on 2 cores after the
 # install): train the small STT model with the recommended recipe (the per-frame model first, then
-# the STT initialised from it, its labelled frames damaged half of the time, the block at 10x lr) and the per-frame model with the same total steps and seed, evaluate
+# the STT initialised from it) and the per-frame model with the same total steps and seed, evaluate
 # both, export the STT model (SavedModel, TFLite float32 + int8), run the edge demo on a synthetic
 # video, and write runs/quickstart/report.md. Re-running resumes finished steps.
 QUICK := runs/quickstart
@@ -39,8 +39,7 @@ quickstart: venv
 	$(BIN)/stt-train --preset psp_tiny --steps $(QUICK_STEPS) --out $(QUICK)/psp_tiny $(QUICK_ARGS)
 	@echo "== [2/8] the recipe: psp_tiny $(RECIPE_PER_FRAME_STEPS) steps, then stt_psp_tiny from it: same total steps, data and seed"
 	$(BIN)/stt-train --preset stt_psp_tiny --per-frame-steps $(RECIPE_PER_FRAME_STEPS) \
-		--steps $$(( $(QUICK_STEPS) - $(RECIPE_PER_FRAME_STEPS) )) --target-damage 0.5 --stt-lr-multiplier 10 \
-		--out $(QUICK)/stt_psp_tiny $(QUICK_ARGS)
+		--steps $$(( $(QUICK_STEPS) - $(RECIPE_PER_FRAME_STEPS) )) --out $(QUICK)/stt_psp_tiny $(QUICK_ARGS)
 	@echo "== [3/8] evaluate both on held-out synthetic sequences (mIoU, TC, frames/s)"
 	$(BIN)/stt-eval --model $(QUICK)/psp_tiny/last.keras --out $(QUICK)/psp_tiny/eval
 	$(BIN)/stt-eval --model $(QUICK)/stt_psp_tiny/last.keras --out $(QUICK)/stt_psp_tiny/eval
