@@ -213,5 +213,5 @@ def test_a_zero_frame_calibration_video_is_one_line(tmp_path):
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 32))
     writer.release()  # a valid container with no frame
     assert cv2.VideoCapture(path).isOpened()
-    with pytest.raises(ValueError, match=r"zero\.avi \(video file\) has no frames"):
+    with pytest.raises(ValueError, match=r"zero\.avi has no decodable frame"):
         calibration.UserData(path, 32, 64, 3)
