@@ -81,6 +81,7 @@ def test_the_filter_outlives_a_ctrl_c_to_the_process_group():
     """A terminal's Ctrl-C reaches the whole process group, the filter too: the command's line about it gets through."""
     result = _run("""
         import os, signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored
         from stt_keras_cli.quiet import filter_native_logs
         filter_native_logs()
         try:
