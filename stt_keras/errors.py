@@ -1,12 +1,14 @@
 """Errors the command-line tools report as one line (`prog: error: ...`, exit code 2), without a traceback."""
 
 
-class UserError(SystemExit):
+class UserError(ValueError):
     """A bad argument, input file or output folder: the user can fix it.
 
-    A SystemExit with exit code 2, so a script that calls a CLI's function
-    still stops, and `str(error)` is the message. The `main()` of each CLI
-    prints it as `prog: error: message` (see `run_cli`).
+    A ValueError, so Python code that calls a library function (`train()`,
+    `evaluate.run`, `run_export`) can catch it and goes on running; `str(error)`
+    is the message and `code` the exit status a command line ends with. Only the
+    `main()` of each CLI turns it into `prog: error: message` and exit code 2
+    (see `run_cli`).
     """
 
     def __init__(self, message):

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from stt_keras.errors import UserError
+
 from stt_keras.training.data.files import read_frame, read_raw_label
 from stt_keras.training.data.images import jpeg_problem, png_problem, read_image
 from stt_keras.training.data.readers import camvid_samples, folder_samples, folder_sequences
@@ -180,7 +182,7 @@ def test_frame_sizes_below_16_are_one_line_before_any_work(tmp_path, capsys, com
 def test_train_function_refuses_a_crop_below_16(tmp_path):
     from stt_keras.training import train as train_lib
 
-    with pytest.raises(SystemExit, match="--crop must be at least 16x16"):
+    with pytest.raises(UserError, match="--crop must be at least 16x16"):
         train_lib.train("stt_psp_tiny", out=str(tmp_path / "run"), crop=(8, 8))
     assert not os.path.exists(tmp_path / "run")
 

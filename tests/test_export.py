@@ -13,6 +13,7 @@ import tensorflow as tf
 from onnx import TensorProto, helper
 
 import stt_keras
+from stt_keras.errors import UserError
 from stt_keras.export import atomic, calibration, cli, gpu_step, onnx_export, parity, step as step_lib, tflite
 from stt_keras.layers import dense_masked
 from stt_keras.models import STTSegmenter
@@ -430,8 +431,8 @@ def test_cli_rejects_bad_arguments(trained_model_path, tmp_path):
     for argv, message in ((["--size", "64by128"], "--size"), (["--forms", "cuda"], "--forms"),
                           (["--quantizations", "int4"], "--quantizations"), (["--interfaces", "tiny"], "--interfaces")):
         args = cli.build_parser().parse_args(["--model", trained_model_path, "--out", str(tmp_path / "o"), *argv])
-        with pytest.raises(SystemExit, match=message):
+        with pytest.raises(UserError, match=message):
             cli.run_export(args)
     args = cli.build_parser().parse_args(["--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         cli.run_export(args)

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
+from stt_keras.errors import UserError
+
 from stt_keras.export import atomic, cli
 from tmpfs import can_mount_tmpfs, on_tmpfs
 
@@ -53,7 +55,7 @@ def test_arguments_that_write_no_model_are_refused_before_touching_disk(dummy_mo
     atomic.write_manifest(str(out))
     before = sorted(os.listdir(out))
     args = cli.build_parser().parse_args(["--model", str(dummy_model), "--out", str(out), *argv])
-    with pytest.raises(SystemExit, match=message) as error:
+    with pytest.raises(UserError, match=message) as error:
         cli.run_export(args)
     assert error.value.code == 2
     assert sorted(os.listdir(out)) == before and sorted(os.listdir(out.parent)) == ["good"]
@@ -79,12 +81,12 @@ def test_foreign_out_folders_are_refused_and_kept(dummy_model, tmp_path, monkeyp
     ]
     for out, message in cases:
         listing = sorted(os.listdir(out))
-        with pytest.raises(SystemExit, match=message):
+        with pytest.raises(UserError, match=message):
             cli.run_export(export_args(dummy_model, out))
         assert sorted(os.listdir(out)) == listing, out
     monkeypatch.chdir(user)
     for out in (".", str(tmp_path)):
-        with pytest.raises(SystemExit, match="current folder"):
+        with pytest.raises(UserError, match="current folder"):
             cli.run_export(export_args(dummy_model, out))
     assert (user / "thesis.tex").read_text() == "do not delete"
 
@@ -99,7 +101,7 @@ def test_check_destination_accepts_new_empty_and_earlier_exports(tmp_path):
         (legacy / name).write_text("x")
     atomic.check_destination(str(legacy))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SystemExit, match="not a folder"):
+    with pytest.raises(UserError, match="not a folder"):
         atomic.check_destination(str(tmp_path / "file"))
 
 
@@ -170,7 +172,7 @@ def test_huge_export_size_is_refused_with_an_estimate(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "available_memory", lambda: 8 * 2**30)
     built = []  # refused before any graph is built at the full size (not a timing assertion: busy machines vary)
     monkeypatch.setattr("stt_keras.export.step.make_step_function", lambda *a, **k: built.append(a[1:3]))
-    with pytest.raises(SystemExit, match=r"needs about \d+\.\d GiB.*8\.0 GiB is available.*--no-memory-check"):
+    with pytest.raises(UserError, match=r"needs about \d+\.\d GiB.*8\.0 GiB is available.*--no-memory-check"):
         cli.run_export(cli.build_parser().parse_args(["--model", str(path), "--out", str(tmp_path / "o"),
                                                       "--size", "4096x8192"]))
     assert built == [] and not (tmp_path / "o").exists()
@@ -193,13 +195,13 @@ def test_calibration_data_without_frames_is_refused_before_the_model_loads(dummy
     (tmp_path / "no_frames" / "notes.txt").write_text("x")
     for data, message in ((empty, "empty.avi has no decodable frame"), (garbage, "cannot open video"),
                           (tmp_path / "no_frames", "no frames found")):
-        with pytest.raises(SystemExit, match=f"--calibration-data: .*{message}") as error:
+        with pytest.raises(UserError, match=f"--calibration-data: .*{message}") as error:
             cli.run_export(export_args(dummy_model, tmp_path / "out", "--calibration-data", str(data)))
         assert error.value.code == 2 and not (tmp_path / "out").exists()
 
 
 def test_a_size_below_16_is_one_line_before_any_work(dummy_model, tmp_path):
-    with pytest.raises(SystemExit, match=r"--size must be at least 16x16") as error:
+    with pytest.raises(UserError, match=r"--size must be at least 16x16") as error:
         cli.run_export(cli.build_parser().parse_args(["--model", str(dummy_model), "--out", str(tmp_path / "out"),
                                                       "--size", "8x8"]))
     assert error.value.code == 2 and not (tmp_path / "out").exists()
@@ -231,7 +233,7 @@ def test_a_full_disk_during_the_export_is_one_line_and_keeps_the_earlier_export(
                                                f"{folder}/variables/variables_temp; No space left on device")
 
     monkeypatch.setattr(saved_model, "save", full)
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(UserError) as error:
         cli.run_export(export_args(path, out, "--formats", "savedmodel"))
     assert error.value.code == 2 and str(error.value) == (
         f"stt-export: the disk holding --out {out} is full (No space left on device); --out is unchanged and no "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import stt_keras
-from stt_keras.errors import ModelFileError
+from stt_keras.errors import ModelFileError, UserError
 from stt_keras.models import STTSegmenter
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -154,7 +154,7 @@ def test_missing_frame_inside_a_folder_sequence_is_named(tmp_path):
 def test_stt_eval_refuses_inputs_that_give_no_result(saved_model, tmp_path, argv, message):
     from stt_keras.training.evaluate import build_parser, run
 
-    with pytest.raises(SystemExit, match=message) as error:
+    with pytest.raises(UserError, match=message) as error:
         run(build_parser().parse_args(["--model", saved_model, "--out", str(tmp_path / "eval"), *argv]))
     assert error.value.code == 2 and not (tmp_path / "eval").exists()
 
@@ -165,7 +165,7 @@ def test_stt_eval_cityscapes_root_without_labels(saved_model, tmp_path):
     (tmp_path / "cs" / "leftImg8bit_sequence" / "val" / "x").mkdir(parents=True)
     args = build_parser().parse_args(["--model", saved_model, "--out", str(tmp_path / "eval"), "--dataset",
                                       "cityscapes", "--data-root", str(tmp_path / "cs")])
-    with pytest.raises(SystemExit, match="no Cityscapes labels"):
+    with pytest.raises(UserError, match="no Cityscapes labels"):
         run(args)
     assert not (tmp_path / "eval").exists()
 
@@ -179,7 +179,7 @@ def test_stt_eval_never_writes_nan(saved_model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(evaluate, "evaluate", no_labels)
     args = evaluate.build_parser().parse_args(["--model", saved_model, "--out", str(tmp_path / "eval")])
-    with pytest.raises(SystemExit, match="no labelled frame"):
+    with pytest.raises(UserError, match="no labelled frame"):
         evaluate.run(args)
     assert not (tmp_path / "eval").exists()
 

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from stt_keras.errors import UserError
+
 from stt_keras.training import callbacks as cb
 from stt_keras.training import train as train_lib
 from tmpfs import can_mount_tmpfs, on_tmpfs
@@ -89,7 +91,7 @@ def test_other_settings_on_an_existing_out_are_refused_by_name(tmp_path):
                           (["--steps", "8", "--crop", "16x16"], "--crop None before, [16, 16] now"),
                           (["--steps", "8", "--preset", "stt_psp_tiny"], "another model"),
                           (["--steps", "8", "--preset", "stt_psp_tiny", "--allow-new-settings"], "another model")]:
-        with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")) as error:
+        with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")) as error:
             train_lib.run(_args(out, *argv))
         assert error.value.code == 2
     assert sorted(os.listdir(out)) == [".lock", "run.json"]  # nothing written, nothing trained
@@ -106,9 +108,9 @@ def test_finished_run_is_not_retrained_and_other_steps_are_refused(tmp_path, cap
         "history_rows": 3, "settings": train_lib.run_settings(_args(out, "--steps", "6"))})
     assert train_lib.run(_args(out, "--steps", "6")) is None
     assert "already finished (6 of 6 steps); nothing to do" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match=r"--steps 6 before, 7 now.*--allow-new-settings"):
+    with pytest.raises(UserError, match=r"--steps 6 before, 7 now.*--allow-new-settings"):
         train_lib.run(_args(out, "--steps", "7"))
-    with pytest.raises(SystemExit, match="already trained 6 steps, more than --steps 4"):
+    with pytest.raises(UserError, match="already trained 6 steps, more than --steps 4"):
         train_lib.run(_args(out, "--steps", "4", "--allow-new-settings"))
 
 
@@ -117,7 +119,7 @@ def test_second_run_on_the_same_out_names_the_lock_holder(tmp_path):
     out.mkdir()
     lock = train_lib.RunLock(str(out)).acquire()
     try:
-        with pytest.raises(SystemExit, match=f"in use by another stt-train run \\(PID {os.getpid()}\\)"):
+        with pytest.raises(UserError, match=f"in use by another stt-train run \\(PID {os.getpid()}\\)"):
             train_lib.run(_args(out, "--steps", "2"))
     finally:
         lock.release()
@@ -137,7 +139,7 @@ def test_second_run_on_the_same_out_names_the_lock_holder(tmp_path):
     (["--init-from", "missing.keras"], "--init-from model file not found"),
 ])
 def test_bad_training_arguments_are_one_line_errors(tmp_path, argv, message):
-    with pytest.raises(SystemExit, match=message) as error:
+    with pytest.raises(UserError, match=message) as error:
         train_lib.run(_args(tmp_path / "run", *argv))
     assert error.value.code == 2
 
@@ -149,7 +151,7 @@ def test_unknown_preset_is_refused_with_the_choices(tmp_path, capsys):
     err = capsys.readouterr().err
     assert error.value.code == 2 and "--preset: invalid choice: 'nope'" in err and "'stt_psp_tiny'" in err
     config = train_lib.TrainConfig(preset="nope", out=str(tmp_path / "run"))
-    with pytest.raises(SystemExit, match="unknown --preset 'nope'; available: .*stt_psp_tiny") as error:
+    with pytest.raises(UserError, match="unknown --preset 'nope'; available: .*stt_psp_tiny") as error:
         train_lib.run(config)
     assert error.value.code == 2
 
@@ -382,15 +384,15 @@ def test_train_function_refuses_bad_settings_before_writing(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(TypeError, match=r"unknown setting\(s\) \['top_ratio'\]"):
         train_lib.train("stt_psp_tiny", out=str(out), top_ratio=0.5)  # an STT argument goes in stt_overrides
-    with pytest.raises(SystemExit, match="--crop must look like 128x256"):
+    with pytest.raises(UserError, match="--crop must look like 128x256"):
         train_lib.train("stt_psp_tiny", out=str(out), crop="128")
-    with pytest.raises(SystemExit, match="--dataset cityscapes has 19 classes, not --num-classes 5"):
+    with pytest.raises(UserError, match="--dataset cityscapes has 19 classes, not --num-classes 5"):
         train_lib.train("stt_psp_tiny", 5, out=str(out), dataset="cityscapes", data_root=str(tmp_path))
-    with pytest.raises(SystemExit, match="--top-ratio must be in"):
+    with pytest.raises(UserError, match="--top-ratio must be in"):
         train_lib.train("stt_psp_tiny", out=str(out), stt_overrides={"top_ratio": 1.5})
     assert not out.exists()
     # An override the preset does not take is named by from_preset; no run.json is left to refuse the fixed command.
-    with pytest.raises(SystemExit, match="per-frame model; it takes no STT overrides") as error:
+    with pytest.raises(UserError, match="per-frame model; it takes no STT overrides") as error:
         train_lib.run(_args(out, "--top-ratio", "0.5"))
     assert error.value.code == 2 and sorted(os.listdir(out)) == [".lock"]
 

@@ -312,6 +312,8 @@ def run(args):
     scan.finish_evaluation_check(scanned, model.num_classes)  # folder and video labels: the model's class count
     try:
         make_sequences, names, description = dataset_sequences(args, model.num_classes, size)
+    except UserError:  # already one line naming the problem
+        raise
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"stt-eval: {error}") from None
     if model.num_classes != len(names):

@@ -57,7 +57,7 @@ def train(preset: str, num_classes: int | None = None, *, out: str, **settings) 
 
     Returns:
         The trained model (None when `out` holds a finished run of these settings).
-        Bad settings raise `stt_keras.errors.UserError` (a SystemExit with code 2)
+        Bad settings raise `stt_keras.errors.UserError` (a ValueError)
         naming the problem.
     """
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
