@@ -44,9 +44,12 @@ def test_degraded_subsets_and_history_ablation_match_direct_computations():
                 pix_t.append(label[masks[t]])
                 pix_p.append(pred[masks[t]])
     cat = lambda xs: np.concatenate(xs).astype(np.int64)  # noqa: E731
-    np.testing.assert_allclose(ablated["miou"], numpy_miou(cat(trues), cat(preds), 7), rtol=1e-5)
-    np.testing.assert_allclose(ablated["miou_degraded_frames"], numpy_miou(cat(deg_t), cat(deg_p), 7), rtol=1e-5)
-    np.testing.assert_allclose(ablated["miou_degraded_pixels"], numpy_miou(cat(pix_t), cat(pix_p), 7), rtol=1e-5)
+    # evaluate() streams (another graph than the clip call here): an untrained model's logits have near ties, and a
+    # few pixels may take the other class at float32 rounding. One pixel moves these mIoUs by ~1e-6; 1e-4 allows
+    # ~100 of ~300,000 pixels, while the real history (asserted to differ below) moves them by far more.
+    np.testing.assert_allclose(ablated["miou"], numpy_miou(cat(trues), cat(preds), 7), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ablated["miou_degraded_frames"], numpy_miou(cat(deg_t), cat(deg_p), 7), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ablated["miou_degraded_pixels"], numpy_miou(cat(pix_t), cat(pix_p), 7), rtol=0, atol=1e-4)
     # With the real history the STT's predictions differ somewhere (random weights see the past).
     assert evaluate(model, sequences, 7)["miou"] != ablated["miou"]
 
