@@ -47,7 +47,8 @@ class StreamingSegmenter:
     pass + STT + decoder. The state (`self.state`, `model.state_shape(H, W)`), its
     first-frame policy and what a step equals on a clip are described in
     docs/models.md, "The streaming state contract". A new frame shape starts a
-    new stream.
+    new stream. An exported file streams the same way, without TensorFlow, through
+    `stt_edge_demo.stream.Stream` (same `step`, `reset`, `segment`, `state`).
 
     Args:
         model: an STTSegmenter with an STT.
