@@ -19,7 +19,8 @@ import time
 import cv2
 
 from . import overlay
-from .runners import ModelError, load_runner
+from .runners import ModelError
+from .stream import Stream
 
 
 class InputError(Exception):
@@ -198,8 +199,9 @@ def run(args):
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else None)
     check_paths(args, csv_path)
-    runner, meta = load_runner(args.model, args.threads, args.delegate, getattr(args, "accelerator", "cpu"),
-                               allow_unverified=getattr(args, "allow_unverified", False))
+    stream = Stream.open(args.model, args.threads, args.delegate, getattr(args, "accelerator", "cpu"),
+                         allow_unverified=getattr(args, "allow_unverified", False))
+    runner, meta = stream.runner, stream.meta
     if hasattr(runner, "describe"):
         print(f"edge_demo: {runner.describe()}", flush=True)
     print(f"edge_demo: {len(meta['classes'])} classes: {', '.join(map(str, meta['classes']))}", flush=True)
@@ -207,7 +209,7 @@ def run(args):
     capture, fps, promised = open_source(args)
     show = display_available(args)
     writer, rows, latencies = None, [], []
-    state, code, count = runner.initial_state(), 0, 0
+    code, count = 0, 0
     total = min(promised, args.max_frames) if promised and args.max_frames else (promised or args.max_frames)
     progress = _progress(total)
     start = time.perf_counter()
@@ -231,7 +233,7 @@ def run(args):
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             boxed, box = overlay.letterbox(rgb, model_h, model_w)
             model_start = time.perf_counter()
-            labels, state = runner(boxed, state, reset=count == 0)
+            labels = stream.step(boxed, return_labels=True)
             model_ms = 1000.0 * (time.perf_counter() - model_start)
             labels = overlay.unletterbox(labels, box, frame.shape[0], frame.shape[1])
             image = overlay.blend(frame, overlay.colorize(labels, meta["palette"]), args.alpha)
@@ -262,6 +264,7 @@ def run(args):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         wall = time.perf_counter() - start
         progress.close()
+        stream.close()
         capture.release()
         if writer is not None:
             writer.release()

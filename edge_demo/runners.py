@@ -1,8 +1,10 @@
-"""Model runners with one interface: runner(frame, state, reset) -> (labels [H, W] int32, next_state).
+"""Model runners: an exported step on LiteRT or ONNX Runtime, runner(frame, state, reset) -> (labels [H, W] int32, next_state).
 
-All read the metadata JSON written by stt-export next to the model and check
-that the model's real inputs and outputs match it before the first frame. A
-per-frame model (no `state` input) gets state None and returns None.
+A runner is the stateless step (the state goes in, the next state comes out);
+`stt_edge_demo.stream.Stream` carries the state from frame to frame for you. All
+read the metadata JSON written by stt-export next to the model and check that the
+model's real inputs and outputs match it before the first frame. A per-frame model
+(no `state` input) gets state None and returns None.
 """
 
 import hashlib
@@ -98,7 +100,7 @@ def _check_io(meta, inputs, outputs):
 
 
 def step_inputs(frame_rgb, state, reset, frame_dtype):
-    """The {frame, state, reset} inputs of an exported step (docs/export.md, "The streaming state contract").
+    """The {frame, state, reset} inputs of an exported step (docs/models.md, "The streaming state contract").
 
     frame_rgb [H, W, 3]; state None for a per-frame model (then only `frame`).
     """
@@ -106,6 +108,13 @@ def step_inputs(frame_rgb, state, reset, frame_dtype):
     if state is not None:
         inputs.update(state=state, reset=np.array([1.0 if reset else 0.0], np.float32))
     return inputs
+
+
+def labels_of(outputs):
+    """The labels of a step's outputs: its `labels`, else the argmax of its `logits` (int32, batch kept)."""
+    if "labels" in outputs:
+        return np.asarray(outputs["labels"]).astype(np.int32, copy=False)
+    return np.asarray(outputs["logits"]).argmax(-1).astype(np.int32)
 
 
 def _argmax_classes(interpreter, tensor):
@@ -199,15 +208,23 @@ class _Runner:
             return None  # a per-frame model
         return np.zeros(self.inputs["state"]["shape"], np.dtype(self.inputs["state"]["dtype"]))
 
-    def __call__(self, frame_rgb, state, reset):
-        out = self._run(**step_inputs(frame_rgb, state if "state" in self.inputs else None, reset, self.frame_dtype))
-        result = np.asarray(out[self.output_name])[0]
-        labels = result if self.output_name == "labels" else result.argmax(-1)
+    def run(self, **inputs):
+        """The step on its named inputs ({frame, state, reset}: `step_inputs`) -> {output name: array}."""
+        return self._run(**inputs)
+
+    def check_labels(self, labels):
+        """ModelError if a label lies outside the classes the metadata names."""
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = int(labels.max() if labels.max() >= self.num_classes else labels.min())
             raise ModelError(f"{self.name} output label {bad} but its metadata names {self.num_classes} classes "
                              f"({metadata_path(self.name)}).")
-        return labels.astype(np.int32), (np.asarray(out["next_state"]) if "next_state" in out else None)
+
+    def __call__(self, frame_rgb, state, reset):
+        """One stateless step: (labels [H, W] int32, next_state or None); `Stream` carries the state instead."""
+        out = self.run(**step_inputs(frame_rgb, state if "state" in self.inputs else None, reset, self.frame_dtype))
+        labels = labels_of(out)[0]
+        self.check_labels(labels)
+        return labels, (np.asarray(out["next_state"]) if "next_state" in out else None)
 
 
 def _check_delegate_library(library):

@@ -4,7 +4,8 @@ import hashlib
 
 import numpy as np
 
-from stt_edge_demo.runners import LiteRTSession, OnnxSession, step_inputs
+from stt_edge_demo.runners import LiteRTSession, OnnxSession, labels_of  # noqa: F401 (labels_of: parity.labels_of)
+from stt_edge_demo.stream import Stream
 from stt_keras.metrics import MeanIoU
 
 
@@ -51,18 +52,16 @@ class OnnxStep(OnnxSession):
         super().__init__(path, num_threads, providers=("CPUExecutionProvider",))
 
 
-def labels_of(outputs):
-    if "labels" in outputs:
-        return np.asarray(outputs["labels"])
-    return np.asarray(outputs["logits"]).argmax(-1).astype(np.int32)
+def _inputs_only(**inputs):
+    raise AssertionError("a per-frame model's stream without a step gives inputs only")
 
 
 def stream_sequence(step, frames, state_shape, frame_dtype=np.uint8):
     """Streams one sequence through an exported step; yields (inputs, outputs) of every frame.
 
-    The one loop that carries an exported step's state (parity, int8 calibration,
-    the GPU check): zeros and reset 1.0 on the first frame, then each step's
-    `next_state` (docs/export.md, "The streaming state contract").
+    The edge demo's `Stream` over `frames` (parity, int8 calibration, the GPU check):
+    zeros and reset 1.0 on the first frame, then each step's `next_state`
+    (docs/models.md, "The streaming state contract").
 
     Args:
         step: callable(**inputs) -> {name: array} (a Keras step function,
@@ -75,13 +74,9 @@ def stream_sequence(step, frames, state_shape, frame_dtype=np.uint8):
     """
     if step is None and state_shape is not None:
         raise ValueError("stream_sequence: a streaming model's next state comes from running `step`; pass it.")
-    state = None if state_shape is None else np.zeros(state_shape, np.float32)
-    for t, frame in enumerate(frames):
-        inputs = step_inputs(frame, state, t == 0, frame_dtype)
-        outputs = None if step is None else step(**inputs)
-        yield inputs, outputs
-        if state is not None:
-            state = np.asarray(outputs["next_state"], np.float32)
+    stream = Stream(step if step is not None else _inputs_only, state_shape, frame_dtype)
+    for frame in frames:
+        yield (stream.step_inputs(frame), None) if step is None else stream.run(frame)
 
 
 def stream(step, sequences, state_shape, frame_dtype=np.uint8):

@@ -4,11 +4,11 @@ Every exported step (SavedModel `step` signature, TFLite, ONNX) has the same
 contract, batch 1 and static shapes: inputs (frame, state, reset), outputs
 ([labels], [logits], next_state), the state packed along channels as
 `model.state_shape(H, W, packed=True)`. The contract is written down once, in
-docs/export.md, "The streaming state contract". A per-frame model (no STT) has
+docs/models.md, "The streaming state contract". A per-frame model (no STT) has
 the same contract without state, reset and next_state.
 
 This module only traces; the state's geometry and packing are the library's
-(`STTSegmenter.state_shape`, `stt_keras.layers.dense_masked.pack_frames`).
+(`STTSegmenter.state_shape`, `stt_keras.streaming.pack_frames`).
 
 Two forms compute the same function:
 - "default": the library's own `STTSegmenter.stream_step` (tile loops, top-k
@@ -38,7 +38,7 @@ INTERFACES = ("full", "edge")
 MEANINGS = {
     "frame": "RGB frame, values in [0, 255]; ImageNet mean/std is applied inside the model",
     "state": "streaming state [1, h, w, T * C]: projected key/value maps of the T previous frames, oldest first, "
-             "packed along channels (docs/export.md, 'The streaming state contract'); zeros with reset=1 first",
+             "packed along channels (docs/models.md, 'The streaming state contract'); zeros with reset=1 first",
     "reset": "1.0 on the first frame of a stream (the incoming state is then ignored), else 0.0",
     "labels": "class index per pixel (argmax over classes; the lowest index on ties)",
     "logits": "class scores per pixel (before softmax)",

@@ -1,4 +1,9 @@
-"""Streaming inference: each frame is encoded once and reused as a key for the next T frames."""
+"""Streaming inference: each frame is encoded once and reused as a key for the next T frames.
+
+Here live the stream (`StreamingSegmenter`, which holds the state) and the state's layout
+(`pack_frames` / `unpack_frames`: frames on their own axis, or packed along channels as every
+exported step takes it). docs/models.md, "The streaming state contract", describes both.
+"""
 
 from typing import Iterable
 
@@ -6,14 +11,44 @@ import numpy as np
 import tensorflow as tf
 
 
+# ------------------------------------------------------------------ state layout
+def pack_frames(frames):
+    """[B, T, h, w, C] -> [B, h, w, T * C] (oldest frame first along channels): the exported steps' layout.
+
+    >>> import numpy as np
+    >>> frames = np.arange(2 * 1 * 1 * 3).reshape(1, 2, 1, 1, 3)   # T = 2 frames of 3 channels
+    >>> pack_frames(frames).numpy().tolist()
+    [[[[0, 1, 2, 3, 4, 5]]]]
+    >>> unpack_frames(pack_frames(frames), 2).shape
+    TensorShape([1, 2, 1, 1, 3])
+    """
+    frames = tf.convert_to_tensor(frames)
+    t, c = frames.shape[1], frames.shape[4]
+    shape = tf.shape(frames)
+    h = frames.shape[2] if frames.shape[2] is not None else shape[2]
+    w = frames.shape[3] if frames.shape[3] is not None else shape[3]
+    return tf.reshape(tf.transpose(frames, [0, 2, 3, 1, 4]), [-1, h, w, t * c])
+
+
+def unpack_frames(packed, frames):
+    """[B, h, w, T * C] -> [B, T, h, w, C], for `frames` = T (the inverse of `pack_frames`)."""
+    packed = tf.convert_to_tensor(packed)
+    shape = tf.shape(packed)
+    h = packed.shape[1] if packed.shape[1] is not None else shape[1]
+    w = packed.shape[2] if packed.shape[2] is not None else shape[2]
+    return tf.transpose(tf.reshape(packed, [-1, h, w, frames, packed.shape[-1] // frames]), [0, 3, 1, 2, 4])
+
+
+# ------------------------------------------------------------------ the stream
 class StreamingSegmenter:
     """Segments a video frame by frame with a ring buffer of cached key features.
 
     Carries `model.stream_step`'s state for you, so a frame costs one encoder
     pass + STT + decoder. The state (`self.state`, `model.state_shape(H, W)`), its
     first-frame policy and what a step equals on a clip are described in
-    docs/export.md, "The streaming state contract". A new frame shape starts a
-    new stream.
+    docs/models.md, "The streaming state contract". A new frame shape starts a
+    new stream. An exported file streams the same way, without TensorFlow, through
+    `stt_edge_demo.stream.Stream` (same `step`, `reset`, `segment`, `state`).
 
     Args:
         model: an STTSegmenter with an STT.

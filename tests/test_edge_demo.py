@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from stt_edge_demo import app, overlay
 from stt_edge_demo.runners import LiteRTRunner, load_metadata
+from stt_edge_demo.stream import Stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -150,6 +151,64 @@ def test_state_is_carried_between_frames(models):
     for n in range(1, 5):
         _, state = runner(frame, state, reset=n == 1)
         np.testing.assert_array_equal(state, np.full(STATE, float(n)))
+
+
+def test_stream_carries_the_state_and_resets(models):
+    frame = np.zeros((H, W, 3), np.uint8)
+    with Stream.open(models["labels"]) as stream:
+        assert stream.streaming and stream.meta["classes"] == ["a", "b", "c", "d"]
+        stream.state += 100.0  # garbage: the first frame must ignore it
+        for n in range(1, 4):
+            assert stream.step(frame, return_labels=True).shape == (H, W)
+            np.testing.assert_array_equal(stream.state, np.full(STATE, float(n)))
+        stream.reset()
+        np.testing.assert_array_equal(stream.step_inputs(frame)["reset"], [1.0])  # nothing ran
+        np.testing.assert_array_equal(stream.state, np.full(STATE, 3.0))
+        assert stream.step(frame[None], return_labels=True).shape == (1, H, W)  # the batch rank is kept
+        np.testing.assert_array_equal(stream.state, np.full(STATE, 1.0))
+        with pytest.raises(ValueError, match="labels only"):
+            stream.step(frame)
+        with pytest.raises(ValueError, match=r"model takes \[32, 48, 3\]"):
+            stream.step(np.zeros((H + 1, W, 3), np.uint8), return_labels=True)
+        np.testing.assert_array_equal(stream.state, np.full(STATE, 1.0))  # refused frames do not step
+    with pytest.raises(ValueError, match="closed"):
+        stream.step(frame, return_labels=True)
+
+
+def test_stream_equals_the_stateless_runner_loop(models):
+    """Stream.segment == the runner called with the state carried by hand; logits as the model gives them."""
+    frames = np.random.default_rng(1).integers(0, 256, (4, H, W, 3)).astype(np.uint8)
+    runner = LiteRTRunner(models["logits"], load_metadata(models["logits"]))
+    state, expected = runner.initial_state(), []
+    for t, frame in enumerate(frames):
+        labels, state = runner(frame, state, reset=t == 0)
+        expected.append(labels)
+    stream = Stream(runner)
+    np.testing.assert_array_equal(stream.segment(frames), np.stack(expected))
+    np.testing.assert_array_equal(stream.state, state)
+    logits = stream.step(frames[0])
+    assert logits.dtype == np.float32 and logits.shape == (H, W, 4)
+    np.testing.assert_array_equal(logits.argmax(-1), expected[0])
+    with pytest.raises(ValueError, match="metadata"):
+        Stream(runner, state_shape=STATE)
+    with pytest.raises(ValueError, match="no frames"):
+        stream.segment([])
+
+
+def test_a_per_frame_step_is_a_stream_without_state():
+    seen = []
+
+    def step(**inputs):
+        seen.append(sorted(inputs))
+        return {"logits": np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)}
+
+    stream = Stream(step)
+    assert not stream.streaming and stream.state is None
+    assert stream.step(np.zeros((2, 3, 3), np.uint8)).shape == (2, 3, 4)
+    np.testing.assert_array_equal(stream.step(np.zeros((2, 3, 3), np.uint8), return_labels=True), np.full((2, 3), 3))
+    assert seen == [["frame"]] * 2
+    with pytest.raises(TypeError, match="callable"):
+        Stream("not a step")
 
 
 def test_onnx_runtime_gives_the_same_labels(models):

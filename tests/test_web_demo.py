@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from stt_edge_demo.runners import load_metadata, load_runner
+from stt_edge_demo.stream import Stream
 from stt_edge_demo.web import headless, server, webmodel
 
 FRAMES = 20
@@ -85,13 +86,9 @@ def frames_box(frames):
 
 
 def python_edge_labels(model_path, frames):
-    """Labels [N, H, W] of the Python edge demo's LiteRT runner (CPU, XNNPACK), state carried, on `frames`."""
-    runner, _ = load_runner(model_path)
-    state, labels = runner.initial_state(), []
-    for t, frame in enumerate(frames):
-        result, state = runner(frame, state, reset=t == 0)
-        labels.append(result)
-    return np.stack(labels)
+    """Labels [N, H, W] of the Python edge demo's LiteRT stream (CPU, XNNPACK) on `frames`."""
+    with Stream.open(model_path) as stream:
+        return stream.segment(frames)
 
 
 # ------------------------------------------------------------------ the page in Chromium

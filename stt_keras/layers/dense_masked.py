@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from stt_keras.layers import nsm, windows
+from stt_keras.streaming import pack_frames, unpack_frames  # noqa: F401 (the state layout; also dense_masked.*)
 
 NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse implementation)
 ATTENTION_TILE = 4  # query tile of the windowed attention (as in temporal_attention)
@@ -54,26 +55,6 @@ MAX_TEXTURE_SIDE = 8192  # WebGPU's default maxTextureDimension2D (SwiftShader's
 MAX_HALO_ROWS = 4096  # key rows (tiles x halo points) per tile group (see windowed_attention)
 EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
 _FILL = 1.0e9  # masked logits get -_FILL: exp underflows to exactly 0 (-inf in float16, same result)
-
-
-# ------------------------------------------------------------------ state layout
-def pack_frames(frames):
-    """[B, T, h, w, C] -> [B, h, w, T * C] (oldest frame first along channels)."""
-    frames = tf.convert_to_tensor(frames)
-    t, c = frames.shape[1], frames.shape[4]
-    shape = tf.shape(frames)
-    h = frames.shape[2] if frames.shape[2] is not None else shape[2]
-    w = frames.shape[3] if frames.shape[3] is not None else shape[3]
-    return tf.reshape(tf.transpose(frames, [0, 2, 3, 1, 4]), [-1, h, w, t * c])
-
-
-def unpack_frames(packed, frames):
-    """[B, h, w, T * C] -> [B, T, h, w, C]."""
-    packed = tf.convert_to_tensor(packed)
-    shape = tf.shape(packed)
-    h = packed.shape[1] if packed.shape[1] is not None else shape[1]
-    w = packed.shape[2] if packed.shape[2] is not None else shape[2]
-    return tf.transpose(tf.reshape(packed, [-1, h, w, frames, packed.shape[-1] // frames]), [0, 3, 1, 2, 4])
 
 
 # ---------------------------------------------------------------- constant tables

@@ -495,7 +495,7 @@ class STTSegmenter(keras.Model):
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------------ streaming
-    # The state's layout is described once, in docs/export.md, "The streaming state contract".
+    # The state's layout is described once, in docs/models.md, "The streaming state contract".
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
                 layer_range=None, size=None):
         """The model in one table: its input, then encoder, STT and decoder with their output per frame and
@@ -567,9 +567,9 @@ class STTSegmenter(keras.Model):
         """Shape of the streaming state for frames of height x width, from `compute_output_shape` (nothing runs).
 
         [batch, T, h, w, C] or, `packed`, [batch, h, w, T * C] (the exported steps'
-        layout; `dense_masked.pack_frames` / `unpack_frames` convert). h x w is the
+        layout; `stt_keras.streaming.pack_frames` / `unpack_frames` convert). h x w is the
         encoder's feature map, C = 2 d_r the STT's projected key/value channels.
-        See docs/export.md, "The streaming state contract".
+        See docs/models.md, "The streaming state contract".
         """
         if self.stt is None:
             raise ValueError("Only STT models stream; a per-frame model has no state.")
@@ -592,7 +592,7 @@ class STTSegmenter(keras.Model):
         the state with this frame's projected key/value map appended (the oldest
         dropped). `reset` true: the state is first filled with this frame's own map
         (the first-frame policy). Layout, first-frame policy and what a step equals
-        on a clip: docs/export.md, "The streaming state contract".
+        on a clip: docs/models.md, "The streaming state contract".
 
         Args:
             frame: [B, H, W, 3] uint8 or float in [0, 255].
