@@ -35,12 +35,11 @@ other than the first of a batch of 1 go through `tf.map_fn`. Differentiable: the
 mask is piecewise constant (no gradient through the selection, as with "sparse").
 """
 
-import math
 
 import numpy as np
 import tensorflow as tf
 
-from stt_keras.layers import nsm, windows
+from stt_keras.layers import block, nsm, windows
 
 NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse implementation)
 ATTENTION_TILE = 4  # query tile of the windowed attention (as in temporal_attention)
@@ -439,26 +438,15 @@ def attend(stt, features, packed):
     if stt.top_ratio == 0.0:
         return features
     packed = tf.cast(packed, tf.float32)
-    eps = stt.layer_norm_epsilon
-    scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
-    q_in = layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
-    with tf.name_scope("query"):  # query, output, ffn (and keys): the QUANTIZABLE sub-scopes
-        q = dense(q_in, stt.query_kernel, stt.query_bias) * scale
+
+    def norm(x, gamma, beta):
+        return layer_norm(x, gamma, beta, stt.layer_norm_epsilon)
+
+    # The query, output and ffn name scopes (in `block`) and keys: the QUANTIZABLE sub-scopes.
+    q = block.project_queries(stt, features, dense, norm)
     with tf.name_scope("attention"):
         attended = windowed_attention(q, packed, stt.radii, stt.num_heads)
-    with tf.name_scope("output"):
-        mixed = dense(attended, stt.output_kernel, stt.output_bias)
-
-    def ffn(x):
-        with tf.name_scope("ffn"):
-            return dense(tf.nn.relu(dense(x, stt.ffn1_kernel, stt.ffn1_bias)), stt.ffn2_kernel, stt.ffn2_bias)
-
-    if stt.norm_first:
-        x = features + mixed
-        out = x + ffn(layer_norm(x, stt.norm2_gamma, stt.norm2_beta, eps))
-    else:
-        x = layer_norm(features + mixed, stt.norm1_gamma, stt.norm1_beta, eps)
-        out = layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta, eps)
+    out = block.post_attention(stt, features, attended, dense, norm)
     if stt.top_ratio == 1.0:  # every point is a query: no score, no mask
         return out
     with tf.name_scope("select"):

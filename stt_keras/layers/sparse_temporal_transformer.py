@@ -1,12 +1,10 @@
 """The Sparse Temporal Transformer block (docs/method.md, "The STT block")."""
 
-import math
-
 import keras
 import tensorflow as tf
 
 from stt_keras import kernels
-from stt_keras.layers import dense_masked, nsm, temporal_attention, windows
+from stt_keras.layers import block, dense_masked, nsm, temporal_attention, windows
 
 KEY_SELECTIONS = ("window", "all")
 
@@ -313,30 +311,20 @@ class SparseTemporalTransformer(keras.layers.Layer):
         bias = tf.cast(tf.concat([self.key_bias, self.value_bias], axis=0), tf.float32)
         return self._linear(tf.cast(keys, tf.float32), kernel, bias)
 
+    def _linear_f32(self, x, kernel, bias):
+        return self._linear(x, tf.cast(kernel, tf.float32), tf.cast(bias, tf.float32))
+
     def transform(self, selected, attended):
         """The full-width rest of the block: (query points [.., d], attention [.., d_r]) -> [.., d].
 
         `attended` is the concatenated head outputs (before W^O) computed from
-        `project_queries(selected)`. Float32.
+        `project_queries(selected)`. Float32; the maths is `block.post_attention`.
         """
-        mixed = self._linear(attended, tf.cast(self.output_kernel, tf.float32), tf.cast(self.output_bias, tf.float32))
-        if self.norm_first:
-            x = selected + mixed
-            return x + self._ffn(self._layer_norm(x, self.norm2_gamma, self.norm2_beta))
-        x = self._layer_norm(selected + mixed, self.norm1_gamma, self.norm1_beta)
-        return self._layer_norm(x + self._ffn(x), self.norm2_gamma, self.norm2_beta)
-
-    def _ffn(self, x):
-        hidden = tf.nn.relu(self._linear(x, tf.cast(self.ffn1_kernel, tf.float32), tf.cast(self.ffn1_bias, tf.float32)))
-        return self._linear(hidden, tf.cast(self.ffn2_kernel, tf.float32), tf.cast(self.ffn2_bias, tf.float32))
+        return block.post_attention(self, selected, attended, self._linear_f32, self._layer_norm)
 
     def project_queries(self, points):
         """W^Q of query points [.., d] (after the first LayerNorm with norm_first), scaled by 1/sqrt(d_head)."""
-        points = tf.cast(points, tf.float32)
-        if self.norm_first:
-            points = self._layer_norm(points, self.norm1_gamma, self.norm1_beta)
-        scale = 1.0 / math.sqrt(self.reduced_channels // self.num_heads)
-        return self._linear(points, tf.cast(self.query_kernel, tf.float32), tf.cast(self.query_bias, tf.float32)) * scale
+        return block.project_queries(self, tf.cast(points, tf.float32), self._linear_f32, self._layer_norm)
 
     def selection_scores(self, query, key_values):
         """[B, h, w] scores whose top `top_ratio` become queries (see `change_weight`)."""

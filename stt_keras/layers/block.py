@@ -1,0 +1,47 @@
+"""The STT block's maths around the attention, written once for both implementations.
+
+`SparseTemporalTransformer` ("sparse": matmuls on the selected points, `tf.nn.moments`
+norms) and `dense_masked` (1x1 convolutions on the whole map, moment-free norms for
+mobile GPUs) compute the same function with different ops. Each passes its own
+`linear(x, kernel, bias)` and `layer_norm(x, gamma, beta)`; the order of the steps,
+the norm_first branches and the name scopes are here. The scopes "query", "output"
+and "ffn" are the sub-scopes int8 export quantizes (`dense_masked.QUANTIZABLE`).
+"""
+
+import math
+
+import tensorflow as tf
+
+
+def query_scale(stt):
+    """1 / sqrt(d_head), the attention's logit scale, folded into the projected queries."""
+    return 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
+
+
+def project_queries(stt, points, linear, layer_norm):
+    """W^Q of query points [.., d] (after the first LayerNorm with norm_first), scaled by `query_scale`."""
+    if stt.norm_first:
+        points = layer_norm(points, stt.norm1_gamma, stt.norm1_beta)
+    with tf.name_scope("query"):
+        return linear(points, stt.query_kernel, stt.query_bias) * query_scale(stt)
+
+
+def post_attention(stt, points, attended, linear, layer_norm):
+    """The rest of the block at full width: (query points [.., d], heads [.., d_r]) -> [.., d].
+
+    W^O maps the concatenated heads back to d; then the paper's post-norm
+    X = LN(q + MH), Y = LN(X + FFN(X)), or with `stt.norm_first` the pre-norm
+    X = q + MH, Y = X + FFN(LN(X)) (its first LayerNorm is in `project_queries`).
+    """
+    with tf.name_scope("output"):
+        mixed = linear(attended, stt.output_kernel, stt.output_bias)
+
+    def ffn(x):
+        with tf.name_scope("ffn"):
+            return linear(tf.nn.relu(linear(x, stt.ffn1_kernel, stt.ffn1_bias)), stt.ffn2_kernel, stt.ffn2_bias)
+
+    if stt.norm_first:
+        x = points + mixed
+        return x + ffn(layer_norm(x, stt.norm2_gamma, stt.norm2_beta))
+    x = layer_norm(points + mixed, stt.norm1_gamma, stt.norm1_beta)
+    return layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta)
