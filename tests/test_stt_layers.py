@@ -301,6 +301,42 @@ def test_top_ratio_zero_is_identity():
     np.testing.assert_array_equal(layer(q, k).numpy(), q)
 
 
+def test_top_ratio_rules_are_one_range_one_count_one_coverage():
+    from stt_keras.layers import validation
+
+    for bad in (-0.1, 1.5, "half", True, None):
+        with pytest.raises(ValueError, match=r"--top-ratio must be (a number )?in \[0, 1\]"):
+            validation.check_top_ratio(bad, name="--top-ratio")
+    assert validation.check_top_ratio(0) == 0.0 and validation.check_top_ratio(1) == 1.0
+    for points in (1, 2, 7, 63, 64, 99):
+        for ratio in (0.0, 0.001, 0.25, 0.5, 0.75, 0.999, 1.0):
+            count = validation.query_count(ratio, points)
+            assert count == ref.num_selected(ratio, points)  # the NumPy reference's rule
+            if ratio > 0:  # a map whose size is known only at run time counts the same
+                assert int(validation.query_count(ratio, tf.constant(points))) == count
+            expected = "none" if count == 0 else "all" if count == points else "some"
+            assert validation.coverage(ratio, points) == expected
+    assert validation.coverage(0.999) == "some" and validation.coverage(1.0) == "all"
+
+
+def test_a_ratio_that_rounds_to_every_point_is_top_ratio_one_in_both_implementations():
+    # 0.995 of 8x8 points is all 64: no score, no selection, no mask (`validation.coverage`).
+    q, k = random_clip(1, 2, 8, 8, 16)
+    outputs = {}
+    for ratio in (0.995, 1.0):
+        layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, top_ratio=ratio, neighborhood_radius=1)
+        layer.build(q.shape, k.shape)
+        randomize(layer)
+        assert sorted(layer.select(tf.constant(q), layer.project_keys(k)).numpy()[0]) == list(range(64))
+        outputs[ratio] = [layer.attend(q, layer.project_keys(k), implementation=i).numpy()
+                          for i in ("sparse", "dense_masked")]
+    for i in range(2):
+        np.testing.assert_array_equal(outputs[0.995][i], outputs[1.0][i])
+    from stt_keras.layers import dense_masked
+
+    np.testing.assert_array_equal(dense_masked.top_mask(tf.random.normal([1, 8, 8, 1]), 0.995).numpy(), 1.0)
+
+
 def test_key_outside_every_window_has_no_effect_and_inside_does(attention_kernel):
     # T=1, radius 1: the key frame influences selected points only within 1 pixel.
     h, w = 12, 12

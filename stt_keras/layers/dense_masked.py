@@ -39,7 +39,7 @@ mask is piecewise constant (no gradient through the selection, as with "sparse")
 import numpy as np
 import tensorflow as tf
 
-from stt_keras.layers import block, nsm, windows
+from stt_keras.layers import block, nsm, validation, windows
 
 NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse implementation)
 ATTENTION_TILE = 4  # query tile of the windowed attention (as in temporal_attention)
@@ -286,9 +286,10 @@ def top_mask(scores, top_ratio):
     Python-float comparison would make.
     """
     h, w = _static_size(scores, "scores")
-    k = float(windows.num_selected(windows.check_ratio(top_ratio), h * w))
-    if k >= h * w:
+    top_ratio = validation.check_top_ratio(top_ratio)
+    if validation.coverage(top_ratio, h * w) == validation.ALL:
         return tf.ones_like(scores)
+    k = float(validation.query_count(top_ratio, h * w))
     lo = tf.reduce_min(scores, axis=[1, 2], keepdims=True)  # [B, 1, 1, 1]
     hi = tf.reduce_max(scores, axis=[1, 2], keepdims=True) + 1.0
     for _ in range(BISECTION_STEPS):
@@ -434,8 +435,9 @@ def attend(stt, features, packed):
     if stt.key_selection != "window":
         raise ValueError("implementation='dense_masked' supports key_selection='window' only.")
     features = tf.cast(features, tf.float32)
-    _static_size(features, "query")
-    if stt.top_ratio == 0.0:
+    h, w = _static_size(features, "query")
+    coverage = validation.coverage(stt.top_ratio, h * w)
+    if coverage == validation.NONE:
         return features
     packed = tf.cast(packed, tf.float32)
 
@@ -447,7 +449,7 @@ def attend(stt, features, packed):
     with tf.name_scope("attention"):
         attended = windowed_attention(q, packed, stt.radii, stt.num_heads)
     out = block.post_attention(stt, features, attended, dense, norm)
-    if stt.top_ratio == 1.0:  # every point is a query: no score, no mask
+    if coverage == validation.ALL:  # every point is a query: no score, no mask
         return out
     with tf.name_scope("select"):
         mask = tf.stop_gradient(top_mask(selection_scores(stt, tf.stop_gradient(features), tf.stop_gradient(packed)),

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from stt_keras import kernels
-from stt_keras.layers import block, dense_masked, nsm, temporal_attention, windows
+from stt_keras.layers import block, dense_masked, nsm, temporal_attention, validation, windows
 
 KEY_SELECTIONS = ("window", "all")
 
@@ -148,7 +148,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self.end_size = end_size
         self.expansion = expansion
         self.neighborhood_radius = neighborhood_radius
-        self.top_ratio = windows.check_ratio(top_ratio)
+        self.top_ratio = validation.check_top_ratio(top_ratio)
         self.num_heads = num_heads
         self.reduction = reduction
         self.key_selection = key_selection
@@ -338,9 +338,14 @@ class SparseTemporalTransformer(keras.layers.Layer):
             scores = nsm.combine_with_change(scores, change, self.change_weight)
         return scores
 
+    def _coverage(self, query):
+        """`validation.coverage` of top_ratio on this query map (its point count when static)."""
+        h, w = query.shape[1], query.shape[2]
+        return validation.coverage(self.top_ratio, None if h is None or w is None else h * w)
+
     def select(self, query, key_values):
         """Flat positions [B, N_q] of the selected query points."""
-        if self.top_ratio == 1.0:  # every point is a query: no score needed
+        if self._coverage(query) == validation.ALL:  # every point is a query: no score needed
             shape = tf.shape(query)
             return tf.broadcast_to(tf.range(shape[1] * shape[2])[None], [shape[0], shape[1] * shape[2]])
         return tf.stop_gradient(nsm.select_top(self.selection_scores(query, key_values), self.top_ratio))
@@ -359,7 +364,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self._build_for_channels(query.shape[-1])
         if query.dtype != self.compute_dtype:
             query = tf.cast(query, self.compute_dtype)
-        if self.top_ratio == 0.0:
+        if self._coverage(query) == validation.NONE:
             return query
         key_values = tf.cast(key_values, tf.float32)
         if key_values.shape.rank not in (4, 5):
@@ -408,7 +413,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         query = tf.convert_to_tensor(query)
         keys = tf.convert_to_tensor(keys)
         self._check_shapes(query.shape, keys.shape)
-        if self.top_ratio == 0.0:
+        if self._coverage(query) == validation.NONE:  # nothing to attend: the keys are not even projected
             return tf.cast(query, self.compute_dtype)
         return self.attend(query, self.project_keys(keys))
 
