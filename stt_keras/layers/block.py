@@ -13,6 +13,13 @@ import math
 import tensorflow as tf
 
 
+def key_value_weights(stt):
+    """W^K and W^V side by side (kernel [d, 2 d_r], bias [2 d_r]): one projection gives a frame's
+    keys then values, the per-frame map streaming caches."""
+    (key_kernel, key_bias), (value_kernel, value_bias) = stt.weights_of("key"), stt.weights_of("value")
+    return tf.concat([key_kernel, value_kernel], axis=1), tf.concat([key_bias, value_bias], axis=0)
+
+
 def query_scale(stt):
     """1 / sqrt(d_head), the attention's logit scale, folded into the projected queries."""
     return 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
@@ -21,9 +28,9 @@ def query_scale(stt):
 def project_queries(stt, points, linear, layer_norm):
     """W^Q of query points [.., d] (after the first LayerNorm with norm_first), scaled by `query_scale`."""
     if stt.norm_first:
-        points = layer_norm(points, stt.norm1_gamma, stt.norm1_beta)
+        points = layer_norm(points, *stt.weights_of("norm1"))
     with tf.name_scope("query"):
-        return linear(points, stt.query_kernel, stt.query_bias) * query_scale(stt)
+        return linear(points, *stt.weights_of("query")) * query_scale(stt)
 
 
 def post_attention(stt, points, attended, linear, layer_norm):
@@ -34,14 +41,14 @@ def post_attention(stt, points, attended, linear, layer_norm):
     X = q + MH, Y = X + FFN(LN(X)) (its first LayerNorm is in `project_queries`).
     """
     with tf.name_scope("output"):
-        mixed = linear(attended, stt.output_kernel, stt.output_bias)
+        mixed = linear(attended, *stt.weights_of("output"))
 
     def ffn(x):
         with tf.name_scope("ffn"):
-            return linear(tf.nn.relu(linear(x, stt.ffn1_kernel, stt.ffn1_bias)), stt.ffn2_kernel, stt.ffn2_bias)
+            return linear(tf.nn.relu(linear(x, *stt.weights_of("ffn1"))), *stt.weights_of("ffn2"))
 
     if stt.norm_first:
         x = points + mixed
-        return x + ffn(layer_norm(x, stt.norm2_gamma, stt.norm2_beta))
-    x = layer_norm(points + mixed, stt.norm1_gamma, stt.norm1_beta)
-    return layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta)
+        return x + ffn(layer_norm(x, *stt.weights_of("norm2")))
+    x = layer_norm(points + mixed, *stt.weights_of("norm1"))
+    return layer_norm(x + ffn(x), *stt.weights_of("norm2"))

@@ -404,8 +404,7 @@ def _standardise(x):
 # ------------------------------------------------------------------- the block
 def project_keys(stt, features):
     """Key/values [B, h, w, 2 d_r] of a frame's features, as `stt.project_keys` (1x1 convolution)."""
-    kernel = tf.concat([stt.key_kernel, stt.value_kernel], axis=1)
-    bias = tf.concat([stt.key_bias, stt.value_bias], axis=0)
+    kernel, bias = block.key_value_weights(stt)
     with tf.name_scope("keys"):
         return dense(tf.cast(features, tf.float32), kernel, bias)
 
@@ -420,7 +419,7 @@ def selection_scores(stt, features, packed):
         d_r = stt.reduced_channels
         start = (stt.num_key_frames - 1) * 2 * d_r  # the nearest frame's keys in the packed state
         previous = packed[..., start: start + d_r]
-        current = dense(features, stt.key_kernel, stt.key_bias)
+        current = dense(features, *stt.weights_of("key"))
         dot = tf.reduce_sum(current * previous, axis=-1, keepdims=True)
         norms = tf.sqrt(tf.reduce_sum(current * current, axis=-1, keepdims=True)
                         * tf.reduce_sum(previous * previous, axis=-1, keepdims=True))
