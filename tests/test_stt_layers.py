@@ -596,6 +596,50 @@ def test_implementation_is_a_choice_of_the_layer_and_of_each_call(tmp_path):
     check_layer(lambda: make_stt(CASES[0], implementation="dense_masked"), (q, k), tmp_path, atol=1e-5)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_the_shared_block_maths_keeps_every_int8_scope_of_dense_masked(norm_first):
+    # `block.project_queries/post_attention` run both implementations; under dense_masked their ops
+    # must stay in the sub-scopes int8 export quantizes, each a 1x1 convolution and nothing else heavy.
+    from stt_keras.layers import dense_masked
+
+    q, k = random_clip(1, 2, 8, 8, 16)
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, top_ratio=0.5, neighborhood_radius=1,
+                                      norm_first=norm_first)
+    layer.build(q.shape, k.shape)
+
+    @tf.function
+    def step(query, frame):
+        with tf.name_scope(dense_masked.SCOPE):
+            current = dense_masked.project_keys(layer, frame)
+            return dense_masked.attend(layer, query, tf.concat([current, current], axis=-1))
+
+    graph = step.get_concrete_function(tf.TensorSpec(q.shape), tf.TensorSpec(q.shape)).graph
+    convolutions = {scope: 0 for scope in dense_masked.QUANTIZABLE}
+    for op in graph.get_operations():
+        scope = op.name.split("/")[1] if op.name.startswith(dense_masked.SCOPE + "/") else None
+        if op.type == "Conv2D":
+            assert scope in convolutions, f"{op.name}: a 1x1 convolution outside the quantized scopes"
+            convolutions[scope] += 1
+        assert op.type != "MatMul" or scope not in convolutions, f"{op.name} in a quantized scope"
+    # keys (W^K|W^V), query (W^Q), output (W^O), ffn (two layers); the change term is off.
+    assert convolutions == {"keys": 1, "query": 1, "output": 1, "ffn": 2}
+
+
+def test_old_weight_names_read_the_sublayers_weights():
+    from stt_keras.layers import compat
+
+    q, k = random_clip(1, 2, 6, 6, 16)
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=1)
+    layer(q, k)
+    assert len(compat.WEIGHT_NAMES) == 16 and [name for name in compat.WEIGHT_NAMES if not hasattr(layer, name)] == []
+    variables = [v for sublayer in layer._weight_layers() for v in sublayer.weights]
+    assert [getattr(layer, name) for name in compat.WEIGHT_NAMES] == variables  # the same variables, in order
+    assert [v.path.split("/")[-2] + "_" + v.path.split("/")[-1] for v in variables] == list(compat.WEIGHT_NAMES)
+    assert layer.weights_of("norm2") == (layer.norm2.gamma, layer.norm2.beta)
+    with pytest.raises(ValueError):
+        layer.weights_of("attention")
+
+
 def test_dense_masked_rejects_what_it_cannot_do():
     with pytest.raises(ValueError, match="implementation"):
         SparseTemporalTransformer(implementation="dense")
