@@ -33,6 +33,14 @@ def test_bad_recipe_settings_are_named(settings, message):
         check_config(TrainConfig(out="unused", **settings))
 
 
+def test_stt_train_takes_the_layers_top_ratio_range():
+    for ratio in (0, 0.5, 1):  # 0 leaves the block out: only the per-frame parts learn
+        check_config(TrainConfig("stt_psp_tiny", out="unused", stt_overrides={"top_ratio": ratio}))
+    for ratio in (-0.1, 1.5, "half"):
+        with pytest.raises(UserError, match=r"^stt-train: --top-ratio must be (a number )?in \[0, 1\], got"):
+            check_config(TrainConfig("stt_psp_tiny", out="unused", stt_overrides={"top_ratio": ratio}))
+
+
 @pytest.mark.slow  # two trainings and two resumes (about a minute on 2 idle cores)
 def test_the_recipe_trains_both_stages_and_resumes(tmp_path):
     out = str(tmp_path / "stt")

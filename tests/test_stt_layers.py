@@ -301,6 +301,42 @@ def test_top_ratio_zero_is_identity():
     np.testing.assert_array_equal(layer(q, k).numpy(), q)
 
 
+def test_top_ratio_rules_are_one_range_one_count_one_coverage():
+    from stt_keras.layers import validation
+
+    for bad in (-0.1, 1.5, "half", True, None):
+        with pytest.raises(ValueError, match=r"--top-ratio must be (a number )?in \[0, 1\]"):
+            validation.check_top_ratio(bad, name="--top-ratio")
+    assert validation.check_top_ratio(0) == 0.0 and validation.check_top_ratio(1) == 1.0
+    for points in (1, 2, 7, 63, 64, 99):
+        for ratio in (0.0, 0.001, 0.25, 0.5, 0.75, 0.999, 1.0):
+            count = validation.query_count(ratio, points)
+            assert count == ref.num_selected(ratio, points)  # the NumPy reference's rule
+            if ratio > 0:  # a map whose size is known only at run time counts the same
+                assert int(validation.query_count(ratio, tf.constant(points))) == count
+            expected = "none" if count == 0 else "all" if count == points else "some"
+            assert validation.coverage(ratio, points) == expected
+    assert validation.coverage(0.999) == "some" and validation.coverage(1.0) == "all"
+
+
+def test_a_ratio_that_rounds_to_every_point_is_top_ratio_one_in_both_implementations():
+    # 0.995 of 8x8 points is all 64: no score, no selection, no mask (`validation.coverage`).
+    q, k = random_clip(1, 2, 8, 8, 16)
+    outputs = {}
+    for ratio in (0.995, 1.0):
+        layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, top_ratio=ratio, neighborhood_radius=1)
+        layer.build(q.shape, k.shape)
+        randomize(layer)
+        assert sorted(layer.select(tf.constant(q), layer.project_keys(k)).numpy()[0]) == list(range(64))
+        outputs[ratio] = [layer.attend(q, layer.project_keys(k), implementation=i).numpy()
+                          for i in ("sparse", "dense_masked")]
+    for i in range(2):
+        np.testing.assert_array_equal(outputs[0.995][i], outputs[1.0][i])
+    from stt_keras.layers import dense_masked
+
+    np.testing.assert_array_equal(dense_masked.top_mask(tf.random.normal([1, 8, 8, 1]), 0.995).numpy(), 1.0)
+
+
 def test_key_outside_every_window_has_no_effect_and_inside_does(attention_kernel):
     # T=1, radius 1: the key frame influences selected points only within 1 pixel.
     h, w = 12, 12
@@ -558,6 +594,50 @@ def test_implementation_is_a_choice_of_the_layer_and_of_each_call(tmp_path):
                 dense.attend(q, kv, implementation="sparse")):
         np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     check_layer(lambda: make_stt(CASES[0], implementation="dense_masked"), (q, k), tmp_path, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_the_shared_block_maths_keeps_every_int8_scope_of_dense_masked(norm_first):
+    # `block.project_queries/post_attention` run both implementations; under dense_masked their ops
+    # must stay in the sub-scopes int8 export quantizes, each a 1x1 convolution and nothing else heavy.
+    from stt_keras.layers import dense_masked
+
+    q, k = random_clip(1, 2, 8, 8, 16)
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, top_ratio=0.5, neighborhood_radius=1,
+                                      norm_first=norm_first)
+    layer.build(q.shape, k.shape)
+
+    @tf.function
+    def step(query, frame):
+        with tf.name_scope(dense_masked.SCOPE):
+            current = dense_masked.project_keys(layer, frame)
+            return dense_masked.attend(layer, query, tf.concat([current, current], axis=-1))
+
+    graph = step.get_concrete_function(tf.TensorSpec(q.shape), tf.TensorSpec(q.shape)).graph
+    convolutions = {scope: 0 for scope in dense_masked.QUANTIZABLE}
+    for op in graph.get_operations():
+        scope = op.name.split("/")[1] if op.name.startswith(dense_masked.SCOPE + "/") else None
+        if op.type == "Conv2D":
+            assert scope in convolutions, f"{op.name}: a 1x1 convolution outside the quantized scopes"
+            convolutions[scope] += 1
+        assert op.type != "MatMul" or scope not in convolutions, f"{op.name} in a quantized scope"
+    # keys (W^K|W^V), query (W^Q), output (W^O), ffn (two layers); the change term is off.
+    assert convolutions == {"keys": 1, "query": 1, "output": 1, "ffn": 2}
+
+
+def test_old_weight_names_read_the_sublayers_weights():
+    from stt_keras.layers import compat
+
+    q, k = random_clip(1, 2, 6, 6, 16)
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=1)
+    layer(q, k)
+    assert len(compat.WEIGHT_NAMES) == 16 and [name for name in compat.WEIGHT_NAMES if not hasattr(layer, name)] == []
+    variables = [v for sublayer in layer._weight_layers() for v in sublayer.weights]
+    assert [getattr(layer, name) for name in compat.WEIGHT_NAMES] == variables  # the same variables, in order
+    assert [v.path.split("/")[-2] + "_" + v.path.split("/")[-1] for v in variables] == list(compat.WEIGHT_NAMES)
+    assert layer.weights_of("norm2") == (layer.norm2.gamma, layer.norm2.beta)
+    with pytest.raises(ValueError):
+        layer.weights_of("attention")
 
 
 def test_dense_masked_rejects_what_it_cannot_do():

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from stt_keras.errors import Interrupted, UserError, run_cli
 from stt_keras.fileio import concerns, disk_full, read_only, unwritable_reason, write_error_reason
+from stt_keras.layers import validation
 from stt_keras.models import STTSegmenter
 from stt_keras.sizes import SizeError, parse_frame_size
 from stt_keras.training import data as data_lib
@@ -330,9 +331,11 @@ def check_config(config):
         raise UserError(f"stt-train: --lr must be positive, got {config.lr}.")
     if not isinstance(config.stt_overrides, dict):
         raise UserError(f"stt-train: stt_overrides must be a dict of from_preset arguments, got {config.stt_overrides!r}.")
-    top_ratio = config.stt_overrides.get("top_ratio")
-    if top_ratio is not None and not 0 < top_ratio <= 1:
-        raise UserError(f"stt-train: --top-ratio must be in (0, 1], got {top_ratio}.")
+    if config.stt_overrides.get("top_ratio") is not None:
+        try:
+            validation.check_top_ratio(config.stt_overrides["top_ratio"], name="--top-ratio")
+        except ValueError as error:
+            raise UserError(f"stt-train: {error}") from None
     from stt_keras.models.stt.stt_presets import PRESETS
 
     if config.preset not in PRESETS:

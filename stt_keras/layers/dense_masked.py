@@ -35,12 +35,11 @@ other than the first of a batch of 1 go through `tf.map_fn`. Differentiable: the
 mask is piecewise constant (no gradient through the selection, as with "sparse").
 """
 
-import math
 
 import numpy as np
 import tensorflow as tf
 
-from stt_keras.layers import nsm, windows
+from stt_keras.layers import block, nsm, validation, windows
 from stt_keras.streaming import pack_frames, unpack_frames  # noqa: F401 (the state layout; also dense_masked.*)
 
 NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse implementation)
@@ -268,9 +267,10 @@ def top_mask(scores, top_ratio):
     Python-float comparison would make.
     """
     h, w = _static_size(scores, "scores")
-    k = float(windows.num_selected(windows.check_ratio(top_ratio), h * w))
-    if k >= h * w:
+    top_ratio = validation.check_top_ratio(top_ratio)
+    if validation.coverage(top_ratio, h * w) == validation.ALL:
         return tf.ones_like(scores)
+    k = float(validation.query_count(top_ratio, h * w))
     lo = tf.reduce_min(scores, axis=[1, 2], keepdims=True)  # [B, 1, 1, 1]
     hi = tf.reduce_max(scores, axis=[1, 2], keepdims=True) + 1.0
     for _ in range(BISECTION_STEPS):
@@ -385,8 +385,7 @@ def _standardise(x):
 # ------------------------------------------------------------------- the block
 def project_keys(stt, features):
     """Key/values [B, h, w, 2 d_r] of a frame's features, as `stt.project_keys` (1x1 convolution)."""
-    kernel = tf.concat([stt.key_kernel, stt.value_kernel], axis=1)
-    bias = tf.concat([stt.key_bias, stt.value_bias], axis=0)
+    kernel, bias = block.key_value_weights(stt)
     with tf.name_scope("keys"):
         return dense(tf.cast(features, tf.float32), kernel, bias)
 
@@ -401,7 +400,7 @@ def selection_scores(stt, features, packed):
         d_r = stt.reduced_channels
         start = (stt.num_key_frames - 1) * 2 * d_r  # the nearest frame's keys in the packed state
         previous = packed[..., start: start + d_r]
-        current = dense(features, stt.key_kernel, stt.key_bias)
+        current = dense(features, *stt.weights_of("key"))
         dot = tf.reduce_sum(current * previous, axis=-1, keepdims=True)
         norms = tf.sqrt(tf.reduce_sum(current * current, axis=-1, keepdims=True)
                         * tf.reduce_sum(previous * previous, axis=-1, keepdims=True))
@@ -416,31 +415,21 @@ def attend(stt, features, packed):
     if stt.key_selection != "window":
         raise ValueError("implementation='dense_masked' supports key_selection='window' only.")
     features = tf.cast(features, tf.float32)
-    _static_size(features, "query")
-    if stt.top_ratio == 0.0:
+    h, w = _static_size(features, "query")
+    coverage = validation.coverage(stt.top_ratio, h * w)
+    if coverage == validation.NONE:
         return features
     packed = tf.cast(packed, tf.float32)
-    eps = stt.layer_norm_epsilon
-    scale = 1.0 / math.sqrt(stt.reduced_channels // stt.num_heads)
-    q_in = layer_norm(features, stt.norm1_gamma, stt.norm1_beta, eps) if stt.norm_first else features
-    with tf.name_scope("query"):  # query, output, ffn (and keys): the QUANTIZABLE sub-scopes
-        q = dense(q_in, stt.query_kernel, stt.query_bias) * scale
+
+    def norm(x, gamma, beta):
+        return layer_norm(x, gamma, beta, stt.layer_norm_epsilon)
+
+    # The query, output and ffn name scopes (in `block`) and keys: the QUANTIZABLE sub-scopes.
+    q = block.project_queries(stt, features, dense, norm)
     with tf.name_scope("attention"):
         attended = windowed_attention(q, packed, stt.radii, stt.num_heads)
-    with tf.name_scope("output"):
-        mixed = dense(attended, stt.output_kernel, stt.output_bias)
-
-    def ffn(x):
-        with tf.name_scope("ffn"):
-            return dense(tf.nn.relu(dense(x, stt.ffn1_kernel, stt.ffn1_bias)), stt.ffn2_kernel, stt.ffn2_bias)
-
-    if stt.norm_first:
-        x = features + mixed
-        out = x + ffn(layer_norm(x, stt.norm2_gamma, stt.norm2_beta, eps))
-    else:
-        x = layer_norm(features + mixed, stt.norm1_gamma, stt.norm1_beta, eps)
-        out = layer_norm(x + ffn(x), stt.norm2_gamma, stt.norm2_beta, eps)
-    if stt.top_ratio == 1.0:  # every point is a query: no score, no mask
+    out = block.post_attention(stt, features, attended, dense, norm)
+    if coverage == validation.ALL:  # every point is a query: no score, no mask
         return out
     with tf.name_scope("select"):
         mask = tf.stop_gradient(top_mask(selection_scores(stt, tf.stop_gradient(features), tf.stop_gradient(packed)),

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from stt_keras import kernels
-from stt_keras.layers import windows
+from stt_keras.layers import validation, windows
 
 _EPS = 1e-12  # cosine denominator floor: a zero feature vector has cosine 0
 _TILES_PER_STEP = 4
@@ -233,11 +233,9 @@ def select_top(scores, top_ratio):
     shape = tf.shape(scores)
     flat = tf.reshape(scores, [shape[0], -1])
     if scores.shape[1] is not None and scores.shape[2] is not None:
-        count = windows.num_selected(top_ratio, scores.shape[1] * scores.shape[2])
+        count = validation.query_count(top_ratio, scores.shape[1] * scores.shape[2])
     else:
-        points = shape[1] * shape[2]
-        count = tf.cast(tf.floor(top_ratio * tf.cast(points, tf.float32) + 0.5), tf.int32)
-        count = tf.minimum(points, tf.maximum(1, count))
+        count = validation.query_count(top_ratio, shape[1] * shape[2])
     return tf.math.top_k(flat, k=count, sorted=True).indices
 
 
@@ -271,7 +269,7 @@ class NSMQuerySelection(keras.layers.Layer):
         super().__init__(**kwargs)
         windows._check_positive_int("radius", radius, allow_zero=True)
         self.radius = radius
-        self.top_ratio = windows.check_ratio(top_ratio)
+        self.top_ratio = validation.check_top_ratio(top_ratio)
         self.temperature = check_temperature(temperature)
 
     def build(self, features_shape):
@@ -289,7 +287,7 @@ class NSMQuerySelection(keras.layers.Layer):
 
     def compute_output_shape(self, features_shape):
         b, h, w = features_shape[0], features_shape[1], features_shape[2]
-        n = None if h is None or w is None else windows.num_selected(self.top_ratio, h * w)
+        n = None if h is None or w is None else validation.query_count(self.top_ratio, h * w)
         return (b, n), (b, h, w)
 
     def get_config(self):

@@ -1,25 +1,12 @@
 """The Sparse Temporal Transformer block (docs/method.md, "The STT block")."""
 
-import math
-
 import keras
 import tensorflow as tf
 
 from stt_keras import kernels
-from stt_keras.layers import dense_masked, nsm, temporal_attention, windows
+from stt_keras.layers import block, compat, dense_masked, nsm, temporal_attention, validation, windows
 
 KEY_SELECTIONS = ("window", "all")
-
-
-def _skip_next_load(layer):
-    """Makes the next `layer.load_own_variables` a no-op when the file has nothing for it (its parent
-    loaded its weights from the old layout); anything the file does hold is still loaded."""
-    def load_own_variables(store):
-        object.__delattr__(layer, "load_own_variables")  # back to the class's method
-        if len(store.keys()):
-            layer.load_own_variables(store)
-
-    object.__setattr__(layer, "load_own_variables", load_own_variables)
 IMPLEMENTATIONS = ("sparse", "dense_masked")
 
 
@@ -33,7 +20,7 @@ def _scale_gradient(x, scale):
 
 
 @keras.saving.register_keras_serializable(package="stt_keras")
-class SparseTemporalTransformer(keras.layers.Layer):
+class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
     """Mixes the previous frames' features into the complex points of the current one.
 
     For query map Q [B, h, w, d] and key maps K [B, T, h, w, d] (K[:, 0] the
@@ -58,9 +45,9 @@ class SparseTemporalTransformer(keras.layers.Layer):
 
     The weights live in sublayers, as in keras' MultiHeadAttention: Dense `query`,
     `key`, `value`, `output`, `ffn1`, `ffn2` and LayerNormalization `norm1`, `norm2`
-    (also readable as `query_kernel`, `norm1_gamma`, ...); the block computes with
-    them itself (float32, native kernels, `dense_masked`). Files saved when they
-    were the block's own variables still load (`load_own_variables`).
+    (`weights_of(name)`); the block computes with them itself (see `build`), the
+    maths around the attention in `stt_keras.layers.block`. Older files and the old
+    weight names (`query_kernel`, `norm1_gamma`, ...) are `stt_keras.layers.compat`.
 
     The key side can be computed once per frame and cached: `project_keys(K)`
     gives the projected key/value map and `attend(Q, projected)` the output;
@@ -150,7 +137,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self.end_size = end_size
         self.expansion = expansion
         self.neighborhood_radius = neighborhood_radius
-        self.top_ratio = windows.check_ratio(top_ratio)
+        self.top_ratio = validation.check_top_ratio(top_ratio)
         self.num_heads = num_heads
         self.reduction = reduction
         self.key_selection = key_selection
@@ -211,10 +198,13 @@ class SparseTemporalTransformer(keras.layers.Layer):
         # Pre-norm starts as the identity: its two residual branches end in zero weights.
         last = "zeros" if self.norm_first else "glorot_uniform"
 
-        # Sublayers hold the weights (as keras' MultiHeadAttention does); the block's own
-        # code computes with them (float32, `_linear`/`_layer_norm`, the native kernels and
-        # dense_masked read the same variables). Created in the order of the old layout
-        # (`_LEGACY_WEIGHTS`), so get_weights()/set_weights() keep their order.
+        # Sublayers hold the weights (as keras' MultiHeadAttention does), created in the order of the
+        # old layout (`compat.SUBLAYERS`), so get_weights()/set_weights() keep their order. The block
+        # does not call them: its maths runs in float32 under any dtype policy and reads the weights
+        # through `gradient_scale`; dense_masked must emit 1x1 convolutions and moment-free norms
+        # under the int8 name scopes; and Dense/LayerNormalization.call would compute in the policy's
+        # dtype with another norm formula (x * inv + (beta - mean * inv)), changing every output's
+        # rounding, the committed fixtures and the exported graphs.
         def dense(name, shape_in, units, initializer="glorot_uniform"):
             layer = keras.layers.Dense(units, kernel_initializer=initializer, dtype=self.dtype_policy, name=name)
             layer.build((None, shape_in))
@@ -238,25 +228,6 @@ class SparseTemporalTransformer(keras.layers.Layer):
     def _weight_layers(self):
         return (self.query, self.key, self.value, self.output_dense, self.norm1, self.ffn1, self.ffn2, self.norm2)
 
-    # The weights by their old names (dense_masked, the tests and the NumPy reference use them). Reading
-    # them through `_read` applies `gradient_scale` (training only changes how fast they learn).
-    query_kernel = property(lambda self: self._read(self.query.kernel))
-    query_bias = property(lambda self: self._read(self.query.bias))
-    key_kernel = property(lambda self: self._read(self.key.kernel))
-    key_bias = property(lambda self: self._read(self.key.bias))
-    value_kernel = property(lambda self: self._read(self.value.kernel))
-    value_bias = property(lambda self: self._read(self.value.bias))
-    output_kernel = property(lambda self: self._read(self.output_dense.kernel))
-    output_bias = property(lambda self: self._read(self.output_dense.bias))
-    norm1_gamma = property(lambda self: self._read(self.norm1.gamma))
-    norm1_beta = property(lambda self: self._read(self.norm1.beta))
-    ffn1_kernel = property(lambda self: self._read(self.ffn1.kernel))
-    ffn1_bias = property(lambda self: self._read(self.ffn1.bias))
-    ffn2_kernel = property(lambda self: self._read(self.ffn2.kernel))
-    ffn2_bias = property(lambda self: self._read(self.ffn2.bias))
-    norm2_gamma = property(lambda self: self._read(self.norm2.gamma))
-    norm2_beta = property(lambda self: self._read(self.norm2.beta))
-
     # Gradient multiplier of the block's weights (1: none). The forward value is the weight itself; its
     # gradient is multiplied, so with SGD the block learns at `gradient_scale` x the learning rate (a new
     # block in a trained model, as stt-train --stt-lr-multiplier sets it). Not saved: a training setting.
@@ -267,24 +238,12 @@ class SparseTemporalTransformer(keras.layers.Layer):
             return variable
         return _scale_gradient(tf.convert_to_tensor(variable), float(self.gradient_scale))
 
-    def load_own_variables(self, store):
-        """Loads files saved before the block had sublayers: its 16 weights were its own variables.
-
-        Such a file lists them (in `_weight_layers` order) under the block itself and
-        nothing under the sublayers: they are assigned here and the sublayers' own
-        (empty) load is skipped once. A current file has nothing under the block.
-        """
-        count = len(store.keys())
-        if count == 0:
-            return
-        variables = [v for layer in self._weight_layers() for v in layer.weights]
-        if not self.built or count != len(variables):
-            raise ValueError(f"Layer '{self.name}': the file lists {count} variables for the block itself; a file "
-                             f"from before its sublayers lists {len(variables)} (and a current one none).")
-        for i, variable in enumerate(variables):
-            variable.assign(store[str(i)])
-        for layer in self._weight_layers():
-            _skip_next_load(layer)
+    def weights_of(self, sublayer):
+        """(kernel, bias) of a Dense sublayer or (gamma, beta) of a LayerNormalization, by name
+        (`compat.SUBLAYERS`: "query", "key", "value", "output", "norm1", "ffn1", "ffn2", "norm2"),
+        read through `gradient_scale`. The block's maths reads its weights here."""
+        layer = self._weight_layers()[compat.SUBLAYERS.index(sublayer)]
+        return tuple(self._read(variable) for variable in layer.weights)
 
     # ------------------------------------------------------------- pieces
     def _linear(self, x, kernel, bias):
@@ -309,34 +268,23 @@ class SparseTemporalTransformer(keras.layers.Layer):
         """
         keys = tf.convert_to_tensor(keys)
         self._build_for_channels(keys.shape[-1])
-        kernel = tf.cast(tf.concat([self.key_kernel, self.value_kernel], axis=1), tf.float32)
-        bias = tf.cast(tf.concat([self.key_bias, self.value_bias], axis=0), tf.float32)
+        kernel, bias = (tf.cast(w, tf.float32) for w in block.key_value_weights(self))
         return self._linear(tf.cast(keys, tf.float32), kernel, bias)
+
+    def _linear_f32(self, x, kernel, bias):
+        return self._linear(x, tf.cast(kernel, tf.float32), tf.cast(bias, tf.float32))
 
     def transform(self, selected, attended):
         """The full-width rest of the block: (query points [.., d], attention [.., d_r]) -> [.., d].
 
         `attended` is the concatenated head outputs (before W^O) computed from
-        `project_queries(selected)`. Float32.
+        `project_queries(selected)`. Float32; the maths is `block.post_attention`.
         """
-        mixed = self._linear(attended, tf.cast(self.output_kernel, tf.float32), tf.cast(self.output_bias, tf.float32))
-        if self.norm_first:
-            x = selected + mixed
-            return x + self._ffn(self._layer_norm(x, self.norm2_gamma, self.norm2_beta))
-        x = self._layer_norm(selected + mixed, self.norm1_gamma, self.norm1_beta)
-        return self._layer_norm(x + self._ffn(x), self.norm2_gamma, self.norm2_beta)
-
-    def _ffn(self, x):
-        hidden = tf.nn.relu(self._linear(x, tf.cast(self.ffn1_kernel, tf.float32), tf.cast(self.ffn1_bias, tf.float32)))
-        return self._linear(hidden, tf.cast(self.ffn2_kernel, tf.float32), tf.cast(self.ffn2_bias, tf.float32))
+        return block.post_attention(self, selected, attended, self._linear_f32, self._layer_norm)
 
     def project_queries(self, points):
         """W^Q of query points [.., d] (after the first LayerNorm with norm_first), scaled by 1/sqrt(d_head)."""
-        points = tf.cast(points, tf.float32)
-        if self.norm_first:
-            points = self._layer_norm(points, self.norm1_gamma, self.norm1_beta)
-        scale = 1.0 / math.sqrt(self.reduced_channels // self.num_heads)
-        return self._linear(points, tf.cast(self.query_kernel, tf.float32), tf.cast(self.query_bias, tf.float32)) * scale
+        return block.project_queries(self, tf.cast(points, tf.float32), self._linear_f32, self._layer_norm)
 
     def selection_scores(self, query, key_values):
         """[B, h, w] scores whose top `top_ratio` become queries (see `change_weight`)."""
@@ -344,15 +292,19 @@ class SparseTemporalTransformer(keras.layers.Layer):
         scores = nsm.nsm_score(query, self.neighborhood_radius, self.nsm_temperature)
         if self.change_weight > 0:
             d_r = self.reduced_channels
-            current = self._linear(tf.cast(query, tf.float32), tf.cast(self.key_kernel, tf.float32),
-                                   tf.cast(self.key_bias, tf.float32))
+            current = self._linear_f32(tf.cast(query, tf.float32), *self.weights_of("key"))
             change = nsm.temporal_change(current, tf.stop_gradient(key_values)[:, -1, ..., :d_r])
             scores = nsm.combine_with_change(scores, change, self.change_weight)
         return scores
 
+    def _coverage(self, query):
+        """`validation.coverage` of top_ratio on this query map (its point count when static)."""
+        h, w = query.shape[1], query.shape[2]
+        return validation.coverage(self.top_ratio, None if h is None or w is None else h * w)
+
     def select(self, query, key_values):
         """Flat positions [B, N_q] of the selected query points."""
-        if self.top_ratio == 1.0:  # every point is a query: no score needed
+        if self._coverage(query) == validation.ALL:  # every point is a query: no score needed
             shape = tf.shape(query)
             return tf.broadcast_to(tf.range(shape[1] * shape[2])[None], [shape[0], shape[1] * shape[2]])
         return tf.stop_gradient(nsm.select_top(self.selection_scores(query, key_values), self.top_ratio))
@@ -371,7 +323,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         self._build_for_channels(query.shape[-1])
         if query.dtype != self.compute_dtype:
             query = tf.cast(query, self.compute_dtype)
-        if self.top_ratio == 0.0:
+        if self._coverage(query) == validation.NONE:
             return query
         key_values = tf.cast(key_values, tf.float32)
         if key_values.shape.rank not in (4, 5):
@@ -420,7 +372,7 @@ class SparseTemporalTransformer(keras.layers.Layer):
         query = tf.convert_to_tensor(query)
         keys = tf.convert_to_tensor(keys)
         self._check_shapes(query.shape, keys.shape)
-        if self.top_ratio == 0.0:
+        if self._coverage(query) == validation.NONE:  # nothing to attend: the keys are not even projected
             return tf.cast(query, self.compute_dtype)
         return self.attend(query, self.project_keys(keys))
 

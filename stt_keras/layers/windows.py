@@ -13,9 +13,9 @@ Everything here is built from `tf` ops on (possibly dynamic) h and w, so the
 tables constant-fold when shapes are static and still work when they are not.
 """
 
-import math
-
 import tensorflow as tf
+
+from stt_keras.layers import validation
 
 # Query block edge. 8x8 blocks balance halo copies (fewer with larger blocks)
 # against wasted scores (more with larger blocks); measured in benchmarks/.
@@ -76,20 +76,8 @@ def key_set_size(num_key_frames, start_size=1, end_size=5, expansion=1):
     return sum((2 * r + 1) ** 2 for r in radii)
 
 
-def num_selected(top_ratio, num_points):
-    """How many query points a ratio selects: round-half-up, at least 1 if ratio > 0."""
-    if top_ratio <= 0:
-        return 0
-    count = int(math.floor(top_ratio * num_points + 0.5))
-    return min(num_points, max(1, count))
-
-
-def check_ratio(top_ratio):
-    if isinstance(top_ratio, bool) or not isinstance(top_ratio, (int, float)):
-        raise ValueError(f"`top_ratio` must be a number in [0, 1], got {top_ratio!r}.")
-    if not 0.0 <= float(top_ratio) <= 1.0:
-        raise ValueError(f"`top_ratio` must be in [0, 1], got {top_ratio}.")
-    return float(top_ratio)
+num_selected = validation.query_count  # the top_ratio rules live in `validation`
+check_ratio = validation.check_top_ratio
 
 
 def num_tiles(size, tile=TILE):
