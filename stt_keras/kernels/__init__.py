@@ -48,7 +48,10 @@ import tensorflow as tf
 
 from stt_keras.fileio import sha256_file
 
-_SOURCE = os.path.join(os.path.dirname(__file__), "windowed_attention.cc")
+_HERE = os.path.dirname(__file__)
+# One library from every op's source; the header is listed too, for the cache key.
+_SOURCES = tuple(os.path.join(_HERE, name) for name in ("windowed_attention.cc", "nsm_score.cc"))
+_HEADERS = (os.path.join(_HERE, "simd.h"),)
 _FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-shared",
           "-fPIC", "-w"]
 _OPS = ("stt_windowed_attention", "stt_nsm_score")
@@ -87,12 +90,14 @@ def _flag_sets():
 
 
 def _library_path():
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
+    source = b""
+    for name in (*_SOURCES, *_HEADERS):
+        with open(name, "rb") as f:
+            source += os.path.basename(name).encode() + b"\0" + f.read()
     key = hashlib.sha256(source + " ".join(_flag_sets()[0]).encode() + tf.__version__.encode()
                          + platform.machine().encode() + _cpu_signature().encode()).hexdigest()[:16]
     cache = os.environ.get("STT_KERAS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "stt_keras"))
-    return os.path.join(cache, f"windowed_attention-{key}.so")
+    return os.path.join(cache, f"stt_kernels-{key}.so")
 
 
 def _owner_and_mode_problem(path, what):
@@ -152,7 +157,7 @@ def _build_with(path, flags):
     os.close(fd)
     fd, tmp_sum = tempfile.mkstemp(suffix=".sha256", dir=os.path.dirname(path))
     os.close(fd)
-    command = [compiler, *flags, _SOURCE, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    command = [compiler, *flags, *_SOURCES, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     try:
         try:
             result = subprocess.run(command, capture_output=True, text=True)
