@@ -144,6 +144,24 @@ def test_native_nsm_rejects_radius_over_7():
         native().stt_nsm_score(np.zeros((1, 4, 4, 8), np.float32), radius=8)
 
 
+
+def test_the_library_builds_without_warnings_in_our_sources(tmp_path, monkeypatch):
+    """-Wall -Wextra, TensorFlow's headers as system headers: the compiler says nothing about our files."""
+    import shutil
+
+    from stt_keras.kernels import build
+
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("no C++ compiler")
+    assert {"-Wall", "-Wextra"} <= set(build.FLAGS) and "-w" not in build.FLAGS
+    monkeypatch.setenv("STT_KERAS_CACHE", str(tmp_path))
+    path = build.library_path()
+    messages = build.build(path)
+    ours = tuple(os.path.basename(name) for name in (*build.SOURCES, *build.HEADERS))
+    warnings = [line for line in messages.splitlines() if "warning" in line and any(name in line for name in ours)]
+    assert not warnings, messages[-4000:]
+    assert build.verify(path) is None
+
 FALLBACK_SCRIPT = """
 import os, sys, numpy as np
 from stt_keras import kernels

@@ -37,7 +37,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(_HERE, name) for name in ("windowed_attention.cc", "nsm_score.cc"))
 HEADERS = (os.path.join(_HERE, "simd.h"),)
 FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-shared",
-         "-fPIC", "-w"]
+         "-fPIC", "-Wall", "-Wextra"]
 BUILD_SECONDS = 15  # typical compile time on 2 cores (README, Dependencies)
 
 
@@ -119,8 +119,17 @@ def verify(path):
     return None
 
 
+def tensorflow_compile_flags():
+    """TensorFlow's compile flags, its include folders as system headers (`-isystem`): warnings are about our code."""
+    flags = []
+    for flag in tf.sysconfig.get_compile_flags():
+        flags += ["-isystem", flag[2:]] if flag.startswith("-I") else [flag]
+    return flags
+
+
 def build(path):
-    """Compiles the library into `path` with the first flag set that builds (`flag_sets()`)."""
+    """Compiles the library into `path` with the first flag set that builds (`flag_sets()`); the compiler's
+    messages (warnings, on success)."""
     errors = []
     for flags in flag_sets():
         try:
@@ -138,7 +147,7 @@ def _build_with(path, flags):
     os.close(fd)
     fd, tmp_sum = tempfile.mkstemp(suffix=".sha256", dir=os.path.dirname(path))
     os.close(fd)
-    command = [compiler, *flags, *SOURCES, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    command = [compiler, *flags, *SOURCES, "-o", tmp, *tensorflow_compile_flags(), *tf.sysconfig.get_link_flags()]
     try:
         try:
             result = subprocess.run(command, capture_output=True, text=True)
@@ -152,6 +161,7 @@ def _build_with(path, flags):
         os.chmod(tmp_sum, 0o644)
         os.replace(tmp, path)  # the library first: a kill in between leaves a stale checksum, i.e. a rebuild
         os.replace(tmp_sum, path + ".sha256")
+        return result.stderr
     finally:
         for leftover in (tmp, tmp_sum):
             if os.path.exists(leftover):
