@@ -68,6 +68,30 @@ def test_native_rejects_bad_positions_and_shapes():
         native().stt_windowed_attention(q, np.array([[0, 1]], np.int32), kv[..., :16], radii=[1], num_heads=2)
 
 
+
+def _wrong_rank_calls():
+    """(op, arguments with one input of the wrong rank, that input's name) for every input of both ops."""
+    q, positions, kv = np.zeros((1, 2, 16), np.float32), np.array([[0, 1]], np.int32), np.zeros((1, 1, 3, 3, 32), np.float32)
+    attention = dict(queries=q, positions=positions, key_values=kv, radii=[1], num_heads=2)
+    wrong = {"queries": q[0], "positions": positions[0], "key_values": kv[0]}
+    for name, value in wrong.items():
+        yield "stt_windowed_attention", {**attention, name: value}, name
+    yield "stt_nsm_score", dict(features=np.zeros((4, 4, 8), np.float32), radius=1), "features"
+
+
+@pytest.mark.parametrize("mode", ["graph", "eager"])
+@pytest.mark.parametrize("call", list(_wrong_rank_calls()), ids=lambda call: f"{call[0]}-{call[2]}")
+def test_a_wrong_rank_is_refused_naming_the_input(call, mode):
+    """Graph construction runs the shape function (ValueError), an eager call the kernel's check."""
+    op_name, arguments, name = call
+    op = getattr(native(), op_name)
+    if mode == "graph":
+        with pytest.raises(ValueError, match=rf"input {name} must be \[.*\] \(rank \d\), got shape"):
+            tf.function(lambda: op(**arguments)).get_concrete_function()
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{name} must be \[.*\], got"):
+            op(**arguments)
+
 def test_native_gradients_equal_tf_path_gradients():
     rng = np.random.default_rng(3)
     b, h, w, radii, heads = 2, 6, 7, [2, 1], 2

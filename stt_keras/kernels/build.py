@@ -1,6 +1,6 @@
 """Building the native kernel library: compiler flags, the cache folder and its checks.
 
-Every op's source (`SOURCES`, one op per file) is compiled with the shared header
+Every op's source (`SOURCES`, one op per file) is compiled with the shared headers
 (`HEADERS`) into one TensorFlow custom-op library, with the C++ compiler (`$CXX`,
 default `g++`) and the flags of the installed TensorFlow (`tf.sysconfig`; its
 headers are system headers, `-isystem`, so that `-Wall -Wextra` speaks of our
@@ -35,7 +35,7 @@ from stt_keras.fileio import sha256_file
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(_HERE, name) for name in ("windowed_attention.cc", "nsm_score.cc"))
-HEADERS = (os.path.join(_HERE, "simd.h"),)
+HEADERS = tuple(os.path.join(_HERE, name) for name in ("simd.h", "op_checks.h"))
 FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-shared",
          "-fPIC", "-Wall", "-Wextra"]
 BUILD_SECONDS = 15  # typical compile time on 2 cores (README, Dependencies)

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
+#include "op_checks.h"
 #include "simd.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -29,24 +29,20 @@ using tensorflow::DEVICE_CPU;
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
-using tensorflow::Status;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
-
-// An InvalidArgument status whose message is the arguments' concatenation
-// (absl's: tensorflow::errors::InvalidArgument is deprecated).
-template <typename... Args>
-absl::Status InvalidArgument(const Args&... args) {
-  return absl::InvalidArgumentError(absl::StrCat(args...));
-}
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
 
 REGISTER_OP("SttNsmScore")
     .Input("features: float")
     .Attr("radius: int >= 0")
     .Output("scores: float")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->MakeShape({c->Dim(c->input(0), 0), c->Dim(c->input(0), 1), c->Dim(c->input(0), 2)}));
-      return Status();
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      ShapeHandle features;
+      TF_RETURN_IF_ERROR(InputWithRank(c, 0, 4, "features", "[B, h, w, d]", &features));
+      c->set_output(0, c->MakeShape({c->Dim(features, 0), c->Dim(features, 1), c->Dim(features, 2)}));
+      return absl::OkStatus();
     });
 
 class SttNsmScoreOp : public OpKernel {

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
+#include "op_checks.h"
 #include "simd.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -36,16 +36,10 @@ using tensorflow::DEVICE_CPU;
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
-using tensorflow::Status;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
-
-// An InvalidArgument status whose message is the arguments' concatenation
-// (absl's: tensorflow::errors::InvalidArgument is deprecated).
-template <typename... Args>
-absl::Status InvalidArgument(const Args&... args) {
-  return absl::InvalidArgumentError(absl::StrCat(args...));
-}
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
 
 constexpr int64_t kPrefetch = 8;  // value rows fetched ahead in the weighted sum
 
@@ -230,9 +224,13 @@ REGISTER_OP("SttWindowedAttention")
     .Attr("radii: list(int) >= 1")
     .Attr("num_heads: int >= 1")
     .Output("output: float")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return Status();
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      ShapeHandle queries, positions, key_values;
+      TF_RETURN_IF_ERROR(InputWithRank(c, 0, 3, "queries", "[B, N, d_r]", &queries));
+      TF_RETURN_IF_ERROR(InputWithRank(c, 1, 2, "positions", "[B, N]", &positions));
+      TF_RETURN_IF_ERROR(InputWithRank(c, 2, 5, "key_values", "[B, T, h, w, 2 d_r]", &key_values));
+      c->set_output(0, queries);
+      return absl::OkStatus();
     });
 
 class SttWindowedAttentionOp : public OpKernel {
@@ -248,8 +246,9 @@ class SttWindowedAttentionOp : public OpKernel {
     const Tensor& positions = context->input(1);
     const Tensor& key_values = context->input(2);
     OP_REQUIRES(context, queries.dims() == 3, InvalidArgument("queries must be [B, N, d_r], got ", queries.shape().DebugString()));
-    OP_REQUIRES(context, positions.dims() == 2, InvalidArgument("positions must be [B, N]"));
-    OP_REQUIRES(context, key_values.dims() == 5, InvalidArgument("key_values must be [B, T, h, w, 2 d_r]"));
+    OP_REQUIRES(context, positions.dims() == 2, InvalidArgument("positions must be [B, N], got ", positions.shape().DebugString()));
+    OP_REQUIRES(context, key_values.dims() == 5, InvalidArgument("key_values must be [B, T, h, w, 2 d_r], got ",
+                                                   key_values.shape().DebugString()));
     const int64_t batch = queries.dim_size(0), n = queries.dim_size(1), d_r = queries.dim_size(2);
     const int64_t frames = key_values.dim_size(1), h = key_values.dim_size(2), w = key_values.dim_size(3);
     OP_REQUIRES(context, positions.dim_size(0) == batch && positions.dim_size(1) == n,
