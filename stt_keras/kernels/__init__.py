@@ -79,7 +79,7 @@ def load():
             _state["status"] = f"unavailable: {e}"
             # One line: the compiler's full output is in native_status().
             reason = next((line.strip() for line in str(e).splitlines() if "error" in line), str(e).splitlines()[0])
-            warnings.warn(f"stt_keras: native windowed attention unavailable, using the pure-TF path ({reason[:300]}; "
+            warnings.warn(f"stt_keras: native STT kernels unavailable, using the pure-TF path ({reason[:300]}; "
                           "stt_keras.kernels.native_status() has the details)")
         return _state["module"]
 

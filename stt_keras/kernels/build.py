@@ -140,29 +140,49 @@ def build(path):
 
 
 def _build_with(path, flags):
-    """Compiles the library into `path` atomically (temporary file, then rename) and records its SHA-256 beside it."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Compiles the library into `path` atomically (temporary file, then rename) and records its SHA-256 beside it.
+
+    One compiler per source, all at once (each spends most of its time in TensorFlow's headers), then one link.
+    """
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
     compiler = os.environ.get("CXX", "g++")
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
-    fd, tmp_sum = tempfile.mkstemp(suffix=".sha256", dir=os.path.dirname(path))
+    fd, tmp_sum = tempfile.mkstemp(suffix=".sha256", dir=folder)
     os.close(fd)
-    command = [compiler, *flags, *SOURCES, "-o", tmp, *tensorflow_compile_flags(), *tf.sysconfig.get_link_flags()]
+    objects = [f"{tmp}.{i}.o" for i in range(len(SOURCES))]
     try:
-        try:
-            result = subprocess.run(command, capture_output=True, text=True)
-        except OSError as error:
-            raise RuntimeError(f"cannot run the compiler {compiler}: {error}") from None
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} {' '.join(flags[:2])} failed:\n{result.stderr[-2000:]}")
+        messages = _run_together(compiler, flags, [[*flags, "-c", source, "-o", obj, *tensorflow_compile_flags()]
+                                                   for source, obj in zip(SOURCES, objects)])
+        messages += _run_together(compiler, flags, [[*flags, *objects, "-o", tmp, *tf.sysconfig.get_link_flags()]])
         os.chmod(tmp, 0o755)  # whatever the umask: never group/world-writable
         with open(tmp_sum, "w") as f:
             f.write(sha256_file(tmp) + "\n")
         os.chmod(tmp_sum, 0o644)
         os.replace(tmp, path)  # the library first: a kill in between leaves a stale checksum, i.e. a rebuild
         os.replace(tmp_sum, path + ".sha256")
-        return result.stderr
+        return messages
     finally:
-        for leftover in (tmp, tmp_sum):
+        for leftover in (tmp, tmp_sum, *objects):
             if os.path.exists(leftover):
                 os.remove(leftover)
+
+
+def _run_together(compiler, flags, commands):
+    """Runs `compiler` once per argument list, all at the same time: their messages, or RuntimeError."""
+    processes = []
+    try:
+        for arguments in commands:
+            processes.append(subprocess.Popen([compiler, *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                              text=True))
+    except OSError as error:
+        for process in processes:
+            process.kill()
+            process.wait()
+        raise RuntimeError(f"cannot run the compiler {compiler}: {error}") from None
+    results = [(process.communicate()[1], process.returncode) for process in processes]
+    failed = [stderr for stderr, code in results if code != 0]
+    if failed:
+        raise RuntimeError(f"{compiler} {' '.join(flags[:2])} failed:\n{failed[0][-2000:]}")
+    return "".join(stderr for stderr, _ in results)
