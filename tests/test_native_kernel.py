@@ -57,6 +57,18 @@ def test_native_equals_tf_path(case):
     assert_float32_close(ours, tf_path(q_full, kv, positions, radii, heads), attention_ops_depth(radii, d_head))
 
 
+
+def test_a_radius_past_the_map_equals_the_map_wide_window():
+    """Windows are clipped to the map: radius 3 already covers a 3x4 map, and 10^6 (whose unclipped window,
+    (2 r + 1)^2 keys, overflowed a 32-bit count and sized the buffers) gives the same bits."""
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(1, 6, 16)).astype("float32")
+    kv = rng.normal(size=(1, 2, 3, 4, 32)).astype("float32")
+    positions = np.array([[0, 3, 5, 6, 8, 11]], np.int32)
+    near = native().stt_windowed_attention(q, positions, kv, radii=[3, 4], num_heads=2).numpy()
+    far = native().stt_windowed_attention(q, positions, kv, radii=[10**6, 10**9], num_heads=2).numpy()
+    np.testing.assert_array_equal(far, near)
+
 def test_native_rejects_bad_positions_and_shapes():
     q = np.zeros((1, 2, 16), np.float32)
     kv = np.zeros((1, 1, 3, 3, 32), np.float32)

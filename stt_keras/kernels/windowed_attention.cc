@@ -294,7 +294,10 @@ class SttWindowedAttentionOp : public OpKernel {
     const int64_t groups = static_cast<int64_t>(group_start.size()) - 1;
 
     int64_t max_keys = 0;
-    for (int r : radii_) max_keys += (2 * r + 1) * (2 * r + 1);
+    for (int r : radii_) {  // a window clipped to the map: a radius past the map's size costs no more
+      const int64_t side = 2 * static_cast<int64_t>(r) + 1;
+      max_keys += std::min(side, h) * std::min(side, w);
+    }
     const int heads = num_heads_;
     const int64_t d_head = d_r / heads;
     auto* threads = context->device()->tensorflow_cpu_worker_threads();
