@@ -4,8 +4,8 @@ Two TensorFlow custom ops, one source file each, compiled together into one
 library: `SttWindowedAttention` (`windowed_attention.cc`), the windowed
 attention of the selected queries only, with scores kept in registers and cache,
 and `SttNsmScore` (`nsm_score.cc`), the NSM score of every point; `simd.h` holds
-the SIMD helpers both use, `op_checks.h` their argument checks (docs/models.md,
-"Two implementations of the sparse kernels"). `build.py` compiles the library
+the SIMD helpers both use, `op_common.h` the rest they share (argument checks)
+(docs/models.md, "Two implementations of the sparse kernels"). `build.py` compiles the library
 the first time it is needed into a per-user cache and checks a cached library
 before it is loaded (its owner, modes and recorded SHA-256).
 

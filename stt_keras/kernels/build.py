@@ -35,7 +35,7 @@ from stt_keras.fileio import sha256_file
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(_HERE, name) for name in ("windowed_attention.cc", "nsm_score.cc"))
-HEADERS = tuple(os.path.join(_HERE, name) for name in ("simd.h", "op_checks.h"))
+HEADERS = tuple(os.path.join(_HERE, name) for name in ("simd.h", "op_common.h"))
 FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-shared",
          "-fPIC", "-Wall", "-Wextra"]
 BUILD_SECONDS = 15  # typical compile time on 2 cores (README, Dependencies)
