@@ -4,10 +4,11 @@ Two TensorFlow custom ops, one source file each, compiled together into one
 library: `SttWindowedAttention` (`windowed_attention.cc`), the windowed
 attention of the selected queries only, with scores kept in registers and cache,
 and `SttNsmScore` (`nsm_score.cc`), the NSM score of every point; `simd.h` holds
-the SIMD helpers both use, `op_common.h` the rest they share (argument checks)
-(docs/models.md, "Two implementations of the sparse kernels"). `build.py` compiles the library
-the first time it is needed into a per-user cache and checks a cached library
-before it is loaded (its owner, modes and recorded SHA-256).
+the SIMD helpers both use and `op_common.h` the rest they share, such as the
+argument checks (docs/models.md, "Two implementations of the sparse kernels").
+`build.py` compiles the library the first time it is needed into a per-user
+cache and checks a cached library before it is loaded (its owner, modes and
+recorded SHA-256).
 
 When the ops are used (`use_native()`): on a machine without GPUs, outside XLA
 (`jit_compile=True` traces the pure-TF path), and never while exporting (a
@@ -37,7 +38,7 @@ _lock = threading.Lock()
 _state = {"module": None, "status": "not loaded yet"}
 _portable = threading.local()
 
-# The builder's functions under their earlier private names here (tests and scripts use them).
+# Private aliases of the builder's names, which tests and scripts use.
 _FLAGS = build.FLAGS
 _flag_sets = build.flag_sets
 _library_path = build.library_path

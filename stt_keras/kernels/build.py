@@ -7,7 +7,8 @@ headers are system headers, `-isystem`, so that `-Wall -Wextra` speaks of our
 sources only), into a per-user cache (`$STT_KERAS_CACHE`, default
 `~/.cache/stt_keras`). The library's name is keyed by every source and header,
 the compiler flags, the TensorFlow version and the machine: a compiled library
-is reused, and an edit to any file builds a new one.
+is reused, and an edit to any file builds a new one. The sources compile in
+parallel, one compiler each, then link.
 
 It is compiled for this machine's CPU (`-march=native`). `STT_KERAS_NATIVE_MARCH`
 names another `-march` target, e.g. `x86-64-v3` (AVX2 and FMA, no AVX-512) to run
