@@ -104,6 +104,33 @@ def test_a_wrong_rank_is_refused_naming_the_input(call, mode):
         with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{name} must be \[.*\], got"):
             op(**arguments)
 
+
+def _mismatched_calls():
+    """(arguments of the attention op with one disagreement between inputs or attributes, what the error says)."""
+    q, positions, kv = np.zeros((1, 2, 16), np.float32), np.array([[0, 1]], np.int32), np.zeros((1, 1, 3, 3, 32), np.float32)
+    good = dict(queries=q, positions=positions, key_values=kv, radii=[1], num_heads=2)
+    like_queries = r"positions must be \[B, N\] like queries"
+    kv_like_queries = r"key_values must be \[B, T, h, w, 2 d_r\] with the queries' B and d_r"
+    yield "positions-B", {**good, "positions": np.zeros((2, 2), np.int32)}, like_queries
+    yield "positions-N", {**good, "positions": np.zeros((1, 3), np.int32)}, like_queries
+    yield "key_values-B", {**good, "key_values": np.zeros((2, 1, 3, 3, 32), np.float32)}, kv_like_queries
+    yield "key_values-channels", {**good, "key_values": kv[..., :16]}, kv_like_queries
+    yield "radii", {**good, "radii": [1, 1]}, "key_values has 1 frames but radii has 2"
+    yield "num_heads", {**good, "num_heads": 3}, "d_r must be divisible by num_heads"
+
+
+@pytest.mark.parametrize("mode", ["graph", "eager"])
+@pytest.mark.parametrize("call", list(_mismatched_calls()), ids=lambda call: call[0])
+def test_inputs_that_disagree_are_refused_with_the_same_words_in_graph_and_eager(call, mode):
+    _, arguments, message = call
+    op = native().stt_windowed_attention
+    if mode == "graph":
+        with pytest.raises(ValueError, match=message):
+            tf.function(lambda: op(**arguments)).get_concrete_function()
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            op(**arguments)
+
 def test_native_gradients_equal_tf_path_gradients():
     rng = np.random.default_rng(3)
     b, h, w, radii, heads = 2, 6, 7, [2, 1], 2

@@ -22,6 +22,7 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
+using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
@@ -39,6 +40,14 @@ inline absl::Status InputWithRank(InferenceContext* c, int index, int64_t rank, 
   if (c->WithRank(c->input(index), rank, out).ok()) return absl::OkStatus();
   return InvalidArgument("input ", name, " must be ", layout, " (rank ", rank, "), got shape ",
                          c->DebugString(c->input(index)));
+}
+
+// Shape functions: two dimensions that must be equal, where the graph knows
+// them; `what` says which (the kernel's own check says the same at run time).
+inline absl::Status SameDim(InferenceContext* c, DimensionHandle a, DimensionHandle b, const char* what) {
+  DimensionHandle merged;
+  if (c->Merge(a, b, &merged).ok()) return absl::OkStatus();
+  return InvalidArgument(what, " (got ", c->DebugString(a), " and ", c->DebugString(b), ")");
 }
 
 }  // namespace stt_kernels

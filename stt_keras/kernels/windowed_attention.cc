@@ -215,6 +215,25 @@ REGISTER_OP("SttWindowedAttention")
       TF_RETURN_IF_ERROR(InputWithRank(c, 0, 3, "queries", "[B, N, d_r]", &queries));
       TF_RETURN_IF_ERROR(InputWithRank(c, 1, 2, "positions", "[B, N]", &positions));
       TF_RETURN_IF_ERROR(InputWithRank(c, 2, 5, "key_values", "[B, T, h, w, 2 d_r]", &key_values));
+      const DimensionHandle batch = c->Dim(queries, 0), d_r = c->Dim(queries, 2);
+      TF_RETURN_IF_ERROR(SameDim(c, c->Dim(positions, 0), batch, "positions must be [B, N] like queries"));
+      TF_RETURN_IF_ERROR(SameDim(c, c->Dim(positions, 1), c->Dim(queries, 1), "positions must be [B, N] like queries"));
+      DimensionHandle twice_d_r;
+      TF_RETURN_IF_ERROR(c->Multiply(d_r, 2, &twice_d_r));
+      const char* kv_like_queries = "key_values must be [B, T, h, w, 2 d_r] with the queries' B and d_r";
+      TF_RETURN_IF_ERROR(SameDim(c, c->Dim(key_values, 0), batch, kv_like_queries));
+      TF_RETURN_IF_ERROR(SameDim(c, c->Dim(key_values, 4), twice_d_r, kv_like_queries));
+      std::vector<int> radii;
+      int num_heads = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("radii", &radii));
+      TF_RETURN_IF_ERROR(c->GetAttr("num_heads", &num_heads));
+      const DimensionHandle frames = c->Dim(key_values, 1);
+      if (c->ValueKnown(frames) && c->Value(frames) != static_cast<int64_t>(radii.size())) {
+        return InvalidArgument("key_values has ", c->Value(frames), " frames but radii has ", radii.size());
+      }
+      if (c->ValueKnown(d_r) && c->Value(d_r) % num_heads != 0) {
+        return InvalidArgument("d_r must be divisible by num_heads (got ", c->Value(d_r), " and ", num_heads, ")");
+      }
       c->set_output(0, queries);
       return absl::OkStatus();
     });
