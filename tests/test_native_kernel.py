@@ -57,6 +57,18 @@ def test_native_equals_tf_path(case):
     assert_float32_close(ours, tf_path(q_full, kv, positions, radii, heads), attention_ops_depth(radii, d_head))
 
 
+
+def test_a_radius_past_the_map_equals_the_map_wide_window():
+    """Windows are clipped to the map: radius 3 already covers a 3x4 map, and 10^6 (whose unclipped window,
+    (2 r + 1)^2 keys, overflowed a 32-bit count and sized the buffers) gives the same bits."""
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(1, 6, 16)).astype("float32")
+    kv = rng.normal(size=(1, 2, 3, 4, 32)).astype("float32")
+    positions = np.array([[0, 3, 5, 6, 8, 11]], np.int32)
+    near = native().stt_windowed_attention(q, positions, kv, radii=[3, 4], num_heads=2).numpy()
+    far = native().stt_windowed_attention(q, positions, kv, radii=[10**6, 10**9], num_heads=2).numpy()
+    np.testing.assert_array_equal(far, near)
+
 def test_native_rejects_bad_positions_and_shapes():
     q = np.zeros((1, 2, 16), np.float32)
     kv = np.zeros((1, 1, 3, 3, 32), np.float32)
@@ -67,6 +79,57 @@ def test_native_rejects_bad_positions_and_shapes():
     with pytest.raises(tf.errors.InvalidArgumentError, match="2 d_r"):
         native().stt_windowed_attention(q, np.array([[0, 1]], np.int32), kv[..., :16], radii=[1], num_heads=2)
 
+
+
+def _wrong_rank_calls():
+    """(op, arguments with one input of the wrong rank, that input's name) for every input of both ops."""
+    q, positions, kv = np.zeros((1, 2, 16), np.float32), np.array([[0, 1]], np.int32), np.zeros((1, 1, 3, 3, 32), np.float32)
+    attention = dict(queries=q, positions=positions, key_values=kv, radii=[1], num_heads=2)
+    wrong = {"queries": q[0], "positions": positions[0], "key_values": kv[0]}
+    for name, value in wrong.items():
+        yield "stt_windowed_attention", {**attention, name: value}, name
+    yield "stt_nsm_score", dict(features=np.zeros((4, 4, 8), np.float32), radius=1), "features"
+
+
+@pytest.mark.parametrize("mode", ["graph", "eager"])
+@pytest.mark.parametrize("call", list(_wrong_rank_calls()), ids=lambda call: f"{call[0]}-{call[2]}")
+def test_a_wrong_rank_is_refused_naming_the_input(call, mode):
+    """Graph construction runs the shape function (ValueError), an eager call the kernel's check."""
+    op_name, arguments, name = call
+    op = getattr(native(), op_name)
+    if mode == "graph":
+        with pytest.raises(ValueError, match=rf"input {name} must be \[.*\] \(rank \d\), got shape"):
+            tf.function(lambda: op(**arguments)).get_concrete_function()
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{name} must be \[.*\], got"):
+            op(**arguments)
+
+
+def _mismatched_calls():
+    """(arguments of the attention op with one disagreement between inputs or attributes, what the error says)."""
+    q, positions, kv = np.zeros((1, 2, 16), np.float32), np.array([[0, 1]], np.int32), np.zeros((1, 1, 3, 3, 32), np.float32)
+    good = dict(queries=q, positions=positions, key_values=kv, radii=[1], num_heads=2)
+    like_queries = r"positions must be \[B, N\] like queries"
+    kv_like_queries = r"key_values must be \[B, T, h, w, 2 d_r\] with the queries' B and d_r"
+    yield "positions-B", {**good, "positions": np.zeros((2, 2), np.int32)}, like_queries
+    yield "positions-N", {**good, "positions": np.zeros((1, 3), np.int32)}, like_queries
+    yield "key_values-B", {**good, "key_values": np.zeros((2, 1, 3, 3, 32), np.float32)}, kv_like_queries
+    yield "key_values-channels", {**good, "key_values": kv[..., :16]}, kv_like_queries
+    yield "radii", {**good, "radii": [1, 1]}, "key_values has 1 frames but radii has 2"
+    yield "num_heads", {**good, "num_heads": 3}, "d_r must be divisible by num_heads"
+
+
+@pytest.mark.parametrize("mode", ["graph", "eager"])
+@pytest.mark.parametrize("call", list(_mismatched_calls()), ids=lambda call: call[0])
+def test_inputs_that_disagree_are_refused_with_the_same_words_in_graph_and_eager(call, mode):
+    _, arguments, message = call
+    op = native().stt_windowed_attention
+    if mode == "graph":
+        with pytest.raises(ValueError, match=message):
+            tf.function(lambda: op(**arguments)).get_concrete_function()
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            op(**arguments)
 
 def test_native_gradients_equal_tf_path_gradients():
     rng = np.random.default_rng(3)
@@ -143,6 +206,31 @@ def test_native_nsm_rejects_radius_over_7():
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="at most 7"):
         native().stt_nsm_score(np.zeros((1, 4, 4, 8), np.float32), radius=8)
 
+
+
+@pytest.mark.parametrize("march", ["native", pytest.param("x86-64-v3", marks=pytest.mark.slow)])
+def test_the_library_builds_without_warnings_in_our_sources(tmp_path, monkeypatch, march):
+    """-Wall -Wextra, TensorFlow's headers as system headers: the compiler says nothing about our files, for this
+    CPU and (slow) for the AVX2 profile of STT_KERAS_NATIVE_MARCH, whose 16-float vectors are not native."""
+    import platform
+    import shutil
+
+    from stt_keras.kernels import build
+
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("no C++ compiler")
+    if march != "native" and platform.machine() != "x86_64":
+        pytest.skip(f"-march={march} is an x86-64 target")
+    assert {"-Wall", "-Wextra"} <= set(build.FLAGS) and "-w" not in build.FLAGS
+    monkeypatch.setenv("STT_KERAS_CACHE", str(tmp_path))
+    monkeypatch.setenv("STT_KERAS_NATIVE_MARCH", march)
+    path = build.library_path()
+    messages = build.build(path)
+    ours = tuple(os.path.basename(name) for name in (*build.SOURCES, *build.HEADERS))
+    warnings = [line for line in messages.splitlines()
+                if ("warning" in line or "note:" in line) and any(name in line for name in ours)]
+    assert not warnings, messages[-4000:]
+    assert build.verify(path) is None
 
 FALLBACK_SCRIPT = """
 import os, sys, numpy as np

@@ -113,3 +113,34 @@ def test_the_march_switch_names_the_target_and_keys_the_cache(monkeypatch):
 
     with pytest.raises(RuntimeError, match="not a -march name"):
         kernels._library_path()
+
+
+def test_the_cache_key_covers_every_source_and_header(tmp_path, monkeypatch):
+    """Editing any file the library is built from gives it a new cache entry (no stale library is reused); every
+    source and header of the kernels folder is built from and installed with the package."""
+    import configparser
+    import fnmatch
+    import shutil
+
+    from stt_keras.kernels import build
+
+    folder = os.path.dirname(build.SOURCES[0])
+    on_disk = {name for name in os.listdir(folder) if name.endswith((".cc", ".h"))}
+    assert on_disk == {os.path.basename(name) for name in (*build.SOURCES, *build.HEADERS)}
+    config = configparser.ConfigParser()
+    config.read(os.path.join(os.path.dirname(__file__), "..", "setup.cfg"))
+    patterns = [p.strip() for p in config["options.package_data"]["stt_keras.kernels"].split(",")]
+    assert all(any(fnmatch.fnmatch(name, p) for p in patterns) for name in on_disk), patterns
+
+    copies = {}
+    for name in (*build.SOURCES, *build.HEADERS):
+        copies[name] = str(tmp_path / os.path.basename(name))
+        shutil.copy(name, copies[name])
+    monkeypatch.setattr(build, "SOURCES", tuple(copies[name] for name in build.SOURCES))
+    monkeypatch.setattr(build, "HEADERS", tuple(copies[name] for name in build.HEADERS))
+    seen = {build.library_path()}
+    for copy in copies.values():
+        with open(copy, "a") as f:
+            f.write("\n// edited\n")
+        seen.add(build.library_path())
+    assert len(seen) == 1 + len(copies)

@@ -1,5 +1,5 @@
 // Windowed temporal attention of the selected queries only: the STT's sparse
-// attention as one fused CPU kernel (stt_keras/kernels/__init__.py builds it).
+// attention as one fused CPU kernel (stt_keras/kernels/build.py builds it).
 //
 // For query n of batch b at flat position p = u * w + v, and each head, the
 // keys are the (2 l_t + 1)^2 points around (u, v) in every key frame t, clipped
@@ -16,112 +16,24 @@
 // Output:  float32 [B, N, d_r], heads concatenated as in the TF path.
 
 #include <algorithm>
-#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 #include <vector>
 
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/util/work_sharder.h"
+#include "op_common.h"
+#include "simd.h"
 
+namespace stt_kernels {
 namespace {
 
-using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Status;
-using tensorflow::Tensor;
-using tensorflow::TensorShape;
-using tensorflow::errors::InvalidArgument;
-
 constexpr int64_t kPrefetch = 8;  // value rows fetched ahead in the weighted sum
-constexpr int64_t kLanes = 16;    // scores computed per multiply-add run along a window row
 
 struct Geometry {
   int64_t h, w, frames, padded_w, d_r, d_head;
   int heads;
   int64_t max_keys;
 };
-
-// GCC/Clang vector extensions: explicit SIMD that compiles to AVX-512/AVX2 on
-// x86 and NEON on ARM (Jetson) alike, so the hot loops do not depend on the
-// auto-vectoriser's choices (it vectorised the value sum across keys, with
-// permutes, and left the max scalar).
-using V16 = float __attribute__((vector_size(64)));
-using V8 = float __attribute__((vector_size(32)));
-using I16 = int32_t __attribute__((vector_size(64)));
-
-// A vector of N floats (vector_size cannot depend on a template parameter).
-template <int N>
-struct VecOf;
-template <>
-struct VecOf<8> {
-  using type = V8;
-};
-template <>
-struct VecOf<16> {
-  using type = V16;
-};
-template <>
-struct VecOf<32> {
-  using type = float __attribute__((vector_size(128)));
-};
-
-inline V16 Load16(const float* p) {
-  V16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline void Store16(float* p, V16 v) { std::memcpy(p, &v, sizeof(v)); }
-
-// exp(x) on 16 lanes, for x <= 0 (softmax arguments after subtracting the max):
-// 2^(x log2 e) split into an integer power, built in the exponent bits, and a
-// degree-6 polynomial of the fraction. std::exp is a
-// scalar libm call and was most of this kernel's time.
-inline V16 FastExp16(V16 x) {
-  const V16 lo = V16{} - 87.f;
-  x = x < lo ? lo : x;
-  const V16 t = x * 1.44269504088896341f;
-  I16 ti = __builtin_convertvector(t, I16);  // truncates toward zero
-  V16 fi = __builtin_convertvector(ti, V16);
-  const I16 above = fi > t;                  // t < 0 not integral: floor = trunc - 1
-  ti = ti + above;                           // (true lanes are -1)
-  fi = __builtin_convertvector(ti, V16);
-  const V16 f = t - fi;
-  // Least-squares fit of 2^f on [0, 1] in relative error, p(0) = 1: 5e-9 in
-  // exact arithmetic; with float32 rounding of x * log2(e), about 1e-6 overall.
-  V16 p = V16{} + 2.154066972433887e-4f;
-  p = p * f + 1.248284004079594e-3f;
-  p = p * f + 9.674549891507241e-3f;
-  p = p * f + 5.548532072372258e-2f;
-  p = p * f + 2.402294005208627e-1f;
-  p = p * f + 6.931470281767104e-1f;
-  p = p * f + 1.f;
-  const I16 bits = (ti + 127) << 23;
-  V16 scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-// One map row of a [w, src_stride] channels-last block, first `channels`
-// channels, written transposed to dst [channels, padded_w] (x innermost, the
-// padding zeroed). 16 points at a time: their 16 source lines (1-2 KB apart,
-// which would thrash a few L1 sets if all w were walked per channel) stay in L1.
-inline void TransposeRow(const float* src, int64_t src_stride, int64_t channels, int64_t w, int64_t padded_w,
-                         float* dst) {
-  for (int64_t x0 = 0; x0 < w; x0 += kLanes) {
-    const int64_t xn = std::min<int64_t>(kLanes, w - x0);
-    for (int64_t c = 0; c < channels; ++c) {
-      float* line = dst + c * padded_w + x0;
-      for (int64_t x = 0; x < xn; ++x) line[x] = src[(x0 + x) * src_stride + c];
-    }
-  }
-  for (int64_t c = 0; c < channels; ++c) std::fill(dst + c * padded_w + w, dst + (c + 1) * padded_w, 0.f);
-}
 
 struct Query {
   const float* q;  // [d_r], projected and scaled
@@ -298,9 +210,32 @@ REGISTER_OP("SttWindowedAttention")
     .Attr("radii: list(int) >= 1")
     .Attr("num_heads: int >= 1")
     .Output("output: float")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return Status();
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      ShapeHandle queries, positions, key_values;
+      TF_RETURN_IF_ERROR(InputWithRank(c, 0, 3, "queries", "[B, N, d_r]", &queries));
+      TF_RETURN_IF_ERROR(InputWithRank(c, 1, 2, "positions", "[B, N]", &positions));
+      TF_RETURN_IF_ERROR(InputWithRank(c, 2, 5, "key_values", "[B, T, h, w, 2 d_r]", &key_values));
+      const DimensionHandle batch = c->Dim(queries, 0), d_r = c->Dim(queries, 2);
+      TF_RETURN_IF_ERROR(SameDim(c, c->Dim(positions, 0), batch, "positions must be [B, N] like queries"));
+      TF_RETURN_IF_ERROR(SameDim(c, c->Dim(positions, 1), c->Dim(queries, 1), "positions must be [B, N] like queries"));
+      DimensionHandle twice_d_r;
+      TF_RETURN_IF_ERROR(c->Multiply(d_r, 2, &twice_d_r));
+      const char* kv_like_queries = "key_values must be [B, T, h, w, 2 d_r] with the queries' B and d_r";
+      TF_RETURN_IF_ERROR(SameDim(c, c->Dim(key_values, 0), batch, kv_like_queries));
+      TF_RETURN_IF_ERROR(SameDim(c, c->Dim(key_values, 4), twice_d_r, kv_like_queries));
+      std::vector<int> radii;
+      int num_heads = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("radii", &radii));
+      TF_RETURN_IF_ERROR(c->GetAttr("num_heads", &num_heads));
+      const DimensionHandle frames = c->Dim(key_values, 1);
+      if (c->ValueKnown(frames) && c->Value(frames) != static_cast<int64_t>(radii.size())) {
+        return InvalidArgument("key_values has ", c->Value(frames), " frames but radii has ", radii.size());
+      }
+      if (c->ValueKnown(d_r) && c->Value(d_r) % num_heads != 0) {
+        return InvalidArgument("d_r must be divisible by num_heads (got ", c->Value(d_r), " and ", num_heads, ")");
+      }
+      c->set_output(0, queries);
+      return absl::OkStatus();
     });
 
 class SttWindowedAttentionOp : public OpKernel {
@@ -316,8 +251,9 @@ class SttWindowedAttentionOp : public OpKernel {
     const Tensor& positions = context->input(1);
     const Tensor& key_values = context->input(2);
     OP_REQUIRES(context, queries.dims() == 3, InvalidArgument("queries must be [B, N, d_r], got ", queries.shape().DebugString()));
-    OP_REQUIRES(context, positions.dims() == 2, InvalidArgument("positions must be [B, N]"));
-    OP_REQUIRES(context, key_values.dims() == 5, InvalidArgument("key_values must be [B, T, h, w, 2 d_r]"));
+    OP_REQUIRES(context, positions.dims() == 2, InvalidArgument("positions must be [B, N], got ", positions.shape().DebugString()));
+    OP_REQUIRES(context, key_values.dims() == 5, InvalidArgument("key_values must be [B, T, h, w, 2 d_r], got ",
+                                                   key_values.shape().DebugString()));
     const int64_t batch = queries.dim_size(0), n = queries.dim_size(1), d_r = queries.dim_size(2);
     const int64_t frames = key_values.dim_size(1), h = key_values.dim_size(2), w = key_values.dim_size(3);
     OP_REQUIRES(context, positions.dim_size(0) == batch && positions.dim_size(1) == n,
@@ -363,7 +299,10 @@ class SttWindowedAttentionOp : public OpKernel {
     const int64_t groups = static_cast<int64_t>(group_start.size()) - 1;
 
     int64_t max_keys = 0;
-    for (int r : radii_) max_keys += (2 * r + 1) * (2 * r + 1);
+    for (int r : radii_) {  // a window clipped to the map: a radius past the map's size costs no more
+      const int64_t side = 2 * static_cast<int64_t>(r) + 1;
+      max_keys += std::min(side, h) * std::min(side, w);
+    }
     const int heads = num_heads_;
     const int64_t d_head = d_r / heads;
     auto* threads = context->device()->tensorflow_cpu_worker_threads();
@@ -413,130 +352,5 @@ class SttWindowedAttentionOp : public OpKernel {
 
 REGISTER_KERNEL_BUILDER(Name("SttWindowedAttention").Device(DEVICE_CPU), SttWindowedAttentionOp);
 
-// ---------------------------------------------------------------------------
-// NSM score (docs/method.md, "Query selection") of every point of a feature map:
-// for q = F[u, v] and its in-map neighbours Q_i within `radius` (q included),
-//   s_i = <Q_i, q>,  score = logsumexp(s) - mean(s) - log(n_b) + mean(1 - cos(Q_i, q)).
-// Points are taken 16 at a time along a map row; for each neighbour row and
-// channel, each point's 16-lane window segment is one multiply-add against the
-// transposed features (the row's lines stay in L1 for the 16 points).
-//
-// Inputs:  features float32 [B, h, w, d]
-// Attrs:   radius (0..7: a window row fits in 16 lanes)
-// Output:  float32 [B, h, w]
-
-REGISTER_OP("SttNsmScore")
-    .Input("features: float")
-    .Attr("radius: int >= 0")
-    .Output("scores: float")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->MakeShape({c->Dim(c->input(0), 0), c->Dim(c->input(0), 1), c->Dim(c->input(0), 2)}));
-      return Status();
-    });
-
-class SttNsmScoreOp : public OpKernel {
- public:
-  explicit SttNsmScoreOp(OpKernelConstruction* context) : OpKernel(context) {
-    OP_REQUIRES_OK(context, context->GetAttr("radius", &radius_));
-    OP_REQUIRES(context, radius_ <= 7, InvalidArgument("radius must be at most 7, got ", radius_));
-  }
-
-  void Compute(OpKernelContext* context) override {
-    const Tensor& features = context->input(0);
-    OP_REQUIRES(context, features.dims() == 4, InvalidArgument("features must be [B, h, w, d], got ", features.shape().DebugString()));
-    const int64_t batch = features.dim_size(0), h = features.dim_size(1), w = features.dim_size(2), d = features.dim_size(3);
-    Tensor* output = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({batch, h, w}), &output));
-    if (batch * h * w == 0) return;
-    const float* f = features.flat<float>().data();
-    float* out = output->flat<float>().data();
-    auto* threads = context->device()->tensorflow_cpu_worker_threads();
-
-    // Transposed features [B, h, d, w + 16] (x innermost, zero-padded) and norms [B, h, w + 16].
-    const int64_t padded_w = w + kLanes;
-    Tensor transposed, norms;
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch * h * d * padded_w}), &transposed));
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_FLOAT, TensorShape({batch * h * padded_w}), &norms));
-    float* ft = transposed.flat<float>().data();
-    float* norm = norms.flat<float>().data();
-    auto prepare = [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {  // row = b * h + y
-        const float* src = f + row * w * d;
-        TransposeRow(src, d, d, w, padded_w, ft + row * d * padded_w);
-        for (int64_t x = 0; x < w; ++x) {
-          float sq = 0.f;
-          for (int64_t c = 0; c < d; ++c) sq += src[x * d + c] * src[x * d + c];
-          norm[row * padded_w + x] = std::sqrt(sq);
-        }
-        std::fill(norm + row * padded_w + w, norm + (row + 1) * padded_w, 1.f);  // padding lanes (masked out)
-      }
-    };
-    tensorflow::Shard(threads->num_threads, threads->workers, batch * h, w * d * 4, prepare);
-
-    const int64_t r = radius_;
-    const int64_t groups_w = (w + kLanes - 1) / kLanes;
-    auto work = [&](int64_t begin, int64_t end) {
-      // dots[p][row k][lane]: point p's products with its window row k.
-      std::vector<V16> dots(kLanes * (2 * r + 1));
-      for (int64_t gidx = begin; gidx < end; ++gidx) {
-        const int64_t b = gidx / (h * groups_w), u = (gidx / groups_w) % h, v0 = (gidx % groups_w) * kLanes;
-        const int64_t points = std::min<int64_t>(kLanes, w - v0);
-        const float* q_rows = ft + (b * h + u) * d * padded_w + v0;  // q_rows[c * padded_w + p]
-        const int64_t y0 = std::max<int64_t>(0, u - r), y1 = std::min<int64_t>(h - 1, u + r);
-        for (int64_t y = y0; y <= y1; ++y) {
-          const float* rows = ft + (b * h + y) * d * padded_w;
-          V16 acc[kLanes] = {};
-          int64_t x0[kLanes];
-          for (int64_t p = 0; p < kLanes; ++p) x0[p] = std::max<int64_t>(0, std::min(v0 + p, w - 1) - r);
-          for (int64_t c = 0; c < d; ++c) {
-            const float* line = rows + c * padded_w;
-            const float* qc = q_rows + c * padded_w;
-            for (int64_t p = 0; p < kLanes; ++p) acc[p] += qc[p] * Load16(line + x0[p]);
-          }
-          for (int64_t p = 0; p < kLanes; ++p) dots[p * (2 * r + 1) + (y - y0)] = acc[p];
-        }
-        V16 lane = {};
-        for (int i = 0; i < kLanes; ++i) lane[i] = static_cast<float>(i);
-        for (int64_t p = 0; p < points; ++p) {
-          const int64_t v = v0 + p;
-          const int64_t xa = std::max<int64_t>(0, v - r), xb = std::min<int64_t>(w - 1, v + r);
-          const V16 valid = lane <= static_cast<float>(xb - xa) ? V16{} + 1.f : V16{};  // lanes in the map
-          const float q_norm = norm[(b * h + u) * padded_w + v];
-          V16 m = V16{} - 3.0e38f;
-          for (int64_t y = y0; y <= y1; ++y) {
-            const V16 row = dots[p * (2 * r + 1) + (y - y0)];
-            const V16 masked = valid > 0.f ? row : V16{} - 3.0e38f;
-            m = masked > m ? masked : m;
-          }
-          float top = m[0];
-          for (int i = 1; i < kLanes; ++i) top = std::max(top, m[i]);
-          V16 total = {}, sum = {}, cos_sum = {};
-          for (int64_t y = y0; y <= y1; ++y) {
-            const V16 row = dots[p * (2 * r + 1) + (y - y0)] * valid;
-            const V16 other = Load16(norm + (b * h + y) * padded_w + xa) * q_norm;
-            total += FastExp16(row - top) * valid;
-            sum += row;
-            cos_sum += row / (other > 1e-12f ? other : V16{} + 1e-12f);
-          }
-          float t = 0.f, s_ = 0.f, c_ = 0.f;
-          for (int i = 0; i < kLanes; ++i) {
-            t += total[i];
-            s_ += sum[i];
-            c_ += cos_sum[i];
-          }
-          const float n_b = static_cast<float>((y1 - y0 + 1) * (xb - xa + 1));
-          out[(b * h + u) * w + v] = top + std::log(t) - s_ / n_b - std::log(n_b) + 1.f - c_ / n_b;
-        }
-      }
-    };
-    const int64_t cost = kLanes * (2 * r + 1) * d * kLanes;
-    tensorflow::Shard(threads->num_threads, threads->workers, batch * h * groups_w, cost, work);
-  }
-
- private:
-  int radius_;
-};
-
-REGISTER_KERNEL_BUILDER(Name("SttNsmScore").Device(DEVICE_CPU), SttNsmScoreOp);
-
 }  // namespace
+}  // namespace stt_kernels
