@@ -16,14 +16,8 @@ from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.sizes import SizeError, parse_frame_size
 from stt_keras.export import parity
 
-# Full int8 comes from the loop-free "gpu" graph: the TFLite calibrator crashes
-# (segfault, TF 2.21) on the default form's WHILE loops.
-FORM_QUANTIZATIONS = {"default": ("float32", "float16", "dynamic_range"), "gpu": ("float32", "float16", "dynamic_range", "int8"),
-                      "frame": ("float32", "float16", "dynamic_range", "int8")}
-GPU_CHECKED = ("float32", "float16")  # quantizations compiled for the GPU accelerator
-
-
-DEFAULT_QUANTIZATIONS = "float32,float16,dynamic_range,int8"
+from stt_keras.export.files import (DEFAULT_QUANTIZATIONS, FORM_QUANTIZATIONS, GPU_CHECKED,  # noqa: F401
+                                    ExportedFile, plan)
 
 
 def int8_block_subscopes(float_head):
@@ -35,28 +29,20 @@ def int8_block_subscopes(float_head):
     return () if float_head == "decoder" else STT_QUANTIZED
 
 
-def plan_files(formats, forms, quantizations, explicit_quantizations=True, interfaces=("full",), streaming=True):
-    """The model files the arguments ask for; UserError if a requested format or quantization would write none.
+def planned_files(formats, forms, quantizations, explicit_quantizations=True, interfaces=("full",), streaming=True):
+    """The `ExportedFile`s the arguments ask for, in the order they are written; UserError if a requested
+    format or quantization would write none.
 
     Checked twice: before the model is read (as if it were a streaming STT model), and
-    after, for what the model is (a per-frame model has the one form "frame").
+    after, for what the model is (a per-frame model has the one form "frame": `streaming` False).
     """
-    files = []
-    if "savedmodel" in formats:
-        files.append("saved_model/1")
+    if not streaming:
+        forms = ["frame"]
     if formats - {"savedmodel"} and not interfaces:
         raise UserError("stt-export: --interfaces is empty: the TFLite and ONNX models need one (full, edge).")
-    edges = ["_edge" if interface == "edge" else "" for interface in interfaces]
-    base = "stt" if streaming else "frame"
-    prefix = {"gpu": "stt_gpu", "default": "stt", "frame": "frame"}
+    files = plan(formats, forms, quantizations, interfaces)
     if "tflite" in formats:
-        made = set()
-        for form in forms:
-            for q in quantizations:
-                if q in FORM_QUANTIZATIONS[form]:
-                    made.add(q)
-                    files += [f"{base}{edge}_int8.tflite" if q == "int8" else f"{prefix[form]}{edge}_{q}.tflite"
-                              for edge in edges]
+        made = {file.quantization for file in files if file.format == "tflite"}
         missing = [q for q in quantizations if q not in made]
         if missing and explicit_quantizations:
             raise UserError(
@@ -64,14 +50,18 @@ def plan_files(formats, forms, quantizations, explicit_quantizations=True, inter
                 f"TFLite model (int8 is built from the gpu form only); add --forms gpu or drop {','.join(missing)}.")
         if not quantizations:
             raise UserError("stt-export: --formats tflite with an empty --quantizations writes no TFLite model.")
-    if "onnx" in formats:
-        files += [f"{prefix[form]}{edge}_step.onnx" for form in forms for edge in edges]
     if not files:
         raise UserError("stt-export: these arguments write no model (--formats, --forms or --quantizations is empty); "
                         "nothing was changed.")
     if formats - {"savedmodel"} and not forms:
         raise UserError("stt-export: --forms is empty: the TFLite and ONNX models need a step form (default, gpu).")
-    return sorted(set(files))
+    return files
+
+
+def plan_files(formats, forms, quantizations, explicit_quantizations=True, interfaces=("full",), streaming=True):
+    """The names of the model files the arguments ask for, sorted (`planned_files`' names)."""
+    return sorted(file.name for file in planned_files(formats, forms, quantizations, explicit_quantizations, interfaces,
+                                                      streaming))
 
 
 # Bytes per pixel of live activations an export holds at once, as a multiple of one
@@ -271,7 +261,7 @@ def _run_export(args):
     if not streaming:
         # A per-frame graph has no loops, top-k or scatter: its one form is also the GPU form.
         forms = ["frame"]
-    planned = plan_files(formats, forms, quantizations, explicit_quantizations, interfaces, streaming)
+    planned = planned_files(formats, forms, quantizations, explicit_quantizations, interfaces, streaming)
     frames = model.num_key_frames + 1
     probe = (64, 128)
     model(np.zeros((1, frames, *probe, 3), np.uint8) if streaming else np.zeros((1, *probe, 3), np.uint8))
@@ -303,7 +293,7 @@ def _run_export(args):
     gpu = _gpu_checker(args.gpu_check)
     report = {"model": os.path.abspath(args.model), "size": list(size), "labels": label_source,
               "classes": class_names, "palette": palette, "files": {}, "gpu_accelerator": gpu.status, "warnings": []}
-    int8 = any(path.endswith("_int8.tflite") for path in planned)
+    int8 = any(file.quantization == "int8" for file in planned)
     calibration_sequences, calibration_text, sequences, parity_text, miou_meaningful = _frames_for_checks(
         args, model, size, report, calibration, label_source, int8, user_data)
     if not int8:
@@ -322,8 +312,9 @@ def _run_export(args):
                                   "ignore_label": 255})
         if "savedmodel" in formats:
             start = time.time()
-            signatures = saved_model.save(model, os.path.join(tmp, "saved_model", "1"), *size, assets=[labels_json])
-            report["saved_model"] = {"path": "saved_model/1", "signatures": signatures, "seconds": time.time() - start}
+            path = ExportedFile("savedmodel").name
+            signatures = saved_model.save(model, os.path.join(tmp, *path.split("/")), *size, assets=[labels_json])
+            report["saved_model"] = {"path": path, "signatures": signatures, "seconds": time.time() - start}
             print(f"stt-export: SavedModel with signatures {signatures} ({time.time() - start:.0f} s)", flush=True)
 
         graph_form = {"frame": "default"}
@@ -340,8 +331,6 @@ def _run_export(args):
                 io = _io_description(fn)
                 order = step_lib.io_order(fn)
                 frame_dtype = step_lib.frame_dtype(graph_form.get(form, form), interface).as_numpy_dtype
-                prefix = {"gpu": "stt_gpu", "default": "stt", "frame": "frame"}[form]
-                edge = "_edge" if interface == "edge" else ""
                 if "tflite" in formats:
                     frozen = tflite.frozen_function(fn)
                     for quantization in quantizations:
@@ -361,10 +350,8 @@ def _run_export(args):
                                                                float_head=float_head,
                                                                quantized_subscopes=int8_block_subscopes(float_head))
                         ops = tflite.check_ops(model_bytes)  # raises on Flex / variables / unfolded BN
-                        # The one int8 model is named plainly (it is the only one), whatever its graph form.
-                        base = "stt" if streaming else "frame"
-                        filename = (f"{base}{edge}_int8.tflite" if quantization == "int8"
-                                    else f"{prefix}{edge}_{quantization}.tflite")
+                        exported = ExportedFile("tflite", form, interface, quantization)
+                        filename = exported.name
                         path = os.path.join(tmp, filename)
                         with open(path, "wb") as f:
                             f.write(model_bytes)
@@ -381,7 +368,7 @@ def _run_export(args):
                         }
                         if quantization == "int8":
                             entry["float_ops"] = tflite.float_ops_in_quantized(model_bytes)
-                        if form in ("gpu", "frame") and quantization in GPU_CHECKED:
+                        if exported.gpu_checked:
                             entry["gpu_accelerator"] = gpu.check(model_bytes, len(ops), sequences, state_shape,
                                                                  frame_dtype, candidate)
                         finish_parity(entry)
@@ -391,14 +378,15 @@ def _run_export(args):
                                          interface, order)
                         if "gpu_accelerator" in entry:
                             meta["gpu_accelerator"] = entry["gpu_accelerator"]
-                        _write_json(os.path.join(tmp, filename.replace(".tflite", ".json")), meta)
+                        _write_json(os.path.join(tmp, exported.metadata_name), meta)
                         report["files"][filename] = entry
                         agreement = entry["parity"]["label_agreement"]
                         print(f"stt-export: {filename}: {len(model_bytes) / 1e6:.2f} MB, labels agree {100 * agreement:.2f}%"
                               f"{_gpu_text(entry.get('gpu_accelerator'))} ({entry['seconds']:.0f} s)", flush=True)
                 if "onnx" in formats:
                     start = time.time()
-                    filename = f"{prefix}{edge}_step.onnx"
+                    exported = ExportedFile("onnx", form, interface)
+                    filename = exported.name
                     path = os.path.join(tmp, filename)
                     onnx_model = onnx_export.export(
                         fn, step_lib.input_signature(model, *size, graph_form.get(form, form), interface), path)
@@ -417,14 +405,14 @@ def _run_export(args):
                                       "parity_data": parity_text,
                                       "tensorrt_issues": entry["tensorrt_issues"], "sha256": checksum,
                                       "bytes": os.path.getsize(path)}, interface, order)
-                    _write_json(os.path.join(tmp, filename.replace(".onnx", ".json")), meta)
+                    _write_json(os.path.join(tmp, exported.metadata_name), meta)
                     report["files"][filename] = entry
                     print(f"stt-export: {filename}: {entry['bytes'] / 1e6:.2f} MB, labels agree "
                           f"{100 * entry['parity']['label_agreement']:.2f}%, TensorRT issues: {len(entry['tensorrt_issues'])}", flush=True)
         _write_json(os.path.join(tmp, "export_report.json"), report)
         with open(os.path.join(tmp, "export_report.md"), "w") as f:
             f.write(markdown_report(report))
-        missing = [p for p in planned if not os.path.exists(os.path.join(tmp, p))]
+        missing = sorted(f.name for f in planned if not os.path.exists(os.path.join(tmp, f.name)))
         if missing:  # never replace an export with one that lacks what was asked for
             raise RuntimeError(f"stt-export: the export did not write {missing}; --out is left as it was.")
         write_manifest(tmp, {"model": report["model"], "size": list(size), "labels": label_source,

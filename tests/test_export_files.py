@@ -1,0 +1,81 @@
+"""The one description of an exported file (stt_keras.export.files): names, their inverse, and the plan."""
+
+import pytest
+
+from stt_keras.export import cli
+from stt_keras.export.files import ExportedFile, every_file, plan
+
+# The files `stt-export --help` and docs/export.md name, written out by hand (the reference).
+STREAMING_DEFAULT = ["saved_model/1", "stt_dynamic_range.tflite", "stt_float16.tflite", "stt_float32.tflite",
+                     "stt_gpu_dynamic_range.tflite", "stt_gpu_float16.tflite", "stt_gpu_float32.tflite",
+                     "stt_gpu_step.onnx", "stt_int8.tflite", "stt_step.onnx"]
+ALL = {"saved_model/1"} | {
+    f"{prefix}{edge}_{q}.tflite" for prefix in ("stt", "stt_gpu", "frame") for edge in ("", "_edge")
+    for q in ("float32", "float16", "dynamic_range")} | {
+    f"{base}{edge}_int8.tflite" for base in ("stt", "frame") for edge in ("", "_edge")} | {
+    f"{prefix}{edge}_step.onnx" for prefix in ("stt", "stt_gpu", "frame") for edge in ("", "_edge")}
+
+
+def test_every_file_has_its_own_name_and_reads_back():
+    names = [file.name for file in every_file()]
+    assert sorted(names) == sorted(ALL) and len(names) == len(set(names)) == 1 + 18 + 4 + 6
+    for file in every_file():
+        assert ExportedFile.parse(file.name) == file
+    assert ExportedFile.parse("stt_int8.tflite") == ExportedFile("tflite", "gpu", "full", "int8")
+    assert ExportedFile.parse("frame_edge_int8.tflite") == ExportedFile("tflite", "frame", "edge", "int8")
+    assert ExportedFile.parse("stt_gpu_edge_step.onnx") == ExportedFile("onnx", "gpu", "edge")
+    assert ExportedFile.parse("saved_model/1/") == ExportedFile("savedmodel")
+    assert ExportedFile("tflite", "gpu", "edge", "float16").metadata_name == "stt_gpu_edge_float16.json"
+    assert ExportedFile("onnx", "frame").metadata_name == "frame_step.json"
+
+
+@pytest.mark.parametrize("name", ["stt_gpu_int8.tflite", "stt.tflite", "stt_gpu.tflite", "stt_float32.onnx",
+                                  "stt_step.tflite", "stt_edge_edge_float32.tflite", "frame_int8.onnx", "model.keras",
+                                  "stt_float32.json", "saved_model", "STT_float32.tflite", "stt_bfloat16.tflite"])
+def test_names_stt_export_never_writes_are_refused(name):
+    with pytest.raises(ValueError, match="not a model file stt-export writes"):
+        ExportedFile.parse(name)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("tflite", "default", "full", "int8"), "is one of"),  # int8 is built from the loop-free graph only
+    (("onnx", "gpu", "full", "float16"), "is one of"),
+    (("tflite", "cpu"), "form must be"),
+    (("tflite", "gpu", "phone"), "interface must be"),
+    (("keras",), "format must be"),
+])
+def test_files_stt_export_cannot_build_are_refused(args, message):
+    with pytest.raises(ValueError, match=message):
+        ExportedFile(*args)
+
+
+def test_plan_is_in_writing_order_and_names_what_the_help_promises():
+    files = plan({"savedmodel", "tflite", "onnx"}, ["default", "gpu"], ["float32", "float16", "dynamic_range", "int8"])
+    assert [f.name for f in files] == [
+        "saved_model/1", "stt_float32.tflite", "stt_float16.tflite", "stt_dynamic_range.tflite", "stt_step.onnx",
+        "stt_gpu_float32.tflite", "stt_gpu_float16.tflite", "stt_gpu_dynamic_range.tflite", "stt_int8.tflite",
+        "stt_gpu_step.onnx"]
+    assert [f.name for f in files if f.gpu_checked] == ["stt_gpu_float32.tflite", "stt_gpu_float16.tflite"]
+    assert cli.plan_files({"savedmodel", "tflite", "onnx"}, ["default", "gpu"], cli.DEFAULT_QUANTIZATIONS.split(","),
+                          explicit_quantizations=False) == STREAMING_DEFAULT
+    twice = plan({"tflite"}, ["gpu", "gpu"], ["int8", "int8"], ["edge", "full", "edge"])
+    assert [f.name for f in twice] == ["stt_edge_int8.tflite", "stt_int8.tflite"]  # named twice, written once
+
+
+def test_a_per_frame_model_has_the_one_form_frame():
+    names = cli.plan_files({"tflite", "onnx"}, ["default", "gpu"], ["float16", "int8"], interfaces=("full", "edge"),
+                           streaming=False)
+    assert names == ["frame_edge_float16.tflite", "frame_edge_int8.tflite", "frame_edge_step.onnx",
+                     "frame_float16.tflite", "frame_int8.tflite", "frame_step.onnx"]
+    assert all(ExportedFile.parse(n).gpu_checked == n.endswith("float16.tflite") for n in names)
+
+
+def test_the_names_other_programs_expect_are_files_stt_export_writes():
+    """The edge demo's web server prefers edge-interface GPU-form float models by name (it imports no stt_keras),
+    and the training report reads the int8 model's parity by name: both must stay names the export writes."""
+    from stt_edge_demo.web.server import PREFERRED
+
+    for name in PREFERRED:
+        file = ExportedFile.parse(name)
+        assert file.interface == "edge" and file.gpu_checked, name
+    assert ExportedFile.parse("stt_int8.tflite").quantization == "int8"
