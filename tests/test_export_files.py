@@ -79,3 +79,40 @@ def test_the_names_other_programs_expect_are_files_stt_export_writes():
         file = ExportedFile.parse(name)
         assert file.interface == "edge" and file.gpu_checked, name
     assert ExportedFile.parse("stt_int8.tflite").quantization == "int8"
+
+
+def test_the_markdown_report_and_the_gpu_verdict_read_as_written():
+    """export_report.md from a hand-made report (export/report.py), compared line by line with what it must say."""
+    from stt_keras.export.gpu_check import gpu_text
+    from stt_keras.export.report import markdown_report
+
+    gpu = {"num_ops": 40, "fully_accelerated": False, "ops_on_cpu": 3, "ops_on_gpu": 37,
+           "label_agreement_with_cpu": 0.99871, "validation_errors": ["x" * 100]}
+    report = {
+        "model": "/runs/m/best.keras", "size": [64, 128], "labels": "built-in synthetic", "classes": ["road", "sky"],
+        "calibration_data": "synthetic video", "parity_data": None, "warnings": ["not a synthetic model"],
+        "gpu_accelerator": {"checked": True}, "saved_model": {"path": "saved_model/1", "signatures": ["step"]},
+        "files": {
+            "stt_gpu_float16.tflite": {"bytes": 1_870_000, "gpu_accelerator": gpu, "parity": {
+                "label_agreement": 0.9989, "logits_max_abs_diff": 0.00183, "miou_reference": 0.5, "miou": 0.49}},
+            "stt_step.onnx": {"bytes": 3_680_000, "tensorrt_issues": ["TopK"], "parity": {"label_agreement": 1.0}},
+            "stt_int8.tflite": {"bytes": 1_020_000, "float_ops": {"ADD": 6, "EXP": 1}, "parity": {"label_agreement": 0.95}},
+        },
+    }
+    assert gpu_text(None) == "" and gpu_text({"error": "refused"}) == "; GPU accelerator: error"
+    verdict = f"3 ops on the CPU but WebGPU validation errors ({'x' * 80}), labels agree with the CPU 99.87%"
+    assert gpu_text(gpu) == "; GPU accelerator: " + verdict
+    assert markdown_report(report).splitlines() == [
+        "# Export of best.keras at 64x128", "",
+        "**WARNING: not a synthetic model**", "",
+        "Classes (built-in synthetic): road, sky", "",
+        "Int8 calibration data: synthetic video", "",
+        "SavedModel: `saved_model/1`, signatures ['step']", "",
+        "| file | size MB | label agreement | logits max abs diff | mIoU (Keras -> exported) | GPU accelerator |",
+        "|---|---|---|---|---|---|",
+        f"| stt_gpu_float16.tflite | 1.87 | 99.89% | 1.83e-03 | 50.0 -> 49.0 | {verdict} |",
+        "| stt_step.onnx | 3.68 | 100.00% | n/a | n/a | TensorRT: 1 issue(s) |",
+        "| stt_int8.tflite | 1.02 | 95.00% | n/a | n/a | n/a |", "",
+        "Ops still computing in float32 inside `stt_int8.tflite`: ADD x6, EXP x1"]
+    unchecked = {**report, "gpu_accelerator": {"checked": False, "reason": "--gpu-check off"}, "warnings": []}
+    assert "GPU accelerator not checked: --gpu-check off" in markdown_report(unchecked).splitlines()
