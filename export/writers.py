@@ -7,6 +7,7 @@ what to write, with which data, and where; these functions write it.
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -43,8 +44,7 @@ def counted(step, what, sequences):
 class ExportJob:
     """What every file of one export shares: the model, the folder, the labels, the parity and calibration data.
 
-    `state_shape`: the packed streaming state (`model.state_shape(H, W, packed=True)`), None for a per-frame
-    model. `reference`: the Keras step's outputs on `sequences`, which every file's parity is compared with.
+    `reference`: the Keras step's outputs on `sequences`, which every file's parity is compared with.
     """
 
     model: object
@@ -62,12 +62,16 @@ class ExportJob:
     calibration_text: str = None
     calibration_count: int = 4  # --calibration-sequences / --calibration-frames for the synthetic video
     calibration_frames: int = 8
-    state_shape: list = None
     reference: list = None
+
+    @functools.cached_property
+    def state_shape(self):
+        """The packed streaming state's shape, `model.state_shape(H, W, packed=True)`; None for a per-frame model."""
+        return list(self.model.state_shape(*self.size, packed=True)) if self.streaming else None
 
     @property
     def streaming(self):
-        return self.state_shape is not None
+        return self.model.stt is not None
 
     def path(self, name):
         return os.path.join(self.folder, *name.split("/"))
@@ -75,8 +79,6 @@ class ExportJob:
     def stream_reference(self):
         """Streams the parity sequences through the Keras step (default form, full interface): the reference."""
         fn = step_lib.make_step_function(self.model, *self.size, "default")
-        if self.model.stt is not None:
-            self.state_shape = fn.get_concrete_function().structured_input_signature[0][1].shape.as_list()
         self.reference = parity.stream(counted(fn, "Keras reference", self.sequences), self.sequences, self.state_shape)
 
     def parity(self, step, what, frame_dtype):

@@ -116,3 +116,23 @@ def test_the_markdown_report_and_the_gpu_verdict_read_as_written():
         "Ops still computing in float32 inside `stt_int8.tflite`: ADD x6, EXP x1"]
     unchecked = {**report, "gpu_accelerator": {"checked": False, "reason": "--gpu-check off"}, "warnings": []}
     assert "GPU accelerator not checked: --gpu-check off" in markdown_report(unchecked).splitlines()
+
+
+@pytest.mark.parametrize("preset", ["stt_psp_tiny", "psp_tiny"])
+def test_the_export_takes_the_state_shape_from_the_model_and_it_is_the_traced_one(preset):
+    """writers.ExportJob.state_shape is `model.state_shape(H, W, packed=True)` (nothing traced), equal to the
+    state input of the step function the export traces; a per-frame model has none."""
+    from stt_keras.export import step as step_lib, writers
+    from stt_keras.models import STTSegmenter
+
+    model = STTSegmenter.from_preset(preset, num_classes=5)
+    job = writers.ExportJob(model=model, name="m", size=(48, 80), folder=None, labels=([], []), sequences=[],
+                            parity_text="", miou_meaningful=False, threads=1, gpu=None)
+    signature = step_lib.input_signature(model, 48, 80)
+    if model.stt is None:
+        assert job.state_shape is None and len(signature) == 1
+        return
+    traced = step_lib.make_step_function(model, 48, 80).get_concrete_function().structured_input_signature[0][1]
+    assert job.state_shape == traced.shape.as_list() and job.state_shape[:3] == [1, 6, 10]  # stride 8
+    assert job.state_shape[3] > 0 and job.state_shape[3] % model.num_key_frames == 0  # T * C
+    assert all(type(d) is int for d in job.state_shape)
