@@ -81,7 +81,7 @@ class ExportJob:
         fn = step_lib.make_step_function(self.model, *self.size, "default")
         self.reference = parity.stream(counted(fn, "Keras reference", self.sequences), self.sequences, self.state_shape)
 
-    def parity(self, step, what, frame_dtype):
+    def check_parity(self, step, what, frame_dtype):
         """(outputs streamed by `step` on the parity sequences, their parity against the Keras reference)."""
         outputs = parity.stream(counted(step, what, self.sequences), self.sequences, self.state_shape, frame_dtype)
         return outputs, parity.compare(self.reference, outputs, self.sequences, self.model.num_classes)
@@ -199,13 +199,13 @@ def export_tflite(job, graph, file):
         f.write(model_bytes)
     checksum = hashlib.sha256(model_bytes).hexdigest()
     # Parity runs the file as written (checked against its checksum), not the bytes in memory.
-    candidate, agreement = job.parity(parity.TFLiteStep(path, job.threads, expected_sha256=checksum), file.name,
+    candidate, compared = job.check_parity(parity.TFLiteStep(path, job.threads, expected_sha256=checksum), file.name,
                                       graph.frame_dtype)
     entry = {
         "form": file.form, "interface": file.interface, "quantization": file.quantization,
         "bytes": len(model_bytes), "seconds": time.time() - start,
         "ops": tflite.op_histogram(model_bytes),
-        "parity": agreement,
+        "parity": compared,
     }
     if file.quantization == "int8":
         entry["float_ops"] = tflite.float_ops_in_quantized(model_bytes)
@@ -226,11 +226,11 @@ def export_onnx(job, graph, file):
     onnx_model = onnx_export.export(
         graph.fn, step_lib.input_signature(job.model, *job.size, graph.graph_form(file.form), file.interface), path)
     checksum = sha256_file(path)
-    _, agreement = job.parity(parity.OnnxStep(path, job.threads, expected_sha256=checksum), file.name, graph.frame_dtype)
+    _, compared = job.check_parity(parity.OnnxStep(path, job.threads, expected_sha256=checksum), file.name, graph.frame_dtype)
     entry = {
         "form": file.form, "interface": file.interface, "bytes": os.path.getsize(path), "seconds": time.time() - start,
         "op_types": onnx_export.op_types(onnx_model), "tensorrt_issues": onnx_export.tensorrt_issues(onnx_model),
-        "parity": agreement,
+        "parity": compared,
     }
     job.finish(entry, file, graph, {"tool": "tf2onnx", "opset": onnx_export.OPSET},
                tensorrt_issues=entry["tensorrt_issues"], sha256=checksum, bytes=os.path.getsize(path))
