@@ -16,6 +16,15 @@ ALL = {"saved_model/1"} | {
     f"{prefix}{edge}_step.onnx" for prefix in ("stt", "stt_gpu", "frame") for edge in ("", "_edge")}
 
 
+def test_the_names_cover_what_the_step_and_the_converter_build():
+    """files.py imports no TensorFlow, so it spells the vocabularies again: they must stay those of step.py and tflite.py."""
+    from stt_keras.export import files, step, tflite
+
+    assert files.INTERFACES == step.INTERFACES and files.QUANTIZATIONS == tflite.QUANTIZATIONS
+    assert files.GRAPH_FORMS == (*step.FORMS, "frame")
+    assert set(files.DEFAULT_QUANTIZATIONS.split(",")) == set(files.QUANTIZATIONS)
+
+
 def test_every_file_has_its_own_name_and_reads_back():
     names = [file.name for file in every_file()]
     assert sorted(names) == sorted(ALL) and len(names) == len(set(names)) == 1 + 18 + 4 + 6
