@@ -101,7 +101,7 @@ def make_runner(runtime, model, size, threads, tmp, name, identity=False, calibr
     with block_as_identity(model) if identity else contextlib.nullcontext():
         fn = step_lib.make_step_function(model, *size, form)
         concrete = fn.get_concrete_function()  # traced now, while the block is identity
-    state_shape = concrete.structured_input_signature[0][1].shape.as_list() if streaming else None
+    state_shape = list(model.state_shape(*size, packed=True)) if streaming else None
     frame_dtype = step_lib.frame_dtype(form).as_numpy_dtype
     if runtime == "keras":
         return (lambda **kw: {k: v.numpy() for k, v in concrete(**kw).items()}), frame_dtype, state_shape, None

@@ -68,7 +68,7 @@ def main():
         print(f"{name:32s} {1000 * seconds:9.1f} ms   {'' if size_bytes is None else f'{size_bytes / 1e6:7.1f} MB'}", flush=True)
 
     fns = {form: step_lib.make_step_function(model, *size, form) for form in step_lib.FORMS}
-    state_shape = fns["default"].get_concrete_function().structured_input_signature[0][1].shape.as_list()
+    state_shape = list(model.state_shape(*size, packed=True))
 
     def keras_step(fn):
         return lambda **kw: {k: v.numpy() for k, v in fn(**kw).items()}

@@ -75,7 +75,7 @@ def main():
         model = STTSegmenter.from_preset(args.preset, num_classes=19)
         model(np.zeros((1, model.num_key_frames + 1, *size, 3), np.uint8))
     fn = step_lib.make_step_function(model, *size, "gpu")
-    state_shape = fn.get_concrete_function().structured_input_signature[0][1].shape.as_list()
+    state_shape = list(model.state_shape(*size, packed=True))
     frozen = tflite.frozen_function(fn)
 
     models = {}
