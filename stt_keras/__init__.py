@@ -9,6 +9,6 @@ _cpu_only()
 from stt_keras import layers, metrics, models  # noqa: F401  (registers every serializable class)
 from stt_keras.saving import load_model
 from stt_keras.streaming import StreamingSegmenter
+from stt_keras.version import __version__
 
 __all__ = ["StreamingSegmenter", "layers", "load_model", "metrics", "models"]
-__version__ = "0.1.0"

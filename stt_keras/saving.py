@@ -20,12 +20,23 @@ import keras
 
 from stt_keras.errors import ModelFileError
 from stt_keras.fileio import fsync_dir, sha256_file
+from stt_keras.version import __version__
 
 PRESET_FORMAT = "stt-keras-preset/1"
 PRESET_CONFIG = "config.json"
 PRESET_WEIGHTS = "model.weights.h5"
 PRESET_METADATA = "metadata.json"
 PRESET_FILES = (PRESET_CONFIG, PRESET_WEIGHTS, PRESET_METADATA)
+
+
+def segmenter_class():
+    """STTSegmenter, looked up in Keras' registry rather than imported: the models import this module's loaders
+    (`from_preset`, `save_to_preset`), so an import back would be a cycle. Any import of a stt_keras module runs
+    the package's __init__ first, which registers every class (layers, metrics, models)."""
+    cls = keras.saving.get_registered_object("stt_keras>STTSegmenter")
+    if cls is None:  # not reachable through the package; a clear message rather than a None deep inside
+        raise RuntimeError("stt_keras.models is not registered with Keras; import stt_keras first.")
+    return cls
 
 
 def check_model_file(path):
@@ -77,10 +88,7 @@ def load_model(path: str, compile: bool = True, verify: bool = True) -> keras.Mo
     or a Keras model that is not an stt-keras STTSegmenter. Loading reads
     nothing but the file: pretrained-weight references in its config are ignored.
     """
-    import stt_keras.layers  # noqa: F401  (registration)
-    import stt_keras.metrics  # noqa: F401
-    import stt_keras.models  # noqa: F401
-    from stt_keras.models import STTSegmenter
+    STTSegmenter = segmenter_class()
 
     if is_preset_dir(path):
         return load_preset(path, verify=verify)
@@ -134,8 +142,6 @@ def save_preset(model, directory, labels=None, colors=None):
     """
     import tensorflow as tf
 
-    import stt_keras
-
     if not model.built:
         raise ValueError("save_to_preset needs a built model: call it on a batch (or fit it) first.")
     labels, colors = _check_labels(labels, colors, model.num_classes)
@@ -167,7 +173,7 @@ def save_preset(model, directory, labels=None, colors=None):
             "labels": labels,
             "colors": colors,
             "parameter_count": int(model.count_params()),
-            "stt_keras_version": stt_keras.__version__,
+            "stt_keras_version": __version__,
             "keras_version": keras.__version__,
             "tensorflow_version": tf.__version__,
             "date_saved": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -247,10 +253,7 @@ def load_preset(directory, load_weights=True, verify=True):
 
     verify=False: load a hand-made preset whose metadata records no checksums (see read_preset_metadata).
     """
-    import stt_keras.layers  # noqa: F401  (registration)
-    import stt_keras.metrics  # noqa: F401
-    import stt_keras.models  # noqa: F401
-    from stt_keras.models import STTSegmenter
+    STTSegmenter = segmenter_class()
 
     metadata = read_preset_metadata(directory, verify=verify)
     try:

@@ -172,3 +172,93 @@ def test_help_answers_at_once(command):
     seconds, result = _best_of([script, "--help"])
     assert "usage:" in result.stdout and result.stderr == ""
     assert seconds < max(1.0, 8 * bare), f"{command} --help took {seconds:.2f} s (python -c pass: {bare:.2f} s)"
+
+
+def _installed_modules():
+    """{module name: file} of every module of the installed packages, found where Python finds them (the
+    package_dir mapping included: `stt_keras.training` lives in training/), not by folder names."""
+    import importlib.util
+
+    modules = {}
+    for package in sorted(set(INSTALLED_AS.values())):
+        spec = importlib.util.find_spec(package)
+        for folder in spec.submodule_search_locations:
+            for dirpath, dirnames, filenames in os.walk(folder):
+                dirnames[:] = [d for d in dirnames if d not in ("__pycache__", "node_modules", "static")]
+                rel = os.path.relpath(dirpath, folder)
+                prefix = package if rel == "." else package + "." + rel.replace(os.sep, ".")
+                for name in filenames:
+                    if name.endswith(".py"):
+                        module = prefix if name == "__init__.py" else f"{prefix}.{name[:-3]}"
+                        modules[module] = os.path.join(dirpath, name)
+    return modules
+
+
+def _import_graph(modules):
+    """module -> the project modules it imports anywhere in its file (function-level imports too: a cycle
+    through a lazy import is still a cycle of the design), resolved to the deepest module that exists."""
+    def known(name):
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for module, path in modules.items():
+        package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Import):
+                targets.update(known(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package
+                    for _ in range(node.level - 1):
+                        up = up.rpartition(".")[0]
+                    base = up + ("." + node.module if node.module else "")
+                targets.update(known(f"{base}.{alias.name}") or known(base) for alias in node.names)
+        graph[module] = {t for t in targets if t and t != module}
+    return graph
+
+
+def _cycles(graph):
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_in_the_installed_packages():
+    modules = _installed_modules()
+    assert {"stt_keras.saving", "stt_keras.training.train", "stt_keras.export.cli", "stt_edge_demo.app",
+            "stt_keras_cli.train"} <= set(modules)  # the walk found the packages where they are installed
+    graph = _import_graph(modules)
+    assert "stt_keras.saving" in graph["stt_keras.models.stt.stt_segmenter"]  # edges are seen, lazy ones too
+    assert _cycles(graph) == []
+    # It can fail: one import back closes a cycle.
+    graph["stt_keras.saving"].add("stt_keras.models.stt.stt_segmenter")
+    assert _cycles(graph) == [["stt_keras.models.stt.stt_segmenter", "stt_keras.saving"]]
