@@ -1,12 +1,15 @@
 """File helpers shared by training (checkpoints), export (manifests) and the kernel cache.
 
 Plain Python, no TensorFlow: a checksum of a file, fsync of a folder so that a rename
-into it survives a power cut, and what the commands need to refuse a folder they cannot
-write to (before any work) and to name a full disk in one line.
+into it survives a power cut, the one way to write a file atomically (`atomic_file`), and
+what the commands need to refuse a folder they cannot write to (before any work) and to
+name a full disk in one line. A folder written atomically: `stt_keras.export.atomic`.
 """
 
+import contextlib
 import errno
 import hashlib
+import json
 import os
 
 
@@ -31,6 +34,41 @@ def fsync_dir(path):
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path, suffix=""):
+    """Yields a temporary path beside `path` to write; on success it is fsynced and renamed over `path`.
+
+    The file at `path` is either the old one or the complete new one, also after a kill or a
+    power cut. On any failure (a full disk, an exception of the writer, Ctrl-C) the temporary
+    file is removed and `path` is left untouched. The temporary name is `.NAME.tmp-PID` plus
+    `suffix` (for writers that want an extension: ".keras", ".weights.h5", ".npz"); one writer
+    of a given path at a time per process.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(folder)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(path, data):
+    """Writes `data` (bytes) to `path` through `atomic_file`."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def atomic_write_json(path, data, indent=2):
+    """Writes `data` as JSON (no NaN or infinity: they are not JSON) to `path` through `atomic_file`."""
+    atomic_write_bytes(path, json.dumps(data, indent=indent, allow_nan=False).encode())
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
