@@ -61,3 +61,28 @@ def test_the_training_callbacks_names_are_the_library_writers():
     assert callbacks.atomic_write_json is fileio.atomic_write_json
     assert callbacks._TMP.match(f".chunk-000001.weights.h5.tmp-{os.getpid()}.weights.h5")
 
+
+def test_one_checksum_rule_for_the_edge_demo_and_the_exporter(tmp_path):
+    import hashlib
+
+    from stt_edge_demo import runners
+    from stt_keras.export import parity
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"model bytes")
+    good = hashlib.sha256(b"model bytes").hexdigest()
+    assert parity.ChecksumError is runners.ChecksumError and issubclass(parity.ChecksumError, (ValueError, runners.ModelError))
+    parity.verify_checksum(str(model), good)
+    parity.verify_checksum(str(model), None)  # nothing recorded: nothing to check
+    assert runners.verify_checksum(str(model), {"sha256": good.upper()}) == b"model bytes"
+    model.write_bytes(b"model bytez")  # damaged after export
+    with pytest.raises(parity.ChecksumError) as exporter:
+        parity.verify_checksum(str(model), good)
+    with pytest.raises(runners.ChecksumError) as demo:
+        runners.verify_checksum(str(model), {"sha256": good})
+    for error in (exporter.value, demo.value):
+        assert f"model {model} does not match the SHA-256" in str(error)
+        assert str(error).endswith("the file was modified or damaged after export; re-export it.")
+    assert "m.json" in str(demo.value) and "recorded at export" in str(exporter.value)
+    with pytest.raises(parity.ChecksumError, match=r"model \(TFLite bytes\) does not match"):
+        parity.TFLiteStep(b"model bytez", expected_sha256=good)
