@@ -206,6 +206,7 @@ def atomic_directory(destination):
         for f in files:
             with open(os.path.join(root, f), "rb") as handle:
                 os.fsync(handle.fileno())
+        _fsync_dir(root)  # its entries too: the files are found under their names after a power cut
     faults.point("export_before_swap")
     if os.path.isdir(destination) and not os.path.islink(destination) and _exchange(partial, destination):
         _fsync_dir(parent)
