@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from synthetic_accuracy import _pct  # noqa: E402
 
 from stt_keras import load_model  # noqa: E402
+from stt_keras.fileio import atomic_file  # noqa: E402
 from stt_keras.sizes import parse_size  # noqa: E402
 from stt_keras.training import train as train_lib  # noqa: E402
 from stt_keras.training.evaluate import evaluate_with_ablation, synthetic_sequences  # noqa: E402
@@ -154,10 +155,8 @@ def add_row(out, row):
     with open(os.path.join(out, ".results.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = load_rows(out) + [row]
-        tmp = os.path.join(out, "results.json.tmp")
-        with open(tmp, "w") as f:
+        with atomic_file(os.path.join(out, "results.json")) as tmp, open(tmp, "w") as f:
             json.dump(rows, f, indent=2)
-        os.replace(tmp, os.path.join(out, "results.json"))
     return rows
 
 

@@ -48,6 +48,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from stt_keras.export import saved_model, serve  # noqa: E402
+from stt_keras.fileio import atomic_file  # noqa: E402
 from stt_keras.metrics import MeanIoU  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
 from stt_keras.training.data.synthetic import SyntheticVideo  # noqa: E402
@@ -311,10 +312,8 @@ def main():
                   f"{row['mb_out_all_outputs']:9.2f}{row['seconds_per_frame']:9.3f}{f'{lo:.3f}..{hi:.3f}':>16}"
                   f"{row['frames_per_second']:10.2f}{row['time_vs_step_float32']:8.2f}")
     if args.json:
-        partial = args.json + ".partial"
-        with open(partial, "w") as f:
+        with atomic_file(args.json) as partial, open(partial, "w") as f:
             json.dump(report, f, indent=2)
-        os.replace(partial, args.json)
     return report
 
 

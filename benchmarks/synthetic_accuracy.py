@@ -55,6 +55,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 
 from stt_keras import load_model  # noqa: E402
+from stt_keras.fileio import atomic_file  # noqa: E402
 from stt_keras.sizes import parse_size  # noqa: E402
 from stt_keras.training import train as train_lib  # noqa: E402
 from stt_keras.training.data.synthetic import FAMILIES  # noqa: E402
@@ -167,10 +168,8 @@ def _save(rows, out):
     if os.path.exists(path):
         ours = {_identity(r) for r in rows}
         rows.extend(r for r in json.load(open(path)) if _identity(r) not in ours)
-    tmp = os.path.join(out, "results.json.tmp")
-    with open(tmp, "w") as f:
+    with atomic_file(os.path.join(out, "results.json")) as tmp, open(tmp, "w") as f:
         json.dump(rows, f, indent=2)
-    os.replace(tmp, os.path.join(out, "results.json"))
 
 
 def _find(rows, family, key, seed, args):

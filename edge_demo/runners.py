@@ -19,6 +19,19 @@ class ModelError(Exception):
     """The model, its metadata or its runtime is unusable (exit code 2)."""
 
 
+class ChecksumError(ModelError, ValueError):
+    """A model file whose SHA-256 is not the one recorded when it was exported."""
+
+
+def check_sha256(data, expected, name, recorded_in):
+    """The one checksum rule of the project's model files: ChecksumError unless `data` (the bytes that
+    will be used) has SHA-256 `expected` (hex, any case). `name` names the file, `recorded_in` says
+    where the SHA-256 comes from ("in its metadata file", "recorded at export")."""
+    if not isinstance(expected, str) or hashlib.sha256(data).hexdigest() != expected.lower():
+        raise ChecksumError(f"model {name} does not match the SHA-256 {recorded_in}: "
+                            "the file was modified or damaged after export; re-export it.")
+
+
 def metadata_path(model_path):
     return os.path.splitext(model_path)[0] + ".json"
 
@@ -358,9 +371,7 @@ def read_verified(path, meta, allow_unverified=False):
         print(f"edge_demo: warning: {path} is not verified (--allow-unverified: its metadata records no sha256).",
               file=sys.stderr)
         return data
-    if not isinstance(expected, str) or hashlib.sha256(data).hexdigest() != expected.lower():
-        raise ModelError(f"model {path} does not match the SHA-256 in {metadata_path(path)}: "
-                         "the file was modified or damaged after export; re-export it.")
+    check_sha256(data, expected, path, f"in {metadata_path(path)}")
     return data
 
 

@@ -18,19 +18,12 @@ that path and the next run puts it back (`recover`). Leftover `.NAME.partial-PID
 next export to the same destination.
 """
 
-import contextlib
-import ctypes
-import ctypes.util
-import errno
 import fnmatch
 import json
 import os
-import re
-import shutil
 
-from stt_keras import faults
 from stt_keras.errors import UserError
-from stt_keras.fileio import fsync_dir as _fsync_dir
+from stt_keras.fileio import atomic_directory, recover  # noqa: F401  (the folder writer lives in the library)
 from stt_keras.fileio import sha256_file  # noqa: F401  (part of this module's interface)
 
 MANIFEST = "export_manifest.json"
@@ -120,104 +113,3 @@ def check_destination(destination, protected=()):
                         "refusing to replace it. Choose a new or empty folder.")
 
 
-def _pid_alive(pid):
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover(destination):
-    """Puts back an export a killed run left at `.NAME.old-PID` and removes dead runs' leftovers.
-
-    Returns a list of what was done (for a message).
-    """
-    destination = os.path.abspath(destination)
-    parent, name = os.path.split(destination)
-    if not os.path.isdir(parent):
-        return []
-    pattern = re.compile(r"^\." + re.escape(name) + r"\.(partial|old)-(\d+)$")
-    done = []
-    leftovers = []
-    for entry in os.listdir(parent):
-        m = pattern.match(entry)
-        if m and not _pid_alive(int(m.group(2))):
-            leftovers.append((m.group(1), entry))
-    # An "old" folder with no destination is the previous export of a run killed between its two renames.
-    for kind, entry in sorted(leftovers, key=lambda item: item[0] != "old"):
-        path = os.path.join(parent, entry)
-        if kind == "old" and not os.path.lexists(destination):
-            os.rename(path, destination)
-            done.append(f"restored {destination} from {entry}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-            done.append(f"removed {entry}")
-    return done
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a, b):
-    """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False if the system cannot."""
-    if os.environ.get("STT_KERAS_NO_RENAME_EXCHANGE"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), b)
-
-
-@contextlib.contextmanager
-def atomic_directory(destination):
-    """Yields a temporary sibling folder; on success it replaces `destination` atomically.
-
-    On any exception (or Ctrl-C) the temporary folder is removed and an existing
-    `destination` is left untouched. A kill at any point leaves `destination`
-    either the old export or the new one (see the module docstring).
-    """
-    destination = os.path.abspath(destination)
-    parent, name = os.path.split(destination)
-    os.makedirs(parent, exist_ok=True)
-    recover(destination)
-    partial = os.path.join(parent, f".{name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    for root, _, files in os.walk(partial):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as handle:
-                os.fsync(handle.fileno())
-    faults.point("export_before_swap")
-    if os.path.isdir(destination) and not os.path.islink(destination) and _exchange(partial, destination):
-        _fsync_dir(parent)
-        faults.point("export_after_swap")
-        shutil.rmtree(partial, ignore_errors=True)  # now the previous export
-        return
-    if os.path.isdir(destination) and not os.listdir(destination):
-        os.rmdir(destination)
-    old = os.path.join(parent, f".{name}.old-{os.getpid()}")
-    if os.path.lexists(destination):
-        os.rename(destination, old)
-        faults.point("export_between_renames")
-    os.rename(partial, destination)
-    _fsync_dir(parent)
-    shutil.rmtree(old, ignore_errors=True)

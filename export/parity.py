@@ -1,33 +1,27 @@
 """Parity of exported models against Keras: the same frames, each model streaming its own state."""
 
-import hashlib
-
 import numpy as np
 
-from stt_edge_demo.runners import LiteRTSession, OnnxSession, labels_of  # noqa: F401 (labels_of: parity.labels_of)
+from stt_edge_demo.runners import ChecksumError, LiteRTSession, OnnxSession, check_sha256, labels_of  # noqa: F401
 from stt_edge_demo.stream import Stream
 from stt_keras.metrics import MeanIoU
 
+# ChecksumError (a ValueError): the edge demo's, so that the rule and its message live once (check_sha256).
 
-class ChecksumError(ValueError):
-    """A model file whose SHA-256 is not the one recorded when it was exported."""
+
+def _read_verified(path, expected_sha256):
+    """The bytes of the file at `path`, checked by the edge demo's rule (a no-op check if `expected_sha256` is None)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if expected_sha256 is not None:
+        check_sha256(data, expected_sha256, path, "recorded at export")
+    return data
 
 
 def verify_checksum(path, expected_sha256):
     """Raises ChecksumError unless the file at `path` has SHA-256 `expected_sha256` (a no-op if that is None)."""
-    if expected_sha256 is None:
-        return
-    from stt_keras.export.atomic import sha256_file
-
-    actual = sha256_file(path)
-    if actual != expected_sha256:
-        raise ChecksumError(f"{path}: SHA-256 {actual[:16]}... does not match the exported {expected_sha256[:16]}... "
-                            "(the file was modified or damaged after export).")
-
-
-def _verify_bytes(model_bytes, expected_sha256):
-    if expected_sha256 is not None and hashlib.sha256(bytes(model_bytes)).hexdigest() != expected_sha256:
-        raise ChecksumError("TFLite model bytes do not match the expected SHA-256.")
+    if expected_sha256 is not None:
+        _read_verified(path, expected_sha256)
 
 
 class TFLiteStep(LiteRTSession):
@@ -38,9 +32,10 @@ class TFLiteStep(LiteRTSession):
 
     def __init__(self, model_bytes_or_path, num_threads=2, expected_sha256=None):
         if isinstance(model_bytes_or_path, (bytes, bytearray)):
-            _verify_bytes(model_bytes_or_path, expected_sha256)
-        else:
-            verify_checksum(str(model_bytes_or_path), expected_sha256)
+            if expected_sha256 is not None:
+                check_sha256(bytes(model_bytes_or_path), expected_sha256, "(TFLite bytes)", "recorded at export")
+        elif expected_sha256 is not None:  # the interpreter gets the bytes that were verified, not the file again
+            model_bytes_or_path = _read_verified(str(model_bytes_or_path), expected_sha256)
         super().__init__(model_bytes_or_path, num_threads)
 
 

@@ -47,6 +47,7 @@ import numpy as np
 
 from stt_edge_demo.overlay import letterbox, unletterbox
 from stt_keras import faults
+from stt_keras.fileio import atomic_file
 
 SERVICE = "stt_keras.Segmenter"
 DEFAULT_ADDRESS = "127.0.0.1:8500"
@@ -896,9 +897,8 @@ def run_server(parser, args):
 
 
 def _write_labels(labels, out):
-    partial = f"{out}.partial-{os.getpid()}.npz"
-    np.savez_compressed(partial, labels=np.stack(labels))
-    os.replace(partial, out)  # the labels file appears complete or not at all
+    with atomic_file(out, suffix=".npz") as partial:  # the labels file appears complete or not at all
+        np.savez_compressed(partial, labels=np.stack(labels))
 
 
 def run_client(parser, args):

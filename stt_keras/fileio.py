@@ -1,13 +1,22 @@
 """File helpers shared by training (checkpoints), export (manifests) and the kernel cache.
 
 Plain Python, no TensorFlow: a checksum of a file, fsync of a folder so that a rename
-into it survives a power cut, and what the commands need to refuse a folder they cannot
-write to (before any work) and to name a full disk in one line.
+into it survives a power cut, the one way to write a file atomically (`atomic_file`), and
+what the commands need to refuse a folder they cannot write to (before any work) and to
+name a full disk in one line; and a folder written atomically (`atomic_directory`: an export, a preset).
 """
 
+import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
+import json
 import os
+import re
+import shutil
+
+from stt_keras import faults
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -31,6 +40,41 @@ def fsync_dir(path):
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path, suffix=""):
+    """Yields a temporary path beside `path` to write; on success it is fsynced and renamed over `path`.
+
+    The file at `path` is either the old one or the complete new one, also after a kill or a
+    power cut. On any failure (a full disk, an exception of the writer, Ctrl-C) the temporary
+    file is removed and `path` is left untouched. The temporary name is `.NAME.tmp-PID` plus
+    `suffix` (for writers that want an extension: ".keras", ".weights.h5", ".npz"); one writer
+    of a given path at a time per process.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(folder)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(path, data):
+    """Writes `data` (bytes) to `path` through `atomic_file`."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def atomic_write_json(path, data, indent=2):
+    """Writes `data` as JSON (no NaN or infinity: they are not JSON) to `path` through `atomic_file`."""
+    atomic_write_bytes(path, json.dumps(data, indent=indent, allow_nan=False).encode())
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -104,3 +148,110 @@ def concerns(error, folder):
     if any(isinstance(n, str) and (os.path.abspath(n) + os.sep).startswith(folder + os.sep) for n in names):
         return True
     return folder + os.sep in str(error) or str(error).rstrip().endswith(folder)
+
+
+# ---------------------------------------------------------------- folders
+# The folder case of the atomic writes (an export, a preset): a sibling folder swapped in at once.
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(destination):
+    """Puts back an export a killed run left at `.NAME.old-PID` and removes dead runs' leftovers.
+
+    Returns a list of what was done (for a message).
+    """
+    destination = os.path.abspath(destination)
+    parent, name = os.path.split(destination)
+    if not os.path.isdir(parent):
+        return []
+    pattern = re.compile(r"^\." + re.escape(name) + r"\.(partial|old)-(\d+)$")
+    done = []
+    leftovers = []
+    for entry in os.listdir(parent):
+        m = pattern.match(entry)
+        if m and not _pid_alive(int(m.group(2))):
+            leftovers.append((m.group(1), entry))
+    # An "old" folder with no destination is the previous export of a run killed between its two renames.
+    for kind, entry in sorted(leftovers, key=lambda item: item[0] != "old"):
+        path = os.path.join(parent, entry)
+        if kind == "old" and not os.path.lexists(destination):
+            os.rename(path, destination)
+            done.append(f"restored {destination} from {entry}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {entry}")
+    return done
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a, b):
+    """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False if the system cannot."""
+    if os.environ.get("STT_KERAS_NO_RENAME_EXCHANGE"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+@contextlib.contextmanager
+def atomic_directory(destination):
+    """Yields a temporary sibling folder; on success it replaces `destination` atomically.
+
+    On any exception (or Ctrl-C) the temporary folder is removed and an existing
+    `destination` is left untouched. A kill at any point leaves `destination`
+    either the old export or the new one (see the module docstring).
+    """
+    destination = os.path.abspath(destination)
+    parent, name = os.path.split(destination)
+    os.makedirs(parent, exist_ok=True)
+    recover(destination)
+    partial = os.path.join(parent, f".{name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    for root, _, files in os.walk(partial):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(root)  # its entries too: the files are found under their names after a power cut
+    faults.point("export_before_swap")
+    if os.path.isdir(destination) and not os.path.islink(destination) and _exchange(partial, destination):
+        fsync_dir(parent)
+        faults.point("export_after_swap")
+        shutil.rmtree(partial, ignore_errors=True)  # now the previous export
+        return
+    if os.path.isdir(destination) and not os.listdir(destination):
+        os.rmdir(destination)
+    old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+    if os.path.lexists(destination):
+        os.rename(destination, old)
+        faults.point("export_between_renames")
+    os.rename(partial, destination)
+    fsync_dir(parent)
+    shutil.rmtree(old, ignore_errors=True)

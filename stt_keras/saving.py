@@ -13,13 +13,12 @@ Two formats:
 import datetime
 import json
 import os
-import shutil
 import zipfile
 
 import keras
 
 from stt_keras.errors import ModelFileError
-from stt_keras.fileio import fsync_dir, sha256_file
+from stt_keras.fileio import sha256_file
 from stt_keras.version import __version__
 
 PRESET_FORMAT = "stt-keras-preset/1"
@@ -153,12 +152,11 @@ def save_preset(model, directory, labels=None, colors=None):
         if extra:
             raise FileExistsError(f"{directory} holds files that are not part of a preset ({', '.join(extra[:5])}); "
                                   "choose an empty or new folder.")
-    parent, base = os.path.split(directory)
-    os.makedirs(parent, exist_ok=True)
-    partial = os.path.join(parent, f".{base}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    try:
+    from stt_keras.fileio import atomic_directory  # the folder case of the atomic writes
+
+    # A temporary sibling folder, fsynced, then swapped with `directory` in one step: a kill at any
+    # point leaves the old preset or the new one.
+    with atomic_directory(directory) as partial:
         with open(os.path.join(partial, PRESET_CONFIG), "w") as f:
             config = keras.saving.serialize_keras_object(model)
             config.pop("compile_config", None)  # a preset holds the model, not its training settings
@@ -183,22 +181,6 @@ def save_preset(model, directory, labels=None, colors=None):
         }
         with open(os.path.join(partial, PRESET_METADATA), "w") as f:
             json.dump(metadata, f, indent=2)
-        for name in PRESET_FILES:
-            with open(os.path.join(partial, name), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(partial)
-        if os.path.exists(directory):
-            old = os.path.join(parent, f".{base}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(directory, old)
-            os.rename(partial, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(partial, directory)
-        fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return metadata
 
 

@@ -44,64 +44,27 @@ import keras
 import numpy as np
 
 from stt_keras import faults
-from stt_keras.fileio import fsync_dir as _fsync_dir
-from stt_keras.fileio import sha256_file  # noqa: F401  (part of this module's interface)
+from stt_keras.fileio import atomic_file
+from stt_keras.fileio import atomic_write_bytes, atomic_write_json, sha256_file  # noqa: F401  (part of this module's interface)
 
 CHECKPOINT = "checkpoint.json"
 PREVIOUS = "checkpoint-previous.json"
-_TMP = re.compile(r"^\..+\.tmp-\d+(\.keras|\.weights\.h5)?$")
-
-
-def _tmp_name(path):
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.tmp-{os.getpid()}")
-
-
-def _commit(tmp, path):
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def atomic_write_bytes(path, data):
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        _commit(tmp, path)
-    finally:  # a full disk leaves no temporary file behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_json(path, data):
-    atomic_write_bytes(path, json.dumps(data, indent=2, allow_nan=False).encode())
+_TMP = re.compile(r"^\..+\.tmp-\d+(\.keras|\.weights\.h5)?$")  # atomic_file's temporary names
 
 
 def atomic_save(model, path, fault=None):
     """model.save(path) through a temporary file in the same folder, fsync and an atomic rename."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _tmp_name(path) + ".keras"  # Keras wants the suffix
-    try:
+    with atomic_file(path, suffix=".keras") as tmp:  # Keras wants the suffix
         model.save(tmp)
         if fault:
             faults.point(fault)
-        _commit(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def atomic_save_weights(model, path):
-    tmp = _tmp_name(path) + ".weights.h5"
-    try:
+    with atomic_file(path, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
         faults.point("during_weights")  # the temporary file is written, the final name untouched
-        _commit(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def remove_stale_temporaries(folder):

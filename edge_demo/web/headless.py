@@ -236,6 +236,8 @@ def run_page(model, frames, backend="webgpu", model_name=None, timeout=300, scre
         if screenshot:
             time.sleep(0.2)  # the last status line is painted
             image = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"])
+            # Its own small writer: stt_edge_demo never imports stt_keras (nor TensorFlow), whose fileio.atomic_file
+            # is the project's atomic writer; a screenshot needs no fsync.
             with open(screenshot + ".part", "wb") as f:
                 f.write(image)
             os.replace(screenshot + ".part", screenshot)

@@ -28,11 +28,10 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 
 import tensorflow as tf
 
-from stt_keras.fileio import sha256_file
+from stt_keras.fileio import atomic_file, sha256_file
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(_HERE, name) for name in ("windowed_attention.cc", "nsm_score.cc"))
@@ -151,26 +150,26 @@ def _build_with(path, flags):
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     compiler = os.environ.get("CXX", "g++")
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-    os.close(fd)
-    fd, tmp_sum = tempfile.mkstemp(suffix=".sha256", dir=folder)
-    os.close(fd)
-    objects = [f"{tmp}.{i}.o" for i in range(len(SOURCES))]
-    try:
-        messages = _run_together(compiler, flags, [[*flags, "-c", source, "-o", obj, *tensorflow_compile_flags()]
-                                                   for source, obj in zip(SOURCES, objects)])
-        messages += _run_together(compiler, flags, [[*flags, *objects, "-o", tmp, *tf.sysconfig.get_link_flags()]])
-        os.chmod(tmp, 0o755)  # whatever the umask: never group/world-writable
+    # The library is renamed into place first, its checksum second: a kill in between leaves a stale
+    # checksum, i.e. a rebuild, never a library that loads unchecked.
+    with atomic_file(path + ".sha256") as tmp_sum:
+        with atomic_file(path, suffix=".so") as tmp:
+            objects = [f"{tmp}.{i}.o" for i in range(len(SOURCES))]
+            try:
+                messages = _run_together(compiler, flags, [[*flags, "-c", source, "-o", obj, *tensorflow_compile_flags()]
+                                                           for source, obj in zip(SOURCES, objects)])
+                messages += _run_together(compiler, flags,
+                                          [[*flags, *objects, "-o", tmp, *tf.sysconfig.get_link_flags()]])
+            finally:
+                for obj in objects:
+                    if os.path.exists(obj):
+                        os.remove(obj)
+            os.chmod(tmp, 0o755)  # whatever the umask: never group/world-writable
+            digest = sha256_file(tmp)
         with open(tmp_sum, "w") as f:
-            f.write(sha256_file(tmp) + "\n")
+            f.write(digest + "\n")
         os.chmod(tmp_sum, 0o644)
-        os.replace(tmp, path)  # the library first: a kill in between leaves a stale checksum, i.e. a rebuild
-        os.replace(tmp_sum, path + ".sha256")
-        return messages
-    finally:
-        for leftover in (tmp, tmp_sum, *objects):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+    return messages
 
 
 def _run_together(compiler, flags, commands):

@@ -36,13 +36,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 
 import cv2
 import numpy as np
 
 from stt_keras.errors import UserError
+from stt_keras.fileio import atomic_file
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.training.data import readers
 from stt_keras.training.data.images import decode_image, label_format_problem
@@ -166,15 +166,8 @@ class _Cache:
             return None
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".scan-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"format": CACHE_FORMAT, "root": os.path.realpath(self.root), "files": self.entries}, f)
-                os.replace(tmp, self.path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-                raise
+            with atomic_file(self.path) as tmp, open(tmp, "w") as f:
+                json.dump({"format": CACHE_FORMAT, "root": os.path.realpath(self.root), "files": self.entries}, f)
         except OSError as error:
             return f"cannot write the scan cache {self.path} ({error.strerror or error})"
         return None
