@@ -19,6 +19,7 @@ line with carriage returns passes as it is. `--tf-logs` turns the filter off.
 import atexit
 import os
 import re
+import signal
 import sys
 
 # Whole lines written by native libraries that tell a user nothing about their run.
@@ -92,16 +93,19 @@ def filter_native_logs():
             return
     saved = {fd: os.dup(fd) for fd in (1, 2)}
     pipes = {fd: _channel(fd) for fd in (1, 2)}
+    # A terminal's Ctrl-C goes to the whole process group: the filter ignores it (and SIGTERM) and passes on
+    # what the command prints about it; it ends when the command's last writer is gone. The two signals are
+    # blocked across the fork, so that one arriving before the filter ignores them cannot kill it.
+    stop = {signal.SIGINT, signal.SIGTERM}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     pid = os.fork()
     if pid == 0:  # the filter: one reader per stream (two threads), then exit
         try:
-            import signal
             import threading
 
-            # A terminal's Ctrl-C goes to the whole process group: the filter ignores it (and SIGTERM) and
-            # passes on what the command prints about it; it ends when the command's last writer is gone.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
             for fd in (1, 2):
                 os.close(pipes[fd][1])
@@ -112,6 +116,7 @@ def filter_native_logs():
                 t.join()
         finally:
             os._exit(0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a Ctrl-C that came meanwhile reaches the command now
     for fd in (1, 2):
         os.close(pipes[fd][0])
         os.dup2(pipes[fd][1], fd)

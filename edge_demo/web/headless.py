@@ -65,7 +65,8 @@ class RefusingProxy:
                 connection.settimeout(2)
                 try:
                     line = connection.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
-                    self.asked.append(line)
+                    if line:  # a connection opened ahead of need (Chromium preconnects) and closed asks nothing
+                        self.asked.append(line)
                     connection.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 except OSError:
                     pass
