@@ -3,9 +3,9 @@
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.lite.python import schema_py_generated as schema
 
 from stt_keras.export import tflite
+from tflite_graph import conv_weight_types, random_frames
 from stt_keras.layers import dense_masked
 
 H, W, C = 8, 12, 6
@@ -35,31 +35,14 @@ def _step():
     return tflite.frozen_function(step)
 
 
-def _dataset():
-    rng = np.random.default_rng(1)
-    return lambda: ({"frame": rng.uniform(-1, 1, (1, H, W, 3)).astype(np.float32)} for _ in range(8))
-
-
-def _weight_types(model_bytes):
-    """{output channels of a CONV_2D's weights: tensor type name} (distinct C_out here)."""
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    graph = model.subgraphs[0]
-    types = {}
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.CONV_2D:
-            types[int(graph.tensors[op.inputs[1]].shape[0])] = tflite._TYPE_NAMES[graph.tensors[op.inputs[1]].type]
-    return types
-
-
 def test_quantized_subscopes_are_int8_inside_the_float_scope():
     concrete = _step()
-    whole, settings = tflite.convert(concrete, "int8", _dataset(), keep_float_scope="blk", float_head=0)
-    assert _weight_types(whole) == {C: "INT8", 4: "FLOAT32", 5: "FLOAT32", 7: "INT8"}
+    whole, settings = tflite.convert(concrete, "int8", random_frames(H, W), keep_float_scope="blk", float_head=0)
+    assert conv_weight_types(whole) == {C: "INT8", 4: "FLOAT32", 5: "FLOAT32", 7: "INT8"}
     assert "quantized_in_float_scope" not in settings
-    part, settings = tflite.convert(concrete, "int8", _dataset(), keep_float_scope="blk", float_head=0,
+    part, settings = tflite.convert(concrete, "int8", random_frames(H, W), keep_float_scope="blk", float_head=0,
                                     quantized_subscopes=("ffn",))
-    assert _weight_types(part) == {C: "INT8", 4: "FLOAT32", 5: "INT8", 7: "INT8"}
+    assert conv_weight_types(part) == {C: "INT8", 4: "FLOAT32", 5: "INT8", 7: "INT8"}
     assert "blk/ffn" in settings["quantized_in_float_scope"]
     # The softmax between them stays float either way.
     assert "SOFTMAX" in tflite.float_ops_in_quantized(part) or "EXP" in tflite.float_ops_in_quantized(part)

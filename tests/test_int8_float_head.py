@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.lite.python import schema_py_generated as schema
 
 from stt_keras.export import tflite
+from tflite_graph import conv_weight_types, random_frames
 
 H, W, C, K = 8, 12, 6, 5
 RNG = np.random.default_rng(0)
@@ -30,24 +30,6 @@ def _step():
     return tflite.frozen_function(step)
 
 
-def _dataset():
-    rng = np.random.default_rng(1)
-    return lambda: ({"frame": rng.uniform(-1, 1, (1, H, W, 3)).astype(np.float32)} for _ in range(8))
-
-
-def _weight_types(model_bytes):
-    """{output channels of a CONV_2D's weights: tensor type name} (the weights here have distinct C_out)."""
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    graph = model.subgraphs[0]
-    types = {}
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.CONV_2D:
-            weights = graph.tensors[op.inputs[1]]
-            types[int(weights.shape[0])] = tflite._TYPE_NAMES[weights.type]
-    return types
-
-
 def test_head_tensors_walk_back_from_the_logits_only():
     float_bytes, _ = tflite.convert(_step(), "float32")
     one = tflite.head_tensors(float_bytes, 1)
@@ -62,8 +44,8 @@ def test_head_tensors_walk_back_from_the_logits_only():
 @pytest.mark.parametrize("float_head, float_convs", [(0, set()), (1, {K}), (2, {K, C}), ("decoder", {K, C})])
 def test_float_head_keeps_exactly_those_convolutions_float(float_head, float_convs):
     concrete = _step()
-    model_bytes, settings = tflite.convert(concrete, "int8", _dataset(), float_head=float_head)
-    types = _weight_types(model_bytes)
+    model_bytes, settings = tflite.convert(concrete, "int8", random_frames(H, W), float_head=float_head)
+    types = conv_weight_types(model_bytes)
     assert {c for c, t in types.items() if t == "FLOAT32"} == float_convs, types
     assert types[4] == "INT8"  # the state's conv is not downstream of the classifier
     assert ("float_head" in settings) == bool(float_head)
