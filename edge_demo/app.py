@@ -31,21 +31,51 @@ class Terminated(BaseException):
     """SIGTERM arrived: stop like Ctrl-C does (outputs finalised), exit code 143."""
 
 
-@contextlib.contextmanager
-def _sigterm_deferred():
-    """Blocks SIGTERM inside the block (where the OS allows it); a SIGTERM sent meanwhile arrives on exit."""
-    block = hasattr(signal, "pthread_sigmask")
-    if block:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        if block:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+class _StopSignals:
+    """SIGTERM (and Ctrl-C) stop the loop by an exception, except inside `held()`: a frame written to the
+    video and its CSV row go together, and a signal that lands there takes effect right after the pair.
+    Blocking the signal in the OS around the pair is not enough: one delivered just before the block
+    still runs its Python handler inside it."""
 
+    def __init__(self):
+        self.inside, self.pending, self.previous = False, None, {}
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+    def install(self):
+        """Handles SIGTERM, and SIGINT where it has Python's default handler (not a job started with it ignored)."""
+        default_ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        wanted = [signal.SIGTERM] + ([signal.SIGINT] if default_ctrl_c else [])
+        for signum in wanted:
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: the signals keep their handlers
+                return
+
+    def ignore(self):
+        """While the outputs are finalised: a second signal must not cut that short."""
+        for signum in self.previous:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def restore(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        stop = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if self.inside:
+            self.pending = self.pending or stop
+            return
+        raise stop
+
+    @contextlib.contextmanager
+    def held(self):
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                raise pending
 
 
 def build_parser():
@@ -213,11 +243,8 @@ def run(args):
     total = min(promised, args.max_frames) if promised and args.max_frames else (promised or args.max_frames)
     progress = _progress(total)
     start = time.perf_counter()
-    previous_handler = None
-    try:
-        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread: SIGTERM keeps its default
-        pass
+    stops = _StopSignals()
+    stops.install()
     try:
         while args.max_frames is None or count < args.max_frames:
             ok, frame = capture.read()
@@ -242,9 +269,9 @@ def run(args):
                 overlay.draw_legend(image, meta["classes"], meta["palette"], running_fps)
             if args.out and writer is None:
                 writer = open_writer(args.out, fps, frame.shape[1], frame.shape[0])
-            # The written frame and its CSV row go together: SIGTERM is held back between the two
-            # (delivered right after), so a terminated run never has a frame without its row.
-            with _sigterm_deferred():
+            # The written frame and its CSV row go together: a signal is held back between the two
+            # (delivered right after), so a stopped run never has a frame without its row.
+            with stops.held():
                 if writer is not None:
                     writer.write(image)
                 latencies.append(model_ms)
@@ -260,8 +287,7 @@ def run(args):
     except Terminated:
         code = 143
     finally:
-        if previous_handler is not None:  # a second SIGTERM must not cut the finalisation short
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stops.ignore()
         wall = time.perf_counter() - start
         progress.close()
         stream.close()
@@ -275,8 +301,7 @@ def run(args):
                 out = csv.writer(f)
                 out.writerow(["frame", "latency_ms", "total_ms"])
                 out.writerows((i, f"{a:.3f}", f"{b:.3f}") for i, a, b in rows)
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        stops.restore()
     summary = summarize(latencies, wall)
     summary.update(csv=csv_path, out=args.out, runtime=type(runner).__name__,
                    providers=getattr(runner, "providers", None),
