@@ -8,6 +8,7 @@ from stt_keras import StreamingSegmenter
 from stt_keras.models import STTSegmenter
 from stt_keras.training.data import SyntheticVideo
 from stt_keras.training.train import TrainConfig, check_config, init_from
+from tolerances import assert_float32_close, model_ops_depth
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,9 @@ def test_clips_give_the_per_frame_logits_exactly(per_frame, overrides):
     expected = base(clips[:, -1], training=False).numpy()
     for i in range(len(clips)):  # frame by frame: one clip at a time against one frame at a time
         got = stt(clips[i: i + 1], training=False).numpy()
-        np.testing.assert_array_equal(got, base(clips[i: i + 1, -1], training=False).numpy())
+        # The block adds exact zeros, but the clip's encoder runs T+1 frames as one batch: oneDNN may pick
+        # other convolution code for another batch size (it does when restricted to AVX2), so float32 rounding.
+        assert_float32_close(got, base(clips[i: i + 1, -1], training=False).numpy(), model_ops_depth(base))
     np.testing.assert_allclose(stt(clips, training=False).numpy(), expected, rtol=0, atol=1e-5)  # batched convs
 
 

@@ -244,6 +244,8 @@ def test_keras_file_and_preset_round_trips(tiny, tmp_path):
 
 
 def test_mixed_precision(tiny):
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in ("ALL", "DEFAULT"):
+        pytest.skip("ONEDNN_MAX_CPU_ISA is set: half precision needs oneDNN's full ISA on this CPU")  # as test_layer_contract
     model = STTSegmenter.from_image_segmenter(tiny, dtype="mixed_float16")
     clip = frames_for((1, 4, 64, 64, 3), seed=7)
     out = model(clip).numpy()
