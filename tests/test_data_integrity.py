@@ -16,16 +16,11 @@ from stt_keras.training.data.files import read_frame, read_raw_label
 from stt_keras.training.data.images import jpeg_problem, png_problem, read_image
 from stt_keras.training.data.readers import camvid_samples, folder_samples, folder_sequences
 from stt_keras.training.data.video import read_video_labels
-
-
-def write(path, image):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    assert cv2.imwrite(str(path), image)
-    return str(path)
+from image_files import random_rgb, write
 
 
 def noise(h=48, w=64, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return random_rgb(h, w, seed)
 
 
 def truncate(path, keep):

@@ -7,23 +7,17 @@ scan before any model is built (from_preset / load_model replaced by a tripwire)
 import json
 import os
 
-import cv2
 import numpy as np
 import pytest
 
 from stt_keras.training.data import scan
+from image_files import random_rgb, write
 
 NUM_CLASSES = 3
 
 
-def write(path, image):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    assert cv2.imwrite(str(path), image)
-    return str(path)
-
-
 def frame(h=16, w=16, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return random_rgb(h, w, seed)
 
 
 def label(h=16, w=16, value=1):
