@@ -11,6 +11,15 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="stt-keras-tests-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 
+# Tests send real Ctrl-Cs, to pytest itself and to the commands they start. A shell that runs pytest in the
+# background (`make test &`, nohup, some CI runners) starts it with SIGINT ignored, and an ignored signal stays
+# ignored in every child process: give the session Python's own handler, as an interactive start has.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # Session fixtures shared by the export and edge-demo tests (training and exporting once).
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -141,7 +141,10 @@ def test_every_gpu_form_model_is_exported_and_checked(gpu_exports):
         assert entry["parity"]["label_agreement"] >= MIN_AGREEMENT, (filename, entry["parity"])  # vs Keras
 
 
-@pytest.mark.parametrize("filename", EXPECTED)
+# float16 is what a GPU runs (docs/gpu_accelerator.md): its four files take the 30 steps of footage in the default
+# suite; the float32 twins are held to the same targets on the export's parity clips there
+# (test_every_gpu_form_model_is_exported_and_checked) and on the footage in the slow suite.
+@pytest.mark.parametrize("filename", [pytest.param(f, marks=pytest.mark.slow) if "float32" in f else f for f in EXPECTED])
 def test_fully_accelerated_with_the_cpu_labels_on_street_footage(gpu_exports, filename):
     from ai_edge_litert.interpreter import Interpreter
 
