@@ -32,8 +32,8 @@ import numpy as np
 from stt_keras.export.parity import stream_sequence
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.progress import Progress
-from stt_keras.training.data.synthetic import SyntheticVideo
-from stt_keras.training.data.video import decode_frames
+from stt_keras.data.synthetic import SyntheticVideo
+from stt_keras.data.video import decode_frames
 
 CALIBRATION_SEED = 2000  # not the training seeds (0..) nor the evaluation seed (1000)
 EVALUATION_SEED = 1000  # stt-eval's held-out synthetic sequences
@@ -115,7 +115,7 @@ class _Sequence:
         self.labels = labels or {}
         self.label_format = label_format
         if video is not None:
-            from stt_keras.training.data.video import VideoFrames
+            from stt_keras.data.video import VideoFrames
 
             self.length = len(VideoFrames(video))
             capture = cv2.VideoCapture(video)
@@ -129,7 +129,7 @@ class _Sequence:
     def read(self, start, stop):
         """RGB frames [start, stop) of the sequence."""
         if self.paths is not None:
-            from stt_keras.training.data.files import read_frame
+            from stt_keras.data.files import read_frame
 
             return [read_frame(p) for p in self.paths[start:stop]]
         capture = cv2.VideoCapture(self.video)
@@ -176,7 +176,7 @@ def _cityscapes_sequences(root, split):
 
 def read_user_data(spec, split="val"):
     """(sequences, kind) of a --calibration-data SPEC (module docstring); FileNotFoundError/ValueError naming the problem."""
-    from stt_keras.training.data import readers
+    from stt_keras.data import readers
 
     if any(ch in spec for ch in "*?[") and not os.path.exists(spec):
         groups = _images_by_folder(glob.glob(spec))
@@ -254,7 +254,7 @@ class UserData:
         self.has_labels = any(s.labels for s in self.sequences)
 
     def _load(self, cut):
-        from stt_keras.training.data.files import read_label
+        from stt_keras.data.files import read_label
 
         sequence, start, stop = cut
         frames, labels = [], []

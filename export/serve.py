@@ -196,7 +196,7 @@ def class_names(saved_model_dir, num_classes):
     """(names, RGB palette) of an stt-export SavedModel, from its assets/labels.json (what `stt-export`
     wrote there: --labels, the preset's names, a built-in set); without that file, class_0 ... and the
     default palette. ValueError if the file does not name num_classes classes."""
-    from stt_keras.export import labels as label_sets
+    from stt_keras.data import labels as label_sets
 
     path = os.path.join(saved_model_dir, "assets", "labels.json")
     if not os.path.isfile(path):

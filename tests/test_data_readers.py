@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stt_keras.training.data.files import make_file_dataset
-from stt_keras.training.data.readers import (
+from stt_keras.data.files import make_file_dataset
+from stt_keras.data.readers import (
     CAMVID_COLOURS, camvid_colour_to_index, camvid_samples, cityscapes_samples, folder_samples,
 )
 

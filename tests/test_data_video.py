@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stt_keras.training.data.video import make_sequence_dataset, read_video, read_video_labels
+from stt_keras.data.video import make_sequence_dataset, read_video, read_video_labels
 
 
 def write_video(path, n=12, h=32, w=48):

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from stt_keras.training.data.files import read_raw_label
-from stt_keras.training.data.readers import label_files
-from stt_keras.training.data.pipeline import augment, check_label_values, clip_indices, sample_dataset
+from stt_keras.data.files import read_raw_label
+from stt_keras.data.readers import label_files
+from stt_keras.data.pipeline import augment, check_label_values, clip_indices, sample_dataset
 
 
 def decode_frames(capture, count=None):

@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from stt_keras.training.data import cityscapes_ids, readers, synthetic
+from stt_keras.data import cityscapes_ids, readers, synthetic
 
 # The Cityscapes colours of the 19 train classes (cityscapesScripts' labels.py).
 CITYSCAPES_PALETTE = [
