@@ -262,3 +262,27 @@ def test_no_import_cycle_in_the_installed_packages():
     # It can fail: one import back closes a cycle.
     graph["stt_keras.saving"].add("stt_keras.models.stt.stt_segmenter")
     assert _cycles(graph) == [["stt_keras.models.stt.stt_segmenter", "stt_keras.saving"]]
+
+
+def test_old_data_import_paths_are_the_new_modules():
+    """stt_keras.training.data(.*) and stt_keras.export.labels, kept for old imports, are the stt_keras.data
+    module objects themselves (imported first, in a fresh interpreter): a patch through an old path patches
+    the module the library uses."""
+    script = """
+import importlib
+from stt_keras.training.data.synthetic import SyntheticVideo
+import stt_keras.training.data.readers as old_readers
+from stt_keras.export import labels as old_labels
+from stt_keras.training import data as old_data
+import stt_keras.data, stt_keras.data.labels, stt_keras.data.synthetic
+assert old_data is stt_keras.data
+assert SyntheticVideo is stt_keras.data.synthetic.SyntheticVideo
+for name in ("cityscapes_ids", "files", "images", "pipeline", "readers", "scan", "synthetic", "video"):
+    assert importlib.import_module("stt_keras.training.data." + name) is importlib.import_module("stt_keras.data." + name), name
+assert old_labels is stt_keras.data.labels
+old_readers.label_files = lambda folder: ["patched"]
+assert stt_keras.data.readers.label_files("x") == ["patched"]
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
