@@ -264,6 +264,43 @@ def test_no_import_cycle_in_the_installed_packages():
     assert _cycles(graph) == [["stt_keras.models.stt.stt_segmenter", "stt_keras.saving"]]
 
 
+def _app_of(module, apps=("stt_keras.training", "stt_keras.export")):
+    return next((app for app in apps if module == app or module.startswith(app + ".")), None)
+
+
+def _crossings(graph):
+    """(importer, imported) pairs where one of stt_keras.training and stt_keras.export imports the other."""
+    return sorted((module, target) for module, targets in graph.items() for target in targets
+                  if _app_of(module) and _app_of(target) and _app_of(module) != _app_of(target))
+
+
+def test_training_and_export_never_import_each_other():
+    """Training and export both stand on the library (stt_keras.data holds the data code they share); neither
+    imports the other, in either direction, at module level or inside a function. Every module of the two
+    installed packages is parsed (pkgutil over the installed packages, so the package_dir mapping is honoured)."""
+    import importlib.util
+    import pkgutil
+
+    def walk(path, prefix):  # pkgutil over the folders Python imports the package from; nothing is imported
+        for info in pkgutil.iter_modules(path, prefix):
+            spec = info.module_finder.find_spec(info.name)
+            yield info.name, spec.origin
+            if info.ispkg:
+                yield from walk(spec.submodule_search_locations, info.name + ".")
+
+    modules = {}
+    for app in ("stt_keras.training", "stt_keras.export"):
+        spec = importlib.util.find_spec(app)
+        modules[app] = spec.origin
+        modules.update(walk(spec.submodule_search_locations, app + "."))
+    assert {"stt_keras.training.evaluate", "stt_keras.export.calibration", "stt_keras.export.serve"} <= set(modules)
+    graph = _import_graph({**_installed_modules(), **modules})
+    assert _crossings(graph) == []
+    # It can fail: an import of stt_keras.export from a training module is a crossing.
+    graph["stt_keras.training.evaluate"].add("stt_keras.export.cli")
+    assert _crossings(graph) == [("stt_keras.training.evaluate", "stt_keras.export.cli")]
+
+
 def test_old_data_import_paths_are_the_new_modules():
     """stt_keras.training.data(.*) and stt_keras.export.labels, kept for old imports, are the stt_keras.data
     module objects themselves (imported first, in a fresh interpreter): a patch through an old path patches
