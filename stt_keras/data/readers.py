@@ -260,13 +260,9 @@ def _first_camvid_frame(root, seq):
 def folder_samples(root, num_key_frames, frame_stride=1, skip_incomplete=False, first_frames="pad"):
     """Clips ending at every labelled frame of the generic folder layout (above)."""
     _check_policy(first_frames)
-    frames_root = os.path.join(root, "frames")
-    if not os.path.isdir(frames_root):
-        raise FileNotFoundError(f"No frame folders at {frames_root}.")
-    _check_label_folders(root)
     candidates = []
-    for seq in sorted(os.listdir(frames_root)):
-        frames = _frame_files(os.path.join(frames_root, seq))
+    for seq, folder in _sequence_folders(root):
+        frames = _frame_files(folder)
         numbering = _numbering(frames)
         if numbering is not None:
             position, path_of = numbering
@@ -392,6 +388,16 @@ def _sequence_labels(root, seq, position):
     return labels
 
 
+def _sequence_folders(root):
+    """[(sequence, ROOT/frames/SEQUENCE)] of the generic layout, sorted; FileNotFoundError without ROOT/frames,
+    or naming a label folder that has no frame folder."""
+    frames_root = os.path.join(root, "frames")
+    if not os.path.isdir(frames_root):
+        raise FileNotFoundError(f"No frame folders at {frames_root} (expected {root}/frames/SEQUENCE/*.png|jpg).")
+    _check_label_folders(root)
+    return [(seq, os.path.join(frames_root, seq)) for seq in sorted(os.listdir(frames_root))]
+
+
 def _check_label_folders(root):
     """FileNotFoundError naming both when a label folder labels/SEQ has no frame folder frames/SEQ (often a typo)."""
     labels_root = os.path.join(root, "labels")
@@ -412,18 +418,15 @@ def folder_sequences(root):
     a numbered sequence or a label without its frame is an error naming it.
     """
     frames_root = os.path.join(root, "frames")
-    if not os.path.isdir(frames_root):
-        raise FileNotFoundError(f"No frame folders at {frames_root} (expected {root}/frames/SEQUENCE/*.png|jpg).")
-    _check_label_folders(root)
     sequences = []
-    for seq in sorted(os.listdir(frames_root)):
-        if not os.path.isdir(os.path.join(frames_root, seq)):
+    for seq, folder in _sequence_folders(root):
+        if not os.path.isdir(folder):
             continue
-        paths = _ordered_frames(os.path.join(frames_root, seq))
+        paths = _ordered_frames(folder)
         if not paths:
             if label_files(os.path.join(root, "labels", seq)):
                 raise FileNotFoundError(f"Labels {os.path.join(root, 'labels', seq)} have no frames: "
-                                        f"{os.path.join(frames_root, seq)} holds no *.png or *.jpg file.")
+                                        f"{folder} holds no *.png or *.jpg file.")
             continue
         position = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(paths)}
         sequences.append((seq, paths, _sequence_labels(root, seq, position)))
