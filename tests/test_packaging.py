@@ -301,10 +301,10 @@ def test_training_and_export_never_import_each_other():
     assert _crossings(graph) == [("stt_keras.training.evaluate", "stt_keras.export.cli")]
 
 
-def test_old_data_import_paths_are_the_new_modules():
+def test_old_data_import_paths_are_the_new_modules(tmp_path):
     """stt_keras.training.data(.*) and stt_keras.export.labels, kept for old imports, are the stt_keras.data
     module objects themselves (imported first, in a fresh interpreter): a patch through an old path patches
-    the module the library uses."""
+    the module the library uses. The old command line `python -m stt_keras.training.data.synthetic` runs."""
     script = """
 import importlib
 from stt_keras.training.data.synthetic import SyntheticVideo
@@ -323,3 +323,7 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    video = str(tmp_path / "demo.avi")
+    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "stt_keras.training.data.synthetic",
+                             "--out", video, "--frames", "2", "--size", "32x64"], capture_output=True, text=True)
+    assert result.returncode == 0 and os.path.getsize(video) > 0, result.stderr[-2000:]
