@@ -8,7 +8,8 @@ from running the (float) step over whole segments, reset on each first frame.
   * a folder in the generic layout (`frames/SEQ/*.png|jpg`, optional
     `labels/SEQ/STEM.png`), or a dataset root whose `SPLIT/` is one (as stt-train
     reads it); a CamVid root (its `frames/`) reads the same way, without labels;
-  * a Cityscapes root (`leftImg8bit_sequence/SPLIT/CITY/...`): each snippet is a sequence;
+  * a Cityscapes root (`leftImg8bit_sequence/SPLIT/CITY/...`): each run of consecutive frames of a recording
+    is a sequence (unlabelled);
   * a VSPW root (`SPLIT.txt`, `data/VIDEO/origin/*.jpg`, `mask/*.png`): each video of the split,
     with its masks mapped to train ids (0 and 255 ignored);
   * a folder of images (one sequence, in file-name order);

@@ -247,7 +247,7 @@ def check_arguments(args):
         raise UserError(f"stt-eval: --data-root is required for {args.dataset}.")
     if args.dataset == "cityscapes":
         labels = os.path.join(args.data_root, "gtFine", args.split)
-        if not glob.glob(os.path.join(labels, "*", "*_gtFine_labelIds.png")):
+        if not readers.cityscapes_labels(args.data_root, args.split):
             raise UserError(f"stt-eval: no Cityscapes labels (*_gtFine_labelIds.png) under {labels}: nothing to score.")
     elif args.dataset == "camvid":
         labels = os.path.join(args.data_root, "labels", args.split)

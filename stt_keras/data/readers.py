@@ -167,9 +167,10 @@ def _cityscapes_frame(root, split, m, number):
     return os.path.join(root, "leftImg8bit_sequence", split, city, f"{city}_{m['seq']}_{number:06d}_leftImg8bit.png")
 
 
-def _cityscapes_labels(root, split):
+def cityscapes_labels(root, split):
     """[(path_of(frame number), annotated frame number, label path)] of every *_gtFine_labelIds.png of a split,
-    sorted by path ([] without gtFine/SPLIT): the one listing of Cityscapes labels and their recordings' frames."""
+    sorted by path ([] without gtFine/SPLIT): the one listing of Cityscapes labels and their recordings' frames
+    (`path_of` names a frame of the label's recording in leftImg8bit_sequence, whether or not it exists)."""
     found = []
     for label in sorted(glob.glob(os.path.join(root, "gtFine", split, "*", "*_gtFine_labelIds.png"))):
         m = _CITYSCAPES_LABEL.match(os.path.basename(label))
@@ -183,7 +184,7 @@ def cityscapes_samples(root, split, num_key_frames, frame_stride=1, skip_incompl
     label_dir = os.path.join(root, "gtFine", split)
     if not os.path.isdir(label_dir):
         raise FileNotFoundError(f"No Cityscapes labels at {label_dir}.")
-    candidates = [(path_of, number, label, None) for path_of, number, label in _cityscapes_labels(root, split)]
+    candidates = [(path_of, number, label, None) for path_of, number, label in cityscapes_labels(root, split)]
     if not candidates:
         raise FileNotFoundError(f"No *_gtFine_labelIds.png files under {label_dir}.")
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
@@ -201,7 +202,7 @@ def cityscapes_sequences(root, split, before=19, after=10):
     if before is None:
         return _cityscapes_recordings(root, split)
     sequences = []
-    for path_of, number, label_path in _cityscapes_labels(root, split):
+    for path_of, number, label_path in cityscapes_labels(root, split):
         paths = [path_of(number - before + k) for k in range(before + after + 1)]
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
