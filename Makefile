@@ -47,7 +47,7 @@ quickstart: venv
 	$(BIN)/stt-export --model $(QUICK)/stt_psp_tiny/last.keras --out $(QUICK)/export --size 128x256 \
 		--formats savedmodel,tflite --forms default,gpu --quantizations float32,int8 --interfaces full,edge
 	@echo "== [5/8] write a synthetic video"
-	$(PY) -m stt_keras.training.data.synthetic --out $(QUICK)/demo/input.mp4 --frames 60
+	$(PY) -m stt_keras.data.synthetic --out $(QUICK)/demo/input.mp4 --frames 60
 	@echo "== [6/8] edge demo: LiteRT int8 model on the video"
 	$(PY) -m stt_edge_demo --model $(QUICK)/export/stt_int8.tflite --video $(QUICK)/demo/input.mp4 \
 		--out $(QUICK)/demo/overlay.mp4 --no-display

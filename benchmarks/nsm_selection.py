@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from stt_keras import load_model  # noqa: E402
 from stt_keras.layers import nsm  # noqa: E402
-from stt_keras.training.data.synthetic import SyntheticVideo  # noqa: E402
+from stt_keras.data.synthetic import SyntheticVideo  # noqa: E402
 
 
 def cell_flags(labels, degraded, h, w):

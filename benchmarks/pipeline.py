@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from stt_keras.models import STTSegmenter  # noqa: E402
 from stt_keras.sizes import parse_size  # noqa: E402
-from stt_keras.training import data as data_lib  # noqa: E402
+from stt_keras import data as data_lib  # noqa: E402
 from stt_keras.training.metrics import MeanIoU  # noqa: E402
 
 

@@ -51,7 +51,7 @@ from stt_keras.export import saved_model, serve  # noqa: E402
 from stt_keras.fileio import atomic_file  # noqa: E402
 from stt_keras.metrics import MeanIoU  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
-from stt_keras.training.data.synthetic import SyntheticVideo  # noqa: E402
+from stt_keras.data.synthetic import SyntheticVideo  # noqa: E402
 
 MB = 1e6
 

@@ -58,7 +58,7 @@ from stt_keras import load_model  # noqa: E402
 from stt_keras.fileio import atomic_file  # noqa: E402
 from stt_keras.sizes import parse_size  # noqa: E402
 from stt_keras.training import train as train_lib  # noqa: E402
-from stt_keras.training.data.synthetic import FAMILIES  # noqa: E402
+from stt_keras.data.synthetic import FAMILIES  # noqa: E402
 from stt_keras.training.evaluate import evaluate_with_ablation, synthetic_sequences  # noqa: E402
 from stt_keras.training.metrics import MeanIoU  # noqa: E402
 

@@ -8,7 +8,8 @@ from running the (float) step over whole segments, reset on each first frame.
   * a folder in the generic layout (`frames/SEQ/*.png|jpg`, optional
     `labels/SEQ/STEM.png`), or a dataset root whose `SPLIT/` is one (as stt-train
     reads it); a CamVid root (its `frames/`) reads the same way, without labels;
-  * a Cityscapes root (`leftImg8bit_sequence/SPLIT/CITY/...`): each snippet is a sequence;
+  * a Cityscapes root (`leftImg8bit_sequence/SPLIT/CITY/...`): each run of consecutive frames of a recording
+    is a sequence (unlabelled);
   * a VSPW root (`SPLIT.txt`, `data/VIDEO/origin/*.jpg`, `mask/*.png`): each video of the split,
     with its masks mapped to train ids (0 and 255 ignored);
   * a folder of images (one sequence, in file-name order);
@@ -24,21 +25,22 @@ where the data has them, make the parity's mIoU meaningful; unlabelled pixels ar
 
 import glob
 import os
-import re
 
 import cv2
 import numpy as np
 
+from stt_keras.data import readers
+from stt_keras.data.files import read_frame, read_label
+from stt_keras.data.synthetic import SyntheticVideo
+from stt_keras.data.video import VideoFrames
 from stt_keras.export.parity import stream_sequence
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.progress import Progress
-from stt_keras.training.data.synthetic import SyntheticVideo
-from stt_keras.training.data.video import decode_frames
 
 CALIBRATION_SEED = 2000  # not the training seeds (0..) nor the evaluation seed (1000)
 EVALUATION_SEED = 1000  # stt-eval's held-out synthetic sequences
 IGNORE = IGNORE_LABEL  # the library's value (stt_keras.metrics), not a second constant
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # any image OpenCV reads; a folder layout takes png and jpeg
 
 
 def synthetic_frames(height, width, num_sequences, frames_per_sequence, seed):
@@ -111,33 +113,20 @@ class _Sequence:
     """One sequence of the user's data: frame paths (or a video), labels {index: path}."""
 
     def __init__(self, name, paths=None, video=None, labels=None, label_format="index"):
-        self.name, self.paths, self.video = name, paths, video
+        self.name, self.paths = name, paths
         self.labels = labels or {}
         self.label_format = label_format
         if video is not None:
-            from stt_keras.training.data.video import VideoFrames
-
-            self.length = len(VideoFrames(video))
-            capture = cv2.VideoCapture(video)
-            ok = capture.read()[0] if self.length else False
-            capture.release()
-            if not ok:  # refused here, before any work, not later by the int8 converter
-                raise ValueError(f"video {video} has no decodable frame (empty or corrupt).")
+            self.video = VideoFrames(video)  # refused here if it does not open or decode, not later by the converter
+            self.length = len(self.video)
         else:
             self.length = len(paths)
 
     def read(self, start, stop):
         """RGB frames [start, stop) of the sequence."""
         if self.paths is not None:
-            from stt_keras.training.data.files import read_frame
-
             return [read_frame(p) for p in self.paths[start:stop]]
-        capture = cv2.VideoCapture(self.video)
-        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
-        frames = decode_frames(capture, stop - start)
-        if len(frames) < stop - start:
-            raise ValueError(f"Video {self.video} ended at frame {start + len(frames)}, before the {stop} it declares.")
-        return frames
+        return list(self.video.frames(start, stop))
 
 
 def _split_folder(spec, split):
@@ -147,39 +136,10 @@ def _split_folder(spec, split):
     return None
 
 
-def _images_by_folder(paths):
-    groups = {}
-    for path in sorted(paths):
-        if path.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(path):
-            groups.setdefault(os.path.dirname(path), []).append(path)
-    return groups
-
-
-def _cityscapes_sequences(root, split):
-    pattern = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_leftImg8bit\.png$")
-    groups = {}
-    for path in sorted(glob.glob(os.path.join(root, "leftImg8bit_sequence", split, "*", "*_leftImg8bit.png"))):
-        m = pattern.match(os.path.basename(path))
-        if m:
-            groups.setdefault(f"{m['city']}_{m['seq']}", []).append((int(m["frame"]), path))
-    sequences = []
-    for name, frames in sorted(groups.items()):  # a gap in the frame numbers starts a new sequence
-        run = [frames[0][1]]
-        for (a, _), (b, path) in zip(frames, frames[1:]):
-            if b != a + 1:
-                sequences.append(_Sequence(name, run))
-                run = []
-            run.append(path)
-        sequences.append(_Sequence(name, run))
-    return sequences
-
-
 def read_user_data(spec, split="val"):
     """(sequences, kind) of a --calibration-data SPEC (module docstring); FileNotFoundError/ValueError naming the problem."""
-    from stt_keras.training.data import readers
-
     if any(ch in spec for ch in "*?[") and not os.path.exists(spec):
-        groups = _images_by_folder(glob.glob(spec))
+        groups = readers.frames_by_folder(glob.glob(spec), IMAGE_SUFFIXES)
         if not groups:
             raise FileNotFoundError(f"--calibration-data {spec!r}: the pattern matches no image file "
                                     f"({', '.join(IMAGE_SUFFIXES)}).")
@@ -198,10 +158,10 @@ def read_user_data(spec, split="val"):
         return ([_Sequence(name, paths, labels=labels, label_format="vspw") for name, paths, labels in listed],
                 f"VSPW (split {split})")
     if os.path.isdir(os.path.join(spec, "leftImg8bit_sequence", split)):
-        sequences = _cityscapes_sequences(spec, split)
-        if sequences:
-            return sequences, f"Cityscapes video (split {split})"
-    groups = _images_by_folder(os.path.join(spec, name) for name in os.listdir(spec))
+        listed = readers.cityscapes_sequences(spec, split, before=None)  # every recording, unlabelled
+        if listed:
+            return [_Sequence(name, paths) for name, paths, _ in listed], f"Cityscapes video (split {split})"
+    groups = readers.frames_by_folder((os.path.join(spec, name) for name in os.listdir(spec)), IMAGE_SUFFIXES)
     if groups:
         return [_Sequence(folder, paths) for folder, paths in groups.items()], "folder of frames"
     raise FileNotFoundError(
@@ -254,8 +214,6 @@ class UserData:
         self.has_labels = any(s.labels for s in self.sequences)
 
     def _load(self, cut):
-        from stt_keras.training.data.files import read_label
-
         sequence, start, stop = cut
         frames, labels = [], []
         for index, frame in zip(range(start, stop), sequence.read(start, stop)):

@@ -192,7 +192,7 @@ def _check_memory(args, model, size):
 
 def _class_names(args, model):
     """(class names, palette, where they come from): --labels, a preset's metadata, or a built-in set."""
-    from stt_keras.export import labels as label_sets
+    from stt_keras.data import labels as label_sets
 
     try:
         preset = getattr(model, "preset_metadata", None) or {}  # a preset directory's names and colours
@@ -251,7 +251,7 @@ def _frames_for_checks(args, model, size, report, calibration, label_source, int
 
     `int8`: an int8 model is planned (else the calibration frames are not announced). `data`: the
     `--calibration-data` already listed (a `calibration.UserData`), else it is listed here."""
-    from stt_keras.training.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+    from stt_keras.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 
     if args.calibration_data:
         try:

@@ -196,7 +196,7 @@ def class_names(saved_model_dir, num_classes):
     """(names, RGB palette) of an stt-export SavedModel, from its assets/labels.json (what `stt-export`
     wrote there: --labels, the preset's names, a built-in set); without that file, class_0 ... and the
     default palette. ValueError if the file does not name num_classes classes."""
-    from stt_keras.export import labels as label_sets
+    from stt_keras.data import labels as label_sets
 
     path = os.path.join(saved_model_dir, "assets", "labels.json")
     if not os.path.isfile(path):
@@ -721,60 +721,49 @@ class SegmenterClient:
 
 
 class VideoFrames:
-    """RGB uint8 frames [H, W, 3] of a video file, resized to (height, width) (None: the video's own size).
+    """The client's frames: `stt_keras.data.video.VideoFrames` (the library's video reader) resized to
+    (height, width) (None: the video's own size), stopping where a truncated video ends.
 
-    `declared` is the frame count of the file's header (0 if unknown), `read` the
-    frames decoded so far, `error` an exception raised while reading (reading stops).
+    `declared` is the frame count of the file's header (0 if unknown), `read` the frames decoded so
+    far, `ended_early()` whether the video stopped before its declared count, and `error` an
+    exception raised while decoding: reading stops and the client reports it with the frame count,
+    rather than failing inside the gRPC stream.
     """
 
     def __init__(self, path, height, width, max_frames=None):
-        import cv2
+        from stt_keras.data.video import VideoFrames as Reader
 
-        self.path, self.size, self.max_frames = path, (height, width), max_frames
-        self.capture = cv2.VideoCapture(path)
-        if not self.capture.isOpened():
-            self.capture.release()
-            raise ValueError(f"--video {path}: cannot be opened as a video")
-        self.declared = max(int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-        ok, frame = self.capture.read()
-        if not ok or frame is None or frame.size == 0:
-            self.capture.release()
-            raise ValueError(f"--video {path}: no frame can be decoded (not a video, or damaged)")
-        self._first, self.read, self.error = frame, 0, None
+        self.video = Reader(path, max_frames, truncated_ok=True)  # refuses a file that does not open or decode
+        self.size, self.error = (height, width), None
+
+    declared = property(lambda self: self.video.declared)
+    read = property(lambda self: self.video.read)
+
+    def ended_early(self):
+        return self.video.ended_early()
 
     def __iter__(self):
         import cv2
 
         height, width = self.size
         try:
-            while self.max_frames is None or self.read < self.max_frames:
-                if self._first is not None:
-                    frame, self._first = self._first, None
-                else:
-                    ok, frame = self.capture.read()
-                    if not ok:
-                        return
+            for frame in self.video:
                 if height is not None and frame.shape[:2] != (height, width):
                     frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-                self.read += 1
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                yield frame
         except Exception as error:  # noqa: BLE001  (reported by the caller with the frame count)
             self.error = error
-        finally:
-            self.capture.release()
-
-    def ended_early(self):
-        """True if the video stopped before the count its header declares (and no --max-frames cut it)."""
-        cut = self.max_frames is not None and self.read >= self.max_frames
-        return not cut and self.declared > 0 and self.read < self.declared
 
 
 def read_video(path, height, width):
-    """Yields RGB uint8 frames [H, W, 3] of a video file, resized to (height, width)."""
+    """Yields RGB uint8 frames [H, W, 3] of a video file, resized to (height, width), as the client sends them."""
     try:
-        yield from VideoFrames(path, height, width)
+        video = VideoFrames(path, height, width)
     except ValueError as error:
         raise FileNotFoundError(str(error)) from None
+    yield from video
+    if video.error is not None:
+        raise video.error
 
 
 # ----------------------------------------------------------------------- CLI
@@ -924,7 +913,7 @@ def run_client(parser, args):
         except (ssl.SSLError, ValueError) as error:
             parser.error(f"--ca {args.ca}: not a PEM certificate ({error})")
     try:
-        VideoFrames(args.video, 8, 8).capture.release()  # refuse a garbage video before connecting
+        VideoFrames(args.video, None, None)  # refuse a garbage video before connecting
     except ValueError as error:
         parser.error(str(error))
 

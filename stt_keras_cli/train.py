@@ -92,7 +92,7 @@ class TrainConfig:
     synthetic_family: str = "default"
     val_batches: int = None
     allow_new_settings: bool = False
-    skip_scan: bool = False  # True: no pre-flight dataset scan (training/data/scan.py)
+    skip_scan: bool = False  # True: no pre-flight dataset scan (stt_keras/data/scan.py)
     verbose: int = None  # Keras fit: 0 silent, 1 progress bar, 2 one line per epoch; None: 1 on a terminal, else 2
 
 

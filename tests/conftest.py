@@ -2,7 +2,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# The dataset scan's cache (training/data/scan.py) goes to a folder of this test session, never the user's ~/.cache.
+# The dataset scan's cache (stt_keras/data/scan.py) goes to a folder of this test session, never the user's ~/.cache.
 import atexit  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402

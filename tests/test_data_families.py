@@ -5,9 +5,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from stt_keras.training.data import FAMILIES, SyntheticVideo, make_synthetic_dataset
-from stt_keras.training.data.pipeline import check_label_values
-from stt_keras.training.data.synthetic import _Bursts, _Scene, get_family, palette
+from stt_keras.data import FAMILIES, SyntheticVideo, make_synthetic_dataset
+from stt_keras.data.pipeline import check_label_values
+from stt_keras.data.synthetic import _Bursts, _Scene, get_family, palette
 
 
 def _digest(*arrays):

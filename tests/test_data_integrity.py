@@ -12,10 +12,10 @@ import pytest
 
 from stt_keras.errors import UserError
 
-from stt_keras.training.data.files import read_frame, read_raw_label
-from stt_keras.training.data.images import jpeg_problem, png_problem, read_image
-from stt_keras.training.data.readers import camvid_samples, folder_samples, folder_sequences
-from stt_keras.training.data.video import read_video_labels
+from stt_keras.data.files import read_frame, read_raw_label
+from stt_keras.data.images import jpeg_problem, png_problem, read_image
+from stt_keras.data.readers import camvid_samples, folder_samples, folder_sequences
+from stt_keras.data.video import read_video_labels
 from image_files import random_rgb, write
 
 
@@ -187,7 +187,7 @@ def test_palette_labels_are_read_as_their_indices(tmp_path, bits):
     """A palette PNG (PIL's mode "P", Pascal VOC's and VSPW's masks) is a label of indices; OpenCV alone gives colours."""
     Image = pytest.importorskip("PIL.Image")  # Pillow comes with tensorboard; the readers do not use it
 
-    from stt_keras.training.data import scan
+    from stt_keras.data import scan
 
     classes = 2 ** bits if bits < 8 else 125
     indices = (np.arange(24 * 40).reshape(24, 40) * 7 % classes).astype(np.uint8)

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stt_keras.training.data.files import make_file_dataset
-from stt_keras.training.data.readers import (
+from stt_keras.data.files import make_file_dataset
+from stt_keras.data.readers import (
     CAMVID_COLOURS, camvid_colour_to_index, camvid_samples, cityscapes_samples, folder_samples,
 )
 
@@ -171,3 +171,36 @@ def test_camvid_pads_from_its_first_extracted_frame(tmp_path):
     assert [os.path.basename(p) for p in samples[0][0]] == [
         "0016E5_000001.png", "0016E5_000001.png", "0016E5_000001.png", "0016E5_000002.png"]
     assert len(camvid_samples(root, "train", num_key_frames=3, first_frames="skip")) == 0
+
+
+def test_cityscapes_snippets_for_evaluation_and_recordings_for_calibration(tmp_path):
+    """One listing of a Cityscapes split serves stt-eval (the 30-frame snippet around each annotated frame)
+    and calibration (every recording whole, a gap in its frame numbers starting a new run, no labels)."""
+    from stt_keras.data.readers import cityscapes_sequences
+    from stt_keras.export.calibration import read_user_data
+    from stt_keras.training.evaluate import cityscapes_sequences as eval_sequences
+
+    root = str(tmp_path)
+    cityscapes_tree(root, frames=31)  # aachen 100..130 (label 119), bochum 200..230 (label 219)
+    frame = lambda city, seq, n: os.path.join(root, "leftImg8bit_sequence", "val", city,  # noqa: E731
+                                              f"{city}_{seq:06d}_{n:06d}_leftImg8bit.png")
+    snippets = cityscapes_sequences(root, "val")
+    assert [name for name, _, _ in snippets] == ["aachen_000007_000119", "bochum_000008_000219"]
+    name, paths, labels = snippets[1]
+    assert paths == [frame("bochum", 8, n) for n in range(200, 230)]
+    assert labels == {19: os.path.join(root, "gtFine", "val", "bochum", "bochum_000008_000219_gtFine_labelIds.png")}
+    short = cityscapes_sequences(root, "val", before=2, after=1)
+    assert short[0][1] == [frame("aachen", 7, n) for n in (117, 118, 119, 120)] and list(short[0][2]) == [2]
+    evaluated = eval_sequences(root, "val")
+    assert [len(frames) for frames, _ in evaluated] == [30, 30]
+    np.testing.assert_array_equal(evaluated[0][1][19][0, [0, 8, 16, 24]], [0, 18, 255, 13])  # train ids
+
+    os.remove(frame("bochum", 8, 210))
+    with pytest.raises(FileNotFoundError, match="bochum_000008_000210_leftImg8bit.png"):
+        cityscapes_sequences(root, "val")
+    sequences, kind = read_user_data(root, "val")
+    assert kind == "Cityscapes video (split val)"
+    assert [(s.name, s.paths[0], s.length, s.labels) for s in sequences] == [
+        ("aachen_000007", frame("aachen", 7, 100), 31, {}),
+        ("bochum_000008", frame("bochum", 8, 200), 10, {}), ("bochum_000008", frame("bochum", 8, 211), 20, {})]
+    assert sequences[2].paths == [frame("bochum", 8, n) for n in range(211, 231)]

@@ -1,4 +1,4 @@
-"""The pre-flight dataset scan (training/data/scan.py): every data error tf.data used to hit mid-run, found first.
+"""The pre-flight dataset scan (stt_keras/data/scan.py): every data error tf.data used to hit mid-run, found first.
 
 Each case writes tiny files in tmp_path. The commands' hooks are checked to run the
 scan before any model is built (from_preset / load_model replaced by a tripwire).
@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from stt_keras.training.data import scan
+from stt_keras.data import scan
 from image_files import random_rgb, write
 
 NUM_CLASSES = 3
@@ -167,7 +167,7 @@ def test_other_readers_cityscapes_camvid_vspw_video(tmp_path):
     assert problems == [(str(vspw / "data" / "v1" / "mask" / "00000001.png"),
                          "label values [200] are outside VSPW mask values (0..124 and 255)")]
     # A video: its labels against its frame size.
-    from stt_keras.training.data.synthetic import write_video
+    from stt_keras.data.synthetic import write_video
 
     video = str(tmp_path / "drive.avi")
     write_video(video, frames=4, height=32, width=48)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stt_keras.training.data import SyntheticVideo, augment, clip_indices, make_synthetic_dataset, palette
-from stt_keras.training.data.pipeline import check_label_values
-from stt_keras.training.data.synthetic import CAR, CLASS_NAMES
+from stt_keras.data import SyntheticVideo, augment, clip_indices, make_synthetic_dataset, palette
+from stt_keras.data.pipeline import check_label_values
+from stt_keras.data.synthetic import CAR, CLASS_NAMES
 
 
 def test_sequences_are_deterministic_and_independent():
@@ -177,7 +177,7 @@ def test_target_damage_hits_only_the_labelled_frame_at_its_rate():
 
 
 def test_each_damage_kind_changes_the_frame():
-    from stt_keras.training.data.pipeline import DAMAGES, damage_frame
+    from stt_keras.data.pipeline import DAMAGES, damage_frame
 
     rng = np.random.default_rng(0)
     frame = tf.constant(np.kron(rng.uniform(0, 255, (8, 8, 3)), np.ones((6, 6, 1))).astype("float32"))  # blocky

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stt_keras.training.data.video import make_sequence_dataset, read_video, read_video_labels
+from stt_keras.data.video import VideoFrames, make_sequence_dataset, read_video, read_video_labels
 
 
 def write_video(path, n=12, h=32, w=48):
@@ -71,3 +71,34 @@ def test_dense_video_labels_pad_with_the_first_frame(tmp_path):
     np.testing.assert_array_equal(label.numpy()[:, 0, 0], np.arange(6))
     skipped = make_sequence_dataset([(frames, labels)], num_key_frames=2, batch_size=6, training=False, first_frames="skip")
     np.testing.assert_array_equal(next(iter(skipped))[1].numpy()[:, 0, 0], [2, 3, 4, 5])
+
+
+def test_one_video_reader_for_evaluation_calibration_and_serving(tmp_path):
+    """VideoFrames, the one reader: the whole video as read_video gives it, a range (calibration's segments),
+    at most max_frames, and a truncated video either refused or, for the serving client, stopped where it ends."""
+    path = str(tmp_path / "drive.avi")
+    write_video(path)
+    whole = read_video(path)
+    video = VideoFrames(path)
+    assert len(video) == 12 and video.declared == 12
+    np.testing.assert_array_equal(np.stack(list(video)), whole)
+    assert video.read == 12 and not video.ended_early()
+    np.testing.assert_array_equal(np.stack(list(video.frames(4, 7))), whole[4:7])
+    few = VideoFrames(path, max_frames=5)
+    assert len(few) == 5 and len(list(few)) == 5 and not few.ended_early()
+    np.testing.assert_array_equal(read_video(path, max_frames=5), whole[:5])
+    data = open(path, "rb").read()
+    cut = str(tmp_path / "cut.avi")
+    open(cut, "wb").write(data[: int(len(data) * 0.9)])
+    with pytest.raises(ValueError, match=r"cut.avi is truncated: \d+ frames decoded of 12 declared"):
+        list(VideoFrames(cut))
+    with pytest.raises(ValueError, match="cut.avi is truncated"):
+        list(VideoFrames(cut).frames(0, 12))
+    tolerant = VideoFrames(cut, truncated_ok=True)
+    decoded = list(tolerant)
+    assert 0 < len(decoded) == tolerant.read < 12 and tolerant.ended_early()
+    np.testing.assert_array_equal(np.stack(decoded), whole[: len(decoded)])
+    empty = str(tmp_path / "empty.avi")
+    cv2.VideoWriter(empty, cv2.VideoWriter_fourcc(*"MJPG"), 10, (48, 32)).release()
+    with pytest.raises(ValueError, match="empty.avi has no decodable frame"):
+        VideoFrames(empty)  # refused when opened, before any work

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from stt_keras import StreamingSegmenter
 from stt_keras.models import STTSegmenter
-from stt_keras.training.data import SyntheticVideo
+from stt_keras.data import SyntheticVideo
 from stt_keras.training.train import TrainConfig, check_config, init_from
 from tolerances import assert_float32_close, model_ops_depth
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stt_keras.training.data.cityscapes_ids import TRAIN_LABEL_IDS, to_label_ids, to_train_ids
+from stt_keras.data.cityscapes_ids import TRAIN_LABEL_IDS, to_label_ids, to_train_ids
 from stt_keras.training.metrics import MeanIoU, TemporalConsistency, warp_labels
 
 

@@ -49,7 +49,7 @@ def test_own_data_train_eval_export_edge_demo(tmp_path):
     for name in ("last.keras", "best.keras", "run.json", "history.csv"):
         assert os.stat(os.path.join(run, name)).st_mode & 0o777 == 0o644, name
     # 2 train sequences x 8 frames, every frame labelled and trained on (the first T padded): 16 clips.
-    from stt_keras.training.data import folder_samples
+    from stt_keras.data import folder_samples
 
     assert len(folder_samples(os.path.join(data, "train"), num_key_frames=3)) == 16
     check_eval(model_path, data, labels_file, tmp_path)
@@ -122,7 +122,7 @@ def check_eval(model_path, data, labels_file, tmp_path):
         "--out", str(tmp_path / "eval"), "--no-history-ablation"]))
     assert results["class_names"] == NAMES and results["data"].startswith("folder ")
     import stt_keras
-    from stt_keras.training.data.files import read_frame
+    from stt_keras.data.files import read_frame
     from test_metrics import numpy_miou
 
     stream = stt_keras.StreamingSegmenter(stt_keras.load_model(model_path, compile=False))
@@ -222,7 +222,7 @@ def legend_text_mask(names):
 
 
 def test_labels_file_text_and_json_forms(tmp_path):
-    from stt_keras.export.labels import class_names_for, default_palette, read_labels_file
+    from stt_keras.data.labels import class_names_for, default_palette, read_labels_file
 
     text = tmp_path / "labels.txt"
     text.write_text("# comment\n\nroad 128 64 128\ntraffic light #FAAA1E\ncar\nsky,70,130,180\n")
@@ -253,7 +253,7 @@ def test_labels_file_text_and_json_forms(tmp_path):
     ('["a", "b", ', "not valid JSON"),
 ])
 def test_bad_labels_files_are_named(tmp_path, content, message):
-    from stt_keras.export.labels import read_labels_file
+    from stt_keras.data.labels import read_labels_file
 
     path = tmp_path / ("labels.json" if content.startswith(("[", "{")) else "labels.txt")
     path.write_text(content)
@@ -377,7 +377,7 @@ def test_export_of_a_three_class_model_without_labels_or_data_warns(tmp_path, ca
 def test_eval_streams_a_video_like_its_decoded_frames(tmp_path):
     """--dataset video (frames decoded one at a time) gives the numbers of the same frames held in memory."""
     from stt_keras.models import STTSegmenter
-    from stt_keras.training.data.video import read_video
+    from stt_keras.data.video import read_video
     from stt_keras.training.evaluate import evaluate, video_sequences
 
     video = str(tmp_path / "walk.mkv")
@@ -401,7 +401,7 @@ def test_eval_streams_a_video_like_its_decoded_frames(tmp_path):
 
 
 def test_camvid_snippets_around_each_label(tmp_path):
-    from stt_keras.training.data.readers import camvid_sequences
+    from stt_keras.data.readers import camvid_sequences
 
     root = str(tmp_path)
     for f in range(1, 41):
@@ -420,7 +420,7 @@ def test_camvid_snippets_around_each_label(tmp_path):
 
 
 def test_eval_folder_sequence_with_a_gap_is_named(tmp_path):
-    from stt_keras.training.data.readers import folder_sequences
+    from stt_keras.data.readers import folder_sequences
 
     data = write_dataset(str(tmp_path / "data"), splits=(("val", 1),), frames=4)
     os.remove(os.path.join(data, "val", "frames", "val_walk0", "frame_002.png"))
@@ -451,7 +451,7 @@ def test_stt_eval_camvid_cli_scores_the_labelled_frames(tmp_path):
     """stt-eval --dataset camvid: snippets around each label, CamVid's class names, mIoU of the labelled frames."""
     from stt_keras.models import STTSegmenter
     from test_metrics import numpy_miou
-    from stt_keras.training.data.readers import CAMVID_CLASSES
+    from stt_keras.data.readers import CAMVID_CLASSES
     from stt_keras.training.evaluate import build_parser, run
 
     root = str(tmp_path / "camvid")

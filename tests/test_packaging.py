@@ -262,3 +262,68 @@ def test_no_import_cycle_in_the_installed_packages():
     # It can fail: one import back closes a cycle.
     graph["stt_keras.saving"].add("stt_keras.models.stt.stt_segmenter")
     assert _cycles(graph) == [["stt_keras.models.stt.stt_segmenter", "stt_keras.saving"]]
+
+
+def _app_of(module, apps=("stt_keras.training", "stt_keras.export")):
+    return next((app for app in apps if module == app or module.startswith(app + ".")), None)
+
+
+def _crossings(graph):
+    """(importer, imported) pairs where one of stt_keras.training and stt_keras.export imports the other."""
+    return sorted((module, target) for module, targets in graph.items() for target in targets
+                  if _app_of(module) and _app_of(target) and _app_of(module) != _app_of(target))
+
+
+def test_training_and_export_never_import_each_other():
+    """Training and export both stand on the library (stt_keras.data holds the data code they share); neither
+    imports the other, in either direction, at module level or inside a function. Every module of the two
+    installed packages is parsed (pkgutil over the installed packages, so the package_dir mapping is honoured)."""
+    import importlib.util
+    import pkgutil
+
+    def walk(path, prefix):  # pkgutil over the folders Python imports the package from; nothing is imported
+        for info in pkgutil.iter_modules(path, prefix):
+            spec = info.module_finder.find_spec(info.name)
+            yield info.name, spec.origin
+            if info.ispkg:
+                yield from walk(spec.submodule_search_locations, info.name + ".")
+
+    modules = {}
+    for app in ("stt_keras.training", "stt_keras.export"):
+        spec = importlib.util.find_spec(app)
+        modules[app] = spec.origin
+        modules.update(walk(spec.submodule_search_locations, app + "."))
+    assert {"stt_keras.training.evaluate", "stt_keras.export.calibration", "stt_keras.export.serve"} <= set(modules)
+    graph = _import_graph({**_installed_modules(), **modules})
+    assert _crossings(graph) == []
+    # It can fail: an import of stt_keras.export from a training module is a crossing.
+    graph["stt_keras.training.evaluate"].add("stt_keras.export.cli")
+    assert _crossings(graph) == [("stt_keras.training.evaluate", "stt_keras.export.cli")]
+
+
+def test_old_data_import_paths_are_the_new_modules(tmp_path):
+    """stt_keras.training.data(.*) and stt_keras.export.labels, kept for old imports, are the stt_keras.data
+    module objects themselves (imported first, in a fresh interpreter): a patch through an old path patches
+    the module the library uses. The old command line `python -m stt_keras.training.data.synthetic` runs."""
+    script = """
+import importlib
+from stt_keras.training.data.synthetic import SyntheticVideo
+import stt_keras.training.data.readers as old_readers
+from stt_keras.export import labels as old_labels
+from stt_keras.training import data as old_data
+import stt_keras.data, stt_keras.data.labels, stt_keras.data.synthetic
+assert old_data is stt_keras.data
+assert SyntheticVideo is stt_keras.data.synthetic.SyntheticVideo
+for name in ("cityscapes_ids", "files", "images", "pipeline", "readers", "scan", "synthetic", "video"):
+    assert importlib.import_module("stt_keras.training.data." + name) is importlib.import_module("stt_keras.data." + name), name
+assert old_labels is stt_keras.data.labels
+old_readers.label_files = lambda folder: ["patched"]
+assert stt_keras.data.readers.label_files("x") == ["patched"]
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    video = str(tmp_path / "demo.avi")
+    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "stt_keras.training.data.synthetic",
+                             "--out", video, "--frames", "2", "--size", "32x64"], capture_output=True, text=True)
+    assert result.returncode == 0 and os.path.getsize(video) > 0, result.stderr[-2000:]

@@ -120,7 +120,7 @@ def _frame(path, value):
 
 
 def test_missing_frame_inside_a_folder_sequence_is_named(tmp_path):
-    from stt_keras.training.data import folder_samples
+    from stt_keras.data import folder_samples
 
     root = str(tmp_path)
     for i in (0, 1, 2, 4, 5, 6):  # img_003 is missing

@@ -41,7 +41,7 @@ def test_report_has_table_plots_and_stills(trained_model_path, exported, tmp_pat
     assert "mIoU +2.2, TC +2.2" in text and better == (True, True)
     assert "median model latency 6.0 ms" in text
     assert open(runs / "report.md").read() == text
-    from stt_keras.training.data.synthetic import SyntheticVideo
+    from stt_keras.data.synthetic import SyntheticVideo
 
     _, _, degraded = SyntheticVideo(1, 30, 128, 256, seed=1000).sequence(0, with_degradation=True)
     stills = [f"still_{t:02d}.png" for t in report.still_frames(degraded)]

@@ -14,7 +14,7 @@ import tensorflow as tf
 from stt_keras.export import saved_model, serve
 from stt_keras.export import step as step_lib
 from stt_keras.models import STTSegmenter
-from stt_keras.training.data.synthetic import SyntheticVideo
+from stt_keras.data.synthetic import SyntheticVideo
 from tolerances import assert_labels_match_logits, model_ops_depth
 
 SIZE = (64, 128)
@@ -538,7 +538,7 @@ def test_client_cli_refuses_bad_inputs_in_one_line(server, tmp_path, capsys):
     base = ["client", "--address", server]
     for argv, text in (
             ([*base, "--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "a.npz")], "missing.mp4: no such file"),
-            ([*base, "--video", str(tmp_path / "garbage.mp4"), "--out", str(tmp_path / "a.npz")], "garbage.mp4: cannot be opened"),
+            ([*base, "--video", str(tmp_path / "garbage.mp4"), "--out", str(tmp_path / "a.npz")], f"cannot open video {tmp_path / 'garbage.mp4'}"),
             ([*base, "--video", video, "--out", video], "is the input video"),
             ([*base, "--video", video, "--out", str(tmp_path / "no" / "a.npz")], "does not exist"),
             ([*base, "--video", video, "--out", str(tmp_path)], "is a folder"),

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stt_keras.training.data import readers
-from stt_keras.training.data.files import LabelFiles, make_file_dataset
+from stt_keras.data import readers
+from stt_keras.data.files import LabelFiles, make_file_dataset
 from stt_keras.training.metrics import VideoConsistency, window_consistency
 from test_metrics import numpy_miou
 
@@ -391,7 +391,7 @@ def test_mvc_on_a_folder_dataset_scores_only_the_densely_labelled_sequences(tmp_
 def test_export_reads_a_vspw_root_for_calibration_and_names_its_classes(tmp_path):
     """stt-export --calibration-data VSPW_ROOT: every video of the split, masks mapped; --labels vspw."""
     from stt_keras.export.calibration import UserData
-    from stt_keras.export.labels import class_names_for
+    from stt_keras.data.labels import class_names_for
 
     root = str(tmp_path / "VSPW_480p")
     videos = write_vspw(root)

@@ -68,7 +68,7 @@ def web_exports(edge_exported, tmp_path_factory):
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     """The first FRAMES frames of a held-out synthetic clip as `python -m stt_edge_demo` sees them."""
-    from stt_keras.training.data.synthetic import write_video
+    from stt_keras.data.synthetic import write_video
 
     path = str(tmp_path_factory.mktemp("clip") / "clip.mkv")
     write_video(path, frames=FRAMES, height=96, width=160, seed=1000)  # 5:3, letterboxed into 64x128
@@ -146,7 +146,7 @@ def test_a_video_file_chosen_in_the_page_runs(web_exports, tmp_path):
     when the model is slower than playback)."""
     import cv2
 
-    from stt_keras.training.data.synthetic import SyntheticVideo
+    from stt_keras.data.synthetic import SyntheticVideo
 
     path = str(tmp_path / "clip.webm")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"VP80"), 10, (160, 96))

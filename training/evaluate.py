@@ -19,10 +19,10 @@ from stt_keras.errors import UserError, run_cli
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.progress import Progress
 from stt_keras.sizes import SizeError, parse_frame_size
-from stt_keras.training.data import cityscapes_ids, readers, scan
-from stt_keras.training.data.files import FrameFiles, LabelFiles
-from stt_keras.training.data.synthetic import FAMILIES, SyntheticVideo, get_family
-from stt_keras.training.data.video import VideoFrames, read_video_labels
+from stt_keras.data import cityscapes_ids, readers, scan
+from stt_keras.data.files import FrameFiles, LabelFiles
+from stt_keras.data.synthetic import FAMILIES, SyntheticVideo, get_family
+from stt_keras.data.video import VideoFrames, read_video_labels
 from stt_keras.training.metrics import FLOW_ESTIMATOR, VC_PROTOCOLS, MeanIoU, TemporalConsistency, VideoConsistency
 
 
@@ -48,7 +48,7 @@ def file_sequences(listed, num_classes, label_format="index"):
 
 
 def video_sequences(path, label_dir, num_classes):
-    """One video file with `{frame:06d}.png` labels (training/data/video.py): [(VideoFrames, {index: label})]."""
+    """One video file with `{frame:06d}.png` labels (stt_keras/data/video.py): [(VideoFrames, {index: label})]."""
     frames = VideoFrames(path)
     return [(frames, read_video_labels(label_dir, len(frames) or 10 ** 9, num_classes))]
 
@@ -247,7 +247,7 @@ def check_arguments(args):
         raise UserError(f"stt-eval: --data-root is required for {args.dataset}.")
     if args.dataset == "cityscapes":
         labels = os.path.join(args.data_root, "gtFine", args.split)
-        if not glob.glob(os.path.join(labels, "*", "*_gtFine_labelIds.png")):
+        if not readers.cityscapes_labels(args.data_root, args.split):
             raise UserError(f"stt-eval: no Cityscapes labels (*_gtFine_labelIds.png) under {labels}: nothing to score.")
     elif args.dataset == "camvid":
         labels = os.path.join(args.data_root, "labels", args.split)
@@ -295,7 +295,7 @@ def dataset_sequences(args, num_classes, size=None):
         sequences = video_sequences(args.data_root, args.label_dir, num_classes)
         names = None
     if names is None:
-        from stt_keras.export.labels import class_names_for
+        from stt_keras.data.labels import class_names_for
 
         names, _, _ = class_names_for(args.labels, num_classes)
     where = folder_root(args.data_root, args.split) if args.dataset == "folder" else args.data_root
@@ -305,7 +305,7 @@ def dataset_sequences(args, num_classes, size=None):
 
 def run(args):
     size = check_arguments(args)
-    scanned = None  # the pre-flight scan (training/data/scan.py) of every file streamed, before the model
+    scanned = None  # the pre-flight scan (stt_keras/data/scan.py) of every file streamed, before the model
     if args.dataset != "synthetic" and not getattr(args, "skip_scan", False):
         scanned = scan.check_evaluation_data(args)
     model = load_model(args.model, compile=False)

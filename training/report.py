@@ -132,7 +132,7 @@ def make_stills(stt_path, base_path, out_dir, count=3):
 
     from stt_keras import StreamingSegmenter, load_model
     from stt_keras.layers import nsm
-    from stt_keras.training.data.synthetic import SyntheticVideo, palette
+    from stt_keras.data.synthetic import SyntheticVideo, palette
 
     def predictor(model):  # frame -> logits, as the model is deployed (an STT model streams)
         if model.stt is not None:

@@ -21,9 +21,9 @@ from stt_keras.fileio import concerns, disk_full, read_only, unwritable_reason, 
 from stt_keras.layers import validation
 from stt_keras.models import STTSegmenter
 from stt_keras.sizes import SizeError, parse_frame_size
-from stt_keras.training import data as data_lib
-from stt_keras.training.data.readers import CAMVID_CLASSES, VSPW_CLASSES
-from stt_keras.training.data.scan import check_training_data
+from stt_keras import data as data_lib
+from stt_keras.data.readers import CAMVID_CLASSES, VSPW_CLASSES
+from stt_keras.data.scan import check_training_data
 from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
                                 remove_stale_temporaries, restore_rng_state, stop_signals, truncate_history)
 

@@ -1,15 +1,21 @@
-"""Video clip data: real dataset readers, the built-in synthetic set, tf.data clip pipelines."""
+"""Kept for old imports: `stt_keras.training.data` and its submodules are the modules of `stt_keras.data`.
 
-from stt_keras.training.data.files import make_file_dataset
-from stt_keras.training.data.pipeline import augment, clip_indices, make_synthetic_dataset
-from stt_keras.training.data.readers import (camvid_colour_to_index, camvid_samples, camvid_sequences, cityscapes_samples,
-                                   folder_samples, folder_sequences, vspw_samples, vspw_sequences)
-from stt_keras.training.data.synthetic import CLASS_NAMES, FAMILIES, Family, SyntheticVideo, get_family, palette
-from stt_keras.training.data.video import make_sequence_dataset, read_video, read_video_labels
-from stt_keras.training.data.scan import scan_dataset
+The data code lives in the library (stt_keras/data/), below training and export. Each old name
+is registered in sys.modules as the new module object itself, not a copy: `from
+stt_keras.training.data.synthetic import SyntheticVideo` gets the same class, and monkeypatching
+through the old path patches the real module.
+"""
 
-__all__ = [
-    "CLASS_NAMES", "FAMILIES", "Family", "SyntheticVideo", "get_family", "augment", "camvid_colour_to_index", "camvid_samples", "camvid_sequences",
-    "cityscapes_samples", "clip_indices", "folder_samples", "folder_sequences", "make_file_dataset", "make_sequence_dataset", "make_synthetic_dataset", "palette", "read_video", "read_video_labels", "scan_dataset",
-    "vspw_samples", "vspw_sequences",
-]
+import sys
+
+import stt_keras.data
+from stt_keras.data import cityscapes_ids, files, images, pipeline, readers, scan, synthetic, video  # noqa: F401
+
+# `python -m stt_keras.training.data.synthetic` (the old command line) must stay unregistered: runpy then runs
+# the file it finds on this package's path, stt_keras/data/synthetic.py, as __main__.
+_argv = getattr(sys, "orig_argv", [])
+_run_as_main = _argv[_argv.index("-m") + 1] if "-m" in _argv[:-1] else None
+for _name in ("cityscapes_ids", "files", "images", "pipeline", "readers", "scan", "synthetic", "video"):
+    if f"{__name__}.{_name}" != _run_as_main:
+        sys.modules[f"{__name__}.{_name}"] = getattr(stt_keras.data, _name)
+sys.modules[__name__] = stt_keras.data  # the import statement returns the module registered under its name

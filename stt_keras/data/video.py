@@ -11,39 +11,15 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from stt_keras.training.data.files import read_raw_label
-from stt_keras.training.data.readers import label_files
-from stt_keras.training.data.pipeline import augment, check_label_values, clip_indices, sample_dataset
-
-
-def decode_frames(capture, count=None):
-    """RGB frames from an open cv2.VideoCapture, up to `count` (None: to the end); releases the capture."""
-    frames = []
-    try:
-        while count is None or len(frames) < count:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame[..., ::-1])
-    finally:
-        capture.release()
-    return frames
+from stt_keras.data.files import read_raw_label
+from stt_keras.data.readers import label_files
+from stt_keras.data.pipeline import augment, check_label_values, clip_indices, sample_dataset
 
 
 def read_video(path, max_frames=None):
-    """RGB uint8 [N, H, W, 3] of a video file; clear errors for missing, unreadable or truncated files."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No video file at {path}.")
-    capture = cv2.VideoCapture(path)
-    if not capture.isOpened():
-        raise ValueError(f"OpenCV cannot open video {path} (unknown container or codec).")
-    declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    frames = decode_frames(capture, max_frames)
-    if not frames:
-        raise ValueError(f"Video {path} has no decodable frame (empty or corrupt).")
-    if max_frames is None and declared > 0 and len(frames) < declared:
-        raise ValueError(f"Video {path} is truncated: {len(frames)} frames decoded of {declared} declared.")
-    return np.stack(frames)
+    """RGB uint8 [N, H, W, 3] of a video file (at most `max_frames`); clear errors for missing, unreadable or
+    truncated files (`VideoFrames`)."""
+    return np.stack(list(VideoFrames(path, max_frames)))
 
 
 def read_video_labels(label_dir, num_frames, num_classes):
@@ -109,38 +85,67 @@ def make_sequence_dataset(sequences, num_key_frames, batch_size, crop_size=None,
 
 
 class VideoFrames:
-    """The frames of a video file decoded one at a time: len() (the container's frame count) and iteration.
+    """The frames of a video file, RGB uint8 [H, W, 3] decoded one at a time: the one reader of video files.
 
-    Iteration raises ValueError if the video ends before the frame count it
-    declares (truncated), like `read_video`.
+    Opening checks the file at once: FileNotFoundError if it is missing, ValueError naming it if
+    OpenCV cannot open it or its first frame does not decode. len() is the frame count the
+    container declares (`declared`, 0 if unknown), at most `max_frames`. Iterating decodes from
+    the first frame, at most `max_frames` frames; `read` counts the frames the iteration decoded.
+    A video that ends before the count it declares is truncated: a ValueError at its end, or
+    with `truncated_ok` the iteration just stops there (`ended_early()` says so).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, max_frames=None, truncated_ok=False):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No video file at {path}.")
-        capture = cv2.VideoCapture(path)
+        self.path, self.max_frames, self.truncated_ok, self.read = path, max_frames, truncated_ok, 0
+        capture = self._open()
+        try:
+            self.declared = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+            ok, frame = capture.read()
+        finally:
+            capture.release()
+        if not ok or frame is None or frame.size == 0:
+            raise ValueError(f"Video {path} has no decodable frame (empty or corrupt).")
+
+    def _open(self):
+        capture = cv2.VideoCapture(self.path)
         if not capture.isOpened():
-            raise ValueError(f"OpenCV cannot open video {path} (unknown container or codec).")
-        self.path = path
-        self.declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        capture.release()
+            capture.release()
+            raise ValueError(f"OpenCV cannot open video {self.path} (unknown container or codec).")
+        return capture
 
     def __len__(self):
-        return max(self.declared, 0)
+        return self.declared if self.max_frames is None else min(self.declared, self.max_frames)
 
     def __iter__(self):
-        capture = cv2.VideoCapture(self.path)
-        count = 0
+        return self.frames()
+
+    def frames(self, start=0, stop=None):
+        """Yields frames start, start + 1, ... before `stop` (None: to the end, at most `max_frames`).
+
+        Ending before `stop`, or before the declared count without one, is a truncated video.
+        """
+        if self.max_frames is not None:
+            stop = self.max_frames if stop is None else min(stop, self.max_frames)
+        expected = self.declared if stop is None else min(stop, self.declared)
+        capture = self._open()
+        self.read = index = start
         try:
-            while True:
+            if start:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+            while stop is None or index < stop:
                 ok, frame = capture.read()
                 if not ok:
                     break
-                count += 1
-                yield frame[..., ::-1]
+                index = self.read = index + 1
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         finally:
             capture.release()
-        if count == 0:
-            raise ValueError(f"Video {self.path} has no decodable frame (empty or corrupt).")
-        if self.declared > 0 and count < self.declared:
-            raise ValueError(f"Video {self.path} is truncated: {count} frames decoded of {self.declared} declared.")
+        if index < expected and not self.truncated_ok:
+            raise ValueError(f"Video {self.path} is truncated: {index} frames decoded of {self.declared} declared.")
+
+    def ended_early(self):
+        """True if the last iteration stopped before the count the header declares (and no `max_frames` cut it)."""
+        cut = self.max_frames is not None and self.read >= self.max_frames
+        return not cut and self.declared > 0 and self.read < self.declared

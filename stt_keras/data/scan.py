@@ -44,8 +44,8 @@ import numpy as np
 from stt_keras.errors import UserError
 from stt_keras.fileio import atomic_file
 from stt_keras.metrics import IGNORE_LABEL
-from stt_keras.training.data import readers
-from stt_keras.training.data.images import decode_image, label_format_problem
+from stt_keras.data import readers
+from stt_keras.data.images import decode_image, label_format_problem
 
 CACHE_FORMAT = "stt-keras-scan/1"
 # The raw values a stored label may hold, by label format (IGNORE_LABEL is always allowed).

@@ -4,11 +4,11 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from stt_keras.training.data.images import label_format_problem, read_image
-from stt_keras.training.data.cityscapes_ids import to_train_ids as cityscapes_to_train_ids
+from stt_keras.data.images import label_format_problem, read_image
+from stt_keras.data.cityscapes_ids import to_train_ids as cityscapes_to_train_ids
 from stt_keras.metrics import IGNORE_LABEL
-from stt_keras.training.data.pipeline import augment, check_label_values, sample_dataset
-from stt_keras.training.data.readers import vspw_to_train_ids
+from stt_keras.data.pipeline import augment, check_label_values, sample_dataset
+from stt_keras.data.readers import vspw_to_train_ids
 
 LABEL_FORMATS = ("cityscapes", "index", "vspw")
 

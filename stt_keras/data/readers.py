@@ -157,40 +157,76 @@ def _label_candidates(label_dir, dataset, label_glob, pattern, frame_path, misna
 
 
 _CITYSCAPES_LABEL = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_gtFine_labelIds\.png$")
+_CITYSCAPES_FRAME = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_leftImg8bit\.png$")
 _CAMVID_LABEL = re.compile(r"^(?P<seq>.+)_(?P<frame>\d+)\.(?i:png)$")
+
+
+def _cityscapes_frame(root, split, m, number):
+    """Where leftImg8bit_sequence keeps frame `number` of the recording whose label or frame name `m` matched."""
+    city = m["city"]
+    return os.path.join(root, "leftImg8bit_sequence", split, city, f"{city}_{m['seq']}_{number:06d}_leftImg8bit.png")
+
+
+def cityscapes_labels(root, split):
+    """[(path_of(frame number), annotated frame number, label path)] of every *_gtFine_labelIds.png of a split,
+    sorted by path ([] without gtFine/SPLIT): the one listing of Cityscapes labels and their recordings' frames
+    (`path_of` names a frame of the label's recording in leftImg8bit_sequence, whether or not it exists)."""
+    found = []
+    for label in sorted(glob.glob(os.path.join(root, "gtFine", split, "*", "*_gtFine_labelIds.png"))):
+        m = _CITYSCAPES_LABEL.match(os.path.basename(label))
+        if m is not None:
+            found.append((functools.partial(_cityscapes_frame, root, split, m), int(m["frame"]), label))
+    return found
 
 
 def cityscapes_samples(root, split, num_key_frames, frame_stride=1, skip_incomplete=False):
     """Clips ending at every annotated frame of a Cityscapes split."""
     label_dir = os.path.join(root, "gtFine", split)
-
-    def frame_path(m, f):
-        city = m["city"]
-        return os.path.join(root, "leftImg8bit_sequence", split, city, f"{city}_{int(m['seq']):06d}_{f:06d}_leftImg8bit.png")
-
-    candidates = _label_candidates(
-        label_dir, "Cityscapes", os.path.join("*", "*_gtFine_labelIds.png"), _CITYSCAPES_LABEL, frame_path)
+    if not os.path.isdir(label_dir):
+        raise FileNotFoundError(f"No Cityscapes labels at {label_dir}.")
+    candidates = [(path_of, number, label, None) for path_of, number, label in cityscapes_labels(root, split)]
     if not candidates:
         raise FileNotFoundError(f"No *_gtFine_labelIds.png files under {label_dir}.")
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete)
 
 
 def cityscapes_sequences(root, split, before=19, after=10):
-    """[(name, frame paths, {before: label path})]: the 30-frame snippet around every annotated Cityscapes frame.
+    """[(name, frame paths, {index: label path})] of a Cityscapes split, for streaming evaluation and calibration.
 
-    For streaming evaluation (ETC's TC protocol): the 19 frames before the annotated
-    one, the annotated one and the 10 after. A missing frame is an error naming it.
+    before, after: the snippet around every annotated frame, for streaming evaluation (ETC's TC
+    protocol: the 19 frames before the annotated one, the annotated one and the 10 after). A
+    missing frame is an error naming it.
+    before=None: every recording of leftImg8bit_sequence/SPLIT whole and unlabelled, in runs of
+    consecutive frame numbers (a gap starts a new run), for calibration (it needs no gtFine).
     """
+    if before is None:
+        return _cityscapes_recordings(root, split)
     sequences = []
-    for label_path in sorted(glob.glob(os.path.join(root, "gtFine", split, "*", "*_gtFine_labelIds.png"))):
-        city, seq, frame = os.path.basename(label_path).split("_")[:3]
-        start = int(frame) - before
-        paths = [os.path.join(root, "leftImg8bit_sequence", split, city, f"{city}_{seq}_{start + k:06d}_leftImg8bit.png")
-                 for k in range(before + after + 1)]
+    for path_of, number, label_path in cityscapes_labels(root, split):
+        paths = [path_of(number - before + k) for k in range(before + after + 1)]
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             raise FileNotFoundError(f"TC clip of {label_path} needs {missing[0]}.")
-        sequences.append((f"{city}_{seq}_{frame}", paths, {before: label_path}))
+        sequences.append((os.path.basename(label_path)[:-len("_gtFine_labelIds.png")], paths, {before: label_path}))
+    return sequences
+
+
+def _cityscapes_recordings(root, split):
+    """[(city_seq, frame paths, {})]: every run of consecutive frames of every recording of a split."""
+    recordings = {}
+    for path in sorted(glob.glob(os.path.join(root, "leftImg8bit_sequence", split, "*", "*_leftImg8bit.png"))):
+        m = _CITYSCAPES_FRAME.match(os.path.basename(path))
+        if m is not None:
+            recordings.setdefault(f"{m['city']}_{m['seq']}", []).append((int(m["frame"]), path))
+    sequences = []
+    for name, frames in sorted(recordings.items()):
+        run = [frames[0][1]]
+        for (a, _), (b, path) in zip(frames, frames[1:]):
+            if b != a + 1:
+                sequences.append((name, run, {}))
+                run = []
+            run.append(path)
+        sequences.append((name, run, {}))
     return sequences
 
 
@@ -225,24 +261,16 @@ def _first_camvid_frame(root, seq):
 def folder_samples(root, num_key_frames, frame_stride=1, skip_incomplete=False, first_frames="pad"):
     """Clips ending at every labelled frame of the generic folder layout (above)."""
     _check_policy(first_frames)
-    frames_root = os.path.join(root, "frames")
-    if not os.path.isdir(frames_root):
-        raise FileNotFoundError(f"No frame folders at {frames_root}.")
-    _check_label_folders(root)
     candidates = []
-    for seq in sorted(os.listdir(frames_root)):
-        frames = _frame_files(os.path.join(frames_root, seq))
+    for seq, folder in _sequence_folders(root):
+        frames = _frame_files(folder)
         numbering = _numbering(frames)
         if numbering is not None:
             position, path_of = numbering
         else:
             position = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(frames)}
             path_of = (lambda i, frames=frames: frames[i])
-        for label in label_files(os.path.join(root, "labels", seq)):
-            stem = os.path.splitext(os.path.basename(label))[0]
-            if stem not in position:
-                raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(frames_root, seq)}.")
-            candidates.append((path_of, position[stem], label, 0))
+        candidates += [(path_of, index, label, 0) for index, label in _sequence_labels(root, seq, position).items()]
     return _collect(candidates, num_key_frames, frame_stride, skip_incomplete, first_frames)
 
 
@@ -319,9 +347,19 @@ def _ordered_frames(folder):
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
+def frames_by_folder(paths, extensions=FRAME_EXTENSIONS):
+    """{folder: its frame files sorted by name} of the files among `paths` whose name ends with one of
+    `extensions` (any case): the one grouping of frame files into sequences, one sequence per folder."""
+    groups = {}
+    for path in sorted(paths):
+        if path.lower().endswith(extensions) and os.path.isfile(path):
+            groups.setdefault(os.path.dirname(path), []).append(path)
+    return groups
+
+
 def _frame_files(folder):
     """The frame files of a sequence folder (*.png, *.jpg, *.jpeg in any case), sorted by name."""
-    return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(FRAME_EXTENSIONS))
+    return [path for paths in frames_by_folder(glob.glob(os.path.join(folder, "*"))).values() for path in paths]
 
 
 def label_files(folder):
@@ -337,6 +375,28 @@ def label_files(folder):
             raise ValueError(f"Two labels for one frame: {stems[stem]} and {path}; keep one.")
         stems[stem] = path
     return labels
+
+
+def _sequence_labels(root, seq, position):
+    """{frame index: label path} of labels/SEQ of the generic layout, each label at the index `position`
+    ({frame stem: index}) gives its frame; a label without its frame is an error naming both."""
+    labels = {}
+    for label in label_files(os.path.join(root, "labels", seq)):
+        stem = os.path.splitext(os.path.basename(label))[0]
+        if stem not in position:
+            raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(root, 'frames', seq)}.")
+        labels[position[stem]] = label
+    return labels
+
+
+def _sequence_folders(root):
+    """[(sequence, ROOT/frames/SEQUENCE)] of the generic layout, sorted; FileNotFoundError without ROOT/frames,
+    or naming a label folder that has no frame folder."""
+    frames_root = os.path.join(root, "frames")
+    if not os.path.isdir(frames_root):
+        raise FileNotFoundError(f"No frame folders at {frames_root} (expected {root}/frames/SEQUENCE/*.png|jpg).")
+    _check_label_folders(root)
+    return [(seq, os.path.join(frames_root, seq)) for seq in sorted(os.listdir(frames_root))]
 
 
 def _check_label_folders(root):
@@ -359,27 +419,18 @@ def folder_sequences(root):
     a numbered sequence or a label without its frame is an error naming it.
     """
     frames_root = os.path.join(root, "frames")
-    if not os.path.isdir(frames_root):
-        raise FileNotFoundError(f"No frame folders at {frames_root} (expected {root}/frames/SEQUENCE/*.png|jpg).")
-    _check_label_folders(root)
     sequences = []
-    for seq in sorted(os.listdir(frames_root)):
-        if not os.path.isdir(os.path.join(frames_root, seq)):
+    for seq, folder in _sequence_folders(root):
+        if not os.path.isdir(folder):
             continue
-        paths = _ordered_frames(os.path.join(frames_root, seq))
+        paths = _ordered_frames(folder)
         if not paths:
             if label_files(os.path.join(root, "labels", seq)):
                 raise FileNotFoundError(f"Labels {os.path.join(root, 'labels', seq)} have no frames: "
-                                        f"{os.path.join(frames_root, seq)} holds no *.png or *.jpg file.")
+                                        f"{folder} holds no *.png or *.jpg file.")
             continue
-        index = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(paths)}
-        labels = {}
-        for label in label_files(os.path.join(root, "labels", seq)):
-            stem = os.path.splitext(os.path.basename(label))[0]
-            if stem not in index:
-                raise FileNotFoundError(f"Label {label} has no frame named {stem}.* in {os.path.join(frames_root, seq)}.")
-            labels[index[stem]] = label
-        sequences.append((seq, paths, labels))
+        position = {os.path.splitext(os.path.basename(p))[0]: i for i, p in enumerate(paths)}
+        sequences.append((seq, paths, _sequence_labels(root, seq, position)))
     if not sequences:
         raise FileNotFoundError(f"No frames (*.png, *.jpg) in any folder under {frames_root}.")
     return sequences
