@@ -177,13 +177,10 @@ def _check_before_loading(args, request):
 
 
 def _check_memory(args, model, size):
-    """Builds the model at the probe size; UserError if the export at `size` would not fit (unless --no-memory-check)."""
-    probe = memory.PROBE
-    streaming = model.stt is not None
-    model(np.zeros((1, model.num_key_frames + 1, *probe, 3), np.uint8) if streaming else np.zeros((1, *probe, 3), np.uint8))
+    """UserError if the export at `size` would not fit (unless --no-memory-check)."""
     if args.no_memory_check:
         return
-    needed, available = memory.estimate_memory(model, size, probe), memory.available_memory()
+    needed, available = memory.estimate_memory(model, size, memory.PROBE), memory.available_memory()
     if available is not None and needed > available:
         raise UserError(
             f"stt-export: exporting at --size {size[0]}x{size[1]} needs about {needed / 2**30:.1f} GiB "

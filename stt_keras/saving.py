@@ -257,8 +257,8 @@ def load_preset(directory, load_weights=True, verify=True):
         raise ModelFileError(f"preset {directory}: its config has {model.num_classes} classes but {PRESET_METADATA} "
                              f"says {metadata.get('num_classes')}.")
     if load_weights:
-        if not model.built:
-            _build(model)
+        if not model.built:  # a hand-made config.json without a build_config
+            model.build()
         try:
             model.load_weights(os.path.join(directory, PRESET_WEIGHTS))
         except Exception as error:
@@ -267,9 +267,3 @@ def load_preset(directory, load_weights=True, verify=True):
     model.preset_metadata = metadata
     return model
 
-
-def _build(model, size=64):
-    import numpy as np
-
-    shape = (1, model.num_key_frames + 1, size, size, 3) if model.stt is not None else (1, size, size, 3)
-    model(np.zeros(shape, np.uint8))

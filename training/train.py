@@ -540,8 +540,7 @@ def _train_locked(config):
         schedule = keras.optimizers.schedules.PolynomialDecay(config.lr, config.steps, 0.0, power=config.poly_power)
         optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer, jit_compile=config.xla)  # the model's own loss and MeanIoU metric
-        sample, _ = next(iter(train))
-        model(sample[:1] if num_key_frames else sample[:1, -1])  # restoring needs a built model
+        model.build()  # restoring needs the variables
         if checkpoint is not None:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(backup_dir, checkpoint["weights"]))

@@ -103,6 +103,11 @@ def _make_stt(stt, encoder, dtype=None):
     return stt
 
 
+def _fully_built(layer):
+    """True if `layer` and every layer inside it is built."""
+    return layer.built and all(_fully_built(sublayer) for sublayer in layer._layers)
+
+
 @keras.saving.register_keras_serializable(package="stt_keras")
 class STTSegmenter(keras.Model):
     """Video semantic segmentation: logits for the last frame of a clip.
@@ -302,6 +307,44 @@ class STTSegmenter(keras.Model):
             setattr(model, key, float(value) if key == "aux_weight" else value)
         return model
 
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape=None):
+        """Creates every variable from shapes alone (nothing runs), as Keras' Functional models are built.
+
+        The variables do not depend on the frame size, so the encoder is built for
+        frames [None, None, None, 3], the STT and decoder for the encoder's output
+        shapes. A part that is built already is left as it is, and one restored
+        half-built from an older file (its sublayers build with `build_sublayer`)
+        is finished.
+
+        Args:
+            input_shape: None, or the input's shape (a clip [B, T+1, H, W, 3], frames
+                [B, H, W, 3] per frame): its rank, T+1 and channels are checked.
+        """
+        if input_shape is not None:
+            self._check_shape(tuple(input_shape))
+        frames = (None, None, None, 3)
+        if not _fully_built(self.encoder):
+            self.encoder.build(frames)
+        shapes = self.encoder.compute_output_shape(frames)
+        features = shapes.pop("features")
+        if self.stt is not None and not self.stt.built:
+            self.stt.build(features, (None, self.num_key_frames, *features[1:]))
+        if not _fully_built(self.decoder):
+            self.decoder.build(features, shapes)
+
+    def get_build_config(self):
+        # The input with free batch and frame sizes: any size builds the same variables.
+        if not self.built:
+            return None
+        return {"input_shape": [None, self.num_key_frames + 1, None, None, 3] if self.stt is not None
+                else [None, None, None, 3]}
+
+    def build_from_config(self, config):
+        # Files written before build() existed record the shape of the batch the model was first called on
+        # (a per-frame model may have seen a clip); none of it changes the variables.
+        self.build()
+
     # ------------------------------------------------------------------ call
     def _encode(self, frames, training):
         """Encoder on [N, H, W, 3]; returns (features, skips)."""
@@ -309,23 +352,27 @@ class STTSegmenter(keras.Model):
         features = out.pop("features")
         return features, out
 
-    def _check_input(self, x):
-        rank = x.shape.rank
+    def _check_shape(self, shape):
+        """ValueError naming the problem unless `shape` is a clip [B, T+1, H, W, 3] (or, per frame, [B, H, W, 3])."""
+        rank = shape.rank if isinstance(shape, tf.TensorShape) else len(shape)
         if self.stt is None:
             if rank not in (4, 5):
-                raise ValueError(f"Expected frames [B, H, W, 3] or a clip [B, T+1, H, W, 3], got shape {x.shape}.")
+                raise ValueError(f"Expected frames [B, H, W, 3] or a clip [B, T+1, H, W, 3], got shape {shape}.")
         else:
             if rank != 5:
-                raise ValueError(f"Expected a clip [B, T+1, H, W, 3] with T+1={self.num_key_frames + 1}, got shape {x.shape}.")
-            if x.shape[1] is not None and x.shape[1] != self.num_key_frames + 1:
+                raise ValueError(f"Expected a clip [B, T+1, H, W, 3] with T+1={self.num_key_frames + 1}, got shape {shape}.")
+            if shape[1] is not None and shape[1] != self.num_key_frames + 1:
                 raise ValueError(
-                    f"Clip has {x.shape[1]} frames but this model needs T+1={self.num_key_frames + 1} "
+                    f"Clip has {shape[1]} frames but this model needs T+1={self.num_key_frames + 1} "
                     f"(T={self.num_key_frames} key frames and the frame to segment)."
                 )
-        if x.shape[-1] != 3:
-            raise ValueError(f"Frames must have 3 (RGB) channels, got shape {x.shape}.")
-        if any(size is not None and size < 1 for size in x.shape[-3:-1]):
-            raise ValueError(f"Frames must be at least 1 pixel high and wide, got shape {x.shape}.")
+        if shape[-1] != 3:
+            raise ValueError(f"Frames must have 3 (RGB) channels, got shape {shape}.")
+        if any(size is not None and size < 1 for size in shape[-3:-1]):
+            raise ValueError(f"Frames must be at least 1 pixel high and wide, got shape {shape}.")
+
+    def _check_input(self, x):
+        self._check_shape(x.shape)
         if x.dtype not in (tf.uint8, tf.float16, tf.bfloat16, tf.float32, tf.float64):
             raise ValueError(f"Frames must be uint8 or float in [0, 255], got dtype {x.dtype.name}.")
 
@@ -519,9 +566,8 @@ class STTSegmenter(keras.Model):
             return super().summary(line_length=line_length, positions=positions, print_fn=print_fn,
                                    expand_nested=expand_nested, show_trainable=show_trainable, layer_range=layer_range)
         print_fn = print_fn or print
-        if not self.built or not self.decoder.built:  # parameter counts need the weights; any size builds them
-            frames = self.num_key_frames + 1
-            self(np.zeros((1, frames, 64, 64, 3) if self.stt is not None else (1, 64, 64, 3), np.uint8))
+        if not self.built:  # parameter counts need the variables
+            self.build()
         h, w = size or (512, 1024)
 
         def shape(value):
