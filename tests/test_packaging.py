@@ -261,4 +261,5 @@ def test_no_import_cycle_in_the_installed_packages():
     assert _cycles(graph) == []
     # It can fail: one import back closes a cycle.
     graph["stt_keras.saving"].add("stt_keras.models.stt.stt_segmenter")
-    assert _cycles(graph) == [["stt_keras.models.stt.stt_segmenter", "stt_keras.saving"]]
+    assert _cycles(graph) == [["stt_keras.models.stt.stt_builders", "stt_keras.models.stt.stt_segmenter",
+                               "stt_keras.saving"]]  # the preset loaders read preset directories through saving

@@ -1,6 +1,5 @@
 """STTSegmenter: shared encoder on every frame -> Sparse Temporal Transformer -> decoder."""
 
-import os
 import types
 
 import keras
@@ -8,27 +7,11 @@ import numpy as np
 import tensorflow as tf
 
 from stt_keras import kernels
-from stt_keras.layers import SparseTemporalTransformer, dense_masked
+from stt_keras.layers import dense_masked
 from stt_keras.layers.sparse_temporal_transformer import IMPLEMENTATIONS
 from stt_keras.metrics import IGNORE_LABEL, MeanIoU
-from stt_keras.models.bisenet.bisenet_decoder import BiSeNetDecoder
-from stt_keras.models.bisenet.bisenet_encoder import BiSeNetEncoder
-from stt_keras.models.pspnet.pspnet_decoder import PSPNetDecoder
-from stt_keras.models.pspnet.pspnet_encoder import PSPNetEncoder
-from stt_keras.models.stt.stt_presets import IDENTITY_STT, PRESETS
-
-_STT_KEYS = {
-    "num_key_frames", "start_size", "end_size", "expansion", "neighborhood_radius", "top_ratio",
-    "num_heads", "reduction", "key_selection", "ffn_channels", "nsm_temperature", "norm_first", "change_weight",
-}
-_ARCH_KEYS = {"backbone", "feature_channels", "head_channels", "output_stride"}
-_MODEL_KEYS = {"stop_key_gradients", "aux_weight"}
-
-
-def list_presets() -> dict:
-    """{preset name: description} of every model `STTSegmenter.from_preset` can build."""
-    return {name: recipe["description"] for name, recipe in PRESETS.items()}
-
+from stt_keras.models.stt import stt_builders
+from stt_keras.models.stt.stt_presets import PRESETS, list_presets  # noqa: F401 (list_presets: its old home)
 
 _PROBABILITY_LOSSES = (
     keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy,
@@ -83,24 +66,6 @@ def _logs_for_multi_worker_reduce(logs):
         return logs
     return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and v.shape.rank == 0 else v
             for k, v in logs.items()}
-
-
-def _make_stt(stt, encoder, dtype=None):
-    """The STT of `from_image_segmenter`, built for `encoder`'s features: "auto", a dict over IDENTITY_STT,
-    a layer, or None."""
-    if stt is None:
-        return None
-    if isinstance(stt, str) and stt == "auto":
-        stt = {}
-    if isinstance(stt, dict):
-        stt = SparseTemporalTransformer(**{**IDENTITY_STT, **stt}, dtype=dtype, name="stt")
-    if not isinstance(stt, SparseTemporalTransformer):
-        raise TypeError(f"`stt` must be 'auto', a dict of SparseTemporalTransformer arguments, a "
-                        f"SparseTemporalTransformer or None, got {type(stt).__name__}.")
-    if not stt.built:  # its variables exist before the first call (stream_step and exports read them)
-        d = encoder.compute_output_shape((None, None, None, 3))["features"][-1]
-        stt.build((None, None, None, d), (None, stt.num_key_frames, None, None, d))
-    return stt
 
 
 def _fully_built(layer):
@@ -184,64 +149,10 @@ class STTSegmenter(keras.Model):
                 (feature_channels, head_channels, output_stride, backbone) or
                 stop_key_gradients / aux_weight.
         """
-        name = preset
-        if isinstance(preset, (str, os.PathLike)) and str(preset) not in PRESETS and (
-                os.path.exists(preset) or os.sep in str(preset) or str(preset).startswith(".")):
-            from stt_keras import saving
-
-            if os.path.isfile(preset):
-                raise ValueError(f"{preset} is a file, not a preset directory; load a .keras file with "
-                                 "stt_keras.load_model (or keras.saving.load_model after `import stt_keras`).")
-            if not os.path.isdir(preset):
-                raise FileNotFoundError(f"No preset directory at {preset} (and {str(preset)!r} is not a built-in preset "
-                                        f"name: {', '.join(sorted(PRESETS))}).")
-            given = sorted(k for k, v in {**overrides, "backbone_weights": backbone_weights}.items() if v is not None)
-            if given:
-                raise ValueError(f"from_preset({str(preset)!r}) loads a saved model; {given} apply to built-in preset "
-                                 "names only.")
-            model = saving.load_preset(os.fspath(preset), load_weights=load_weights, verify=verify)
-            if num_classes is not None and num_classes != model.num_classes:
-                raise ValueError(f"Preset {preset} has {model.num_classes} classes, not num_classes={num_classes}.")
-            return model
-        if PRESETS.get(name, {}).get("arch") == "image_segmenter":
-            return cls._from_image_segmenter_preset(name, num_classes, backbone_weights, **overrides)
-        if num_classes is None and name in PRESETS:
-            raise ValueError(f"from_preset({name!r}) builds a new model: pass num_classes (the number of classes).")
-        if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}: not a built-in preset ({', '.join(sorted(PRESETS))}) "
-                             "and not a preset directory (no folder at that path).")
-        unknown = set(overrides) - _STT_KEYS - _ARCH_KEYS - _MODEL_KEYS - {"dtype"}
-        if unknown:
-            raise ValueError(
-                f"Unknown override(s) {sorted(unknown)} for preset {name!r}; allowed: "
-                f"{sorted(_STT_KEYS | _ARCH_KEYS | _MODEL_KEYS)}."
-            )
-        recipe = dict(PRESETS[name])
-        stt_config = recipe.pop("stt")
-        stt_overrides = {k: v for k, v in overrides.items() if k in _STT_KEYS}
-        if stt_config is None and stt_overrides:
-            raise ValueError(f"Preset {name!r} is a per-frame model; it takes no STT overrides {sorted(stt_overrides)}.")
-        dtype = overrides.get("dtype")
-        arch = recipe["arch"]
-        backbone = overrides.get("backbone", recipe["backbone"])
-        if arch == "pspnet":
-            encoder = PSPNetEncoder(
-                backbone, feature_channels=overrides.get("feature_channels", recipe.get("feature_channels")),
-                output_stride=overrides.get("output_stride", 8), backbone_weights=backbone_weights,
-                dtype=dtype, name="encoder",
-            )
-            decoder = PSPNetDecoder(
-                num_classes, head_channels=overrides.get("head_channels", recipe["head_channels"]),
-                dtype=dtype, name="decoder",
-            )
-        else:
-            encoder = BiSeNetEncoder(backbone, backbone_weights=backbone_weights, dtype=dtype, name="encoder")
-            decoder = BiSeNetDecoder(num_classes, dtype=dtype, name="decoder")
-        stt = None
-        if stt_config is not None:
-            stt = SparseTemporalTransformer(**{**stt_config, **stt_overrides}, dtype=dtype, name="stt")
-        model_kwargs = {k: v for k, v in overrides.items() if k in _MODEL_KEYS}
-        return cls(encoder, decoder, stt, name=name, **model_kwargs)
+        if stt_builders.is_directory(preset):
+            return stt_builders.from_directory(preset, num_classes, load_weights, verify,
+                                               backbone_weights=backbone_weights, **overrides)
+        return stt_builders.from_recipe(cls, preset, num_classes, backbone_weights, **overrides)
 
     @classmethod
     def from_image_segmenter(cls, segmenter_or_preset, stt="auto", num_classes=None, features_stage=None,
@@ -268,44 +179,8 @@ class STTSegmenter(keras.Model):
             features_stage: SegFormer: the MiT stage (1..4) the STT mixes (default 4).
             dtype: dtype policy of the new layers (e.g. "mixed_float16").
         """
-        from stt_keras.models import keras_hub_segmenters as hub
-
-        segmenter = hub.load_image_segmenter(segmenter_or_preset)
-        encoder, decoder, kind = hub.split_image_segmenter(segmenter, num_classes, features_stage, dtype)
-        return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name or ("stt_" if stt is not None else "") + kind)
-
-    @classmethod
-    def _from_image_segmenter_preset(cls, name, num_classes, backbone_weights, image_segmenter_weights="preset",
-                                     **overrides):
-        """A built-in preset that starts from a KerasHub image segmenter (docs/pretrained.md)."""
-        from stt_keras.models import keras_hub_segmenters as hub
-
-        recipe = PRESETS[name]
-        if backbone_weights is not None:
-            raise ValueError(f"from_preset({name!r}) starts from a whole KerasHub segmenter: pass "
-                             "image_segmenter_weights (a KerasHub preset name or directory, or None), not backbone_weights.")
-        unknown = set(overrides) - _STT_KEYS - _MODEL_KEYS - {"features_stage", "dtype"}
-        if unknown:
-            raise ValueError(f"Unknown override(s) {sorted(unknown)} for preset {name!r}; allowed: "
-                             f"{sorted(_STT_KEYS | _MODEL_KEYS | {'features_stage', 'image_segmenter_weights'})}.")
-        model_kwargs = {k: v for k, v in overrides.items() if k in _MODEL_KEYS}
-        stt_overrides = {k: v for k, v in overrides.items() if k in _STT_KEYS}
-        if recipe["stt"] is None and stt_overrides:
-            raise ValueError(f"Preset {name!r} is a per-frame model; it takes no STT overrides {sorted(stt_overrides)}.")
-        stt = None if recipe["stt"] is None else {**recipe["stt"], **stt_overrides}
-        features_stage = overrides.get("features_stage", recipe["features_stage"])
-        dtype = overrides.get("dtype")
-        if image_segmenter_weights is None:
-            encoder, decoder = hub.build_architecture(recipe, num_classes or recipe["num_classes"], features_stage, dtype)
-            return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name, **model_kwargs)
-        source = recipe["image_segmenter"] if image_segmenter_weights == "preset" else image_segmenter_weights
-        segmenter = hub.load_image_segmenter(source)
-        hub.check_architecture(segmenter, recipe, source, name)
-        model = cls.from_image_segmenter(segmenter, stt=stt, num_classes=num_classes, features_stage=features_stage,
-                                         dtype=dtype, name=name)
-        for key, value in model_kwargs.items():  # the model options (no aux head here: aux_weight is inert)
-            setattr(model, key, float(value) if key == "aux_weight" else value)
-        return model
+        return stt_builders.from_image_segmenter(cls, segmenter_or_preset, stt, num_classes, features_stage, dtype,
+                                                 name)
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape=None):
