@@ -6,67 +6,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stt_keras import kernels
+from stt_keras import kernels, losses
+from stt_keras.distribute import MultiWorkerFit
 from stt_keras.layers import dense_masked
 from stt_keras.layers.sparse_temporal_transformer import IMPLEMENTATIONS
 from stt_keras.metrics import IGNORE_LABEL, MeanIoU
 from stt_keras.models.stt import stt_builders
 from stt_keras.models.stt.stt_presets import PRESETS, list_presets  # noqa: F401 (list_presets: its old home)
-
-_PROBABILITY_LOSSES = (
-    keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy,
-    keras.losses.BinaryCrossentropy, keras.losses.CategoricalFocalCrossentropy,
-)
-_PROBABILITY_FUNCTIONS = (
-    keras.losses.sparse_categorical_crossentropy, keras.losses.categorical_crossentropy,
-    keras.losses.binary_crossentropy,
-)
-_WHAT_TO_PASS = ("call compile() without `loss` (sparse cross-entropy from logits that skips label 255, plus "
-                 "aux_weight times the same loss on the auxiliary head) or pass "
-                 "keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)")
-
-
-def _check_loss(loss):
-    """ValueError for a loss that would silently train the wrong thing on this model's logits."""
-    if loss is None:
-        return
-    if isinstance(loss, str):
-        raise ValueError(
-            f"STTSegmenter.compile(loss={loss!r}): a loss given by name is computed on probabilities "
-            f"(from_logits=False) and counts label 255 as a class, but this model outputs logits; {_WHAT_TO_PASS}.")
-    if isinstance(loss, (list, tuple, dict)):
-        raise ValueError(f"STTSegmenter has one output (logits); pass one loss, not {type(loss).__name__}. "
-                         f"Or {_WHAT_TO_PASS}.")
-    if isinstance(loss, _PROBABILITY_LOSSES) and not loss.get_config().get("from_logits", False):
-        raise ValueError(f"STTSegmenter.compile: {type(loss).__name__}(from_logits=False) takes probabilities, but this "
-                         f"model outputs logits; pass from_logits=True (and ignore_class=255), or {_WHAT_TO_PASS}.")
-    if loss in _PROBABILITY_FUNCTIONS:
-        raise ValueError(f"STTSegmenter.compile: keras.losses.{loss.__name__} defaults to from_logits=False, but this "
-                         f"model outputs logits; {_WHAT_TO_PASS}.")
-    if not callable(loss):
-        raise ValueError(f"STTSegmenter.compile: loss must be a keras Loss or a function, got {type(loss).__name__}.")
-
-
-def _is_multi_worker(strategy):
-    """MultiWorkerMirroredStrategy across several workers: where Keras 3.15's fit() needs help."""
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
-
-
-def _logs_for_multi_worker_reduce(logs):
-    """Scalar step logs as shape [1] under MultiWorkerMirroredStrategy.
-
-    Keras 3 (up to 3.15 at least) reduces a multi-worker step's outputs with
-    strategy.reduce("MEAN", value, axis=0), which fails on the scalar loss and
-    metric values every step returns. Given a length-1 axis, that reduce is the
-    mean over all replicas of all workers and comes back a scalar, as Keras
-    expects. Every other strategy gets the logs unchanged.
-    """
-    if not _is_multi_worker(tf.distribute.get_strategy()):
-        return logs
-    return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and v.shape.rank == 0 else v
-            for k, v in logs.items()}
-
 
 def _fully_built(layer):
     """True if `layer` and every layer inside it is built."""
@@ -74,7 +20,7 @@ def _fully_built(layer):
 
 
 @keras.saving.register_keras_serializable(package="stt_keras")
-class STTSegmenter(keras.Model):
+class STTSegmenter(MultiWorkerFit, keras.Model):
     """Video semantic segmentation: logits for the last frame of a clip.
 
     With an STT (`stt` not None): input a clip [B, T+1, H, W, 3], uint8 or float in
@@ -362,9 +308,9 @@ class STTSegmenter(keras.Model):
         if isinstance(optimizer, str) and optimizer == "auto":
             optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, weight_decay=1e-4)
         if isinstance(loss, str) and loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_label)
+            loss = losses.segmentation_loss(ignore_label)
         else:
-            _check_loss(loss)
+            losses.check_loss(loss)
         if isinstance(metrics, str) and metrics == "auto":
             metrics = [MeanIoU(self.num_classes, ignore_label=ignore_label)]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
@@ -394,27 +340,6 @@ class STTSegmenter(keras.Model):
         if training and self._aux_logits is not None and compiled is not None:
             loss = loss + self.aux_weight * tf.cast(compiled(y, self._aux_logits, sample_weight), loss.dtype)
         return loss
-
-    def train_step(self, data):
-        return _logs_for_multi_worker_reduce(super().train_step(data))
-
-    def test_step(self, data):
-        return _logs_for_multi_worker_reduce(super().test_step(data))
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3 (up to 3.15 at least, keras-team/keras#20585) builds the metrics
-        # and optimizer before fit() from a first batch that it averages across
-        # replicas with strategy.reduce("MEAN"); under MultiWorkerMirroredStrategy
-        # that eager reduce cannot take a PerReplica batch and fit() fails at once.
-        # Only the batch's shapes and dtypes are needed, so give it the per-replica
-        # element spec instead (no batch is consumed, no collective is run).
-        if iterator is not None and _is_multi_worker(self._distribute_strategy):
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda spec: getattr(spec, "_value_specs", (spec,))[0], it.element_spec)
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------------ streaming
     # The state's layout is described once, in docs/models.md, "The streaming state contract".
