@@ -14,6 +14,7 @@ from stt_keras.metrics import IGNORE_LABEL, MeanIoU
 from stt_keras.models.stt import stt_builders
 from stt_keras.models.stt.stt_presets import PRESETS, list_presets  # noqa: F401 (list_presets: its old home)
 
+
 def _fully_built(layer):
     """True if `layer` and every layer inside it is built."""
     return layer.built and all(_fully_built(sublayer) for sublayer in layer._layers)
