@@ -142,7 +142,7 @@ def save_preset(model, directory, labels=None, colors=None):
     import tensorflow as tf
 
     if not model.built:
-        raise ValueError("save_to_preset needs a built model: call it on a batch (or fit it) first.")
+        raise ValueError("save_to_preset needs a built model: call model.build() (or call it on a batch, or fit it) first.")
     labels, colors = _check_labels(labels, colors, model.num_classes)
     directory = os.path.abspath(directory)
     if os.path.exists(directory):
