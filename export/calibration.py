@@ -31,7 +31,7 @@ import numpy as np
 
 from stt_keras.export.parity import stream_sequence
 from stt_keras.metrics import IGNORE_LABEL
-from stt_keras.progress import Progress
+from stt_keras.utils.progress import Progress
 from stt_keras.training.data.synthetic import SyntheticVideo
 from stt_keras.training.data.video import decode_frames
 

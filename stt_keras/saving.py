@@ -17,8 +17,8 @@ import zipfile
 
 import keras
 
-from stt_keras.errors import ModelFileError
-from stt_keras.fileio import sha256_file
+from stt_keras.utils.errors import ModelFileError
+from stt_keras.utils.fileio import sha256_file
 from stt_keras.version import __version__
 
 PRESET_FORMAT = "stt-keras-preset/1"
@@ -152,7 +152,7 @@ def save_preset(model, directory, labels=None, colors=None):
         if extra:
             raise FileExistsError(f"{directory} holds files that are not part of a preset ({', '.join(extra[:5])}); "
                                   "choose an empty or new folder.")
-    from stt_keras.fileio import atomic_directory  # the folder case of the atomic writes
+    from stt_keras.utils.fileio import atomic_directory  # the folder case of the atomic writes
 
     # A temporary sibling folder, fsynced, then swapped with `directory` in one step: a kill at any
     # point leaves the old preset or the new one.

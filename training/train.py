@@ -16,11 +16,11 @@ import sys
 import keras
 import tensorflow as tf
 
-from stt_keras.errors import Interrupted, UserError, run_cli
-from stt_keras.fileio import concerns, disk_full, read_only, unwritable_reason, write_error_reason
+from stt_keras.utils.errors import Interrupted, UserError, run_cli
+from stt_keras.utils.fileio import concerns, disk_full, read_only, unwritable_reason, write_error_reason
 from stt_keras.layers import validation
 from stt_keras.models import STTSegmenter
-from stt_keras.sizes import SizeError, parse_frame_size
+from stt_keras.utils.sizes import SizeError, parse_frame_size
 from stt_keras.training import data as data_lib
 from stt_keras.training.data.readers import CAMVID_CLASSES, VSPW_CLASSES
 from stt_keras.training.data.scan import check_training_data
@@ -58,7 +58,7 @@ def train(preset: str, num_classes: int | None = None, *, out: str, **settings) 
 
     Returns:
         The trained model (None when `out` holds a finished run of these settings).
-        Bad settings raise `stt_keras.errors.UserError` (a ValueError)
+        Bad settings raise `stt_keras.utils.errors.UserError` (a ValueError)
         naming the problem.
     """
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
