@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 from stt_keras.export import calibration  # noqa: E402
 from stt_keras.layers import dense_masked  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
-from stt_keras.sizes import parse_size  # noqa: E402
+from stt_keras.utils.sizes import parse_size  # noqa: E402
 
 
 def selection(model, frame, packed, reset):

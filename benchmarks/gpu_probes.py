@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from stt_edge_demo import litert_gpu  # noqa: E402
-from stt_keras.sizes import parse_size  # noqa: E402  (the shared HxW parser; loads TensorFlow)
+from stt_keras.utils.sizes import parse_size  # noqa: E402  (the shared HxW parser; loads TensorFlow)
 
 
 def _convert(fn, x, int8):

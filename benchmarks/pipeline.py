@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from stt_keras.models import STTSegmenter  # noqa: E402
-from stt_keras.sizes import parse_size  # noqa: E402
+from stt_keras.utils.sizes import parse_size  # noqa: E402
 from stt_keras import data as data_lib  # noqa: E402
 from stt_keras.training.metrics import MeanIoU  # noqa: E402
 

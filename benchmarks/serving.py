@@ -48,7 +48,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from stt_keras.export import saved_model, serve  # noqa: E402
-from stt_keras.fileio import atomic_file  # noqa: E402
+from stt_keras.utils.fileio import atomic_file  # noqa: E402
 from stt_keras.metrics import MeanIoU  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
 from stt_keras.data.synthetic import SyntheticVideo  # noqa: E402

@@ -55,8 +55,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 
 from stt_keras import load_model  # noqa: E402
-from stt_keras.fileio import atomic_file  # noqa: E402
-from stt_keras.sizes import parse_size  # noqa: E402
+from stt_keras.utils.fileio import atomic_file  # noqa: E402
+from stt_keras.utils.sizes import parse_size  # noqa: E402
 from stt_keras.training import train as train_lib  # noqa: E402
 from stt_keras.data.synthetic import FAMILIES  # noqa: E402
 from stt_keras.training.evaluate import evaluate_with_ablation, synthetic_sequences  # noqa: E402

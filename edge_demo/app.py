@@ -161,12 +161,12 @@ class _NoProgress:
 
 
 def _progress(total):
-    """The progress line of stt-eval (stt_keras/progress.py, loaded without stt_keras: no TensorFlow here);
+    """The progress line of stt-eval (stt_keras/utils/progress.py, loaded without stt_keras: no TensorFlow here);
     none when the edge demo runs without the rest of the project."""
     try:
         from stt_keras_cli import load_library_module
 
-        return load_library_module("progress", "progress.py").Progress("edge_demo", total or None, "frames")
+        return load_library_module("progress", "utils", "progress.py").Progress("edge_demo", total or None, "frames")
     except (ImportError, OSError, AttributeError):
         return _NoProgress()
 

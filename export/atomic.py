@@ -22,9 +22,9 @@ import fnmatch
 import json
 import os
 
-from stt_keras.errors import UserError
-from stt_keras.fileio import atomic_directory, recover  # noqa: F401  (the folder writer lives in the library)
-from stt_keras.fileio import sha256_file  # noqa: F401  (part of this module's interface)
+from stt_keras.utils.errors import UserError
+from stt_keras.utils.fileio import atomic_directory, recover  # noqa: F401  (the folder writer lives in the library)
+from stt_keras.utils.fileio import sha256_file  # noqa: F401  (part of this module's interface)
 
 MANIFEST = "export_manifest.json"
 MANIFEST_FORMAT = "stt-keras-export/1"

@@ -35,7 +35,7 @@ from stt_keras.data.synthetic import SyntheticVideo
 from stt_keras.data.video import VideoFrames
 from stt_keras.export.parity import stream_sequence
 from stt_keras.metrics import IGNORE_LABEL
-from stt_keras.progress import Progress
+from stt_keras.utils.progress import Progress
 
 CALIBRATION_SEED = 2000  # not the training seeds (0..) nor the evaluation seed (1000)
 EVALUATION_SEED = 1000  # stt-eval's held-out synthetic sequences

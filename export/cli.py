@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 
-from stt_keras.errors import UserError, run_cli  # noqa: F401
+from stt_keras.utils.errors import UserError, run_cli  # noqa: F401
 from stt_keras.metrics import IGNORE_LABEL
-from stt_keras.sizes import SizeError, parse_frame_size
+from stt_keras.utils.sizes import SizeError, parse_frame_size
 from stt_keras.export import memory
 from stt_keras.export.files import (DEFAULT_QUANTIZATIONS, FORM_QUANTIZATIONS, GPU_CHECKED,  # noqa: F401
                                     ExportedFile, plan)
@@ -65,7 +65,7 @@ def plan_files(formats, forms, quantizations, explicit_quantizations=True, inter
 def run_export(args):
     """Runs stt-export on parsed arguments; returns the report. A full disk or a folder that turns read-only is one
     line (UserError): --out keeps what it held, the partial export is removed (atomic_directory)."""
-    from stt_keras.fileio import concerns, disk_full, read_only, write_error_reason
+    from stt_keras.utils.fileio import concerns, disk_full, read_only, write_error_reason
 
     try:
         return _run_export(args)
@@ -158,7 +158,7 @@ def _check_before_loading(args, request):
     """The model file, --out and --calibration-data, checked before the model is loaded; the listed data or None."""
     from stt_keras.export import calibration
     from stt_keras.export.atomic import check_destination
-    from stt_keras.fileio import unwritable_reason
+    from stt_keras.utils.fileio import unwritable_reason
 
     if not (os.path.isfile(args.model) or os.path.isfile(os.path.join(args.model, "config.json"))):
         raise UserError(f"stt-export: model file (or preset directory with config.json) not found: {args.model}")
@@ -177,13 +177,10 @@ def _check_before_loading(args, request):
 
 
 def _check_memory(args, model, size):
-    """Builds the model at the probe size; UserError if the export at `size` would not fit (unless --no-memory-check)."""
-    probe = memory.PROBE
-    streaming = model.stt is not None
-    model(np.zeros((1, model.num_key_frames + 1, *probe, 3), np.uint8) if streaming else np.zeros((1, *probe, 3), np.uint8))
+    """UserError if the export at `size` would not fit (unless --no-memory-check)."""
     if args.no_memory_check:
         return
-    needed, available = memory.estimate_memory(model, size, probe), memory.available_memory()
+    needed, available = memory.estimate_memory(model, size, memory.PROBE), memory.available_memory()
     if available is not None and needed > available:
         raise UserError(
             f"stt-export: exporting at --size {size[0]}x{size[1]} needs about {needed / 2**30:.1f} GiB "

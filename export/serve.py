@@ -46,8 +46,8 @@ from concurrent import futures
 import numpy as np
 
 from stt_edge_demo.overlay import letterbox, unletterbox
-from stt_keras import faults
-from stt_keras.fileio import atomic_file
+from stt_keras.utils import faults
+from stt_keras.utils.fileio import atomic_file
 
 SERVICE = "stt_keras.Segmenter"
 DEFAULT_ADDRESS = "127.0.0.1:8500"

@@ -35,7 +35,7 @@ def write_json(path, data):
 
 def counted(step, what, sequences):
     """`step` counting its calls on a progress line (parity runs of big models take minutes)."""
-    from stt_keras.progress import CountingStep, Progress
+    from stt_keras.utils.progress import CountingStep, Progress
 
     return CountingStep(step, Progress(f"stt-export: parity, {what}", sum(len(f) for f, _ in sequences), "frames"))
 

@@ -6,6 +6,15 @@ from stt_keras.devices import cpu_only_without_cuda_driver as _cpu_only
 
 _cpu_only()
 
+import sys as _sys  # noqa: E402
+
+from stt_keras.utils import errors, faults, fileio, progress, sizes  # noqa: E402,F401
+
+# The utilities' earlier module names are the same module objects (import stt_keras.fileio still works).
+for _name in ("errors", "faults", "fileio", "progress", "sizes"):
+    _sys.modules[f"{__name__}.{_name}"] = _sys.modules[f"{__name__}.utils.{_name}"]
+del _name
+
 from stt_keras import layers, metrics, models  # noqa: F401  (registers every serializable class)
 from stt_keras.saving import load_model
 from stt_keras.streaming import StreamingSegmenter

@@ -17,8 +17,8 @@ import zipfile
 
 import keras
 
-from stt_keras.errors import ModelFileError
-from stt_keras.fileio import sha256_file
+from stt_keras.utils.errors import ModelFileError
+from stt_keras.utils.fileio import sha256_file
 from stt_keras.version import __version__
 
 PRESET_FORMAT = "stt-keras-preset/1"
@@ -142,7 +142,7 @@ def save_preset(model, directory, labels=None, colors=None):
     import tensorflow as tf
 
     if not model.built:
-        raise ValueError("save_to_preset needs a built model: call it on a batch (or fit it) first.")
+        raise ValueError("save_to_preset needs a built model: call model.build() (or call it on a batch, or fit it) first.")
     labels, colors = _check_labels(labels, colors, model.num_classes)
     directory = os.path.abspath(directory)
     if os.path.exists(directory):
@@ -152,7 +152,7 @@ def save_preset(model, directory, labels=None, colors=None):
         if extra:
             raise FileExistsError(f"{directory} holds files that are not part of a preset ({', '.join(extra[:5])}); "
                                   "choose an empty or new folder.")
-    from stt_keras.fileio import atomic_directory  # the folder case of the atomic writes
+    from stt_keras.utils.fileio import atomic_directory  # the folder case of the atomic writes
 
     # A temporary sibling folder, fsynced, then swapped with `directory` in one step: a kill at any
     # point leaves the old preset or the new one.
@@ -257,8 +257,8 @@ def load_preset(directory, load_weights=True, verify=True):
         raise ModelFileError(f"preset {directory}: its config has {model.num_classes} classes but {PRESET_METADATA} "
                              f"says {metadata.get('num_classes')}.")
     if load_weights:
-        if not model.built:
-            _build(model)
+        if not model.built:  # a hand-made config.json without a build_config
+            model.build()
         try:
             model.load_weights(os.path.join(directory, PRESET_WEIGHTS))
         except Exception as error:
@@ -267,9 +267,3 @@ def load_preset(directory, load_weights=True, verify=True):
     model.preset_metadata = metadata
     return model
 
-
-def _build(model, size=64):
-    import numpy as np
-
-    shape = (1, model.num_key_frames + 1, size, size, 3) if model.stt is not None else (1, size, size, 3)
-    model(np.zeros(shape, np.uint8))

@@ -45,7 +45,7 @@ def load_library_module(name, *parts):
     """Executes a TensorFlow-free module of the library (plain definitions) by path, without its package.
 
     For the commands and the edge demo, which must not import `stt_keras` (it loads
-    TensorFlow) but share its plain modules: sizes.py, devices.py, progress.py, the presets.
+    TensorFlow) but share its plain modules: utils/sizes.py, devices.py, utils/progress.py, the presets.
     """
     spec = importlib.util.spec_from_file_location(f"stt_keras_cli._{name}", library_file(*parts))
     module = importlib.util.module_from_spec(spec)
@@ -54,8 +54,8 @@ def load_library_module(name, *parts):
 
 
 def frame_size(value):
-    """argparse `type=` of a frame size HxW (stt_keras/sizes.py `parse_frame_size`, loaded without the library)."""
-    sizes = load_library_module("sizes", "sizes.py")
+    """argparse `type=` of a frame size HxW (stt_keras/utils/sizes.py `parse_frame_size`, loaded without the library)."""
+    sizes = load_library_module("sizes", "utils", "sizes.py")
     try:
         return sizes.parse_frame_size(value)
     except ValueError as error:
@@ -128,7 +128,7 @@ def run_command(prog, parser, argv, module, function, to_input=None):
     args = parser.parse_args(argv)
     prepare_environment(args.tf_logs, filter_fds=argv is None)
     try:  # a Ctrl-C while TensorFlow loads is one line too (run_cli handles it afterwards)
-        from stt_keras.errors import run_cli
+        from stt_keras.utils.errors import run_cli
 
         target = getattr(importlib.import_module(module), function)
     except KeyboardInterrupt:

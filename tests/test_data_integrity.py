@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stt_keras.errors import UserError
+from stt_keras.utils.errors import UserError
 
 from stt_keras.data.files import read_frame, read_raw_label
 from stt_keras.data.images import jpeg_problem, png_problem, read_image

@@ -13,7 +13,7 @@ import tensorflow as tf
 from onnx import TensorProto, helper
 
 import stt_keras
-from stt_keras.errors import UserError
+from stt_keras.utils.errors import UserError
 from stt_keras.export import atomic, calibration, cli, gpu_step, onnx_export, parity, step as step_lib, tflite
 from stt_keras.layers import dense_masked
 from stt_keras.models import STTSegmenter

@@ -1,4 +1,4 @@
-"""stt_keras.fileio.atomic_file: the one way files are written atomically (checkpoints, caches, labels, kernels)."""
+"""stt_keras.utils.fileio.atomic_file: the one way files are written atomically (checkpoints, caches, labels, kernels)."""
 
 import errno
 import json
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from stt_keras import fileio
+from stt_keras.utils import fileio
 
 
 def test_atomic_file_replaces_the_file_only_when_the_writer_succeeds(tmp_path):

@@ -45,11 +45,11 @@ _TINY_MIT = dict(hidden_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_heads=[1,
 
 def _stt_segformer(dtype=None):
     """A tiny STT-SegFormer as `from_image_segmenter` makes it (random weights, identity-at-start STT)."""
-    from stt_keras.models.stt.stt_segmenter import _make_stt
+    from stt_keras.models.stt.stt_builders import make_stt
 
     arch = dict(SEGFORMER_ARCHS["b0"], **_TINY_MIT, projection_filters=16)
     encoder, decoder = build_segformer(arch, 3, dtype=dtype)
-    return STTSegmenter(encoder, decoder, _make_stt({"num_key_frames": 2}, encoder, dtype))
+    return STTSegmenter(encoder, decoder, make_stt({"num_key_frames": 2}, encoder, dtype))
 
 
 def _rand(*shape, scale=1.0, seed=0):

@@ -170,7 +170,7 @@ def test_keras_round_trip_in_safe_mode(tmp_path):
 
 @pytest.mark.parametrize("name", ["stt_bise_tiny", "psp_tiny"])
 def test_files_saved_before_the_build_contract_still_load(name, tmp_path):
-    """Earlier files carry no usable build config for the encoder and decoder: they build on the first call."""
+    """Earlier files carry no usable build config for the encoder and decoder: the model's build() finishes them."""
     model = STTSegmenter.from_preset(name, num_classes=CLASSES)
     x = clip() if name.startswith("stt") else clip()[:, -1]
     expected = model(x).numpy()
@@ -193,6 +193,86 @@ def test_files_saved_before_the_build_contract_still_load(name, tmp_path):
     loaded = keras.saving.load_model(old, safe_mode=True)
     np.testing.assert_array_equal(loaded(x).numpy(), expected)
     assert loaded.decoder.aux_classifier.built and len(loaded.weights) == len(model.weights)
+
+
+def _forbid_calls(monkeypatch, model):
+    """Makes running the model or any of its parts an error (undone by monkeypatch.undo())."""
+    def ran(self, *args, **kwargs):
+        raise AssertionError(f"{type(self).__name__}.call ran; building and loading must not run the model")
+
+    for part in (model, model.encoder, model.decoder, model.stt):
+        if part is not None:
+            monkeypatch.setattr(type(part), "call", ran)
+    monkeypatch.setattr(keras.Model, "__call__", ran)  # the KerasHub backbone inside the encoder
+
+
+@pytest.mark.parametrize("name", ["stt_psp_tiny", "psp_tiny", "stt_bise_tiny", "bise_tiny"])
+def test_build_makes_from_shapes_the_variables_a_first_call_makes(name, monkeypatch):
+    """build() runs nothing and creates what a first call creates: the same variables (paths, shapes, order and,
+    from the same seed, values), so the model gives the same logits and files written by either fit the other."""
+    x = clip() if name.startswith("stt") else clip()[:, -1]
+    keras.utils.set_random_seed(7)
+    called = STTSegmenter.from_preset(name, num_classes=CLASSES)
+    expected = called(x).numpy()
+    keras.utils.set_random_seed(7)
+    model = STTSegmenter.from_preset(name, num_classes=CLASSES)
+    _forbid_calls(monkeypatch, model)
+    model.build()
+    monkeypatch.undo()
+    assert model.built and model.decoder.aux_classifier.built
+    assert [(w.path, tuple(w.shape)) for w in model.weights] == [(w.path, tuple(w.shape)) for w in called.weights]
+    for ours, theirs in zip(model.weights, called.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+    np.testing.assert_array_equal(model(x).numpy(), expected)
+    assert model.get_build_config() == {"input_shape": [None, 4, None, None, 3] if name.startswith("stt")
+                                        else [None, None, None, 3]}
+
+
+@pytest.mark.parametrize("name", ["stt_psp_tiny", "bise_tiny"])
+def test_files_load_built_without_running_the_model(name, tmp_path, monkeypatch):
+    """A .keras file, one whose build config holds the first batch's shape (as files written before build()
+    existed do) and a preset directory whose config.json has no build config all load built, running nothing."""
+    model = STTSegmenter.from_preset(name, num_classes=CLASSES)
+    x = clip() if name.startswith("stt") else clip()[:, -1]
+    expected = model(x).numpy()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        files = {n: archive.read(n) for n in archive.namelist()}
+    config = json.loads(files["config.json"])
+    assert config["build_config"] == model.get_build_config()
+    config["build_config"] = {"input_shape": list(x.shape)}
+    files["config.json"] = json.dumps(config).encode()
+    old = str(tmp_path / "old.keras")
+    with zipfile.ZipFile(old, "w") as archive:
+        for n, data in files.items():
+            archive.writestr(n, data)
+    preset = str(tmp_path / "preset")
+    model.save_to_preset(preset)
+    with open(f"{preset}/config.json") as f:
+        config = json.load(f)
+    del config["build_config"]
+    with open(f"{preset}/config.json", "w") as f:
+        json.dump(config, f)
+    _forbid_calls(monkeypatch, model)
+    loaded = [keras.saving.load_model(path, safe_mode=True), keras.saving.load_model(old, safe_mode=True),
+              STTSegmenter.from_preset(preset, verify=False)]
+    monkeypatch.undo()
+    for other in loaded:
+        assert other.built
+        np.testing.assert_array_equal(other(x).numpy(), expected)
+
+
+def test_build_checks_the_shape_it_is_given():
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES)
+    for shape, message in (((1, 3, H, W, 3), "T\\+1=4"), ((1, H, W, 3), "clip"), ((1, 4, H, W, 1), "3 \\(RGB\\)")):
+        with pytest.raises(ValueError, match=message):
+            model.build(shape)
+    assert not model.built
+    model.build((2, 4, 17, 9, 3))  # any frame size builds the same variables
+    other = STTSegmenter.from_preset("stt_psp_tiny", num_classes=CLASSES)
+    other.build()
+    assert [(w.path, tuple(w.shape)) for w in model.weights] == [(w.path, tuple(w.shape)) for w in other.weights]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import configparser
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -261,7 +262,8 @@ def test_no_import_cycle_in_the_installed_packages():
     assert _cycles(graph) == []
     # It can fail: one import back closes a cycle.
     graph["stt_keras.saving"].add("stt_keras.models.stt.stt_segmenter")
-    assert _cycles(graph) == [["stt_keras.models.stt.stt_segmenter", "stt_keras.saving"]]
+    assert _cycles(graph) == [["stt_keras.models.stt.stt_builders", "stt_keras.models.stt.stt_segmenter",
+                               "stt_keras.saving"]]  # the preset loaders read preset directories through saving
 
 
 def _app_of(module, apps=("stt_keras.training", "stt_keras.export")):
@@ -327,3 +329,21 @@ print("ok")
     result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "stt_keras.training.data.synthetic",
                              "--out", video, "--frames", "2", "--size", "32x64"], capture_output=True, text=True)
     assert result.returncode == 0 and os.path.getsize(video) > 0, result.stderr[-2000:]
+
+
+def test_the_utilities_keep_their_earlier_module_names(tmp_path):
+    """stt_keras.errors, .fileio, .faults, .progress and .sizes are the stt_keras.utils modules themselves, imported
+    first or after the package (a fresh interpreter), so an exception class or a patched function is the same."""
+    code = textwrap.dedent("""
+        import importlib, sys
+        from stt_keras.fileio import atomic_file  # the earlier name first
+        import stt_keras.utils.fileio
+        names = ("errors", "faults", "fileio", "progress", "sizes")
+        same = [importlib.import_module(f"stt_keras.{n}") is importlib.import_module(f"stt_keras.utils.{n}") for n in names]
+        print(all(same) and atomic_file is stt_keras.utils.fileio.atomic_file
+              and sys.modules["stt_keras.errors"].UserError.__module__ == "stt_keras.utils.errors")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "True"

@@ -2,7 +2,7 @@
 
 import io
 
-from stt_keras.progress import CountingStep, Progress, format_seconds
+from stt_keras.utils.progress import CountingStep, Progress, format_seconds
 
 
 class Clock:

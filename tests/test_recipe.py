@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import stt_keras
-from stt_keras.errors import UserError
+from stt_keras.utils.errors import UserError
 from stt_keras.training.train import TrainConfig, check_config, per_frame_preset
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stt_keras.errors import UserError
+from stt_keras.utils.errors import UserError
 from stt_keras.export import atomic, cli, memory
 from tmpfs import can_mount_tmpfs, on_tmpfs
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import stt_keras
-from stt_keras.errors import ModelFileError, UserError
+from stt_keras.utils.errors import ModelFileError, UserError
 from stt_keras.models import STTSegmenter
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}

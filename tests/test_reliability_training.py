@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stt_keras.errors import UserError
+from stt_keras.utils.errors import UserError
 
 from stt_keras.training import callbacks as cb
 from stt_keras.training import train as train_lib
@@ -323,7 +323,7 @@ def test_an_interrupt_during_the_chunk_writes_waits_for_the_commit(tmp_path, mon
 
 
 def test_interrupted_runs_print_one_line_and_exit_130(capsys):
-    from stt_keras.errors import Interrupted, run_cli
+    from stt_keras.utils.errors import Interrupted, run_cli
 
     message = train_lib.interrupted_message("runs/a", 5, 8, {"steps": 4, "epoch": 2})
     assert message == ("stt-train: stopped by Ctrl-C at step 5 of 8; the last checkpoint is step 4 (chunk 2, "
@@ -518,7 +518,7 @@ def test_a_full_disk_at_a_chunk_write_keeps_the_checkpoint_and_leaves_no_half_fi
 
 
 def test_unwritable_out_folders_are_named_before_any_work(tmp_path):
-    from stt_keras.fileio import unwritable_reason
+    from stt_keras.utils.fileio import unwritable_reason
 
     assert unwritable_reason(str(tmp_path)) is None and os.listdir(tmp_path) == []  # the probe is removed
     assert unwritable_reason(str(tmp_path / "a" / "b" / "c")) is None and os.listdir(tmp_path) == []
@@ -527,7 +527,7 @@ def test_unwritable_out_folders_are_named_before_any_work(tmp_path):
     # Only a refused write under --out is "cannot write to --out"; an unreadable data file stays what it is.
     import errno
 
-    from stt_keras.fileio import concerns, read_only
+    from stt_keras.utils.fileio import concerns, read_only
 
     denied = OSError(errno.EACCES, "Permission denied", str(tmp_path / "run" / "history.csv"))
     assert read_only(denied) and concerns(denied, str(tmp_path / "run"))

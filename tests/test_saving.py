@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import stt_keras
-from stt_keras.errors import ModelFileError
+from stt_keras.utils.errors import ModelFileError
 from stt_keras.metrics import MeanIoU
 from stt_keras.models import STTSegmenter
 

@@ -328,7 +328,7 @@ def test_stt_eval_reports_mvc_on_the_synthetic_set_and_names_a_missing_split(tmp
 def test_stt_train_reads_vspw(tmp_path):
     """stt-train --dataset vspw: 124 classes without --num-classes, clips ending at every frame of the split,
     labels mapped."""
-    from stt_keras.errors import UserError
+    from stt_keras.utils.errors import UserError
     from stt_keras.training.train import TrainConfig, check_config, make_datasets
 
     root = str(tmp_path / "VSPW_480p")

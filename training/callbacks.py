@@ -43,9 +43,9 @@ import threading
 import keras
 import numpy as np
 
-from stt_keras import faults
-from stt_keras.fileio import atomic_file
-from stt_keras.fileio import atomic_write_bytes, atomic_write_json, sha256_file  # noqa: F401  (part of this module's interface)
+from stt_keras.utils import faults
+from stt_keras.utils.fileio import atomic_file
+from stt_keras.utils.fileio import atomic_write_bytes, atomic_write_json, sha256_file  # noqa: F401  (part of this module's interface)
 
 CHECKPOINT = "checkpoint.json"
 PREVIOUS = "checkpoint-previous.json"

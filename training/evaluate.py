@@ -15,10 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from stt_keras import StreamingSegmenter, load_model
-from stt_keras.errors import UserError, run_cli
+from stt_keras.utils.errors import UserError, run_cli
 from stt_keras.metrics import IGNORE_LABEL
-from stt_keras.progress import Progress
-from stt_keras.sizes import SizeError, parse_frame_size
+from stt_keras.utils.progress import Progress
+from stt_keras.utils.sizes import SizeError, parse_frame_size
 from stt_keras.data import cityscapes_ids, readers, scan
 from stt_keras.data.files import FrameFiles, LabelFiles
 from stt_keras.data.synthetic import FAMILIES, SyntheticVideo, get_family

@@ -16,11 +16,11 @@ import sys
 import keras
 import tensorflow as tf
 
-from stt_keras.errors import Interrupted, UserError, run_cli
-from stt_keras.fileio import concerns, disk_full, read_only, unwritable_reason, write_error_reason
+from stt_keras.utils.errors import Interrupted, UserError, run_cli
+from stt_keras.utils.fileio import concerns, disk_full, read_only, unwritable_reason, write_error_reason
 from stt_keras.layers import validation
 from stt_keras.models import STTSegmenter
-from stt_keras.sizes import SizeError, parse_frame_size
+from stt_keras.utils.sizes import SizeError, parse_frame_size
 from stt_keras import data as data_lib
 from stt_keras.data.readers import CAMVID_CLASSES, VSPW_CLASSES
 from stt_keras.data.scan import check_training_data
@@ -58,7 +58,7 @@ def train(preset: str, num_classes: int | None = None, *, out: str, **settings) 
 
     Returns:
         The trained model (None when `out` holds a finished run of these settings).
-        Bad settings raise `stt_keras.errors.UserError` (a ValueError)
+        Bad settings raise `stt_keras.utils.errors.UserError` (a ValueError)
         naming the problem.
     """
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
@@ -540,8 +540,7 @@ def _train_locked(config):
         schedule = keras.optimizers.schedules.PolynomialDecay(config.lr, config.steps, 0.0, power=config.poly_power)
         optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer, jit_compile=config.xla)  # the model's own loss and MeanIoU metric
-        sample, _ = next(iter(train))
-        model(sample[:1] if num_key_frames else sample[:1, -1])  # restoring needs a built model
+        model.build()  # restoring needs the variables
         if checkpoint is not None:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(backup_dir, checkpoint["weights"]))

@@ -41,8 +41,8 @@ import time
 import cv2
 import numpy as np
 
-from stt_keras.errors import UserError
-from stt_keras.fileio import atomic_file
+from stt_keras.utils.errors import UserError
+from stt_keras.utils.fileio import atomic_file
 from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.data import readers
 from stt_keras.data.images import decode_image, label_format_problem
@@ -183,7 +183,7 @@ def scan_units(units, root, label_format="index", num_classes=None, cache_dir=No
     `frame_size` (H, W): the size of every frame when frames are not files (a video).
     `listed_problems`: [(path, message)] the listing found (clips with a missing frame).
     """
-    from stt_keras.progress import Progress
+    from stt_keras.utils.progress import Progress
 
     start = time.perf_counter()
     stream = stream or sys.stderr

@@ -39,7 +39,7 @@ import dataclasses
 
 import numpy as np
 
-from stt_keras.sizes import MIN_FRAME_SIDE
+from stt_keras.utils.sizes import MIN_FRAME_SIDE
 
 CLASS_NAMES = ("road", "sidewalk", "building", "vegetation", "sky", "car", "person")
 PALETTE = np.array(
@@ -570,7 +570,7 @@ def write_video(path, frames=60, height=128, width=256, seed=1000, index=0, fps=
 if __name__ == "__main__":
     import argparse
 
-    from stt_keras.sizes import parse_size
+    from stt_keras.utils.sizes import parse_size
 
     parser = argparse.ArgumentParser(description="Write a synthetic video file (for the edge demo).")
     parser.add_argument("--out", required=True)

@@ -31,7 +31,7 @@ import subprocess
 
 import tensorflow as tf
 
-from stt_keras.fileio import atomic_file, sha256_file
+from stt_keras.utils.fileio import atomic_file, sha256_file
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(_HERE, name) for name in ("windowed_attention.cc", "nsm_score.cc"))

@@ -9,7 +9,8 @@ from stt_keras.models.pspnet.pspnet_encoder import PSPNetEncoder
 from stt_keras.models.resnet_features import ResNetFeatures
 from stt_keras.models.segformer.segformer_decoder import SegFormerDecoder
 from stt_keras.models.segformer.segformer_encoder import MiTBlock, SegFormerEncoder
-from stt_keras.models.stt.stt_segmenter import STTSegmenter, list_presets
+from stt_keras.models.stt.stt_presets import list_presets
+from stt_keras.models.stt.stt_segmenter import STTSegmenter
 
 __all__ = [
     "BiSeNetDecoder", "BiSeNetEncoder", "DeepLabV3Decoder", "DeepLabV3Encoder", "MiTBlock", "PSPNetDecoder",

@@ -64,3 +64,8 @@ PRESETS.update({
     "deeplabv3plus_r50": dict(_DEEPLAB_VOC, stt=None,
                               description="DeepLabV3+ ResNet-50 per-frame twin (KerasHub's deeplab_v3_plus_resnet50_pascalvoc)"),
 })
+
+
+def list_presets() -> dict:
+    """{preset name: description} of every model `STTSegmenter.from_preset` can build."""
+    return {name: recipe["description"] for name, recipe in PRESETS.items()}

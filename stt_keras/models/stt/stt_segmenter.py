@@ -1,110 +1,27 @@
 """STTSegmenter: shared encoder on every frame -> Sparse Temporal Transformer -> decoder."""
 
-import os
 import types
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from stt_keras import kernels
-from stt_keras.layers import SparseTemporalTransformer, dense_masked
+from stt_keras import kernels, losses
+from stt_keras.distribute import MultiWorkerFit
+from stt_keras.layers import dense_masked
 from stt_keras.layers.sparse_temporal_transformer import IMPLEMENTATIONS
 from stt_keras.metrics import IGNORE_LABEL, MeanIoU
-from stt_keras.models.bisenet.bisenet_decoder import BiSeNetDecoder
-from stt_keras.models.bisenet.bisenet_encoder import BiSeNetEncoder
-from stt_keras.models.pspnet.pspnet_decoder import PSPNetDecoder
-from stt_keras.models.pspnet.pspnet_encoder import PSPNetEncoder
-from stt_keras.models.stt.stt_presets import IDENTITY_STT, PRESETS
-
-_STT_KEYS = {
-    "num_key_frames", "start_size", "end_size", "expansion", "neighborhood_radius", "top_ratio",
-    "num_heads", "reduction", "key_selection", "ffn_channels", "nsm_temperature", "norm_first", "change_weight",
-}
-_ARCH_KEYS = {"backbone", "feature_channels", "head_channels", "output_stride"}
-_MODEL_KEYS = {"stop_key_gradients", "aux_weight"}
+from stt_keras.models.stt import stt_builders
+from stt_keras.models.stt.stt_presets import PRESETS, list_presets  # noqa: F401 (list_presets: its old home)
 
 
-def list_presets() -> dict:
-    """{preset name: description} of every model `STTSegmenter.from_preset` can build."""
-    return {name: recipe["description"] for name, recipe in PRESETS.items()}
-
-
-_PROBABILITY_LOSSES = (
-    keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy,
-    keras.losses.BinaryCrossentropy, keras.losses.CategoricalFocalCrossentropy,
-)
-_PROBABILITY_FUNCTIONS = (
-    keras.losses.sparse_categorical_crossentropy, keras.losses.categorical_crossentropy,
-    keras.losses.binary_crossentropy,
-)
-_WHAT_TO_PASS = ("call compile() without `loss` (sparse cross-entropy from logits that skips label 255, plus "
-                 "aux_weight times the same loss on the auxiliary head) or pass "
-                 "keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)")
-
-
-def _check_loss(loss):
-    """ValueError for a loss that would silently train the wrong thing on this model's logits."""
-    if loss is None:
-        return
-    if isinstance(loss, str):
-        raise ValueError(
-            f"STTSegmenter.compile(loss={loss!r}): a loss given by name is computed on probabilities "
-            f"(from_logits=False) and counts label 255 as a class, but this model outputs logits; {_WHAT_TO_PASS}.")
-    if isinstance(loss, (list, tuple, dict)):
-        raise ValueError(f"STTSegmenter has one output (logits); pass one loss, not {type(loss).__name__}. "
-                         f"Or {_WHAT_TO_PASS}.")
-    if isinstance(loss, _PROBABILITY_LOSSES) and not loss.get_config().get("from_logits", False):
-        raise ValueError(f"STTSegmenter.compile: {type(loss).__name__}(from_logits=False) takes probabilities, but this "
-                         f"model outputs logits; pass from_logits=True (and ignore_class=255), or {_WHAT_TO_PASS}.")
-    if loss in _PROBABILITY_FUNCTIONS:
-        raise ValueError(f"STTSegmenter.compile: keras.losses.{loss.__name__} defaults to from_logits=False, but this "
-                         f"model outputs logits; {_WHAT_TO_PASS}.")
-    if not callable(loss):
-        raise ValueError(f"STTSegmenter.compile: loss must be a keras Loss or a function, got {type(loss).__name__}.")
-
-
-def _is_multi_worker(strategy):
-    """MultiWorkerMirroredStrategy across several workers: where Keras 3.15's fit() needs help."""
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
-
-
-def _logs_for_multi_worker_reduce(logs):
-    """Scalar step logs as shape [1] under MultiWorkerMirroredStrategy.
-
-    Keras 3 (up to 3.15 at least) reduces a multi-worker step's outputs with
-    strategy.reduce("MEAN", value, axis=0), which fails on the scalar loss and
-    metric values every step returns. Given a length-1 axis, that reduce is the
-    mean over all replicas of all workers and comes back a scalar, as Keras
-    expects. Every other strategy gets the logs unchanged.
-    """
-    if not _is_multi_worker(tf.distribute.get_strategy()):
-        return logs
-    return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None and v.shape.rank == 0 else v
-            for k, v in logs.items()}
-
-
-def _make_stt(stt, encoder, dtype=None):
-    """The STT of `from_image_segmenter`, built for `encoder`'s features: "auto", a dict over IDENTITY_STT,
-    a layer, or None."""
-    if stt is None:
-        return None
-    if isinstance(stt, str) and stt == "auto":
-        stt = {}
-    if isinstance(stt, dict):
-        stt = SparseTemporalTransformer(**{**IDENTITY_STT, **stt}, dtype=dtype, name="stt")
-    if not isinstance(stt, SparseTemporalTransformer):
-        raise TypeError(f"`stt` must be 'auto', a dict of SparseTemporalTransformer arguments, a "
-                        f"SparseTemporalTransformer or None, got {type(stt).__name__}.")
-    if not stt.built:  # its variables exist before the first call (stream_step and exports read them)
-        d = encoder.compute_output_shape((None, None, None, 3))["features"][-1]
-        stt.build((None, None, None, d), (None, stt.num_key_frames, None, None, d))
-    return stt
+def _fully_built(layer):
+    """True if `layer` and every layer inside it is built."""
+    return layer.built and all(_fully_built(sublayer) for sublayer in layer._layers)
 
 
 @keras.saving.register_keras_serializable(package="stt_keras")
-class STTSegmenter(keras.Model):
+class STTSegmenter(MultiWorkerFit, keras.Model):
     """Video semantic segmentation: logits for the last frame of a clip.
 
     With an STT (`stt` not None): input a clip [B, T+1, H, W, 3], uint8 or float in
@@ -179,64 +96,10 @@ class STTSegmenter(keras.Model):
                 (feature_channels, head_channels, output_stride, backbone) or
                 stop_key_gradients / aux_weight.
         """
-        name = preset
-        if isinstance(preset, (str, os.PathLike)) and str(preset) not in PRESETS and (
-                os.path.exists(preset) or os.sep in str(preset) or str(preset).startswith(".")):
-            from stt_keras import saving
-
-            if os.path.isfile(preset):
-                raise ValueError(f"{preset} is a file, not a preset directory; load a .keras file with "
-                                 "stt_keras.load_model (or keras.saving.load_model after `import stt_keras`).")
-            if not os.path.isdir(preset):
-                raise FileNotFoundError(f"No preset directory at {preset} (and {str(preset)!r} is not a built-in preset "
-                                        f"name: {', '.join(sorted(PRESETS))}).")
-            given = sorted(k for k, v in {**overrides, "backbone_weights": backbone_weights}.items() if v is not None)
-            if given:
-                raise ValueError(f"from_preset({str(preset)!r}) loads a saved model; {given} apply to built-in preset "
-                                 "names only.")
-            model = saving.load_preset(os.fspath(preset), load_weights=load_weights, verify=verify)
-            if num_classes is not None and num_classes != model.num_classes:
-                raise ValueError(f"Preset {preset} has {model.num_classes} classes, not num_classes={num_classes}.")
-            return model
-        if PRESETS.get(name, {}).get("arch") == "image_segmenter":
-            return cls._from_image_segmenter_preset(name, num_classes, backbone_weights, **overrides)
-        if num_classes is None and name in PRESETS:
-            raise ValueError(f"from_preset({name!r}) builds a new model: pass num_classes (the number of classes).")
-        if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}: not a built-in preset ({', '.join(sorted(PRESETS))}) "
-                             "and not a preset directory (no folder at that path).")
-        unknown = set(overrides) - _STT_KEYS - _ARCH_KEYS - _MODEL_KEYS - {"dtype"}
-        if unknown:
-            raise ValueError(
-                f"Unknown override(s) {sorted(unknown)} for preset {name!r}; allowed: "
-                f"{sorted(_STT_KEYS | _ARCH_KEYS | _MODEL_KEYS)}."
-            )
-        recipe = dict(PRESETS[name])
-        stt_config = recipe.pop("stt")
-        stt_overrides = {k: v for k, v in overrides.items() if k in _STT_KEYS}
-        if stt_config is None and stt_overrides:
-            raise ValueError(f"Preset {name!r} is a per-frame model; it takes no STT overrides {sorted(stt_overrides)}.")
-        dtype = overrides.get("dtype")
-        arch = recipe["arch"]
-        backbone = overrides.get("backbone", recipe["backbone"])
-        if arch == "pspnet":
-            encoder = PSPNetEncoder(
-                backbone, feature_channels=overrides.get("feature_channels", recipe.get("feature_channels")),
-                output_stride=overrides.get("output_stride", 8), backbone_weights=backbone_weights,
-                dtype=dtype, name="encoder",
-            )
-            decoder = PSPNetDecoder(
-                num_classes, head_channels=overrides.get("head_channels", recipe["head_channels"]),
-                dtype=dtype, name="decoder",
-            )
-        else:
-            encoder = BiSeNetEncoder(backbone, backbone_weights=backbone_weights, dtype=dtype, name="encoder")
-            decoder = BiSeNetDecoder(num_classes, dtype=dtype, name="decoder")
-        stt = None
-        if stt_config is not None:
-            stt = SparseTemporalTransformer(**{**stt_config, **stt_overrides}, dtype=dtype, name="stt")
-        model_kwargs = {k: v for k, v in overrides.items() if k in _MODEL_KEYS}
-        return cls(encoder, decoder, stt, name=name, **model_kwargs)
+        if stt_builders.is_directory(preset):
+            return stt_builders.from_directory(preset, num_classes, load_weights, verify,
+                                               backbone_weights=backbone_weights, **overrides)
+        return stt_builders.from_recipe(cls, preset, num_classes, backbone_weights, **overrides)
 
     @classmethod
     def from_image_segmenter(cls, segmenter_or_preset, stt="auto", num_classes=None, features_stage=None,
@@ -263,44 +126,46 @@ class STTSegmenter(keras.Model):
             features_stage: SegFormer: the MiT stage (1..4) the STT mixes (default 4).
             dtype: dtype policy of the new layers (e.g. "mixed_float16").
         """
-        from stt_keras.models import keras_hub_segmenters as hub
+        return stt_builders.from_image_segmenter(cls, segmenter_or_preset, stt, num_classes, features_stage, dtype,
+                                                 name)
 
-        segmenter = hub.load_image_segmenter(segmenter_or_preset)
-        encoder, decoder, kind = hub.split_image_segmenter(segmenter, num_classes, features_stage, dtype)
-        return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name or ("stt_" if stt is not None else "") + kind)
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape=None):
+        """Creates every variable from shapes alone (nothing runs), as Keras' Functional models are built.
 
-    @classmethod
-    def _from_image_segmenter_preset(cls, name, num_classes, backbone_weights, image_segmenter_weights="preset",
-                                     **overrides):
-        """A built-in preset that starts from a KerasHub image segmenter (docs/pretrained.md)."""
-        from stt_keras.models import keras_hub_segmenters as hub
+        The variables do not depend on the frame size, so the encoder is built for
+        frames [None, None, None, 3], the STT and decoder for the encoder's output
+        shapes. A part that is built already is left as it is, and one restored
+        half-built from an older file (its sublayers build with `build_sublayer`)
+        is finished.
 
-        recipe = PRESETS[name]
-        if backbone_weights is not None:
-            raise ValueError(f"from_preset({name!r}) starts from a whole KerasHub segmenter: pass "
-                             "image_segmenter_weights (a KerasHub preset name or directory, or None), not backbone_weights.")
-        unknown = set(overrides) - _STT_KEYS - _MODEL_KEYS - {"features_stage", "dtype"}
-        if unknown:
-            raise ValueError(f"Unknown override(s) {sorted(unknown)} for preset {name!r}; allowed: "
-                             f"{sorted(_STT_KEYS | _MODEL_KEYS | {'features_stage', 'image_segmenter_weights'})}.")
-        model_kwargs = {k: v for k, v in overrides.items() if k in _MODEL_KEYS}
-        stt_overrides = {k: v for k, v in overrides.items() if k in _STT_KEYS}
-        if recipe["stt"] is None and stt_overrides:
-            raise ValueError(f"Preset {name!r} is a per-frame model; it takes no STT overrides {sorted(stt_overrides)}.")
-        stt = None if recipe["stt"] is None else {**recipe["stt"], **stt_overrides}
-        features_stage = overrides.get("features_stage", recipe["features_stage"])
-        dtype = overrides.get("dtype")
-        if image_segmenter_weights is None:
-            encoder, decoder = hub.build_architecture(recipe, num_classes or recipe["num_classes"], features_stage, dtype)
-            return cls(encoder, decoder, _make_stt(stt, encoder, dtype), name=name, **model_kwargs)
-        source = recipe["image_segmenter"] if image_segmenter_weights == "preset" else image_segmenter_weights
-        segmenter = hub.load_image_segmenter(source)
-        hub.check_architecture(segmenter, recipe, source, name)
-        model = cls.from_image_segmenter(segmenter, stt=stt, num_classes=num_classes, features_stage=features_stage,
-                                         dtype=dtype, name=name)
-        for key, value in model_kwargs.items():  # the model options (no aux head here: aux_weight is inert)
-            setattr(model, key, float(value) if key == "aux_weight" else value)
-        return model
+        Args:
+            input_shape: None, or the input's shape (a clip [B, T+1, H, W, 3], frames
+                [B, H, W, 3] per frame): its rank, T+1 and channels are checked.
+        """
+        if input_shape is not None:
+            self._check_shape(tuple(input_shape))
+        frames = (None, None, None, 3)
+        if not _fully_built(self.encoder):
+            self.encoder.build(frames)
+        shapes = self.encoder.compute_output_shape(frames)
+        features = shapes.pop("features")
+        if self.stt is not None and not self.stt.built:
+            self.stt.build(features, (None, self.num_key_frames, *features[1:]))
+        if not _fully_built(self.decoder):
+            self.decoder.build(features, shapes)
+
+    def get_build_config(self):
+        # The input with free batch and frame sizes: any size builds the same variables.
+        if not self.built:
+            return None
+        return {"input_shape": [None, self.num_key_frames + 1, None, None, 3] if self.stt is not None
+                else [None, None, None, 3]}
+
+    def build_from_config(self, config):
+        # Files written before build() existed record the shape of the batch the model was first called on
+        # (a per-frame model may have seen a clip); none of it changes the variables.
+        self.build()
 
     # ------------------------------------------------------------------ call
     def _encode(self, frames, training):
@@ -309,23 +174,27 @@ class STTSegmenter(keras.Model):
         features = out.pop("features")
         return features, out
 
-    def _check_input(self, x):
-        rank = x.shape.rank
+    def _check_shape(self, shape):
+        """ValueError naming the problem unless `shape` is a clip [B, T+1, H, W, 3] (or, per frame, [B, H, W, 3])."""
+        rank = shape.rank if isinstance(shape, tf.TensorShape) else len(shape)
         if self.stt is None:
             if rank not in (4, 5):
-                raise ValueError(f"Expected frames [B, H, W, 3] or a clip [B, T+1, H, W, 3], got shape {x.shape}.")
+                raise ValueError(f"Expected frames [B, H, W, 3] or a clip [B, T+1, H, W, 3], got shape {shape}.")
         else:
             if rank != 5:
-                raise ValueError(f"Expected a clip [B, T+1, H, W, 3] with T+1={self.num_key_frames + 1}, got shape {x.shape}.")
-            if x.shape[1] is not None and x.shape[1] != self.num_key_frames + 1:
+                raise ValueError(f"Expected a clip [B, T+1, H, W, 3] with T+1={self.num_key_frames + 1}, got shape {shape}.")
+            if shape[1] is not None and shape[1] != self.num_key_frames + 1:
                 raise ValueError(
-                    f"Clip has {x.shape[1]} frames but this model needs T+1={self.num_key_frames + 1} "
+                    f"Clip has {shape[1]} frames but this model needs T+1={self.num_key_frames + 1} "
                     f"(T={self.num_key_frames} key frames and the frame to segment)."
                 )
-        if x.shape[-1] != 3:
-            raise ValueError(f"Frames must have 3 (RGB) channels, got shape {x.shape}.")
-        if any(size is not None and size < 1 for size in x.shape[-3:-1]):
-            raise ValueError(f"Frames must be at least 1 pixel high and wide, got shape {x.shape}.")
+        if shape[-1] != 3:
+            raise ValueError(f"Frames must have 3 (RGB) channels, got shape {shape}.")
+        if any(size is not None and size < 1 for size in shape[-3:-1]):
+            raise ValueError(f"Frames must be at least 1 pixel high and wide, got shape {shape}.")
+
+    def _check_input(self, x):
+        self._check_shape(x.shape)
         if x.dtype not in (tf.uint8, tf.float16, tf.bfloat16, tf.float32, tf.float64):
             raise ValueError(f"Frames must be uint8 or float in [0, 255], got dtype {x.dtype.name}.")
 
@@ -440,9 +309,9 @@ class STTSegmenter(keras.Model):
         if isinstance(optimizer, str) and optimizer == "auto":
             optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, weight_decay=1e-4)
         if isinstance(loss, str) and loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_label)
+            loss = losses.segmentation_loss(ignore_label)
         else:
-            _check_loss(loss)
+            losses.check_loss(loss)
         if isinstance(metrics, str) and metrics == "auto":
             metrics = [MeanIoU(self.num_classes, ignore_label=ignore_label)]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
@@ -473,27 +342,6 @@ class STTSegmenter(keras.Model):
             loss = loss + self.aux_weight * tf.cast(compiled(y, self._aux_logits, sample_weight), loss.dtype)
         return loss
 
-    def train_step(self, data):
-        return _logs_for_multi_worker_reduce(super().train_step(data))
-
-    def test_step(self, data):
-        return _logs_for_multi_worker_reduce(super().test_step(data))
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3 (up to 3.15 at least, keras-team/keras#20585) builds the metrics
-        # and optimizer before fit() from a first batch that it averages across
-        # replicas with strategy.reduce("MEAN"); under MultiWorkerMirroredStrategy
-        # that eager reduce cannot take a PerReplica batch and fit() fails at once.
-        # Only the batch's shapes and dtypes are needed, so give it the per-replica
-        # element spec instead (no batch is consumed, no collective is run).
-        if iterator is not None and _is_multi_worker(self._distribute_strategy):
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda spec: getattr(spec, "_value_specs", (spec,))[0], it.element_spec)
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
     # ------------------------------------------------------------ streaming
     # The state's layout is described once, in docs/models.md, "The streaming state contract".
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
@@ -519,9 +367,8 @@ class STTSegmenter(keras.Model):
             return super().summary(line_length=line_length, positions=positions, print_fn=print_fn,
                                    expand_nested=expand_nested, show_trainable=show_trainable, layer_range=layer_range)
         print_fn = print_fn or print
-        if not self.built or not self.decoder.built:  # parameter counts need the weights; any size builds them
-            frames = self.num_key_frames + 1
-            self(np.zeros((1, frames, 64, 64, 3) if self.stt is not None else (1, 64, 64, 3), np.uint8))
+        if not self.built:  # parameter counts need the variables
+            self.build()
         h, w = size or (512, 1024)
 
         def shape(value):

@@ -26,7 +26,7 @@ def parse_size(value, what="size"):
     >>> parse_size("512", "--crop")
     Traceback (most recent call last):
     ...
-    stt_keras.sizes.SizeError: --crop must look like 128x256 (height x width), got '512'
+    stt_keras.utils.sizes.SizeError: --crop must look like 128x256 (height x width), got '512'
     """
     if isinstance(value, str):
         parts = value.strip().lower().split("x")
@@ -57,7 +57,7 @@ def parse_frame_size(value, what="size"):
     >>> parse_frame_size("8x8", "--size")
     Traceback (most recent call last):
     ...
-    stt_keras.sizes.SizeError: --size must be at least 16x16 (the synthetic video's smallest frame; below 16 every model's coarsest map is one pixel), got '8x8'
+    stt_keras.utils.sizes.SizeError: --size must be at least 16x16 (the synthetic video's smallest frame; below 16 every model's coarsest map is one pixel), got '8x8'
     """
     h, w = parse_size(value, what)
     if min(h, w) < MIN_FRAME_SIDE:

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 
-from stt_keras import faults
+from stt_keras.utils import faults
 
 
 def sha256_file(path, chunk=1 << 20):
