@@ -20,6 +20,7 @@ from stt_keras.models.stt.stt_presets import IDENTITY_STT, PRESETS
 _STT_KEYS = {
     "num_key_frames", "start_size", "end_size", "expansion", "neighborhood_radius", "top_ratio",
     "num_heads", "reduction", "key_selection", "ffn_channels", "nsm_temperature", "norm_first", "change_weight",
+    "residual_gate",
 }
 _ARCH_KEYS = {"backbone", "feature_channels", "head_channels", "output_stride"}
 _MODEL_KEYS = {"stop_key_gradients", "aux_weight"}
