@@ -504,11 +504,16 @@ def test_gradients_match_finite_differences(sel, attention_kernel):
 
 # --------------------------------------------------------- mixed precision
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision(policy):
+@pytest.mark.parametrize("options", [{}, dict(norm_first=True, residual_gate=True)], ids=["paper", "residual_gate"])
+def test_mixed_precision(policy, options):
     q, k = random_clip(1, 2, 9, 10, 16)
-    ref_layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2)
+    ref_layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2, **options)
+    if options:  # non-zero gates (a fresh gated block is the identity)
+        ref_layer(q, k)
+        ref_layer.gates.set_weights([np.full(16, 0.5, "float32"), np.full(16, 0.3, "float32")])
+        assert np.abs(ref_layer(q, k).numpy() - q).max() > 0.1
     expected = ref_layer(q, k).numpy()
-    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2, dtype=policy)
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2, dtype=policy, **options)
     layer(q, k)
     layer.set_weights(ref_layer.get_weights())
     out = layer(q, k)
