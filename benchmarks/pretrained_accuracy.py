@@ -8,7 +8,8 @@ On the built-in synthetic video, per seed:
 - `ft_stt` (b): `stt_segformer_b0` initialised from `base` (`from_image_segmenter`'s identity-at-start
   block on the MiT stage `--stage`), N more steps: optionally the first `--warmup` of them with the
   encoder and decoder frozen (`--freeze encoder+decoder`: the STT alone), the rest jointly, the STT
-  at `--stt-lr-multiplier` x the learning rate (`--block post_norm`: the paper's block instead).
+  at `--stt-lr-multiplier` x the learning rate (`--block gate`: the identity at start by zero-initialised
+  residual gates, W^O and the FFN at their usual init; `--block post_norm`: the paper's block instead).
 (a) and (b) start from the same weights, with the same data, seed and schedule: the only
 difference is the STT. Each model streams held-out sequences (`--eval-sequences` of 30 frames at
 `--size`) and reports mIoU on all / degraded / clean frames, TC (DIS flow), mVC_8 (training's
@@ -29,6 +30,8 @@ import json
 import os
 import sys
 import time
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -90,7 +93,8 @@ def stt_key(args):
 def run_dir(args, seed, name):
     tag = f"n{args.steps}_{args.size[0]}x{args.size[1]}_c{args.crop[0]}x{args.crop[1]}_lr{args.lr:g}"
     if name.startswith("ft_stt"):
-        tag += f"_s{args.stage}_w{args.warmup}_m{args.stt_lr_multiplier:g}" + ("_post" if args.block == "post_norm" else "")
+        tag += f"_s{args.stage}_w{args.warmup}_m{args.stt_lr_multiplier:g}" + {"post_norm": "_post", "gate": "_gate"}.get(
+            args.block, "")
     return os.path.join(args.out, tag, f"seed{seed}", name)
 
 
@@ -113,7 +117,9 @@ def run_model(args, seed, key):
     elif key == "cont":
         path = _train(args, seed, "segformer_b0", run_dir(args, seed, "cont"), args.steps, base)
     else:
-        overrides = {"features_stage": args.stage, "norm_first": args.block == "identity"}
+        overrides = {"features_stage": args.stage, "norm_first": args.block in ("identity", "gate")}
+        if args.block == "gate":
+            overrides["residual_gate"] = True
         init = base
         if args.warmup:
             init = _train(args, seed, "stt_segformer_b0", run_dir(args, seed, "ft_stt_warmup"), args.warmup, base,
@@ -126,6 +132,8 @@ def run_model(args, seed, key):
         model, lambda: synthetic_sequences(args.eval_sequences, size=tuple(args.size)), model.num_classes)
     if model.stt is not None:
         results["wo_mean_abs"] = _mean_abs_output_projection(model)
+        if model.stt.residual_gate:
+            results["gate_mean_abs"] = {b: float(np.abs(model.stt.gate_of(b).numpy()).mean()) for b in ("attention", "ffn")}
     results.update(key=key, seed=seed, settings=settings_key(args), train_seconds=train_seconds)
     if key == "ft_stt":
         results["stt"] = stt_key(args)
@@ -137,9 +145,8 @@ def run_model(args, seed, key):
 
 
 def _mean_abs_output_projection(model):
-    """Mean |W^O| of the STT block: how far the zero-initialised attention output has grown."""
-    import numpy as np
-
+    """Mean |W^O| of the STT block: how far the zero-initialised attention output has grown (the
+    weights themselves: with residual gates, see gate_mean_abs)."""
     values = [np.abs(w.numpy()).mean() for w in model.stt.weights if w.path.endswith("output/kernel")]
     return float(np.mean(values)) if values else None
 
@@ -215,9 +222,10 @@ def main():
     p.add_argument("--stage", type=int, default=4, choices=[1, 2, 3, 4], help="the MiT stage the STT mixes")
     p.add_argument("--warmup", type=int, default=0, help="of (b)'s N steps, the first ones train the STT alone")
     p.add_argument("--stt-lr-multiplier", type=float, default=1.0)
-    p.add_argument("--block", default="identity", choices=["identity", "post_norm"],
+    p.add_argument("--block", default="identity", choices=["identity", "gate", "post_norm"],
                    help="(b)'s STT block: identity at start (norm-first, zero W^O and FFN output; stt-train's "
-                        "default with --init-from) or the paper's post-norm block")
+                        "default with --init-from), identity at start by zero-initialised residual gates "
+                        "(norm-first, residual_gate=True), or the paper's post-norm block")
     p.add_argument("--models", nargs="+", default=[k for k, _ in MODELS], choices=[k for k, _ in MODELS])
     p.add_argument("--out", default="runs/pretrained_accuracy")
     p.add_argument("--table-only", action="store_true", help="print the tables of results.json, train nothing")

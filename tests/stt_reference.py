@@ -70,9 +70,11 @@ def layer_norm(x, gamma, beta, epsilon):
 
 def stt_block(query, keys, weights, *, num_key_frames, start_size=1, end_size=5, expansion=1,
               neighborhood_radius=5, top_ratio=0.5, num_heads=8, key_selection="window", epsilon=1e-5,
-              nsm_temperature=None, norm_first=False, change_weight=0.0):
+              nsm_temperature=None, norm_first=False, change_weight=0.0, residual_gate=False):
     """docs/method.md's equations, point by point: W^Q/W^K/W^V reduce to d_r inside attention,
-    W^O maps back to d, residual + LayerNorms + FFN at full width d."""
+    W^O maps back to d, residual + LayerNorms + FFN at full width d. With `residual_gate` (pre-norm
+    only) the attention and FFN branches are multiplied channel-wise by W["gates_attention"] and
+    W["gates_ffn"] before they are added."""
     W = weights
     b_size, h, w, d = query.shape
     d_r = W["query_kernel"].shape[1]
@@ -95,6 +97,8 @@ def stt_block(query, keys, weights, *, num_key_frames, start_size=1, end_size=5,
 
             scores[b] = z(scores[b]) + change_weight * z(change)
     selected = select_queries(scores, top_ratio)
+
+    gate_attention, gate_ffn = (W["gates_attention"], W["gates_ffn"]) if residual_gate else (1.0, 1.0)
 
     def ffn(x):
         return np.maximum(0.0, x @ W["ffn1_kernel"] + W["ffn1_bias"]) @ W["ffn2_kernel"] + W["ffn2_bias"]
@@ -127,8 +131,8 @@ def stt_block(query, keys, weights, *, num_key_frames, start_size=1, end_size=5,
                 heads.append(sum(a_i * v_i[sl] for a_i, v_i in zip(a, vp)))
             mh = np.concatenate(heads) @ W["output_kernel"] + W["output_bias"]  # back to d
             if norm_first:
-                x = q0 + mh
-                out[b, u, v] = x + ffn(layer_norm(x, W["norm2_gamma"], W["norm2_beta"], epsilon))
+                x = q0 + gate_attention * mh
+                out[b, u, v] = x + gate_ffn * ffn(layer_norm(x, W["norm2_gamma"], W["norm2_beta"], epsilon))
             else:
                 x = layer_norm(q0 + mh, W["norm1_gamma"], W["norm1_beta"], epsilon)
                 out[b, u, v] = layer_norm(x + ffn(x), W["norm2_gamma"], W["norm2_beta"], epsilon)

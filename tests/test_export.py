@@ -51,7 +51,8 @@ def test_gpu_convolutions_keep_the_function(tiny_model):
     assert not any("convolution_op" in vars(layer) for layer in tiny_model._flatten_layers())
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(norm_first=True, nsm_temperature=0.1, change_weight=1.0, top_ratio=0.5), dict(top_ratio=1.0)],
+@pytest.mark.parametrize("overrides", [{}, dict(norm_first=True, residual_gate=True, nsm_temperature=0.1, change_weight=1.0, top_ratio=0.5),
+                                       dict(top_ratio=1.0)],
                          ids=["top50", "variants", "top100"])
 def test_step_forms_match_stream_step(tiny_model, overrides):
     if overrides:  # every option of the block goes through both exported forms

@@ -49,12 +49,16 @@ def test_init_from_selects_the_identity_block_unless_told_otherwise(per_frame):
     assert paper.stt_overrides == {"norm_first": False}
     assert check_config(TrainConfig("stt_psp_tiny", out="unused")).stt_overrides == {}  # from scratch: the preset's
     assert check_config(TrainConfig("psp_tiny", out="unused", init_from=path)).stt_overrides == {}
+    gated = {"norm_first": True, "residual_gate": True}  # the gated identity start passes through as given
+    assert check_config(TrainConfig("stt_psp_tiny", out="unused", init_from=path, stt_overrides=gated)).stt_overrides == gated
+    assert check_config(TrainConfig("stt_psp_tiny", out="unused", init_from=path,
+                                    stt_overrides={"residual_gate": True})).stt_overrides == gated
 
 
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("overrides", [{"top_ratio": 0.5},
+@pytest.mark.parametrize("overrides", [{"top_ratio": 0.5}, {"top_ratio": 0.5, "residual_gate": True},
                                        pytest.param({}, marks=SLOW),
                                        pytest.param({"top_ratio": 0.5, "key_selection": "all"}, marks=SLOW),
                                        pytest.param({"top_ratio": 0.5, "change_weight": 1.0}, marks=SLOW)])
@@ -75,9 +79,11 @@ def test_clips_give_the_per_frame_logits_exactly(per_frame, overrides):
 
 @pytest.mark.parametrize("implementation", ["sparse", "dense_masked"])
 @pytest.mark.parametrize("top_ratio", [0.5, pytest.param(1.0, marks=SLOW)])
-def test_streaming_gives_the_per_frame_logits_exactly(per_frame, implementation, top_ratio):
+@pytest.mark.parametrize("residual_gate", [False, True], ids=["zero_outputs", "zero_gates"])
+def test_streaming_gives_the_per_frame_logits_exactly(per_frame, implementation, top_ratio, residual_gate):
     base, path = per_frame
-    stt = _stt_from(path, norm_first=True, top_ratio=top_ratio)
+    stt = _stt_from(path, norm_first=True, top_ratio=top_ratio, residual_gate=residual_gate)
+    assert stt.stt.residual_gate == residual_gate
     frames = _video()
     state = stt.initial_state(1, 64, 96, packed=implementation == "dense_masked")
     for t, frame in enumerate(frames):  # eagerly, as the per-frame model runs here

@@ -56,6 +56,15 @@ def _rand(*shape, scale=1.0, seed=0):
     return (np.random.default_rng(seed + sum(shape)).uniform(0, 1, shape) * scale).astype("float32")
 
 
+def _gated_stt(dtype=None):
+    """The STT block with residual gates, the gates non-zero (a fresh gated block is the identity)."""
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2, norm_first=True,
+                                      residual_gate=True, dtype=dtype)
+    layer(_rand(1, 6, 7, 16), _rand(1, 2, 6, 7, 16))
+    layer.gates.set_weights([np.linspace(0.2, 0.8, 16, dtype="float32"), np.linspace(0.8, 0.2, 16, dtype="float32")])
+    return layer
+
+
 # name -> (class, make(dtype), inputs, call kwargs); dtype None is the float32 default.
 CASES = {
     "conv_bn_relu": (ConvBNReLU, lambda dtype=None: ConvBNReLU(8, 3, strides=2, dtype=dtype), (_rand(2, 9, 10, 4),), {}),
@@ -91,6 +100,8 @@ CASES = {
         SparseTemporalTransformer,
         lambda dtype=None: SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2, dtype=dtype),
         (_rand(1, 6, 7, 16), _rand(1, 2, 6, 7, 16)), {}),
+    "sparse_temporal_transformer_gated": (
+        SparseTemporalTransformer, _gated_stt, (_rand(1, 6, 7, 16), _rand(1, 2, 6, 7, 16)), {}),
     "stt_segmenter": (
         STTSegmenter, lambda dtype=None: STTSegmenter.from_preset("stt_psp_tiny", num_classes=3, dtype=dtype),
         (_rand(1, 4, 32, 32, 3, scale=255),), {}),

@@ -213,8 +213,9 @@ def test_stt_matches_reference(case, attention_kernel):
 
 
 @pytest.mark.parametrize("extra", [dict(norm_first=True), dict(nsm_temperature=0.1), dict(ffn_channels=24),
-                                   dict(change_weight=1.5), dict(change_weight=0.5, nsm_temperature=0.1)],
-                         ids=["norm_first", "nsm_temperature", "ffn_channels", "change", "change_cos"])
+                                   dict(change_weight=1.5), dict(change_weight=0.5, nsm_temperature=0.1),
+                                   dict(norm_first=True, residual_gate=True)],
+                         ids=["norm_first", "nsm_temperature", "ffn_channels", "change", "change_cos", "residual_gate"])
 def test_variants_match_reference(extra, attention_kernel):
     b, t, h, w, d = 2, 3, 9, 13, 32
     q, k = random_clip(b, t, h, w, d)
@@ -225,7 +226,7 @@ def test_variants_match_reference(extra, attention_kernel):
         q.astype(np.float64), k.astype(np.float64), weights_of(layer), num_key_frames=t, start_size=1,
         end_size=3, expansion=1, neighborhood_radius=2, top_ratio=0.5, num_heads=2,
         nsm_temperature=extra.get("nsm_temperature"), norm_first=extra.get("norm_first", False),
-        change_weight=extra.get("change_weight", 0.0),
+        change_weight=extra.get("change_weight", 0.0), residual_gate=extra.get("residual_gate", False),
     )
     np.testing.assert_allclose(layer(q, k).numpy(), expected, rtol=2e-4, atol=2e-4)
 
@@ -371,6 +372,32 @@ def test_layer_checks_window(tmp_path):
     check_layer(lambda: make_stt(CASES[0]), (q, k), tmp_path, atol=1e-5)
 
 
+@pytest.mark.parametrize("implementation", ["sparse", "dense_masked"])
+def test_residual_gate_starts_as_the_identity_and_every_weight_learns(implementation):
+    """Zero gates, Glorot W^O and FFN: the block is exactly the identity, the gates get gradient at
+    once, and once they move every weight gets gradient; non-zero gates change the output."""
+    q, k = (tf.constant(x) for x in random_clip(2, 2, 9, 10, 16))
+    layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, top_ratio=0.5, neighborhood_radius=2,
+                                      norm_first=True, residual_gate=True, implementation=implementation)
+    np.testing.assert_array_equal(layer(q, k).numpy(), q.numpy())
+    assert [v.path.split("/")[-2:] for v in layer.weights[-2:]] == [["gates", "attention"], ["gates", "ffn"]]
+    assert np.abs(layer.output_kernel.numpy()).mean() > 0.05 and np.abs(layer.ffn2_kernel.numpy()).mean() > 0.05  # Glorot
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.sin(layer(q, k)))
+        return {v.path.split("/", 1)[1]: np.abs(np.asarray(g)).max() if g is not None else None
+                for v, g in zip(layer.trainable_weights, tape.gradient(loss, layer.trainable_weights))}
+
+    at_start = gradients()
+    assert at_start["gates/attention"] > 0 and at_start["gates/ffn"] > 0
+    assert at_start["output/kernel"] == 0  # behind a zero gate, as a zero W^O was in front of it
+    layer.gates.attention.assign(np.full(16, 0.1, "float32"))
+    layer.gates.ffn.assign(np.full(16, 0.1, "float32"))
+    assert np.abs(layer(q, k).numpy() - q.numpy()).max() > 1e-2
+    assert all(g is not None and g > 0 for g in gradients().values())
+
+
 def test_layer_checks_all_keys(tmp_path):
     q, k = random_clip(2, 2, 6, 5, 16)
     check_layer(lambda: make_stt(CASES[4]), (q, k), tmp_path, atol=1e-5)
@@ -507,6 +534,7 @@ def test_stt_rejects_bad_input(kwargs, q_shape, k_shape, message):
         ({"nsm_temperature": 0.0}, "nsm_temperature"),
         ({"ffn_channels": 0}, "ffn_channels"),
         ({"change_weight": -1}, "change_weight"),
+        ({"residual_gate": True}, "norm_first"),
     ],
 )
 def test_stt_rejects_bad_arguments(kwargs, message):
@@ -558,8 +586,9 @@ def test_dense_masked_matches_reference(case):
 
 @pytest.mark.parametrize("extra", [dict(norm_first=True), dict(nsm_temperature=0.1), dict(ffn_channels=24),
                                    dict(change_weight=1.5), dict(change_weight=0.5, nsm_temperature=0.1, norm_first=True),
-                                   dict(top_ratio=1.0)],
-                         ids=["norm_first", "nsm_temperature", "ffn_channels", "change", "all_options", "top100"])
+                                   dict(top_ratio=1.0), dict(norm_first=True, residual_gate=True)],
+                         ids=["norm_first", "nsm_temperature", "ffn_channels", "change", "all_options", "top100",
+                              "residual_gate"])
 def test_dense_masked_variants_match_reference(extra):
     b, t, h, w, d = 2, 3, 9, 13, 32
     q, k = random_clip(b, t, h, w, d)
@@ -572,7 +601,7 @@ def test_dense_masked_variants_match_reference(extra):
         q.astype(np.float64), k.astype(np.float64), weights_of(layer), num_key_frames=t, start_size=1,
         end_size=3, expansion=1, neighborhood_radius=2, top_ratio=ratio, num_heads=2,
         nsm_temperature=extra.get("nsm_temperature"), norm_first=extra.get("norm_first", False),
-        change_weight=extra.get("change_weight", 0.0),
+        change_weight=extra.get("change_weight", 0.0), residual_gate=extra.get("residual_gate", False),
     )
     np.testing.assert_allclose(layer(q, k).numpy(), expected, rtol=2e-4, atol=2e-4)
 
@@ -596,15 +625,15 @@ def test_implementation_is_a_choice_of_the_layer_and_of_each_call(tmp_path):
     check_layer(lambda: make_stt(CASES[0], implementation="dense_masked"), (q, k), tmp_path, atol=1e-5)
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_the_shared_block_maths_keeps_every_int8_scope_of_dense_masked(norm_first):
+@pytest.mark.parametrize("norm_first, residual_gate", [(False, False), (True, False), (True, True)])
+def test_the_shared_block_maths_keeps_every_int8_scope_of_dense_masked(norm_first, residual_gate):
     # `block.project_queries/post_attention` run both implementations; under dense_masked their ops
     # must stay in the sub-scopes int8 export quantizes, each a 1x1 convolution and nothing else heavy.
     from stt_keras.layers import dense_masked
 
     q, k = random_clip(1, 2, 8, 8, 16)
     layer = SparseTemporalTransformer(num_key_frames=2, num_heads=2, top_ratio=0.5, neighborhood_radius=1,
-                                      norm_first=norm_first)
+                                      norm_first=norm_first, residual_gate=residual_gate)
     layer.build(q.shape, k.shape)
 
     @tf.function
@@ -697,7 +726,9 @@ def test_dense_masked_gradients_match_finite_differences_and_reach_every_weight(
 
 
 @pytest.mark.parametrize("overrides", [dict(top_ratio=0.5), dict(top_ratio=0.5, norm_first=True, nsm_temperature=0.1,
-                                                                  change_weight=1.0)], ids=["top50", "options"])
+                                                                  change_weight=1.0),
+                                       dict(top_ratio=0.5, norm_first=True, residual_gate=True)],
+                         ids=["top50", "options", "residual_gate"])
 def test_stream_step_implementations_agree_with_either_state_layout(overrides):
     from stt_keras.layers import dense_masked
     from stt_keras.models import STTSegmenter

@@ -159,6 +159,11 @@ def test_init_from_an_stt_model_copies_its_stt_block_too(tmp_path):
     init_from(post, str(tmp_path / "warm.keras"))
     for a, b in zip(post.stt.weights, start):
         np.testing.assert_array_equal(a.numpy(), b)
+    gated = STTSegmenter.from_preset("stt_psp_tiny", num_classes=7, norm_first=True, residual_gate=True)
+    gated(clip)  # the gated form starts from its own zero gates, not from an ungated block
+    init_from(gated, str(tmp_path / "warm.keras"))
+    assert not np.any(gated.stt.gates.attention.numpy()) and not np.any(gated.stt.gates.ffn.numpy())
+    np.testing.assert_array_equal(gated.encoder.get_weights()[0], source.encoder.get_weights()[0])
 
 
 def test_only_the_chief_writes_to_out(monkeypatch):

@@ -257,7 +257,7 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
 def init_from(model, path):
     """Copies encoder and decoder weights from another saved model (the paper fine-tunes an image model).
 
-    From an STT model whose block has the same form (norm_first) and weight shapes, the block's
+    From an STT model whose block has the same form (norm_first, residual_gate) and weight shapes, the block's
     weights are copied too (a run that continues another stage); otherwise the block starts fresh.
     """
     from stt_keras import load_model
@@ -266,6 +266,7 @@ def init_from(model, path):
     parts = ["encoder", "decoder"]
     ours_stt, theirs_stt = getattr(model, "stt", None), getattr(source, "stt", None)
     if (ours_stt is not None and theirs_stt is not None and ours_stt.norm_first == theirs_stt.norm_first
+            and ours_stt.residual_gate == theirs_stt.residual_gate
             and [w.shape for w in ours_stt.weights] == [w.shape for w in theirs_stt.weights]):
         parts.append("stt")
     for part in parts:

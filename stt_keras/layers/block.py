@@ -4,8 +4,8 @@
 norms) and `dense_masked` (1x1 convolutions on the whole map, moment-free norms for
 mobile GPUs) compute the same function with different ops. Each passes its own
 `linear(x, kernel, bias)` and `layer_norm(x, gamma, beta)`; the order of the steps,
-the norm_first branches and the name scopes are here. The scopes "query", "output"
-and "ffn" are the sub-scopes int8 export quantizes (`dense_masked.QUANTIZABLE`).
+the norm_first branches, the residual gate and the name scopes are here. The scopes
+"query", "output" and "ffn" are the sub-scopes int8 export quantizes (`dense_masked.QUANTIZABLE`).
 """
 
 import math
@@ -33,19 +33,39 @@ def project_queries(stt, points, linear, layer_norm):
         return linear(points, *stt.weights_of("query")) * query_scale(stt)
 
 
+# The last linear of each residual branch and the gate that multiplies the branch (`stt.residual_gate`).
+BRANCH_GATES = {"output": "attention", "ffn2": "ffn"}
+
+
+def branch_weights(stt, sublayer):
+    """(kernel, bias) of a residual branch's last linear ("output": W^O, "ffn2": the FFN's output layer).
+
+    With `stt.residual_gate` the branch's per-channel gate gamma [d] (`stt.gate_of`) is folded in:
+    (kernel * gamma, bias * gamma), the same function as gamma * linear(x). Folded here, every
+    implementation and export reads the gated weights (a constant in an exported graph, and what
+    int8 quantizes per channel). Every reader of W^O and of the FFN's output layer goes through here.
+    """
+    kernel, bias = stt.weights_of(sublayer)
+    if not stt.residual_gate:
+        return kernel, bias
+    gamma = stt.gate_of(BRANCH_GATES[sublayer])
+    return kernel * gamma, bias * gamma
+
+
 def post_attention(stt, points, attended, linear, layer_norm):
     """The rest of the block at full width: (query points [.., d], heads [.., d_r]) -> [.., d].
 
     W^O maps the concatenated heads back to d; then the paper's post-norm
     X = LN(q + MH), Y = LN(X + FFN(X)), or with `stt.norm_first` the pre-norm
-    X = q + MH, Y = X + FFN(LN(X)) (its first LayerNorm is in `project_queries`).
+    X = q + MH, Y = X + FFN(LN(X)) (its first LayerNorm is in `project_queries`); with
+    `stt.residual_gate` MH and FFN are multiplied by their gates (`branch_weights`).
     """
     with tf.name_scope("output"):
-        mixed = linear(attended, *stt.weights_of("output"))
+        mixed = linear(attended, *branch_weights(stt, "output"))
 
     def ffn(x):
         with tf.name_scope("ffn"):
-            return linear(tf.nn.relu(linear(x, *stt.weights_of("ffn1"))), *stt.weights_of("ffn2"))
+            return linear(tf.nn.relu(linear(x, *stt.weights_of("ffn1"))), *branch_weights(stt, "ffn2"))
 
     if stt.norm_first:
         x = points + mixed

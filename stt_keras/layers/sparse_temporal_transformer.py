@@ -10,6 +10,18 @@ KEY_SELECTIONS = ("window", "all")
 IMPLEMENTATIONS = ("sparse", "dense_masked")
 
 
+class ResidualGate(keras.layers.Layer):
+    """The STT block's residual gates (`residual_gate=True`): per-channel gamma [d] of the attention
+    branch (`attention`) and of the FFN branch (`ffn`), initialised to 0. Holds the weights only; the
+    block folds them into its linears (`block.branch_weights`)."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = self.add_weight(shape=(channels,), initializer="zeros", name="attention")
+        self.ffn = self.add_weight(shape=(channels,), initializer="zeros", name="ffn")
+        self.built = True
+
+
 def _scale_gradient(x, scale):
     """x, with its gradient multiplied by `scale`."""
     @tf.custom_gradient
@@ -41,11 +53,16 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
     With `norm_first=True` (not the paper) the block is the pre-norm form
     X = q + MH(LN(q)), Y = X + FFN(LN(X)) with W^O and the FFN's output layer
     initialised to zero: an untrained block is exactly the identity, so it can
-    be inserted into a trained per-frame model without disturbing it.
+    be inserted into a trained per-frame model without disturbing it. With
+    `residual_gate=True` as well, the identity comes from zero-initialised
+    per-channel gates instead (X = q + g_a * MH(LN(q)), Y = X + g_f * FFN(LN(X)),
+    g_a, g_f in R^d, init 0; W^O and the FFN keep their Glorot init), so every
+    weight gets gradient as soon as the gates move (ReZero / LayerScale).
 
     The weights live in sublayers, as in keras' MultiHeadAttention: Dense `query`,
     `key`, `value`, `output`, `ffn1`, `ffn2` and LayerNormalization `norm1`, `norm2`
-    (`weights_of(name)`); the block computes with them itself (see `build`), the
+    (`weights_of(name)`), and with `residual_gate` a `ResidualGate` `gates` after them
+    (`gate_of(branch)`); the block computes with them itself (see `build`), the
     maths around the attention in `stt_keras.layers.block`. Older files and the old
     weight names (`query_kernel`, `norm1_gamma`, ...) are `stt_keras.layers.compat`.
 
@@ -70,6 +87,9 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
             a float tau scores it on cosine similarities / tau, which does not
             depend on feature norms (see `nsm_score`).
         norm_first: the pre-norm, identity-at-start variant described above.
+        residual_gate: with norm_first, the identity at start by zero-initialised
+            per-channel gates on the two residual branches (described above) rather
+            than by zero W^O and FFN output. Needs norm_first=True.
         change_weight: 0 selects queries by NSM alone (the paper). w > 0 (not the
             paper) ranks points by z(NSM) + w * z(change), where change =
             1 - cos(k_t, k_{t-1}) compares the point's projected key with the
@@ -111,6 +131,7 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
         ffn_channels=None,
         nsm_temperature=None,
         norm_first=False,
+        residual_gate=False,
         change_weight=0.0,
         layer_norm_epsilon=1e-5,
         tiles_per_step=4,
@@ -144,6 +165,10 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
         self.ffn_channels = ffn_channels
         self.nsm_temperature = nsm.check_temperature(nsm_temperature)
         self.norm_first = bool(norm_first)
+        self.residual_gate = bool(residual_gate)
+        if self.residual_gate and not self.norm_first:
+            raise ValueError("`residual_gate=True` needs `norm_first=True` (the gates make the pre-norm block "
+                             "the identity at start; the post-norm block's LayerNorms are not).")
         if isinstance(change_weight, bool) or not isinstance(change_weight, (int, float)) or change_weight < 0:
             raise ValueError(f"`change_weight` must be a non-negative number, got {change_weight!r}.")
         self.change_weight = float(change_weight)
@@ -195,8 +220,9 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
         d_r = d // self.reduction
         self.reduced_channels = d_r
         self.hidden_channels = self.ffn_channels or max(1, d // self.num_heads)
-        # Pre-norm starts as the identity: its two residual branches end in zero weights.
-        last = "zeros" if self.norm_first else "glorot_uniform"
+        # Pre-norm starts as the identity: its two residual branches end in zero weights, or in
+        # zero gates (residual_gate) with the weights at their usual init.
+        last = "zeros" if self.norm_first and not self.residual_gate else "glorot_uniform"
 
         # Sublayers hold the weights (as keras' MultiHeadAttention does), created in the order of the
         # old layout (`compat.SUBLAYERS`), so get_weights()/set_weights() keep their order. The block
@@ -223,6 +249,8 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
         self.ffn1 = dense("ffn1", d, self.hidden_channels)
         self.ffn2 = dense("ffn2", self.hidden_channels, d, last)
         self.norm2 = norm("norm2")
+        if self.residual_gate:  # after the old layout's sublayers: their order and paths stay as they are
+            self.gates = ResidualGate(d, dtype=self.dtype_policy, name="gates")
         self.built = True
 
     def _weight_layers(self):
@@ -244,6 +272,13 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
         read through `gradient_scale`. The block's maths reads its weights here."""
         layer = self._weight_layers()[compat.SUBLAYERS.index(sublayer)]
         return tuple(self._read(variable) for variable in layer.weights)
+
+    def gate_of(self, branch):
+        """The residual gate [d] of "attention" or "ffn" (`residual_gate=True` only), read through
+        `gradient_scale`. `block.branch_weights` folds it into W^O / the FFN's output layer."""
+        if not self.residual_gate:
+            raise ValueError(f"Layer '{self.name}' has no residual gates (residual_gate=False).")
+        return self._read({"attention": self.gates.attention, "ffn": self.gates.ffn}[branch])
 
     # ------------------------------------------------------------- pieces
     def _linear(self, x, kernel, bias):
@@ -409,6 +444,7 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
                 "ffn_channels": self.ffn_channels,
                 "nsm_temperature": self.nsm_temperature,
                 "norm_first": self.norm_first,
+                "residual_gate": self.residual_gate,
                 "change_weight": self.change_weight,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "tiles_per_step": self.tiles_per_step,
