@@ -168,6 +168,20 @@ def test_keras_round_trip_in_safe_mode(tmp_path):
         np.testing.assert_array_equal(loaded(x).numpy(), expected)
 
 
+def _with_edited_config(path, new_path, edit):
+    """A copy of the .keras file `path` at `new_path` whose config.json went through `edit(config)` (in place):
+    a file as earlier code wrote it."""
+    with zipfile.ZipFile(path) as archive:
+        files = {n: archive.read(n) for n in archive.namelist()}
+    config = json.loads(files["config.json"])
+    edit(config)
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(new_path, "w") as archive:
+        for n, data in files.items():
+            archive.writestr(n, data)
+    return new_path
+
+
 @pytest.mark.parametrize("name", ["stt_bise_tiny", "psp_tiny"])
 def test_files_saved_before_the_build_contract_still_load(name, tmp_path):
     """Earlier files carry no usable build config for the encoder and decoder: the model's build() finishes them."""
@@ -176,20 +190,16 @@ def test_files_saved_before_the_build_contract_still_load(name, tmp_path):
     expected = model(x).numpy()
     path = str(tmp_path / "new.keras")
     model.save(path)
-    with zipfile.ZipFile(path) as archive:
-        files = {n: archive.read(n) for n in archive.namelist()}
-    config = json.loads(files["config.json"])
-    for key in ("encoder", "decoder"):  # the build configs the earlier code wrote
-        sub = config["config"][key]
-        if sub["class_name"] == "PSPNetDecoder":
-            sub["build_config"] = {"input_shape": sub["build_config"]["shapes_dict"]["features_shape"]}
-        else:
-            sub["build_config"] = {"shapes_dict": {}}
-    files["config.json"] = json.dumps(config).encode()
-    old = str(tmp_path / "old.keras")
-    with zipfile.ZipFile(old, "w") as archive:
-        for n, data in files.items():
-            archive.writestr(n, data)
+
+    def earlier_build_configs(config):
+        for key in ("encoder", "decoder"):  # the build configs the earlier code wrote
+            sub = config["config"][key]
+            if sub["class_name"] == "PSPNetDecoder":
+                sub["build_config"] = {"input_shape": sub["build_config"]["shapes_dict"]["features_shape"]}
+            else:
+                sub["build_config"] = {"shapes_dict": {}}
+
+    old = _with_edited_config(path, str(tmp_path / "old.keras"), earlier_build_configs)
     loaded = keras.saving.load_model(old, safe_mode=True)
     np.testing.assert_array_equal(loaded(x).numpy(), expected)
     assert loaded.decoder.aux_classifier.built and len(loaded.weights) == len(model.weights)
@@ -237,16 +247,12 @@ def test_files_load_built_without_running_the_model(name, tmp_path, monkeypatch)
     expected = model(x).numpy()
     path = str(tmp_path / "model.keras")
     model.save(path)
-    with zipfile.ZipFile(path) as archive:
-        files = {n: archive.read(n) for n in archive.namelist()}
-    config = json.loads(files["config.json"])
-    assert config["build_config"] == model.get_build_config()
-    config["build_config"] = {"input_shape": list(x.shape)}
-    files["config.json"] = json.dumps(config).encode()
-    old = str(tmp_path / "old.keras")
-    with zipfile.ZipFile(old, "w") as archive:
-        for n, data in files.items():
-            archive.writestr(n, data)
+
+    def first_batch_build_config(config):
+        assert config["build_config"] == model.get_build_config()
+        config["build_config"] = {"input_shape": list(x.shape)}
+
+    old = _with_edited_config(path, str(tmp_path / "old.keras"), first_batch_build_config)
     preset = str(tmp_path / "preset")
     model.save_to_preset(preset)
     with open(f"{preset}/config.json") as f:
