@@ -6,14 +6,11 @@ from stt_keras.devices import cpu_only_without_cuda_driver as _cpu_only
 
 _cpu_only()
 
-import sys as _sys  # noqa: E402
-
 from stt_keras.utils import errors, faults, fileio, progress, sizes  # noqa: E402,F401
+from stt_keras.utils.old_names import keep_old_names as _keep_old_names  # noqa: E402
 
 # The utilities' earlier module names are the same module objects (import stt_keras.fileio still works).
-for _name in ("errors", "faults", "fileio", "progress", "sizes"):
-    _sys.modules[f"{__name__}.{_name}"] = _sys.modules[f"{__name__}.utils.{_name}"]
-del _name
+_keep_old_names(__name__, f"{__name__}.utils", ("errors", "faults", "fileio", "progress", "sizes"))
 
 from stt_keras import layers, metrics, models  # noqa: F401  (registers every serializable class)
 from stt_keras.saving import load_model

@@ -10,12 +10,10 @@ import sys
 
 import stt_keras.data
 from stt_keras.data import cityscapes_ids, files, images, pipeline, readers, scan, synthetic, video  # noqa: F401
+from stt_keras.utils.old_names import keep_old_names
 
-# `python -m stt_keras.training.data.synthetic` (the old command line) must stay unregistered: runpy then runs
-# the file it finds on this package's path, stt_keras/data/synthetic.py, as __main__.
-_argv = getattr(sys, "orig_argv", [])
-_run_as_main = _argv[_argv.index("-m") + 1] if "-m" in _argv[:-1] else None
-for _name in ("cityscapes_ids", "files", "images", "pipeline", "readers", "scan", "synthetic", "video"):
-    if f"{__name__}.{_name}" != _run_as_main:
-        sys.modules[f"{__name__}.{_name}"] = getattr(stt_keras.data, _name)
+# `python -m stt_keras.training.data.synthetic` (the old command line) still runs: keep_old_names leaves the
+# module being run unregistered.
+keep_old_names(__name__, "stt_keras.data", ("cityscapes_ids", "files", "images", "pipeline", "readers", "scan",
+                                            "synthetic", "video"))
 sys.modules[__name__] = stt_keras.data  # the import statement returns the module registered under its name
