@@ -325,10 +325,11 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
-    video = str(tmp_path / "demo.avi")
-    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "stt_keras.training.data.synthetic",
-                             "--out", video, "--frames", "2", "--size", "32x64"], capture_output=True, text=True)
-    assert result.returncode == 0 and os.path.getsize(video) > 0, result.stderr[-2000:]
+    for module in ("stt_keras.training.data.synthetic", "stt_keras.data.synthetic"):  # the old and the documented
+        video = str(tmp_path / f"{module}.avi")
+        result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module,
+                                 "--out", video, "--frames", "2", "--size", "32x64"], capture_output=True, text=True)
+        assert result.returncode == 0 and os.path.getsize(video) > 0, (module, result.stderr[-2000:])
 
 
 def test_the_utilities_keep_their_earlier_module_names(tmp_path):
