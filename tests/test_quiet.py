@@ -5,6 +5,7 @@ lines straight to file descriptors 1 and 2; stt_keras_cli/quiet.py filters both.
 The whole commands are run quiet by tests/test_docs.py (the documented walkthrough).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -134,29 +135,71 @@ def test_tf_logs_shows_them_again():
     assert result.stderr == "I0000 00:00:1.5   1 port.cc:153] a native line\n"
 
 
+def test_importing_the_library_leaves_the_environment_alone():
+    """A library does not choose the process's devices or logs: `import stt_keras` (its data, training and export
+    packages and the devices module too) changes no environment variable. The libraries below it are imported
+    first (TensorFlow and OpenCV set variables of their own), then the library, then one op runs."""
+    result = _run("""
+        import json, os
+        import cv2, keras, keras_hub, numpy, tensorflow as tf
+        before = dict(os.environ)
+        import stt_keras, stt_keras.data, stt_keras.devices, stt_keras.export, stt_keras.training
+        assert float(tf.reduce_sum(tf.ones([2, 2]))) == 4.0
+        after = dict(os.environ)
+        print(json.dumps({k: [before.get(k), after.get(k)] for k in set(before) | set(after)
+                          if before.get(k) != after.get(k)}))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {}
+    assert "TF_ENABLED_DEVICE_TYPES" not in CLEAN_ENV  # so the library had the chance to set it
+
+
+def test_the_commands_set_up_the_devices_before_tensorflow_loads():
+    """What the library no longer does, the commands do: without a CUDA driver, TF_ENABLED_DEVICE_TYPES=CPU before
+    TensorFlow loads (none of its device factories is GPU); one the user set is kept."""
+    from stt_keras_cli import load_library_module
+
+    no_driver = not load_library_module("devices", "devices.py").cuda_driver_present()
+    code = """
+        import os
+        from stt_keras_cli import prepare_environment
+        prepare_environment(filter_fds=False)
+        print(os.environ.get("TF_ENABLED_DEVICE_TYPES"))
+    """
+    assert _run(code).stdout == ("CPU\n" if no_driver else "None\n")
+    kept = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
+                          env={**CLEAN_ENV, "TF_ENABLED_DEVICE_TYPES": "CPU,GPU"}, timeout=300)
+    assert kept.stdout == "CPU,GPU\n", kept.stderr
+
+
 PYTHON_USER = """
     import keras                       # a Python user's own import order: TensorFlow loads here
     import stt_keras
     import tensorflow as tf
-    print(float(tf.reduce_sum(tf.ones([2, 2]))), "done")    # the first op: where TensorFlow probes its devices
+    print(float(tf.reduce_sum(tf.ones([2, 2]))), "done")    # the first op
 """
 
 
-@pytest.mark.slow  # two TensorFlow starts: ~20 s quiet, minutes on a loaded machine
-def test_keras_before_stt_keras_and_the_one_variable_that_silences_tensorflow():
-    """Once TensorFlow is loaded, stt_keras cannot keep it from probing for a GPU (TF_ENABLED_DEVICE_TYPES is read
-    when TensorFlow loads, the log level when it first logs): on a machine without a CUDA driver the cuInit error
-    comes back. TF_CPP_MIN_LOG_LEVEL=3 set before the first import (docs/models.md) leaves only TensorFlow's INFO
-    lines from before its logging starts: no error, no warning."""
+@pytest.mark.slow  # three TensorFlow starts: ~30 s quiet, minutes on a loaded machine
+def test_a_python_user_sets_the_two_variables_the_docs_name():
+    """The library sets nothing, so a Python program gets TensorFlow's own start-up: on a machine without a CUDA
+    driver the failing cuInit probe. docs/models.md names the two variables to set before the first import:
+    TF_ENABLED_DEVICE_TYPES=CPU (no probe) and TF_CPP_MIN_LOG_LEVEL=3 (then only TensorFlow's INFO lines from
+    before its logging starts are left: no error, no warning)."""
     from stt_keras.devices import cuda_driver_present
 
-    plain = _run(PYTHON_USER)
-    assert plain.returncode == 0 and plain.stdout.endswith("done\n"), plain.stderr[-3000:]
+    def run(**env):
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(PYTHON_USER)], capture_output=True, text=True,
+                                cwd=ROOT, env={**CLEAN_ENV, **env}, timeout=300)
+        assert result.returncode == 0 and result.stdout.endswith("done\n"), result.stderr[-3000:]
+        return result.stderr
+
+    plain = run()
     if not cuda_driver_present():
-        assert "failed call to cuInit" in plain.stderr  # what the docs' line is for (no driver: this machine)
-    silenced = subprocess.run([sys.executable, "-c", textwrap.dedent(PYTHON_USER)], capture_output=True, text=True,
-                              cwd=ROOT, env={**CLEAN_ENV, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
-    assert silenced.returncode == 0 and silenced.stdout.endswith("done\n"), silenced.stderr[-3000:]
-    left = [line for line in silenced.stderr.splitlines() if line.strip()]
-    assert "cuInit" not in silenced.stderr
+        assert "failed call to cuInit" in plain  # what the docs' lines are for (no driver: this machine)
+    no_probe = run(TF_ENABLED_DEVICE_TYPES="CPU")
+    assert "cuInit" not in no_probe and "Device factory 'GPU' disabled by TF_ENABLED_DEVICE_TYPES" in no_probe
+    silenced = run(TF_ENABLED_DEVICE_TYPES="CPU", TF_CPP_MIN_LOG_LEVEL="3")
+    left = [line for line in silenced.splitlines() if line.strip()]
+    assert "cuInit" not in silenced
     assert all(is_noise(line) and not line.startswith(("E", "W0")) for line in left), left
