@@ -262,13 +262,17 @@ def logical_lines(code):
 
 def _command_parsers():
     from stt_edge_demo import app as edge_app
-    from stt_keras_cli import evaluate, export, train
+    from stt_keras_cli import evaluate, export, report, synthetic_video, train
 
     return {"stt-train": train.build_parser, "stt-eval": evaluate.build_parser, "stt-export": export.build_parser,
             "stt-edge-demo": edge_app.build_parser, "python -m stt_edge_demo": edge_app.build_parser,
             "python -m stt_keras.training.train": train.build_parser,
             "python -m stt_keras.training.evaluate": evaluate.build_parser,
-            "python -m stt_keras.export.cli": export.build_parser}
+            "python -m stt_keras.export.cli": export.build_parser,
+            "python -m stt_keras_cli.synthetic_video": synthetic_video.build_parser,
+            "python -m stt_keras.data.synthetic": synthetic_video.build_parser,
+            "python -m stt_keras_cli.report": report.build_parser,
+            "python -m stt_keras.training.report": report.build_parser}
 
 
 def test_every_documented_command_line_parses():

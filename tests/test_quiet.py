@@ -203,3 +203,63 @@ def test_a_python_user_sets_the_two_variables_the_docs_name():
     left = [line for line in silenced.splitlines() if line.strip()]
     assert "cuInit" not in silenced
     assert all(is_noise(line) and not line.startswith(("E", "W0")) for line in left), left
+
+
+# ------------------------------------------------------------------ make quickstart's python -m steps
+def test_the_synthetic_video_step_is_quiet(tmp_path):
+    """make quickstart's `python -m stt_keras_cli.synthetic_video`: the library (and TensorFlow) load after the
+    command set up its environment, as the stt-* commands do: its one line on stdout, nothing on stderr."""
+    video = tmp_path / "demo" / "input.mp4"
+    result = subprocess.run([sys.executable, "-m", "stt_keras_cli.synthetic_video", "--out", str(video), "--frames", "4",
+                             "--size", "32x64"], capture_output=True, text=True, cwd=ROOT, env=CLEAN_ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    assert result.stdout == f"wrote 4 frames of 32x64 synthetic video to {video}\n"
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4 and int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) == 64
+    capture.release()
+    bad = subprocess.run([sys.executable, "-m", "stt_keras_cli.synthetic_video", "--out", str(video), "--frames", "0"],
+                         capture_output=True, text=True, cwd=ROOT, env=CLEAN_ENV, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1].startswith(
+        "python -m stt_keras_cli.synthetic_video: error: argument --frames: must be at least 1")
+
+
+def test_streaming_traces_without_an_autograph_warning():
+    """StreamingSegmenter traces the model's step with AutoGraph, which reaches the native kernels' loader (it makes
+    the cache folder: os.makedirs): it runs as plain Python, so no "AutoGraph could not transform" warning (the
+    quickstart report printed one). A fresh interpreter, so the loader runs during the trace; no log filter."""
+    result = _run("""
+        import numpy as np
+        from stt_keras import StreamingSegmenter
+        from stt_keras.models import STTSegmenter
+        model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=3, top_ratio=0.5)
+        stream = StreamingSegmenter(model)
+        for t in range(2):
+            print(stream.step(np.full((32, 32, 3), 100 * t, np.uint8), return_labels=True).shape)
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "(32, 32)\n(32, 32)\n"
+    assert "AutoGraph" not in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.slow  # two reports of a tiny untrained model: ~20 s
+def test_the_report_step_is_quiet(tmp_path):
+    """make quickstart's last step, `python -m stt_keras_cli.report`, on a run folder with just the STT model: the
+    report on stdout, nothing on stderr; with --tf-logs TensorFlow's own lines come back, but no AutoGraph warning."""
+    from stt_keras.models import STTSegmenter
+
+    runs = tmp_path / "quickstart"
+    (runs / "stt_psp_tiny").mkdir(parents=True)
+    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=6)
+    model.build()
+    model.save(str(runs / "stt_psp_tiny" / "last.keras"))
+    command = [sys.executable, "-m", "stt_keras_cli.report", "--runs", str(runs)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=CLEAN_ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    assert result.stdout.endswith(f"report: {runs / 'report.md'}\n") and (runs / "figures" / "training.png").is_file()
+    logs = subprocess.run(command + ["--tf-logs"], capture_output=True, text=True, cwd=ROOT, env=CLEAN_ENV, timeout=600)
+    assert logs.returncode == 0, logs.stderr[-3000:]
+    assert "AutoGraph" not in logs.stderr + logs.stdout, logs.stderr[-3000:]
