@@ -263,3 +263,26 @@ def test_the_report_step_is_quiet(tmp_path):
     logs = subprocess.run(command + ["--tf-logs"], capture_output=True, text=True, cwd=ROOT, env=CLEAN_ENV, timeout=600)
     assert logs.returncode == 0, logs.stderr[-3000:]
     assert "AutoGraph" not in logs.stderr + logs.stdout, logs.stderr[-3000:]
+
+
+def test_benchmarks_set_up_the_devices_before_tensorflow_loads():
+    """The benchmarks are programs too: those that keep TensorFlow's errors visible (a log level below 3) tell it the
+    devices as the commands do (stt_keras/devices.py) before their first import of TensorFlow, Keras or stt_keras,
+    or the library's import would no longer keep the cuInit error of a machine without a CUDA driver away."""
+    import ast
+    import glob
+
+    missing = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))):
+        text = open(path).read()
+        if 'setdefault("TF_CPP_MIN_LOG_LEVEL", "3")' in text:
+            continue
+        tree = ast.parse(text)
+        first_tf = min((node.lineno for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                        and any(name.split(".")[0] in ("tensorflow", "keras", "stt_keras")
+                                for name in ([node.module] if isinstance(node, ast.ImportFrom)
+                                             else [a.name for a in node.names]))), default=None)
+        setup = [node.lineno for node in tree.body if "cpu_only_without_cuda_driver" in ast.unparse(node)]
+        if first_tf is not None and not (setup and setup[0] < first_tf):
+            missing.append(os.path.basename(path))
+    assert missing == []
