@@ -47,7 +47,7 @@ quickstart: venv
 	$(BIN)/stt-export --model $(QUICK)/stt_psp_tiny/last.keras --out $(QUICK)/export --size 128x256 \
 		--formats savedmodel,tflite --forms default,gpu --quantizations float32,int8 --interfaces full,edge
 	@echo "== [5/8] write a synthetic video"
-	$(PY) -m stt_keras.data.synthetic --out $(QUICK)/demo/input.mp4 --frames 60
+	$(PY) -m stt_keras_cli.synthetic_video --out $(QUICK)/demo/input.mp4 --frames 60
 	@echo "== [6/8] edge demo: LiteRT int8 model on the video"
 	$(PY) -m stt_edge_demo --model $(QUICK)/export/stt_int8.tflite --video $(QUICK)/demo/input.mp4 \
 		--out $(QUICK)/demo/overlay.mp4 --no-display
@@ -56,7 +56,7 @@ quickstart: venv
 	-$(PY) -m stt_edge_demo.web.headless --model $(QUICK)/export --video $(QUICK)/demo/input.mp4 --frames 20 \
 		--out $(QUICK)/figures/web_demo.png > $(QUICK)/figures/web_demo.txt
 	@echo "== [8/8] report"
-	$(PY) -m stt_keras.training.report --runs $(QUICK)
+	$(PY) -m stt_keras_cli.report --runs $(QUICK)
 
 bench: venv
 	$(PY) benchmarks/stt_attention.py

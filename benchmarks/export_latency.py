@@ -22,6 +22,9 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from stt_keras_cli import load_library_module  # noqa: E402  (TensorFlow-free)
+
+load_library_module("devices", "devices.py").cpu_only_without_cuda_driver()  # no CUDA probe without a driver
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -21,35 +21,27 @@ calibration 3 synthetic sequences x 6 frames), and reported:
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+
+from int8_common import GpuStep, add_model_arguments, check_model_arguments, interleaved_latency, ratios_to  # noqa: E402
 
 GROUPS = ("keys", "query", "attention", "output", "ffn", "norm", "select")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="a trained .keras file (agreement and mIoU need trained weights)")
-    p.add_argument("--preset", default=None, help="instead of --model: a preset with random weights (latency)")
-    p.add_argument("--size", default="64x128")
+    add_model_arguments(p, repeats=5)
     p.add_argument("--variants", default="none,query+output+ffn",
                    help=f"comma list of `+` lists of groups quantized ({', '.join(GROUPS)}) or none")
     p.add_argument("--sequences", type=int, default=6, help="held-out synthetic sequences of 30 frames (0: skip)")
     p.add_argument("--calibration", default="3x6", metavar="SEQxFRAMES",
                    help="int8 calibration: synthetic sequences x frames (latency only: fewer is faster to convert)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--save", default=None, help="folder to write the int8 models to")
     args = p.parse_args()
-    if (args.model is None) == (args.preset is None):
-        p.error("give exactly one of --model and --preset")
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = check_model_arguments(p, args)
     calibration_frames = tuple(int(v) for v in args.calibration.split("x"))
     variants = {}
     for text in args.variants.split(","):
@@ -59,47 +51,21 @@ def main():
             p.error(f"--variants: unknown group(s) {unknown}; groups: {', '.join(GROUPS)}")
         variants[text] = groups
 
-    import tensorflow as tf
+    from stt_keras.export import calibration, parity
 
-    import stt_keras
-    from stt_keras.export import calibration, parity, step as step_lib, tflite
-    from stt_keras.export.gpu_step import STT_SCOPE
-
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    if args.model:
-        model = stt_keras.load_model(args.model, compile=False)
-    else:
-        from stt_keras.models import STTSegmenter
-
-        tf.keras.utils.set_random_seed(0)
-        model = STTSegmenter.from_preset(args.preset, num_classes=19)
-        model(np.zeros((1, model.num_key_frames + 1, *size, 3), np.uint8))
-    fn = step_lib.make_step_function(model, *size, "gpu")
-    state_shape = list(model.state_shape(*size, packed=True))
-    frozen = tflite.frozen_function(fn)
-
-    models = {}
-    for name, groups in variants.items():
-        dataset = calibration.representative_dataset(fn, *size, state_shape, *calibration_frames, np.float32)
-        start = time.time()
-        model_bytes, settings = tflite.convert(frozen, "int8", dataset, keep_float_scope=STT_SCOPE,
-                                               quantized_subscopes=groups)
-        models[name] = model_bytes
-        print(f"{name}: {len(model_bytes) / 1e6:.3f} MB, converted in {time.time() - start:.0f} s; "
-              f"{settings.get('quantized_in_float_scope', 'block float32')}; "
-              f"float ops {tflite.float_ops_in_quantized(model_bytes)}", flush=True)
-        if args.save:
-            os.makedirs(args.save, exist_ok=True)
-            with open(os.path.join(args.save, f"stt_int8_{name.replace('+', '_')}.tflite"), "wb") as f:
-                f.write(model_bytes)
+    step = GpuStep(args, size)
+    state_shape = step.state_shape
+    models = {name: step.convert_int8(name, calibration_frames, show_block=True, quantized_subscopes=groups,
+                                      save_as=args.save and os.path.join(
+                                          args.save, f"stt_int8_{name.replace('+', '_')}.tflite"))
+              for name, groups in variants.items()}
 
     if args.sequences:
         sequences = calibration.synthetic_frames(*size, args.sequences, 30, calibration.EVALUATION_SEED)
-        keras_step = lambda **kw: {k: v.numpy() for k, v in fn(**kw).items()}  # noqa: E731
-        reference = parity.stream(keras_step, sequences, state_shape, np.float32)
+        reference = parity.stream(step.reference, sequences, state_shape, np.float32)
         for name, model_bytes in models.items():
             candidate = parity.stream(parity.TFLiteStep(model_bytes, args.threads), sequences, state_shape, np.float32)
-            report = parity.compare(reference, candidate, sequences, model.num_classes)
+            report = parity.compare(reference, candidate, sequences, step.model.num_classes)
             print(f"{name}: labels vs Keras {100 * report['label_agreement']:.3f}%, mIoU {100 * report['miou']:.2f} "
                   f"(Keras float32 {100 * report['miou_reference']:.2f}, drop {report['miou_drop_points']:.2f} points) "
                   f"over {args.sequences} x 30 held-out synthetic frames", flush=True)
@@ -112,23 +78,13 @@ def main():
         state = np.asarray(first(frame=frame[None].astype(np.float32), state=state,
                                  reset=np.array([float(t == 0)], np.float32))["next_state"])
     inputs = {"frame": frames[-1][None].astype(np.float32), "state": state, "reset": np.zeros([1], np.float32)}
-    rounds = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, runner in runners.items():
-            runner(**inputs)
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                runner(**inputs)
-                times.append(time.perf_counter() - start)
-            rounds[name].append(statistics.median(times))
+    rounds = interleaved_latency(runners, inputs, args.rounds, args.repeats)
     base = next(iter(variants))
     print(f"\nXNNPACK, {args.threads} threads, {args.rounds} rounds x {args.repeats} steps (median per round); "
           f"ratio to {base}: median [min, max] over rounds; load average {os.getloadavg()}")
-    for name in runners:
-        ratios = [t / b for t, b in zip(rounds[name], rounds[base])]
-        print(f"  {name:32s} {1000 * statistics.median(rounds[name]):8.2f} ms  ratio {statistics.median(ratios):.3f} "
-              f"[{min(ratios):.3f}, {max(ratios):.3f}]  {len(models[name]) / 1e6:.3f} MB")
+    for name, (median, low, high) in ratios_to(rounds, base).items():
+        print(f"  {name:32s} {1000 * np.median(rounds[name]):8.2f} ms  ratio {median:.3f} "
+              f"[{low:.3f}, {high:.3f}]  {len(models[name]) / 1e6:.3f} MB")
 
 
 if __name__ == "__main__":

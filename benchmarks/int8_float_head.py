@@ -21,9 +21,7 @@ GPU-form step of --model at --size to int8 (same calibration as the tests: 3 syn
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -32,76 +30,44 @@ import numpy as np  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from int8_common import GpuStep, add_model_arguments, check_model_arguments, interleaved_latency, ratios_to  # noqa: E402
 from stt_edge_demo import litert_gpu  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="a trained .keras file (agreement numbers need trained weights)")
-    p.add_argument("--preset", default=None, help="instead of --model: a preset with random weights (latency)")
-    p.add_argument("--size", default="64x128")
+    add_model_arguments(p, repeats=10)
     p.add_argument("--float-heads", default="0,1,2")
     p.add_argument("--steps", type=int, default=30, help="vtest.avi steps for the agreement (0: skip)")
     p.add_argument("--gpu", choices=("auto", "off"), default="auto")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--save", default=None, help="folder to write the int8 models to")
     args = p.parse_args()
-    if (args.model is None) == (args.preset is None):
-        p.error("give exactly one of --model and --preset")
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = check_model_arguments(p, args)
     heads = [v if v == "decoder" else int(v) for v in args.float_heads.split(",")]
 
     gpu_reason = litert_gpu.software_vulkan_env() if args.gpu == "auto" else "--gpu off"
-    import tensorflow as tf
-
-    import stt_keras
-    from stt_keras.export import calibration, parity, step as step_lib, tflite
+    from stt_keras.export import calibration, parity
     from stt_keras.export.cli import int8_block_subscopes
-    from stt_keras.export.gpu_step import STT_SCOPE
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    if args.model:
-        model = stt_keras.load_model(args.model, compile=False)
-    else:
-        from stt_keras.models import STTSegmenter
-
-        tf.keras.utils.set_random_seed(0)
-        model = STTSegmenter.from_preset(args.preset, num_classes=19)
-        model(np.zeros((1, model.num_key_frames + 1, *size, 3), np.uint8))
-    fn = step_lib.make_step_function(model, *size, "gpu")
-    state_shape = list(model.state_shape(*size, packed=True))
-    frozen = tflite.frozen_function(fn)
-
-    models = {}
-    for n in heads:
-        dataset = calibration.representative_dataset(fn, *size, state_shape, 3, 6, np.float32)
-        start = time.time()
-        model_bytes, settings = tflite.convert(frozen, "int8", dataset, keep_float_scope=STT_SCOPE, float_head=n,
-                                               quantized_subscopes=int8_block_subscopes(n))  # as stt-export
-        models[n] = model_bytes
-        print(f"float_head={n}: {len(model_bytes) / 1e6:.3f} MB, converted in {time.time() - start:.0f} s; "
-              f"float ops {tflite.float_ops_in_quantized(model_bytes)}", flush=True)
-        if args.save:
-            os.makedirs(args.save, exist_ok=True)
-            with open(os.path.join(args.save, f"stt_int8_head{n}.tflite"), "wb") as f:
-                f.write(model_bytes)
+    step = GpuStep(args, size)
+    state_shape = step.state_shape
+    models = {n: step.convert_int8(f"float_head={n}", float_head=n,
+                                   quantized_subscopes=int8_block_subscopes(n),  # as stt-export
+                                   save_as=args.save and os.path.join(args.save, f"stt_int8_head{n}.tflite"))
+              for n in heads}
 
     # Agreement with Keras on the export's synthetic parity sequences (1 x 4 frames) and on vtest.avi.
     sequences = calibration.synthetic_frames(*size, 1, 4, calibration.EVALUATION_SEED)
-    keras_step = lambda **kw: {k: v.numpy() for k, v in fn(**kw).items()}  # noqa: E731
-    reference = parity.stream(keras_step, sequences, state_shape, np.float32)
+    reference = parity.stream(step.reference, sequences, state_shape, np.float32)
     if args.steps:
         import test_gpu_accelerator as gpu_tests
 
         frames = gpu_tests.video_frames(*size, args.steps)
         details = {"frame": {"dtype": np.float32}, "state": {"shape": state_shape}}
-        keras_labels = gpu_tests.stream_labels(keras_step, frames, details)
+        keras_labels = gpu_tests.stream_labels(step.reference, frames, details)
     for n, model_bytes in models.items():
         cpu = parity.TFLiteStep(model_bytes, args.threads)
         synthetic = parity.compare(reference, parity.stream(cpu, sequences, state_shape, np.float32), sequences,
-                                   model.num_classes)["label_agreement"]
+                                   step.model.num_classes)["label_agreement"]
         line = f"float_head={n}: labels vs Keras: synthetic parity {100 * synthetic:.3f}%"
         if args.steps:
             on_cpu = gpu_tests.stream_labels(cpu, frames, details)
@@ -125,24 +91,14 @@ def main():
         runner(**inputs)
     inputs["state"] = np.asarray(runners[heads[0]](**inputs)["next_state"])
     inputs["reset"] = np.zeros([1], np.float32)
-    rounds = {n: [] for n in heads}
-    for _ in range(args.rounds):
-        for n, runner in runners.items():
-            runner(**inputs)  # warm-up
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                runner(**inputs)
-                times.append(time.perf_counter() - start)
-            rounds[n].append(statistics.median(times))
+    rounds = interleaved_latency(runners, inputs, args.rounds, args.repeats)
     base = heads[0]
     print(f"\nXNNPACK, {args.threads} threads, {args.rounds} rounds x {args.repeats} steps (median per round); "
           f"ratio to float_head={base}: median [min, max] over rounds")
-    for n in heads:
-        ratios = [t / b for t, b in zip(rounds[n], rounds[base])]
-        print(f"  float_head={n}: {1000 * statistics.median(rounds[n]):8.2f} ms (rounds "
-              f"{1000 * min(rounds[n]):.2f}-{1000 * max(rounds[n]):.2f})  ratio {statistics.median(ratios):.3f} "
-              f"[{min(ratios):.3f}, {max(ratios):.3f}]  {len(models[n]) / 1e6:.3f} MB")
+    for n, (median, low, high) in ratios_to(rounds, base).items():
+        print(f"  float_head={n}: {1000 * np.median(rounds[n]):8.2f} ms (rounds "
+              f"{1000 * min(rounds[n]):.2f}-{1000 * max(rounds[n]):.2f})  ratio {median:.3f} "
+              f"[{low:.3f}, {high:.3f}]  {len(models[n]) / 1e6:.3f} MB")
 
 
 if __name__ == "__main__":

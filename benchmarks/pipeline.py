@@ -15,6 +15,9 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from stt_keras_cli import load_library_module  # noqa: E402  (TensorFlow-free)
+
+load_library_module("devices", "devices.py").cpu_only_without_cuda_driver()  # no CUDA probe without a driver
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import cv2  # noqa: E402

@@ -88,11 +88,11 @@ def _run_export(args):
 
     request = _read_arguments(args)
     user_data = _check_before_loading(args, request)
+    gpu = _gpu_checker(args.gpu_check)  # --gpu-check require without a device: refused before the model loads
     model = stt_keras.load_model(args.model, compile=False)
     planned = request.files(model.stt is not None)
     _check_memory(args, model, request.size)
     class_names, palette, label_source = _class_names(args, model)
-    gpu = _gpu_checker(args.gpu_check)
     report = {"model": os.path.abspath(args.model), "size": list(request.size), "labels": label_source,
               "classes": class_names, "palette": palette, "files": {}, "gpu_accelerator": gpu.status, "warnings": []}
     int8 = any(file.quantization == "int8" for file in planned)

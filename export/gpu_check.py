@@ -5,12 +5,14 @@ import os
 import numpy as np
 
 from stt_keras.export import parity
+from stt_keras.utils.errors import UserError
 
 
 class GpuChecker:
     """Compiles a .tflite for LiteRT's GPU accelerator and streams the parity frames through it.
 
-    `mode`: --gpu-check (auto: when a Vulkan device is there; off; require: SystemExit without one).
+    `mode`: --gpu-check (auto: when a Vulkan device is there; off; require: UserError without one, which
+    the command reports as `stt-export: error: ...`, exit 2).
     `status` goes into the report; `check` returns a file's entry (None when not checked).
     """
 
@@ -28,7 +30,7 @@ class GpuChecker:
             self.litert_gpu = litert_gpu
         if reason:
             if mode == "require":
-                raise SystemExit(f"stt-export: --gpu-check require: {reason}")
+                raise UserError(f"stt-export: --gpu-check require: {reason}")
             print(f"stt-export: GPU accelerator not checked: {reason}", flush=True)
             self.status = {"checked": False, "reason": reason}
         else:

@@ -1,13 +1,9 @@
 """stt-keras: video semantic segmentation with the Sparse Temporal Transformer in Keras 3."""
 
-# First, before Keras imports TensorFlow: on a machine without a CUDA driver, TensorFlow is told to use the
-# CPU only, so its GPU probe does not log a failing "cuInit" on every run (stt_keras/devices.py).
-from stt_keras.devices import cpu_only_without_cuda_driver as _cpu_only
-
-_cpu_only()
-
-from stt_keras.utils import errors, faults, fileio, progress, sizes  # noqa: E402,F401
-from stt_keras.utils.old_names import keep_old_names as _keep_old_names  # noqa: E402
+# Importing the library leaves the process's environment alone (TensorFlow's devices and log level are the
+# application's choice): the commands set them up before TensorFlow loads (stt_keras_cli, stt_keras/devices.py).
+from stt_keras.utils import errors, faults, fileio, progress, sizes  # noqa: F401
+from stt_keras.utils.old_names import keep_old_names as _keep_old_names
 
 # The utilities' earlier module names are the same module objects (import stt_keras.fileio still works).
 _keep_old_names(__name__, f"{__name__}.utils", ("errors", "faults", "fileio", "progress", "sizes"))

@@ -1,4 +1,5 @@
-"""The command lines of stt-keras (stt-train, stt-eval, stt-export), parsed before TensorFlow is imported.
+"""The command lines of stt-keras (stt-train, stt-eval, stt-export; the python -m modules serve, report,
+synthetic_video and example_data), parsed before TensorFlow is imported.
 
 `stt-train --help` answers at once, and a bad argument is refused at once: each
 command's parser lives here, in modules that import neither TensorFlow nor

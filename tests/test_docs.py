@@ -262,13 +262,17 @@ def logical_lines(code):
 
 def _command_parsers():
     from stt_edge_demo import app as edge_app
-    from stt_keras_cli import evaluate, export, train
+    from stt_keras_cli import evaluate, export, report, synthetic_video, train
 
     return {"stt-train": train.build_parser, "stt-eval": evaluate.build_parser, "stt-export": export.build_parser,
             "stt-edge-demo": edge_app.build_parser, "python -m stt_edge_demo": edge_app.build_parser,
             "python -m stt_keras.training.train": train.build_parser,
             "python -m stt_keras.training.evaluate": evaluate.build_parser,
-            "python -m stt_keras.export.cli": export.build_parser}
+            "python -m stt_keras.export.cli": export.build_parser,
+            "python -m stt_keras_cli.synthetic_video": synthetic_video.build_parser,
+            "python -m stt_keras.data.synthetic": synthetic_video.build_parser,
+            "python -m stt_keras_cli.report": report.build_parser,
+            "python -m stt_keras.training.report": report.build_parser}
 
 
 def test_every_documented_command_line_parses():
@@ -440,8 +444,9 @@ sys.exit('nothing listens on port ' + sys.argv[1])" "$1"
 """
 
 
-def walk_script(page, blocks, log_dir):
-    """One bash script that runs the page's blocks in order; each block's stderr and wall time go to log_dir."""
+def walk_script(page, blocks, log_dir, python_env=""):
+    """One bash script that runs the page's blocks in order; each block's stderr and wall time go to log_dir.
+    `python_env`: variable assignments for the python blocks (what docs/models.md tells a Python program to set)."""
     parts = ["set -e", WALK_HELPERS]
     for index, language, code, d in blocks:
         if d and d["skip"]:
@@ -454,7 +459,7 @@ def walk_script(page, blocks, log_dir):
         err, seconds = os.path.join(log_dir, f"{index}.stderr"), os.path.join(log_dir, f"{index}.seconds")
         parts.append(f"echo '== {page} block {index} ({language})'; start=$(date +%s.%N)")
         if language == "python":
-            parts.append(f"python - 2> {err} <<'DOCS_WALK_PYTHON'\n{before}\n{code}\nDOCS_WALK_PYTHON")
+            parts.append(f"{python_env}python - 2> {err} <<'DOCS_WALK_PYTHON'\n{before}\n{code}\nDOCS_WALK_PYTHON")
         else:
             parts.append(f"{{\n{before}\n{code}\n}} 2> {err}")
         parts.append(f"awk \"BEGIN {{ print $(date +%s.%N) - $start }}\" > {seconds}")
@@ -478,12 +483,19 @@ def walk_page(page, folder, timeout=3600):
     blocks = walk_plan()[page]
     log_dir = os.path.join(folder, ".docs-walk")
     os.makedirs(log_dir, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
+    # The commands set up TensorFlow's devices themselves; a Python program sets TF_ENABLED_DEVICE_TYPES=CPU where there
+    # is no CUDA driver, as docs/models.md says (importing stt_keras sets nothing).
+    from stt_keras_cli import load_library_module
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLED_DEVICE_TYPES")}
+    driver = load_library_module("devices", "devices.py").cuda_driver_present()
+    python_env = "" if driver else "TF_ENABLED_DEVICE_TYPES=CPU "
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["DOCS_PORT"] = str(free_port())
     # stdout to a file, not a pipe: a server a block leaves running in the background keeps its copy open.
     with open(os.path.join(log_dir, "stdout"), "w") as out:
-        process = subprocess.Popen(["bash", "-c", walk_script(page, blocks, log_dir)], cwd=folder, env=env,
+        process = subprocess.Popen(["bash", "-c", walk_script(page, blocks, log_dir, python_env)], cwd=folder, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             process.wait(timeout=timeout)

@@ -181,6 +181,26 @@ def test_huge_export_size_is_refused_with_an_estimate(tmp_path, monkeypatch):
     assert cli.available_memory() is None or cli.available_memory() > 0
 
 
+def test_gpu_check_require_without_a_device_is_a_user_error_before_the_model_loads(dummy_model, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """--gpu-check require on a machine without a Vulkan device: the library raises UserError (a ValueError a Python
+    caller can catch; the interpreter goes on), before the dummy model (never read) is loaded; only the command's
+    layer (run_cli) makes it `stt-export: error: ...` and exit code 2."""
+    from stt_edge_demo import litert_gpu
+    from stt_keras.utils.errors import run_cli
+
+    monkeypatch.setattr(litert_gpu, "software_vulkan_env", lambda: "no Vulkan device here (test)")
+    args = export_args(dummy_model, tmp_path / "out", "--gpu-check", "require")
+    with pytest.raises(ValueError, match=r"^stt-export: --gpu-check require: no Vulkan device here \(test\)$") as error:
+        cli.run_export(args)
+    assert isinstance(error.value, UserError) and error.value.code == 2 and not (tmp_path / "out").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("stt-export", cli.run_export, args)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "stt-export: error: --gpu-check require: no Vulkan device here (test)\n"
+
+
 # ------------------------------------------------- full disks, read-only folders, empty calibration data
 def test_calibration_data_without_frames_is_refused_before_the_model_loads(dummy_model, tmp_path):
     """A 0-frame video (it opens: an AVI without frames), a video OpenCV cannot open, a folder of no frames:

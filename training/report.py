@@ -1,6 +1,6 @@
 """The quickstart report: results table, plots and stills from a finished `make quickstart` run.
 
-    python -m stt_keras.training.report --runs runs/quickstart
+    python -m stt_keras_cli.report --runs runs/quickstart     (parsed in stt_keras_cli/report.py)
 
 reads (written by the quickstart steps)
     <runs>/psp_tiny/, <runs>/stt_psp_tiny/   stt-train runs (history.csv, last.keras) with eval/results.json:
@@ -11,11 +11,9 @@ reads (written by the quickstart steps)
 and writes <runs>/report.md with PNGs in <runs>/figures/.
 """
 
-import argparse
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -73,7 +71,8 @@ def plot_training(runs, out):
     axes[1].set(title="validation mIoU (%)", xlabel="step")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a run without curves (or validation): no empty legend, no warning
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -93,7 +92,8 @@ def plot_accuracy(results, out):
     ax.set_xticks(np.arange(len(metrics)) + width * (len(results) - 1) / 2, [m for _, m in metrics])
     ax.set(ylabel="%", title="held-out synthetic sequences")
     ax.set_ylim(0, 100)
-    ax.legend(loc="lower right")
+    if results:
+        ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -269,14 +269,24 @@ def build(runs):
     return report, better
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", default="runs/quickstart")
-    args = p.parse_args(argv)
+def run(args):
+    """The command `python -m stt_keras_cli.report` (parsed there): builds the report of `args.runs` and prints it."""
+    from stt_keras.utils.errors import UserError
+
+    model = os.path.join(args.runs, "stt_psp_tiny", "last.keras")
+    if not os.path.isfile(model):
+        raise UserError(f"--runs {args.runs}: no {model} (make quickstart's training steps write it)")
     report, _ = build(args.runs)
     print(report)
     print(f"report: {os.path.join(args.runs, 'report.md')}")
 
 
+def main(argv=None):
+    """`python -m stt_keras.training.report`: the command `python -m stt_keras_cli.report`."""
+    from stt_keras_cli.report import main as cli_main
+
+    cli_main(argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -567,17 +567,19 @@ def write_video(path, frames=60, height=128, width=256, seed=1000, index=0, fps=
     return labels
 
 
-if __name__ == "__main__":
-    import argparse
+def write_video_command(args):
+    """The command `python -m stt_keras_cli.synthetic_video` (parsed there): writes the video and says where."""
+    from stt_keras.utils.errors import UserError
 
-    from stt_keras.utils.sizes import parse_size
-
-    parser = argparse.ArgumentParser(description="Write a synthetic video file (for the edge demo).")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--size", default="128x256", type=parse_size, help="HxW")
-    parser.add_argument("--seed", type=int, default=1000)
-    args = parser.parse_args()
     h, w = args.size
-    write_video(args.out, args.frames, h, w, args.seed)
+    try:
+        write_video(args.out, args.frames, h, w, args.seed)
+    except OSError as error:
+        raise UserError(f"cannot write --out {args.out}: {error}") from None
     print(f"wrote {args.frames} frames of {h}x{w} synthetic video to {args.out}")
+
+
+if __name__ == "__main__":  # python -m stt_keras.data.synthetic: the same command
+    from stt_keras_cli.synthetic_video import main
+
+    main()

@@ -45,6 +45,10 @@ _library_path = build.library_path
 _verify = build.verify
 
 
+# `load` and `use_native` are called while a layer's call is traced: plain Python that decides which ops to trace and
+# may touch files (the cache folder's os.makedirs, the compiler). AutoGraph must run them as they are, not convert
+# them and what they call (it cannot, and says so: "AutoGraph could not transform <function makedirs>").
+@tf.autograph.experimental.do_not_convert
 def load():
     """The compiled op module, or None (see `native_status()`)."""
     with _lock:
@@ -119,6 +123,7 @@ def exporting():
     return getattr(_portable, "on", False)
 
 
+@tf.autograph.experimental.do_not_convert
 def use_native():
     """Whether the layer being traced (or run eagerly) should call the native op now."""
     if getattr(_portable, "on", False) or _in_xla_or_save_context():
