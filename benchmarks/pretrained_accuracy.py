@@ -19,6 +19,7 @@ against issue 21's targets (>= +1 mIoU, >= +3 on degraded frames, clean frames n
 
 Run: python benchmarks/pretrained_accuracy.py --seeds 0 1 2 [--steps 200] [--size 128x256] [--crop 128x128]
          [--stage 4] [--warmup 0] [--stt-lr-multiplier 1] [--ft-optimizer sgd] [--ft-lr LR] [--ft-clipnorm NORM]
+         [--ft-target-damage P]
          [--out runs/pretrained_accuracy]
 (results.json keeps every finished run, keyed by every setting, so an interrupted benchmark resumes
 and runs of other STT settings (or seeds) can share --out in parallel once `base` exists;
@@ -100,12 +101,15 @@ def fine_tune_key(args):
         key["lr"] = args.ft_lr
     if args.ft_clipnorm is not None:
         key["clipnorm"] = args.ft_clipnorm
+    if args.ft_target_damage:
+        key["target_damage"] = args.ft_target_damage
     return key
 
 
 def _fine_tune_settings(args):
     key = fine_tune_key(args)
-    return dict(optimizer=key.get("optimizer", "sgd"), lr=key.get("lr", args.lr), clipnorm=key.get("clipnorm"))
+    return dict(optimizer=key.get("optimizer", "sgd"), lr=key.get("lr", args.lr), clipnorm=key.get("clipnorm"),
+                target_damage=key.get("target_damage", 0.0))
 
 
 def run_dir(args, seed, name):
@@ -254,6 +258,8 @@ def main():
                    help="(a)'s and (b)'s optimizer (stt-train --optimizer; `base` is always trained with SGD at --lr)")
     p.add_argument("--ft-lr", type=float, default=None, help="(a)'s and (b)'s learning rate (default: --lr)")
     p.add_argument("--ft-clipnorm", type=float, default=None, help="(a)'s and (b)'s stt-train --clipnorm")
+    p.add_argument("--ft-target-damage", type=float, default=0.0,
+                   help="(a)'s and (b)'s stt-train --target-damage (the same augmentation for both)")
     p.add_argument("--block", default="identity", choices=["identity", "gate", "post_norm"],
                    help="(b)'s STT block: identity at start (norm-first, zero W^O and FFN output; stt-train's "
                         "default with --init-from), identity at start by zero-initialised residual gates "
