@@ -192,7 +192,8 @@ def test_builtin_preset_from_a_keras_hub_preset_directory(b0_preset):
     np.testing.assert_allclose(model(frames).numpy(), reference(hub, frames[:, -1]), atol=1e-4, rtol=0)
     twin = STTSegmenter.from_preset("segformer_b0", image_segmenter_weights=b0_preset)
     np.testing.assert_allclose(twin(frames[:, -1]).numpy(), reference(hub, frames[:, -1]), atol=1e-4, rtol=0)
-    assert model.state_shape(64, 128) == (1, 3, 2, 4, 128)  # 1/32 map, 2 d_r = 2 * 256 / 4
+    assert model.state_shape(64, 128) == (1, 3, 16, 32, 16)  # the stage-1 map (1/4), 2 d_r = 2 * 32 / 4
+    assert model.stt.residual_gate and model.stt.norm_first
 
 
 def test_builtin_preset_refuses_another_architecture(tiny_preset):
