@@ -4,12 +4,14 @@ On the built-in synthetic video, per seed:
 - `base`: the per-frame SegFormer-B0 (`segformer_b0`: KerasHub's MiT-B0 constructor arguments,
   random weights, saved as a KerasHub preset directory and loaded through `--init-from` as a
   user's download would be; a new 7-class classifier), trained from scratch for N steps;
-- `cont` (a): `base` trained N more steps (`--init-from base`, the same settings);
-- `ft_stt` (b): `stt_segformer_b0` initialised from `base` (`from_image_segmenter`'s identity-at-start
-  block on the MiT stage `--stage`), N more steps: optionally the first `--warmup` of them with the
+- `cont` (a): `base` trained N more steps (`--init-from base`) with the fine-tune's optimizer
+  (`--ft-optimizer`, `--ft-lr`, `--ft-clipnorm`, `--ft-target-damage`; `base` is trained with SGD at --lr);
+- `ft_stt` (b): `stt_segformer_b0` initialised from `base` (an identity-at-start block on the MiT
+  stage `--stage`), N more steps with the same fine-tune settings: optionally the first `--warmup` of them with the
   encoder and decoder frozen (`--freeze encoder+decoder`: the STT alone), the rest jointly, the STT
   at `--stt-lr-multiplier` x the learning rate (`--block gate`: the identity at start by zero-initialised
-  residual gates, W^O and the FFN at their usual init; `--block post_norm`: the paper's block instead).
+  residual gates, W^O and the FFN at their usual init, the presets' block; `--block identity`: zero
+  W^O and FFN output; `--block post_norm`: the paper's block instead).
 (a) and (b) start from the same weights, with the same data, seed and schedule: the only
 difference is the STT. Each model streams held-out sequences (`--eval-sequences` of 30 frames at
 `--size`) and reports mIoU on all / degraded / clean frames, TC (DIS flow), mVC_8 (training's
@@ -18,9 +20,10 @@ of the current frame). Tables: per seed and mean ± half the range over seeds; (
 against issue 21's targets (>= +1 mIoU, >= +3 on degraded frames, clean frames never below -0.3).
 
 Run: python benchmarks/pretrained_accuracy.py --seeds 0 1 2 [--steps 200] [--size 128x256] [--crop 128x128]
-         [--stage 4] [--warmup 0] [--stt-lr-multiplier 1] [--ft-optimizer sgd] [--ft-lr LR] [--ft-clipnorm NORM]
-         [--ft-target-damage P]
-         [--out runs/pretrained_accuracy]
+         [--stage 1] [--block gate] [--warmup 0] [--stt-lr-multiplier 10] [--ft-optimizer adamw] [--ft-lr 3e-4]
+         [--ft-clipnorm NORM] [--ft-target-damage P] [--out runs/pretrained_accuracy]
+(the defaults are the recipe docs/pretrained.md recommends; `--stage 4 --block identity
+--stt-lr-multiplier 1 --ft-optimizer sgd --ft-lr 0` are the first settings measured)
 (results.json keeps every finished run, keyed by every setting, so an interrupted benchmark resumes
 and runs of other STT settings (or seeds) can share --out in parallel once `base` exists;
 --table-only prints the tables of what is there for --seeds.)
@@ -97,7 +100,7 @@ def fine_tune_key(args):
     key = {}
     if args.ft_optimizer != "sgd":
         key["optimizer"] = args.ft_optimizer
-    if args.ft_lr is not None:
+    if args.ft_lr:
         key["lr"] = args.ft_lr
     if args.ft_clipnorm is not None:
         key["clipnorm"] = args.ft_clipnorm
@@ -251,16 +254,16 @@ def main():
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--sequences", type=int, default=24, help="synthetic training sequences")
     p.add_argument("--eval-sequences", type=int, default=6)
-    p.add_argument("--stage", type=int, default=4, choices=[1, 2, 3, 4], help="the MiT stage the STT mixes")
+    p.add_argument("--stage", type=int, default=1, choices=[1, 2, 3, 4], help="the MiT stage the STT mixes")
     p.add_argument("--warmup", type=int, default=0, help="of (b)'s N steps, the first ones train the STT alone")
-    p.add_argument("--stt-lr-multiplier", type=float, default=1.0)
-    p.add_argument("--ft-optimizer", default="sgd", choices=["sgd", "adamw"],
+    p.add_argument("--stt-lr-multiplier", type=float, default=10.0)
+    p.add_argument("--ft-optimizer", default="adamw", choices=["sgd", "adamw"],
                    help="(a)'s and (b)'s optimizer (stt-train --optimizer; `base` is always trained with SGD at --lr)")
-    p.add_argument("--ft-lr", type=float, default=None, help="(a)'s and (b)'s learning rate (default: --lr)")
+    p.add_argument("--ft-lr", type=float, default=3e-4, help="(a)'s and (b)'s learning rate (0: --lr)")
     p.add_argument("--ft-clipnorm", type=float, default=None, help="(a)'s and (b)'s stt-train --clipnorm")
     p.add_argument("--ft-target-damage", type=float, default=0.0,
                    help="(a)'s and (b)'s stt-train --target-damage (the same augmentation for both)")
-    p.add_argument("--block", default="identity", choices=["identity", "gate", "post_norm"],
+    p.add_argument("--block", default="gate", choices=["identity", "gate", "post_norm"],
                    help="(b)'s STT block: identity at start (norm-first, zero W^O and FFN output; stt-train's "
                         "default with --init-from), identity at start by zero-initialised residual gates "
                         "(norm-first, residual_gate=True), or the paper's post-norm block")
