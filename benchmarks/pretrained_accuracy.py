@@ -4,12 +4,14 @@ On the built-in synthetic video, per seed:
 - `base`: the per-frame SegFormer-B0 (`segformer_b0`: KerasHub's MiT-B0 constructor arguments,
   random weights, saved as a KerasHub preset directory and loaded through `--init-from` as a
   user's download would be; a new 7-class classifier), trained from scratch for N steps;
-- `cont` (a): `base` trained N more steps (`--init-from base`, the same settings);
-- `ft_stt` (b): `stt_segformer_b0` initialised from `base` (`from_image_segmenter`'s identity-at-start
-  block on the MiT stage `--stage`), N more steps: optionally the first `--warmup` of them with the
+- `cont` (a): `base` trained N more steps (`--init-from base`) with the fine-tune's optimizer
+  (`--ft-optimizer`, `--ft-lr`, `--ft-clipnorm`, `--ft-target-damage`; `base` is trained with SGD at --lr);
+- `ft_stt` (b): `stt_segformer_b0` initialised from `base` (an identity-at-start block on the MiT
+  stage `--stage`), N more steps with the same fine-tune settings: optionally the first `--warmup` of them with the
   encoder and decoder frozen (`--freeze encoder+decoder`: the STT alone), the rest jointly, the STT
   at `--stt-lr-multiplier` x the learning rate (`--block gate`: the identity at start by zero-initialised
-  residual gates, W^O and the FFN at their usual init; `--block post_norm`: the paper's block instead).
+  residual gates, W^O and the FFN at their usual init, the presets' block; `--block identity`: zero
+  W^O and FFN output; `--block post_norm`: the paper's block instead).
 (a) and (b) start from the same weights, with the same data, seed and schedule: the only
 difference is the STT. Each model streams held-out sequences (`--eval-sequences` of 30 frames at
 `--size`) and reports mIoU on all / degraded / clean frames, TC (DIS flow), mVC_8 (training's
@@ -18,7 +20,10 @@ of the current frame). Tables: per seed and mean ± half the range over seeds; (
 against issue 21's targets (>= +1 mIoU, >= +3 on degraded frames, clean frames never below -0.3).
 
 Run: python benchmarks/pretrained_accuracy.py --seeds 0 1 2 [--steps 200] [--size 128x256] [--crop 128x128]
-         [--stage 4] [--warmup 0] [--stt-lr-multiplier 1] [--out runs/pretrained_accuracy]
+         [--stage 1] [--block gate] [--warmup 0] [--stt-lr-multiplier 10] [--ft-optimizer adamw] [--ft-lr 3e-4]
+         [--ft-clipnorm NORM] [--ft-target-damage P] [--out runs/pretrained_accuracy]
+(the defaults are the recipe docs/pretrained.md recommends; `--stage 4 --block identity
+--stt-lr-multiplier 1 --ft-optimizer sgd --ft-lr 0` are the first settings measured)
 (results.json keeps every finished run, keyed by every setting, so an interrupted benchmark resumes
 and runs of other STT settings (or seeds) can share --out in parallel once `base` exists;
 --table-only prints the tables of what is there for --seeds.)
@@ -93,8 +98,30 @@ def stt_key(args):
     return key if args.block == "identity" else dict(key, block=args.block)
 
 
+def fine_tune_key(args):
+    """(a)'s and (b)'s optimizer settings where they are not `base`'s (empty: the same SGD at --lr)."""
+    key = {}
+    if args.ft_optimizer != "sgd":
+        key["optimizer"] = args.ft_optimizer
+    if args.ft_lr:
+        key["lr"] = args.ft_lr
+    if args.ft_clipnorm is not None:
+        key["clipnorm"] = args.ft_clipnorm
+    if args.ft_target_damage:
+        key["target_damage"] = args.ft_target_damage
+    return key
+
+
+def _fine_tune_settings(args):
+    key = fine_tune_key(args)
+    return dict(optimizer=key.get("optimizer", "sgd"), lr=key.get("lr", args.lr), clipnorm=key.get("clipnorm"),
+                target_damage=key.get("target_damage", 0.0))
+
+
 def run_dir(args, seed, name):
     tag = f"n{args.steps}_{args.size[0]}x{args.size[1]}_c{args.crop[0]}x{args.crop[1]}_lr{args.lr:g}"
+    if name != "base" and fine_tune_key(args):
+        tag += "_ft_" + "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in fine_tune_key(args).items())
     if name.startswith("ft_stt"):
         tag += f"_s{args.stage}_w{args.warmup}_m{args.stt_lr_multiplier:g}" + {"post_norm": "_post", "gate": "_gate"}.get(
             args.block, "")
@@ -104,9 +131,10 @@ def run_dir(args, seed, name):
 def _train(args, seed, preset, out, steps, init_from, **settings):
     print(f"== seed {seed} {os.path.basename(out)}: {preset}, {steps} steps at {args.size[0]}x{args.size[1]}, "
           f"crop {args.crop[0]}x{args.crop[1]}", flush=True)
+    settings = {"lr": args.lr, **settings}
     train_lib.train(preset, out=out, steps=steps, checkpoint_every=max(1, steps // 2), batch_size=args.batch_size,
                     synthetic_size=args.size, crop=args.crop, synthetic_sequences=args.sequences, seed=seed,
-                    val_batches=2, verbose=2, init_from=init_from, lr=args.lr, **settings)
+                    val_batches=2, verbose=2, init_from=init_from, **settings)
     return os.path.join(out, "last.keras")
 
 
@@ -118,7 +146,8 @@ def run_model(args, seed, key):
         hub = keras_hub_b0(os.path.join(args.out, f"keras_hub_b0_seed{seed}"), 7, seed)
         path = _train(args, seed, "segformer_b0", run_dir(args, seed, "base"), args.steps, hub)
     elif key == "cont":
-        path = _train(args, seed, "segformer_b0", run_dir(args, seed, "cont"), args.steps, base)
+        path = _train(args, seed, "segformer_b0", run_dir(args, seed, "cont"), args.steps, base,
+                      **_fine_tune_settings(args))
     else:
         overrides = {"features_stage": args.stage, "norm_first": args.block in ("identity", "gate")}
         if args.block == "gate":
@@ -126,9 +155,10 @@ def run_model(args, seed, key):
         init = base
         if args.warmup:
             init = _train(args, seed, "stt_segformer_b0", run_dir(args, seed, "ft_stt_warmup"), args.warmup, base,
-                          freeze="encoder+decoder", stt_overrides=overrides, stt_lr_multiplier=args.stt_lr_multiplier)
+                          freeze="encoder+decoder", stt_overrides=overrides, stt_lr_multiplier=args.stt_lr_multiplier,
+                          **_fine_tune_settings(args))
         path = _train(args, seed, "stt_segformer_b0", run_dir(args, seed, "ft_stt"), args.steps - args.warmup, init,
-                      stt_overrides=overrides, stt_lr_multiplier=args.stt_lr_multiplier)
+                      stt_overrides=overrides, stt_lr_multiplier=args.stt_lr_multiplier, **_fine_tune_settings(args))
     train_seconds = time.perf_counter() - start
     model = load_model(path, compile=False)
     results = evaluate_with_ablation(
@@ -138,6 +168,8 @@ def run_model(args, seed, key):
         if model.stt.residual_gate:
             results["gate_mean_abs"] = {b: float(np.abs(model.stt.gate_of(b).numpy()).mean()) for b in ("attention", "ffn")}
     results.update(key=key, seed=seed, settings=settings_key(args), train_seconds=train_seconds)
+    if key != "base" and fine_tune_key(args):
+        results["fine_tune"] = fine_tune_key(args)
     if key == "ft_stt":
         results["stt"] = stt_key(args)
     print(f"== seed {seed} {key}: mIoU {100 * results['miou']:.1f}, degraded {100 * results['miou_degraded_frames']:.1f}"
@@ -173,7 +205,8 @@ def add_row(out, row):
 def find(rows, args, seed, key):
     for r in rows:
         if r["key"] == key and r["seed"] == seed and r["settings"] == settings_key(args) and (
-                key != "ft_stt" or r.get("stt") == stt_key(args)):
+                key != "ft_stt" or r.get("stt") == stt_key(args)) and (
+                key == "base" or r.get("fine_tune", {}) == fine_tune_key(args)):
             return r
     return None
 
@@ -181,12 +214,14 @@ def find(rows, args, seed, key):
 def tables(rows, args):
     def mine(key):
         return sorted([r for r in rows if r["key"] == key and r["seed"] in args.seeds and r["settings"] == settings_key(args)
-                       and (key != "ft_stt" or r.get("stt") == stt_key(args))], key=lambda r: r["seed"])
+                       and (key != "ft_stt" or r.get("stt") == stt_key(args))
+                       and (key == "base" or r.get("fine_tune", {}) == fine_tune_key(args))], key=lambda r: r["seed"])
 
     lines = [f"\nSTT on a SegFormer-B0-sized model: {args.steps} + {args.steps} steps x batch {args.batch_size}, "
              f"crop {args.crop[0]}x{args.crop[1]}, lr {args.lr:g}, eval {args.eval_sequences} held-out sequences of 30 "
              f"frames at {args.size[0]}x{args.size[1]}; STT on MiT stage {args.stage}, warm-up {args.warmup} steps "
-             f"(STT alone), STT at {args.stt_lr_multiplier:g}x lr, {args.block} block (mean ± half the range over seeds)", "",
+             f"(STT alone), STT at {args.stt_lr_multiplier:g}x lr, {args.block} block; (a) and (b) with "
+             f"{_fine_tune_settings(args)} (mean ± half the range over seeds)", "",
              "| model | " + " | ".join(n for _, n in METRICS) + " | mIoU, history ablated | mIoU per seed |",
              "|---|" + "---|" * (len(METRICS) + 2)]
     for key, name in MODELS:
@@ -222,10 +257,16 @@ def main():
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--sequences", type=int, default=24, help="synthetic training sequences")
     p.add_argument("--eval-sequences", type=int, default=6)
-    p.add_argument("--stage", type=int, default=4, choices=[1, 2, 3, 4], help="the MiT stage the STT mixes")
+    p.add_argument("--stage", type=int, default=1, choices=[1, 2, 3, 4], help="the MiT stage the STT mixes")
     p.add_argument("--warmup", type=int, default=0, help="of (b)'s N steps, the first ones train the STT alone")
-    p.add_argument("--stt-lr-multiplier", type=float, default=1.0)
-    p.add_argument("--block", default="identity", choices=["identity", "gate", "post_norm"],
+    p.add_argument("--stt-lr-multiplier", type=float, default=10.0)
+    p.add_argument("--ft-optimizer", default="adamw", choices=["sgd", "adamw"],
+                   help="(a)'s and (b)'s optimizer (stt-train --optimizer; `base` is always trained with SGD at --lr)")
+    p.add_argument("--ft-lr", type=float, default=3e-4, help="(a)'s and (b)'s learning rate (0: --lr)")
+    p.add_argument("--ft-clipnorm", type=float, default=None, help="(a)'s and (b)'s stt-train --clipnorm")
+    p.add_argument("--ft-target-damage", type=float, default=0.0,
+                   help="(a)'s and (b)'s stt-train --target-damage (the same augmentation for both)")
+    p.add_argument("--block", default="gate", choices=["identity", "gate", "post_norm"],
                    help="(b)'s STT block: identity at start (norm-first, zero W^O and FFN output; stt-train's "
                         "default with --init-from), identity at start by zero-initialised residual gates "
                         "(norm-first, residual_gate=True), or the paper's post-norm block")

@@ -89,6 +89,12 @@ VARIANTS = [
      "stt_psp_tiny", {}, 0.5),
     ("base_h", "per-frame `psp_tiny`, 0.5x", "psp_tiny", {}, 0.5),
     ("ft_stt_15", "per-frame 0.5x, then STT (identity at start) +1.5x", "stt_psp_tiny", {}, 1.5),
+    ("ft_gate_adamw", "per-frame 1x, then STT (gated identity block, 10x lr) +1x with AdamW lr 1e-3", "stt_psp_tiny",
+     {"norm_first": True, "residual_gate": True}, 1),
+    ("ft_pf_adamw", "per-frame 1x, then per-frame +1x with AdamW lr 1e-3 (`ft_gate_adamw`'s twin)", "psp_tiny", {}, 1),
+    ("ft_gate_adamw3", "per-frame 1x, then STT (gated identity block, 10x lr) +1x with AdamW lr 3e-4", "stt_psp_tiny",
+     {"norm_first": True, "residual_gate": True}, 1),
+    ("ft_pf_adamw3", "per-frame 1x, then per-frame +1x with AdamW lr 3e-4 (`ft_gate_adamw3`'s twin)", "psp_tiny", {}, 1),
     ("p18_base", "per-frame `psp18`, 1x", "psp18", {}, 1),
     ("p18_ft50", "per-frame `psp18` 1x, then `stt_psp18` (top 50%, identity at start) +1x", "stt_psp18", {}, 1),
     ("p18_ft100", "per-frame `psp18` 1x, then `stt_psp18` (top 100%, identity at start) +1x", "stt_psp18",
@@ -111,7 +117,11 @@ TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier
                   "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
                   "ft_dmg50_x30": {"target_damage": 0.5, "stt_lr_multiplier": 30.0},
                   "ft_warmA": {"target_damage": 0.5, "stt_lr_multiplier": 10.0, "freeze": "encoder+decoder"},
-                  "ft_warm": {"target_damage": 0.5, "stt_lr_multiplier": 10.0}}  # training settings a variant changes
+                  "ft_warm": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
+                  "ft_gate_adamw": {"optimizer": "adamw", "lr": 1e-3, "stt_lr_multiplier": 10.0},
+                  "ft_pf_adamw": {"optimizer": "adamw", "lr": 1e-3},
+                  "ft_gate_adamw3": {"optimizer": "adamw", "lr": 3e-4, "stt_lr_multiplier": 10.0},
+                  "ft_pf_adamw3": {"optimizer": "adamw", "lr": 3e-4}}  # training settings a variant changes
 
 
 def family_size(name, scale, size=None):
@@ -138,6 +148,9 @@ def main():
     p.add_argument("--variants", nargs="+", default=["base", "base2x", RECIPE], choices=list(VARIANT))
     p.add_argument("--recipe", default=RECIPE, choices=list(VARIANT),
                    help="the variant the summary table compares with the per-frame model at the same total steps")
+    p.add_argument("--reference", default=REFERENCE, choices=list(VARIANT),
+                   help="the per-frame model the recipe is compared with (default: the per-frame model at the same "
+                        "total steps; a twin such as ft_pf_adamw: the same schedule and optimizer without the STT)")
     p.add_argument("--table-only", action="store_true", help="print the tables of results.json, train nothing")
     args = p.parse_args()
     families = list(FAMILIES) if args.families == ["all"] else args.families
@@ -299,7 +312,7 @@ def tables(rows, families, args):
                          f"prediction copied {_pct([r['oracle_pred'] for r in oracle])} / "
                          f"{_pct([r['oracle_pred_degraded'] for r in oracle])}, last clean ground truth copied "
                          f"{_pct([r['oracle_gt'] for r in oracle])} / {_pct([r['oracle_gt_degraded'] for r in oracle])}.")
-        recipe, reference = {r["seed"]: r for r in mine(family, args.recipe)}, {r["seed"]: r for r in mine(family, REFERENCE)}
+        recipe, reference = {r["seed"]: r for r in mine(family, args.recipe)}, {r["seed"]: r for r in mine(family, args.reference)}
         seeds = sorted(set(recipe) & set(reference))
         if seeds:
             delta = {k: [100 * (recipe[s][k] - reference[s][k]) for s in seeds

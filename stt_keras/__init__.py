@@ -8,7 +8,7 @@ from stt_keras.utils.old_names import keep_old_names as _keep_old_names
 # The utilities' earlier module names are the same module objects (import stt_keras.fileio still works).
 _keep_old_names(__name__, f"{__name__}.utils", ("errors", "faults", "fileio", "progress", "sizes"))
 
-from stt_keras import layers, metrics, models  # noqa: F401  (registers every serializable class)
+from stt_keras import layers, metrics, models, optimizers  # noqa: F401  (registers every serializable class)
 from stt_keras.saving import load_model
 from stt_keras.streaming import StreamingSegmenter
 from stt_keras.version import __version__

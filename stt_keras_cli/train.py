@@ -40,6 +40,7 @@ from stt_keras_cli import HelpFormatter, add_tf_logs_flag, frame_size, preset_na
 FREEZE = {"encoder": ("encoder",), "encoder+decoder": ("encoder", "decoder")}
 DATASETS = ("synthetic", "cityscapes", "camvid", "folder", "vspw")
 # The command-line flags that override the preset's STT arguments (TrainConfig.stt_overrides).
+OPTIMIZERS = ("sgd", "adamw")
 STT_FLAGS = ("top_ratio", "key_selection", "norm_first", "nsm_temperature")
 
 
@@ -71,6 +72,8 @@ class TrainConfig:
     frame_stride: int = 1
     first_frames: str = "pad"
     lr: float = 0.01
+    optimizer: str = "sgd"  # "sgd" (momentum SGD, the paper's) or "adamw" (SegFormer's fine-tune)
+    clipnorm: float = None  # clip the gradients' global norm to this (None: no clipping)
     momentum: float = 0.9
     poly_power: float = 0.9
     weight_decay: float = 1e-4
@@ -82,7 +85,7 @@ class TrainConfig:
     cpu_devices: int = 0
     init_from: str = None
     per_frame_steps: int = 0  # > 0: the recipe; first the per-frame model for this many steps into OUT/per_frame
-    stt_lr_multiplier: float = 1.0  # the STT block learns at this x lr (its gradients are scaled)
+    stt_lr_multiplier: float = 1.0  # the STT block learns at this x lr
     target_damage: float = 0.0  # probability of damaging a training clip's labelled frame (label unchanged)
     freeze: str = None  # None, "encoder" or "encoder+decoder"
     backbone_weights: str = None
@@ -123,9 +126,14 @@ def build_parser():
                    help="labels on the first T * stride frames of a sequence (folder, camvid, vspw): pad = their history is the "
                         "first frame, as in streaming inference (default); skip = do not train on them")
     p.add_argument("--lr", type=float, default=d["lr"], help="initial learning rate (SGD, poly decay to 0)")
-    p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=d["optimizer"],
+                   help="sgd: momentum SGD (the paper's recipe); adamw: AdamW (the usual fine-tune of a pretrained "
+                        "transformer encoder such as SegFormer's MiT); both decay the learning rate polynomially")
+    p.add_argument("--clipnorm", type=float, default=d["clipnorm"], metavar="NORM",
+                   help="clip the gradients' global norm to NORM (off by default)")
+    p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum (--optimizer sgd)")
     p.add_argument("--poly-power", type=float, default=d["poly_power"], help="power of the poly decay")
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="decoupled (AdamW-style) decay of SGD")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="decoupled (AdamW-style) weight decay, either optimizer")
     p.add_argument("--aux-weight", type=float, default=d["aux_weight"], help="weight of the auxiliary head's loss")
     p.add_argument("--top-ratio", type=float, default=None, help="override the preset's STT query ratio")
     p.add_argument("--key-selection", choices=["window", "all"], default=None, help="override the preset's key selection")
@@ -150,7 +158,7 @@ def build_parser():
                    help="the recommended recipe: first train the STT preset's per-frame model this many steps (into "
                         "OUT/per_frame), then the STT from it (--init-from, identity-start block) for --steps")
     p.add_argument("--stt-lr-multiplier", type=float, default=d["stt_lr_multiplier"],
-                   help="the STT block's learning rate relative to --lr (its gradients are multiplied)")
+                   help="the STT block's learning rate relative to --lr (either optimizer)")
     p.add_argument("--target-damage", type=float, default=d["target_damage"], metavar="P",
                    help="with probability P, damage a training clip's labelled frame (erase, noise, exposure or blur; "
                         "label unchanged) so that only the earlier frames can supply it; the per-frame stage of "

@@ -26,7 +26,7 @@ from stt_keras.models.keras_hub_segmenters import PresetUnavailable
 
 SCALE = [1 / (255 * 0.229), 1 / (255 * 0.224), 1 / (255 * 0.225)]
 OFFSET = [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]
-TINY = dict(layerwise_depths=[1, 2, 1, 1], hidden_dims=[8, 16, 24, 32], layerwise_num_heads=[1, 2, 3, 4],
+TINY = dict(layerwise_depths=[1, 2, 1, 1], hidden_dims=[16, 24, 36, 48], layerwise_num_heads=[1, 2, 3, 4],
             projection_filters=16)
 B0 = dict(layerwise_depths=[2, 2, 2, 2], hidden_dims=[32, 64, 160, 256], layerwise_num_heads=[1, 2, 5, 8],
           projection_filters=256)
@@ -161,7 +161,8 @@ def test_any_frame_size_with_the_same_weights(tiny, size):
         for patch in patches:
             patch.stop()
     np.testing.assert_allclose(model(frames).numpy(), expected, atol=1e-4, rtol=0)
-    assert model.encoder.compute_output_shape((2, *size, 3))["features"] == (2, -(-size[0] // 32), -(-size[1] // 32), 32)
+    # The STT's map: MiT stage 1, at 1/4 of the frame (the default stage), with stage 1's channels.
+    assert model.encoder.compute_output_shape((2, *size, 3))["features"] == (2, -(-size[0] // 4), -(-size[1] // 4), 16)
 
 
 def test_keras_hub_square_only_is_real():
@@ -191,7 +192,8 @@ def test_builtin_preset_from_a_keras_hub_preset_directory(b0_preset):
     np.testing.assert_allclose(model(frames).numpy(), reference(hub, frames[:, -1]), atol=1e-4, rtol=0)
     twin = STTSegmenter.from_preset("segformer_b0", image_segmenter_weights=b0_preset)
     np.testing.assert_allclose(twin(frames[:, -1]).numpy(), reference(hub, frames[:, -1]), atol=1e-4, rtol=0)
-    assert model.state_shape(64, 128) == (1, 3, 2, 4, 128)  # 1/32 map, 2 d_r = 2 * 256 / 4
+    assert model.state_shape(64, 128) == (1, 3, 16, 32, 16)  # the stage-1 map (1/4), 2 d_r = 2 * 32 / 4
+    assert model.stt.residual_gate and model.stt.norm_first
 
 
 def test_builtin_preset_refuses_another_architecture(tiny_preset):

@@ -40,7 +40,7 @@ MIT_BFLOAT16_TOL = 6e-2
 # Float outputs that are float32 under every policy, by contract: the models' logits
 # and the NSM scores (computed in float32; NSMQuerySelection's docstring).
 FLOAT32_OUTPUTS = {"stt_segmenter", "bisenet_segmenter", "stt_segformer", "nsm_query_selection"}
-_TINY_MIT = dict(hidden_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_heads=[1, 2, 3, 4])
+_TINY_MIT = dict(hidden_dims=[16, 24, 36, 48], depths=[1, 1, 1, 1], num_heads=[1, 2, 3, 4])
 
 
 def _stt_segformer(dtype=None):

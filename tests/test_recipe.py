@@ -58,32 +58,66 @@ def test_the_recipe_trains_both_stages_and_resumes(tmp_path):
     assert again.returncode == 0 and again.stdout.count("already finished") == 2, again.stdout[-2000:]
 
 
-def test_the_stt_lr_multiplier_scales_the_blocks_gradients_only():
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_the_stt_lr_multiplier_scales_the_parts_steps_only(name):
+    """stt_keras.optimizers: the scaled variables follow the Keras optimizer at multiplier x lr, the others
+    the Keras optimizer at lr (two steps, so momentum and Adam's moments are in play)."""
+    import keras
     import numpy as np
-    import tensorflow as tf
 
-    from stt_keras.layers import SparseTemporalTransformer
+    from stt_keras import optimizers
 
-    stt = SparseTemporalTransformer(num_key_frames=2, num_heads=2, neighborhood_radius=2, top_ratio=0.5)
+    settings = dict(weight_decay=1e-2, **({"momentum": 0.9} if name == "SGD" else {}))
     rng = np.random.default_rng(0)
-    q = tf.constant(rng.random((1, 8, 8, 16), np.float32))
-    k = tf.constant(rng.random((1, 2, 8, 8, 16), np.float32))
-    stt(q, k)
+    start = rng.normal(size=(2, 5)).astype("float32")
+    grads = [rng.normal(size=(2, 5)).astype("float32") for _ in range(2)]
 
-    def run(scale):
-        stt.gradient_scale = scale
-        with tf.GradientTape() as tape:
-            tape.watch(q)
-            y = tf.reduce_sum(stt(q, k) ** 2)
-        return y, tape.gradient(y, [q] + stt.trainable_weights)
+    def steps(optimizer, variables, rows=(0, 1)):
+        for g in grads:
+            optimizer.apply([keras.ops.convert_to_tensor(g[i]) for i in rows], variables)
+        return [v.numpy() for v in variables]
 
-    (y1, g1), (y10, g10) = run(1.0), run(10.0)
-    assert float(y1) == float(y10)  # the forward pass is the same
-    for a, b in zip(g1[1:], g10[1:]):
-        np.testing.assert_allclose(b.numpy(), 10 * a.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(g10[0].numpy(), g1[0].numpy(), rtol=1e-5, atol=1e-6)  # not the input's
+    fast, slow = keras.Variable(start[0]), keras.Variable(start[1])
+    optimizer = getattr(optimizers, name)(learning_rate=0.01, **settings)
+    optimizer.scale_learning_rate([fast], 10.0)
+    got = steps(optimizer, [fast, slow])
+    # The references: plain Keras at 10x lr for the fast variable (its weight decay at the base rate,
+    # so the reference's decay is divided by 10), at lr for the slow one.
+    fast_ref = steps(getattr(keras.optimizers, name)(learning_rate=0.1, **{**settings, "weight_decay": 1e-3}),
+                     [keras.Variable(start[0])], rows=(0,))
+    slow_ref = steps(getattr(keras.optimizers, name)(learning_rate=0.01, **settings), [keras.Variable(start[1])], rows=(1,))
+    np.testing.assert_allclose(got[0], fast_ref[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], slow_ref[0], rtol=1e-6, atol=1e-7)
+    assert np.abs(got[0] - start[0]).mean() > 5 * np.abs(got[1] - start[1]).mean()
+    with pytest.raises(ValueError, match="must be positive"):
+        optimizer.scale_learning_rate([fast], 0.0)
     with pytest.raises(UserError, match="--stt-lr-multiplier must be positive"):
         check_config(TrainConfig("stt_psp_tiny", out="unused", stt_lr_multiplier=0))
+    with pytest.raises(UserError, match="--clipnorm must be positive"):
+        check_config(TrainConfig("stt_psp_tiny", out="unused", clipnorm=0.0))
+    with pytest.raises(UserError, match="unknown --optimizer 'adam'"):
+        check_config(TrainConfig("stt_psp_tiny", out="unused", optimizer="adam"))
+
+
+def test_adamw_with_clipping_trains_saves_and_loads(tmp_path):
+    """stt-train --optimizer adamw --clipnorm: the run's optimizer is what the flags say, the STT at its
+    multiplier, and the saved model loads with it (a registered class)."""
+    import stt_keras
+    from stt_keras.training import train as train_lib
+
+    out = str(tmp_path / "run")
+    train_lib.train("stt_psp_tiny", out=out, steps=2, checkpoint_every=2, batch_size=2, synthetic_sequences=2,
+                    synthetic_size=(64, 128), val_batches=1, verbose=0, optimizer="adamw", clipnorm=1.0,
+                    lr=1e-3, stt_lr_multiplier=10.0)
+    model = stt_keras.load_model(os.path.join(out, "last.keras"))
+    optimizer = model.optimizer
+    assert type(optimizer).__name__ == "AdamW" and type(optimizer).__module__ == "stt_keras.optimizers"
+    assert optimizer.global_clipnorm == 1.0 and int(optimizer.iterations) == 2
+    assert json.load(open(os.path.join(out, "run.json")))["settings"]["optimizer"] == "adamw"
+    # A new process that imports only stt_keras loads it with its optimizer (the class is registered on import).
+    code = f"import stt_keras; print(type(stt_keras.load_model({os.path.join(out, 'last.keras')!r}).optimizer))"
+    loaded = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
+    assert loaded.returncode == 0 and "stt_keras.optimizers.AdamW" in loaded.stdout, loaded.stderr[-2000:]
 
 
 def test_target_damage_must_be_a_probability_and_skips_the_per_frame_stage(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from stt_keras.layers import validation
 from stt_keras.models import STTSegmenter
 from stt_keras.utils.sizes import SizeError, parse_frame_size
 from stt_keras import data as data_lib
+from stt_keras import optimizers
 from stt_keras.data.readers import CAMVID_CLASSES, VSPW_CLASSES
 from stt_keras.data.scan import check_training_data
 from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
@@ -33,14 +34,16 @@ MODEL_SETTINGS = ("preset", "dataset", "synthetic_family", "num_classes", "stt_o
 TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
                      "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
                      "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames", "stt_lr_multiplier",
-                     "target_damage")
+                     "target_damage", "optimizer", "clipnorm")
 # Settings added after runs were first stored: a run.json without them was made with this value.
-SETTING_DEFAULTS = {"first_frames": "pad", "freeze": None, "stt_lr_multiplier": 1.0, "target_damage": 0.0}
-SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0, "target_damage": 0.0}
+SETTING_DEFAULTS = {"first_frames": "pad", "freeze": None, "stt_lr_multiplier": 1.0, "target_damage": 0.0,
+                    "optimizer": "sgd", "clipnorm": None}
+SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0, "target_damage": 0.0,
+                      "optimizer": "sgd", "clipnorm": None}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None, "vspw": len(VSPW_CLASSES)}
-from stt_keras_cli.train import FREEZE, STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
+from stt_keras_cli.train import FREEZE, OPTIMIZERS, STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
@@ -73,6 +76,14 @@ def main(argv=None):
     from stt_keras_cli.train import main as cli_main
 
     cli_main(argv)
+
+
+def make_optimizer(config, learning_rate):
+    """The optimizer of --optimizer at `learning_rate` (a schedule), with --weight-decay and --clipnorm."""
+    common = dict(weight_decay=config.weight_decay, global_clipnorm=config.clipnorm)
+    if config.optimizer == "adamw":
+        return optimizers.AdamW(learning_rate, **common)
+    return optimizers.SGD(learning_rate, momentum=config.momentum, **common)
 
 
 def run_settings(config):
@@ -341,6 +352,10 @@ def check_config(config):
 
     if config.preset not in PRESETS:
         raise UserError(f"stt-train: unknown --preset {config.preset!r}; available: {', '.join(sorted(PRESETS))}.")
+    if config.optimizer not in OPTIMIZERS:
+        raise UserError(f"stt-train: unknown --optimizer {config.optimizer!r}; choose {' or '.join(OPTIMIZERS)}.")
+    if config.clipnorm is not None and not config.clipnorm > 0:
+        raise UserError(f"stt-train: --clipnorm must be positive, got {config.clipnorm}.")
     if not config.stt_lr_multiplier > 0:
         raise UserError(f"stt-train: --stt-lr-multiplier must be positive, got {config.stt_lr_multiplier}.")
     if not 0 <= config.target_damage <= 1:
@@ -524,8 +539,6 @@ def _train_locked(config):
             raise UserError(f"stt-train: {error}") from None
         for part in FREEZE.get(config.freeze, ()):
             getattr(model, part).trainable = False
-    if model.stt is not None:
-        model.stt.gradient_scale = config.stt_lr_multiplier
     num_key_frames = model.num_key_frames
     try:
         train, val = make_datasets(config, num_key_frames, num_classes, done_steps)
@@ -539,7 +552,9 @@ def _train_locked(config):
 
     with strategy.scope():
         schedule = keras.optimizers.schedules.PolynomialDecay(config.lr, config.steps, 0.0, power=config.poly_power)
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+        optimizer = make_optimizer(config, schedule)
+        if model.stt is not None:  # a new block in a trained model learns faster (--stt-lr-multiplier)
+            optimizer.scale_learning_rate(model.stt.trainable_variables, config.stt_lr_multiplier)
         model.compile(optimizer=optimizer, jit_compile=config.xla)  # the model's own loss and MeanIoU metric
         model.build()  # restoring needs the variables
         if checkpoint is not None:

@@ -28,7 +28,7 @@ def _alias(name):
     sublayer, weight = name.rsplit("_", 1)
     index = (_NORM if sublayer.startswith("norm") else _DENSE).index(weight)
     return property(lambda self: self.weights_of(sublayer)[index],
-                    doc=f"The {sublayer} sublayer's {weight} (read through `gradient_scale`).")
+                    doc=f"The {sublayer} sublayer's {weight}.")
 
 
 class OlderLayouts:

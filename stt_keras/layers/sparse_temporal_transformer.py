@@ -22,15 +22,6 @@ class ResidualGate(keras.layers.Layer):
         self.built = True
 
 
-def _scale_gradient(x, scale):
-    """x, with its gradient multiplied by `scale`."""
-    @tf.custom_gradient
-    def identity(value):
-        return tf.identity(value), lambda grad: grad * scale
-
-    return identity(x)
-
-
 @keras.saving.register_keras_serializable(package="stt_keras")
 class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
     """Mixes the previous frames' features into the complex points of the current one.
@@ -227,7 +218,7 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
         # Sublayers hold the weights (as keras' MultiHeadAttention does), created in the order of the
         # old layout (`compat.SUBLAYERS`), so get_weights()/set_weights() keep their order. The block
         # does not call them: its maths runs in float32 under any dtype policy and reads the weights
-        # through `gradient_scale`; dense_masked must emit 1x1 convolutions and moment-free norms
+        # through `weights_of`; dense_masked must emit 1x1 convolutions and moment-free norms
         # under the int8 name scopes; and Dense/LayerNormalization.call would compute in the policy's
         # dtype with another norm formula (x * inv + (beta - mean * inv)), changing every output's
         # rounding, the committed fixtures and the exported graphs.
@@ -256,29 +247,19 @@ class SparseTemporalTransformer(compat.OlderLayouts, keras.layers.Layer):
     def _weight_layers(self):
         return (self.query, self.key, self.value, self.output_dense, self.norm1, self.ffn1, self.ffn2, self.norm2)
 
-    # Gradient multiplier of the block's weights (1: none). The forward value is the weight itself; its
-    # gradient is multiplied, so with SGD the block learns at `gradient_scale` x the learning rate (a new
-    # block in a trained model, as stt-train --stt-lr-multiplier sets it). Not saved: a training setting.
-    gradient_scale = 1.0
-
-    def _read(self, variable):
-        if self.gradient_scale == 1.0:
-            return variable
-        return _scale_gradient(tf.convert_to_tensor(variable), float(self.gradient_scale))
-
     def weights_of(self, sublayer):
         """(kernel, bias) of a Dense sublayer or (gamma, beta) of a LayerNormalization, by name
-        (`compat.SUBLAYERS`: "query", "key", "value", "output", "norm1", "ffn1", "ffn2", "norm2"),
-        read through `gradient_scale`. The block's maths reads its weights here."""
+        (`compat.SUBLAYERS`: "query", "key", "value", "output", "norm1", "ffn1", "ffn2", "norm2").
+        The block's maths reads its weights here."""
         layer = self._weight_layers()[compat.SUBLAYERS.index(sublayer)]
-        return tuple(self._read(variable) for variable in layer.weights)
+        return tuple(layer.weights)
 
     def gate_of(self, branch):
-        """The residual gate [d] of "attention" or "ffn" (`residual_gate=True` only), read through
-        `gradient_scale`. `block.branch_weights` folds it into W^O / the FFN's output layer."""
+        """The residual gate [d] of "attention" or "ffn" (`residual_gate=True` only).
+        `block.branch_weights` folds it into W^O / the FFN's output layer."""
         if not self.residual_gate:
             raise ValueError(f"Layer '{self.name}' has no residual gates (residual_gate=False).")
-        return self._read({"attention": self.gates.attention, "ffn": self.gates.ffn}[branch])
+        return {"attention": self.gates.attention, "ffn": self.gates.ffn}[branch]
 
     # ------------------------------------------------------------- pieces
     def _linear(self, x, kernel, bias):

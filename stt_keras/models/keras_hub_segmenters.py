@@ -20,6 +20,9 @@ from stt_keras.models.segformer.segformer_encoder import IMAGENET_OFFSET, IMAGEN
 
 # The MiT configurations of KerasHub's SegFormer presets (heads, reduction ratios, patch
 # sizes and strides are the same for every size; projection_filters is the decoder width).
+# The MiT stage the STT mixes unless told: stage 1 (1/4 of the frame), where SegFormer's decoder reads
+# what a damaged frame loses (docs/pretrained.md, "Where the STT sits").
+SEGFORMER_STAGE = 1
 _MIT_COMMON = dict(num_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2])
 SEGFORMER_ARCHS = {
     "b0": dict(_MIT_COMMON, hidden_dims=[32, 64, 160, 256], depths=[2, 2, 2, 2], projection_filters=256),
@@ -94,9 +97,10 @@ def segformer_arch(segmenter):
     )
 
 
-def build_segformer(arch, num_classes, features_stage=4, scale=IMAGENET_SCALE, offset=IMAGENET_OFFSET, dtype=None):
+def build_segformer(arch, num_classes, features_stage=None, scale=IMAGENET_SCALE, offset=IMAGENET_OFFSET, dtype=None):
     """A built SegFormerEncoder and SegFormerDecoder from the arguments of `segformer_arch` (random weights)."""
     arch = dict(arch)
+    features_stage = features_stage or SEGFORMER_STAGE
     projection_filters = arch.pop("projection_filters")
     encoder = SegFormerEncoder(**arch, features_stage=features_stage, scale=scale, offset=offset, dtype=dtype,
                                name="encoder")
@@ -180,7 +184,7 @@ def check_architecture(segmenter, recipe, source, preset):
 def build_architecture(recipe, num_classes, features_stage=None, dtype=None):
     """The encoder and decoder of a built-in image-segmenter preset, with random weights."""
     if recipe["kind"] == "segformer":
-        return build_segformer(SEGFORMER_ARCHS[recipe["size"]], num_classes, features_stage or 4, dtype=dtype)
+        return build_segformer(SEGFORMER_ARCHS[recipe["size"]], num_classes, features_stage or SEGFORMER_STAGE, dtype=dtype)
     return build_deeplab(DEEPLAB_ARCHS[recipe["size"]], num_classes, dtype=dtype)
 
 
@@ -246,7 +250,7 @@ def split_image_segmenter(segmenter, num_classes=None, features_stage=None, dtyp
     import keras_hub
 
     if isinstance(segmenter, keras_hub.models.SegFormerImageSegmenter):
-        return (*split_segformer(segmenter, num_classes, features_stage or 4, dtype), "segformer")
+        return (*split_segformer(segmenter, num_classes, features_stage or SEGFORMER_STAGE, dtype), "segformer")
     if isinstance(segmenter, keras_hub.models.DeepLabV3ImageSegmenter):
         if features_stage is not None:
             raise ValueError("features_stage is a SegFormer argument; DeepLabV3's STT mixes the ASPP output.")

@@ -19,7 +19,7 @@ from stt_keras.models.bisenet.bisenet_decoder import BiSeNetDecoder
 from stt_keras.models.bisenet.bisenet_encoder import BiSeNetEncoder
 from stt_keras.models.pspnet.pspnet_decoder import PSPNetDecoder
 from stt_keras.models.pspnet.pspnet_encoder import PSPNetEncoder
-from stt_keras.models.stt.stt_presets import IDENTITY_STT, PRESETS
+from stt_keras.models.stt.stt_presets import GATED_STT, PRESETS
 
 # The STT arguments a preset takes as overrides: the block's constructor arguments, except those about how it runs
 # rather than what it computes (the implementation, its tiling) and the LayerNorm epsilon.
@@ -144,14 +144,14 @@ def from_image_segmenter(cls, segmenter_or_preset, stt="auto", num_classes=None,
 
 
 def make_stt(stt, encoder, dtype=None):
-    """The STT of `from_image_segmenter`, built for `encoder`'s features: "auto", a dict over IDENTITY_STT,
+    """The STT of `from_image_segmenter`, built for `encoder`'s features: "auto", a dict over GATED_STT,
     a layer, or None."""
     if stt is None:
         return None
     if isinstance(stt, str) and stt == "auto":
         stt = {}
     if isinstance(stt, dict):
-        stt = SparseTemporalTransformer(**{**IDENTITY_STT, **stt}, dtype=dtype, name="stt")
+        stt = SparseTemporalTransformer(**{**GATED_STT, **stt}, dtype=dtype, name="stt")
     if not isinstance(stt, SparseTemporalTransformer):
         raise TypeError(f"`stt` must be 'auto', a dict of SparseTemporalTransformer arguments, a "
                         f"SparseTemporalTransformer or None, got {type(stt).__name__}.")

@@ -16,6 +16,10 @@ TINY_STT = dict(
 # The block `STTSegmenter.from_image_segmenter` inserts by default: TINY_STT in the pre-norm form
 # (docs/method.md), which starts as the identity, so the wrapped segmenter first gives its own logits.
 IDENTITY_STT = dict(TINY_STT, norm_first=True)
+# The same with zero-initialised residual gates instead of zero output weights (docs/method.md): the block
+# `from_image_segmenter` and the SegFormer presets insert, the one that learned to read its past when
+# fine-tuned on a trained SegFormer (docs/performance.md, "STT on a SegFormer-B0-sized model").
+GATED_STT = dict(IDENTITY_STT, residual_gate=True)
 
 _PSP = dict(arch="pspnet", head_channels=512)
 _BISE = dict(arch="bisenet")
@@ -44,13 +48,15 @@ PRESETS = {
 # Models started from a KerasHub image segmenter (`STTSegmenter.from_image_segmenter`): the KerasHub
 # preset they load (`image_segmenter_weights` replaces it: a local KerasHub preset directory, or None
 # for the architecture with random weights), the architecture that preset has, and its class count.
-# The STT starts as the identity (IDENTITY_STT), on the MiT stage-4 map (docs/pretrained.md).
-_SEGFORMER_CITYSCAPES = dict(arch="image_segmenter", kind="segformer", num_classes=19, features_stage=4)
+# The STT starts as the identity (GATED_STT). On SegFormer it mixes MiT stage 1 (1/4 of the frame):
+# the decoder reads what a damaged frame loses from that map, not from the deeper ones
+# (docs/pretrained.md, "Where the STT sits").
+_SEGFORMER_CITYSCAPES = dict(arch="image_segmenter", kind="segformer", num_classes=19, features_stage=1)
 PRESETS.update({
-    "stt_segformer_b0": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b0_cityscapes_1024", size="b0", stt=IDENTITY_STT,
-                             description="STT-SegFormer-B0 from KerasHub's segformer_b0_cityscapes_1024, STT on the 1/32 MiT map"),
-    "stt_segformer_b1": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b1_cityscapes_1024", size="b1", stt=IDENTITY_STT,
-                             description="STT-SegFormer-B1 from KerasHub's segformer_b1_cityscapes_1024, STT on the 1/32 MiT map"),
+    "stt_segformer_b0": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b0_cityscapes_1024", size="b0", stt=GATED_STT,
+                             description="STT-SegFormer-B0 from KerasHub's segformer_b0_cityscapes_1024, STT on the 1/4 MiT map"),
+    "stt_segformer_b1": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b1_cityscapes_1024", size="b1", stt=GATED_STT,
+                             description="STT-SegFormer-B1 from KerasHub's segformer_b1_cityscapes_1024, STT on the 1/4 MiT map"),
     "segformer_b0": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b0_cityscapes_1024", size="b0", stt=None,
                          description="SegFormer-B0 per-frame twin (KerasHub's segformer_b0_cityscapes_1024)"),
     "segformer_b1": dict(_SEGFORMER_CITYSCAPES, image_segmenter="segformer_b1_cityscapes_1024", size="b1", stt=None,
@@ -59,7 +65,7 @@ PRESETS.update({
 _DEEPLAB_VOC = dict(arch="image_segmenter", kind="deeplab_v3", num_classes=21, features_stage=None,
                    image_segmenter="deeplab_v3_plus_resnet50_pascalvoc", size="resnet50")
 PRESETS.update({
-    "stt_deeplabv3plus_r50": dict(_DEEPLAB_VOC, stt=IDENTITY_STT,
+    "stt_deeplabv3plus_r50": dict(_DEEPLAB_VOC, stt=GATED_STT,
                                   description="STT-DeepLabV3+ from KerasHub's deeplab_v3_plus_resnet50_pascalvoc, STT on the ASPP output"),
     "deeplabv3plus_r50": dict(_DEEPLAB_VOC, stt=None,
                               description="DeepLabV3+ ResNet-50 per-frame twin (KerasHub's deeplab_v3_plus_resnet50_pascalvoc)"),

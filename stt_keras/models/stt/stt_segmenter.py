@@ -118,12 +118,13 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
                 ("segformer_b0_cityscapes_1024", ...) or a local KerasHub preset
                 directory (`save_to_preset`).
             stt: "auto" (a small block that starts as the identity: `TINY_STT` with
-                `norm_first=True`), a dict of `SparseTemporalTransformer` arguments
+                `norm_first=True` and zero-initialised residual gates), a dict of `SparseTemporalTransformer` arguments
                 (over those defaults), a `SparseTemporalTransformer`, or None for
                 the per-frame twin.
             num_classes: None keeps the segmenter's classes and classifier; another
                 number gives a new, randomly initialised classifier.
-            features_stage: SegFormer: the MiT stage (1..4) the STT mixes (default 4).
+            features_stage: SegFormer: the MiT stage (1..4) the STT mixes (default 1,
+                the 1/4 map: docs/pretrained.md says why).
             dtype: dtype policy of the new layers (e.g. "mixed_float16").
         """
         return stt_builders.from_image_segmenter(cls, segmenter_or_preset, stt, num_classes, features_stage, dtype,
