@@ -16,6 +16,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from stt_keras_cli import load_library_module  # noqa: E402  (TensorFlow-free)
+
+load_library_module("devices", "devices.py").cpu_only_without_cuda_driver()  # no CUDA probe without a driver
 
 import numpy as np  # noqa: E402
 
