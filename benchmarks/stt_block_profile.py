@@ -14,8 +14,7 @@ float part stays float32 in the int8 export too) and timed side by side in one p
   block      the whole block (`dense_masked.attend`), for the sum's check
 
 With --step, the whole int8 streaming step (`stt-export --quantizations int8`'s settings) and the
-same step with the block as identity are timed in the same rounds, and the int8 step's ops that
-XNNPACK does not take (left as separate nodes after delegation) are listed with their counts.
+same step with the block as identity are timed in the same rounds.
 Groups are timed interleaved in --rounds rounds of --repeats invocations (median per round);
 each group's share of the `block` sub-model is taken within a round: median [min, max].
 
@@ -23,7 +22,6 @@ each group's share of the `block` sub-model is taken within a round: median [min
 """
 
 import argparse
-import collections
 import os
 import statistics
 import sys
@@ -83,14 +81,6 @@ def group_functions(stt, h, w):
     return out
 
 
-def undelegated_ops(session):
-    """Counter of the op names left outside the XNNPACK delegate in a LiteRTSession (delegation is applied
-    when the interpreter allocates; XNNPACK's partitions show as DELEGATE nodes)."""
-    interpreter = session.interpreter
-    interpreter.allocate_tensors()
-    return collections.Counter(op["op_name"] for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE")
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="stt_psp18")
@@ -136,17 +126,13 @@ def main():
         model_bytes, _ = tflite.convert(tflite.frozen_function(fn), "float32")
         session = LiteRTSession(model_bytes, args.threads)
         runners[group] = (session, inputs)
-        print(f"{group:10s} ops {dict(tflite.op_histogram(model_bytes))}; outside XNNPACK: "
-              f"{dict(undelegated_ops(session)) or 'none'}", flush=True)
+        print(f"{group:10s} ops {tflite.op_histogram(model_bytes)}", flush=True)
     if args.step:
         frames = calibration.synthetic_frames(*size, 1, 4, calibration.EVALUATION_SEED)[0][0]
         for name, identity in (("int8_step", False), ("int8_no_block", True)):
             step, dtype, state_shape, nbytes = make_runner("tflite_int8", model, size, args.threads, None, name,
                                                            identity, calibration_frames)
             runners[name] = (step, prepared_inputs(step, dtype, state_shape, frames))
-            if not identity:
-                print(f"int8 step ({nbytes / 1e6:.1f} MB): outside XNNPACK: {dict(undelegated_ops(step)) or 'none'}",
-                      flush=True)
     load = os.getloadavg()[0]
     times = time_rounds({name: (runner, inputs) for name, (runner, inputs) in runners.items()}, args.rounds, args.repeats)
     print(f"\n{args.preset} at {size[0]}x{size[1]} (block at {h}x{w}), LiteRT XNNPACK, {args.threads} threads, "
