@@ -571,12 +571,16 @@ def test_dense_masked_pieces_equal_the_sparse_pieces(monkeypatch):
     got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # Tile groups (what keeps STT-PSP18's halos inside the GPU's textures): the same function, for runs
-    # of tiles along a tile row (2 tiles of 136 keys: 6 groups) and for bands of whole tile rows (8 tiles:
-    # a band of 2 rows and one of 1).
-    for limit in (300, 8 * 136):
-        monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", limit)
-        got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # of tiles along a tile row (tile 4: 2 tiles of 136 keys, 6 groups; tile 8: 1 tile of 344 keys, 4 groups)
+    # and for bands of whole tile rows (tile 4: 8 tiles, a band of 2 rows and one of 1; tile 8: 1 row each),
+    # at the module's query tile and at the other one.
+    for tile in (4, 8):
+        monkeypatch.setattr(dense_masked, "ATTENTION_TILE", tile)
+        halo = sum((tile + 2 * r) ** 2 for r in radii)
+        for limit in ((2 if tile == 4 else 1) * halo, (8 if tile == 4 else 2) * halo, 10**6):
+            monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", limit)
+            got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-2]}")
