@@ -105,6 +105,12 @@ def main():
     if args.rounds < 1 or args.repeats < 1 or args.threads < 1:
         p.error("--rounds, --repeats and --threads must be positive")
 
+    from stt_keras.models.stt.stt_presets import PRESETS
+
+    if PRESETS.get(args.preset, {}).get("stt") is None:
+        p.error(f"--preset {args.preset!r} is not a preset with an STT block; choose from "
+                f"{sorted(name for name, recipe in PRESETS.items() if recipe.get('stt'))}")
+
     import tensorflow as tf
 
     from edge_cost import build, cpu_features, make_runner, prepared_inputs, summary, time_rounds
@@ -115,8 +121,6 @@ def main():
     features = cpu_features()
     print(f"CPU: {features}; {args.threads} threads; load average at start {os.getloadavg()}", flush=True)
     model = build(args.preset, size)
-    if model.stt is None:
-        p.error(f"--preset {args.preset} has no STT block")
     h, w = model.state_shape(*size, packed=True)[1:3]
     runners = {}
     functions = group_functions(model.stt, h, w)
