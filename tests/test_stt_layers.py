@@ -583,6 +583,25 @@ def test_dense_masked_pieces_equal_the_sparse_pieces(monkeypatch):
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_dense_masked_attention_with_tiles_inside_the_map(monkeypatch):
+    """Tiles whose halos lie inside the map and tiles whose halos reach out of it, in the same groups and
+    alone: 26 x 29 points, 8 x 8 tiles, radii [2, 1] (the other tests' maps have border tiles only)."""
+    from stt_keras.layers import dense_masked, temporal_attention
+
+    rng = np.random.default_rng(3)
+    radii = [2, 1]
+    q = rng.normal(size=(1, 26, 29, 8)).astype(np.float32)
+    kv = rng.normal(size=(1, 2, 26, 29, 16)).astype(np.float32)
+    expected = temporal_attention.windowed_attention(q, kv, radii, num_heads=2)
+    packed = dense_masked.pack_frames(tf.constant(kv))
+    valid, _, _ = dense_masked._tile_tables(26, 29, radii, dense_masked.ATTENTION_TILE)
+    assert valid.all(axis=1).any() and not valid.all()  # both kinds of tile
+    for limit in (1, 10**6):
+        monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", limit)
+        got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-2]}")
 def test_dense_masked_matches_reference(case):
     check_against_reference(case, "dense_masked")
