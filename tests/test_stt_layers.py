@@ -571,9 +571,32 @@ def test_dense_masked_pieces_equal_the_sparse_pieces(monkeypatch):
     got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # Tile groups (what keeps STT-PSP18's halos inside the GPU's textures): the same function, for runs
-    # of tiles along a tile row (2 tiles of 136 keys: 6 groups) and for bands of whole tile rows (8 tiles:
-    # a band of 2 rows and one of 1).
-    for limit in (300, 8 * 136):
+    # of tiles along a tile row (tile 4: 2 tiles of 136 keys, 6 groups; tile 8: 1 tile of 344 keys, 4 groups)
+    # and for bands of whole tile rows (tile 4: 8 tiles, a band of 2 rows and one of 1; tile 8: 1 row each),
+    # at the module's query tile and at the other one.
+    for tile in (4, 8):
+        monkeypatch.setattr(dense_masked, "ATTENTION_TILE", tile)
+        halo = sum((tile + 2 * r) ** 2 for r in radii)
+        for limit in ((2 if tile == 4 else 1) * halo, (8 if tile == 4 else 2) * halo, 10**6):
+            monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", limit)
+            got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_masked_attention_with_tiles_inside_the_map(monkeypatch):
+    """Tiles whose halos lie inside the map and tiles whose halos reach out of it, in the same groups and
+    alone: 26 x 29 points, 8 x 8 tiles, radii [2, 1] (the other tests' maps have border tiles only)."""
+    from stt_keras.layers import dense_masked, temporal_attention
+
+    rng = np.random.default_rng(3)
+    radii = [2, 1]
+    q = rng.normal(size=(1, 26, 29, 8)).astype(np.float32)
+    kv = rng.normal(size=(1, 2, 26, 29, 16)).astype(np.float32)
+    expected = temporal_attention.windowed_attention(q, kv, radii, num_heads=2)
+    packed = dense_masked.pack_frames(tf.constant(kv))
+    valid, _, _ = dense_masked._tile_tables(26, 29, radii, dense_masked.ATTENTION_TILE)
+    assert valid.all(axis=1).any() and not valid.all()  # both kinds of tile
+    for limit in (1, 10**6):
         monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", limit)
         got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -43,7 +43,9 @@ from stt_keras.layers import block, nsm, validation, windows
 from stt_keras.streaming import pack_frames, unpack_frames  # noqa: F401 (the state layout; also dense_masked.*)
 
 NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse implementation)
-ATTENTION_TILE = 4  # query tile of the windowed attention (as in temporal_attention)
+ATTENTION_TILE = 8  # query tile of the windowed attention: 8 x 8 points share one halo per frame
+# (temporal_attention's 4 x 4 copies each key 12x at radius 5, 8 x 8 5x: on a CPU the attention is
+# those copies, docs/performance.md; the masked extra logits are exactly zero weight)
 BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
 SCOPE = "stt_block"  # name scope of the STT ops in `STTSegmenter.stream_step`: int8 export keeps them float,
 # except those under these sub-scopes (the key/value and query projections, W^O and the FFN: plain 1x1
@@ -291,9 +293,8 @@ def windowed_attention(queries, state, radii, num_heads):
     Every tile's halo at once at the paper's size (STT-PSP18, 256x512: 128 tiles x
     932 keys) needed 4 x 238592 textures; the accelerator could not create them and
     the attention came out wrong. Groups of 8192 rows still failed (4 x 14912); 4096
-    rows fit. At the tiny presets' sizes there is one group. Each group cuts the
-    halos of the largest radius from the padded state once, and every frame its own
-    centred square of them.
+    rows fit. At the tiny presets' sizes there is one group. Each group cuts every
+    frame's halos at that frame's radius from the frame's own padded key/values.
 
     Args:
         queries: float32 [B, h, w, d_r], projected and scaled.
@@ -318,10 +319,12 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
     valid, window, _ = _tile_tables(h, w, radii, tile)
     points = tile**2
     n_halo = window.shape[1]
-    reach = max(radii)
-    # One padded copy of the whole state (every frame, keys and values) and of the queries;
-    # each group cuts the halos of the largest radius and every frame its own centred square.
-    state = _pad_for_halos(state, h, w, tile, reach)
+    # One padded copy of each frame's key/values, padded for its own radius, and of the queries; each
+    # group cuts every frame's halos at that frame's radius from its own channels (cutting the largest
+    # radius' halos of the whole state and a centred square per frame moved 1.5x the data: on a CPU
+    # the attention is copies, docs/performance.md).
+    frame_maps = [_pad_for_halos(state[..., frame * channels: (frame + 1) * channels], h, w, tile, r)
+                  for frame, r in enumerate(radii)]
     queries = _pad_for_halos(queries, h, w, tile, 0)
     window_bias = tf.constant(_bias(window))  # [16, halo], broadcast over tiles and heads
     tiles_high, tiles_wide = windows.num_tiles(h, tile), windows.num_tiles(w, tile)
@@ -330,11 +333,9 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
         top, left, rows, cols = group
         tiles = rows * cols
         order = _tile_order(top, left, rows, cols, tiles_wide)
-        halos = _halos(state, tile, reach, top, left, rows, cols)  # [tiles, side, side, T * 2 d_r]
         kv = []
-        for frame, r in enumerate(radii):  # halos frame-major, as the window table
-            square = halos[:, reach - r: reach + tile + r, reach - r: reach + tile + r,
-                           frame * channels: (frame + 1) * channels]
+        for frame_map, r in zip(frame_maps, radii):  # halos frame-major, as the window table
+            square = _halos(frame_map, tile, r, top, left, rows, cols)  # [tiles, tile + 2r, tile + 2r, 2 d_r]
             kv.append(tf.reshape(square, [tiles, (tile + 2 * r) ** 2, channels]))
         kv = kv[0] if frames == 1 else tf.concat(kv, axis=1)  # [tiles, halo, 2 d_r]
         k, v = tf.split(kv, 2, axis=-1)
