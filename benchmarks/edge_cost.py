@@ -33,6 +33,7 @@ printed with the results.
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -43,6 +44,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+
+from timing import interleaved_rounds  # noqa: E402
 
 RUNTIMES = ("keras", "tflite_float32", "tflite_int8", "tflite_int8_float_block", "onnx")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
@@ -132,18 +135,9 @@ def prepared_inputs(step, frame_dtype, state_shape, frames):
 
 
 def time_rounds(runners, rounds, repeats):
-    """{name: [median seconds per round]}, the runners interleaved within each round."""
-    times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, (step, inputs) in runners.items():
-            step(**inputs)  # warm-up
-            samples = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                step(**inputs)
-                samples.append(time.perf_counter() - start)
-            times[name].append(statistics.median(samples))
-    return times
+    """{name: [median seconds per round]} of {name: (step, inputs)}, interleaved (`timing.interleaved_rounds`)."""
+    return interleaved_rounds({name: functools.partial(step, **inputs) for name, (step, inputs) in runners.items()},
+                              rounds, repeats)
 
 
 def summary(values):

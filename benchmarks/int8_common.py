@@ -4,11 +4,14 @@ model, its int8 conversions with the exporter's calibration, the Keras reference
     --model FILE | --preset NAME (random weights, latency only), --size HxW, --threads, --rounds, --repeats, --save
 """
 
+import functools
 import os
 import statistics
 import time
 
 import numpy as np
+
+from timing import interleaved_rounds
 
 
 def add_model_arguments(parser, repeats):
@@ -89,19 +92,10 @@ class GpuStep:
 
 
 def interleaved_latency(runners, inputs, rounds, repeats):
-    """{name: [median seconds of `repeats` steps, one per round]}: the runners take turns in every round (one warm-up
-    step each time), so a shared machine's load moves them together and the ratio within a round is what to compare."""
-    medians = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            runner(**inputs)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                runner(**inputs)
-                times.append(time.perf_counter() - start)
-            medians[name].append(statistics.median(times))
-    return medians
+    """{name: [median seconds of `repeats` steps, one per round]} of `runner(**inputs)`, the runners interleaved
+    (`timing.interleaved_rounds`)."""
+    return interleaved_rounds({name: functools.partial(runner, **inputs) for name, runner in runners.items()},
+                              rounds, repeats)
 
 
 def ratios_to(medians, base):

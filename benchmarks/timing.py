@@ -1,4 +1,4 @@
-"""The one timing helper every benchmark uses: median of repeated runs after warm-up."""
+"""The one timing helper every benchmark uses: median of repeated runs after warm-up, alone or interleaved."""
 
 import statistics
 import time
@@ -14,3 +14,14 @@ def timeit(fn, repeats, warmup=1):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_rounds(runs, rounds, repeats):
+    """{name: [`timeit` of the run, one per round]} for {name: zero-argument callable}: the runs take turns in
+    every round (each with its own warm-up), so a shared machine's load moves them together and the ratio within a
+    round is what to compare."""
+    medians = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            medians[name].append(timeit(fn, repeats))
+    return medians
