@@ -137,7 +137,7 @@ def copy_mit_weights(mit, encoder):
         _copy(stage_norms[i], encoder.stage_norms[i])
 
 
-def split_segformer(segmenter, num_classes=None, features_stage=4, dtype=None):
+def split_segformer(segmenter, num_classes=None, features_stage=None, dtype=None):
     """(SegFormerEncoder, SegFormerDecoder) with the KerasHub SegFormerImageSegmenter's weights.
 
     `num_classes` other than the segmenter's gives a freshly initialised classifier
@@ -184,7 +184,7 @@ def check_architecture(segmenter, recipe, source, preset):
 def build_architecture(recipe, num_classes, features_stage=None, dtype=None):
     """The encoder and decoder of a built-in image-segmenter preset, with random weights."""
     if recipe["kind"] == "segformer":
-        return build_segformer(SEGFORMER_ARCHS[recipe["size"]], num_classes, features_stage or SEGFORMER_STAGE, dtype=dtype)
+        return build_segformer(SEGFORMER_ARCHS[recipe["size"]], num_classes, features_stage, dtype=dtype)
     return build_deeplab(DEEPLAB_ARCHS[recipe["size"]], num_classes, dtype=dtype)
 
 
@@ -250,7 +250,7 @@ def split_image_segmenter(segmenter, num_classes=None, features_stage=None, dtyp
     import keras_hub
 
     if isinstance(segmenter, keras_hub.models.SegFormerImageSegmenter):
-        return (*split_segformer(segmenter, num_classes, features_stage or SEGFORMER_STAGE, dtype), "segformer")
+        return (*split_segformer(segmenter, num_classes, features_stage, dtype), "segformer")
     if isinstance(segmenter, keras_hub.models.DeepLabV3ImageSegmenter):
         if features_stage is not None:
             raise ValueError("features_stage is a SegFormer argument; DeepLabV3's STT mixes the ASPP output.")
