@@ -197,6 +197,38 @@ def test_page_refuses_webgpu_for_a_model_webgpu_cannot_build(web_exports, frames
         headless.run_page(str(folder), frames, "webgpu", timeout=120)
 
 
+@needs_browser
+@pytest.mark.slow  # about 3 minutes: a tiny STT-SegFormer exported, then two page runs
+def test_an_stt_segformer_runs_in_the_page_as_in_python(frames, frames_box, tmp_path):
+    """A KerasHub SegFormer with the STT on MiT stage 1 (what `STTSegmenter.from_image_segmenter` builds),
+    its block moved off the identity so the past counts: the float16 gpu form fully on WebGPU and the int8
+    model on Wasm (what a phone runs on its GPU and on its CPU) give Python LiteRT's labels."""
+    from test_image_segmenters import TINY, keras_hub_segformer
+
+    from stt_keras.export import cli as export_cli
+    from stt_keras.models import STTSegmenter
+
+    model = STTSegmenter.from_image_segmenter(keras_hub_segformer(TINY, (64, 64)))
+    assert model.encoder.features_stage == 1
+    rng = np.random.default_rng(0)
+    model.stt.set_weights([w + 0.05 * rng.normal(size=w.shape).astype("float32") for w in model.stt.get_weights()])
+    model.save(str(tmp_path / "stt_segformer.keras"))
+    out = str(tmp_path / "export")
+    export_cli.run_export(export_cli.build_parser().parse_args(
+        ["--model", str(tmp_path / "stt_segformer.keras"), "--out", out, "--size", "x".join(map(str, SIZE)),
+         "--formats", "tflite", "--forms", "gpu", "--interfaces", "edge", "--quantizations", "float16,int8",
+         "--gpu-check", "off", "--parity-sequences", "1", "--parity-frames", "4", "--calibration-sequences", "2",
+         "--calibration-frames", "4"]))
+    for name, backend in [("stt_gpu_edge_float16.tflite", "webgpu"), ("stt_edge_int8.tflite", "wasm")]:
+        result = headless.run_page(out, frames, backend, name, timeout=300, box=frames_box)
+        reference = python_edge_labels(os.path.join(out, name), frames)
+        per_frame = (result["labels"].astype(np.int32) == reference).reshape(FRAMES, -1).mean(-1)
+        assert per_frame.min() >= MIN_AGREEMENT and per_frame.mean() >= MIN_MEAN_AGREEMENT, (name, per_frame)
+        assert len(np.unique(reference)) >= 3, name
+        if backend == "webgpu":
+            assert result["summary"]["fullyAccelerated"] is True and result["op_split"] is None, result["summary"]
+
+
 # ------------------------------------------------------------------ the server and the model copy (no browser)
 def test_exported_gpu_form_has_no_gathers(web_exports):
     """The gpu form cuts its tiles without GATHER (dense_masked.py): the server's WebGPU copy is the file itself."""
