@@ -17,7 +17,7 @@ from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.utils.sizes import SizeError, parse_frame_size
 from stt_keras.export import memory
 from stt_keras.export.files import (DEFAULT_QUANTIZATIONS, FORM_QUANTIZATIONS, GPU_CHECKED,  # noqa: F401
-                                    ExportedFile, plan)
+                                    OLD_FORM_NAMES, ExportedFile, plan)
 # Importable from here as before the export was split into modules.
 from stt_keras.export.gpu_check import GpuChecker as _GpuChecker, gpu_checker as _gpu_checker  # noqa: F401
 from stt_keras.export.gpu_check import gpu_text as _gpu_text  # noqa: F401
@@ -45,14 +45,16 @@ def planned_files(formats, forms, quantizations, explicit_quantizations=True, in
         if missing and explicit_quantizations:
             raise UserError(
                 f"stt-export: --quantizations {','.join(missing)} with --forms {','.join(forms) or '(none)'} writes no "
-                f"TFLite model (int8 is built from the gpu form only); add --forms gpu or drop {','.join(missing)}.")
+                f"TFLite model (int8 is built from the dense_masked form only); add --forms dense_masked or drop "
+                f"{','.join(missing)}.")
         if not quantizations:
             raise UserError("stt-export: --formats tflite with an empty --quantizations writes no TFLite model.")
     if not files:
         raise UserError("stt-export: these arguments write no model (--formats, --forms or --quantizations is empty); "
                         "nothing was changed.")
     if formats - {"savedmodel"} and not forms:
-        raise UserError("stt-export: --forms is empty: the TFLite and ONNX models need a step form (default, gpu).")
+        raise UserError("stt-export: --forms is empty: the TFLite and ONNX models need a step form "
+                        "(default, dense_masked).")
     return files
 
 
@@ -127,6 +129,10 @@ class _Request:
             raise UserError(f"stt-export: {error}.") from None
         self.formats = {f.strip() for f in args.formats.split(",") if f.strip()}
         self.forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+        for old in sorted(set(self.forms) & set(OLD_FORM_NAMES)):
+            print(f"stt-export: warning: --forms {old} is named {OLD_FORM_NAMES[old]} now; {old} will stop working.",
+                  file=sys.stderr)
+        self.forms = [OLD_FORM_NAMES.get(form, form) for form in self.forms]
         self.interfaces = [f.strip() for f in args.interfaces.split(",") if f.strip()]
         self.explicit_quantizations = args.quantizations is not None
         self.quantizations = [q.strip() for q in (args.quantizations if self.explicit_quantizations

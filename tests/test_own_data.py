@@ -108,7 +108,7 @@ def test_own_data_eval_export_edge_demo_fast(tmp_path, capsys, monkeypatch):
 
 def export_args(model_path, out, data, labels_file):
     return ["--model", model_path, "--out", out, "--size", f"{H}x{W}", "--labels", labels_file,
-            "--calibration-data", os.path.join(data, "val"), "--formats", "savedmodel,tflite", "--forms", "gpu",
+            "--calibration-data", os.path.join(data, "val"), "--formats", "savedmodel,tflite", "--forms", "dense_masked",
             "--quantizations", "int8", "--calibration-sequences", "2", "--calibration-frames", "4",
             "--parity-sequences", "1", "--parity-frames", "4", "--gpu-check", "off"]
 
