@@ -86,6 +86,15 @@ def test_the_form_gpu_is_a_deprecated_alias_of_dense_masked():
     assert "gpu" not in GRAPH_FORMS
 
 
+def test_the_flag_value_gpu_warns_and_plans_the_dense_masked_files(capsys):
+    args = cli.build_parser().parse_args(["--model", "m.keras", "--out", "x", "--forms", "default,gpu",
+                                          "--formats", "tflite", "--quantizations", "float16,int8"])
+    request = cli._Request(args)
+    assert request.forms == ["default", "dense_masked"]
+    assert "stt-export: warning: --forms gpu is named dense_masked now" in capsys.readouterr().err
+    assert [f.name for f in request.files()] == ["stt_float16.tflite", "stt_gpu_float16.tflite", "stt_int8.tflite"]
+
+
 def test_a_per_frame_model_has_the_one_form_frame():
     names = cli.plan_files({"tflite", "onnx"}, ["default", "dense_masked"], ["float16", "int8"], interfaces=("full", "edge"),
                            streaming=False)
