@@ -194,25 +194,25 @@ def _check_memory(args, model, size):
 
 
 def _class_names(args, model):
-    """(class names, palette, where they come from): --labels, a preset's metadata, or a built-in set."""
+    """(class names, palette, where they come from): --classes, a preset's metadata, or a built-in set."""
     from stt_keras.data import labels as label_sets
 
     try:
         preset = getattr(model, "preset_metadata", None) or {}  # a preset directory's names and colours
-        if not args.labels and preset.get("labels"):
+        if not args.classes and preset.get("labels"):
             class_names = list(preset["labels"])
             palette = preset.get("colors") or label_sets.default_palette(len(class_names))
             label_source = f"preset metadata {os.path.abspath(args.model)}"
             if len(class_names) != model.num_classes:
                 raise ValueError(f"the preset names {len(class_names)} classes, the model predicts {model.num_classes}.")
         else:
-            class_names, palette, label_source = label_sets.class_names_for(args.labels, model.num_classes)
+            class_names, palette, label_source = label_sets.class_names_for(args.classes, model.num_classes)
     except ValueError as error:
-        raise UserError(f"stt-export: --labels: {error}") from None
+        raise UserError(f"stt-export: --classes: {error}") from None
     if label_source.startswith("generic"):
-        print(f"stt-export: warning: no built-in label set has {model.num_classes} classes and no --labels was given; "
+        print(f"stt-export: warning: no built-in class set has {model.num_classes} classes and no --classes was given; "
               f"the classes are named {', '.join(class_names[:3])}{', ...' if len(class_names) > 3 else ''} "
-              "(pass --labels FILE to name them).", file=sys.stderr, flush=True)
+              "(pass --classes FILE to name them).", file=sys.stderr, flush=True)
     return class_names, palette, label_source
 
 

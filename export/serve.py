@@ -194,7 +194,7 @@ def _identity(data):
 # -------------------------------------------------------------------- server
 def class_names(saved_model_dir, num_classes):
     """(names, RGB palette) of an stt-export SavedModel, from its assets/labels.json (what `stt-export`
-    wrote there: --labels, the preset's names, a built-in set); without that file, class_0 ... and the
+    wrote there: --classes, the preset's names, a built-in set); without that file, class_0 ... and the
     default palette. ValueError if the file does not name num_classes classes."""
     from stt_keras.data import labels as label_sets
 

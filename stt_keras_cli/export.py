@@ -37,11 +37,12 @@ model, each carrying its own state.
 Your own data (docs/own_data.md):
 
     stt-export --model runs/mine/best.keras --out exports/mine --size 256x512 \
-        --labels labels.txt --calibration-data data/mine/val
+        --classes classes.txt --calibration-data data/mine/val
 
-`--labels` names the classes (a labels file: one name per line with an optional
+`--classes` names the classes (a classes file: one name per line with an optional
 colour, or JSON; or a built-in set); they go into every model's metadata (the edge
-demo's legend), `labels.json` and the SavedModel's assets. `--calibration-data`
+demo's legend), `labels.json` and the SavedModel's assets. (`--labels` is a
+deprecated alias: "labels" are the per-pixel class indices a model outputs.) `--calibration-data`
 (a folder layout the readers know, a video file, or a quoted glob of frames)
 supplies the int8 calibration frames and the parity frames; without it both are
 synthetic, and a model that was not trained on the synthetic video gets a loud
@@ -51,7 +52,7 @@ ETA) of calibration and parity runs goes to stderr.
 
 import argparse
 
-from stt_keras_cli import HelpFormatter, add_tf_logs_flag, run_command
+from stt_keras_cli import HelpFormatter, OldFlag, add_tf_logs_flag, run_command
 
 
 def int8_float_head(value):
@@ -65,8 +66,9 @@ def build_parser():
                    help="a .keras file from stt-train (loaded in safe mode), or a preset directory (save_to_preset)")
     p.add_argument("--out", required=True, help="export folder, e.g. exports/stt_psp18")
     p.add_argument("--size", default="128x256", metavar="HxW", help="frame size the exported models take (at least 16x16)")
-    p.add_argument("--labels", default=None,
-                   help="class names (and colours) for the metadata: a labels file (one name per line, optional colour "
+    p.add_argument("--labels", dest="classes", action=OldFlag, new="--classes", help=argparse.SUPPRESS)
+    p.add_argument("--classes", default=None,
+                   help="class names (and colours) for the metadata: a classes file (one name per line, optional colour "
                         "'road 128 64 128' or '#804080'; or JSON), or a built-in set: synthetic, cityscapes, camvid, vspw "
                         "(default: the built-in set with the model's class count, else class_0, class_1, ...)")
     p.add_argument("--formats", default="savedmodel,tflite,onnx", help="comma list of savedmodel, tflite, onnx")

@@ -234,8 +234,8 @@ def check_arguments(args):
         raise UserError(f"stt-eval: model not found: {args.model} (a .keras file or a preset directory)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"stt-eval: --out {args.out} exists and is not a folder.")
-    if args.labels and not os.path.isfile(args.labels):
-        raise UserError(f"stt-eval: --labels file not found: {args.labels}")
+    if args.classes and not os.path.isfile(args.classes):
+        raise UserError(f"stt-eval: --classes file not found: {args.classes}")
     if args.dataset == "synthetic":
         if args.synthetic_size is None:
             return get_family(args.synthetic_family).size
@@ -297,7 +297,7 @@ def dataset_sequences(args, num_classes, size=None):
     if names is None:
         from stt_keras.data.labels import class_names_for
 
-        names, _, _ = class_names_for(args.labels, num_classes)
+        names, _, _ = class_names_for(args.classes, num_classes)
     where = folder_root(args.data_root, args.split) if args.dataset == "folder" else args.data_root
     return (lambda: sequences), names, f"{args.dataset} {where}" + (
         f" (split {args.split})" if args.dataset in ("cityscapes", "camvid", "vspw") else "")

@@ -1,6 +1,6 @@
 """Class names and display colours that travel with an exported model (metadata JSON, SavedModel assets).
 
-`--labels` is a built-in label set (synthetic, cityscapes, camvid) or a labels file:
+`--classes` (stt-export, stt-eval) is a built-in class set (synthetic, cityscapes, camvid, vspw) or a classes file:
 
 * one class per line, in class-index order (line 1 is class 0); optionally a colour
   after the name, `#rrggbb` or three numbers 0-255 (`road 128 64 128`,
@@ -37,12 +37,12 @@ LABEL_SETS = {
 
 
 def label_set(name, num_classes):
-    """(class names, RGB palette) of a named label set, checked against the model's class count."""
+    """(class names, RGB palette) of a named class set, checked against the model's class count."""
     if name not in LABEL_SETS:
-        raise ValueError(f"Unknown label set {name!r}; choose one of {sorted(LABEL_SETS)}, or give a labels file.")
+        raise ValueError(f"Unknown class set {name!r}; choose one of {sorted(LABEL_SETS)}, or give a classes file.")
     names, colours = LABEL_SETS[name]
     if len(names) != num_classes:
-        raise ValueError(f"Label set {name!r} has {len(names)} classes but the model predicts {num_classes}.")
+        raise ValueError(f"Class set {name!r} has {len(names)} classes but the model predicts {num_classes}.")
     return names, [list(map(int, c))[:3] for c in colours[:num_classes]]
 
 
@@ -50,7 +50,7 @@ def guess_label_set(num_classes):
     for name, (names, _) in LABEL_SETS.items():
         if len(names) == num_classes:
             return name
-    raise ValueError(f"No built-in label set has {num_classes} classes; pass --labels FILE.")
+    raise ValueError(f"No built-in class set has {num_classes} classes; pass --classes FILE.")
 
 
 def default_palette(num_classes):
@@ -131,17 +131,17 @@ def _parse_json(data, path):
 
 
 def read_labels_file(path, num_classes=None):
-    """(class names, RGB palette) of a labels file (module docstring); ValueError naming the problem."""
+    """(class names, RGB palette) of a classes file (module docstring); ValueError naming the problem."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read labels file {path}: {error}") from None
+        raise ValueError(f"cannot read classes file {path}: {error}") from None
     if path.lower().endswith(".json") or text.lstrip().startswith(("[", "{")):
         try:
             data = json.loads(text)
         except ValueError as error:
-            raise ValueError(f"labels file {path} is not valid JSON: {error}") from None
+            raise ValueError(f"classes file {path} is not valid JSON: {error}") from None
         names, colours = _parse_json(data, path)
     else:
         names, colours = _parse_text(text, path)
@@ -152,21 +152,21 @@ def read_labels_file(path, num_classes=None):
     if duplicates:
         raise ValueError(f"{path}: class names must be unique; repeated: {duplicates}.")
     if num_classes is not None and len(names) != num_classes:
-        raise ValueError(f"labels file {path} has {len(names)} classes but the model predicts {num_classes} "
+        raise ValueError(f"classes file {path} has {len(names)} classes but the model predicts {num_classes} "
                          f"(one class per line, in class-index order; 255 in label images is ignore, not a class).")
     spare = iter(c for c in default_palette(2 * len(names) + 1) if c not in colours)
     return names, [c if c is not None else next(spare) for c in colours]
 
 
 def class_names_for(spec, num_classes):
-    """(names, palette, source) for `--labels` SPEC: a labels file, a built-in set's name, or None.
+    """(names, palette, source) for `--classes` SPEC: a classes file, a built-in set's name, or None.
 
     None: the built-in set with this many classes, else generic names class_0 ... with
     the default palette (source says so, for a warning).
     """
     if spec and (os.path.isfile(spec) or os.sep in spec or "." in os.path.basename(spec)):
         if not os.path.isfile(spec):
-            raise ValueError(f"labels file not found: {spec}")
+            raise ValueError(f"classes file not found: {spec}")
         names, palette = read_labels_file(spec, num_classes)
         return names, palette, f"file {os.path.abspath(spec)}"
     if spec:
@@ -175,6 +175,6 @@ def class_names_for(spec, num_classes):
     try:
         name = guess_label_set(num_classes)
     except ValueError:
-        return [f"class_{i}" for i in range(num_classes)], default_palette(num_classes), "generic (no --labels)"
+        return [f"class_{i}" for i in range(num_classes)], default_palette(num_classes), "generic (no --classes)"
     names, palette = label_set(name, num_classes)
     return names, palette, f"built-in {name} (by class count)"
