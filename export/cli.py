@@ -199,8 +199,8 @@ def _class_names(args, model):
 
     try:
         preset = getattr(model, "preset_metadata", None) or {}  # a preset directory's names and colours
-        if not args.classes and preset.get("labels"):
-            class_names = list(preset["labels"])
+        if not args.classes and preset.get("classes"):
+            class_names = list(preset["classes"])
             palette = preset.get("colors") or label_sets.default_palette(len(class_names))
             label_source = f"preset metadata {os.path.abspath(args.model)}"
             if len(class_names) != model.num_classes:

@@ -61,7 +61,7 @@ def test_own_data_train_eval_export_edge_demo(tmp_path):
     args = export_args(model_path, str(tmp_path / "export"), data, labels_file)
     trained_model = stt_keras.load_model(model_path, compile=False)
     preset = str(tmp_path / "preset")
-    trained_model.save_to_preset(preset, labels=NAMES, colors=COLOURS)
+    trained_model.save_to_preset(preset, classes=NAMES, colors=COLOURS)
     reloaded = STTSegmenter.from_preset(preset)
     clip = np.stack([read_first_frame_png(data, t) for t in range(4)])[None]
     np.testing.assert_array_equal(np.asarray(reloaded(clip)), np.asarray(trained_model(clip)))

@@ -80,7 +80,7 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         - A directory written by `save_to_preset`: its config and trained weights
           (`load_weights=False`: the architecture only, freshly initialised).
           `num_classes`, if given, must match; no other arguments apply.
-          `model.preset_metadata` then holds its metadata (labels, versions, ...).
+          `model.preset_metadata` then holds its metadata (classes, versions, ...).
 
         Args:
             preset: built-in preset name or preset directory.
@@ -515,26 +515,29 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         logits = self.decoder(tf.cast(mixed, self.decoder.compute_dtype), skips, output_size=size, training=False)
         return tf.cast(logits, tf.float32), next_state
 
-    def save_to_preset(self, preset_dir: str, labels: list | None = None, colors: list | None = None) -> None:
+    def save_to_preset(self, preset_dir: str, classes: list | None = None, colors: list | None = None,
+                       labels: list | None = None) -> None:
         """Writes this (trained) model as a preset directory that `from_preset(preset_dir)` loads.
 
         Writes config.json, model.weights.h5 and metadata.json (class count, the
-        label names and RGB colours if given, the architecture preset name,
+        class names and RGB colours if given, the architecture preset name,
         library versions, checksums), atomically: the directory appears complete
         or not at all, and only an empty folder or an earlier preset is replaced.
 
         Args:
             preset_dir: the folder to write.
-            labels: optional class names, one per class.
-            colors: optional [r, g, b] (0..255) per class; needs `labels`.
+            classes: optional class names, one per class.
+            colors: optional [r, g, b] (0..255) per class; needs `classes`.
+            labels: the deprecated name of `classes`.
 
         Returns the metadata dict.
         """
         from stt_keras import saving
 
-        if labels is None and colors is None and getattr(self, "preset_metadata", None):
-            labels, colors = self.preset_metadata.get("labels"), self.preset_metadata.get("colors")
-        return saving.save_preset(self, preset_dir, labels=labels, colors=colors)
+        classes = saving.old_labels_keyword(classes, labels)
+        if classes is None and colors is None and getattr(self, "preset_metadata", None):
+            classes, colors = self.preset_metadata.get("classes"), self.preset_metadata.get("colors")
+        return saving.save_preset(self, preset_dir, classes=classes, colors=colors)
 
     # ---------------------------------------------------------------- config
     def get_config(self):
