@@ -5,7 +5,7 @@ through StreamingSegmenter (every frame encoded once, the first-frame policy at
 the start of every sequence), a per-frame model on each frame alone. mIoU is
 over the labelled frames; TC (ETC's protocol, docs/method.md) over every consecutive
 pair of predicted frames, with OpenCV DIS flow; mVC_8 / mVC_16 (VSPW's video
-consistency, training/metrics.py) over the sequences with a label on every frame.
+consistency, training/consistency.py) over the sequences with a label on every frame.
 
     stt-eval --model runs/synthetic_stt/best.keras --dataset synthetic --out runs/synthetic_stt/eval
     stt-eval --model m.keras --dataset cityscapes --data-root /data/cityscapes --split val --out eval/
@@ -33,7 +33,7 @@ import argparse
 from stt_keras_cli import HelpFormatter, OldFlag, add_tf_logs_flag, run_command
 
 DATASETS = ("synthetic", "cityscapes", "camvid", "folder", "video", "vspw")
-# training/metrics.py VC_PROTOCOLS (kept here too: this module imports no TensorFlow).
+# training/consistency.py VC_PROTOCOLS (kept here too: this module imports no TensorFlow).
 VC_PROTOCOLS = ("vspw", "cffm")
 
 

@@ -319,6 +319,10 @@ assert SyntheticVideo is stt_keras.data.synthetic.SyntheticVideo
 for name in ("cityscapes_ids", "files", "images", "pipeline", "readers", "scan", "synthetic", "video"):
     assert importlib.import_module("stt_keras.training.data." + name) is importlib.import_module("stt_keras.data." + name), name
 assert old_labels is stt_keras.data.labels
+from stt_keras.training.metrics import MeanIoU, TemporalConsistency  # the consistency module's earlier name
+import stt_keras.metrics, stt_keras.training.consistency, stt_keras.training.metrics
+assert stt_keras.training.metrics is stt_keras.training.consistency and MeanIoU is stt_keras.metrics.MeanIoU
+assert TemporalConsistency is stt_keras.training.consistency.TemporalConsistency
 old_readers.label_files = lambda folder: ["patched"]
 assert stt_keras.data.readers.label_files("x") == ["patched"]
 print("ok")

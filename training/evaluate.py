@@ -23,7 +23,8 @@ from stt_keras.data import cityscapes_ids, readers, scan
 from stt_keras.data.files import FrameFiles, LabelFiles
 from stt_keras.data.synthetic import FAMILIES, SyntheticVideo, get_family
 from stt_keras.data.video import VideoFrames, read_video_labels
-from stt_keras.training.metrics import FLOW_ESTIMATOR, VC_PROTOCOLS, MeanIoU, TemporalConsistency, VideoConsistency
+from stt_keras.metrics import MeanIoU
+from stt_keras.training.consistency import FLOW_ESTIMATOR, VC_PROTOCOLS, TemporalConsistency, VideoConsistency
 
 
 def synthetic_sequences(num_sequences=6, frames=30, size=None, seed=1000, labelled_every=1, family="default"):
