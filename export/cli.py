@@ -195,18 +195,18 @@ def _check_memory(args, model, size):
 
 def _class_names(args, model):
     """(class names, palette, where they come from): --classes, a preset's metadata, or a built-in set."""
-    from stt_keras.data import labels as label_sets
+    from stt_keras.data import classes as class_sets
 
     try:
         preset = getattr(model, "preset_metadata", None) or {}  # a preset directory's names and colours
         if not args.classes and preset.get("classes"):
             class_names = list(preset["classes"])
-            palette = preset.get("colors") or label_sets.default_palette(len(class_names))
+            palette = preset.get("colors") or class_sets.default_palette(len(class_names))
             label_source = f"preset metadata {os.path.abspath(args.model)}"
             if len(class_names) != model.num_classes:
                 raise ValueError(f"the preset names {len(class_names)} classes, the model predicts {model.num_classes}.")
         else:
-            class_names, palette, label_source = label_sets.class_names_for(args.classes, model.num_classes)
+            class_names, palette, label_source = class_sets.class_names_for(args.classes, model.num_classes)
     except ValueError as error:
         raise UserError(f"stt-export: --classes: {error}") from None
     if label_source.startswith("generic"):

@@ -222,11 +222,11 @@ def legend_text_mask(names):
 
 
 def test_labels_file_text_and_json_forms(tmp_path):
-    from stt_keras.data.labels import class_names_for, default_palette, read_labels_file
+    from stt_keras.data.classes import class_names_for, default_palette, read_classes_file
 
     text = tmp_path / "labels.txt"
     text.write_text("# comment\n\nroad 128 64 128\ntraffic light #FAAA1E\ncar\nsky,70,130,180\n")
-    names, palette = read_labels_file(str(text), 4)
+    names, palette = read_classes_file(str(text), 4)
     assert names == ["road", "traffic light", "car", "sky"]
     assert palette == [[128, 64, 128], [250, 170, 30], default_palette(1)[0], [70, 130, 180]]
     for data in ([{"name": "road", "color": [128, 64, 128]}, {"name": "car"}],
@@ -234,7 +234,7 @@ def test_labels_file_text_and_json_forms(tmp_path):
                  ["road", "car"]):
         path = tmp_path / "labels.json"
         path.write_text(json.dumps(data))
-        names, palette = read_labels_file(str(path), 2)
+        names, palette = read_classes_file(str(path), 2)
         assert names == ["road", "car"] and len(palette) == 2 and palette[1] not in palette[:1]
         if data != ["road", "car"]:
             assert palette[0] == [128, 64, 128]
@@ -268,12 +268,12 @@ def test_the_flag_labels_is_a_deprecated_alias_of_classes(capsys):
     ('["a", "b", ', "not valid JSON"),
 ])
 def test_bad_labels_files_are_named(tmp_path, content, message):
-    from stt_keras.data.labels import read_labels_file
+    from stt_keras.data.classes import read_classes_file
 
     path = tmp_path / ("labels.json" if content.startswith(("[", "{")) else "labels.txt")
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        read_labels_file(str(path), 3)
+        read_classes_file(str(path), 3)
 
 
 # ------------------------------------------------------------------ calibration data sources

@@ -391,7 +391,7 @@ def test_mvc_on_a_folder_dataset_scores_only_the_densely_labelled_sequences(tmp_
 def test_export_reads_a_vspw_root_for_calibration_and_names_its_classes(tmp_path):
     """stt-export --calibration-data VSPW_ROOT: every video of the split, masks mapped; --classes vspw."""
     from stt_keras.export.calibration import UserData
-    from stt_keras.data.labels import class_names_for
+    from stt_keras.data.classes import class_names_for
 
     root = str(tmp_path / "VSPW_480p")
     videos = write_vspw(root)

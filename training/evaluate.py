@@ -296,7 +296,7 @@ def dataset_sequences(args, num_classes, size=None):
         sequences = video_sequences(args.data_root, args.label_dir, num_classes)
         names = None
     if names is None:
-        from stt_keras.data.labels import class_names_for
+        from stt_keras.data.classes import class_names_for
 
         names, _, _ = class_names_for(args.classes, num_classes)
     where = folder_root(args.data_root, args.split) if args.dataset == "folder" else args.data_root
