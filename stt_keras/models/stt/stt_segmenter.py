@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stt_keras import kernels, losses
+from stt_keras import kernels, losses, streaming
 from stt_keras.distribute import MultiWorkerFit
 from stt_keras.layers import dense_masked
 from stt_keras.layers.sparse_temporal_transformer import IMPLEMENTATIONS
@@ -411,6 +411,10 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         # The logits are float32 under every dtype policy (Keras would say the compute dtype).
         return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
 
+    # ---------------------------------------------------------------- streaming
+    # The pure step lives on the model (it runs the encoder, the STT and the decoder); the stream that carries the
+    # state from frame to frame, and the state's layout, live in stt_keras.streaming, which the layers also use
+    # (so that module cannot import them back).
     def state_shape(self, height: int, width: int, packed: bool = False, batch: int = 1) -> tuple:
         """Shape of the streaming state for frames of height x width, from `compute_output_shape` (nothing runs).
 
@@ -477,11 +481,11 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
             raise ValueError(f"The frame batch ({frame.shape[0]}) and the state batch ({state.shape[0]}) differ.")
         size = (frame.shape[1], frame.shape[2])
         if implementation == "dense_masked":
-            logits, new_state = self._dense_masked_step(frame, state if packed else dense_masked.pack_frames(state),
+            logits, new_state = self._dense_masked_step(frame, state if packed else streaming.pack_frames(state),
                                                         reset, size)
-            return logits, new_state if packed else dense_masked.unpack_frames(new_state, frames)
+            return logits, new_state if packed else streaming.unpack_frames(new_state, frames)
         if packed:
-            state = dense_masked.unpack_frames(state, frames)
+            state = streaming.unpack_frames(state, frames)
         features, skips = self._encode(frame, False)
         current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
         reset = tf.reshape(tf.cast(reset, tf.bool), [-1])
@@ -495,7 +499,7 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         mixed = self.stt.attend(features, state, implementation="sparse")
         logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
         new_state = tf.concat([state[:, 1:], current], axis=1)
-        return logits, dense_masked.pack_frames(new_state) if packed else new_state
+        return logits, streaming.pack_frames(new_state) if packed else new_state
 
     def _dense_masked_step(self, frame, state, reset, size):
         """stream_step with a packed state and the dense-masked STT (float32 throughout the STT)."""
