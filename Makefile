@@ -45,7 +45,7 @@ quickstart: venv
 	$(BIN)/stt-eval --model $(QUICK)/stt_psp_tiny/last.keras --out $(QUICK)/stt_psp_tiny/eval
 	@echo "== [4/8] export the STT model: SavedModel, TFLite float32 and int8, parity checks"
 	$(BIN)/stt-export --model $(QUICK)/stt_psp_tiny/last.keras --out $(QUICK)/export --size 128x256 \
-		--formats savedmodel,tflite --forms default,gpu --quantizations float32,int8 --interfaces full,edge
+		--formats savedmodel,tflite --forms default,dense_masked --quantizations float32,int8 --interfaces full,edge
 	@echo "== [5/8] write a synthetic video"
 	$(PY) -m stt_keras_cli.synthetic_video --out $(QUICK)/demo/input.mp4 --frames 60
 	@echo "== [6/8] edge demo: LiteRT int8 model on the video"

@@ -5,7 +5,7 @@ num_threads=None means 1 thread, so it is set explicitly), at 512 x 1024 by
 default with stt_psp18 (random weights: latency does not depend on them):
 
   keras            the library's stream_step as a tf.function (TF, float32)
-  tflite <form> <q>  the converted step, form default|gpu, q float32|float16|dynamic_range|int8
+  tflite <form> <q>  the converted step, form default|dense_masked, q float32|float16|dynamic_range|int8
   onnx <form>      tf2onnx + onnxruntime (CPU provider)
 
 Every model streams a few synthetic frames first (state carried), then the
@@ -77,15 +77,16 @@ def main():
         return lambda **kw: {k: v.numpy() for k, v in fn(**kw).items()}
 
     measure("keras default", keras_step(fns["default"]), np.uint8, None)
-    measure("keras gpu-form", keras_step(fns["gpu"]), np.float32, None)
+    measure("keras dense_masked-form", keras_step(fns["dense_masked"]), np.float32, None)
 
     plan = [("default", "float32"), ("default", "float16"), ("default", "dynamic_range"),
-            ("gpu", "float32"), ("gpu", "float16"), ("gpu", "dynamic_range"), ("gpu", "int8")]
+            ("dense_masked", "float32"), ("dense_masked", "float16"), ("dense_masked", "dynamic_range"),
+            ("dense_masked", "int8")]
     for form, quantization in plan:
         name = f"tflite {form} {quantization}"
         if only and name not in only:
             continue
-        frame_dtype = np.float32 if form == "gpu" else np.uint8
+        frame_dtype = np.float32 if form == "dense_masked" else np.uint8
         dataset = None
         if quantization == "int8":
             dataset = calibration.representative_dataset(fns[form], *size, state_shape, 2, 3, frame_dtype)
@@ -132,7 +133,7 @@ def main():
                 continue
             path = os.path.join(tmp, f"{form}.onnx")
             onnx_export.export(fns[form], step_lib.input_signature(model, *size, form), path)
-            frame_dtype = np.float32 if form == "gpu" else np.uint8
+            frame_dtype = np.float32 if form == "dense_masked" else np.uint8
             measure(name, parity.OnnxStep(path, args.threads), frame_dtype, os.path.getsize(path))
 
     base = next((r["ms"] for r in rows if r["name"] == "keras default"), None)

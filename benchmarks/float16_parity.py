@@ -3,7 +3,7 @@
 A float16 TFLite model stores its weights in float16 and (on a CPU) computes in float32, so
 against Keras it differs by the weights' float16 rounding only. This script applies exactly
 that rounding to a copy of the model in Keras and streams the export's parity frames through
-both (the rounded copy in the GPU form, `implementation="dense_masked"`; the reference in the
+both (the rounded copy in the dense_masked form, `implementation="dense_masked"`; the reference in the
 default form), then splits the label disagreement into its causes:
 
 - selection: points whose top-k membership flips (the score of the k-th and (k+1)-th point
@@ -55,7 +55,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="a .keras model instead of a random-weight preset")
     p.add_argument("--round-constants", action="store_true",
-                   help="also round the GPU form's float32 graph constants to float16 (NSM counts, 1/count, "
+                   help="also round the dense_masked form's float32 graph constants to float16 (NSM counts, 1/count, "
                         "log count, mask biases), as the float16 converter stores them")
     args = p.parse_args(argv)
     size = parse_size(args.size, "--size")
@@ -112,7 +112,7 @@ def main(argv=None):
             totals["pixels_same_selection"] += int(same.sum())
             state, state_r = next_state, next_r
     what = "weights and graph constants" if args.round_constants else "weights"
-    print(f"{args.model or args.preset} at {size[0]}x{size[1]}, float16-rounded {what} (GPU form) vs Keras (default form)")
+    print(f"{args.model or args.preset} at {size[0]}x{size[1]}, float16-rounded {what} (dense_masked form) vs Keras (default form)")
     print("step | labels agree | selection flips | pixels with top-2 margin <= 2 x logit change | max logit change")
     for t, a, flips, points, near, change in rows:
         print(f"{t:4d} | {100 * a:8.3f}% | {flips:5d} of {points} | {100 * near:6.2f}% | {change:.4f}")

@@ -4,11 +4,11 @@ The block's ops sit under `dense_masked.SCOPE`; its sub-scopes are the op groups
 key/value projection: it writes the state), `query` (the query projection), `attention` (window
 gathers, q.k, softmax, .v), `output` (W^O), `ffn` (the two FFN convolutions), `norm` (LayerNorms),
 `select` (NSM score, change term, bisection top-k mask). For each variant in --variants (a `+` list
-of groups quantized, `none` = the whole block float32), the GPU-form step of --model (or a --preset
+of groups quantized, `none` = the whole block float32), the dense_masked-form step of --model (or a --preset
 with random weights) is converted to int8 with the exporter's settings otherwise (float classifier,
 calibration 3 synthetic sequences x 6 frames), and reported:
 
-  - labels vs Keras (the float32 gpu-form step, each streaming its own state) and mIoU against the
+  - labels vs Keras (the float32 dense_masked-form step, each streaming its own state) and mIoU against the
     ground truth, both over stt-eval's held-out synthetic video (seed 1000, --sequences x 30 frames
     at the model size), with the Keras float32 mIoU beside it;
   - XNNPACK latency (--threads), the variants interleaved in --rounds rounds of --repeats steps,

@@ -1,4 +1,4 @@
-"""What the int8 benchmarks share (int8_block.py, int8_float_head.py): the model arguments, the GPU-form step of a
+"""What the int8 benchmarks share (int8_block.py, int8_float_head.py): the model arguments, the dense_masked-form step of a
 model, its int8 conversions with the exporter's calibration, the Keras reference step and the interleaved latency.
 
     --model FILE | --preset NAME (random weights, latency only), --size HxW, --threads, --rounds, --repeats, --save
@@ -43,7 +43,7 @@ def check_model_arguments(parser, args):
 
 
 class GpuStep:
-    """The GPU-form step of --model (or --preset, random weights, seed 0) at `size`: `fn` (the Keras step, what the
+    """The dense_masked-form step of --model (or --preset, random weights, seed 0) at `size`: `fn` (the Keras step, what the
     exporter converts), `frozen` (its frozen graph), `state_shape` (packed) and `reference` (numpy outputs)."""
 
     def __init__(self, args, size):
@@ -62,7 +62,7 @@ class GpuStep:
             self.model = STTSegmenter.from_preset(args.preset, num_classes=19)
             self.model.build()
         self.size = size
-        self.fn = step_lib.make_step_function(self.model, *size, "gpu")
+        self.fn = step_lib.make_step_function(self.model, *size, "dense_masked")
         self.state_shape = list(self.model.state_shape(*size, packed=True))
         self.frozen = tflite.frozen_function(self.fn)
 

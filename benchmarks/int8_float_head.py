@@ -2,11 +2,11 @@
 
 For each N in --float-heads (0: everything int8 but the STT scope, as before; 1: the classifier
 conv and the logits' upsampling float; 2: also the conv that feeds the classifier), converts the
-GPU-form step of --model at --size to int8 (same calibration as the tests: 3 synthetic sequences x
+dense_masked-form step of --model at --size to int8 (same calibration as the tests: 3 synthetic sequences x
 6 frames) and reports:
 
   - size of the .tflite,
-  - labels vs Keras (the float gpu-form step) over --steps vtest.avi steps, each model streaming
+  - labels vs Keras (the float dense_masked-form step) over --steps vtest.avi steps, each model streaming
     its own state, and on the export's synthetic parity sequences,
   - labels GPU accelerator vs CPU (XNNPACK) over the same vtest.avi steps (needs the software
     Vulkan device: apt-get install chromium opencv-doc; --gpu off skips it),

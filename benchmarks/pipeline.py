@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from stt_keras.models import STTSegmenter  # noqa: E402
 from stt_keras.utils.sizes import parse_size  # noqa: E402
 from stt_keras import data as data_lib  # noqa: E402
-from stt_keras.training.metrics import MeanIoU  # noqa: E402
+from stt_keras.metrics import MeanIoU  # noqa: E402
 
 
 def batches_per_second(ds, n):

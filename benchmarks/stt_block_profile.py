@@ -1,7 +1,7 @@
 """Where the STT block's time goes in LiteRT (XNNPACK, CPU): the block cut into its op groups.
 
 The LiteRT Python API has no per-op profiler, so the block of --preset (random weights, seed 0) at
---size is cut into sub-models, each one op group of the exported gpu-form block (`dense_masked`,
+--size is cut into sub-models, each one op group of the exported dense_masked-form block (`dense_masked`,
 the code `stt-export` traces) on inputs of the block's real shapes, converted float32 (the block's
 float part stays float32 in the int8 export too) and timed side by side in one process:
 

@@ -63,7 +63,7 @@ from stt_keras.utils.sizes import parse_size  # noqa: E402
 from stt_keras.training import train as train_lib  # noqa: E402
 from stt_keras.data.synthetic import FAMILIES  # noqa: E402
 from stt_keras.training.evaluate import evaluate_with_ablation, synthetic_sequences  # noqa: E402
-from stt_keras.training.metrics import MeanIoU  # noqa: E402
+from stt_keras.metrics import MeanIoU  # noqa: E402
 
 HELD_OUT = ("zoom_vehicles", "night")  # fixed 2026-12-03 before any run (docs/performance.md): never tuned on
 RECIPE, REFERENCE = "ft_stt", "base2x"  # the recommended recipe and the per-frame model at the same total steps

@@ -351,33 +351,48 @@ class OnnxRunner(_Runner):
         return self.session(**inputs)
 
 
-def read_verified(path, meta, allow_unverified=False):
-    """The bytes of the model file, checked against the SHA-256 stt-export recorded in its metadata.
+def verify_checksum(path, expected_sha256, recorded_in="recorded at export"):
+    """The bytes of the model file at `path`, checked against `expected_sha256` (hex, any case): the
+    project's one file check (the edge demo, the exporter's parity runs). ChecksumError if they
+    differ; None checks nothing. The bytes returned are the ones hashed: use them, not the file, so
+    that a file changed afterwards is never used. `recorded_in` says where the SHA-256 comes from.
 
-    ModelError if they differ, or if the metadata records no SHA-256 (unless `allow_unverified`,
-    for hand-made files: then a warning). The bytes returned are the ones hashed: use them, not
-    the file, so that a file changed afterwards is never used.
+    (The older call `verify_checksum(path, metadata_dict, allow_unverified)` still works, with a
+    DeprecationWarning: it is `read_verified`.)
     """
+    if isinstance(expected_sha256, dict):
+        import warnings
+
+        warnings.warn("verify_checksum(path, metadata) is deprecated: use read_verified(path, metadata) "
+                      "or verify_checksum(path, sha256).", DeprecationWarning, stacklevel=2)
+        return read_verified(path, expected_sha256, recorded_in if isinstance(recorded_in, bool) else False)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as error:
         raise ModelError(f"cannot read model {path}: {error.strerror or error}")
+    if expected_sha256 is not None:
+        check_sha256(data, expected_sha256, path, recorded_in)
+    return data
+
+
+def read_verified(path, meta, allow_unverified=False):
+    """The bytes of the model file, checked (`verify_checksum`) against the SHA-256 stt-export recorded
+    in its metadata.
+
+    ModelError if they differ, or if the metadata records no SHA-256 (unless `allow_unverified`,
+    for hand-made files: then a warning).
+    """
     expected = meta.get("sha256")
     if expected is None:
+        data = verify_checksum(path, None)
         if not allow_unverified:
             raise ModelError(f"metadata {metadata_path(path)} records no sha256, so {path} cannot be verified: "
                              "re-export it with stt-export, or pass --allow-unverified for a hand-made file.")
         print(f"edge_demo: warning: {path} is not verified (--allow-unverified: its metadata records no sha256).",
               file=sys.stderr)
         return data
-    check_sha256(data, expected, path, f"in {metadata_path(path)}")
-    return data
-
-
-def verify_checksum(path, meta, allow_unverified=False):
-    """Checks the model file against its metadata's SHA-256 (see read_verified); returns the verified bytes."""
-    return read_verified(path, meta, allow_unverified)
+    return verify_checksum(path, expected, f"in {metadata_path(path)}")
 
 
 def load_runner(path, threads=2, delegate=None, accelerator="cpu", allow_unverified=False):

@@ -17,7 +17,7 @@ from stt_keras.metrics import IGNORE_LABEL
 from stt_keras.utils.sizes import SizeError, parse_frame_size
 from stt_keras.export import memory
 from stt_keras.export.files import (DEFAULT_QUANTIZATIONS, FORM_QUANTIZATIONS, GPU_CHECKED,  # noqa: F401
-                                    ExportedFile, plan)
+                                    OLD_FORM_NAMES, ExportedFile, plan)
 # Importable from here as before the export was split into modules.
 from stt_keras.export.gpu_check import GpuChecker as _GpuChecker, gpu_checker as _gpu_checker  # noqa: F401
 from stt_keras.export.gpu_check import gpu_text as _gpu_text  # noqa: F401
@@ -45,14 +45,16 @@ def planned_files(formats, forms, quantizations, explicit_quantizations=True, in
         if missing and explicit_quantizations:
             raise UserError(
                 f"stt-export: --quantizations {','.join(missing)} with --forms {','.join(forms) or '(none)'} writes no "
-                f"TFLite model (int8 is built from the gpu form only); add --forms gpu or drop {','.join(missing)}.")
+                f"TFLite model (int8 is built from the dense_masked form only); add --forms dense_masked or drop "
+                f"{','.join(missing)}.")
         if not quantizations:
             raise UserError("stt-export: --formats tflite with an empty --quantizations writes no TFLite model.")
     if not files:
         raise UserError("stt-export: these arguments write no model (--formats, --forms or --quantizations is empty); "
                         "nothing was changed.")
     if formats - {"savedmodel"} and not forms:
-        raise UserError("stt-export: --forms is empty: the TFLite and ONNX models need a step form (default, gpu).")
+        raise UserError("stt-export: --forms is empty: the TFLite and ONNX models need a step form "
+                        "(default, dense_masked).")
     return files
 
 
@@ -127,6 +129,10 @@ class _Request:
             raise UserError(f"stt-export: {error}.") from None
         self.formats = {f.strip() for f in args.formats.split(",") if f.strip()}
         self.forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+        for old in sorted(set(self.forms) & set(OLD_FORM_NAMES)):
+            print(f"stt-export: warning: --forms {old} is named {OLD_FORM_NAMES[old]} now; {old} will stop working.",
+                  file=sys.stderr)
+        self.forms = [OLD_FORM_NAMES.get(form, form) for form in self.forms]
         self.interfaces = [f.strip() for f in args.interfaces.split(",") if f.strip()]
         self.explicit_quantizations = args.quantizations is not None
         self.quantizations = [q.strip() for q in (args.quantizations if self.explicit_quantizations
@@ -188,25 +194,25 @@ def _check_memory(args, model, size):
 
 
 def _class_names(args, model):
-    """(class names, palette, where they come from): --labels, a preset's metadata, or a built-in set."""
-    from stt_keras.data import labels as label_sets
+    """(class names, palette, where they come from): --classes, a preset's metadata, or a built-in set."""
+    from stt_keras.data import classes as class_sets
 
     try:
         preset = getattr(model, "preset_metadata", None) or {}  # a preset directory's names and colours
-        if not args.labels and preset.get("labels"):
-            class_names = list(preset["labels"])
-            palette = preset.get("colors") or label_sets.default_palette(len(class_names))
+        if not args.classes and preset.get("classes"):
+            class_names = list(preset["classes"])
+            palette = preset.get("colors") or class_sets.default_palette(len(class_names))
             label_source = f"preset metadata {os.path.abspath(args.model)}"
             if len(class_names) != model.num_classes:
                 raise ValueError(f"the preset names {len(class_names)} classes, the model predicts {model.num_classes}.")
         else:
-            class_names, palette, label_source = label_sets.class_names_for(args.labels, model.num_classes)
+            class_names, palette, label_source = class_sets.class_names_for(args.classes, model.num_classes)
     except ValueError as error:
-        raise UserError(f"stt-export: --labels: {error}") from None
+        raise UserError(f"stt-export: --classes: {error}") from None
     if label_source.startswith("generic"):
-        print(f"stt-export: warning: no built-in label set has {model.num_classes} classes and no --labels was given; "
+        print(f"stt-export: warning: no built-in class set has {model.num_classes} classes and no --classes was given; "
               f"the classes are named {', '.join(class_names[:3])}{', ...' if len(class_names) > 3 else ''} "
-              "(pass --labels FILE to name them).", file=sys.stderr, flush=True)
+              "(pass --classes FILE to name them).", file=sys.stderr, flush=True)
     return class_names, palette, label_source
 
 

@@ -5,9 +5,9 @@ folder, and `ExportedFile.parse(name)` reads a name back; every name stt-export 
 expects comes from here. The rule (docs/export.md, "Forms, quantizations and files"):
 
     saved_model/1                          the SavedModel (no form, interface or quantization)
-    {prefix}{_edge}_{quantization}.tflite  prefix stt (default form), stt_gpu (gpu form), frame
+    {prefix}{_edge}_{quantization}.tflite  prefix stt (default form), stt_gpu (dense_masked form), frame
     {stt|frame}{_edge}_int8.tflite         the one int8 model, built from the loop-free graph
-                                           (gpu form, or a per-frame model's one form)
+                                           (dense_masked form, or a per-frame model's one form)
     {prefix}{_edge}_step.onnx              float32
     the model's name with .json            its metadata
 
@@ -15,21 +15,39 @@ No TensorFlow here.
 """
 
 import dataclasses
+import warnings
 
 FORMATS = ("savedmodel", "tflite", "onnx")
-# "frame" is the one graph form of a per-frame model (no STT): its graph is also its GPU form.
-GRAPH_FORMS = ("default", "gpu", "frame")
+# "dense_masked" is the step traced with the STT's dense_masked implementation (loop-free: the form GPUs and
+# int8 run); "frame" is the one graph form of a per-frame model (no STT): its graph is loop-free too.
+GRAPH_FORMS = ("default", "dense_masked", "frame")
 INTERFACES = ("full", "edge")
-# Full int8 comes from the loop-free "gpu" graph: the TFLite calibrator crashes
+# Full int8 comes from the loop-free "dense_masked" graph: the TFLite calibrator crashes
 # (segfault, TF 2.21) on the default form's WHILE loops.
-FORM_QUANTIZATIONS = {"default": ("float32", "float16", "dynamic_range"), "gpu": ("float32", "float16", "dynamic_range", "int8"),
+FORM_QUANTIZATIONS = {"default": ("float32", "float16", "dynamic_range"),
+                      "dense_masked": ("float32", "float16", "dynamic_range", "int8"),
                       "frame": ("float32", "float16", "dynamic_range", "int8")}
 QUANTIZATIONS = ("float32", "float16", "dynamic_range", "int8")  # TFLite's (export/tflite.py)
 GPU_CHECKED = ("float32", "float16")  # quantizations compiled for the GPU accelerator
 DEFAULT_QUANTIZATIONS = "float32,float16,dynamic_range,int8"
 
-_PREFIXES = {"default": "stt", "gpu": "stt_gpu", "frame": "frame"}
+# The dense_masked form's files keep the prefix stt_gpu: file names are what scripts and the web page look for.
+_PREFIXES = {"default": "stt", "dense_masked": "stt_gpu", "frame": "frame"}
 SAVED_MODEL = "saved_model/1"
+OLD_FORM_NAMES = {"gpu": "dense_masked"}  # deprecated aliases, accepted with a DeprecationWarning
+
+
+def form_name(form):
+    """The form's name: the deprecated alias "gpu" is "dense_masked" (with a DeprecationWarning); others are unchanged.
+
+    >>> form_name("default")
+    'default'
+    """
+    if form in OLD_FORM_NAMES:
+        warnings.warn(f"the step form {form!r} is named {OLD_FORM_NAMES[form]!r}; {form!r} will stop working.",
+                      DeprecationWarning, stacklevel=3)
+        return OLD_FORM_NAMES[form]
+    return form
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +64,7 @@ class ExportedFile:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}.")
         if self.format == "savedmodel":
             return
+        object.__setattr__(self, "form", form_name(self.form))
         if self.form not in GRAPH_FORMS:
             raise ValueError(f"form must be one of {GRAPH_FORMS}, got {self.form!r}.")
         if self.interface not in INTERFACES:
@@ -81,7 +100,7 @@ class ExportedFile:
     @property
     def gpu_checked(self):
         """Compiled for LiteRT's GPU accelerator by the export's check: loop-free float TFLite models."""
-        return self.format == "tflite" and self.form in ("gpu", "frame") and self.quantization in GPU_CHECKED
+        return self.format == "tflite" and self.form in ("dense_masked", "frame") and self.quantization in GPU_CHECKED
 
     @classmethod
     def parse(cls, name):
@@ -101,7 +120,7 @@ def plan(formats, forms, quantizations, interfaces=("full",)):
     """The files the arguments ask for, in the order stt-export writes them: the SavedModel, then for
     each form and interface its TFLite quantizations (those the form can build) and its ONNX step."""
     files = [ExportedFile("savedmodel")] if "savedmodel" in formats else []
-    for form in forms:
+    for form in map(form_name, forms):
         for interface in interfaces:
             if "tflite" in formats:
                 files += [ExportedFile("tflite", form, interface, q) for q in quantizations

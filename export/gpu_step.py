@@ -1,4 +1,4 @@
-"""Trace glue for the GPU form: what the exporter does while it traces a model for a GPU.
+"""Trace glue for the dense_masked form: what the exporter does while it traces a model for a GPU.
 
 The delegate-friendly computation itself is the library's: `STTSegmenter.stream_step(...,
 implementation="dense_masked")` with a packed state (stt_keras/layers/dense_masked.py). Here is

@@ -1,7 +1,7 @@
-"""Kept for old imports: `stt_keras.export.labels` is the module `stt_keras.data.labels` (class sets, labels files)."""
+"""Kept for old imports: `stt_keras.export.labels` is the module `stt_keras.data.classes` (class sets, classes files)."""
 
 import sys
 
-from stt_keras.data import labels
+from stt_keras.data import classes
 
-sys.modules[__name__] = labels  # the same module object: monkeypatching the old path patches the real one
+sys.modules[__name__] = classes  # the same module object: monkeypatching the old path patches the real one

@@ -4,7 +4,7 @@ Jetson users run ONNX through TensorRT (or ONNX Runtime's TensorRT provider).
 Limits that matter for this model (TensorRT 8.6-10 operator docs): TopK needs
 K <= 3840 (the top 50% of a 64 x 128 map is 4096), ScatterND only without a
 reduction attribute, and Loop bodies run but are slow and fragile. The
-delegate-friendly ("gpu") form has none of these ops, so it is the TensorRT path.
+delegate-friendly ("dense_masked") form has none of these ops, so it is the TensorRT path.
 """
 
 import numpy as np

@@ -2,26 +2,13 @@
 
 import numpy as np
 
-from stt_edge_demo.runners import ChecksumError, LiteRTSession, OnnxSession, check_sha256, labels_of  # noqa: F401
+from stt_edge_demo.runners import (ChecksumError, LiteRTSession, OnnxSession, check_sha256, labels_of,  # noqa: F401
+                                  verify_checksum)
 from stt_edge_demo.stream import Stream
 from stt_keras.metrics import MeanIoU
 
-# ChecksumError (a ValueError): the edge demo's, so that the rule and its message live once (check_sha256).
-
-
-def _read_verified(path, expected_sha256):
-    """The bytes of the file at `path`, checked by the edge demo's rule (a no-op check if `expected_sha256` is None)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if expected_sha256 is not None:
-        check_sha256(data, expected_sha256, path, "recorded at export")
-    return data
-
-
-def verify_checksum(path, expected_sha256):
-    """Raises ChecksumError unless the file at `path` has SHA-256 `expected_sha256` (a no-op if that is None)."""
-    if expected_sha256 is not None:
-        _read_verified(path, expected_sha256)
+# ChecksumError (a ValueError) and verify_checksum: the edge demo's, so that the file check and its message
+# live once.
 
 
 class TFLiteStep(LiteRTSession):
@@ -35,7 +22,7 @@ class TFLiteStep(LiteRTSession):
             if expected_sha256 is not None:
                 check_sha256(bytes(model_bytes_or_path), expected_sha256, "(TFLite bytes)", "recorded at export")
         elif expected_sha256 is not None:  # the interpreter gets the bytes that were verified, not the file again
-            model_bytes_or_path = _read_verified(str(model_bytes_or_path), expected_sha256)
+            model_bytes_or_path = verify_checksum(str(model_bytes_or_path), expected_sha256)
         super().__init__(model_bytes_or_path, num_threads)
 
 

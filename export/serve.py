@@ -194,14 +194,14 @@ def _identity(data):
 # -------------------------------------------------------------------- server
 def class_names(saved_model_dir, num_classes):
     """(names, RGB palette) of an stt-export SavedModel, from its assets/labels.json (what `stt-export`
-    wrote there: --labels, the preset's names, a built-in set); without that file, class_0 ... and the
+    wrote there: --classes, the preset's names, a built-in set); without that file, class_0 ... and the
     default palette. ValueError if the file does not name num_classes classes."""
-    from stt_keras.data import labels as label_sets
+    from stt_keras.data import classes as class_sets
 
     path = os.path.join(saved_model_dir, "assets", "labels.json")
     if not os.path.isfile(path):
-        return [f"class_{i}" for i in range(num_classes)], label_sets.default_palette(num_classes)
-    return label_sets.read_labels_file(path, num_classes)
+        return [f"class_{i}" for i in range(num_classes)], class_sets.default_palette(num_classes)
+    return class_sets.read_classes_file(path, num_classes)
 
 
 class SegmenterService:

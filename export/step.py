@@ -13,7 +13,8 @@ This module only traces; the state's geometry and packing are the library's
 Two forms compute the same function:
 - "default": the library's own `STTSegmenter.stream_step` (tile loops, top-k
   selection, gather/scatter of the selected points). Fastest on the CPU.
-- "gpu": the library's delegate-friendly implementation,
+- "dense_masked": the library's delegate-friendly implementation (the form GPUs
+  and int8 run; its files are named stt_gpu_*; "gpu" is a deprecated alias),
   `model.stream_step(..., implementation="dense_masked")` on the packed state
   (stt_keras/layers/dense_masked.py: no loops, no top-k, no scatter, no rank-5
   tensor, float-only runtime tensors), traced inside `gpu_step.gpu_convolutions`.
@@ -29,9 +30,10 @@ Two interfaces:
 import numpy as np
 import tensorflow as tf
 
+from stt_keras.export.files import form_name
 from stt_keras.kernels import portable_ops
 
-FORMS = ("default", "gpu")
+FORMS = ("default", "dense_masked")
 INTERFACES = ("full", "edge")
 
 # Input and output names in signature order, and what each one means (goes into the metadata).
@@ -51,10 +53,11 @@ def is_streaming(model):
 
 
 def frame_dtype(form="default", interface="full"):
-    return tf.float32 if form == "gpu" and interface == "full" else tf.uint8
+    return tf.float32 if form_name(form) == "dense_masked" and interface == "full" else tf.uint8
 
 
 def input_signature(model, height, width, form="default", interface="full"):
+    form = form_name(form)
     _check(form, interface)
     frame = tf.TensorSpec([1, height, width, 3], frame_dtype(form, interface), name="frame")
     if not is_streaming(model):
@@ -106,13 +109,14 @@ def make_step_function(model, height, width, form="default", interface="full"):
     Args:
         model: an STTSegmenter (with an STT: a streaming step; without: a per-frame step).
         height, width: frame size the exported model takes.
-        form: "default" or "gpu" (see the module docstring).
+        form: "default" or "dense_masked" (see the module docstring).
         interface: "full" or "edge" (see the module docstring).
     """
+    form = form_name(form)
     signature = input_signature(model, height, width, form, interface)
 
     if not is_streaming(model):
-        from stt_keras.export.gpu_step import gpu_convolutions  # a per-frame graph is its own GPU form
+        from stt_keras.export.gpu_step import gpu_convolutions  # a per-frame graph is loop-free already
 
         @tf.function(input_signature=signature, autograph=False)
         def frame_step(frame):
@@ -122,8 +126,8 @@ def make_step_function(model, height, width, form="default", interface="full"):
 
         return frame_step
 
-    if form == "gpu":
-        from stt_keras.export.gpu_step import gpu_convolutions  # only the gpu form needs it
+    if form == "dense_masked":
+        from stt_keras.export.gpu_step import gpu_convolutions  # only the dense_masked form needs it
 
         @tf.function(input_signature=signature, autograph=False)
         def step(frame, state, reset):

@@ -103,7 +103,7 @@ class ExportJob:
 class StepGraph:
     """One step function (`step.make_step_function`) of a form and an interface, traced once for all its files."""
 
-    form: str  # default, gpu, or frame (a per-frame model's one form, traced as "default")
+    form: str  # default, dense_masked, or frame (a per-frame model's one form, traced as "default")
     interface: str
     fn: object
     _frozen: object = None
@@ -152,7 +152,7 @@ def metadata(model, name, file, size, labels, graph, extra):
         "num_key_frames": model.num_key_frames,
         "classes": classes,
         "palette": palette,
-        "normalization": "RGB in [0, 255] (uint8, or float32 for the gpu form's full interface); "
+        "normalization": "RGB in [0, 255] (uint8, or float32 for the dense_masked form's full interface); "
                          "ImageNet mean/std applied inside the model",
         "inputs": inputs,
         "outputs": outputs,

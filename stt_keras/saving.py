@@ -13,6 +13,7 @@ Two formats:
 import datetime
 import json
 import os
+import warnings
 import zipfile
 
 import keras
@@ -114,23 +115,37 @@ def is_preset_dir(path):
     return os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in (PRESET_METADATA, PRESET_CONFIG))
 
 
-def _check_labels(labels, colors, num_classes):
-    if labels is None:
+def _check_classes(classes, colors, num_classes):
+    if classes is None:
         if colors is not None:
-            raise ValueError("`colors` needs `labels` (one name per class).")
+            raise ValueError("`colors` needs `classes` (one name per class).")
         return None, None
-    labels = [str(name) for name in labels]
-    if len(labels) != num_classes:
-        raise ValueError(f"`labels` has {len(labels)} names but the model has {num_classes} classes.")
+    classes = [str(name) for name in classes]
+    if len(classes) != num_classes:
+        raise ValueError(f"`classes` has {len(classes)} names but the model has {num_classes} classes.")
     if colors is not None:
         colors = [[int(c) for c in color] for color in colors]
         if len(colors) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
             raise ValueError(f"`colors` must be {num_classes} RGB triples of 0..255, got {colors!r:.200}.")
-    return labels, colors
+    return classes, colors
 
 
-def save_preset(model, directory, labels=None, colors=None):
+def old_labels_keyword(classes, labels, stacklevel=3):
+    """`classes`, or the deprecated keyword `labels=` (class names; "labels" are per-pixel class indices)."""
+    if labels is None:
+        return classes
+    if classes is not None:
+        raise ValueError("pass the class names as `classes` only (`labels` is its deprecated name).")
+    warnings.warn("save_to_preset(labels=...) is named classes=...; labels= will stop working.", DeprecationWarning,
+                  stacklevel=stacklevel)
+    return labels
+
+
+def save_preset(model, directory, classes=None, colors=None, labels=None):
     """Writes `model` as a preset directory (see the module docstring); returns its metadata dict.
+
+    `classes`: optional class names, one per class; `colors`: optional [r, g, b] per class
+    (needs `classes`); `labels`: the deprecated name of `classes`.
 
     The directory appears complete or not at all: the files are written into a
     hidden sibling folder and renamed into place. An existing `directory` is
@@ -143,7 +158,7 @@ def save_preset(model, directory, labels=None, colors=None):
 
     if not model.built:
         raise ValueError("save_to_preset needs a built model: call model.build() (or call it on a batch, or fit it) first.")
-    labels, colors = _check_labels(labels, colors, model.num_classes)
+    classes, colors = _check_classes(old_labels_keyword(classes, labels), colors, model.num_classes)
     directory = os.path.abspath(directory)
     if os.path.exists(directory):
         if not os.path.isdir(directory):
@@ -168,7 +183,7 @@ def save_preset(model, directory, labels=None, colors=None):
             "architecture": model.name,
             "num_classes": int(model.num_classes),
             "num_key_frames": int(model.num_key_frames),
-            "labels": labels,
+            "classes": classes,
             "colors": colors,
             "parameter_count": int(model.count_params()),
             "stt_keras_version": __version__,
@@ -206,6 +221,8 @@ def read_preset_metadata(directory, verify=True):
     if not isinstance(metadata, dict) or metadata.get("format") != PRESET_FORMAT:
         found = metadata.get("format") if isinstance(metadata, dict) else None
         raise ModelFileError(f"preset {directory}: {PRESET_METADATA} has format {found!r}, expected {PRESET_FORMAT!r}.")
+    if "labels" in metadata and "classes" not in metadata:  # older presets name the class names "labels"
+        metadata["classes"] = metadata.pop("labels")
     files = metadata.get("files")
     if not verify:
         return metadata

@@ -36,6 +36,22 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {default})".strip()
 
 
+class OldFlag(argparse.Action):
+    """A flag's earlier name, still accepted: stores into the new flag's `dest` and says so in one stderr line.
+
+    `p.add_argument("--labels", dest="classes", action=OldFlag, new="--classes", help=argparse.SUPPRESS)`
+    """
+
+    def __init__(self, option_strings, dest, new, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is named {self.new} now; {option_string} will stop working.",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def library_file(*parts):
     """The path of a file inside the installed `stt_keras` package, found without importing it."""
     spec = importlib.util.find_spec("stt_keras")  # a top-level package: found, not executed

@@ -5,13 +5,13 @@ through StreamingSegmenter (every frame encoded once, the first-frame policy at
 the start of every sequence), a per-frame model on each frame alone. mIoU is
 over the labelled frames; TC (ETC's protocol, docs/method.md) over every consecutive
 pair of predicted frames, with OpenCV DIS flow; mVC_8 / mVC_16 (VSPW's video
-consistency, training/metrics.py) over the sequences with a label on every frame.
+consistency, training/consistency.py) over the sequences with a label on every frame.
 
     stt-eval --model runs/synthetic_stt/best.keras --dataset synthetic --out runs/synthetic_stt/eval
     stt-eval --model m.keras --dataset cityscapes --data-root /data/cityscapes --split val --out eval/
     stt-eval --model m.keras --dataset camvid --data-root /data/camvid --split test --out eval/
     stt-eval --model m.keras --dataset vspw --data-root /data/VSPW_480p --split val --out eval/
-    stt-eval --model m.keras --dataset folder --data-root data/mine --split val --labels labels.txt --out eval/
+    stt-eval --model m.keras --dataset folder --data-root data/mine --split val --classes classes.txt --out eval/
     stt-eval --model m.keras --dataset video --data-root drive.mp4 --label-dir drive_labels/ --out eval/
 
 Cityscapes TC clips follow ETC: the 19 frames before the annotated one, the
@@ -30,10 +30,10 @@ Progress (frames done, frames/s, ETA) goes to stderr every 10 s
 
 import argparse
 
-from stt_keras_cli import HelpFormatter, add_tf_logs_flag, run_command
+from stt_keras_cli import HelpFormatter, OldFlag, add_tf_logs_flag, run_command
 
 DATASETS = ("synthetic", "cityscapes", "camvid", "folder", "video", "vspw")
-# training/metrics.py VC_PROTOCOLS (kept here too: this module imports no TensorFlow).
+# training/consistency.py VC_PROTOCOLS (kept here too: this module imports no TensorFlow).
 VC_PROTOCOLS = ("vspw", "cffm")
 
 
@@ -45,7 +45,8 @@ def build_parser():
                                        "frames/), or the video file (video)")
     p.add_argument("--split", default="val", help="split of a cityscapes, camvid, vspw or folder dataset")
     p.add_argument("--label-dir", help="--dataset video: the folder of {frame:06d}.png labels (frame 0 is the first)")
-    p.add_argument("--labels", help="class names for the report (folder, video): a labels file as for stt-export "
+    p.add_argument("--labels", dest="classes", action=OldFlag, new="--classes", help=argparse.SUPPRESS)
+    p.add_argument("--classes", help="class names for the report (folder, video): a classes file as for stt-export "
                                     "(JSON, or one name per line); default class_0, class_1, ...")
     p.add_argument("--out", required=True, help="folder for results.json and report.md")
     p.add_argument("--max-sequences", type=int, default=None, help="stream only the first N sequences (default: all)")

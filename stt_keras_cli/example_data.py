@@ -4,7 +4,7 @@
 
 writes data/mine/{train,val}/{frames,labels}/SEQUENCE/frame_NNN.png (3 classes,
 64x128 frames, a label on every frame, the top row 255 = ignored) and the
-labels file data/mine/labels.txt. tests/test_own_data.py runs the whole path
+classes file data/mine/classes.txt (the class names: --classes). tests/test_own_data.py runs the whole path
 on it. It lives with the commands because it needs only NumPy and OpenCV: it
 writes the data at once, without starting TensorFlow.
 """
@@ -52,13 +52,16 @@ def write_dataset(root, splits=(("train", 2), ("val", 1)), frames=8):
     return root
 
 
-def write_labels_file(path):
-    """The labels file of the dataset: one `name R G B` line per class, in class-index order."""
+def write_classes_file(path):
+    """The classes file of the dataset: one `name R G B` line per class, in class-index order."""
     with open(path, "w") as f:
         f.write("# class index order; ignore = 255 is not a class\n")
         for name, colour in zip(NAMES, COLOURS):
             f.write(f"{name} {colour[0]} {colour[1]} {colour[2]}\n")
     return path
+
+
+write_labels_file = write_classes_file  # its earlier name
 
 
 def main(argv=None):
@@ -72,9 +75,9 @@ def main(argv=None):
     if os.path.exists(args.out) and os.listdir(args.out):
         parser.error(f"--out {args.out} exists and is not empty; nothing was written.")
     write_dataset(args.out, frames=args.frames)
-    write_labels_file(os.path.join(args.out, "labels.txt"))
+    write_classes_file(os.path.join(args.out, "classes.txt"))
     print(f"wrote a 3-class dataset ({H}x{W} frames; train: 2 sequences, val: 1, {args.frames} frames each) to "
-          f"{args.out}, and its labels file {os.path.join(args.out, 'labels.txt')}")
+          f"{args.out}, and its classes file {os.path.join(args.out, 'classes.txt')}")
 
 
 if __name__ == "__main__":

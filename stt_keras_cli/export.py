@@ -6,10 +6,10 @@ writes, atomically (a failed or interrupted export leaves `--out` as it was):
 
     exports/NAME/saved_model/1/            TF Serving layout: serving_default (clip) and step
     exports/NAME/stt_<q>.tflite + .json    default-form step, q in float32 float16 dynamic_range
-    exports/NAME/stt_gpu_<q>.tflite + .json  delegate-friendly step, q in float32 float16 dynamic_range
+    exports/NAME/stt_gpu_<q>.tflite + .json  dense_masked-form step (delegate-friendly), q as above
     exports/NAME/stt_int8.tflite + .json   full int8 (convolutions int8, the STT block float32 but
                                            its 1x1 projections, W^O and FFN),
-                                           built from the loop-free (gpu) graph
+                                           built from the loop-free (dense_masked) graph
     exports/NAME/stt_step.onnx + .json, stt_gpu_step.onnx + .json
     exports/NAME/export_report.json, export_report.md   parity, sizes, op lists, GPU/TensorRT checks
     exports/NAME/export_manifest.json      SHA-256 of every file (each model's .json also holds its own)
@@ -27,7 +27,7 @@ labels computed on the device out, no logits): names get `_edge`, e.g.
 stt_gpu_edge_float32.tflite, frame_edge_step.onnx.
 
 Every .tflite is checked for Flex ops, variable ops and unfolded BatchNorm (the
-export fails if it finds any). The GPU-form (and per-frame) float models are
+export fails if it finds any). The dense_masked-form (and per-frame) float models are
 compiled for LiteRT's GPU accelerator when a Vulkan device is there (`--gpu-check`,
 see edge_demo/litert_gpu.py): the report says how many ops run on the GPU and how
 often its labels agree with LiteRT on the CPU.
@@ -37,11 +37,12 @@ model, each carrying its own state.
 Your own data (docs/own_data.md):
 
     stt-export --model runs/mine/best.keras --out exports/mine --size 256x512 \
-        --labels labels.txt --calibration-data data/mine/val
+        --classes classes.txt --calibration-data data/mine/val
 
-`--labels` names the classes (a labels file: one name per line with an optional
+`--classes` names the classes (a classes file: one name per line with an optional
 colour, or JSON; or a built-in set); they go into every model's metadata (the edge
-demo's legend), `labels.json` and the SavedModel's assets. `--calibration-data`
+demo's legend), `labels.json` and the SavedModel's assets. (`--labels` is a
+deprecated alias: "labels" are the per-pixel class indices a model outputs.) `--calibration-data`
 (a folder layout the readers know, a video file, or a quoted glob of frames)
 supplies the int8 calibration frames and the parity frames; without it both are
 synthetic, and a model that was not trained on the synthetic video gets a loud
@@ -51,7 +52,7 @@ ETA) of calibration and parity runs goes to stderr.
 
 import argparse
 
-from stt_keras_cli import HelpFormatter, add_tf_logs_flag, run_command
+from stt_keras_cli import HelpFormatter, OldFlag, add_tf_logs_flag, run_command
 
 
 def int8_float_head(value):
@@ -65,13 +66,16 @@ def build_parser():
                    help="a .keras file from stt-train (loaded in safe mode), or a preset directory (save_to_preset)")
     p.add_argument("--out", required=True, help="export folder, e.g. exports/stt_psp18")
     p.add_argument("--size", default="128x256", metavar="HxW", help="frame size the exported models take (at least 16x16)")
-    p.add_argument("--labels", default=None,
-                   help="class names (and colours) for the metadata: a labels file (one name per line, optional colour "
+    p.add_argument("--labels", dest="classes", action=OldFlag, new="--classes", help=argparse.SUPPRESS)
+    p.add_argument("--classes", default=None,
+                   help="class names (and colours) for the metadata: a classes file (one name per line, optional colour "
                         "'road 128 64 128' or '#804080'; or JSON), or a built-in set: synthetic, cityscapes, camvid, vspw "
                         "(default: the built-in set with the model's class count, else class_0, class_1, ...)")
     p.add_argument("--formats", default="savedmodel,tflite,onnx", help="comma list of savedmodel, tflite, onnx")
-    p.add_argument("--forms", default="default,gpu", help="comma list of step forms: default, gpu")
-    p.add_argument("--interfaces", default="full", help="comma list of full (logits, float gpu-form frame), "
+    p.add_argument("--forms", default="default,dense_masked",
+                   help="comma list of step forms: default, dense_masked (the loop-free STT; its files are "
+                        "stt_gpu_*; `gpu` is a deprecated alias)")
+    p.add_argument("--interfaces", default="full", help="comma list of full (logits, float dense_masked-form frame), "
                    "edge (uint8 frame, int32 labels computed on the device)")
     p.add_argument("--quantizations", default=None,
                    help="TFLite quantizations (default: float32,float16,dynamic_range,int8, each where the forms allow it;"

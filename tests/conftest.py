@@ -70,14 +70,14 @@ def exported(trained_model_path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def edge_exported(trained_model_path, tmp_path_factory):
-    """The trained tiny STT model's GPU-form edge exports at 64x128 (float32, float16, int8), with the real
+    """The trained tiny STT model's dense_masked-form edge exports at 64x128 (float32, float16, int8), with the real
     GPU accelerator's check where a Vulkan device is: (folder, export report). Shared by the GPU accelerator
     tests (the float files) and the web demo tests (float16 and int8, the two a phone runs)."""
     from stt_keras.export import cli as export_cli
 
     out = str(tmp_path_factory.mktemp("edge_exports") / "stt")
     args = export_cli.build_parser().parse_args(
-        ["--model", trained_model_path, "--out", out, "--size", "64x128", "--formats", "tflite", "--forms", "gpu",
+        ["--model", trained_model_path, "--out", out, "--size", "64x128", "--formats", "tflite", "--forms", "dense_masked",
          "--interfaces", "edge", "--quantizations", "float32,float16,int8", "--gpu-check", "auto",
          "--parity-sequences", "1", "--parity-frames", "4", "--calibration-sequences", "2", "--calibration-frames", "4"])
     return out, export_cli.run_export(args)

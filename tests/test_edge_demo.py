@@ -306,7 +306,7 @@ def test_real_exported_int8_model(exported, tmp_path):
 
 
 def test_real_exported_onnx_model_matches_litert(exported, tmp_path):
-    """The exported gpu-form ONNX step through the app: the same labels as the gpu-form float32 TFLite step."""
+    """The exported dense_masked-form ONNX step through the app: the same labels as its float32 TFLite step."""
     from stt_edge_demo.runners import OnnxRunner
 
     folder, _ = exported

@@ -62,7 +62,7 @@ def test_step_forms_match_stream_step(tiny_model, overrides):
         for v in tiny_model.stt.weights:  # norm_first starts at zero: make every term count
             v.assign(v.numpy() + np.random.default_rng(5).normal(0, 0.05, v.shape).astype(np.float32))
     default = step_lib.make_step_function(tiny_model, *SIZE, "default")
-    gpu = step_lib.make_step_function(tiny_model, *SIZE, "gpu")
+    gpu = step_lib.make_step_function(tiny_model, *SIZE, "dense_masked")
     shape = default.get_concrete_function().structured_input_signature[0][1].shape
     assert tuple(shape) == tiny_model.state_shape(*SIZE, packed=True)  # the exported state is the library's
     state_d = state_g = np.zeros(shape, np.float32)
@@ -122,7 +122,7 @@ def test_reset_ignores_a_non_finite_state(tiny_model):
 
 
 def test_every_exported_step_ignores_a_non_finite_state_on_reset(exported):
-    """SavedModel signatures (float32 and float16 state), every .tflite (default, GPU form float32/float16/int8,
+    """SavedModel signatures (float32 and float16 state), every .tflite (default, dense_masked form float32/float16/int8,
     both interfaces) and every .onnx step: a NaN/inf state with reset=1 gives the zero state's outputs."""
     out, report = exported
     frame = np.random.default_rng(7).integers(0, 256, (1, *SIZE, 3)).astype(np.uint8)
@@ -231,7 +231,7 @@ def test_gpu_form_has_no_loops_topk_or_scatter(exported):
 
 
 def test_report_records_the_gpu_accelerator(exported):
-    """The real accelerator's verdict on the GPU-form float models (tests/test_gpu_accelerator.py holds
+    """The real accelerator's verdict on the dense_masked-form float models (tests/test_gpu_accelerator.py holds
     it to targets); without a Vulkan device the report says it did not check, and why."""
     out, report = exported
     status = report["gpu_accelerator"]
@@ -296,8 +296,8 @@ def test_per_frame_model_exports_with_both_interfaces(frame_exported, tmp_path):
 
 def test_edge_interface_of_the_stt_step(tiny_model):
     """Edge interface: uint8 frame in, int32 labels == argmax of the full interface's logits, no logits."""
-    full = step_lib.make_step_function(tiny_model, *SIZE, "gpu")
-    edge = step_lib.make_step_function(tiny_model, *SIZE, "gpu", "edge")
+    full = step_lib.make_step_function(tiny_model, *SIZE, "dense_masked")
+    edge = step_lib.make_step_function(tiny_model, *SIZE, "dense_masked", "edge")
     inputs, outputs = step_lib.io_order(edge)
     assert inputs == ["frame", "state", "reset"] and outputs == ["labels", "next_state"]
     assert edge.input_signature[0].dtype == tf.uint8 and full.input_signature[0].dtype == tf.float32

@@ -30,11 +30,11 @@ def test_every_file_has_its_own_name_and_reads_back():
     assert sorted(names) == sorted(ALL) and len(names) == len(set(names)) == 1 + 18 + 4 + 6
     for file in every_file():
         assert ExportedFile.parse(file.name) == file
-    assert ExportedFile.parse("stt_int8.tflite") == ExportedFile("tflite", "gpu", "full", "int8")
+    assert ExportedFile.parse("stt_int8.tflite") == ExportedFile("tflite", "dense_masked", "full", "int8")
     assert ExportedFile.parse("frame_edge_int8.tflite") == ExportedFile("tflite", "frame", "edge", "int8")
-    assert ExportedFile.parse("stt_gpu_edge_step.onnx") == ExportedFile("onnx", "gpu", "edge")
+    assert ExportedFile.parse("stt_gpu_edge_step.onnx") == ExportedFile("onnx", "dense_masked", "edge")
     assert ExportedFile.parse("saved_model/1/") == ExportedFile("savedmodel")
-    assert ExportedFile("tflite", "gpu", "edge", "float16").metadata_name == "stt_gpu_edge_float16.json"
+    assert ExportedFile("tflite", "dense_masked", "edge", "float16").metadata_name == "stt_gpu_edge_float16.json"
     assert ExportedFile("onnx", "frame").metadata_name == "frame_step.json"
 
 
@@ -48,9 +48,9 @@ def test_names_stt_export_never_writes_are_refused(name):
 
 @pytest.mark.parametrize("args, message", [
     (("tflite", "default", "full", "int8"), "is one of"),  # int8 is built from the loop-free graph only
-    (("onnx", "gpu", "full", "float16"), "is one of"),
+    (("onnx", "dense_masked", "full", "float16"), "is one of"),
     (("tflite", "cpu"), "form must be"),
-    (("tflite", "gpu", "phone"), "interface must be"),
+    (("tflite", "dense_masked", "phone"), "interface must be"),
     (("keras",), "format must be"),
 ])
 def test_files_stt_export_cannot_build_are_refused(args, message):
@@ -59,20 +59,44 @@ def test_files_stt_export_cannot_build_are_refused(args, message):
 
 
 def test_plan_is_in_writing_order_and_names_what_the_help_promises():
-    files = plan({"savedmodel", "tflite", "onnx"}, ["default", "gpu"], ["float32", "float16", "dynamic_range", "int8"])
+    files = plan({"savedmodel", "tflite", "onnx"}, ["default", "dense_masked"], ["float32", "float16", "dynamic_range",
+                                                                              "int8"])
     assert [f.name for f in files] == [
         "saved_model/1", "stt_float32.tflite", "stt_float16.tflite", "stt_dynamic_range.tflite", "stt_step.onnx",
         "stt_gpu_float32.tflite", "stt_gpu_float16.tflite", "stt_gpu_dynamic_range.tflite", "stt_int8.tflite",
         "stt_gpu_step.onnx"]
     assert [f.name for f in files if f.gpu_checked] == ["stt_gpu_float32.tflite", "stt_gpu_float16.tflite"]
-    assert cli.plan_files({"savedmodel", "tflite", "onnx"}, ["default", "gpu"], cli.DEFAULT_QUANTIZATIONS.split(","),
+    assert cli.plan_files({"savedmodel", "tflite", "onnx"}, ["default", "dense_masked"], cli.DEFAULT_QUANTIZATIONS.split(","),
                           explicit_quantizations=False) == STREAMING_DEFAULT
-    twice = plan({"tflite"}, ["gpu", "gpu"], ["int8", "int8"], ["edge", "full", "edge"])
+    twice = plan({"tflite"}, ["dense_masked", "dense_masked"], ["int8", "int8"], ["edge", "full", "edge"])
     assert [f.name for f in twice] == ["stt_edge_int8.tflite", "stt_int8.tflite"]  # named twice, written once
 
 
+def test_the_form_gpu_is_a_deprecated_alias_of_dense_masked():
+    """One word for the loop-free STT step: "dense_masked" (the implementation it traces); "gpu" still answers."""
+    from stt_keras.export.files import GRAPH_FORMS, form_name
+
+    with pytest.warns(DeprecationWarning, match="'gpu' is named 'dense_masked'"):
+        old = ExportedFile("tflite", "gpu", "edge", "float16")
+    assert old == ExportedFile("tflite", "dense_masked", "edge", "float16") and old.form == "dense_masked"
+    assert old.name == "stt_gpu_edge_float16.tflite" and old.gpu_checked  # the files keep their names
+    with pytest.warns(DeprecationWarning):
+        assert plan({"tflite"}, ["gpu"], ["int8"]) == plan({"tflite"}, ["dense_masked"], ["int8"])
+    assert form_name("dense_masked") == "dense_masked" and form_name("frame") == "frame"
+    assert "gpu" not in GRAPH_FORMS
+
+
+def test_the_flag_value_gpu_warns_and_plans_the_dense_masked_files(capsys):
+    args = cli.build_parser().parse_args(["--model", "m.keras", "--out", "x", "--forms", "default,gpu",
+                                          "--formats", "tflite", "--quantizations", "float16,int8"])
+    request = cli._Request(args)
+    assert request.forms == ["default", "dense_masked"]
+    assert "stt-export: warning: --forms gpu is named dense_masked now" in capsys.readouterr().err
+    assert [f.name for f in request.files()] == ["stt_float16.tflite", "stt_gpu_float16.tflite", "stt_int8.tflite"]
+
+
 def test_a_per_frame_model_has_the_one_form_frame():
-    names = cli.plan_files({"tflite", "onnx"}, ["default", "gpu"], ["float16", "int8"], interfaces=("full", "edge"),
+    names = cli.plan_files({"tflite", "onnx"}, ["default", "dense_masked"], ["float16", "int8"], interfaces=("full", "edge"),
                            streaming=False)
     assert names == ["frame_edge_float16.tflite", "frame_edge_int8.tflite", "frame_edge_step.onnx",
                      "frame_float16.tflite", "frame_int8.tflite", "frame_step.onnx"]

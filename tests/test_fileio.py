@@ -72,14 +72,19 @@ def test_one_checksum_rule_for_the_edge_demo_and_the_exporter(tmp_path):
     model.write_bytes(b"model bytes")
     good = hashlib.sha256(b"model bytes").hexdigest()
     assert parity.ChecksumError is runners.ChecksumError and issubclass(parity.ChecksumError, (ValueError, runners.ModelError))
-    parity.verify_checksum(str(model), good)
-    parity.verify_checksum(str(model), None)  # nothing recorded: nothing to check
-    assert runners.verify_checksum(str(model), {"sha256": good.upper()}) == b"model bytes"
+    assert parity.verify_checksum is runners.verify_checksum  # one file check, one signature
+    assert parity.verify_checksum(str(model), good.upper()) == b"model bytes"  # the bytes that were hashed
+    assert parity.verify_checksum(str(model), None) == b"model bytes"  # nothing recorded: nothing to check
+    assert runners.read_verified(str(model), {"sha256": good}) == b"model bytes"
+    with pytest.warns(DeprecationWarning, match="read_verified"):  # the older (path, metadata) call still answers
+        assert runners.verify_checksum(str(model), {"sha256": good.upper()}) == b"model bytes"
+    with pytest.raises(runners.ModelError, match="records no sha256"), pytest.warns(DeprecationWarning):
+        runners.verify_checksum(str(model), {}, False)
     model.write_bytes(b"model bytez")  # damaged after export
     with pytest.raises(parity.ChecksumError) as exporter:
         parity.verify_checksum(str(model), good)
     with pytest.raises(runners.ChecksumError) as demo:
-        runners.verify_checksum(str(model), {"sha256": good})
+        runners.read_verified(str(model), {"sha256": good})
     for error in (exporter.value, demo.value):
         assert f"model {model} does not match the SHA-256" in str(error)
         assert str(error).endswith("the file was modified or damaged after export; re-export it.")

@@ -1,4 +1,4 @@
-"""LiteRT's real GPU accelerator is the judge: every exported GPU-form model compiles with no op left
+"""LiteRT's real GPU accelerator is the judge: every exported dense_masked-form model compiles with no op left
 on the CPU and gives the CPU's labels over >= 30 streaming steps of real street footage.
 
 Needs a Vulkan device: on a machine without a GPU, SwiftShader from Debian's `chromium` package
@@ -115,7 +115,7 @@ def test_labels_on_device_is_argmax_on_the_gpu():
 # ------------------------------------------------------------ the exported models
 @pytest.fixture(scope="module")
 def gpu_exports(exported, edge_exported, frame_exported):
-    """GPU-form float32/float16 exports, full and edge interfaces: the trained tiny STT model and a
+    """dense_masked-form float32/float16 exports, full and edge interfaces: the trained tiny STT model and a
     per-frame psp_tiny, from the shared exports of tests/conftest.py (exported with --gpu-check auto:
     the tests below hold every one to the targets). Returns {filename: (path, report entry)}."""
     files = {}
@@ -198,7 +198,7 @@ def _gpu_vs_cpu(path):
 
 
 def test_int8_model_runs_fully_on_the_gpu_with_the_cpu_labels(exported):
-    """The int8 model (GPU-form graph, int8 encoder/decoder, float STT, float classifier and logits)
+    """The int8 model (dense_masked-form graph, int8 encoder/decoder, float STT, float classifier and logits)
     compiles GPU-only and keeps the CPU's labels: before strided 1x1 convolutions were traced as
     slice + 1x1 (export/gpu_step.py), the accelerator computed ResNet's int8 shortcuts wrongly and
     agreed on 79-80%; with int8 logits (float_head=0) 99.06%. What remains is the accelerator's int8
@@ -206,7 +206,7 @@ def test_int8_model_runs_fully_on_the_gpu_with_the_cpu_labels(exported):
     The model is the shared export's stt_int8.tflite (tests/conftest.py: the default int8 settings,
     calibrated on 3 segments of 6 frames)."""
     folder, report = exported
-    assert report["files"]["stt_int8.tflite"]["form"] == "gpu"
+    assert report["files"]["stt_int8.tflite"]["form"] == "dense_masked"
     per_step = _gpu_vs_cpu(os.path.join(folder, "stt_int8.tflite"))
     assert per_step.mean() >= INT8_MIN_AGREEMENT and per_step.min() >= 0.95, per_step
 
@@ -221,7 +221,7 @@ def test_int8_model_with_a_float_decoder_meets_the_target(trained_model_path, tm
     from stt_keras.export.gpu_step import STT_SCOPE
 
     model = stt_keras.load_model(trained_model_path, compile=False)
-    fn = step_lib.make_step_function(model, *SIZE, "gpu")
+    fn = step_lib.make_step_function(model, *SIZE, "dense_masked")
     state_shape = fn.get_concrete_function().structured_input_signature[0][1].shape.as_list()
     dataset = calibration.representative_dataset(fn, *SIZE, state_shape, 3, 6, np.float32)
     model_bytes, _ = tflite.convert(tflite.frozen_function(fn), "int8", dataset, keep_float_scope=STT_SCOPE,

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from stt_keras.data.cityscapes_ids import TRAIN_LABEL_IDS, to_label_ids, to_train_ids
-from stt_keras.training.metrics import MeanIoU, TemporalConsistency, warp_labels
+from stt_keras.metrics import MeanIoU
+from stt_keras.training.consistency import TemporalConsistency, warp_labels
 
 
 def numpy_miou(true, pred, c, ignore=255):

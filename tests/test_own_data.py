@@ -18,7 +18,7 @@ import pytest
 from conftest import ENV
 
 # The generated dataset of docs/own_data.md step 0 (python -m stt_keras_cli.example_data).
-from stt_keras_cli.example_data import COLOURS, NAMES, H, W, scene, write_dataset, write_labels_file  # noqa: E402,F401
+from stt_keras_cli.example_data import COLOURS, NAMES, H, W, scene, write_dataset, write_classes_file  # noqa: E402,F401
 
 
 def run_cli(module, *args):
@@ -34,7 +34,7 @@ def run_cli(module, *args):
 def test_own_data_train_eval_export_edge_demo(tmp_path):
     """The walkthrough of docs/own_data.md through the command-line tools (about 3 minutes on 2 busy cores)."""
     data = write_dataset(str(tmp_path / "data"))
-    labels_file = write_labels_file(str(tmp_path / "labels.txt"))
+    labels_file = write_classes_file(str(tmp_path / "classes.txt"))
     run = str(tmp_path / "run")
     old_umask = os.umask(0o022)
     try:
@@ -61,13 +61,13 @@ def test_own_data_train_eval_export_edge_demo(tmp_path):
     args = export_args(model_path, str(tmp_path / "export"), data, labels_file)
     trained_model = stt_keras.load_model(model_path, compile=False)
     preset = str(tmp_path / "preset")
-    trained_model.save_to_preset(preset, labels=NAMES, colors=COLOURS)
+    trained_model.save_to_preset(preset, classes=NAMES, colors=COLOURS)
     reloaded = STTSegmenter.from_preset(preset)
     clip = np.stack([read_first_frame_png(data, t) for t in range(4)])[None]
     np.testing.assert_array_equal(np.asarray(reloaded(clip)), np.asarray(trained_model(clip)))
-    # Export the preset directory itself, without --labels: its metadata carries the names and colours.
+    # Export the preset directory itself, without --classes: its metadata carries the names and colours.
     args[args.index("--model") + 1] = preset
-    del args[args.index("--labels"): args.index("--labels") + 2]
+    del args[args.index("--classes"): args.index("--classes") + 2]
 
     out = str(tmp_path / "export")
     exported = run_cli("stt_keras.export.cli", *args)
@@ -85,7 +85,7 @@ def test_own_data_eval_export_edge_demo_fast(tmp_path, capsys, monkeypatch):
     from stt_keras.models import STTSegmenter
 
     data = write_dataset(str(tmp_path / "data"), splits=(("val", 1),), frames=6)
-    labels_file = write_labels_file(str(tmp_path / "labels.json"))
+    labels_file = write_classes_file(str(tmp_path / "classes.json"))
     with open(labels_file, "w") as f:  # the JSON form of the same labels file
         json.dump([{"name": n, "color": c} for n, c in zip(NAMES, COLOURS)], f)
     model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=3)
@@ -107,8 +107,8 @@ def test_own_data_eval_export_edge_demo_fast(tmp_path, capsys, monkeypatch):
 
 
 def export_args(model_path, out, data, labels_file):
-    return ["--model", model_path, "--out", out, "--size", f"{H}x{W}", "--labels", labels_file,
-            "--calibration-data", os.path.join(data, "val"), "--formats", "savedmodel,tflite", "--forms", "gpu",
+    return ["--model", model_path, "--out", out, "--size", f"{H}x{W}", "--classes", labels_file,
+            "--calibration-data", os.path.join(data, "val"), "--formats", "savedmodel,tflite", "--forms", "dense_masked",
             "--quantizations", "int8", "--calibration-sequences", "2", "--calibration-frames", "4",
             "--parity-sequences", "1", "--parity-frames", "4", "--gpu-check", "off"]
 
@@ -118,7 +118,7 @@ def check_eval(model_path, data, labels_file, tmp_path):
     from stt_keras.training.evaluate import build_parser as eval_parser, run as eval_run
 
     results = eval_run(eval_parser().parse_args([
-        "--model", model_path, "--dataset", "folder", "--data-root", data, "--split", "val", "--labels", labels_file,
+        "--model", model_path, "--dataset", "folder", "--data-root", data, "--split", "val", "--classes", labels_file,
         "--out", str(tmp_path / "eval"), "--no-history-ablation"]))
     assert results["class_names"] == NAMES and results["data"].startswith("folder ")
     import stt_keras
@@ -222,11 +222,11 @@ def legend_text_mask(names):
 
 
 def test_labels_file_text_and_json_forms(tmp_path):
-    from stt_keras.data.labels import class_names_for, default_palette, read_labels_file
+    from stt_keras.data.classes import class_names_for, default_palette, read_classes_file
 
     text = tmp_path / "labels.txt"
     text.write_text("# comment\n\nroad 128 64 128\ntraffic light #FAAA1E\ncar\nsky,70,130,180\n")
-    names, palette = read_labels_file(str(text), 4)
+    names, palette = read_classes_file(str(text), 4)
     assert names == ["road", "traffic light", "car", "sky"]
     assert palette == [[128, 64, 128], [250, 170, 30], default_palette(1)[0], [70, 130, 180]]
     for data in ([{"name": "road", "color": [128, 64, 128]}, {"name": "car"}],
@@ -234,14 +234,29 @@ def test_labels_file_text_and_json_forms(tmp_path):
                  ["road", "car"]):
         path = tmp_path / "labels.json"
         path.write_text(json.dumps(data))
-        names, palette = read_labels_file(str(path), 2)
+        names, palette = read_classes_file(str(path), 2)
         assert names == ["road", "car"] and len(palette) == 2 and palette[1] not in palette[:1]
         if data != ["road", "car"]:
             assert palette[0] == [128, 64, 128]
-    # No --labels and no built-in set of this size: generic names; a built-in set by its class count otherwise.
+    # No --classes and no built-in set of this size: generic names; a built-in set by its class count otherwise.
     assert class_names_for(None, 3)[0] == ["class_0", "class_1", "class_2"]
     assert class_names_for(None, 19)[2] == "built-in cityscapes (by class count)"
     assert len({tuple(c) for c in default_palette(40)}) == 40
+
+
+def test_the_flag_labels_is_a_deprecated_alias_of_classes(capsys):
+    """One word per idea: --classes names the classes; "labels" are per-pixel class indices. --labels still answers."""
+    from stt_keras_cli import evaluate as eval_cli, export as export_cli_parser
+
+    for parser, rest in ((export_cli_parser.build_parser(), ["--model", "m.keras", "--out", "x"]),
+                         (eval_cli.build_parser(), ["--model", "m.keras", "--out", "x"])):
+        assert parser.parse_args(rest + ["--classes", "c.txt"]).classes == "c.txt"
+        assert capsys.readouterr().err == ""
+        old = parser.parse_args(rest + ["--labels", "c.txt"])
+        assert old.classes == "c.txt" and not hasattr(old, "labels")
+        assert capsys.readouterr().err == f"{parser.prog}: warning: --labels is named --classes now; --labels will stop working.\n"
+        options = [line.split()[0] for line in parser.format_help().splitlines() if line.startswith("  -")]
+        assert "--classes" in options and "--labels" not in options  # the alias is not offered
 
 
 @pytest.mark.parametrize("content, message", [
@@ -253,12 +268,12 @@ def test_labels_file_text_and_json_forms(tmp_path):
     ('["a", "b", ', "not valid JSON"),
 ])
 def test_bad_labels_files_are_named(tmp_path, content, message):
-    from stt_keras.data.labels import read_labels_file
+    from stt_keras.data.classes import read_classes_file
 
     path = tmp_path / ("labels.json" if content.startswith(("[", "{")) else "labels.txt")
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        read_labels_file(str(path), 3)
+        read_classes_file(str(path), 3)
 
 
 # ------------------------------------------------------------------ calibration data sources
@@ -360,7 +375,7 @@ def test_export_of_a_three_class_model_without_labels_or_data_warns(tmp_path, ca
         ["--model", path, "--out", out, "--size", f"{H}x{W}", "--formats", "tflite", "--quantizations", "float32",
          "--parity-sequences", "1", "--parity-frames", "2", "--gpu-check", "off"]))
     err = capsys.readouterr().err
-    assert "no built-in label set has 3 classes" in err
+    assert "no built-in class set has 3 classes and no --classes was given" in err
     assert "*" * 100 + "\nstt-export: WARNING: this model is not a synthetic-video model (it was trained on --dataset folder" in err
     assert "--calibration-data /data/mine/val" in err
     assert report["warnings"] and "SYNTHETIC" in report["warnings"][0]

@@ -304,7 +304,7 @@ def test_training_and_export_never_import_each_other():
 
 
 def test_old_data_import_paths_are_the_new_modules(tmp_path):
-    """stt_keras.training.data(.*) and stt_keras.export.labels, kept for old imports, are the stt_keras.data
+    """stt_keras.training.data(.*), stt_keras.data.labels and stt_keras.export.labels, kept for old imports, are the stt_keras.data
     module objects themselves (imported first, in a fresh interpreter): a patch through an old path patches
     the module the library uses. The old command line `python -m stt_keras.training.data.synthetic` runs."""
     script = """
@@ -313,12 +313,17 @@ from stt_keras.training.data.synthetic import SyntheticVideo
 import stt_keras.training.data.readers as old_readers
 from stt_keras.export import labels as old_labels
 from stt_keras.training import data as old_data
-import stt_keras.data, stt_keras.data.labels, stt_keras.data.synthetic
+import stt_keras.data, stt_keras.data.classes, stt_keras.data.labels, stt_keras.data.synthetic
 assert old_data is stt_keras.data
 assert SyntheticVideo is stt_keras.data.synthetic.SyntheticVideo
 for name in ("cityscapes_ids", "files", "images", "pipeline", "readers", "scan", "synthetic", "video"):
     assert importlib.import_module("stt_keras.training.data." + name) is importlib.import_module("stt_keras.data." + name), name
-assert old_labels is stt_keras.data.labels
+assert old_labels is stt_keras.data.labels is stt_keras.data.classes  # the class sets' module, by its earlier names
+assert stt_keras.data.classes.read_labels_file is stt_keras.data.classes.read_classes_file
+from stt_keras.training.metrics import MeanIoU, TemporalConsistency  # the consistency module's earlier name
+import stt_keras.metrics, stt_keras.training.consistency, stt_keras.training.metrics
+assert stt_keras.training.metrics is stt_keras.training.consistency and MeanIoU is stt_keras.metrics.MeanIoU
+assert TemporalConsistency is stt_keras.training.consistency.TemporalConsistency
 old_readers.label_files = lambda folder: ["patched"]
 assert stt_keras.data.readers.label_files("x") == ["patched"]
 print("ok")

@@ -37,7 +37,7 @@ def dummy_model(tmp_path):
 # ----------------------------------------------------------- data loss: --out
 @pytest.mark.parametrize("argv, message", [
     (["--formats", ""], "no model"),
-    (["--formats", ",", "--forms", "gpu"], "no model"),
+    (["--formats", ",", "--forms", "dense_masked"], "no model"),
     (["--formats", "tflite", "--forms", "default", "--quantizations", "int8"], "int8"),
     (["--formats", "tflite", "--forms", "default", "--quantizations", "float32,int8"], "int8"),
     (["--formats", "tflite", "--quantizations", ""], "no TFLite model"),

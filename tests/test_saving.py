@@ -178,7 +178,7 @@ def test_compile_accepts_a_from_logits_loss_object_and_explicit_metrics():
 def preset_dir(fitted, tmp_path_factory):
     model, _, _ = fitted
     directory = str(tmp_path_factory.mktemp("presets") / "my_model")
-    model.save_to_preset(directory, labels=["road", "car", "sky"], colors=[[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    model.save_to_preset(directory, classes=["road", "car", "sky"], colors=[[1, 2, 3], [4, 5, 6], [7, 8, 9]])
     return directory
 
 
@@ -186,7 +186,7 @@ def test_preset_round_trip_gives_identical_outputs(fitted, preset_dir):
     model, _, _ = fitted
     assert sorted(os.listdir(preset_dir)) == ["config.json", "metadata.json", "model.weights.h5"]
     metadata = json.load(open(os.path.join(preset_dir, "metadata.json")))
-    assert metadata["num_classes"] == 3 and metadata["labels"] == ["road", "car", "sky"]
+    assert metadata["num_classes"] == 3 and metadata["classes"] == ["road", "car", "sky"] and "labels" not in metadata
     assert metadata["architecture"] == "stt_psp_tiny" and metadata["stt_keras_version"] == stt_keras.__version__
     assert metadata["parameter_count"] == model.count_params()
     assert "compile_config" not in json.load(open(os.path.join(preset_dir, "config.json")))
@@ -212,10 +212,10 @@ def test_preset_loads_in_a_fresh_process(preset_dir):
         import stt_keras
         from stt_keras.models import STTSegmenter
         model = STTSegmenter.from_preset(sys.argv[1])
-        print(json.dumps({"classes": model.num_classes, "labels": model.preset_metadata["labels"]}))
+        print(json.dumps({"num_classes": model.num_classes, "classes": model.preset_metadata["classes"]}))
     """
     got = _run_alone(code, preset_dir)
-    assert got == {"classes": 3, "labels": ["road", "car", "sky"]}
+    assert got == {"num_classes": 3, "classes": ["road", "car", "sky"]}
 
 
 def test_save_to_preset_replaces_a_preset_but_never_foreign_files(fitted, tmp_path, monkeypatch):
@@ -226,12 +226,21 @@ def test_save_to_preset_replaces_a_preset_but_never_foreign_files(fitted, tmp_pa
     # A failure half way leaves the earlier preset as it was and no partial folder behind.
     monkeypatch.setattr(type(model), "save_weights", lambda self, path: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        model.save_to_preset(str(directory), labels=["a", "b", "c"])
+        model.save_to_preset(str(directory), classes=["a", "b", "c"])
     monkeypatch.undo()
     assert {name: (directory / name).read_bytes() for name in os.listdir(directory)} == before
     assert sorted(os.listdir(tmp_path)) == ["p"]
-    model.save_to_preset(str(directory), labels=["a", "b", "c"])  # replacing an earlier preset is fine
-    assert json.load(open(directory / "metadata.json"))["labels"] == ["a", "b", "c"]
+    model.save_to_preset(str(directory), classes=["a", "b", "c"])  # replacing an earlier preset is fine
+    assert json.load(open(directory / "metadata.json"))["classes"] == ["a", "b", "c"]
+    with pytest.warns(DeprecationWarning, match="classes="):  # the keyword's deprecated name still answers
+        model.save_to_preset(str(directory), labels=["x", "y", "z"])
+    metadata = json.load(open(directory / "metadata.json"))
+    assert metadata["classes"] == ["x", "y", "z"] and "labels" not in metadata
+    metadata["labels"] = metadata.pop("classes")  # a preset written when the key was "labels" loads with "classes"
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    assert STTSegmenter.from_preset(str(directory)).preset_metadata["classes"] == ["x", "y", "z"]
+    with pytest.raises(ValueError, match="`classes` only"):
+        model.save_to_preset(str(directory), classes=["a", "b", "c"], labels=["a", "b", "c"])
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
@@ -239,7 +248,7 @@ def test_save_to_preset_replaces_a_preset_but_never_foreign_files(fitted, tmp_pa
         model.save_to_preset(str(other))
     assert (other / "todo.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="2 names but the model has 3 classes"):
-        model.save_to_preset(str(tmp_path / "q"), labels=["a", "b"])
+        model.save_to_preset(str(tmp_path / "q"), classes=["a", "b"])
 
 
 def test_preset_errors_name_the_problem(fitted, preset_dir, tmp_path):

@@ -542,7 +542,7 @@ def test_stt_rejects_bad_arguments(kwargs, message):
         SparseTemporalTransformer(**kwargs)
 
 
-# ------------------------------------------- implementation="dense_masked" (the GPU form)
+# ------------------------------------------- implementation="dense_masked" (the exported dense_masked form)
 WINDOW_CASES = [c for c in CASES if c[-1] == "window"]
 
 

@@ -1,7 +1,7 @@
 """VSPW: the reader (layout, split files, 0/255 handling) and mVC_8 / mVC_16 against VSPW's own VC_perclip.py.
 
 `vc_perclip` below is a loop-for-loop transcription of the scripts, written apart from
-`training.metrics.VideoConsistency` (which streams frame by frame): the VSPW authors'
+`training.consistency.VideoConsistency` (which streams frame by frame): the VSPW authors'
 VSPW-dataset/VSPW_code/VC_perclip.py ("vspw") and its copy in GuoleiSun/VSS-CFFM (and
 VSS-MRCFA) VC_perclip.py ("cffm").
 """
@@ -15,7 +15,7 @@ import pytest
 
 from stt_keras.data import readers
 from stt_keras.data.files import LabelFiles, make_file_dataset
-from stt_keras.training.metrics import VideoConsistency, window_consistency
+from stt_keras.training.consistency import VideoConsistency, window_consistency
 from test_metrics import numpy_miou
 
 
@@ -389,9 +389,9 @@ def test_mvc_on_a_folder_dataset_scores_only_the_densely_labelled_sequences(tmp_
 
 
 def test_export_reads_a_vspw_root_for_calibration_and_names_its_classes(tmp_path):
-    """stt-export --calibration-data VSPW_ROOT: every video of the split, masks mapped; --labels vspw."""
+    """stt-export --calibration-data VSPW_ROOT: every video of the split, masks mapped; --classes vspw."""
     from stt_keras.export.calibration import UserData
-    from stt_keras.data.labels import class_names_for
+    from stt_keras.data.classes import class_names_for
 
     root = str(tmp_path / "VSPW_480p")
     videos = write_vspw(root)

@@ -52,7 +52,7 @@ def runtime():
 
 @pytest.fixture(scope="module")
 def web_exports(edge_exported, tmp_path_factory):
-    """The GPU-form edge exports a phone runs: float16 (GPU) and int8 (CPU), at 64x128: the shared edge
+    """The dense_masked-form edge exports a phone runs: float16 (GPU) and int8 (CPU), at 64x128: the shared edge
     export's folder (tests/conftest.py, report and manifest included) without its other model."""
     source, report = edge_exported
     others = [name[:-len(".tflite")] for name in report["files"] if name not in MODELS]
@@ -193,7 +193,7 @@ def test_page_refuses_webgpu_for_a_model_webgpu_cannot_build(web_exports, frames
     meta = json.loads((folder / "stt_edge_int8.json").read_text())
     meta["form"] = "default"  # the file's SHA-256 still matches: only the metadata says so
     (folder / "stt_edge_int8.json").write_text(json.dumps(meta))
-    with pytest.raises(RuntimeError, match="'default' graph form, WebGPU needs the gpu form.*choose Wasm"):
+    with pytest.raises(RuntimeError, match="'default' graph form, WebGPU needs the dense_masked form.*choose Wasm"):
         headless.run_page(str(folder), frames, "webgpu", timeout=120)
 
 
@@ -231,7 +231,7 @@ def test_an_stt_segformer_runs_in_the_page_as_in_python(frames, frames_box, tmp_
 
 # ------------------------------------------------------------------ the server and the model copy (no browser)
 def test_exported_gpu_form_has_no_gathers(web_exports):
-    """The gpu form cuts its tiles without GATHER (dense_masked.py): the server's WebGPU copy is the file itself."""
+    """The dense_masked form cuts its tiles without GATHER (dense_masked.py): the server's WebGPU copy is the file itself."""
     from stt_edge_demo.web.webmodel import schema
 
     for name in MODELS:
@@ -317,8 +317,8 @@ def test_server_serves_the_page_model_and_runtime_only(running_server, web_expor
     assert "http" not in csp and "*" not in csp  # no other origin, no wildcard
     catalog = json.loads(_get(base + "/models.json")[2])
     assert catalog["default"] == "stt_gpu_edge_float16.tflite" and sorted(catalog["models"]) == sorted(MODELS)
-    assert catalog["webgpu_gathers_on_cpu"] == {name: 0 for name in MODELS}  # the gpu form has no gathers
-    assert catalog["webgpu_problems"] == {}  # both are gpu-form edge models
+    assert catalog["webgpu_gathers_on_cpu"] == {name: 0 for name in MODELS}  # the dense_masked form has no gathers
+    assert catalog["webgpu_problems"] == {}  # both are dense_masked-form edge models
     model = _get(base + "/models/stt_edge_int8.tflite")
     assert model[0] == 200 and model[2] == open(os.path.join(web_exports, "stt_edge_int8.tflite"), "rb").read()
     status, headers, _ = _get(base + "/wasm/litert_wasm_internal.wasm", method="HEAD")

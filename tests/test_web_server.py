@@ -40,7 +40,7 @@ def _edge_model_bytes():
     return tf.lite.TFLiteConverter.from_concrete_functions([step.get_concrete_function()], tf.Module()).convert()
 
 
-def write_edge_model(folder, data, name=MODEL, form="gpu", sha256=True):
+def write_edge_model(folder, data, name=MODEL, form="dense_masked", sha256=True):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, name), "wb") as f:
         f.write(data)
@@ -372,7 +372,7 @@ def test_cli_errors_are_one_line(export_dir, tmp_path, model_bytes):
 
 
 def test_headless_webgpu_refuses_a_model_it_cannot_run(model_bytes, tmp_path):
-    """docs/web_demo.md: a folder without a gpu-form edge model fails on WebGPU in one line, exit 2,
+    """docs/web_demo.md: a folder without a dense_masked-form edge model fails on WebGPU in one line, exit 2,
     before any browser starts."""
     import cv2
     import numpy as np
@@ -383,7 +383,7 @@ def test_headless_webgpu_refuses_a_model_it_cannot_run(model_bytes, tmp_path):
         writer.write(np.zeros((H, W, 3), np.uint8))
     writer.release()
     default_form = write_edge_model(str(tmp_path / "default"), model_bytes, name="stt_edge_float32.tflite", form="default")
-    for folder, expected in ((default_form, "'default' graph form, WebGPU needs the gpu form"),
+    for folder, expected in ((default_form, "'default' graph form, WebGPU needs the dense_masked form"),
                              (str(tmp_path / "missing"), "model not found")):
         out = tmp_path / "page.png"
         result = subprocess.run([sys.executable, "-m", "stt_edge_demo.web.headless", "--model", folder, "--video", video,
@@ -402,11 +402,13 @@ def test_headless_webgpu_refuses_a_model_it_cannot_run(model_bytes, tmp_path):
                                  video, "--out", out], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=60)
         assert result.returncode == 2 and expected in result.stderr, result.stderr
     assert os.path.getsize(video) > 0 and cv2.VideoCapture(video).read()[0]  # the video is intact
-    full = write_edge_model(str(tmp_path / "full"), model_bytes, form="gpu")
+    full = write_edge_model(str(tmp_path / "full"), model_bytes)
     meta = json.load(open(os.path.join(full, MODEL.replace(".tflite", ".json"))))
     meta["interface"] = "full"
     assert "interface 'full'" in server.webgpu_problem(meta, MODEL)
-    meta.update(interface="edge", form="gpu")
+    meta.update(interface="edge")
+    assert server.webgpu_problem(meta, MODEL) is None
+    meta.update(form="gpu")  # an export whose metadata says "gpu", the dense_masked form's deprecated alias
     assert server.webgpu_problem(meta, MODEL) is None
     assert headless.main  # the module imports without a browser
 

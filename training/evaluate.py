@@ -23,7 +23,8 @@ from stt_keras.data import cityscapes_ids, readers, scan
 from stt_keras.data.files import FrameFiles, LabelFiles
 from stt_keras.data.synthetic import FAMILIES, SyntheticVideo, get_family
 from stt_keras.data.video import VideoFrames, read_video_labels
-from stt_keras.training.metrics import FLOW_ESTIMATOR, VC_PROTOCOLS, MeanIoU, TemporalConsistency, VideoConsistency
+from stt_keras.metrics import MeanIoU
+from stt_keras.training.consistency import FLOW_ESTIMATOR, VC_PROTOCOLS, TemporalConsistency, VideoConsistency
 
 
 def synthetic_sequences(num_sequences=6, frames=30, size=None, seed=1000, labelled_every=1, family="default"):
@@ -234,8 +235,8 @@ def check_arguments(args):
         raise UserError(f"stt-eval: model not found: {args.model} (a .keras file or a preset directory)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"stt-eval: --out {args.out} exists and is not a folder.")
-    if args.labels and not os.path.isfile(args.labels):
-        raise UserError(f"stt-eval: --labels file not found: {args.labels}")
+    if args.classes and not os.path.isfile(args.classes):
+        raise UserError(f"stt-eval: --classes file not found: {args.classes}")
     if args.dataset == "synthetic":
         if args.synthetic_size is None:
             return get_family(args.synthetic_family).size
@@ -295,9 +296,9 @@ def dataset_sequences(args, num_classes, size=None):
         sequences = video_sequences(args.data_root, args.label_dir, num_classes)
         names = None
     if names is None:
-        from stt_keras.data.labels import class_names_for
+        from stt_keras.data.classes import class_names_for
 
-        names, _, _ = class_names_for(args.labels, num_classes)
+        names, _, _ = class_names_for(args.classes, num_classes)
     where = folder_root(args.data_root, args.split) if args.dataset == "folder" else args.data_root
     return (lambda: sequences), names, f"{args.dataset} {where}" + (
         f" (split {args.split})" if args.dataset in ("cityscapes", "camvid", "vspw") else "")

@@ -342,7 +342,7 @@ def main(argv=None):
         if problem:
             usable = [n for n in names if webgpu_problem(verified[n][2], n) is None]
             return fail(f"{problem}; " + (f"choose one of {', '.join(usable)} with --model-name" if usable else
-                                          "export one with: stt-export ... --forms gpu --interfaces edge --formats tflite")
+                                          "export one with: stt-export ... --forms dense_masked --interfaces edge --formats tflite")
                         + ", or use --backend wasm")
     try:
         frames, box = video_frames(args.video, *meta["input_size"], args.frames, with_box=True)

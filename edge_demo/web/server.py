@@ -48,7 +48,7 @@ WEB_DIR = os.path.dirname(os.path.abspath(__file__))
 STATIC_DIR = os.path.join(WEB_DIR, "static")
 NODE_MODULES = os.path.join(WEB_DIR, "node_modules")
 LITERT_DIR = os.path.join(NODE_MODULES, "@litertjs", "core")
-# The model the page opens by default, first found wins: the float16 GPU form (the phone GPU's model).
+# The model the page opens by default, first found wins: the float16 dense_masked form (the phone GPU's model).
 PREFERRED = ("stt_gpu_edge_float16.tflite", "frame_edge_float16.tflite", "stt_gpu_edge_float32.tflite",
              "frame_edge_float32.tflite")
 MAX_REPORT_BYTES = 64 << 20  # only a test server (reports=[...]) accepts POSTs
@@ -123,20 +123,20 @@ def find_models(path, allow_unverified=False):
             problems.append(f"{name} is not in the edge interface (uint8 frame in, int32 labels out)")
     if not usable:
         raise ServerError(f"no usable model in {path}: " + ("; ".join(problems) or "no .tflite file") +
-                          ". Export one with: stt-export ... --forms gpu --interfaces edge --formats tflite")
+                          ". Export one with: stt-export ... --forms dense_masked --interfaces edge --formats tflite")
     default = next((n for n in PREFERRED if n in usable), usable[0])
     return folder, usable, default, verified
 
 
 def webgpu_problem(meta, name):
     """Why the page cannot run this model on WebGPU (None if it can): LiteRT.js's WebGPU delegate needs
-    the gpu graph form (or a per-frame model) in the edge interface; the default form's TopK and loops
-    do not build there."""
+    the dense_masked graph form (or a per-frame model) in the edge interface; the default form's TopK
+    and loops do not build there. A metadata form "gpu" (the deprecated alias) counts as dense_masked."""
     form, interface = meta.get("form"), meta.get("interface")
     if interface != "edge":
         return f"{name} has interface {interface!r}, WebGPU needs the edge interface"
-    if form not in ("gpu", "frame"):
-        return f"{name} is the {form!r} graph form, WebGPU needs the gpu form (or a per-frame model)"
+    if form not in ("dense_masked", "gpu", "frame"):
+        return f"{name} is the {form!r} graph form, WebGPU needs the dense_masked form (or a per-frame model)"
     return None
 
 

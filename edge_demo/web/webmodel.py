@@ -6,7 +6,7 @@ and with it the whole model:
     Failed to create litert::ml_drift::DelegateKernelLiteRt: INVALID_ARGUMENT: Unable to parse bc
     coord for BATCH axis ... selector object=indices ... shape: {bhwc, {400, 1, 1, 1}}
 
-(the 1-D index tensor is laid out along the batch axis). The GPU-form step has no gathers (it cuts
+(the 1-D index tensor is laid out along the batch axis). The dense_masked-form step has no gathers (it cuts
 its tiles by slices, stt_keras/layers/dense_masked.py): its copy is the file itself, and LiteRT.js
 runs all of it on WebGPU. Another model with such gathers (LiteRT's GPU accelerator in ai-edge-litert
 2.3.0 runs them fine) gets the index tensor reshaped to [1, n]: the delegate declines those gathers

@@ -3,8 +3,8 @@
 Where frames are read: dataset readers and the sequence listings that evaluation and
 calibration stream (readers), frame and label files (files, images), video files (video:
 `VideoFrames`, the one video reader), the built-in synthetic video (synthetic), the
-pre-flight scan (scan), the Cityscapes id table (cityscapes_ids), class sets and labels
-files (labels). The tf.data clip pipelines (pipeline, `make_file_dataset`,
+pre-flight scan (scan), the Cityscapes id table (cityscapes_ids), class sets and classes
+files (classes). The tf.data clip pipelines (pipeline, `make_file_dataset`,
 `make_sequence_dataset`) live here too: each sits next to the reader of its source and
 shares its label checks (`pipeline.check_label_values`), and they are data, not training.
 """

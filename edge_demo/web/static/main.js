@@ -82,7 +82,7 @@ async function main() {
   if (!catalog.models.includes(name)) throw new Error(`unknown model ${name} (the server has ${catalog.models})`);
   /** @type {import('./segmenter.js').ModelMeta} */
   const meta = await getJson(`/models/${name.replace(/\.tflite$/, '.json')}`);
-  // A model WebGPU cannot build (not the gpu form, not the edge interface): Wasm by default, a clear error if asked.
+  // A model WebGPU cannot build (not the dense_masked form, not the edge interface): Wasm by default, a clear error if asked.
   const webgpuProblem = (catalog.webgpu_problems ?? {})[name];
   const hasWebGpu = Boolean((/** @type {any} */ (navigator)).gpu);
   const accelerator = /** @type {import('./segmenter.js').Backend} */ (
@@ -100,7 +100,7 @@ async function main() {
     throw new Error(`${webgpuProblem}: choose Wasm (CPU) as the backend, or another model`);
   }
   setStatus(`compiling ${name} for ${accelerator}…`);
-  // On WebGPU the server's copy (edge_demo/web/webmodel.py): the file itself for the gpu form (no gathers); a model
+  // On WebGPU the server's copy (edge_demo/web/webmodel.py): the file itself for the dense_masked form (no gathers); a model
   // with 1-D gather indices gets [1, n] ones, which LiteRT.js 2.5.3's WebGPU delegate leaves to the CPU.
   const url = accelerator === 'webgpu' ? `/models/webgpu/${name}` : `/models/${name}`;
   const segmenter = await Segmenter.create(url, meta, accelerator);

@@ -35,7 +35,11 @@ function checkTensors(kind, details, expected) {
   }
 }
 
-/** A model stream: `step(frame)` carries the state, `reset()` starts a new stream, `dispose()` frees it. */
+/**
+ * A model stream: `step(frame)` carries the state, `reset()` starts a new stream, `dispose()` frees it.
+ * The browser's `stt_edge_demo.stream.Stream` (same contract and first-frame policy; the state stays in
+ * LiteRT.js tensors, on the GPU under WebGPU, so it cannot be the Python object).
+ */
 export class Segmenter {
   /**
    * Loads the runtime (its Wasm files are served by the app under /wasm/) and compiles the model.

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stt_keras import kernels, losses
+from stt_keras import kernels, losses, streaming
 from stt_keras.distribute import MultiWorkerFit
 from stt_keras.layers import dense_masked
 from stt_keras.layers.sparse_temporal_transformer import IMPLEMENTATIONS
@@ -80,7 +80,7 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         - A directory written by `save_to_preset`: its config and trained weights
           (`load_weights=False`: the architecture only, freshly initialised).
           `num_classes`, if given, must match; no other arguments apply.
-          `model.preset_metadata` then holds its metadata (labels, versions, ...).
+          `model.preset_metadata` then holds its metadata (classes, versions, ...).
 
         Args:
             preset: built-in preset name or preset directory.
@@ -411,6 +411,10 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         # The logits are float32 under every dtype policy (Keras would say the compute dtype).
         return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
 
+    # ---------------------------------------------------------------- streaming
+    # The pure step lives on the model (it runs the encoder, the STT and the decoder); the stream that carries the
+    # state from frame to frame, and the state's layout, live in stt_keras.streaming, which the layers also use
+    # (so that module cannot import them back).
     def state_shape(self, height: int, width: int, packed: bool = False, batch: int = 1) -> tuple:
         """Shape of the streaming state for frames of height x width, from `compute_output_shape` (nothing runs).
 
@@ -477,11 +481,11 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
             raise ValueError(f"The frame batch ({frame.shape[0]}) and the state batch ({state.shape[0]}) differ.")
         size = (frame.shape[1], frame.shape[2])
         if implementation == "dense_masked":
-            logits, new_state = self._dense_masked_step(frame, state if packed else dense_masked.pack_frames(state),
+            logits, new_state = self._dense_masked_step(frame, state if packed else streaming.pack_frames(state),
                                                         reset, size)
-            return logits, new_state if packed else dense_masked.unpack_frames(new_state, frames)
+            return logits, new_state if packed else streaming.unpack_frames(new_state, frames)
         if packed:
-            state = dense_masked.unpack_frames(state, frames)
+            state = streaming.unpack_frames(state, frames)
         features, skips = self._encode(frame, False)
         current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
         reset = tf.reshape(tf.cast(reset, tf.bool), [-1])
@@ -495,7 +499,7 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         mixed = self.stt.attend(features, state, implementation="sparse")
         logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
         new_state = tf.concat([state[:, 1:], current], axis=1)
-        return logits, dense_masked.pack_frames(new_state) if packed else new_state
+        return logits, streaming.pack_frames(new_state) if packed else new_state
 
     def _dense_masked_step(self, frame, state, reset, size):
         """stream_step with a packed state and the dense-masked STT (float32 throughout the STT)."""
@@ -515,26 +519,29 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         logits = self.decoder(tf.cast(mixed, self.decoder.compute_dtype), skips, output_size=size, training=False)
         return tf.cast(logits, tf.float32), next_state
 
-    def save_to_preset(self, preset_dir: str, labels: list | None = None, colors: list | None = None) -> None:
+    def save_to_preset(self, preset_dir: str, classes: list | None = None, colors: list | None = None,
+                       labels: list | None = None) -> None:
         """Writes this (trained) model as a preset directory that `from_preset(preset_dir)` loads.
 
         Writes config.json, model.weights.h5 and metadata.json (class count, the
-        label names and RGB colours if given, the architecture preset name,
+        class names and RGB colours if given, the architecture preset name,
         library versions, checksums), atomically: the directory appears complete
         or not at all, and only an empty folder or an earlier preset is replaced.
 
         Args:
             preset_dir: the folder to write.
-            labels: optional class names, one per class.
-            colors: optional [r, g, b] (0..255) per class; needs `labels`.
+            classes: optional class names, one per class.
+            colors: optional [r, g, b] (0..255) per class; needs `classes`.
+            labels: the deprecated name of `classes`.
 
         Returns the metadata dict.
         """
         from stt_keras import saving
 
-        if labels is None and colors is None and getattr(self, "preset_metadata", None):
-            labels, colors = self.preset_metadata.get("labels"), self.preset_metadata.get("colors")
-        return saving.save_preset(self, preset_dir, labels=labels, colors=colors)
+        classes = saving.old_labels_keyword(classes, labels)
+        if classes is None and colors is None and getattr(self, "preset_metadata", None):
+            classes, colors = self.preset_metadata.get("classes"), self.preset_metadata.get("colors")
+        return saving.save_preset(self, preset_dir, classes=classes, colors=colors)
 
     # ---------------------------------------------------------------- config
     def get_config(self):
