@@ -100,7 +100,7 @@ def make_runner(runtime, model, size, threads, tmp, name, identity=False, calibr
     from stt_keras.export.gpu_step import STT_QUANTIZED, STT_SCOPE
 
     streaming = model.stt is not None
-    form = "gpu" if streaming and runtime.startswith("tflite") else "default"
+    form = "dense_masked" if streaming and runtime.startswith("tflite") else "default"
     with block_as_identity(model) if identity else contextlib.nullcontext():
         fn = step_lib.make_step_function(model, *size, form)
         concrete = fn.get_concrete_function()  # traced now, while the block is identity

@@ -216,7 +216,7 @@ def test_an_stt_segformer_runs_in_the_page_as_in_python(frames, frames_box, tmp_
     out = str(tmp_path / "export")
     export_cli.run_export(export_cli.build_parser().parse_args(
         ["--model", str(tmp_path / "stt_segformer.keras"), "--out", out, "--size", "x".join(map(str, SIZE)),
-         "--formats", "tflite", "--forms", "gpu", "--interfaces", "edge", "--quantizations", "float16,int8",
+         "--formats", "tflite", "--forms", "dense_masked", "--interfaces", "edge", "--quantizations", "float16,int8",
          "--gpu-check", "off", "--parity-sequences", "1", "--parity-frames", "4", "--calibration-sequences", "2",
          "--calibration-frames", "4"]))
     for name, backend in [("stt_gpu_edge_float16.tflite", "webgpu"), ("stt_edge_int8.tflite", "wasm")]:
