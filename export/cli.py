@@ -95,7 +95,7 @@ def _run_export(args):
     planned = request.files(model.stt is not None)
     _check_memory(args, model, request.size)
     class_names, palette, label_source = _class_names(args, model)
-    report = {"model": os.path.abspath(args.model), "size": list(request.size), "labels": label_source,
+    report = {"model": os.path.abspath(args.model), "size": list(request.size), "classes_source": label_source,
               "classes": class_names, "palette": palette, "files": {}, "gpu_accelerator": gpu.status, "warnings": []}
     int8 = any(file.quantization == "int8" for file in planned)
     calibration_sequences, calibration_text, sequences, parity_text, miou_meaningful = _frames_for_checks(
@@ -106,12 +106,12 @@ def _run_export(args):
     report["parity_data"] = parity_text
     job = writers.ExportJob(
         model=model, name=os.path.splitext(os.path.basename(args.model))[0], size=request.size, folder=None,
-        labels=(class_names, palette), sequences=sequences, parity_text=parity_text, miou_meaningful=miou_meaningful,
+        classes=(class_names, palette), sequences=sequences, parity_text=parity_text, miou_meaningful=miou_meaningful,
         threads=args.threads, gpu=gpu, float_head=int8_float_head(args.int8_float_head),
         calibration_sequences=calibration_sequences, calibration_text=calibration_text,
         calibration_count=args.calibration_sequences, calibration_frames=args.calibration_frames)
     _write_export(args.out, job, planned, report, {"model": report["model"], "size": list(request.size),
-                                                   "labels": label_source, "calibration_data": calibration_text,
+                                                   "classes_source": label_source, "calibration_data": calibration_text,
                                                    "parity_data": parity_text})
     print(markdown_report(report))
     return report
@@ -225,7 +225,7 @@ def _write_export(out, job, planned, report, manifest):
     with atomic_directory(out) as tmp:
         job.folder = tmp
         labels_json = os.path.join(tmp, "labels.json")
-        writers.write_json(labels_json, {"classes": job.labels[0], "palette": job.labels[1], "source": report["labels"],
+        writers.write_json(labels_json, {"classes": job.classes[0], "palette": job.classes[1], "source": report["classes_source"],
                                          "ignore_label": 255})
         steps = [file for file in planned if file.format != "savedmodel"]
         if len(steps) < len(planned):

@@ -10,7 +10,7 @@ def markdown_report(report):
     for warning in report.get("warnings", []):
         lines += [f"**WARNING: {warning}**", ""]
     if report.get("classes"):
-        lines += [f"Classes ({report.get('labels')}): {', '.join(report['classes'])}", ""]
+        lines += [f"Classes ({report.get('classes_source')}): {', '.join(report['classes'])}", ""]
     for key, what in (("calibration_data", "int8 calibration data"), ("parity_data", "Parity data")):
         if report.get(key):
             lines += [f"{what[0].upper() + what[1:]}: {report[key]}", ""]

@@ -42,7 +42,7 @@ def counted(step, what, sequences):
 
 @dataclasses.dataclass
 class ExportJob:
-    """What every file of one export shares: the model, the folder, the labels, the parity and calibration data.
+    """What every file of one export shares: the model, the folder, the classes, the parity and calibration data.
 
     `reference`: the Keras step's outputs on `sequences`, which every file's parity is compared with.
     """
@@ -51,7 +51,7 @@ class ExportJob:
     name: str  # the model's name in the metadata (its file name without extension)
     size: tuple
     folder: str  # where the files go (the atomic export's temporary folder)
-    labels: tuple  # (class names, palette)
+    classes: tuple  # (class names, palette)
     sequences: list  # parity sequences: [(frames, labels)]
     parity_text: str
     miou_meaningful: bool  # else the parity entries carry no mIoU (the truth is not in the model's classes)
@@ -92,7 +92,7 @@ class ExportJob:
             for key in ("miou", "miou_reference", "miou_drop_points"):
                 entry["parity"].pop(key, None)
         extra = {"converter": converter, "parity": entry["parity"], "parity_data": self.parity_text, **extra}
-        meta = metadata(self.model, self.name, file, self.size, self.labels, graph, extra)
+        meta = metadata(self.model, self.name, file, self.size, self.classes, graph, extra)
         if "gpu_accelerator" in entry:
             meta["gpu_accelerator"] = entry["gpu_accelerator"]
         write_json(self.path(file.metadata_name), meta)
@@ -134,11 +134,12 @@ class StepGraph:
         return self._frozen
 
 
-def metadata(model, name, file, size, labels, graph, extra):
-    """A model file's metadata (its .json): what it computes, its inputs and outputs, labels, and `extra`."""
+def metadata(model, name, file, size, classes, graph, extra):
+    """A model file's metadata (its .json): what it computes, its inputs and outputs, its classes and palette
+    (`classes`: (class names, palette)), and `extra`."""
     from stt_keras.export.step import MEANINGS
 
-    classes, palette = labels
+    classes, palette = classes  # noqa: the pair, unpacked
     inputs, outputs = graph.io()
     input_order, output_order = step_lib.io_order(graph.fn)
     meta = {

@@ -122,7 +122,7 @@ def test_the_markdown_report_and_the_gpu_verdict_read_as_written():
     gpu = {"num_ops": 40, "fully_accelerated": False, "ops_on_cpu": 3, "ops_on_gpu": 37,
            "label_agreement_with_cpu": 0.99871, "validation_errors": ["x" * 100]}
     report = {
-        "model": "/runs/m/best.keras", "size": [64, 128], "labels": "built-in synthetic", "classes": ["road", "sky"],
+        "model": "/runs/m/best.keras", "size": [64, 128], "classes_source": "built-in synthetic", "classes": ["road", "sky"],
         "calibration_data": "synthetic video", "parity_data": None, "warnings": ["not a synthetic model"],
         "gpu_accelerator": {"checked": True}, "saved_model": {"path": "saved_model/1", "signatures": ["step"]},
         "files": {
@@ -159,7 +159,7 @@ def test_the_export_takes_the_state_shape_from_the_model_and_it_is_the_traced_on
     from stt_keras.models import STTSegmenter
 
     model = STTSegmenter.from_preset(preset, num_classes=5)
-    job = writers.ExportJob(model=model, name="m", size=(48, 80), folder=None, labels=([], []), sequences=[],
+    job = writers.ExportJob(model=model, name="m", size=(48, 80), folder=None, classes=([], []), sequences=[],
                             parity_text="", miou_meaningful=False, threads=1, gpu=None)
     signature = step_lib.input_signature(model, 48, 80)
     if model.stt is None:
