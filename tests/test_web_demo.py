@@ -382,3 +382,17 @@ def test_server_refuses_what_it_cannot_serve(web_exports, tmp_path):
     result = subprocess.run([sys.executable, "-m", "stt_edge_demo.web", "--model", web_exports, "--cert", "cert.pem"],
                             capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == 2 and "--cert and --key go together" in result.stderr
+
+
+def test_a_browser_that_exits_at_start_is_named_not_a_broken_pipe(tmp_path):
+    """Chromium gone before its first command: ChromiumExited with its exit status and last stderr lines."""
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\necho 'fake chromium: cannot start' >&2\nexit 7\n")
+    fake.chmod(0o755)
+    browser = headless.DevTools(str(fake), [])
+    try:
+        with pytest.raises(headless.ChromiumExited, match=r"status 7\) before answering Target.createTarget.*cannot start"):
+            browser.process.wait(timeout=10)
+            browser.send("Target.createTarget", {"url": "about:blank"}, timeout=10)
+    finally:
+        browser.close()
