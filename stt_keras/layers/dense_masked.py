@@ -55,8 +55,6 @@ SCOPE = "stt_block"  # name scope of the STT ops in `STTSegmenter.stream_step`: 
 QUANTIZABLE = ("keys", "query", "output", "ffn")
 MAX_TEXTURE_SIDE = 8192  # WebGPU's default maxTextureDimension2D (SwiftShader's too)
 MAX_HALO_ROWS = 4096  # key rows (tiles x halo points) per tile group (see windowed_attention)
-GROUP_LOGITS = 1 << 17  # logits (tiles x heads x points x halo) per tile group, at least one tile: a group's
-# logits stay in a CPU core's cache (docs/performance.md)
 EPS = 1e-6  # cosine denominator floor; unlike 1e-12 it survives float16 (a zero row must give 0, not 0/0)
 _FILL = 1.0e9  # masked logits get -_FILL: exp underflows to exactly 0 (-inf in float16, same result)
 
@@ -296,8 +294,8 @@ def attention_tiling(radii, d_r, num_heads):
     (tile + 2 r)^2). Many channels and large radii (STT-PSP18: d_r 128, radii 5..1) take 8 x 8 tiles,
     whose halos copy each key fewer times; few channels (STT-SegFormer's stage 1: d_r 8, 2 per head)
     take 4 x 4, whose halos hold fewer extra keys, so fewer logits. Groups hold at most
-    MAX_HALO_ROWS key rows (the GPU's textures) and GROUP_LOGITS logits (a CPU's cache), at least
-    one tile. ATTENTION_TILE, if set, forces the tile.
+    MAX_HALO_ROWS key rows (the GPU's textures), at least one tile. ATTENTION_TILE, if set, forces
+    the tile.
     """
     def halo(tile):
         return sum((tile + 2 * r) ** 2 for r in radii)
@@ -306,8 +304,7 @@ def attention_tiling(radii, d_r, num_heads):
         return num_heads * halo(tile) + 2 * (2 * d_r) * halo(tile) / tile**2
 
     tile = ATTENTION_TILE or min(ATTENTION_TILES, key=work)
-    per_group = min(MAX_HALO_ROWS // halo(tile), GROUP_LOGITS // (num_heads * tile**2 * halo(tile)))
-    return tile, max(1, per_group)
+    return tile, max(1, MAX_HALO_ROWS // halo(tile))
 
 
 def windowed_attention(queries, state, radii, num_heads):
