@@ -14,7 +14,8 @@ but for its 1x1 convolutions, calibrated on 2 x 3 synthetic frames) and timed wi
 median [min, max]), with the same step with the block as identity (the block's share: 1 - that / step;
 the key/value projection and the state shift stay in it). --tilings adds steps whose windowed attention
 uses other query tilings (TILExGROUP: t x t query tiles, GROUP tiles per group; 8x9 is the form before
-`dense_masked.attention_tiling`, at 256 x 512) beside the default ("auto").
+`dense_masked.attention_tiling`, at 256 x 512) beside the default ("auto"). Each is timed twice: wall
+time, then this process's CPU time (all its threads; other jobs' load moves it less than wall time).
 
 Run: python benchmarks/segformer_cost.py [--height 256 --width 512] [--stages 3 4] [--size b0]
      [--tflite-int8 [--tilings auto 8x9] [--rounds 9]]
@@ -165,20 +166,21 @@ def tflite_int8(base, stt, h, w, repeats, rounds, tilings, threads=2):
             inputs.update(state=state, reset=np.zeros([1], np.float32))
         runs[name] = (lambda runner=runner, inputs=inputs: runner(**inputs))
         sizes[name] = len(model_bytes)
-    load = os.getloadavg()[0]
-    times = interleaved_rounds(runs, rounds, repeats)
-    print(f"  LiteRT int8, {threads} threads, {rounds} interleaved rounds of {repeats} (median per round; ratios "
-          f"within a round: median [min, max]); load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
-    base_times = times["per-frame"]
-    identity = times["step, block as identity"]
-    for name, values in times.items():
-        ratio = [v / b for v, b in zip(values, base_times)]
-        line = (f"    {name:42s} {statistics.median(values) * 1e3:8.1f} ms  {sizes[name] / 1e6:5.2f} MB  ratio "
-                f"{statistics.median(ratio):.2f}x [{min(ratio):.2f}, {max(ratio):.2f}]")
-        if name.startswith("stream_step"):
-            share = [1 - i / v for v, i in zip(values, identity)]
-            line += f"  block {100 * statistics.median(share):.0f}% [{100 * min(share):.0f}, {100 * max(share):.0f}]"
-        print(line, flush=True)
+    for clock, what in ((time.perf_counter, "wall time"), (time.process_time, "CPU time of this process")):
+        load = os.getloadavg()[0]
+        times = interleaved_rounds(runs, rounds, repeats, clock=clock)
+        print(f"  LiteRT int8, {threads} threads, {what}, {rounds} interleaved rounds of {repeats} (median per round; "
+              f"ratios within a round: median [min, max]); load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+        base_times = times["per-frame"]
+        identity = times["step, block as identity"]
+        for name, values in times.items():
+            ratio = [v / b for v, b in zip(values, base_times)]
+            line = (f"    {name:42s} {statistics.median(values) * 1e3:8.1f} ms  {sizes[name] / 1e6:5.2f} MB  ratio "
+                    f"{statistics.median(ratio):.2f}x [{min(ratio):.2f}, {max(ratio):.2f}]")
+            if name.startswith("stream_step"):
+                share = [1 - i / v for v, i in zip(values, identity)]
+                line += f"  block {100 * statistics.median(share):.0f}% [{100 * min(share):.0f}, {100 * max(share):.0f}]"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
