@@ -7,15 +7,24 @@ and the STT model's `stream_step` (one encoder pass, the STT over the cached
 projected keys of the previous frames, the same decoder). Both models share the
 encoder and decoder weights. Target (issue 21): step / per frame <= 1.15x.
 
-With --tflite-int8, the same pair converted to full-int8 LiteRT models (the gpu form: the STT
-block kept float32, as stt-export does; calibrated on 2 x 3 synthetic frames) is timed the same
-way with 2 threads.
+With --tflite-int8, the per-frame model and the streaming step of the last --stages entry are
+converted to full-int8 LiteRT models as `stt-export` builds them (the gpu form: the STT block float32
+but for its 1x1 convolutions, calibrated on 2 x 3 synthetic frames) and timed with 2 threads in
+--rounds interleaved rounds of --repeats runs each (median per round; each ratio within a round, then
+median [min, max]), with the same step with the block as identity (the block's share: 1 - that / step;
+the key/value projection and the state shift stay in it). --tilings adds steps whose windowed attention
+uses other query tilings (TILExGROUP: t x t query tiles, GROUP tiles per group; 8x9 is the form before
+`dense_masked.attention_tiling`, at 256 x 512) beside the default ("auto"). Each is timed twice: wall
+time, then this process's CPU time (all its threads; other jobs' load moves it less than wall time).
 
-Run: python benchmarks/segformer_cost.py [--height 256 --width 512] [--stages 3 4] [--size b0] [--tflite-int8]
+Run: python benchmarks/segformer_cost.py [--height 256 --width 512] [--stages 3 4] [--size b0]
+     [--tflite-int8 [--tilings auto 8x9] [--rounds 9]]
 """
 
 import argparse
+import contextlib
 import os
+import statistics
 import sys
 import time
 
@@ -41,7 +50,21 @@ def main():
     parser.add_argument("--implementation", default="sparse", choices=["sparse", "dense_masked"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tflite-int8", action="store_true", help="also time int8 LiteRT models of both")
+    parser.add_argument("--tilings", nargs="+", default=["auto"], metavar="TILING",
+                        help="--tflite-int8: attention tilings of the step, 'auto' or TILExGROUP (e.g. 8x9)")
+    parser.add_argument("--rounds", type=int, default=9, help="--tflite-int8: interleaved rounds")
+    parser.add_argument("--threads", type=int, default=2, help="--tflite-int8: LiteRT threads")
     args = parser.parse_args()
+    tilings = []
+    for tiling in args.tilings:
+        try:
+            tilings.append(None if tiling == "auto" else tuple(int(v) for v in tiling.split("x")))
+        except ValueError:
+            parser.error(f"--tilings: {tiling!r} is neither 'auto' nor TILExGROUP (e.g. 8x9)")
+        if tilings[-1] is not None and (len(tilings[-1]) != 2 or tilings[-1][0] not in (4, 8) or tilings[-1][1] < 1):
+            parser.error(f"--tilings: {tiling!r}: TILE is 4 or 8, GROUP a positive number of tiles")
+    if min(args.repeats, args.rounds, args.threads) < 1:
+        parser.error("--repeats, --rounds and --threads must be positive")
 
     h, w = args.height, args.width
     base = STTSegmenter.from_preset(f"segformer_{args.size}", image_segmenter_weights=None)
@@ -54,6 +77,8 @@ def main():
                                        features_stage=stage)
         stt.encoder.set_weights(base.encoder.get_weights())
         stt.decoder.set_weights(base.decoder.get_weights())
+        for gate in (v for v in stt.stt.weights if "gate" in v.path):  # a trained block's gates are not 0
+            gate.assign(np.random.default_rng(1).uniform(0.5, 1.0, gate.shape).astype("float32"))
         state = stt.initial_state(1, h, w, packed=args.implementation == "dense_masked")
         _, state = stt.stream_step(frame, state, tf.constant(True), implementation=args.implementation)
         name = f"stage {stage} ({'x'.join(map(str, stt.state_shape(h, w)[2:4]))}x{stt.encoder.hidden_dims[stage - 1]})"
@@ -78,37 +103,84 @@ def main():
         ratio = np.median(np.array(values) / base_times)
         print(f"  stream_step, STT on {name:16s} {np.median(values) * 1e3:8.1f} ms   ratio {ratio:.2f}x", flush=True)
     if args.tflite_int8:
-        tflite_int8(base, stt, h, w, args.repeats)
+        tflite_int8(base, stt, h, w, args.repeats, args.rounds, tilings, args.threads)
 
 
-def tflite_int8(base, stt, h, w, repeats, threads=2):
-    """Per-frame and streaming-step int8 LiteRT models of the same weights, timed interleaved."""
+@contextlib.contextmanager
+def attention_tiling(tiling):
+    """While active, `dense_masked.windowed_attention` uses `tiling` (tile, tiles per group); None: its own."""
+    from stt_keras.layers import dense_masked
+
+    saved = dense_masked.attention_tiling
+    if tiling is not None:
+        dense_masked.attention_tiling = lambda radii, d_r, num_heads: tiling
+    try:
+        yield
+    finally:
+        dense_masked.attention_tiling = saved
+
+
+@contextlib.contextmanager
+def block_as_identity(model):
+    """While active, the model's STT block returns its input (top_ratio 0)."""
+    saved = model.stt.top_ratio
+    model.stt.top_ratio = 0.0
+    try:
+        yield
+    finally:
+        model.stt.top_ratio = saved
+
+
+def tflite_int8(base, stt, h, w, repeats, rounds, tilings, threads=2):
+    """Per-frame and streaming-step int8 LiteRT models of the same weights (stt-export's settings), interleaved."""
     from stt_keras.export import calibration, gpu_step, parity, step as step_lib, tflite
+    from stt_keras.layers import dense_masked
+    from timing import interleaved_rounds
 
     frames = calibration.synthetic_frames(h, w, 1, 3, calibration.EVALUATION_SEED)[0][0]
-    runners, inputs = {}, {}
-    for name, model in (("per-frame", base), ("stream_step", stt)):
-        fn = step_lib.make_step_function(model, h, w, "gpu")
-        state_shape = stt.state_shape(h, w, packed=True) if model is stt else None
-        dataset = calibration.representative_dataset(fn, h, w, state_shape, 2, 3, np.float32)
-        model_bytes, _ = tflite.convert(tflite.frozen_function(fn), "int8", dataset,
-                                        keep_float_scope=gpu_step.STT_SCOPE)
-        runners[name] = parity.TFLiteStep(model_bytes, threads)
-        frame = frames[-1][None].astype(np.float32)
-        inputs[name] = {"frame": frame}
-        if model is stt:
-            inputs[name].update(state=np.zeros(state_shape, np.float32), reset=np.zeros([1], np.float32))
-        runners[name](**inputs[name])
-    times = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            runner(**inputs[name])
-            times[name].append(time.perf_counter() - start)
-    base_times = np.array(times["per-frame"])
-    print(f"  LiteRT int8 ({threads} threads): per-frame {np.median(base_times) * 1e3:.1f} ms, stream_step "
-          f"{np.median(times['stream_step']) * 1e3:.1f} ms, ratio "
-          f"{np.median(np.array(times['stream_step']) / base_times):.2f}x", flush=True)
+    state_shape = stt.state_shape(h, w, packed=True)
+    d_r = stt.stt.reduced_channels
+    variants = [("per-frame", base, contextlib.nullcontext())]
+    for tiling in tilings:
+        chosen = tiling or dense_masked.attention_tiling(stt.stt.radii, d_r, stt.stt.num_heads)
+        label = f"stream_step, {chosen[0]}x{chosen[0]} tiles, {chosen[1]} a group{'' if tiling else ' (auto)'}"
+        variants.append((label, stt, attention_tiling(tiling)))
+    variants.append(("step, block as identity", stt, block_as_identity(stt)))
+    runs, sizes = {}, {}
+    for name, model, context in variants:
+        with context:
+            fn = step_lib.make_step_function(model, h, w, "gpu")
+            fn.get_concrete_function()  # traced now, under the context
+            streaming = model is stt
+            dataset = calibration.representative_dataset(fn, h, w, state_shape if streaming else None, 2, 3, np.float32)
+            model_bytes, _ = tflite.convert(tflite.frozen_function(fn), "int8", dataset,
+                                            keep_float_scope=gpu_step.STT_SCOPE if streaming else None,
+                                            quantized_subscopes=gpu_step.STT_QUANTIZED if streaming else ())
+        runner = parity.TFLiteStep(model_bytes, threads)
+        inputs = {"frame": frames[-1][None].astype(np.float32)}
+        if streaming:  # a real state: the previous frames streamed through this model
+            state = np.zeros(state_shape, np.float32)
+            for t, frame in enumerate(frames[:-1]):
+                state = runner(frame=frame[None].astype(np.float32), state=state,
+                               reset=np.array([1.0 if t == 0 else 0.0], np.float32))["next_state"]
+            inputs.update(state=state, reset=np.zeros([1], np.float32))
+        runs[name] = (lambda runner=runner, inputs=inputs: runner(**inputs))
+        sizes[name] = len(model_bytes)
+    for clock, what in ((time.perf_counter, "wall time"), (time.process_time, "CPU time of this process")):
+        load = os.getloadavg()[0]
+        times = interleaved_rounds(runs, rounds, repeats, clock=clock)
+        print(f"  LiteRT int8, {threads} threads, {what}, {rounds} interleaved rounds of {repeats} (median per round; "
+              f"ratios within a round: median [min, max]); load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+        base_times = times["per-frame"]
+        identity = times["step, block as identity"]
+        for name, values in times.items():
+            ratio = [v / b for v, b in zip(values, base_times)]
+            line = (f"    {name:42s} {statistics.median(values) * 1e3:8.1f} ms  {sizes[name] / 1e6:5.2f} MB  ratio "
+                    f"{statistics.median(ratio):.2f}x [{min(ratio):.2f}, {max(ratio):.2f}]")
+            if name.startswith("stream_step"):
+                share = [1 - i / v for v, i in zip(values, identity)]
+                line += f"  block {100 * statistics.median(share):.0f}% [{100 * min(share):.0f}, {100 * max(share):.0f}]"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -585,7 +585,8 @@ def test_dense_masked_pieces_equal_the_sparse_pieces(monkeypatch):
 
 def test_dense_masked_attention_with_tiles_inside_the_map(monkeypatch):
     """Tiles whose halos lie inside the map and tiles whose halos reach out of it, in the same groups and
-    alone: 26 x 29 points, 8 x 8 tiles, radii [2, 1] (the other tests' maps have border tiles only)."""
+    alone: 26 x 29 points, 4 x 4 and 8 x 8 tiles, radii [2, 1] (the other tests' maps have border tiles
+    only); one tile a group and all tiles in one."""
     from stt_keras.layers import dense_masked, temporal_attention
 
     rng = np.random.default_rng(3)
@@ -594,12 +595,28 @@ def test_dense_masked_attention_with_tiles_inside_the_map(monkeypatch):
     kv = rng.normal(size=(1, 2, 26, 29, 16)).astype(np.float32)
     expected = temporal_attention.windowed_attention(q, kv, radii, num_heads=2)
     packed = dense_masked.pack_frames(tf.constant(kv))
-    valid, _, _ = dense_masked._tile_tables(26, 29, radii, dense_masked.ATTENTION_TILE)
-    assert valid.all(axis=1).any() and not valid.all()  # both kinds of tile
-    for limit in (1, 10**6):
-        monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", limit)
-        got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    for tile in dense_masked.ATTENTION_TILES:
+        monkeypatch.setattr(dense_masked, "ATTENTION_TILE", tile)
+        valid, _, _ = dense_masked._tile_tables(26, 29, radii, tile)
+        assert valid.all(axis=1).any() and not valid.all()  # both kinds of tile
+        for rows in (1, 10**6):
+            monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", rows)
+            got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_masked_attention_tiling_follows_the_block_shape(monkeypatch):
+    """4 x 4 query tiles for few channels (STT-SegFormer's stage 1 and the tiny presets), 8 x 8 for STT-PSP18's
+    d_r = 128; groups of at most MAX_HALO_ROWS key rows (halos of 200 and 1668 keys); ATTENTION_TILE forces a tile."""
+    from stt_keras.layers import dense_masked
+
+    assert dense_masked.attention_tiling([3, 2, 1], 8, 4) == (4, 4096 // 200)  # STT-SegFormer-B0, MiT stage 1: d_r 8
+    assert dense_masked.attention_tiling([3, 2, 1], 32, 4) == (4, 4096 // 200)  # stt_psp_tiny: d_r 32
+    assert dense_masked.attention_tiling([5, 5, 5, 4, 3, 2, 1], 128, 8) == (8, 4096 // 1668)  # STT-PSP18
+    monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", 100)
+    assert dense_masked.attention_tiling([5, 5, 5, 4, 3, 2, 1], 128, 8) == (8, 1)  # at least one tile
+    monkeypatch.setattr(dense_masked, "ATTENTION_TILE", 8)
+    assert dense_masked.attention_tiling([3, 2, 1], 8, 4) == (8, 1)
 
 
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-{c[-2]}")

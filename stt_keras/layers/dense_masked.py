@@ -43,9 +43,10 @@ from stt_keras.layers import block, nsm, validation, windows
 from stt_keras.streaming import pack_frames, unpack_frames  # noqa: F401 (the state layout; also dense_masked.*)
 
 NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse implementation)
-ATTENTION_TILE = 8  # query tile of the windowed attention: 8 x 8 points share one halo per frame
-# (temporal_attention's 4 x 4 copies each key 12x at radius 5, 8 x 8 5x: on a CPU the attention is
-# those copies, docs/performance.md; the masked extra logits are exactly zero weight)
+ATTENTION_TILES = (4, 8)  # query tiles of the windowed attention (t x t points share one halo per frame):
+# `attention_tiling` picks one from the block's shape (on a CPU the attention is the halo copies and the
+# logits, docs/performance.md; the masked extra logits are exactly zero weight)
+ATTENTION_TILE = None  # None: `attention_tiling` chooses; 4 or 8 forces that tile (tests, benchmarks)
 BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
 SCOPE = "stt_block"  # name scope of the STT ops in `STTSegmenter.stream_step`: int8 export keeps them float,
 # except those under these sub-scopes (the key/value and query projections, W^O and the FFN: plain 1x1
@@ -284,6 +285,28 @@ def top_mask(scores, top_ratio):
     return tf.cast(scores >= lo, tf.float32)
 
 
+def attention_tiling(radii, d_r, num_heads):
+    """(query tile, tiles per group) of `windowed_attention` for a block of this shape.
+
+    The tile of ATTENTION_TILES with the least estimated work per query point: its logits,
+    num_heads * halo, against the key/value rows copied into halos, 2 d_r * halo / tile^2, counted
+    twice (a copy is written, then read by the transposes; halo = sum over frames of
+    (tile + 2 r)^2). Many channels and large radii (STT-PSP18: d_r 128, radii 5..1) take 8 x 8 tiles,
+    whose halos copy each key fewer times; few channels (STT-SegFormer's stage 1: d_r 8, 2 per head)
+    take 4 x 4, whose halos hold fewer extra keys, so fewer logits. Groups hold at most
+    MAX_HALO_ROWS key rows (the GPU's textures), at least one tile. ATTENTION_TILE, if set, forces
+    the tile.
+    """
+    def halo(tile):
+        return sum((tile + 2 * r) ** 2 for r in radii)
+
+    def work(tile):
+        return num_heads * halo(tile) + 2 * (2 * d_r) * halo(tile) / tile**2
+
+    tile = ATTENTION_TILE or min(ATTENTION_TILES, key=work)
+    return tile, max(1, MAX_HALO_ROWS // halo(tile))
+
+
 def windowed_attention(queries, state, radii, num_heads):
     """Every point's attention to its key windows, from the packed key/value frames.
 
@@ -315,7 +338,7 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
         raise ValueError(f"The packed key/values have {state.shape[-1]} channels; {frames} frames of "
                          f"2 * {d_r} need {frames * channels}.")
     d_head = d_r // num_heads
-    tile = ATTENTION_TILE
+    tile, per_group = attention_tiling(radii, d_r, num_heads)
     valid, window, _ = _tile_tables(h, w, radii, tile)
     points = tile**2
     n_halo = window.shape[1]
@@ -329,7 +352,7 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
     window_bias = tf.constant(_bias(window))  # [16, halo], broadcast over tiles and heads
     tiles_high, tiles_wide = windows.num_tiles(h, tile), windows.num_tiles(w, tile)
     blocks = []
-    for group in _tile_groups(tiles_high, tiles_wide, max(1, MAX_HALO_ROWS // n_halo)):
+    for group in _tile_groups(tiles_high, tiles_wide, per_group):
         top, left, rows, cols = group
         tiles = rows * cols
         order = _tile_order(top, left, rows, cols, tiles_wide)
