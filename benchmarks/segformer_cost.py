@@ -149,7 +149,7 @@ def tflite_int8(base, stt, h, w, repeats, rounds, tilings, threads=2):
     runs, sizes = {}, {}
     for name, model, context in variants:
         with context:
-            fn = step_lib.make_step_function(model, h, w, "gpu")
+            fn = step_lib.make_step_function(model, h, w, "dense_masked")
             fn.get_concrete_function()  # traced now, under the context
             streaming = model is stt
             dataset = calibration.representative_dataset(fn, h, w, state_shape if streaming else None, 2, 3, np.float32)
