@@ -106,7 +106,7 @@ def _run_export(args):
     report["parity_data"] = parity_text
     job = writers.ExportJob(
         model=model, name=os.path.splitext(os.path.basename(args.model))[0], size=request.size, folder=None,
-        classes=(class_names, palette), sequences=sequences, parity_text=parity_text, miou_meaningful=miou_meaningful,
+        class_names=class_names, palette=palette, sequences=sequences, parity_text=parity_text, miou_meaningful=miou_meaningful,
         threads=args.threads, gpu=gpu, float_head=int8_float_head(args.int8_float_head),
         calibration_sequences=calibration_sequences, calibration_text=calibration_text,
         calibration_count=args.calibration_sequences, calibration_frames=args.calibration_frames)
@@ -225,7 +225,7 @@ def _write_export(out, job, planned, report, manifest):
     with atomic_directory(out) as tmp:
         job.folder = tmp
         labels_json = os.path.join(tmp, "labels.json")
-        writers.write_json(labels_json, {"classes": job.classes[0], "palette": job.classes[1], "source": report["classes_source"],
+        writers.write_json(labels_json, {"classes": job.class_names, "palette": job.palette, "source": report["classes_source"],
                                          "ignore_label": 255})
         steps = [file for file in planned if file.format != "savedmodel"]
         if len(steps) < len(planned):

@@ -51,7 +51,8 @@ class ExportJob:
     name: str  # the model's name in the metadata (its file name without extension)
     size: tuple
     folder: str  # where the files go (the atomic export's temporary folder)
-    classes: tuple  # (class names, palette)
+    class_names: list
+    palette: list  # an RGB colour per class
     sequences: list  # parity sequences: [(frames, labels)]
     parity_text: str
     miou_meaningful: bool  # else the parity entries carry no mIoU (the truth is not in the model's classes)
@@ -92,7 +93,7 @@ class ExportJob:
             for key in ("miou", "miou_reference", "miou_drop_points"):
                 entry["parity"].pop(key, None)
         extra = {"converter": converter, "parity": entry["parity"], "parity_data": self.parity_text, **extra}
-        meta = metadata(self.model, self.name, file, self.size, self.classes, graph, extra)
+        meta = metadata(self.model, self.name, file, self.size, self.class_names, self.palette, graph, extra)
         if "gpu_accelerator" in entry:
             meta["gpu_accelerator"] = entry["gpu_accelerator"]
         write_json(self.path(file.metadata_name), meta)
@@ -134,12 +135,11 @@ class StepGraph:
         return self._frozen
 
 
-def metadata(model, name, file, size, classes, graph, extra):
-    """A model file's metadata (its .json): what it computes, its inputs and outputs, its classes and palette
-    (`classes`: (class names, palette)), and `extra`."""
+def metadata(model, name, file, size, class_names, palette, graph, extra):
+    """A model file's metadata (its .json): what it computes, its inputs and outputs, its classes and palette,
+    and `extra`."""
     from stt_keras.export.step import MEANINGS
 
-    classes, palette = classes  # noqa: the pair, unpacked
     inputs, outputs = graph.io()
     input_order, output_order = step_lib.io_order(graph.fn)
     meta = {
@@ -151,7 +151,7 @@ def metadata(model, name, file, size, classes, graph, extra):
         "input_size": list(size),
         "streaming": model.stt is not None,
         "num_key_frames": model.num_key_frames,
-        "classes": classes,
+        "classes": class_names,
         "palette": palette,
         "normalization": "RGB in [0, 255] (uint8, or float32 for the dense_masked form's full interface); "
                          "ImageNet mean/std applied inside the model",

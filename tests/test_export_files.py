@@ -159,7 +159,7 @@ def test_the_export_takes_the_state_shape_from_the_model_and_it_is_the_traced_on
     from stt_keras.models import STTSegmenter
 
     model = STTSegmenter.from_preset(preset, num_classes=5)
-    job = writers.ExportJob(model=model, name="m", size=(48, 80), folder=None, classes=([], []), sequences=[],
+    job = writers.ExportJob(model=model, name="m", size=(48, 80), folder=None, class_names=[], palette=[], sequences=[],
                             parity_text="", miou_meaningful=False, threads=1, gpu=None)
     signature = step_lib.input_signature(model, 48, 80)
     if model.stt is None:
