@@ -70,7 +70,8 @@ def cpu_features():
 
 @contextlib.contextmanager
 def block_as_identity(model):
-    """While active, the model's STT block returns its input (top_ratio 0), for tracing `no_block`."""
+    """While active, the model's STT block returns its input (top_ratio 0): trace the step under it to time the
+    step without the block (`no_block` here, segformer_cost.py's "block as identity")."""
     stt = model.stt
     saved = stt.top_ratio
     stt.top_ratio = 0.0

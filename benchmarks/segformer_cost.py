@@ -120,20 +120,10 @@ def attention_tiling(tiling):
         dense_masked.attention_tiling = saved
 
 
-@contextlib.contextmanager
-def block_as_identity(model):
-    """While active, the model's STT block returns its input (top_ratio 0)."""
-    saved = model.stt.top_ratio
-    model.stt.top_ratio = 0.0
-    try:
-        yield
-    finally:
-        model.stt.top_ratio = saved
-
-
 def tflite_int8(base, stt, h, w, repeats, rounds, tilings, threads=2):
     """Per-frame and streaming-step int8 LiteRT models of the same weights (stt-export's settings), interleaved."""
     from stt_keras.export import calibration, gpu_step, parity, step as step_lib, tflite
+    from edge_cost import block_as_identity
     from stt_keras.layers import dense_masked
     from timing import interleaved_rounds
 
