@@ -21,7 +21,7 @@ against issue 21's targets (>= +1 mIoU, >= +3 on degraded frames, clean frames n
 
 Run: python benchmarks/pretrained_accuracy.py --seeds 0 1 2 [--steps 200] [--size 128x256] [--crop 128x128]
          [--stage 1] [--block gate] [--warmup 0] [--stt-lr-multiplier 30] [--ft-optimizer adamw] [--ft-lr 3e-4]
-         [--ft-clipnorm NORM] [--ft-target-damage P] [--out runs/pretrained_accuracy]
+         [--ft-clipnorm NORM] [--ft-target-damage P] [--key-window 1 3] [--out runs/pretrained_accuracy]
 (the defaults are the recipe docs/pretrained.md recommends; `--stage 4 --block identity
 --stt-lr-multiplier 1 --ft-optimizer sgd --ft-lr 0` are the first settings measured)
 (results.json keeps every finished run, keyed by every setting, so an interrupted benchmark resumes
@@ -93,8 +93,13 @@ def settings_key(args):
                 sequences=args.sequences, eval_sequences=args.eval_sequences)
 
 
+DEFAULT_KEY_WINDOW = (1, 3)  # the presets' (start_size, end_size): radii 3 / 2 / 1 from the farthest key frame
+
+
 def stt_key(args):
     key = dict(stage=args.stage, warmup=args.warmup, stt_lr_multiplier=args.stt_lr_multiplier)
+    if tuple(args.key_window) != DEFAULT_KEY_WINDOW:
+        key["key_window"] = list(args.key_window)
     return key if args.block == "identity" else dict(key, block=args.block)
 
 
@@ -125,6 +130,8 @@ def run_dir(args, seed, name):
     if name.startswith("ft_stt"):
         tag += f"_s{args.stage}_w{args.warmup}_m{args.stt_lr_multiplier:g}" + {"post_norm": "_post", "gate": "_gate"}.get(
             args.block, "")
+        if tuple(args.key_window) != DEFAULT_KEY_WINDOW:
+            tag += "_kw{}-{}".format(*args.key_window)
     return os.path.join(args.out, tag, f"seed{seed}", name)
 
 
@@ -152,6 +159,8 @@ def run_model(args, seed, key):
         overrides = {"features_stage": args.stage, "norm_first": args.block in ("identity", "gate")}
         if args.block == "gate":
             overrides["residual_gate"] = True
+        if tuple(args.key_window) != DEFAULT_KEY_WINDOW:
+            overrides["start_size"], overrides["end_size"] = args.key_window
         init = base
         if args.warmup:
             init = _train(args, seed, "stt_segformer_b0", run_dir(args, seed, "ft_stt_warmup"), args.warmup, base,
@@ -219,7 +228,8 @@ def tables(rows, args):
 
     lines = [f"\nSTT on a SegFormer-B0-sized model: {args.steps} + {args.steps} steps x batch {args.batch_size}, "
              f"crop {args.crop[0]}x{args.crop[1]}, lr {args.lr:g}, eval {args.eval_sequences} held-out sequences of 30 "
-             f"frames at {args.size[0]}x{args.size[1]}; STT on MiT stage {args.stage}, warm-up {args.warmup} steps "
+             f"frames at {args.size[0]}x{args.size[1]}; STT on MiT stage {args.stage}, key windows "
+             f"{args.key_window[0]}-{args.key_window[1]}, warm-up {args.warmup} steps "
              f"(STT alone), STT at {args.stt_lr_multiplier:g}x lr, {args.block} block; (a) and (b) with "
              f"{_fine_tune_settings(args)} (mean ± half the range over seeds)", "",
              "| model | " + " | ".join(n for _, n in METRICS) + " | mIoU, history ablated | mIoU per seed |",
@@ -270,6 +280,9 @@ def main():
                    help="(b)'s STT block: identity at start (norm-first, zero W^O and FFN output; stt-train's "
                         "default with --init-from), identity at start by zero-initialised residual gates "
                         "(norm-first, residual_gate=True), or the paper's post-norm block")
+    p.add_argument("--key-window", type=int, nargs=2, default=list(DEFAULT_KEY_WINDOW), metavar=("START", "END"),
+                   help="(b)'s key windows: start and end half-sizes (docs/method.md, the nearest key frame gets START, "
+                        "each farther one 1 more, up to END)")
     p.add_argument("--models", nargs="+", default=[k for k, _ in MODELS], choices=[k for k, _ in MODELS])
     p.add_argument("--out", default="runs/pretrained_accuracy")
     p.add_argument("--table-only", action="store_true", help="print the tables of results.json, train nothing")
@@ -281,6 +294,8 @@ def main():
     args.crop = (min(args.crop[0], args.size[0]), min(args.crop[1], args.size[1]))
     if args.steps < 1 or args.lr <= 0 or args.stt_lr_multiplier <= 0 or args.batch_size < 1:
         p.error("--steps, --lr, --stt-lr-multiplier and --batch-size must be positive")
+    if not 1 <= args.key_window[0] <= args.key_window[1]:
+        p.error(f"--key-window needs 1 <= START <= END, got {args.key_window[0]} {args.key_window[1]}")
     if not 0 <= args.warmup < args.steps:
         p.error(f"--warmup must be in [0, --steps), got {args.warmup}")
     for seed in [] if args.table_only else args.seeds:
