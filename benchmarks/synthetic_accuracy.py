@@ -31,7 +31,9 @@ Variants (--steps N):
   STT from it for 3N/2 steps.
 - `ft_gate_adamw`, `ft_gate_adamw3` (G1, G2), `ft_gate_adamw3_x30`, `ft_gate_adamw_x30` (G3, G4): `base`, then the
   STT with the gated identity-at-start block fine-tuned with AdamW (lr 1e-3 or 3e-4; the block at 10x or 30x), each
-  against its per-frame twin `ft_pf_adamw` / `ft_pf_adamw3` (the same AdamW stage without the STT; --reference).
+  against its per-frame twin `ft_pf_adamw` / `ft_pf_adamw3` (the same AdamW stage without the STT; --reference);
+  `ft_gate_adamw_x30_dmg50` / `_dmg25` (G5, G6): G4 with --target-damage 0.5 / 0.25, against `ft_pf_adamw_dmg50` /
+  `_dmg25` (the same damage for the twin).
 - `stt`, `stt2x`, `stt_q50`, ...: the STT from scratch (N steps; `stt2x` 2N).
 
 Oracle headroom (per family, from the `base2x` model): on every degraded pixel of a degraded frame,
@@ -102,6 +104,14 @@ VARIANTS = [
      {"norm_first": True, "residual_gate": True}, 1),
     ("ft_gate_adamw_x30", "per-frame 1x, then STT (gated identity block, 30x lr) +1x with AdamW lr 1e-3", "stt_psp_tiny",
      {"norm_first": True, "residual_gate": True}, 1),
+    ("ft_gate_adamw_x30_dmg50", "per-frame 1x, then STT (gated identity block, 30x lr) +1x with AdamW lr 1e-3, "
+     "target damage 0.5", "stt_psp_tiny", {"norm_first": True, "residual_gate": True}, 1),
+    ("ft_pf_adamw_dmg50", "per-frame 1x, then per-frame +1x with AdamW lr 1e-3, target damage 0.5 "
+     "(`ft_gate_adamw_x30_dmg50`'s twin)", "psp_tiny", {}, 1),
+    ("ft_gate_adamw_x30_dmg25", "per-frame 1x, then STT (gated identity block, 30x lr) +1x with AdamW lr 1e-3, "
+     "target damage 0.25", "stt_psp_tiny", {"norm_first": True, "residual_gate": True}, 1),
+    ("ft_pf_adamw_dmg25", "per-frame 1x, then per-frame +1x with AdamW lr 1e-3, target damage 0.25 "
+     "(`ft_gate_adamw_x30_dmg25`'s twin)", "psp_tiny", {}, 1),
     ("p18_base", "per-frame `psp18`, 1x", "psp18", {}, 1),
     ("p18_ft50", "per-frame `psp18` 1x, then `stt_psp18` (top 50%, identity at start) +1x", "stt_psp18", {}, 1),
     ("p18_ft100", "per-frame `psp18` 1x, then `stt_psp18` (top 100%, identity at start) +1x", "stt_psp18",
@@ -130,7 +140,13 @@ TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier
                   "ft_gate_adamw3": {"optimizer": "adamw", "lr": 3e-4, "stt_lr_multiplier": 10.0},
                   "ft_pf_adamw3": {"optimizer": "adamw", "lr": 3e-4},
                   "ft_gate_adamw3_x30": {"optimizer": "adamw", "lr": 3e-4, "stt_lr_multiplier": 30.0},
-                  "ft_gate_adamw_x30": {"optimizer": "adamw", "lr": 1e-3, "stt_lr_multiplier": 30.0}}  # training settings a variant changes
+                  "ft_gate_adamw_x30": {"optimizer": "adamw", "lr": 1e-3, "stt_lr_multiplier": 30.0},
+                  "ft_gate_adamw_x30_dmg50": {"optimizer": "adamw", "lr": 1e-3, "stt_lr_multiplier": 30.0,
+                                              "target_damage": 0.5},
+                  "ft_pf_adamw_dmg50": {"optimizer": "adamw", "lr": 1e-3, "target_damage": 0.5},
+                  "ft_gate_adamw_x30_dmg25": {"optimizer": "adamw", "lr": 1e-3, "stt_lr_multiplier": 30.0,
+                                              "target_damage": 0.25},
+                  "ft_pf_adamw_dmg25": {"optimizer": "adamw", "lr": 1e-3, "target_damage": 0.25}}  # training settings a variant changes
 
 
 def family_size(name, scale, size=None):
