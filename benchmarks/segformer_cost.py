@@ -17,7 +17,7 @@ uses other query tilings (TILExGROUP: t x t query tiles, GROUP tiles per group; 
 `dense_masked.attention_tiling`, at 256 x 512) beside the default ("auto"). Each is timed twice: wall
 time, then this process's CPU time (all its threads; other jobs' load moves it less than wall time).
 
-Run: python benchmarks/segformer_cost.py [--height 256 --width 512] [--stages 3 4] [--size b0]
+Run: python benchmarks/segformer_cost.py [--height 256 --width 512] [--stages 3 4] [--size b0] [--num-heads 4]
      [--tflite-int8 [--tilings auto 8x9] [--rounds 9]]
 """
 
@@ -47,6 +47,7 @@ def main():
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--size", default="b0", choices=["b0", "b1"])
     parser.add_argument("--stages", type=int, nargs="+", default=[3, 4])
+    parser.add_argument("--num-heads", type=int, default=None, help="the STT's attention heads (default: the preset's)")
     parser.add_argument("--implementation", default="sparse", choices=["sparse", "dense_masked"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tflite-int8", action="store_true", help="also time int8 LiteRT models of both")
@@ -63,8 +64,8 @@ def main():
             parser.error(f"--tilings: {tiling!r} is neither 'auto' nor TILExGROUP (e.g. 8x9)")
         if tilings[-1] is not None and (len(tilings[-1]) != 2 or tilings[-1][0] not in (4, 8) or tilings[-1][1] < 1):
             parser.error(f"--tilings: {tiling!r}: TILE is 4 or 8, GROUP a positive number of tiles")
-    if min(args.repeats, args.rounds, args.threads) < 1:
-        parser.error("--repeats, --rounds and --threads must be positive")
+    if min(args.repeats, args.rounds, args.threads, 1 if args.num_heads is None else args.num_heads) < 1:
+        parser.error("--repeats, --rounds, --threads and --num-heads must be positive")
 
     h, w = args.height, args.width
     base = STTSegmenter.from_preset(f"segformer_{args.size}", image_segmenter_weights=None)
@@ -73,8 +74,9 @@ def main():
     runs = {"per-frame": tf.function(lambda f: base(f))}
     inputs = {"per-frame": (frame,)}
     for stage in args.stages:
+        heads = {} if args.num_heads is None else {"num_heads": args.num_heads}
         stt = STTSegmenter.from_preset(f"stt_segformer_{args.size}", image_segmenter_weights=None,
-                                       features_stage=stage)
+                                       features_stage=stage, **heads)
         stt.encoder.set_weights(base.encoder.get_weights())
         stt.decoder.set_weights(base.decoder.get_weights())
         for gate in (v for v in stt.stt.weights if "gate" in v.path):  # a trained block's gates are not 0
@@ -95,7 +97,8 @@ def main():
             start = time.perf_counter()
             fn(*inputs[name]).numpy()
             times[name].append(time.perf_counter() - start)
-    print(f"{os.cpu_count()} cores, input {h}x{w}, batch 1, SegFormer-{args.size.upper()}, STT {args.implementation}; "
+    print(f"{os.cpu_count()} cores, input {h}x{w}, batch 1, SegFormer-{args.size.upper()}, STT {args.implementation}, "
+          f"{stt.stt.num_heads} heads; "
           f"median of {args.repeats} interleaved rounds")
     base_times = np.array(times.pop("per-frame"))
     print(f"  per-frame SegFormer-{args.size.upper()}              {np.median(base_times) * 1e3:8.1f} ms")
