@@ -21,7 +21,7 @@ against issue 21's targets (>= +1 mIoU, >= +3 on degraded frames, clean frames n
 
 Run: python benchmarks/pretrained_accuracy.py --seeds 0 1 2 [--steps 200] [--size 128x256] [--crop 128x128]
          [--stage 1] [--block gate] [--warmup 0] [--stt-lr-multiplier 30] [--ft-optimizer adamw] [--ft-lr 3e-4]
-         [--ft-clipnorm NORM] [--ft-target-damage P] [--key-window 1 3] [--num-heads 4] [--out runs/pretrained_accuracy]
+         [--ft-clipnorm NORM] [--ft-target-damage P] [--key-window 1 3] [--num-heads 1] [--out runs/pretrained_accuracy]
 (the defaults are the recipe docs/pretrained.md recommends; `--stage 4 --block identity
 --stt-lr-multiplier 1 --ft-optimizer sgd --ft-lr 0` are the first settings measured)
 (results.json keeps every finished run, keyed by every setting, so an interrupted benchmark resumes
@@ -94,13 +94,14 @@ def settings_key(args):
 
 
 DEFAULT_KEY_WINDOW = (1, 3)  # the presets' (start_size, end_size): radii 3 / 2 / 1 from the farthest key frame
+OLD_NUM_HEADS = 4  # the block's heads before candidate C1: a result without a num_heads key had these
 
 
 def stt_key(args):
     key = dict(stage=args.stage, warmup=args.warmup, stt_lr_multiplier=args.stt_lr_multiplier)
     if tuple(args.key_window) != DEFAULT_KEY_WINDOW:
         key["key_window"] = list(args.key_window)
-    if args.num_heads is not None:
+    if args.num_heads != OLD_NUM_HEADS:
         key["num_heads"] = args.num_heads
     return key if args.block == "identity" else dict(key, block=args.block)
 
@@ -134,7 +135,7 @@ def run_dir(args, seed, name):
             args.block, "")
         if tuple(args.key_window) != DEFAULT_KEY_WINDOW:
             tag += "_kw{}-{}".format(*args.key_window)
-        if args.num_heads is not None:
+        if args.num_heads != OLD_NUM_HEADS:
             tag += f"_h{args.num_heads}"
     return os.path.join(args.out, tag, f"seed{seed}", name)
 
@@ -165,8 +166,7 @@ def run_model(args, seed, key):
             overrides["residual_gate"] = True
         if tuple(args.key_window) != DEFAULT_KEY_WINDOW:
             overrides["start_size"], overrides["end_size"] = args.key_window
-        if args.num_heads is not None:
-            overrides["num_heads"] = args.num_heads
+        overrides["num_heads"] = args.num_heads
         init = base
         if args.warmup:
             init = _train(args, seed, "stt_segformer_b0", run_dir(args, seed, "ft_stt_warmup"), args.warmup, base,
@@ -235,7 +235,7 @@ def tables(rows, args):
     lines = [f"\nSTT on a SegFormer-B0-sized model: {args.steps} + {args.steps} steps x batch {args.batch_size}, "
              f"crop {args.crop[0]}x{args.crop[1]}, lr {args.lr:g}, eval {args.eval_sequences} held-out sequences of 30 "
              f"frames at {args.size[0]}x{args.size[1]}; STT on MiT stage {args.stage}, key windows "
-             f"{args.key_window[0]}-{args.key_window[1]}, warm-up {args.warmup} steps "
+             f"{args.key_window[0]}-{args.key_window[1]}, {args.num_heads} head(s), warm-up {args.warmup} steps "
              f"(STT alone), STT at {args.stt_lr_multiplier:g}x lr, {args.block} block; (a) and (b) with "
              f"{_fine_tune_settings(args)} (mean ± half the range over seeds)", "",
              "| model | " + " | ".join(n for _, n in METRICS) + " | mIoU, history ablated | mIoU per seed |",
@@ -289,8 +289,9 @@ def main():
     p.add_argument("--key-window", type=int, nargs=2, default=list(DEFAULT_KEY_WINDOW), metavar=("START", "END"),
                    help="(b)'s key windows: start and end half-sizes (docs/method.md, the nearest key frame gets START, "
                         "each farther one 1 more, up to END)")
-    p.add_argument("--num-heads", type=int, default=None,
-                   help="(b)'s attention heads (default: the preset's 4; its attention is 8 channels wide on stage 1)")
+    p.add_argument("--num-heads", type=int, default=1,
+                   help="(b)'s attention heads: 1, the preset's on stage 1 (one head of 8 channels); 4 (heads of 2 "
+                        "channels) was the block of the runs before candidate C1, whose results carry no num_heads key")
     p.add_argument("--models", nargs="+", default=[k for k, _ in MODELS], choices=[k for k, _ in MODELS])
     p.add_argument("--out", default="runs/pretrained_accuracy")
     p.add_argument("--table-only", action="store_true", help="print the tables of results.json, train nothing")
@@ -302,7 +303,7 @@ def main():
     args.crop = (min(args.crop[0], args.size[0]), min(args.crop[1], args.size[1]))
     if args.steps < 1 or args.lr <= 0 or args.stt_lr_multiplier <= 0 or args.batch_size < 1:
         p.error("--steps, --lr, --stt-lr-multiplier and --batch-size must be positive")
-    if args.num_heads is not None and args.num_heads < 1:
+    if args.num_heads < 1:
         p.error(f"--num-heads must be positive, got {args.num_heads}")
     if not 1 <= args.key_window[0] <= args.key_window[1]:
         p.error(f"--key-window needs 1 <= START <= END, got {args.key_window[0]} {args.key_window[1]}")

@@ -217,6 +217,10 @@ def test_random_weights_architecture():
     model = STTSegmenter.from_preset("stt_segformer_b0", image_segmenter_weights=None, num_classes=4)
     assert model(np.zeros((1, 4, 64, 96, 3), "uint8")).shape == (1, 64, 96, 4)
     assert model.encoder.hidden_dims == [32, 64, 160, 256] and model.decoder.projection_filters == 256
+    # One head of 8 channels on the 32-channel stage-1 map ("auto" heads), and the user's number wins.
+    assert model.stt.num_heads == 1 and model.stt.reduced_channels == 8
+    four = STTSegmenter.from_preset("stt_segformer_b0", image_segmenter_weights=None, num_heads=4)
+    assert four.stt.num_heads == 4
     b1 = STTSegmenter.from_preset("segformer_b1", image_segmenter_weights=None)
     assert b1.num_classes == 19 and b1.encoder.hidden_dims == [64, 128, 320, 512]
 
@@ -316,8 +320,18 @@ def test_deeplab_any_size_and_preset_directory(deeplab, tmp_path):
         STTSegmenter.from_preset("stt_segformer_b0", image_segmenter_weights=path)
 
 
+def test_auto_heads_are_at_least_8_channels_wide():
+    from stt_keras.models.stt.stt_builders import auto_num_heads
+
+    # channels -> heads at reduction 4: SegFormer-B0/B1 stage 1, widths that only some counts divide, wide maps.
+    cases = {16: 1, 32: 1, 64: 2, 96: 3, 100: 1, 120: 3, 128: 4, 256: 4, 512: 4}
+    assert {d: auto_num_heads(d, 4) for d in cases} == cases
+    assert auto_num_heads(64, 1) == 4 and auto_num_heads(64, 2) == 4 and auto_num_heads(48, 2) == 3
+
+
 def test_deeplab_preset_random_weights():
     model = STTSegmenter.from_preset("stt_deeplabv3plus_r50", image_segmenter_weights=None)
+    assert model.stt.num_heads == 4  # its 256-channel map keeps the 4 heads (64 channels of attention)
     assert model.num_classes == 21 and model.state_shape(64, 96) == (1, 3, 2, 3, 128)
     assert model(np.zeros((1, 4, 64, 96, 3), "uint8")).shape == (1, 64, 96, 21)
 

@@ -143,19 +143,33 @@ def from_image_segmenter(cls, segmenter_or_preset, stt="auto", num_classes=None,
     return cls(encoder, decoder, make_stt(stt, encoder, dtype), name=name or ("stt_" if stt is not None else "") + kind)
 
 
+# num_heads="auto" (GATED_STT): at most this many heads, each at least MIN_HEAD_CHANNELS wide.
+MAX_AUTO_HEADS, MIN_HEAD_CHANNELS = 4, 8
+
+
+def auto_num_heads(channels, reduction):
+    """The heads of a block on a `channels`-wide map whose attention is channels / reduction wide: the most, up
+    to MAX_AUTO_HEADS, that divide it into heads of at least MIN_HEAD_CHANNELS (at least one)."""
+    width = channels // reduction
+    return next(n for n in range(MAX_AUTO_HEADS, 0, -1) if n == 1 or (width % n == 0 and width // n >= MIN_HEAD_CHANNELS))
+
+
 def make_stt(stt, encoder, dtype=None):
     """The STT of `from_image_segmenter`, built for `encoder`'s features: "auto", a dict over GATED_STT,
     a layer, or None."""
     if stt is None:
         return None
+    d = encoder.compute_output_shape((None, None, None, 3))["features"][-1]
     if isinstance(stt, str) and stt == "auto":
         stt = {}
     if isinstance(stt, dict):
-        stt = SparseTemporalTransformer(**{**GATED_STT, **stt}, dtype=dtype, name="stt")
+        arguments = {**GATED_STT, **stt}
+        if arguments["num_heads"] == "auto":
+            arguments["num_heads"] = auto_num_heads(d, arguments["reduction"])
+        stt = SparseTemporalTransformer(**arguments, dtype=dtype, name="stt")
     if not isinstance(stt, SparseTemporalTransformer):
         raise TypeError(f"`stt` must be 'auto', a dict of SparseTemporalTransformer arguments, a "
                         f"SparseTemporalTransformer or None, got {type(stt).__name__}.")
     if not stt.built:  # its variables exist before the first call (stream_step and exports read them)
-        d = encoder.compute_output_shape((None, None, None, 3))["features"][-1]
         stt.build((None, None, None, d), (None, stt.num_key_frames, None, None, d))
     return stt

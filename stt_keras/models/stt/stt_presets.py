@@ -19,7 +19,11 @@ IDENTITY_STT = dict(TINY_STT, norm_first=True)
 # The same with zero-initialised residual gates instead of zero output weights (docs/method.md): the block
 # `from_image_segmenter` and the SegFormer presets insert, the one that learned to read its past when
 # fine-tuned on a trained SegFormer (docs/performance.md, "STT on a SegFormer-B0-sized model").
-GATED_STT = dict(IDENTITY_STT, residual_gate=True)
+# num_heads="auto": up to 4 heads, each at least 8 channels wide (stt_builders.auto_num_heads): on
+# SegFormer-B0's stage 1 (32 channels, attention 8 wide) that is one head, not four 2-channel ones: a
+# quarter of the logits, the int8 step 1.16x the per-frame model instead of 1.38x, the same accuracy
+# (docs/performance.md, "Candidate C1").
+GATED_STT = dict(IDENTITY_STT, residual_gate=True, num_heads="auto")
 
 _PSP = dict(arch="pspnet", head_channels=512)
 _BISE = dict(arch="bisenet")
