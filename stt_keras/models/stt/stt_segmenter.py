@@ -118,9 +118,10 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
                 ("segformer_b0_cityscapes_1024", ...) or a local KerasHub preset
                 directory (`save_to_preset`).
             stt: "auto" (a small block that starts as the identity: `TINY_STT` with
-                `norm_first=True` and zero-initialised residual gates), a dict of `SparseTemporalTransformer` arguments
-                (over those defaults), a `SparseTemporalTransformer`, or None for
-                the per-frame twin.
+                `norm_first=True`, zero-initialised residual gates and as many heads, up to
+                4, as keep each at least 8 channels wide: one on SegFormer-B0's stage 1),
+                a dict of `SparseTemporalTransformer` arguments (over those defaults), a
+                `SparseTemporalTransformer`, or None for the per-frame twin.
             num_classes: None keeps the segmenter's classes and classifier; another
                 number gives a new, randomly initialised classifier.
             features_stage: SegFormer: the MiT stage (1..4) the STT mixes (default 1,
