@@ -219,8 +219,9 @@ def test_random_weights_architecture():
     assert model.encoder.hidden_dims == [32, 64, 160, 256] and model.decoder.projection_filters == 256
     # One head of 8 channels on the 32-channel stage-1 map ("auto" heads), and the user's number wins.
     assert model.stt.num_heads == 1 and model.stt.reduced_channels == 8
-    four = STTSegmenter.from_preset("stt_segformer_b0", image_segmenter_weights=None, num_heads=4)
-    assert four.stt.num_heads == 4
+    from stt_keras.models.stt.stt_builders import make_stt
+
+    assert make_stt({"num_heads": 4}, model.encoder).num_heads == 4
     b1 = STTSegmenter.from_preset("segformer_b1", image_segmenter_weights=None)
     assert b1.num_classes == 19 and b1.encoder.hidden_dims == [64, 128, 320, 512]
 
