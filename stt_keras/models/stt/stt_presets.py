@@ -21,8 +21,8 @@ IDENTITY_STT = dict(TINY_STT, norm_first=True)
 # fine-tuned on a trained SegFormer (docs/performance.md, "STT on a SegFormer-B0-sized model").
 # num_heads="auto": up to 4 heads, each at least 8 channels wide (stt_builders.auto_num_heads): on
 # SegFormer-B0's stage 1 (32 channels, attention 8 wide) that is one head, not four 2-channel ones: a
-# quarter of the logits, the int8 step 1.16x the per-frame model instead of 1.38x, the same accuracy
-# (docs/performance.md, "Candidate C1").
+# quarter of the logits, the int8 step 1.13x the per-frame model instead of 1.24x at 256 x 512, the
+# same accuracy (docs/performance.md, "One head instead of four").
 GATED_STT = dict(IDENTITY_STT, residual_gate=True, num_heads="auto")
 
 _PSP = dict(arch="pspnet", head_channels=512)
