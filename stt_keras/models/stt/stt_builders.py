@@ -159,17 +159,19 @@ def make_stt(stt, encoder, dtype=None):
     a layer, or None."""
     if stt is None:
         return None
-    d = encoder.compute_output_shape((None, None, None, 3))["features"][-1]
     if isinstance(stt, str) and stt == "auto":
         stt = {}
+    if not isinstance(stt, (dict, SparseTemporalTransformer)):
+        raise TypeError(f"`stt` must be 'auto', a dict of SparseTemporalTransformer arguments, a "
+                        f"SparseTemporalTransformer or None, got {type(stt).__name__}.")
+    # The channels of the features the STT mixes: only a block still to be made or built needs them.
+    built = isinstance(stt, SparseTemporalTransformer) and stt.built
+    d = None if built else encoder.compute_output_shape((None, None, None, 3))["features"][-1]
     if isinstance(stt, dict):
         arguments = {**GATED_STT, **stt}
         if arguments["num_heads"] == "auto":
             arguments["num_heads"] = auto_num_heads(d, arguments["reduction"])
         stt = SparseTemporalTransformer(**arguments, dtype=dtype, name="stt")
-    if not isinstance(stt, SparseTemporalTransformer):
-        raise TypeError(f"`stt` must be 'auto', a dict of SparseTemporalTransformer arguments, a "
-                        f"SparseTemporalTransformer or None, got {type(stt).__name__}.")
     if not stt.built:  # its variables exist before the first call (stream_step and exports read them)
         stt.build((None, None, None, d), (None, stt.num_key_frames, None, None, d))
     return stt
