@@ -35,6 +35,9 @@ class _PartLearningRate:
         multiplier = float(multiplier)
         if not multiplier > 0:
             raise ValueError(f"a learning-rate multiplier must be positive, got {multiplier}.")
+        variables = list(variables)
+        if multiplier != 1.0 and not variables:  # an unbuilt layer has no variables yet: nothing would be scaled
+            raise ValueError(f"a learning-rate multiplier of {multiplier} was given no variables (build the layer first).")
         self._lr_multiplier = multiplier
         self._scaled_keys = {self._var_key(v) for v in variables} if multiplier != 1.0 else set()
 

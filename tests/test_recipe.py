@@ -91,6 +91,8 @@ def test_the_stt_lr_multiplier_scales_the_parts_steps_only(name):
     assert np.abs(got[0] - start[0]).mean() > 5 * np.abs(got[1] - start[1]).mean()
     with pytest.raises(ValueError, match="must be positive"):
         optimizer.scale_learning_rate([fast], 0.0)
+    with pytest.raises(ValueError, match="no variables"):  # an unbuilt layer's: a multiplier that scales nothing
+        optimizer.scale_learning_rate([], 10.0)
     with pytest.raises(UserError, match="--stt-lr-multiplier must be positive"):
         check_config(TrainConfig("stt_psp_tiny", out="unused", stt_lr_multiplier=0))
     with pytest.raises(UserError, match="--clipnorm must be positive"):
@@ -99,12 +101,22 @@ def test_the_stt_lr_multiplier_scales_the_parts_steps_only(name):
         check_config(TrainConfig("stt_psp_tiny", out="unused", optimizer="adam"))
 
 
-def test_adamw_with_clipping_trains_saves_and_loads(tmp_path):
-    """stt-train --optimizer adamw --clipnorm: the run's optimizer is what the flags say, the STT at its
-    multiplier, and the saved model loads with it (a registered class)."""
+def test_adamw_with_clipping_trains_saves_and_loads(tmp_path, monkeypatch):
+    """stt-train --optimizer adamw --clipnorm: the run's optimizer is what the flags say, every variable of
+    the STT block at its multiplier (a preset's block is built with the model, so the multiplier must be
+    given after it), and the saved model loads with it (a registered class)."""
     import stt_keras
+    from stt_keras import optimizers
     from stt_keras.training import train as train_lib
 
+    scaled = []
+    real_scale = optimizers.AdamW.scale_learning_rate
+
+    def scale(optimizer, variables, multiplier):
+        real_scale(optimizer, variables, multiplier)
+        scaled.append((multiplier, set(optimizer._scaled_keys), {optimizer._var_key(v) for v in variables}))
+
+    monkeypatch.setattr(optimizers.AdamW, "scale_learning_rate", scale)
     out = str(tmp_path / "run")
     train_lib.train("stt_psp_tiny", out=out, steps=2, checkpoint_every=2, batch_size=2, synthetic_sequences=2,
                     synthetic_size=(64, 128), val_batches=1, verbose=0, optimizer="adamw", clipnorm=1.0,
@@ -114,6 +126,8 @@ def test_adamw_with_clipping_trains_saves_and_loads(tmp_path):
     assert type(optimizer).__name__ == "AdamW" and type(optimizer).__module__ == "stt_keras.optimizers"
     assert optimizer.global_clipnorm == 1.0 and int(optimizer.iterations) == 2
     assert json.load(open(os.path.join(out, "run.json")))["settings"]["optimizer"] == "adamw"
+    [(multiplier, keys, block_keys)] = scaled
+    assert multiplier == 10.0 and len(keys) == len(model.stt.trainable_variables) > 0 and keys == block_keys
 
 
 def test_import_stt_keras_alone_registers_the_optimizers():

@@ -553,10 +553,11 @@ def _train_locked(config):
     with strategy.scope():
         schedule = keras.optimizers.schedules.PolynomialDecay(config.lr, config.steps, 0.0, power=config.poly_power)
         optimizer = make_optimizer(config, schedule)
-        if model.stt is not None:  # a new block in a trained model learns faster (--stt-lr-multiplier)
-            optimizer.scale_learning_rate(model.stt.trainable_variables, config.stt_lr_multiplier)
         model.compile(optimizer=optimizer, jit_compile=config.xla)  # the model's own loss and MeanIoU metric
         model.build()  # restoring needs the variables
+        if model.stt is not None:  # a new block in a trained model learns faster (--stt-lr-multiplier); after
+            # build(): a preset's block makes its variables there, and an empty list would scale nothing
+            optimizer.scale_learning_rate(model.stt.trainable_variables, config.stt_lr_multiplier)
         if checkpoint is not None:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(backup_dir, checkpoint["weights"]))
