@@ -23,14 +23,15 @@ def run(args, **kwargs):
 
 def test_training_writes_checkpoints_and_logs(tmp_path):
     out = str(tmp_path / "run")
-    result = run(TINY + ["--out", out, "--steps", "16", "--checkpoint-every", "8"])
+    result = run(TINY + ["--out", out, "--steps", "4", "--checkpoint-every", "2"])  # two chunks, the least that
+    # shows a history row per chunk (the kills at every write are tests/test_reliability_training.py's)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("last.keras", "best.keras", "history.csv", "config.json", "logs", "backup"):
         assert os.path.exists(os.path.join(out, name)), name
     rows = open(os.path.join(out, "history.csv")).read().strip().splitlines()
     assert rows[0].startswith("epoch") and len(rows) == 3
     model = stt_keras.load_model(os.path.join(out, "last.keras"))
-    assert int(model.optimizer.iterations) == 16
+    assert int(model.optimizer.iterations) == 4
     assert any(f.startswith("events") for _, _, files in os.walk(os.path.join(out, "logs")) for f in files)
 
 
