@@ -52,6 +52,7 @@ def test_the_recipe_trains_both_stages_and_resumes(tmp_path):
     second = json.load(open(os.path.join(out, "run.json")))["settings"]
     assert first["preset"] == "psp_tiny" and first["steps"] == 2 and first["stt_overrides"] == {}
     assert second["preset"] == "stt_psp_tiny" and second["init_from"] == os.path.join(out, "per_frame", "last.keras")
+    assert first["stt_lr_multiplier"] == 1.0 and second["stt_lr_multiplier"] == 10.0  # the recipe's block at 10x
     assert second["stt_overrides"] == {"norm_first": True}
     assert stt_keras.load_model(os.path.join(out, "last.keras"), compile=False).stt.norm_first
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
@@ -140,7 +141,9 @@ def test_import_stt_keras_alone_registers_the_optimizers():
         loaded.stderr[-2000:]
 
 
-def test_target_damage_must_be_a_probability_and_skips_the_per_frame_stage(tmp_path, monkeypatch):
+def test_the_recipe_stages_damage_and_block_learning_rate(tmp_path, monkeypatch):
+    """Target damage skips the per-frame stage; the recipe's STT stage trains its block at 10x lr unless
+    --stt-lr-multiplier says otherwise, and every other run (stored settings too) at 1x."""
     with pytest.raises(UserError, match="--target-damage must be a probability"):
         check_config(TrainConfig("stt_psp_tiny", out="unused", target_damage=1.5))
     from stt_keras.training import train as train_lib
@@ -151,8 +154,12 @@ def test_target_damage_must_be_a_probability_and_skips_the_per_frame_stage(tmp_p
     def fake_run(config):
         if config.per_frame_steps:
             return real_run(config)
-        stages.append((config.preset, config.target_damage))
+        stages.append((config.preset, config.target_damage, train_lib.run_settings(config)["stt_lr_multiplier"]))
 
     monkeypatch.setattr(train_lib, "run", fake_run)
     train_lib.run(TrainConfig("stt_psp_tiny", out=str(tmp_path), per_frame_steps=2, target_damage=0.5))
-    assert stages == [("psp_tiny", 0.0), ("stt_psp_tiny", 0.5)]
+    assert stages == [("psp_tiny", 0.0, 1.0), ("stt_psp_tiny", 0.5, 10.0)]
+    stages.clear()
+    train_lib.run(TrainConfig("stt_psp_tiny", out=str(tmp_path), per_frame_steps=2, stt_lr_multiplier=3.0))
+    assert stages == [("psp_tiny", 0.0, 3.0), ("stt_psp_tiny", 0.0, 3.0)]  # (no block in the first: unused)
+    assert train_lib.run_settings(TrainConfig("stt_psp_tiny", out="unused"))["stt_lr_multiplier"] == 1.0

@@ -43,7 +43,7 @@ SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0, "
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None, "vspw": len(VSPW_CLASSES)}
-from stt_keras_cli.train import FREEZE, OPTIMIZERS, STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
+from stt_keras_cli.train import FREEZE, OPTIMIZERS, RECIPE_STT_LR_MULTIPLIER, STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
@@ -91,6 +91,8 @@ def run_settings(config):
     settings = {}
     for key in MODEL_SETTINGS + TRAINING_SETTINGS:
         value = getattr(config, key)
+        if key == "stt_lr_multiplier" and value is None:  # outside the recipe's STT stage: 1
+            value = 1.0
         settings[key] = list(value) if isinstance(value, tuple) else value
     if settings["dataset"] != "synthetic":
         settings.pop("synthetic_sequences"), settings.pop("synthetic_size"), settings.pop("synthetic_family")
@@ -356,7 +358,7 @@ def check_config(config):
         raise UserError(f"stt-train: unknown --optimizer {config.optimizer!r}; choose {' or '.join(OPTIMIZERS)}.")
     if config.clipnorm is not None and not config.clipnorm > 0:
         raise UserError(f"stt-train: --clipnorm must be positive, got {config.clipnorm}.")
-    if not config.stt_lr_multiplier > 0:
+    if config.stt_lr_multiplier is not None and not config.stt_lr_multiplier > 0:
         raise UserError(f"stt-train: --stt-lr-multiplier must be positive, got {config.stt_lr_multiplier}.")
     if not 0 <= config.target_damage <= 1:
         raise UserError(f"stt-train: --target-damage must be a probability in [0, 1], got {config.target_damage}.")
@@ -476,7 +478,9 @@ def run(config):
         run(dataclasses.replace(config, preset=per_frame_preset(config.preset), out=first, steps=config.per_frame_steps,
                                 per_frame_steps=0, stt_overrides={}, target_damage=0.0))  # no past to recover from
         print(f"stt-train: per-frame stage done ({first}); the STT starts from it")
-        return run(dataclasses.replace(config, per_frame_steps=0, init_from=os.path.join(first, "last.keras")))
+        multiplier = RECIPE_STT_LR_MULTIPLIER if config.stt_lr_multiplier is None else config.stt_lr_multiplier
+        return run(dataclasses.replace(config, per_frame_steps=0, init_from=os.path.join(first, "last.keras"),
+                                       stt_lr_multiplier=multiplier))
     config = dataclasses.replace(config, out=worker_output_dir(config.out, config.distribute))
     if os.path.exists(config.out) and not os.path.isdir(config.out):
         raise UserError(f"stt-train: --out {config.out} exists and is not a folder.")
@@ -557,7 +561,7 @@ def _train_locked(config):
         model.build()  # restoring needs the variables
         if model.stt is not None:  # a new block in a trained model learns faster (--stt-lr-multiplier); after
             # build(): a preset's block makes its variables there, and an empty list would scale nothing
-            optimizer.scale_learning_rate(model.stt.trainable_variables, config.stt_lr_multiplier)
+            optimizer.scale_learning_rate(model.stt.trainable_variables, run_settings(config)["stt_lr_multiplier"])
         if checkpoint is not None:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(backup_dir, checkpoint["weights"]))
