@@ -17,6 +17,9 @@ Variants (--steps N):
 - `ft_dmg50_x10`: the same with --target-damage 0.5 and --stt-lr-multiplier 10 (chosen as the recipe
   on one seed of one family, withdrawn once the other seeds were in).
 - `ft_stt_post`: the same with the paper's post-norm block (does not start as the identity).
+- `ft_x20_lr5`, `ft_x40_lr25`: `ft_stt_x10` with the encoder and decoder at a half or a quarter of the
+  learning rate in the STT stage and the block at the same 0.1 as `ft_stt_x10`'s (lr 0.005 x 20,
+  0.0025 x 40): do the clean frames keep more of the per-frame model?
 - `ft_stt_lr5`: `ft_stt` with the STT stage at lr 0.005 (about where the per-frame 2x schedule is
   at its half: 0.01 x 0.5^0.9), instead of restarting at 0.01.
 - `ft_dmg25`, `ft_dmg50`, `ft_dmg50_x30`: `ft_stt` with --target-damage 0.25 / 0.5 in its STT stage
@@ -79,6 +82,8 @@ VARIANTS = [
     ("base", "per-frame `psp_tiny`, 1x", "psp_tiny", {}, 1),
     ("base2x", "per-frame `psp_tiny`, 2x", "psp_tiny", {}, 2),
     ("ft_stt", "per-frame 1x, then STT (identity at start) +1x (no damage, block at 1x lr)", "stt_psp_tiny", {}, 1),
+    ("ft_x20_lr5", "per-frame 1x, then STT (identity at start) +1x at lr 0.005, block at 20x", "stt_psp_tiny", {}, 1),
+    ("ft_x40_lr25", "per-frame 1x, then STT (identity at start) +1x at lr 0.0025, block at 40x", "stt_psp_tiny", {}, 1),
     ("ft_stt_post", "per-frame 1x, then STT with the paper's post-norm block +1x", "stt_psp_tiny",
      {"norm_first": False}, 1),
     ("ft_stt_lr5", "per-frame 1x, then STT (identity at start) +1x at lr 0.005", "stt_psp_tiny", {}, 1),
@@ -131,6 +136,8 @@ VARIANTS = [
 ]
 VARIANT = {v[0]: v for v in VARIANTS}
 TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0},
+                  "ft_x20_lr5": {"lr": 0.005, "stt_lr_multiplier": 20.0},
+                  "ft_x40_lr25": {"lr": 0.0025, "stt_lr_multiplier": 40.0},
                   "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
                   "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
                   "ft_dmg50_x30": {"target_damage": 0.5, "stt_lr_multiplier": 30.0},
