@@ -561,7 +561,7 @@ def _train_locked(config):
         model.build()  # restoring needs the variables
         if model.stt is not None:  # a new block in a trained model learns faster (--stt-lr-multiplier); after
             # build(): a preset's block makes its variables there, and an empty list would scale nothing
-            optimizer.scale_learning_rate(model.stt.trainable_variables, settings["stt_lr_multiplier"])  # (as stored: 1 for None)
+            optimizer.scale_learning_rate(model.stt.trainable_variables, settings["stt_lr_multiplier"])
         if checkpoint is not None:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(backup_dir, checkpoint["weights"]))
