@@ -20,6 +20,10 @@ Variants (--steps N):
 - `ft_x20_lr5`, `ft_x40_lr25`: `ft_stt_x10` with the encoder and decoder at a half or a quarter of the
   learning rate in the STT stage and the block at the same 0.1 as `ft_stt_x10`'s (lr 0.005 x 20,
   0.0025 x 40): do the clean frames keep more of the per-frame model?
+- `ft_x5_lr20` (D1): the other direction: the encoder and decoder at twice the learning rate in the STT
+  stage (0.02), the block at the same 0.1 (5x).
+- `ft15_x10` (D2): a larger per-frame share of the same total: `base_15` (the per-frame model, 3N/2
+  steps), then the STT from it for N/2 steps with the block at 10x.
 - `ft_stt_lr5`: `ft_stt` with the STT stage at lr 0.005 (about where the per-frame 2x schedule is
   at its half: 0.01 x 0.5^0.9), instead of restarting at 0.01.
 - `ft_dmg25`, `ft_dmg50`, `ft_dmg50_x30`: `ft_stt` with --target-damage 0.25 / 0.5 in its STT stage
@@ -84,6 +88,9 @@ VARIANTS = [
     ("ft_stt", "per-frame 1x, then STT (identity at start) +1x (no damage, block at 1x lr)", "stt_psp_tiny", {}, 1),
     ("ft_x20_lr5", "per-frame 1x, then STT (identity at start) +1x at lr 0.005, block at 20x", "stt_psp_tiny", {}, 1),
     ("ft_x40_lr25", "per-frame 1x, then STT (identity at start) +1x at lr 0.0025, block at 40x", "stt_psp_tiny", {}, 1),
+    ("ft_x5_lr20", "per-frame 1x, then STT (identity at start) +1x at lr 0.02, block at 5x", "stt_psp_tiny", {}, 1),
+    ("base_15", "per-frame `psp_tiny`, 1.5x", "psp_tiny", {}, 1.5),
+    ("ft15_x10", "per-frame 1.5x, then STT (identity at start, block at 10x lr) +0.5x", "stt_psp_tiny", {}, 0.5),
     ("ft_stt_post", "per-frame 1x, then STT with the paper's post-norm block +1x", "stt_psp_tiny",
      {"norm_first": False}, 1),
     ("ft_stt_lr5", "per-frame 1x, then STT (identity at start) +1x at lr 0.005", "stt_psp_tiny", {}, 1),
@@ -138,6 +145,7 @@ VARIANT = {v[0]: v for v in VARIANTS}
 TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0},
                   "ft_x20_lr5": {"lr": 0.005, "stt_lr_multiplier": 20.0},
                   "ft_x40_lr25": {"lr": 0.0025, "stt_lr_multiplier": 40.0},
+                  "ft_x5_lr20": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "ft15_x10": {"stt_lr_multiplier": 10.0},
                   "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
                   "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
                   "ft_dmg50_x30": {"target_damage": 0.5, "stt_lr_multiplier": 30.0},
@@ -242,8 +250,8 @@ def run_variant(args, family, seed, key):
     crop = parse_size(args.crop, "--crop")
     crop = (min(crop[0], size[0]), min(crop[1], size[1]))
     init = None
-    if key.startswith(("ft_", "p18_ft")):
-        first = {"ft_stt_15": "base_h", "ft_warm": "ft_warmA"}.get(key, "p18_base" if key.startswith("p18_") else "base")
+    if key.startswith(("ft_", "ft15_", "p18_ft")):
+        first = {"ft_stt_15": "base_h", "ft_warm": "ft_warmA", "ft15_x10": "base_15"}.get(key, "p18_base" if key.startswith("p18_") else "base")
         init = os.path.join(_run_dir(args, family, seed, first), "last.keras")
         if not os.path.exists(init):
             raise SystemExit(f"{key} fine-tunes the per-frame model: run the 'base' variant of {family}, seed {seed} first.")
