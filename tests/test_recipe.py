@@ -52,7 +52,8 @@ def test_the_recipe_trains_both_stages_and_resumes(tmp_path):
     second = json.load(open(os.path.join(out, "run.json")))["settings"]
     assert first["preset"] == "psp_tiny" and first["steps"] == 2 and first["stt_overrides"] == {}
     assert second["preset"] == "stt_psp_tiny" and second["init_from"] == os.path.join(out, "per_frame", "last.keras")
-    assert first["stt_lr_multiplier"] == 1.0 and second["stt_lr_multiplier"] == 10.0  # the recipe's block at 10x
+    assert first["stt_lr_multiplier"] == 1.0 and second["stt_lr_multiplier"] == 5.0  # the recipe's block at 5x
+    assert first["lr"] == 0.01 and second["lr"] == 0.02  # of a stage at 2x the per-frame stage's rate
     assert second["stt_overrides"] == {"norm_first": True}
     assert stt_keras.load_model(os.path.join(out, "last.keras"), compile=False).stt.norm_first
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
@@ -142,8 +143,8 @@ def test_import_stt_keras_alone_registers_the_optimizers():
 
 
 def test_the_recipe_stages_damage_and_block_learning_rate(tmp_path, monkeypatch):
-    """Target damage skips the per-frame stage; the recipe's STT stage trains its block at 10x lr unless
-    --stt-lr-multiplier says otherwise, and every other run (stored settings too) at 1x."""
+    """Target damage skips the per-frame stage; the recipe's STT stage runs at 2x --lr and trains its block at
+    5x that unless --stt-lr-multiplier says otherwise, and every other run (stored settings too) at 1x."""
     with pytest.raises(UserError, match="--target-damage must be a probability"):
         check_config(TrainConfig("stt_psp_tiny", out="unused", target_damage=1.5))
     from stt_keras.training import train as train_lib
@@ -154,12 +155,13 @@ def test_the_recipe_stages_damage_and_block_learning_rate(tmp_path, monkeypatch)
     def fake_run(config):
         if config.per_frame_steps:
             return real_run(config)
-        stages.append((config.preset, config.target_damage, train_lib.run_settings(config)["stt_lr_multiplier"]))
+        settings = train_lib.run_settings(config)
+        stages.append((config.preset, config.target_damage, settings["lr"], settings["stt_lr_multiplier"]))
 
     monkeypatch.setattr(train_lib, "run", fake_run)
     train_lib.run(TrainConfig("stt_psp_tiny", out=str(tmp_path), per_frame_steps=2, target_damage=0.5))
-    assert stages == [("psp_tiny", 0.0, 1.0), ("stt_psp_tiny", 0.5, 10.0)]
+    assert stages == [("psp_tiny", 0.0, 0.01, 1.0), ("stt_psp_tiny", 0.5, 0.02, 5.0)]
     stages.clear()
-    train_lib.run(TrainConfig("stt_psp_tiny", out=str(tmp_path), per_frame_steps=2, stt_lr_multiplier=3.0))
-    assert stages == [("psp_tiny", 0.0, 3.0), ("stt_psp_tiny", 0.0, 3.0)]  # (no block in the first: unused)
+    train_lib.run(TrainConfig("stt_psp_tiny", out=str(tmp_path), per_frame_steps=2, stt_lr_multiplier=3.0, lr=0.004))
+    assert stages == [("psp_tiny", 0.0, 0.004, 3.0), ("stt_psp_tiny", 0.0, 0.008, 3.0)]  # (no block in the first)
     assert train_lib.run_settings(TrainConfig("stt_psp_tiny", out="unused"))["stt_lr_multiplier"] == 1.0

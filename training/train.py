@@ -43,7 +43,7 @@ SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0, "
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None, "vspw": len(VSPW_CLASSES)}
-from stt_keras_cli.train import FREEZE, OPTIMIZERS, RECIPE_STT_LR_MULTIPLIER, STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
+from stt_keras_cli.train import FREEZE, OPTIMIZERS, RECIPE_STT_LR_MULTIPLIER, RECIPE_STT_STAGE_LR_FACTOR, STT_FLAGS, TrainConfig, build_parser, config_from_args  # noqa: F401,E402
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
@@ -479,8 +479,9 @@ def run(config):
                                 per_frame_steps=0, stt_overrides={}, target_damage=0.0))  # no past to recover from
         print(f"stt-train: per-frame stage done ({first}); the STT starts from it")
         multiplier = RECIPE_STT_LR_MULTIPLIER if config.stt_lr_multiplier is None else config.stt_lr_multiplier
+        # The STT stage restarts every part at a higher rate: slower encoders and decoders lost the clean frames.
         return run(dataclasses.replace(config, per_frame_steps=0, init_from=os.path.join(first, "last.keras"),
-                                       stt_lr_multiplier=multiplier))
+                                       lr=config.lr * RECIPE_STT_STAGE_LR_FACTOR, stt_lr_multiplier=multiplier))
     config = dataclasses.replace(config, out=worker_output_dir(config.out, config.distribute))
     if os.path.exists(config.out) and not os.path.isdir(config.out):
         raise UserError(f"stt-train: --out {config.out} exists and is not a folder.")
