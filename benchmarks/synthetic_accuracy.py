@@ -34,7 +34,8 @@ Variants (--steps N):
   everything for N/2 more starting from it (--init-from an STT model copies its block too); target
   damage 0.5 and the block at 10x lr in both stages. 300 steps in total, as `base2x`.
 - `p18_base`, `p18_ft50`, `p18_ft100`: the paper-size `stt_psp18` with `ft_stt`, at its 50% NSM
-  selection and with every point a query (no ImageNet weights here).
+  selection and with every point a query (no ImageNet weights here); `p18_rD50`, `p18_rD100`: the same
+  with the current recipe's STT stage (lr 0.02, block at 5x).
 - `ft_stt_15`: another split of the same total: `base_h` (the per-frame model, N/2 steps), then the
   STT from it for 3N/2 steps.
 - `ft_gate_adamw`, `ft_gate_adamw3` (G1, G2), `ft_gate_adamw3_x30`, `ft_gate_adamw_x30` (G3, G4): `base`, then the
@@ -132,6 +133,10 @@ VARIANTS = [
     ("p18_ft50", "per-frame `psp18` 1x, then `stt_psp18` (top 50%, identity at start) +1x", "stt_psp18", {}, 1),
     ("p18_ft100", "per-frame `psp18` 1x, then `stt_psp18` (top 100%, identity at start) +1x", "stt_psp18",
      {"top_ratio": 1.0}, 1),
+    ("p18_rD50", "per-frame `psp18` 1x, then `stt_psp18` (top 50%) +1x with the recipe (lr 2x, block 5x)",
+     "stt_psp18", {}, 1),
+    ("p18_rD100", "per-frame `psp18` 1x, then `stt_psp18` (top 100%) +1x with the recipe (lr 2x, block 5x)",
+     "stt_psp18", {"top_ratio": 1.0}, 1),
     ("stt", "STT from scratch, 1x", "stt_psp_tiny", {}, 1),
     ("stt2x", "STT from scratch, 2x", "stt_psp_tiny", {}, 2),
     ("stt_q50", "STT from scratch, top 50% by NSM, 1x", "stt_psp_tiny", {"top_ratio": 0.5}, 1),
@@ -149,6 +154,7 @@ TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier
                   "ft_x20_lr5": {"lr": 0.005, "stt_lr_multiplier": 20.0},
                   "ft_x40_lr25": {"lr": 0.0025, "stt_lr_multiplier": 40.0},
                   "ft_x5_lr20": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "ft15_x10": {"stt_lr_multiplier": 10.0},
+                  "p18_rD50": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "p18_rD100": {"lr": 0.02, "stt_lr_multiplier": 5.0},
                   "ft_pf_lr20": {"lr": 0.02},
                   "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
                   "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
