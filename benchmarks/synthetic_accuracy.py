@@ -23,6 +23,8 @@ Variants (--steps N):
   encoder and decoder at twice the learning rate in the STT stage (0.02), the block at the same 0.1
   (5x); compared with `base2x` (--recipe names another variant to compare instead); `ft_pf_lr20`, its per-frame twin (`base`, then the
   per-frame model +N at lr 0.02): does the per-frame model gain as much from that rate?
+- `ft_x2_lr40` (E1): the recipe's direction once more: the STT stage at lr 0.04, the block at the same
+  0.1 (2.5x); `ft_x10_lr20` (E2): the recipe with the block at 10x (0.2).
 - `ft15_x10` (D2): a larger per-frame share of the same total: `base_15` (the per-frame model, 3N/2
   steps), then the STT from it for N/2 steps with the block at 10x.
 - `ft_stt_lr5`: `ft_stt` with the STT stage at lr 0.005 (about where the per-frame 2x schedule is
@@ -92,6 +94,8 @@ VARIANTS = [
     ("ft_x40_lr25", "per-frame 1x, then STT (identity at start) +1x at lr 0.0025, block at 40x", "stt_psp_tiny", {}, 1),
     ("ft_x5_lr20", "**recipe**: per-frame 1x, then STT (identity at start) +1x at lr 0.02, block at 5x",
      "stt_psp_tiny", {}, 1),
+    ("ft_x2_lr40", "per-frame 1x, then STT (identity at start) +1x at lr 0.04, block at 2.5x", "stt_psp_tiny", {}, 1),
+    ("ft_x10_lr20", "per-frame 1x, then STT (identity at start) +1x at lr 0.02, block at 10x", "stt_psp_tiny", {}, 1),
     ("ft_pf_lr20", "per-frame 1x, then per-frame +1x at lr 0.02 (`ft_x5_lr20`'s twin)", "psp_tiny", {}, 1),
     ("base_15", "per-frame `psp_tiny`, 1.5x", "psp_tiny", {}, 1.5),
     ("ft15_x10", "per-frame 1.5x, then STT (identity at start, block at 10x lr) +0.5x", "stt_psp_tiny", {}, 0.5),
@@ -154,6 +158,7 @@ TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier
                   "ft_x20_lr5": {"lr": 0.005, "stt_lr_multiplier": 20.0},
                   "ft_x40_lr25": {"lr": 0.0025, "stt_lr_multiplier": 40.0},
                   "ft_x5_lr20": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "ft15_x10": {"stt_lr_multiplier": 10.0},
+                  "ft_x2_lr40": {"lr": 0.04, "stt_lr_multiplier": 2.5}, "ft_x10_lr20": {"lr": 0.02, "stt_lr_multiplier": 10.0},
                   "p18_rD50": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "p18_rD100": {"lr": 0.02, "stt_lr_multiplier": 5.0},
                   "ft_pf_lr20": {"lr": 0.02},
                   "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
