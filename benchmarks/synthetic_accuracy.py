@@ -37,7 +37,8 @@ Variants (--steps N):
   damage 0.5 and the block at 10x lr in both stages. 300 steps in total, as `base2x`.
 - `p18_base`, `p18_ft50`, `p18_ft100`: the paper-size `stt_psp18` with `ft_stt`, at its 50% NSM
   selection and with every point a query (no ImageNet weights here); `p18_rD50`, `p18_rD100`: the same
-  with the current recipe's STT stage (lr 0.02, block at 5x).
+  with the current recipe's STT stage (lr 0.02, block at 5x); `p18_rB50`: with the budget round's (lr
+  0.01, block at 10x).
 - `ft_stt_15`: another split of the same total: `base_h` (the per-frame model, N/2 steps), then the
   STT from it for 3N/2 steps.
 - `ft_gate_adamw`, `ft_gate_adamw3` (G1, G2), `ft_gate_adamw3_x30`, `ft_gate_adamw_x30` (G3, G4): `base`, then the
@@ -139,6 +140,8 @@ VARIANTS = [
      {"top_ratio": 1.0}, 1),
     ("p18_rD50", "per-frame `psp18` 1x, then `stt_psp18` (top 50%) +1x with the recipe (lr 2x, block 5x)",
      "stt_psp18", {}, 1),
+    ("p18_rB50", "per-frame `psp18` 1x, then `stt_psp18` (top 50%) +1x with the budget round's recipe (block 10x)",
+     "stt_psp18", {}, 1),
     ("p18_rD100", "per-frame `psp18` 1x, then `stt_psp18` (top 100%) +1x with the recipe (lr 2x, block 5x)",
      "stt_psp18", {"top_ratio": 1.0}, 1),
     ("stt", "STT from scratch, 1x", "stt_psp_tiny", {}, 1),
@@ -159,7 +162,7 @@ TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier
                   "ft_x40_lr25": {"lr": 0.0025, "stt_lr_multiplier": 40.0},
                   "ft_x5_lr20": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "ft15_x10": {"stt_lr_multiplier": 10.0},
                   "ft_x2_lr40": {"lr": 0.04, "stt_lr_multiplier": 2.5}, "ft_x10_lr20": {"lr": 0.02, "stt_lr_multiplier": 10.0},
-                  "p18_rD50": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "p18_rD100": {"lr": 0.02, "stt_lr_multiplier": 5.0},
+                  "p18_rB50": {"stt_lr_multiplier": 10.0}, "p18_rD50": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "p18_rD100": {"lr": 0.02, "stt_lr_multiplier": 5.0},
                   "ft_pf_lr20": {"lr": 0.02},
                   "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
                   "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
