@@ -161,8 +161,10 @@ TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier
                   "ft_x20_lr5": {"lr": 0.005, "stt_lr_multiplier": 20.0},
                   "ft_x40_lr25": {"lr": 0.0025, "stt_lr_multiplier": 40.0},
                   "ft_x5_lr20": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "ft15_x10": {"stt_lr_multiplier": 10.0},
-                  "ft_x2_lr40": {"lr": 0.04, "stt_lr_multiplier": 2.5}, "ft_x10_lr20": {"lr": 0.02, "stt_lr_multiplier": 10.0},
-                  "p18_rB50": {"stt_lr_multiplier": 10.0}, "p18_rD50": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "p18_rD100": {"lr": 0.02, "stt_lr_multiplier": 5.0},
+                  "ft_x2_lr40": {"lr": 0.04, "stt_lr_multiplier": 2.5},
+                  "ft_x10_lr20": {"lr": 0.02, "stt_lr_multiplier": 10.0},
+                  "p18_rB50": {"stt_lr_multiplier": 10.0}, "p18_rD50": {"lr": 0.02, "stt_lr_multiplier": 5.0},
+                  "p18_rD100": {"lr": 0.02, "stt_lr_multiplier": 5.0},
                   "ft_pf_lr20": {"lr": 0.02},
                   "ft_dmg25": {"target_damage": 0.25}, "ft_dmg50": {"target_damage": 0.5},
                   "ft_dmg50_x10": {"target_damage": 0.5, "stt_lr_multiplier": 10.0},
@@ -260,6 +262,18 @@ def _run_dir(args, family, seed, key):
     return os.path.join(args.out, family, f"seed{seed}", key)
 
 
+FROM_SCRATCH = ("base", "base2x", "base_h", "base_15", "p18_base")  # and every `stt*` variant
+
+
+def first_stage(key):
+    """The variant whose model `key` starts from (--init-from), None for a model trained from scratch. Every
+    other variant fine-tunes, so a new one whose first stage is missing stops instead of training from scratch."""
+    if key in FROM_SCRATCH or key.startswith("stt"):
+        return None
+    return {"ft_stt_15": "base_h", "ft_warm": "ft_warmA", "ft15_x10": "base_15"}.get(
+        key, "p18_base" if key.startswith("p18_") else "base")
+
+
 def run_variant(args, family, seed, key):
     _, name, preset, overrides, factor = VARIANT[key]
     out = _run_dir(args, family, seed, key)
@@ -268,8 +282,8 @@ def run_variant(args, family, seed, key):
     crop = parse_size(args.crop, "--crop")
     crop = (min(crop[0], size[0]), min(crop[1], size[1]))
     init = None
-    if key.startswith(("ft_", "ft15_", "p18_ft")):
-        first = {"ft_stt_15": "base_h", "ft_warm": "ft_warmA", "ft15_x10": "base_15"}.get(key, "p18_base" if key.startswith("p18_") else "base")
+    first = first_stage(key)
+    if first is not None:
         init = os.path.join(_run_dir(args, family, seed, first), "last.keras")
         if not os.path.exists(init):
             raise SystemExit(f"{key} fine-tunes the per-frame model: run the 'base' variant of {family}, seed {seed} first.")
