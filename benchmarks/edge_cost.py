@@ -11,7 +11,8 @@ models are built from their presets with random weights (seed 0, 19 classes) and
                  exporter's settings: the STT block float but its QUANTIZABLE 1x1 convolutions, float
                  classifier; both calibrated on 2 x 3 synthetic frames)
   tflite_int8_float_block  the same with the whole STT block float32 (the per-frame model is the same)
-  onnx           tf2onnx + ONNX Runtime (CPU provider), default form
+  onnx           tf2onnx + ONNX Runtime (CPU provider), default form (`stt_step.onnx`)
+  onnx_dense_masked  the same, the dense_masked form (`stt_gpu_step.onnx`, the Jetson's file)
 
 LiteRT and ONNX Runtime run through the edge demo's own sessions (`stt_edge_demo.runners`), all with
 --threads threads (TensorFlow's intra-op pool too). Three models per runtime:
@@ -47,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from timing import interleaved_rounds  # noqa: E402
 
-RUNTIMES = ("keras", "tflite_float32", "tflite_int8", "tflite_int8_float_block", "onnx")
+RUNTIMES = ("keras", "tflite_float32", "tflite_int8", "tflite_int8_float_block", "onnx", "onnx_dense_masked")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
@@ -101,7 +102,7 @@ def make_runner(runtime, model, size, threads, tmp, name, identity=False, calibr
     from stt_keras.export.gpu_step import STT_QUANTIZED, STT_SCOPE
 
     streaming = model.stt is not None
-    form = "dense_masked" if streaming and runtime.startswith("tflite") else "default"
+    form = "dense_masked" if streaming and runtime.startswith(("tflite", "onnx_dense")) else "default"
     with block_as_identity(model) if identity else contextlib.nullcontext():
         fn = step_lib.make_step_function(model, *size, form)
         concrete = fn.get_concrete_function()  # traced now, while the block is identity
@@ -119,7 +120,7 @@ def make_runner(runtime, model, size, threads, tmp, name, identity=False, calibr
                                         quantized_subscopes=() if runtime.endswith("float_block") else STT_QUANTIZED)
         tflite.check_ops(model_bytes)
         return LiteRTSession(model_bytes, threads), frame_dtype, state_shape, len(model_bytes)
-    path = os.path.join(tmp, f"{name}.onnx")
+    path = os.path.join(tmp, f"{name}_{form}.onnx")
     onnx_export.export(fn, step_lib.input_signature(model, *size, form), path)
     return OnnxSession(path, threads), frame_dtype, state_shape, os.path.getsize(path)
 
@@ -190,8 +191,10 @@ def main():
                     runners, sizes_bytes = {}, {}
                     for name, model, identity in (("stt", stt_model, False), ("no_block", stt_model, True),
                                                   ("frame", frame_model, False)):
-                        # The per-frame model has no STT block: both int8 settings give it the same model.
-                        key = (frame_preset, size, "tflite_int8" if runtime.startswith("tflite_int8") else runtime)
+                        # The per-frame model has no STT block: both int8 settings give it the same model, and it
+                        # has one ONNX form.
+                        key = (frame_preset, size, "tflite_int8" if runtime.startswith("tflite_int8") else
+                               "onnx" if runtime.startswith("onnx") else runtime)
                         if name == "frame" and key in frame_cache:
                             runners[name], sizes_bytes[name] = frame_cache[key]
                             continue
