@@ -4,7 +4,9 @@ same backbone, side by side in one process, in every runtime, and the STT block'
 For each pair (--pairs, default `stt_psp18:psp18,stt_bise18:bise18`) and frame size (--sizes), both
 models are built from their presets with random weights (seed 0, 19 classes) and run as:
 
-  keras          the Keras step functions (`export.step.make_step_function`, default form), float32
+  keras          the exported step functions in TensorFlow (`export.step.make_step_function`, default form,
+                 float32): the graph a SavedModel serves, standard TF ops only. The step a Keras user runs
+                 (`StreamingSegmenter`, with the native kernels) is timed by benchmarks/streaming.py.
   tflite_float32 LiteRT with XNNPACK, the gpu (loop-free) form of the STT step (the faster float
                  .tflite on a CPU, docs/performance.md), the per-frame model's one form
   tflite_int8    the int8 models `stt-export --quantizations int8` writes (`tflite.convert` with the

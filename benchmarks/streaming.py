@@ -3,8 +3,9 @@
 For each pair (default: `stt_psp18` vs `psp18`, `stt_bise18` vs `bise18`) and each size (default:
 256 x 512 and 512 x 1024), batch 1, float32, Keras graph mode (`tf.function`), one process:
   baseline   the per-frame model: one encoder + decoder pass
-  step       `StreamingSegmenter`'s step (`stream_step`): one encoder pass, the STT over the cached
-             projected keys of the T previous frames, the decoder, the state shifted
+  step       `StreamingSegmenter`'s step (`stream_step` with a Python `reset`): one encoder pass, the STT
+             over the cached projected keys of the T previous frames, the decoder, the state shifted
+  step_tensor  the same with `reset` a tensor (one graph that branches on it)
   block      the STT block alone on the same features and state (`stt.attend`)
   rest       the step without the block (encoder, key projection, state shift, decoder): what the
              step costs besides the block
@@ -47,8 +48,15 @@ def cpu_flags():
 
 
 def run(fn, args):
+    """(wall, CPU) seconds of one call, its first output (the logits) read into NumPy as a caller reads them.
+
+    A step's state stays a tensor, as `StreamingSegmenter` keeps it: reading the state into NumPy too
+    (7 x 64 x 128 x 256 floats at 512 x 1024) added ~85 ms of page faults to every step on a 2-core VM,
+    a cost the stream itself does not have.
+    """
     wall, cpu = time.perf_counter(), time.process_time()
-    tf.nest.map_structure(lambda x: x.numpy(), fn(*args))
+    out = fn(*args)
+    (out[0] if isinstance(out, (tuple, list)) else tf.nest.flatten(out)[0]).numpy()
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -75,7 +83,8 @@ def measure(preset, baseline, h, w, rounds, naive):
 
     rows = {
         "baseline": (tf.function(lambda f: base(f)), (frame,)),
-        "step": (tf.function(lambda f, s: stt.stream_step(f, s, tf.constant(False))), (frame, state)),
+        "step": (tf.function(lambda f, s: stt.stream_step(f, s, False)), (frame, state)),  # as StreamingSegmenter
+        "step_tensor": (tf.function(lambda f, s: stt.stream_step(f, s, tf.constant(False))), (frame, state)),
         "block": (tf.function(lambda x, s: stt.stt.attend(x, s)), (features, state)),
         "rest": (tf.function(rest), (frame, state)),
     }
@@ -115,7 +124,7 @@ def main():
             print(f"{preset} vs {baseline}, {h}x{w}:")
             for name in t:
                 wall, cpu = np.median(t[name], axis=0) * 1e3
-                extra = f"  {ratio(name, 0):.3f}x wall, {ratio(name, 1):.3f}x CPU" if name in ("step", "rest", "naive") else ""
+                extra = f"  {ratio(name, 0):.3f}x wall, {ratio(name, 1):.3f}x CPU" if name in ("step", "step_tensor", "rest", "naive") else ""
                 print(f"  {name:9s} {wall:8.1f} ms wall {cpu:8.1f} ms CPU{extra}")
             print(f"  step / baseline: {ratio('step', 0):.3f}x wall, {ratio('step', 1):.3f}x CPU (target <= 1.15x); "
                   f"block share of the step: {100 * share(0):.1f}% wall, {100 * share(1):.1f}% CPU; "

@@ -104,7 +104,7 @@ class StreamingSegmenter:
         if self.state is None or self._frame_shape != tuple(frame.shape):
             self._frame_shape = tuple(frame.shape)
             self.state = self.model.initial_state(frame.shape[0], frame.shape[1], frame.shape[2])
-        logits, self.state = self._step(frame, self.state, tf.constant(reset))
+        logits, self.state = self._step(frame, self.state, reset)  # a Python bool: one graph per value
         self._reset = False
         if return_labels:
             logits = tf.argmax(logits, axis=-1, output_type=tf.int32)

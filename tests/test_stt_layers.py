@@ -783,7 +783,10 @@ def test_stream_step_implementations_agree_with_either_state_layout(overrides):
     packed = dense_masked.pack_frames(state)
     for t in range(3):
         frame = rng.integers(0, 256, (1, 32, 48, 3)).astype(np.uint8)
-        logits, new_state = model.stream_step(frame, state, t == 0)
+        logits, new_state = model.stream_step(frame, state, t == 0)  # a Python flag: no branch traced
+        branched_logits, branched_state = model.stream_step(frame, state, tf.constant(t == 0))
+        np.testing.assert_allclose(branched_logits, logits, atol=1e-6)
+        np.testing.assert_allclose(branched_state, new_state, atol=1e-6)
         dense_logits, dense_state = model.stream_step(frame, state, t == 0, implementation="dense_masked")
         packed_logits, packed = model.stream_step(frame, packed, np.float32([t == 0]), implementation="dense_masked")
         np.testing.assert_allclose(dense_logits, logits, atol=1e-4)

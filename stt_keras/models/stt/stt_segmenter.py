@@ -451,9 +451,11 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
             frame: [B, H, W, 3] uint8 or float in [0, 255].
             state: float32 of `state_shape(H, W)` or `state_shape(H, W, packed=True)`;
                 the new state comes back in the same layout.
-            reset: bool scalar (or [B]) tensor; "dense_masked" also takes float 0/1 (> 0.5 is
-                true). With reset true the incoming state is not read at all: a NaN or inf
-                state gives the same outputs as zeros.
+            reset: a Python bool, or a bool scalar (or [B]) tensor; "dense_masked" also takes
+                float 0/1 (> 0.5 is true). With reset true the incoming state is not read at
+                all: a NaN or inf state gives the same outputs as zeros. Under `tf.function` a
+                Python bool is decided while tracing (a graph per value, no branch in it: the
+                faster step on a CPU); a tensor makes one graph that branches.
             implementation: None (the STT layer's) or "sparse" / "dense_masked" (see
                 `SparseTemporalTransformer`). "dense_masked" with a packed state is
                 the delegate-friendly step the GPU export traces: no loops, top-k,
@@ -489,6 +491,13 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
             state = streaming.unpack_frames(state, frames)
         features, skips = self._encode(frame, False)
         current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
+        if isinstance(reset, (bool, np.bool_)):
+            # A Python flag decides while tracing: no cond and no select in the graph (`StreamingSegmenter`
+            # traces one step of each kind). A cond around the state made CPU steps at 512 x 1024 ~15% slower
+            # (fresh pages for the state on every step, docs/performance.md).
+            if reset:
+                state = tf.repeat(current, frames, axis=1)
+            return self._sparse_step_end(features, skips, state, current, size, packed)
         reset = tf.reshape(tf.cast(reset, tf.bool), [-1])
         # One flag for the batch: a step that does not reset builds no T copies of `current` (exported graphs keep
         # the select: no control flow enters the files).
@@ -497,6 +506,10 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
             state = tf.cond(reset[0], lambda: tf.repeat(current, frames, axis=1), lambda: incoming)
         else:
             state = tf.where(tf.reshape(reset, [-1, 1, 1, 1, 1]), tf.repeat(current, frames, axis=1), state)
+        return self._sparse_step_end(features, skips, state, current, size, packed)
+
+    def _sparse_step_end(self, features, skips, state, current, size, packed):
+        """The sparse step after the reset: attend to the state, decode, shift the state."""
         mixed = self.stt.attend(features, state, implementation="sparse")
         logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
         new_state = tf.concat([state[:, 1:], current], axis=1)
