@@ -40,7 +40,6 @@ import functools
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -97,8 +96,26 @@ def build(preset, size):
     return model
 
 
-def make_runner(runtime, model, size, threads, tmp, name, identity=False, calibration_frames=(2, 3)):
+@contextlib.contextmanager
+def attention_tile(tile):
+    """While active, the dense_masked attention uses this query tile (None: `attention_tiling` chooses)."""
+    from stt_keras.layers import dense_masked
+
+    saved = dense_masked.ATTENTION_TILE
+    dense_masked.ATTENTION_TILE = tile
+    try:
+        yield
+    finally:
+        dense_masked.ATTENTION_TILE = saved
+
+
+def make_runner(runtime, model, size, threads, tmp, name, identity=False, calibration_frames=(2, 3), tile=None):
     """(step callable taking frame/state/reset as the runtime wants them, frame dtype, state shape, bytes or None)."""
+    with attention_tile(tile):  # traced, converted and calibrated with this tile
+        return _make_runner(runtime, model, size, threads, tmp, name, identity, calibration_frames)
+
+
+def _make_runner(runtime, model, size, threads, tmp, name, identity, calibration_frames):
     from stt_edge_demo.runners import LiteRTSession, OnnxSession
     from stt_keras.export import calibration, onnx_export, step as step_lib, tflite
     from stt_keras.export.gpu_step import STT_QUANTIZED, STT_SCOPE
@@ -159,6 +176,10 @@ def main():
     p.add_argument("--calibration", default="2x3", metavar="SEQxFRAMES",
                    help="int8 calibration: synthetic sequences x frames (latency only: fewer is faster to convert)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--attention-tiles", default="", metavar="T[,T...]",
+                   help="also time the STT step with the dense_masked attention forced to these query tiles "
+                        "(4, 8, or 0 for the whole map) in the same rounds: rows stt_tileT (LiteRT and "
+                        "onnx_dense_masked only)")
     args = p.parse_args()
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     unknown = [r for r in runtimes if r not in RUNTIMES]
@@ -168,6 +189,7 @@ def main():
         pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
         calibration_frames = tuple(int(v) for v in args.calibration.split("x"))
+        tiles = [int(v) for v in args.attention_tiles.split(",") if v.strip()]
     except ValueError:
         p.error("--pairs is STT:FRAME[,...], --sizes HxW[,...], --calibration SEQxFRAMES")
     if any(len(pair) != 2 for pair in pairs) or any(len(s) != 2 or min(s) < 32 for s in sizes) or \
@@ -191,8 +213,11 @@ def main():
                 for runtime in runtimes:
                     start = time.time()
                     runners, sizes_bytes = {}, {}
-                    for name, model, identity in (("stt", stt_model, False), ("no_block", stt_model, True),
-                                                  ("frame", frame_model, False)):
+                    forced = tiles if runtime.startswith(("tflite", "onnx_dense")) else []
+                    for name, model, identity, tile in (("stt", stt_model, False, None),
+                                                        ("no_block", stt_model, True, None),
+                                                        ("frame", frame_model, False, None),
+                                                        *((f"stt_tile{t}", stt_model, False, t) for t in forced)):
                         # The per-frame model has no STT block: both int8 settings give it the same model, and it
                         # has one ONNX form.
                         key = (frame_preset, size, "tflite_int8" if runtime.startswith("tflite_int8") else
@@ -202,7 +227,7 @@ def main():
                             continue
                         step, dtype, state_shape, nbytes = make_runner(runtime, model, size, args.threads, tmp,
                                                                        f"{stt_preset}_{name}", identity,
-                                                                       calibration_frames)
+                                                                       calibration_frames, tile)
                         runners[name] = (step, prepared_inputs(step, dtype, state_shape, frames))
                         sizes_bytes[name] = nbytes
                         if name == "frame":
@@ -222,6 +247,12 @@ def main():
                           f"block share {100 * row['block_share']['median']:.0f}% "
                           f"[{100 * row['block_share']['min']:.0f}, {100 * row['block_share']['max']:.0f}]  "
                           f"load {load:.1f}", flush=True)
+                    for t in forced:
+                        forced_ratio = summary([s / f for s, f in zip(times[f"stt_tile{t}"], times["frame"])])
+                        row[f"ratio_tile{t}"] = forced_ratio
+                        print(f"{'':18s} {'':9s} {runtime:15s} stt, attention tile {t}: "
+                              f"{1000 * statistics.median(times[f'stt_tile{t}']):8.1f} ms  ratio {forced_ratio['median']:.2f}x "
+                              f"[{forced_ratio['min']:.2f}, {forced_ratio['max']:.2f}]", flush=True)
                     if args.json:
                         with open(args.json, "w") as f:
                             json.dump(results, f, indent=2)

@@ -116,7 +116,7 @@ def attention_tiling(tiling):
 
     saved = dense_masked.attention_tiling
     if tiling is not None:
-        dense_masked.attention_tiling = lambda radii, d_r, num_heads: tiling
+        dense_masked.attention_tiling = lambda radii, d_r, num_heads, h=None, w=None: tiling
     try:
         yield
     finally:

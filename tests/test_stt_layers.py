@@ -581,6 +581,10 @@ def test_dense_masked_pieces_equal_the_sparse_pieces(monkeypatch):
             monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", limit)
             got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # The whole map as one block (the small maps' form): every frame's map is the halo, one window mask.
+    monkeypatch.setattr(dense_masked, "ATTENTION_TILE", dense_masked.WHOLE_MAP)
+    got = dense_masked.windowed_attention(tf.constant(q), packed, radii, num_heads=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_dense_masked_attention_with_tiles_inside_the_map(monkeypatch):
@@ -607,12 +611,21 @@ def test_dense_masked_attention_with_tiles_inside_the_map(monkeypatch):
 
 def test_dense_masked_attention_tiling_follows_the_block_shape(monkeypatch):
     """4 x 4 query tiles for few channels (STT-SegFormer's stage 1 and the tiny presets), 8 x 8 for STT-PSP18's
-    d_r = 128; groups of at most MAX_HALO_ROWS key rows (halos of 200 and 1668 keys); ATTENTION_TILE forces a tile."""
+    d_r = 128; groups of at most MAX_HALO_ROWS key rows (halos of 200 and 1668 keys); a small map is one block;
+    ATTENTION_TILE forces a tile."""
     from stt_keras.layers import dense_masked
 
     assert dense_masked.attention_tiling([3, 2, 1], 8, 4) == (4, 4096 // 200)  # STT-SegFormer-B0, MiT stage 1: d_r 8
     assert dense_masked.attention_tiling([3, 2, 1], 32, 4) == (4, 4096 // 200)  # stt_psp_tiny: d_r 32
     assert dense_masked.attention_tiling([5, 5, 5, 4, 3, 2, 1], 128, 8) == (8, 4096 // 1668)  # STT-PSP18
+    # A small map is one block: STT-BiSe18 at 256 x 512 (8 x 16 points; 896 keys a point against 1668) and the
+    # tiny presets at 64 x 128; not at twice the size, nor STT-PSP18's 32 x 64 map.
+    whole = (dense_masked.WHOLE_MAP, 1)
+    assert dense_masked.attention_tiling([5, 5, 5, 4, 3, 2, 1], 128, 8, 8, 16) == whole
+    assert dense_masked.attention_tiling([3, 2, 1], 32, 4, 8, 16) == whole
+    assert dense_masked.attention_tiling([5, 5, 5, 4, 3, 2, 1], 128, 8, 16, 32) == (8, 4096 // 1668)
+    assert dense_masked.attention_tiling([3, 2, 1], 32, 4, 16, 32) == (4, 4096 // 200)
+    assert dense_masked.attention_tiling([5, 5, 5, 4, 3, 2, 1], 128, 8, 32, 64) == (8, 4096 // 1668)
     monkeypatch.setattr(dense_masked, "MAX_HALO_ROWS", 100)
     assert dense_masked.attention_tiling([5, 5, 5, 4, 3, 2, 1], 128, 8) == (8, 1)  # at least one tile
     monkeypatch.setattr(dense_masked, "ATTENTION_TILE", 8)

@@ -19,7 +19,9 @@ mobile GPU runs (LiteRT's GPU accelerator, the classic TFLite GPU delegate):
   runs in one piece.
 - Masks are additive biases (-1e9: exactly zero weight after exp, -inf in float16
   with the same result), small and broadcast, never a folded [tiles, points, halo]
-  constant. Large values never enter data tensors (see `windowed_attention`).
+  constant (a map small enough to be one query block has one [points, frames x points]
+  mask, `MAX_WHOLE_MAP_POINTS`). Large values never enter data tensors (see
+  `windowed_attention`).
 - Dense layers on maps are 1x1 convolutions (CONV_2D is every delegate's first op).
 
 Workarounds for LiteRT's GPU accelerator (ai-edge-litert 2.3.0, docs/gpu_accelerator.md):
@@ -46,7 +48,9 @@ NSM_TILE = windows.TILE  # query tile of the NSM score (8, as in the sparse impl
 ATTENTION_TILES = (4, 8)  # query tiles of the windowed attention (t x t points share one halo per frame):
 # `attention_tiling` picks one from the block's shape (on a CPU the attention is the halo copies and the
 # logits, docs/performance.md; the masked extra logits are exactly zero weight)
-ATTENTION_TILE = None  # None: `attention_tiling` chooses; 4 or 8 forces that tile (tests, benchmarks)
+ATTENTION_TILE = None  # None: `attention_tiling` chooses; 4, 8 or WHOLE_MAP forces that tile (tests, benchmarks)
+WHOLE_MAP = 0  # the "tile" of a small map that is one query block: every frame's whole map is the halo, no copies
+MAX_WHOLE_MAP_POINTS = 256  # its window mask is a constant [points, frames x points] (STT-BiSe18, 8 x 16: 0.46 MB)
 BISECTION_STEPS = 40  # halvings of the threshold interval: far below float32 spacing
 SCOPE = "stt_block"  # name scope of the STT ops in `STTSegmenter.stream_step`: int8 export keeps them float,
 # except those under these sub-scopes (the key/value and query projections, W^O and the FFN: plain 1x1
@@ -285,8 +289,8 @@ def top_mask(scores, top_ratio):
     return tf.cast(scores >= lo, tf.float32)
 
 
-def attention_tiling(radii, d_r, num_heads):
-    """(query tile, tiles per group) of `windowed_attention` for a block of this shape.
+def attention_tiling(radii, d_r, num_heads, h=None, w=None):
+    """(query tile, tiles per group) of `windowed_attention` for a block of this shape (and map size h x w).
 
     The tile of ATTENTION_TILES with the least estimated work per query point: its logits,
     num_heads * halo, against the key/value rows copied into halos, 2 d_r * halo / tile^2, counted
@@ -294,17 +298,21 @@ def attention_tiling(radii, d_r, num_heads):
     (tile + 2 r)^2). Many channels and large radii (STT-PSP18: d_r 128, radii 5..1) take 8 x 8 tiles,
     whose halos copy each key fewer times; few channels (STT-SegFormer's stage 1: d_r 8, 2 per head)
     take 4 x 4, whose halos hold fewer extra keys, so fewer logits. Groups hold at most
-    MAX_HALO_ROWS key rows (the GPU's textures), at least one tile. ATTENTION_TILE, if set, forces
-    the tile.
+    MAX_HALO_ROWS key rows (the GPU's textures), at least one tile. A map of at most
+    MAX_WHOLE_MAP_POINTS points whose frames fit in MAX_HALO_ROWS rows may be one block
+    (WHOLE_MAP, `(WHOLE_MAP, 1)`): its halo is every frame's whole map, no key is copied into
+    halos (each once by the transpose), and there are no border tiles padded with keys outside the
+    map. STT-BiSe18 at 256 x 512 (8 x 16 points, 7 frames) takes it: 896 keys per point against
+    1668 on 8 x 8 tiles. ATTENTION_TILE, if set, forces the tile.
     """
     def halo(tile):
         return sum((tile + 2 * r) ** 2 for r in radii)
 
-    def work(tile):
-        return num_heads * halo(tile) + 2 * (2 * d_r) * halo(tile) / tile**2
-
-    tile = ATTENTION_TILE or min(ATTENTION_TILES, key=work)
-    return tile, max(1, MAX_HALO_ROWS // halo(tile))
+    work = {tile: num_heads * halo(tile) + 2 * (2 * d_r) * halo(tile) / tile**2 for tile in ATTENTION_TILES}
+    if h is not None and h * w <= MAX_WHOLE_MAP_POINTS and len(radii) * h * w <= MAX_HALO_ROWS:
+        work[WHOLE_MAP] = num_heads * len(radii) * h * w + 2 * (2 * d_r) * len(radii)
+    tile = ATTENTION_TILE if ATTENTION_TILE is not None else min(work, key=work.get)
+    return tile, 1 if tile == WHOLE_MAP else max(1, MAX_HALO_ROWS // halo(tile))
 
 
 def windowed_attention(queries, state, radii, num_heads):
@@ -338,7 +346,9 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
         raise ValueError(f"The packed key/values have {state.shape[-1]} channels; {frames} frames of "
                          f"2 * {d_r} need {frames * channels}.")
     d_head = d_r // num_heads
-    tile, per_group = attention_tiling(radii, d_r, num_heads)
+    tile, per_group = attention_tiling(radii, d_r, num_heads, h, w)
+    if tile == WHOLE_MAP:
+        return _whole_map_attention(queries, state, radii, num_heads, h, w)
     valid, window, _ = _tile_tables(h, w, radii, tile)
     points = tile**2
     n_halo = window.shape[1]
@@ -381,6 +391,28 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [tiles, points, d_r])
         blocks.append((group, _untile(out, tile, rows, cols)))
     return _assemble(blocks, h, w)
+
+
+def _whole_map_attention(queries, state, radii, num_heads, h, w):
+    """`_windowed_attention_one` for a map that is one query block: every point against every frame's
+    whole map, the keys outside its windows masked by one constant bias [points, frames x points]."""
+    d_r = queries.shape[-1]
+    frames, channels, points = len(radii), 2 * d_r, h * w
+    d_head = d_r // num_heads
+    y, x = np.divmod(np.arange(points), w)
+    near = [(np.abs(y[:, None] - y[None]) <= r) & (np.abs(x[:, None] - x[None]) <= r) for r in radii]
+    window_bias = tf.constant(_bias(np.concatenate(near, axis=1))[None, None])  # [1, 1, points, frames x points]
+    kv = [tf.reshape(state[..., frame * channels: (frame + 1) * channels], [1, points, channels])
+          for frame in range(frames)]
+    kv = kv[0] if frames == 1 else tf.concat(kv, axis=1)  # [1, frames x points, 2 d_r], frame-major as the mask
+    k, v = tf.split(kv, 2, axis=-1)
+    k = tf.transpose(tf.reshape(k, [1, frames * points, num_heads, d_head]), [0, 2, 3, 1])  # [1, heads, dh, keys]
+    v = tf.transpose(tf.reshape(v, [1, frames * points, num_heads, d_head]), [0, 2, 1, 3])  # [1, heads, keys, dh]
+    q = tf.transpose(tf.reshape(queries, [1, points, num_heads, d_head]), [0, 2, 1, 3])  # [1, heads, points, dh]
+    logits = tf.matmul(q, k) + window_bias  # [1, heads, points, keys]
+    e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
+    out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [1, heads, points, dh]
+    return tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [1, h, w, d_r])
 
 
 def dense(x, kernel, bias):
