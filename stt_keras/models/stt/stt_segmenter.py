@@ -493,8 +493,8 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         current = self.stt.project_keys(features)[:, None]  # [B, 1, h, w, 2 d_r]
         if isinstance(reset, (bool, np.bool_)):
             # A Python flag decides while tracing: no cond and no select in the graph (`StreamingSegmenter`
-            # traces one step of each kind). A cond around the state made CPU steps at 512 x 1024 ~15% slower
-            # (fresh pages for the state on every step, docs/performance.md).
+            # traces one step of each kind). A cond around the state made STT-PSP18's CPU step 3-6% slower
+            # (docs/performance.md, "Streaming latency of the whole model").
             if reset:
                 state = tf.repeat(current, frames, axis=1)
             return self._sparse_step_end(features, skips, state, current, size, packed)
