@@ -345,13 +345,11 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
     if state.shape[-1] != frames * channels:
         raise ValueError(f"The packed key/values have {state.shape[-1]} channels; {frames} frames of "
                          f"2 * {d_r} need {frames * channels}.")
-    d_head = d_r // num_heads
     tile, per_group = attention_tiling(radii, d_r, num_heads, h, w)
     if tile == WHOLE_MAP:
         return _whole_map_attention(queries, state, radii, num_heads, h, w)
     valid, window, _ = _tile_tables(h, w, radii, tile)
     points = tile**2
-    n_halo = window.shape[1]
     # One padded copy of each frame's key/values, padded for its own radius, and of the queries; each
     # group cuts every frame's halos at that frame's radius from its own channels (cutting the largest
     # radius' halos of the whole state and a centred square per frame moved 1.5x the data: on a CPU
@@ -371,26 +369,34 @@ def _windowed_attention_one(queries, state, radii, num_heads, h, w):
             square = _halos(frame_map, tile, r, top, left, rows, cols)  # [tiles, tile + 2r, tile + 2r, 2 d_r]
             kv.append(tf.reshape(square, [tiles, (tile + 2 * r) ** 2, channels]))
         kv = kv[0] if frames == 1 else tf.concat(kv, axis=1)  # [tiles, halo, 2 d_r]
-        k, v = tf.split(kv, 2, axis=-1)
-        k = tf.reshape(k, [tiles, n_halo, num_heads, d_head])
-        v = tf.reshape(v, [tiles, n_halo, num_heads, d_head])
-        q = _halos(queries, tile, 0, top, left, rows, cols)  # [tiles, 4, 4, d_r]
-        q = tf.transpose(tf.reshape(q, [tiles, points, num_heads, d_head]), [0, 2, 1, 3])
-        k = tf.transpose(k, [0, 2, 3, 1])  # [tiles, heads, dh, halo]
-        v = tf.transpose(v, [0, 2, 1, 3])  # [tiles, heads, halo, dh]
-        logits = tf.matmul(q, k)  # [tiles, heads, 16, halo]
+        q = _halos(queries, tile, 0, top, left, rows, cols)  # [tiles, tile, tile, d_r]
         # Masks as small broadcast constants: outside each point's window (per point in
         # the tile), outside the map (per tile). The big fill value lives only in these
         # arithmetic ops, never in the key table, so an int8 model that quantizes the
         # data-movement ops around the float STT block keeps sane key ranges (a -1e9
         # key channel there cost 6% of int8 labels).
-        in_map = valid[order].astype(np.float32)[:, None, None, :]
-        logits = (logits + window_bias) * tf.constant(in_map) + tf.constant(_bias(valid[order])[:, None, None, :])
-        e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
-        out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [tiles, heads, 16, dh]
-        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [tiles, points, d_r])
+        in_map = tf.constant(valid[order].astype(np.float32)[:, None, None, :])
+        outside = tf.constant(_bias(valid[order])[:, None, None, :])
+        out = _block_attention(q, kv, tiles, points, num_heads,
+                               lambda logits: (logits + window_bias) * in_map + outside)
         blocks.append((group, _untile(out, tile, rows, cols)))
     return _assemble(blocks, h, w)
+
+
+def _block_attention(q, kv, blocks, points, num_heads, mask):
+    """Softmax attention of `blocks` query blocks of `points` points each (q [blocks, ..., d_r]) to their key rows
+    (kv [blocks, keys, 2 d_r], keys then values), heads split from the channels; `mask(logits)` adds the blocks'
+    masks to the logits [blocks, heads, points, keys]. Returns [blocks, points, d_r]."""
+    d_r = q.shape[-1]
+    d_head, keys = d_r // num_heads, kv.shape[1]
+    k, v = tf.split(kv, 2, axis=-1)
+    q = tf.transpose(tf.reshape(q, [blocks, points, num_heads, d_head]), [0, 2, 1, 3])  # [blocks, heads, points, dh]
+    k = tf.transpose(tf.reshape(k, [blocks, keys, num_heads, d_head]), [0, 2, 3, 1])  # [blocks, heads, dh, keys]
+    v = tf.transpose(tf.reshape(v, [blocks, keys, num_heads, d_head]), [0, 2, 1, 3])  # [blocks, heads, keys, dh]
+    logits = mask(tf.matmul(q, k))
+    e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
+    out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [blocks, heads, points, dh]
+    return tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [blocks, points, d_r])
 
 
 def _whole_map_attention(queries, state, radii, num_heads, h, w):
@@ -398,21 +404,14 @@ def _whole_map_attention(queries, state, radii, num_heads, h, w):
     whole map, the keys outside its windows masked by one constant bias [points, frames x points]."""
     d_r = queries.shape[-1]
     frames, channels, points = len(radii), 2 * d_r, h * w
-    d_head = d_r // num_heads
     y, x = np.divmod(np.arange(points), w)
     near = [(np.abs(y[:, None] - y[None]) <= r) & (np.abs(x[:, None] - x[None]) <= r) for r in radii]
     window_bias = tf.constant(_bias(np.concatenate(near, axis=1))[None, None])  # [1, 1, points, frames x points]
     kv = [tf.reshape(state[..., frame * channels: (frame + 1) * channels], [1, points, channels])
           for frame in range(frames)]
     kv = kv[0] if frames == 1 else tf.concat(kv, axis=1)  # [1, frames x points, 2 d_r], frame-major as the mask
-    k, v = tf.split(kv, 2, axis=-1)
-    k = tf.transpose(tf.reshape(k, [1, frames * points, num_heads, d_head]), [0, 2, 3, 1])  # [1, heads, dh, keys]
-    v = tf.transpose(tf.reshape(v, [1, frames * points, num_heads, d_head]), [0, 2, 1, 3])  # [1, heads, keys, dh]
-    q = tf.transpose(tf.reshape(queries, [1, points, num_heads, d_head]), [0, 2, 1, 3])  # [1, heads, points, dh]
-    logits = tf.matmul(q, k) + window_bias  # [1, heads, points, keys]
-    e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
-    out = tf.matmul(e, v) / tf.reduce_sum(e, axis=-1, keepdims=True)  # [1, heads, points, dh]
-    return tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [1, h, w, d_r])
+    out = _block_attention(queries, kv, 1, points, num_heads, lambda logits: logits + window_bias)
+    return tf.reshape(out, [1, h, w, d_r])
 
 
 def dense(x, kernel, bias):

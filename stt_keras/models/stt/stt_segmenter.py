@@ -497,19 +497,15 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
             # (docs/performance.md, "Streaming latency of the whole model").
             if reset:
                 state = tf.repeat(current, frames, axis=1)
-            return self._sparse_step_end(features, skips, state, current, size, packed)
-        reset = tf.reshape(tf.cast(reset, tf.bool), [-1])
-        # One flag for the batch: a step that does not reset builds no T copies of `current` (exported graphs keep
-        # the select: no control flow enters the files).
-        if reset.shape[0] == 1 and not kernels.exporting():
-            incoming = state
-            state = tf.cond(reset[0], lambda: tf.repeat(current, frames, axis=1), lambda: incoming)
         else:
-            state = tf.where(tf.reshape(reset, [-1, 1, 1, 1, 1]), tf.repeat(current, frames, axis=1), state)
-        return self._sparse_step_end(features, skips, state, current, size, packed)
-
-    def _sparse_step_end(self, features, skips, state, current, size, packed):
-        """The sparse step after the reset: attend to the state, decode, shift the state."""
+            reset = tf.reshape(tf.cast(reset, tf.bool), [-1])
+            # One flag for the batch: a step that does not reset builds no T copies of `current` (exported graphs
+            # keep the select: no control flow enters the files).
+            if reset.shape[0] == 1 and not kernels.exporting():
+                incoming = state
+                state = tf.cond(reset[0], lambda: tf.repeat(current, frames, axis=1), lambda: incoming)
+            else:
+                state = tf.where(tf.reshape(reset, [-1, 1, 1, 1, 1]), tf.repeat(current, frames, axis=1), state)
         mixed = self.stt.attend(features, state, implementation="sparse")
         logits = tf.cast(self.decoder(mixed, skips, output_size=size, training=False), tf.float32)
         new_state = tf.concat([state[:, 1:], current], axis=1)
