@@ -14,15 +14,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Default suite: everything not marked slow. Budget: 11 minutes of CPU time, so 15 minutes on a
-# 2-core machine shared with one other job (docs/performance.md, "Test suite"). The 15 slowest
-# tests are listed at the end, so a test that grows is seen.
+# Default suite: everything not marked slow, on TEST_WORKERS pytest-xdist workers (tests/conftest.py
+# keeps the tests that share a trained model, and each file's tests, on one worker). Budget: 15 minutes
+# of wall time for .ci/run on 2 cores (docs/performance.md, "Test suite"). The 15 slowest tests are
+# listed at the end, so a test that grows is seen. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup
 test: venv
-	$(PY) -m pytest -q --durations=15
+	$(PYTEST)
 
 # Slow suite: long end-to-end and benchmark-sized checks.
 test-slow: venv
-	$(PY) -m pytest -q -m slow --durations=15
+	$(PYTEST) -m slow
 
 # The main job on the built-in synthetic video, end to end (about 3 minutes on 2 cores after the
 # install): train the small STT model with the recommended recipe (the per-frame model first, then

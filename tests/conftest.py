@@ -96,3 +96,25 @@ def frame_exported(trained_frame_model_path, tmp_path_factory):
          "--interfaces", "full,edge", "--quantizations", "float32,float16,int8", "--gpu-check", "auto",
          "--parity-sequences", "1", "--parity-frames", "4", "--calibration-sequences", "1", "--calibration-frames", "3"])
     return out, export_cli.run_export(args)
+
+
+# `make test` runs on two workers (pytest-xdist, `-n 2 --dist loadgroup`): a test suite is mostly one thread, and
+# the machines it runs on have two cores. A fixture runs once per worker, so tests are handed out in groups: every
+# test that uses one of the session fixtures above goes to one worker (they train and export once), and every other
+# test goes with the rest of its file (module fixtures, such as a server started for a file, run once).
+def _uses_session_fixture(item):
+    definitions = item._fixtureinfo.name2fixturedefs if hasattr(item, "_fixtureinfo") else {}
+    for name in getattr(item, "fixturenames", ()):
+        chain = definitions.get(name)
+        fixture = chain[-1] if chain else None  # the definition in force; a test file may override one of ours
+        if fixture is not None and fixture.scope == "session" and getattr(fixture.func, "__module__", "") == __name__:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            group = "session-fixtures" if _uses_session_fixture(item) else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
