@@ -114,6 +114,8 @@ def _uses_session_fixture(item):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.has_plugin("xdist"):  # -p no:xdist: nothing reads the marks
+        return
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             group = "session-fixtures" if _uses_session_fixture(item) else item.nodeid.split("::")[0]
