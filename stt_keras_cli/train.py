@@ -95,6 +95,7 @@ class TrainConfig:
     # 1 otherwise
     target_damage: float = 0.0  # probability of damaging a training clip's labelled frame (label unchanged)
     freeze: str = None  # None, "encoder" or "encoder+decoder"
+    quantization_aware: bool = False  # True: train with the int8 export's rounding simulated (stt_keras.quantization)
     backbone_weights: str = None
     seed: int = 0
     synthetic_sequences: int = 24
@@ -138,6 +139,9 @@ def build_parser():
                         "transformer encoder such as SegFormer's MiT); both decay the learning rate polynomially")
     p.add_argument("--clipnorm", type=float, default=d["clipnorm"], metavar="NORM",
                    help="clip the gradients' global norm to NORM (off by default)")
+    p.add_argument("--quantization-aware", action="store_true",
+                   help="simulate the int8 export's rounding while training (fake quantization): a few hundred steps "
+                        "--init-from a trained model before stt-export --quantizations int8 (docs/export.md)")
     p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum (--optimizer sgd)")
     p.add_argument("--poly-power", type=float, default=d["poly_power"], help="power of the poly decay")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="decoupled (AdamW-style) weight decay, either optimizer")

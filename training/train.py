@@ -6,6 +6,7 @@ trains it. A run folder's files, resuming and the one-run-per-folder lock are
 described there and in docs/training.md.
 """
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -22,7 +23,7 @@ from stt_keras.layers import validation
 from stt_keras.models import STTSegmenter
 from stt_keras.utils.sizes import SizeError, parse_frame_size
 from stt_keras import data as data_lib
-from stt_keras import optimizers
+from stt_keras import optimizers, quantization
 from stt_keras.data.readers import CAMVID_CLASSES, VSPW_CLASSES
 from stt_keras.data.scan import check_training_data
 from stt_keras.training.callbacks import (RunCheckpoint, StopAtStep, atomic_write_json, read_checkpoint,
@@ -34,12 +35,12 @@ MODEL_SETTINGS = ("preset", "dataset", "synthetic_family", "num_classes", "stt_o
 TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
                      "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
                      "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames", "stt_lr_multiplier",
-                     "target_damage", "optimizer", "clipnorm")
+                     "target_damage", "optimizer", "clipnorm", "quantization_aware")
 # Settings added after runs were first stored: a run.json without them was made with this value.
 SETTING_DEFAULTS = {"first_frames": "pad", "freeze": None, "stt_lr_multiplier": 1.0, "target_damage": 0.0,
-                    "optimizer": "sgd", "clipnorm": None}
+                    "optimizer": "sgd", "clipnorm": None, "quantization_aware": False}
 SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0, "target_damage": 0.0,
-                      "optimizer": "sgd", "clipnorm": None}
+                      "optimizer": "sgd", "clipnorm": None, "quantization_aware": False}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
                    "camvid": len(CAMVID_CLASSES), "folder": None, "vspw": len(VSPW_CLASSES)}
@@ -587,8 +588,10 @@ def _train_locked(config):
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
     ]
     verbose = config.verbose if config.verbose is not None else (1 if _stdout_is_terminal() else 2)
+    # Traced inside, the train and validation steps keep the int8 rounding; the saved models are plain float ones.
+    rounding = quantization.fake_quantized(model) if config.quantization_aware else contextlib.nullcontext()
     try:
-        with stop_signals() as received:
+        with stop_signals() as received, rounding:
             model.fit(  # shuffle=False: the pipeline shuffles itself (seeded); Keras would warn and ignore True
                 train, epochs=epochs, initial_epoch=done, steps_per_epoch=config.checkpoint_every, validation_data=val,
                 callbacks=callbacks, verbose=verbose, shuffle=False,
