@@ -1,6 +1,7 @@
 """Quantization-aware fine-tuning (`stt_keras.quantization`): the simulated rounding is the int8 converter's,
 the hooks reach every layer the export quantizes, and leave the model as it was."""
 
+import json
 import os
 
 import keras
@@ -118,3 +119,23 @@ def test_a_quantization_aware_step_trains_through_the_rounding(model):
     missing = [path for path, g in named.items() if g is None and "aux" not in path]
     assert not missing, missing[:5]
     assert any(float(tf.reduce_max(tf.abs(g))) > 0 for path, g in named.items() if "stt" in path and "query" in path)
+
+
+def test_stt_train_quantization_aware_traces_the_rounding_and_saves_a_float_model(tmp_path, monkeypatch):
+    from stt_keras import load_model
+    from stt_keras.training.train import train
+
+    traced = []  # the hooks look the rounding up by name when the train and validation steps are traced
+    rounding = quantization.fake_quant_activation
+    monkeypatch.setattr(quantization, "fake_quant_activation", lambda x: traced.append(1) or rounding(x))
+    out = str(tmp_path / "qat")
+    model = train("stt_psp_tiny", out=out, steps=2, checkpoint_every=2, batch_size=2, synthetic_sequences=2,
+                  synthetic_size=(32, 64), val_batches=1, verbose=0, quantization_aware=True, skip_scan=True)
+    convs = sum(isinstance(layer, keras.layers.Conv2D) for layer in model._flatten_layers())
+    assert len(traced) >= convs  # every convolution's input rounded, in at least one traced step
+    assert not any("convolution_op" in vars(layer) for layer in model._flatten_layers())  # hooks gone after fit
+    settings = json.load(open(os.path.join(out, "run.json")))["settings"]
+    assert settings["quantization_aware"] is True
+    saved = load_model(os.path.join(out, "last.keras"), compile=False)
+    clip = RNG.integers(0, 256, size=(1, 4, 32, 64, 3)).astype(np.uint8)
+    np.testing.assert_allclose(np.asarray(saved(clip)), np.asarray(model(clip, training=False)), atol=1e-5)
