@@ -13,9 +13,15 @@ frames) and measured:
     vs Keras, and int8 on LiteRT's GPU accelerator vs int8 on the CPU (tests/test_gpu_accelerator.py's
     measure; needs the software Vulkan device: apt-get install chromium opencv-doc).
 
+With --after STEPS, QAT as it is usually done instead: after the model is trained. Two more arms
+start from each seed's `float` arm (base + --steps float steps) and train STEPS more at --after-lr:
+`float_then_float` without and `float_then_qat` with `--quantization-aware` (the same steps, so
+the extra steps are not what is compared).
+
 Per arm the mean and the [min, max] over seeds; runs/ is reused (a finished training is not redone).
 
     .venv/bin/python benchmarks/quantization_aware.py --seeds 0 1 2 --out /tmp/qat
+    .venv/bin/python benchmarks/quantization_aware.py --seeds 0 1 2 --out /tmp/qat --after 50 --after-lr 0.001
 """
 
 import argparse
@@ -32,9 +38,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 ARMS = ("float", "qat")
+AFTER_ARMS = ("float_then_float", "float_then_qat")
 
 
-def train(out, seed, size, steps, init_from=None, quantization_aware=False):
+def train(out, seed, size, steps, init_from=None, quantization_aware=False, lr=None):
     """stt-train as the tests' int8 fixture (its settings), into `out`; the path of its last model."""
     last = os.path.join(out, "last.keras")
     if os.path.exists(os.path.join(out, "done")):
@@ -46,6 +53,8 @@ def train(out, seed, size, steps, init_from=None, quantization_aware=False):
         args += ["--init-from", init_from, "--no-norm-first"]
     if quantization_aware:
         args.append("--quantization-aware")
+    if lr is not None:
+        args += ["--lr", str(lr)]
     result = subprocess.run([sys.executable, "-m", "stt_keras.training.train", *args], capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"stt-train failed ({out}):\n{result.stderr[-3000:]}")
@@ -97,10 +106,12 @@ def main():
     p.add_argument("--steps", type=int, default=100, help="each arm's steps after the base")
     p.add_argument("--sequences", type=int, default=6, help="held-out synthetic sequences of 30 frames")
     p.add_argument("--vtest-steps", type=int, default=30, help="street footage steps (0: skip)")
+    p.add_argument("--after", type=int, default=0, metavar="STEPS", help="also QAT after training (docstring)")
+    p.add_argument("--after-lr", type=float, default=0.001, help="--after arms' learning rate")
     p.add_argument("--out", required=True, help="folder for the runs and results.json")
     args = p.parse_args()
-    if min(args.base_steps, args.steps, args.sequences) < 1:
-        p.error("--base-steps, --steps and --sequences must be at least 1")
+    if min(args.base_steps, args.steps, args.sequences) < 1 or args.after < 0:
+        p.error("--base-steps, --steps and --sequences must be at least 1, --after at least 0")
     size = tuple(int(v) for v in args.size.split("x"))
 
     path = os.path.join(args.out, "results.json")
@@ -108,9 +119,13 @@ def main():
     for seed in args.seeds:
         folder = os.path.join(args.out, f"seed{seed}")
         base = train(os.path.join(folder, "base"), seed, args.size, args.base_steps)
-        for arm in ARMS:
+        arms = {arm: (base, args.steps, arm == "qat", None) for arm in ARMS}
+        if args.after:
+            after = os.path.join(folder, "float", "last.keras")
+            arms.update({arm: (after, args.after, arm.endswith("qat"), args.after_lr) for arm in AFTER_ARMS})
+        for arm, (init, steps, qat, lr) in arms.items():
             key = f"{seed}/{arm}"
-            model = train(os.path.join(folder, arm), seed, args.size, args.steps, base, arm == "qat")
+            model = train(os.path.join(folder, arm), seed, args.size, steps, init, qat, lr)
             if key not in results:
                 results[key] = measure(model, size, args.sequences, args.vtest_steps)
                 os.makedirs(args.out, exist_ok=True)
@@ -120,7 +135,7 @@ def main():
     print(f"\n{len(args.seeds)} seeds ({args.seeds}); mean [min, max] over seeds")
     for metric in next(iter(results.values())):
         cells = []
-        for arm in ARMS:
+        for arm in ARMS + (AFTER_ARMS if args.after else ()):
             values = [results[f"{s}/{arm}"][metric] for s in args.seeds if metric in results.get(f"{s}/{arm}", {})]
             cells.append(f"{arm} {np.mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]" if values else f"{arm} -")
         print(f"  {metric:26s} " + "   ".join(cells))
