@@ -95,6 +95,9 @@ VARIANTS = [
     ("ft_x40_lr25", "per-frame 1x, then STT (identity at start) +1x at lr 0.0025, block at 40x", "stt_psp_tiny", {}, 1),
     ("ft_x5_lr20", "**recipe**: per-frame 1x, then STT (identity at start) +1x at lr 0.02, block at 5x",
      "stt_psp_tiny", {}, 1),
+    ("ft_x5_lr20_2x", "per-frame 1x, then STT (identity at start) +2x at lr 0.02, block at 5x (a longer STT stage)",
+     "stt_psp_tiny", {}, 2),
+    ("base3x", "per-frame `psp_tiny`, 3x (`ft_x5_lr20_2x`'s reference)", "psp_tiny", {}, 3),
     ("ft_x2_lr40", "per-frame 1x, then STT (identity at start) +1x at lr 0.04, block at 2.5x", "stt_psp_tiny", {}, 1),
     ("ft_x10_lr20", "per-frame 1x, then STT (identity at start) +1x at lr 0.02, block at 10x", "stt_psp_tiny", {}, 1),
     ("ft_pf_lr20", "per-frame 1x, then per-frame +1x at lr 0.02 (`ft_x5_lr20`'s twin)", "psp_tiny", {}, 1),
@@ -160,7 +163,8 @@ VARIANT = {v[0]: v for v in VARIANTS}
 TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier": 10.0},
                   "ft_x20_lr5": {"lr": 0.005, "stt_lr_multiplier": 20.0},
                   "ft_x40_lr25": {"lr": 0.0025, "stt_lr_multiplier": 40.0},
-                  "ft_x5_lr20": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "ft15_x10": {"stt_lr_multiplier": 10.0},
+                  "ft_x5_lr20": {"lr": 0.02, "stt_lr_multiplier": 5.0},
+                  "ft_x5_lr20_2x": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "ft15_x10": {"stt_lr_multiplier": 10.0},
                   "ft_x2_lr40": {"lr": 0.04, "stt_lr_multiplier": 2.5},
                   "ft_x10_lr20": {"lr": 0.02, "stt_lr_multiplier": 10.0},
                   "p18_rB50": {"stt_lr_multiplier": 10.0}, "p18_rD50": {"lr": 0.02, "stt_lr_multiplier": 5.0},
@@ -262,7 +266,7 @@ def _run_dir(args, family, seed, key):
     return os.path.join(args.out, family, f"seed{seed}", key)
 
 
-FROM_SCRATCH = ("base", "base2x", "base_h", "base_15", "p18_base")  # and every `stt*` variant
+FROM_SCRATCH = ("base", "base2x", "base3x", "base_h", "base_15", "p18_base")  # and every `stt*` variant
 
 
 def first_stage(key):
