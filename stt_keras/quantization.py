@@ -87,7 +87,7 @@ def _hook_weights_of(layer):
 
     def weights_of(sublayer):
         weights = original(sublayer)
-        if len(weights) == 2 and weights[0].shape.rank == 2:  # a linear's (kernel, bias), not a norm's
+        if len(weights) == 2 and len(weights[0].shape) == 2:  # a linear's (kernel, bias), not a norm's
             return fake_quant_kernel(weights[0]), weights[1]
         return weights
 
