@@ -180,9 +180,9 @@ def main():
                    help="also time the STT step with the dense_masked attention forced to these query tiles "
                         "(4, 8, or 0 for the whole map) in the same rounds: rows stt_tileT (LiteRT and "
                         "onnx_dense_masked only)")
-    p.add_argument("--num-heads", default="", metavar="H[,H...]",
-                   help="also time the STT step of the same preset with this many attention heads (the block's "
-                        "logits are heads x keys a point) in the same rounds: rows stt_headsH, every runtime")
+    p.add_argument("--stt-overrides", default="", metavar="KEY=VALUE[,KEY=VALUE...]",
+                   help="also time, in the same rounds, the STT step of the same preset built with each override "
+                        "(one variant each, every runtime), e.g. num_heads=1,top_ratio=1.0: rows stt_KEY=VALUE")
     args = p.parse_args()
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     unknown = [r for r in runtimes if r not in RUNTIMES]
@@ -193,9 +193,10 @@ def main():
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
         calibration_frames = tuple(int(v) for v in args.calibration.split("x"))
         tiles = [int(v) for v in args.attention_tiles.split(",") if v.strip()]
-        heads = [int(v) for v in args.num_heads.split(",") if v.strip()]
+        overrides = [(k.strip(), json.loads(v)) for k, v in
+                     (item.split("=") for item in args.stt_overrides.split(",") if item.strip())]
     except ValueError:
-        p.error("--pairs is STT:FRAME[,...], --sizes HxW[,...], --calibration SEQxFRAMES")
+        p.error("--pairs is STT:FRAME[,...], --sizes HxW[,...], --calibration SEQxFRAMES, --stt-overrides KEY=VALUE[,...]")
     if any(len(pair) != 2 for pair in pairs) or any(len(s) != 2 or min(s) < 32 for s in sizes) or \
             len(calibration_frames) != 2 or min(calibration_frames) < 1:
         p.error("--pairs is STT:FRAME[,...], --sizes HxW[,...] (at least 32x32), --calibration SEQxFRAMES")
@@ -213,7 +214,7 @@ def main():
         for stt_preset, frame_preset in pairs:
             for size in sizes:
                 stt_model, frame_model = build(stt_preset, size), build(frame_preset, size)
-                head_models = {h: build(stt_preset, size, num_heads=h) for h in heads}
+                variants = {f"stt_{k}={v}": build(stt_preset, size, **{k: v}) for k, v in overrides}
                 frames = calibration.synthetic_frames(*size, 1, 4, calibration.EVALUATION_SEED)[0][0]
                 for runtime in runtimes:
                     start = time.time()
@@ -223,8 +224,7 @@ def main():
                                                         ("no_block", stt_model, True, None),
                                                         ("frame", frame_model, False, None),
                                                         *((f"stt_tile{t}", stt_model, False, t) for t in forced),
-                                                        *((f"stt_heads{h}", m, False, None)
-                                                          for h, m in head_models.items())):
+                                                        *((name, m, False, None) for name, m in variants.items())):
                         # The per-frame model has no STT block: both int8 settings give it the same model, and it
                         # has one ONNX form.
                         key = (frame_preset, size, "tflite_int8" if runtime.startswith("tflite_int8") else
@@ -260,13 +260,12 @@ def main():
                         print(f"{'':18s} {'':9s} {runtime:15s} stt, attention tile {t}: "
                               f"{1000 * statistics.median(times[f'stt_tile{t}']):8.1f} ms  ratio {forced_ratio['median']:.2f}x "
                               f"[{forced_ratio['min']:.2f}, {forced_ratio['max']:.2f}]", flush=True)
-                    for h in heads:
-                        heads_ratio = summary([s / f for s, f in zip(times[f"stt_heads{h}"], times["frame"])])
-                        row[f"ratio_heads{h}"] = heads_ratio
-                        print(f"{'':18s} {'':9s} {runtime:15s} stt, {h} heads: "
-                              f"{1000 * statistics.median(times[f'stt_heads{h}']):8.1f} ms  ratio "
-                              f"{heads_ratio['median']:.2f}x [{heads_ratio['min']:.2f}, {heads_ratio['max']:.2f}]",
-                              flush=True)
+                    for name in variants:
+                        variant_ratio = summary([s / f for s, f in zip(times[name], times["frame"])])
+                        row[f"ratio_{name}"] = variant_ratio
+                        print(f"{'':18s} {'':9s} {runtime:15s} {name}: {1000 * statistics.median(times[name]):8.1f} ms  "
+                              f"ratio {variant_ratio['median']:.2f}x [{variant_ratio['min']:.2f}, "
+                              f"{variant_ratio['max']:.2f}]", flush=True)
                     if args.json:
                         with open(args.json, "w") as f:
                             json.dump(results, f, indent=2)
