@@ -73,7 +73,7 @@ def _hook_conv(layer):
 
 def _hook_dense(layer):
     def call(inputs, training=None):
-        outputs = tf.matmul(fake_quant_activation(inputs), fake_quant_kernel(layer.kernel))
+        outputs = keras.ops.matmul(fake_quant_activation(inputs), fake_quant_kernel(layer.kernel))  # as Dense.call
         if layer.use_bias:
             outputs = outputs + layer.bias
         return layer.activation(outputs) if layer.activation is not None else outputs
@@ -97,7 +97,8 @@ def _hook_weights_of(layer):
 
 def _unhook(layer, name):
     # The hook is an instance attribute over the class's method: deleting it restores the method.
-    object.__delattr__(layer, name) if name in vars(layer) else None
+    if name in vars(layer):
+        object.__delattr__(layer, name)
 
 
 def _hook(layer):

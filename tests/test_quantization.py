@@ -143,13 +143,13 @@ def test_stt_train_quantization_aware_traces_the_rounding_and_saves_a_float_mode
 
 def test_dense_layers_round_like_convolutions():
     """A Dense layer (SegFormer's MLPs) computes the 1x1 convolution of the same kernel, rounded the same way."""
-    dense = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation="relu")])
-    conv = keras.Sequential([keras.Input((1, 1, 5)), keras.layers.Conv2D(3, 1, activation="relu")])
+    dense = keras.Sequential([keras.Input((2, 3, 5)), keras.layers.Dense(3, activation="relu")])  # on a map, as SegFormer's
+    conv = keras.Sequential([keras.Input((2, 3, 5)), keras.layers.Conv2D(3, 1, activation="relu")])
     conv.set_weights([dense.get_weights()[0][None, None], dense.get_weights()[1]])
-    x = RNG.normal(size=(4, 5)).astype(np.float32)
+    x = RNG.normal(size=(4, 2, 3, 5)).astype(np.float32)
     before = np.asarray(dense(x))
     with quantization.fake_quantized(dense) as hooked, quantization.fake_quantized(conv):
         rounded = np.asarray(dense(x))
-        np.testing.assert_allclose(rounded, np.asarray(conv(x[:, None, None]))[:, 0, 0], atol=1e-6)
+        np.testing.assert_allclose(rounded, np.asarray(conv(x)), atol=1e-6)
     assert hooked == 1 and np.abs(rounded - before).max() > 0
     np.testing.assert_array_equal(np.asarray(dense(x)), before)
