@@ -254,18 +254,13 @@ def main():
                           f"block share {100 * row['block_share']['median']:.0f}% "
                           f"[{100 * row['block_share']['min']:.0f}, {100 * row['block_share']['max']:.0f}]  "
                           f"load {load:.1f}", flush=True)
-                    for t in forced:
-                        forced_ratio = summary([s / f for s, f in zip(times[f"stt_tile{t}"], times["frame"])])
-                        row[f"ratio_tile{t}"] = forced_ratio
-                        print(f"{'':18s} {'':9s} {runtime:15s} stt, attention tile {t}: "
-                              f"{1000 * statistics.median(times[f'stt_tile{t}']):8.1f} ms  ratio {forced_ratio['median']:.2f}x "
-                              f"[{forced_ratio['min']:.2f}, {forced_ratio['max']:.2f}]", flush=True)
-                    for name in variants:
-                        variant_ratio = summary([s / f for s, f in zip(times[name], times["frame"])])
-                        row[f"ratio_{name}"] = variant_ratio
-                        print(f"{'':18s} {'':9s} {runtime:15s} {name}: {1000 * statistics.median(times[name]):8.1f} ms  "
-                              f"ratio {variant_ratio['median']:.2f}x [{variant_ratio['min']:.2f}, "
-                              f"{variant_ratio['max']:.2f}]", flush=True)
+                    # The extra STT variants timed in these rounds: (runner name, label, the row's key).
+                    extras = [(f"stt_tile{t}", f"stt, attention tile {t}", f"ratio_tile{t}") for t in forced]
+                    extras += [(name, name, f"ratio_{name}") for name in variants]
+                    for name, label, key in extras:
+                        extra = row[key] = summary([s / f for s, f in zip(times[name], times["frame"])])
+                        print(f"{'':18s} {'':9s} {runtime:15s} {label}: {1000 * statistics.median(times[name]):8.1f} ms  "
+                              f"ratio {extra['median']:.2f}x [{extra['min']:.2f}, {extra['max']:.2f}]", flush=True)
                     if args.json:
                         with open(args.json, "w") as f:
                             json.dump(results, f, indent=2)
