@@ -14,10 +14,7 @@ What is simulated is what the int8 export quantizes (`export.tflite.convert`):
 - every convolution's and dense layer's input, per tensor, asymmetric in 256 steps over the
   batch's own range with 0 included (the calibration takes the min and max over its frames);
 - the STT block's linear layers' kernels (W^Q, W^K, W^V, W^O, the FFN), read through
-  `weights_of`; its attention and norms stay float, as they do in the int8 file;
-- the tensors the file rounds between convolutions: each residual add's inputs and output, every
-  activation layer's output and every conv-BN-ReLU unit's output (the file's fused convolution
-  writes int8 there), per tensor as a convolution's input is.
+  `weights_of`; its attention and norms stay float, as they do in the int8 file.
 
 Not simulated: depthwise convolutions and SegFormer's spatial reduction (it reads its kernel
 directly), which the export still rounds.
@@ -39,8 +36,6 @@ import contextlib
 
 import keras
 import tensorflow as tf
-
-from stt_keras.models.blocks import ConvBNReLU
 
 NUM_BITS = 8
 
@@ -87,19 +82,6 @@ def _hook_dense(layer):
     return lambda: _unhook(layer, "call")
 
 
-def _hook_outputs(layer, inputs_too=False):
-    """`layer`'s output (and with inputs_too each tensor of its input list, as an ADD's) rounded per tensor."""
-    original = layer.call
-
-    def call(inputs, *args, **kwargs):
-        if inputs_too:
-            inputs = [fake_quant_activation(x) for x in inputs]
-        return fake_quant_activation(original(inputs, *args, **kwargs))
-
-    layer.call = call
-    return lambda: _unhook(layer, "call")
-
-
 def _hook_weights_of(layer):
     original = layer.weights_of
 
@@ -126,17 +108,13 @@ def _hook(layer):
         return _hook_conv(layer)
     if type(layer) is keras.layers.Dense and layer.quantization_mode is None and not layer.lora_enabled:
         return _hook_dense(layer)
-    if isinstance(layer, keras.layers.Add):
-        return _hook_outputs(layer, inputs_too=True)
-    if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU, ConvBNReLU)):
-        return _hook_outputs(layer)
     return None
 
 
 @contextlib.contextmanager
 def fake_quantized(model):
-    """Within the block, `model`'s convolutions, dense layers, STT blocks, residual adds and
-    activations compute with int8 rounding (module docstring). Functions traced inside (a `fit`'s train and test steps) keep it;
+    """Within the block, `model`'s convolutions, dense layers and STT blocks compute with int8
+    rounding (module docstring). Functions traced inside (a `fit`'s train and test steps) keep it;
     the model's weights and config are untouched. Yields the number of layers hooked."""
     unhooks = []
     try:

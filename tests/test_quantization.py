@@ -86,23 +86,19 @@ def test_every_quantized_layer_is_hooked_and_the_model_is_left_as_it_was(model, 
     before = np.asarray(model(clip, training=False))
     config = model.get_config()
     convs = [la for la in model._flatten_layers() if isinstance(la, keras.layers.Conv2D)]
-    between = [la for la in model._flatten_layers() if isinstance(la, (keras.layers.Add, keras.layers.Activation))]
-    assert len(between) >= 8  # the backbone's residual adds and ReLUs
     with quantization.fake_quantized(model) as hooked:
         rounded = np.asarray(model(clip, training=False))
         assert all("convolution_op" in vars(conv) for conv in convs)
-        assert all("call" in vars(layer) for layer in between)
         assert "weights_of" in vars(model.stt)
         kernel, _ = model.stt.weights_of("query")
         assert len(np.unique(np.asarray(kernel)[:, 0])) <= 255  # W^Q rounded, per channel
         assert len(np.unique(np.asarray(model.stt.weights_of("norm1")[0]))) > 0  # a norm's weights pass untouched
         np.testing.assert_array_equal(np.asarray(model.stt.weights_of("norm1")[0]), model.stt.norm1.gamma.numpy())
-    assert hooked >= len(convs) + len(between) + 1
+    assert hooked >= len(convs) + 1
     difference = np.abs(rounded - before)
     assert 0 < difference.max() < 0.5 * np.abs(before).max()  # rounded, not broken
     np.testing.assert_array_equal(np.asarray(model(clip, training=False)), before)  # hooks gone
     assert not any("convolution_op" in vars(conv) for conv in convs) and "weights_of" not in vars(model.stt)
-    assert not any("call" in vars(layer) for layer in between)
     assert model.get_config() == config
     path = os.path.join(tmp_path, "m.keras")
     model.save(path)
@@ -157,18 +153,3 @@ def test_dense_layers_round_like_convolutions():
         np.testing.assert_allclose(rounded, np.asarray(conv(x)), atol=1e-6)
     assert hooked == 1 and np.abs(rounded - before).max() > 0
     np.testing.assert_array_equal(np.asarray(dense(x)), before)
-
-
-def test_a_residual_add_rounds_its_inputs_and_its_output():
-    """As the file's ADD: int8 operands (each on its own grid) and an int8 result."""
-    a, b = keras.Input((4, 4, 2)), keras.Input((4, 4, 2))
-    add = keras.Model([a, b], keras.layers.Add()([a, b]))
-    x = RNG.uniform(-1.0, 1.0, size=(2, 4, 4, 2)).astype(np.float32)
-    y = (RNG.uniform(-1.0, 1.0, size=(2, 4, 4, 2)) * 0.01).astype(np.float32)  # a small operand: its own scale
-    with quantization.fake_quantized(add) as hooked:
-        rounded = np.asarray(add([x, y]))
-    expected = quantization.fake_quant_activation(
-        quantization.fake_quant_activation(x) + quantization.fake_quant_activation(y)).numpy()
-    assert hooked == 1
-    np.testing.assert_allclose(rounded, expected, atol=1e-7)
-    assert len(np.unique(rounded)) <= 256 and np.abs(rounded - (x + y)).max() > 0
