@@ -56,7 +56,7 @@ share of what copying the past could give.
 Run: python benchmarks/synthetic_accuracy.py --families all --seeds 0 1 2
          [--steps 300] [--scale 1] [--crop 128x128] [--variants base base2x ft_x5_lr20] [--out runs/synthetic_families]
 (results.json keeps every finished run, so an interrupted benchmark resumes; --table-only prints
-the tables of what is there. The recorded tables used --seeds 0 1 on the families other than
+the tables of what is there, of the --seeds given or of every seed. The recorded tables used --seeds 0 1 on the families other than
 `default`, and the rounds before the budget round --steps 150 --scale 0.5 --crop 64x64: see
 docs/performance.md.)
 """
@@ -209,7 +209,8 @@ def main():
     p.add_argument("--sequences", type=int, default=24)
     p.add_argument("--eval-sequences", type=int, default=6)
     p.add_argument("--out", default="runs/synthetic_families")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds to run (default 0); with --table-only, the seeds to tabulate (default: every seed recorded)")
     p.add_argument("--variants", nargs="+", default=["base", "base2x", RECIPE], choices=list(VARIANT))
     p.add_argument("--recipe", default=RECIPE, choices=list(VARIANT),
                    help="the variant the summary table compares with the per-frame model at the same total steps")
@@ -226,7 +227,9 @@ def main():
         p.error("--steps and --scale must be positive")
     results_path = os.path.join(args.out, "results.json")
     rows = json.load(open(results_path)) if os.path.exists(results_path) else []
-    for seed in [] if args.table_only else args.seeds:
+    if args.table_only and args.seeds is not None:  # tabulate these seeds only (a fresh-seed check, say)
+        rows = [r for r in rows if r["seed"] in args.seeds]
+    for seed in [] if args.table_only else args.seeds or [0]:
         for family in families:
             for key in args.variants:
                 if _find(rows, family, key, seed, args) is None:
