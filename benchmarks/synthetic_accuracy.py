@@ -56,9 +56,9 @@ share of what copying the past could give.
 Run: python benchmarks/synthetic_accuracy.py --families all --seeds 0 1 2
          [--steps 300] [--scale 1] [--crop 128x128] [--variants base base2x ft_x5_lr20] [--out runs/synthetic_families]
 (results.json keeps every finished run, so an interrupted benchmark resumes; --table-only prints
-the tables of what is there, of the --seeds given or of every seed. The recorded tables used --seeds 0 1 on the families other than
-`default`, and the rounds before the budget round --steps 150 --scale 0.5 --crop 64x64: see
-docs/performance.md.)
+the tables of what is there, of the --seeds given or of every seed. The recorded tables used
+--seeds 0 1 on the families other than `default`, and the rounds before the budget round
+--steps 150 --scale 0.5 --crop 64x64: see docs/performance.md.)
 """
 
 import argparse
