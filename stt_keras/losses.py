@@ -15,33 +15,6 @@ def segmentation_loss(ignore_label=IGNORE_LABEL):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_label)
 
 
-def consistency_loss(logits, previous_logits, labels, previous_labels, ignore_label=IGNORE_LABEL):
-    """How much two consecutive frames' predictions differ where their label did not.
-
-    The squared difference of the two predicted class distributions (summed over
-    classes), averaged over the pixels whose label is the same in both frames and
-    not `ignore_label`; 0 when there is no such pixel. Both predictions get the
-    gradient.
-
-    Example:
-    >>> import numpy as np
-    >>> logits = np.log(np.array([[[[0.5, 0.5], [0.9, 0.1]]]], "float32"))  # [1, 1, 2, 2]
-    >>> previous = np.log(np.array([[[[0.5, 0.5], [0.1, 0.9]]]], "float32"))
-    >>> labels, previous_labels = np.array([[[0, 1]]]), np.array([[[0, 0]]])
-    >>> round(float(consistency_loss(logits, previous, labels, previous_labels)), 4)  # only the first pixel counts
-    0.0
-    >>> round(float(consistency_loss(logits, previous, labels, labels)), 4)  # (0 + 0.8 ** 2 * 2) / 2
-    0.64
-    """
-    import tensorflow as tf
-
-    labels, previous_labels = tf.cast(labels, tf.int32), tf.cast(previous_labels, tf.int32)
-    same = tf.cast((labels == previous_labels) & (labels != ignore_label), tf.float32)
-    difference = tf.reduce_sum(tf.square(tf.nn.softmax(tf.cast(logits, tf.float32))
-                                         - tf.nn.softmax(tf.cast(previous_logits, tf.float32))), axis=-1)
-    return tf.reduce_sum(difference * same) / tf.maximum(tf.reduce_sum(same), 1.0)
-
-
 _PROBABILITY_LOSSES = (
     keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy,
     keras.losses.BinaryCrossentropy, keras.losses.CategoricalFocalCrossentropy,
