@@ -23,8 +23,6 @@ Variants (--steps N):
   encoder and decoder at twice the learning rate in the STT stage (0.02), the block at the same 0.1
   (5x); compared with `base2x` (--recipe names another variant to compare instead); `ft_pf_lr20`, its per-frame twin (`base`, then the
   per-frame model +N at lr 0.02): does the per-frame model gain as much from that rate?
-- `ft_x5_lr20_tcd`: the recipe with --consistency-weight 1 in its STT stage (on the pixels whose label did not
-  change, the worse of the clip's last two predictions pulled towards the better), against `base2x`.
 - `ft_x2_lr40` (E1): the recipe's direction once more: the STT stage at lr 0.04, the block at the same
   0.1 (2.5x); `ft_x10_lr20` (E2): the recipe with the block at 10x (0.2).
 - `ft15_x10` (D2): a larger per-frame share of the same total: `base_15` (the per-frame model, 3N/2
@@ -99,8 +97,6 @@ VARIANTS = [
      "stt_psp_tiny", {}, 1),
     ("ft_x5_lr20_2x", "per-frame 1x, then STT (identity at start) +2x at lr 0.02, block at 5x (a longer STT stage)",
      "stt_psp_tiny", {}, 2),
-    ("ft_x5_lr20_tcd", "the recipe with a consistency term (the worse of two consecutive predictions pulled towards "
-     "the better where the label did not change, weight 1)", "stt_psp_tiny", {}, 1),
     ("base3x", "per-frame `psp_tiny`, 3x (`ft_x5_lr20_2x`'s reference)", "psp_tiny", {}, 3),
     ("ft_x2_lr40", "per-frame 1x, then STT (identity at start) +1x at lr 0.04, block at 2.5x", "stt_psp_tiny", {}, 1),
     ("ft_x10_lr20", "per-frame 1x, then STT (identity at start) +1x at lr 0.02, block at 10x", "stt_psp_tiny", {}, 1),
@@ -168,8 +164,7 @@ TRAIN_SETTINGS = {"ft_stt_lr5": {"lr": 0.005}, "ft_stt_x10": {"stt_lr_multiplier
                   "ft_x20_lr5": {"lr": 0.005, "stt_lr_multiplier": 20.0},
                   "ft_x40_lr25": {"lr": 0.0025, "stt_lr_multiplier": 40.0},
                   "ft_x5_lr20": {"lr": 0.02, "stt_lr_multiplier": 5.0},
-                  "ft_x5_lr20_2x": {"lr": 0.02, "stt_lr_multiplier": 5.0},
-                  "ft_x5_lr20_tcd": {"lr": 0.02, "stt_lr_multiplier": 5.0, "consistency_weight": 1.0}, "ft15_x10": {"stt_lr_multiplier": 10.0},
+                  "ft_x5_lr20_2x": {"lr": 0.02, "stt_lr_multiplier": 5.0}, "ft15_x10": {"stt_lr_multiplier": 10.0},
                   "ft_x2_lr40": {"lr": 0.04, "stt_lr_multiplier": 2.5},
                   "ft_x10_lr20": {"lr": 0.02, "stt_lr_multiplier": 10.0},
                   "p18_rB50": {"stt_lr_multiplier": 10.0}, "p18_rD50": {"lr": 0.02, "stt_lr_multiplier": 5.0},

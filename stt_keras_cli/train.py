@@ -94,7 +94,6 @@ class TrainConfig:
     # recipe's STT stage (per_frame_steps > 0: a new block in a trained model, at RECIPE_STT_STAGE_LR_FACTOR x lr),
     # 1 otherwise
     target_damage: float = 0.0  # probability of damaging a training clip's labelled frame (label unchanged)
-    consistency_weight: float = 0.0  # > 0: the worse of an STT model's last two predictions pulled to the better
     freeze: str = None  # None, "encoder" or "encoder+decoder"
     quantization_aware: bool = False  # True: train with the int8 export's rounding simulated (stt_keras.quantization)
     backbone_weights: str = None
@@ -178,11 +177,6 @@ def build_parser():
                    help="with probability P, damage a training clip's labelled frame (erase, noise, exposure or blur; "
                         "label unchanged) so that only the earlier frames can supply it; the per-frame stage of "
                         "--per-frame-steps trains without it")
-    p.add_argument("--consistency-weight", type=float, default=d["consistency_weight"], metavar="W",
-                   help="add W times the squared difference of the clip's last two frames' predicted class "
-                        "probabilities on the pixels whose label did not change, pulling the prediction that gives "
-                        "the true class less towards the other (synthetic data, STT models; the per-frame stage of "
-                        "--per-frame-steps trains without it)")
     p.add_argument("--backbone-weights", default=None, help="'imagenet' or a KerasHub preset directory")
     p.add_argument("--seed", type=int, default=d["seed"], help="initial weights, data order and augmentation")
     p.add_argument("--synthetic-sequences", type=int, default=d["synthetic_sequences"],

@@ -176,24 +176,6 @@ def test_target_damage_hits_only_the_labelled_frame_at_its_rate():
     assert changed.sum() >= 60, changed.sum()  # every clip is hit (a blur of a flat crop may change nothing)
 
 
-def test_previous_label_takes_the_clips_geometry():
-    """previous_label=True: the same clips and last-frame labels as without, and beside them the label of the
-    clip's second-to-last frame, cropped, scaled and flipped as the clip was."""
-    video = SyntheticVideo(2, 30, 64, 128, seed=0)
-    plain = make_synthetic_dataset(video, 3, 16, (48, 48), True, seed=3)
-    paired = make_synthetic_dataset(video, 3, 16, (48, 48), True, seed=3, previous_label=True)
-    (ca, la), (cb, lb) = next(iter(plain)), next(iter(paired))
-    np.testing.assert_array_equal(ca, cb)
-    assert lb.shape == (16, 48, 48, 2)
-    np.testing.assert_array_equal(la, lb[..., 0])
-    # Unaugmented, the second label is the video's own label of the frame before the last.
-    fixed = next(iter(make_synthetic_dataset(video, 3, 1, None, False, previous_label=True)))[1][0].numpy()
-    _, labels = video.sequence(0)
-    np.testing.assert_array_equal(fixed[..., 0], labels[3])
-    np.testing.assert_array_equal(fixed[..., 1], labels[2])
-    assert 0.5 < (lb[..., 0] == lb[..., 1]).numpy().mean() < 1  # mostly, not entirely, the same
-
-
 def test_each_damage_kind_changes_the_frame():
     from stt_keras.data.pipeline import DAMAGES, damage_frame
 

@@ -27,10 +27,6 @@ def test_per_frame_counterparts():
     (dict(preset="psp_tiny", per_frame_steps=2), "needs an STT preset"),
     (dict(preset="stt_psp_tiny", per_frame_steps=2, init_from=__file__), "use one of them"),
     (dict(preset="stt_psp_tiny", per_frame_steps=-1), "must be 0 or positive"),
-    (dict(preset="stt_psp_tiny", consistency_weight=-1.0), "--consistency-weight must be 0 or positive"),
-    (dict(preset="stt_psp_tiny", consistency_weight=1.0, dataset="folder", data_root=".", num_classes=3),
-     "only --dataset synthetic"),
-    (dict(preset="psp_tiny", consistency_weight=1.0), "needs an STT preset"),
 ])
 def test_bad_recipe_settings_are_named(settings, message):
     with pytest.raises(UserError, match=message):
@@ -169,53 +165,3 @@ def test_the_recipe_stages_damage_and_block_learning_rate(tmp_path, monkeypatch)
     train_lib.run(TrainConfig("stt_psp_tiny", out=str(tmp_path), per_frame_steps=2, stt_lr_multiplier=3.0, lr=0.004))
     assert stages == [("psp_tiny", 0.0, 0.004, 3.0), ("stt_psp_tiny", 0.0, 0.008, 3.0)]  # (no block in the first)
     assert train_lib.run_settings(TrainConfig("stt_psp_tiny", out="unused"))["stt_lr_multiplier"] == 1.0
-
-
-def test_the_consistency_term_adds_the_last_two_predictions_difference():
-    """--consistency-weight W: with labels [B, H, W, 2], the training loss is the plain one plus W times
-    `consistency_loss` of the last two predictions (the previous one from the clip's second-to-last frame);
-    `fit` takes such labels (the metrics read the last frame's)."""
-    import numpy as np
-    import tensorflow as tf
-
-    from stt_keras import losses
-    from stt_keras.models import STTSegmenter
-
-    model = STTSegmenter.from_preset("stt_psp_tiny", num_classes=3)
-    model.compile()
-    rng = np.random.default_rng(0)
-    clip = rng.integers(0, 255, (2, model.num_key_frames + 1, 32, 32, 3)).astype("uint8")
-    labels = rng.integers(0, 3, (2, 32, 32, 2)).astype("int32")
-    labels[..., 1] = labels[..., 0]
-    labels[0, :8, :, 1] = (labels[0, :8, :, 0] + 1) % 3  # a band whose class changed
-    labels[1, :4] = 255  # unlabelled
-    model(clip, training=True)
-    assert model._previous_logits is None  # off by default
-    model.consistency_weight = 2.0
-    logits = model(clip, training=True)
-    previous = model._previous_logits
-    assert previous.shape == logits.shape and not np.allclose(previous, logits)
-    with_term = float(model.compute_loss(clip, labels, logits))
-    plain = float(model.compute_loss(clip, labels[..., 0], logits))  # last-frame labels: no term
-    term = float(losses.consistency_loss(logits, previous, labels[..., 0], labels[..., 1]))
-    assert term > 1e-4
-    np.testing.assert_allclose(with_term, plain + 2.0 * term, rtol=1e-5)
-    history = model.fit(tf.data.Dataset.from_tensors((clip, labels)), epochs=1, verbose=0).history
-    assert np.isfinite(history["loss"][0]) and 0 <= history["mean_iou"][0] <= 1
-
-
-def test_the_consistency_term_moves_only_the_worse_prediction():
-    """Of two predictions of a pixel with the same label, only the one giving the true class less gets a gradient."""
-    import numpy as np
-    import tensorflow as tf
-
-    from stt_keras import losses
-
-    current = tf.Variable(np.log([[[[0.8, 0.2], [0.3, 0.7]]]]).astype("float32"))  # pixel 0 right, pixel 1 wrong
-    previous = tf.Variable(np.log([[[[0.6, 0.4], [0.9, 0.1]]]]).astype("float32"))  # pixel 0 less right, 1 right
-    labels = np.array([[[0, 0]]])
-    with tf.GradientTape() as tape:
-        loss = losses.consistency_loss(current, previous, labels, labels)
-    grad_current, grad_previous = (g.numpy()[0, 0] for g in tape.gradient(loss, [current, previous]))
-    assert np.abs(grad_current[0]).max() == 0 and np.abs(grad_previous[0]).max() > 0  # pixel 0: the previous moves
-    assert np.abs(grad_current[1]).max() > 0 and np.abs(grad_previous[1]).max() == 0  # pixel 1: the current moves

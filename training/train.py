@@ -35,13 +35,11 @@ MODEL_SETTINGS = ("preset", "dataset", "synthetic_family", "num_classes", "stt_o
 TRAINING_SETTINGS = ("steps", "checkpoint_every", "batch_size", "crop", "frame_stride", "lr", "momentum", "poly_power",
                      "weight_decay", "aux_weight", "seed", "data_root", "train_split", "val_split", "init_from",
                      "backbone_weights", "synthetic_sequences", "synthetic_size", "first_frames", "stt_lr_multiplier",
-                     "target_damage", "optimizer", "clipnorm", "quantization_aware", "consistency_weight")
+                     "target_damage", "optimizer", "clipnorm", "quantization_aware")
 # Settings added after runs were first stored: a run.json without them was made with this value.
 SETTING_DEFAULTS = {"first_frames": "pad", "freeze": None, "stt_lr_multiplier": 1.0, "target_damage": 0.0,
-                    "consistency_weight": 0.0,
                     "optimizer": "sgd", "clipnorm": None, "quantization_aware": False}
 SYNTHETIC_DEFAULTS = {"synthetic_family": "default", "stt_lr_multiplier": 1.0, "target_damage": 0.0,
-                      "consistency_weight": 0.0,
                       "optimizer": "sgd", "clipnorm": None, "quantization_aware": False}
 # The class count of each dataset (None: the caller's num_classes, required).
 DATASET_CLASSES = {"synthetic": data_lib.SyntheticVideo.num_classes, "cityscapes": 19,
@@ -232,7 +230,7 @@ def make_datasets(config, num_key_frames, num_classes, start_step):
                                             family=family)
         train = data_lib.make_synthetic_dataset(
             train_video, num_key_frames, config.batch_size, config.crop, True, config.seed, config.frame_stride, skip=skip,
-            target_damage=config.target_damage, previous_label=config.consistency_weight > 0)
+            target_damage=config.target_damage)
         val = data_lib.make_synthetic_dataset(
             val_video, num_key_frames, config.batch_size, None, False, config.seed, config.frame_stride, labelled_every=10)
         crop = config.crop or (h, w)
@@ -365,14 +363,6 @@ def check_config(config):
         raise UserError(f"stt-train: --stt-lr-multiplier must be positive, got {config.stt_lr_multiplier}.")
     if not 0 <= config.target_damage <= 1:
         raise UserError(f"stt-train: --target-damage must be a probability in [0, 1], got {config.target_damage}.")
-    if not config.consistency_weight >= 0:
-        raise UserError(f"stt-train: --consistency-weight must be 0 or positive, got {config.consistency_weight}.")
-    if config.consistency_weight and config.dataset != "synthetic":
-        raise UserError(f"stt-train: --consistency-weight needs the label of each clip's second-to-last frame, which "
-                        f"only --dataset synthetic gives, not {config.dataset!r}.")
-    if config.consistency_weight and not PRESETS[config.preset].get("stt"):
-        raise UserError(f"stt-train: --consistency-weight needs an STT preset (a clip's last two predictions), "
-                        f"not the per-frame {config.preset!r}.")
     if config.per_frame_steps < 0:
         raise UserError(f"stt-train: --per-frame-steps must be 0 or positive, got {config.per_frame_steps}.")
     if config.per_frame_steps:
@@ -487,8 +477,7 @@ def run(config):
     if config.per_frame_steps:  # the recipe: the per-frame model, then the STT initialised from it
         first = os.path.join(config.out, "per_frame")
         run(dataclasses.replace(config, preset=per_frame_preset(config.preset), out=first, steps=config.per_frame_steps,
-                                per_frame_steps=0, stt_overrides={}, target_damage=0.0,  # no past to recover from
-                                consistency_weight=0.0))
+                                per_frame_steps=0, stt_overrides={}, target_damage=0.0))  # no past to recover from
         print(f"stt-train: per-frame stage done ({first}); the STT starts from it")
         multiplier = RECIPE_STT_LR_MULTIPLIER if config.stt_lr_multiplier is None else config.stt_lr_multiplier
         # The STT stage restarts every part at a higher rate: slower encoders and decoders lost the clean frames.
@@ -554,7 +543,6 @@ def _train_locked(config):
                                              **start_from, **config.stt_overrides)
         except ValueError as error:  # an override the preset does not take, or a KerasHub preset it cannot load
             raise UserError(f"stt-train: {error}") from None
-        model.consistency_weight = float(config.consistency_weight)
         for part in FREEZE.get(config.freeze, ()):
             getattr(model, part).trainable = False
     num_key_frames = model.num_key_frames

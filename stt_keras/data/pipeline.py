@@ -106,9 +106,7 @@ def augment(clip, label, seed, crop_size, scale_range=(0.75, 1.5), jitter=0.2, t
     """Identical random scale / crop / flip on every frame and the label, one photometric jitter.
 
     Args:
-        clip: uint8 [F, H, W, 3]. label: int32 [H, W], or [H, W, C] for several labels that
-            take the same geometry (the last two frames' labels of a consistency term).
-            seed: int32 [2] stateless seed.
+        clip: uint8 [F, H, W, 3]. label: int32 [H, W]. seed: int32 [2] stateless seed.
         crop_size: (height, width) of the output.
         target_damage: probability that the last (labelled) frame alone is damaged
             (`damage_frame`), its label unchanged.
@@ -120,12 +118,11 @@ def augment(clip, label, seed, crop_size, scale_range=(0.75, 1.5), jitter=0.2, t
     sh = tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32)
     sw = tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32)
     frames = tf.image.resize(tf.cast(clip, tf.float32), [sh, sw], method="bilinear")
-    channels = label.shape.rank == 3
-    lab = tf.image.resize(label if channels else label[..., None], [sh, sw], method="nearest")
+    lab = tf.image.resize(label[..., None], [sh, sw], method="nearest")[..., 0]
     # Pad to at least the crop (frames with 0, labels with ignore), then crop.
     ph, pw = tf.maximum(ch - sh, 0), tf.maximum(cw - sw, 0)
     frames = tf.pad(frames, [[0, 0], [0, ph], [0, pw], [0, 0]])
-    lab = tf.pad(lab, [[0, ph], [0, pw], [0, 0]], constant_values=IGNORE_LABEL)
+    lab = tf.pad(lab, [[0, ph], [0, pw]], constant_values=IGNORE_LABEL)
     oy = tf.random.stateless_uniform([], seeds[1], 0, tf.shape(lab)[0] - ch + 1, dtype=tf.int32)
     ox = tf.random.stateless_uniform([], seeds[2], 0, tf.shape(lab)[1] - cw + 1, dtype=tf.int32)
     frames = frames[:, oy: oy + ch, ox: ox + cw]
@@ -143,13 +140,11 @@ def augment(clip, label, seed, crop_size, scale_range=(0.75, 1.5), jitter=0.2, t
         last = tf.where(hit, damage_frame(tf.clip_by_value(frames[-1], 0.0, 255.0), keys[1]), frames[-1])
         frames = tf.concat([frames[:-1], last[None]], axis=0)
     frames = tf.cast(tf.clip_by_value(tf.round(frames), 0, 255), tf.uint8)
-    lab = lab if channels else lab[..., 0]
-    return tf.ensure_shape(frames, [None, ch, cw, 3]), tf.ensure_shape(lab, [ch, cw] + label.shape.as_list()[2:])
+    return tf.ensure_shape(frames, [None, ch, cw, 3]), tf.ensure_shape(lab, [ch, cw])
 
 
 def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, training=True, seed=0,
-                           frame_stride=1, labelled_every=1, repeat=None, skip=0, target_damage=0.0,
-                           previous_label=False):
+                           frame_stride=1, labelled_every=1, repeat=None, skip=0, target_damage=0.0):
     """Batched (clip [B, T+1, H, W, 3] uint8, label [B, H, W] int32) from a SyntheticVideo.
 
     Args:
@@ -164,8 +159,6 @@ def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, tr
         repeat: repeat the data (default: when training).
         skip: samples to skip first (resuming an interrupted run).
         target_damage: training only: probability of damaging a clip's labelled frame (`augment`).
-        previous_label: labels [B, H, W, 2]: the last frame's, then the one before it (the clip's
-            second-to-last frame), for the consistency term (`STTSegmenter.consistency_weight`).
     """
     frames, labels, index = synthetic_arrays(video, num_key_frames, frame_stride, labelled_every)
     check_label_values(labels, video.num_classes, "synthetic video")
@@ -177,8 +170,6 @@ def make_synthetic_dataset(video, num_key_frames, batch_size, crop_size=None, tr
         seq, end = sample[0], sample[1]
         clip = tf.gather(frames[seq], end + offsets)
         label = tf.cast(labels[seq, end], tf.int32)
-        if previous_label:
-            label = tf.stack([label, tf.cast(labels[seq, end - frame_stride], tf.int32)], axis=-1)
         if training:
             clip, label = augment(clip, label, tf.stack([tf.cast(seed, tf.int64), i]), size,
                                   target_damage=target_damage)

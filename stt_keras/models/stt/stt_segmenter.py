@@ -59,10 +59,6 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         self.stt = stt
         self.stop_key_gradients = stop_key_gradients
         self.aux_weight = float(aux_weight)
-        # > 0 (set by stt-train --consistency-weight): `fit` on labels [B, H, W, 2] (the last frame's, the
-        # previous frame's) adds this times `losses.consistency_loss` of the clip's last two predictions.
-        self.consistency_weight = 0.0
-        self._previous_logits = None
         self.num_key_frames = 0 if stt is None else stt.num_key_frames
         self.num_classes = decoder.num_classes
         self._aux_logits = None
@@ -224,20 +220,14 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
                 keys = tf.reshape(keys, tf.concat([[-1, frames - 1], tf.shape(keys)[1:]], 0))
             else:
                 all_frames = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
-                features, all_skips = self._encode(all_frames, training)
+                features, skips = self._encode(all_frames, training)
                 features = tf.reshape(features, tf.concat([[-1, frames], tf.shape(features)[1:]], 0))
-                all_skips = {k: tf.reshape(v, tf.concat([[-1, frames], tf.shape(v)[1:]], 0)) for k, v in all_skips.items()}
-                skips = {k: v[:, -1] for k, v in all_skips.items()}
+                skips = {
+                    k: tf.reshape(v, tf.concat([[-1, frames], tf.shape(v)[1:]], 0))[:, -1] for k, v in skips.items()
+                }
                 query, keys = features[:, -1], features[:, :-1]
             mixed = self.stt(query, keys)
-        self._aux_logits = self._previous_logits = None
-        if training and self.consistency_weight > 0 and self.stt is not None and not self.stop_key_gradients:
-            # The previous frame's prediction from the same encoder passes: the clip's second-to-last frame
-            # with its history shifted by one frame, the oldest repeated (as a stream starts).
-            history = tf.concat([features[:, :1], features[:, :-2]], axis=1)
-            previous = self.stt(features[:, -2], history)
-            self._previous_logits = tf.cast(self.decoder(
-                previous, {k: v[:, -2] for k, v in all_skips.items()}, output_size=size, training=training), tf.float32)
+        self._aux_logits = None
         if training and self.aux_weight > 0 and getattr(self.decoder, "aux_head", False):
             # One decoder pass gives both: the context path runs (and moves its
             # BatchNorm statistics) once. The decoder builds its aux head with the
@@ -344,9 +334,6 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        previous_y = None
-        if y is not None and len(y.shape) == 4:  # [B, H, W, 2]: the last frame's labels, then the previous frame's
-            y, previous_y = y[..., 0], y[..., 1]
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         # The auxiliary head (computed in the same traced train step) adds its
         # loss with `aux_weight`, through the loss given to compile().
@@ -355,15 +342,7 @@ class STTSegmenter(MultiWorkerFit, keras.Model):
         compiled = getattr(self, "_compile_loss", None)
         if training and self._aux_logits is not None and compiled is not None:
             loss = loss + self.aux_weight * tf.cast(compiled(y, self._aux_logits, sample_weight), loss.dtype)
-        if training and previous_y is not None and self._previous_logits is not None:
-            consistency = losses.consistency_loss(y_pred, self._previous_logits, y, previous_y)
-            loss = loss + self.consistency_weight * tf.cast(consistency, loss.dtype)
         return loss
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        if y is not None and len(y.shape) == 4:  # the consistency term's label pair: the metrics take the last frame's
-            y = y[..., 0]
-        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     # ------------------------------------------------------------ streaming
     # The state's layout is described once, in docs/models.md, "The streaming state contract".
