@@ -327,7 +327,15 @@ class _Handlers:
         import grpc
 
         loop = asyncio.get_running_loop()
-        job = self.pool.submit(fn, *args)
+        left = threading.Event()  # the client cancelled the call
+
+        def work():
+            # A job whose client left before a worker was free skips the model, but it is never
+            # cancelled on the pool: a cancelled job would stop counting while it still sits in the
+            # pool's queue with its request, and cancelling calls could then queue without bound.
+            return None if left.is_set() else fn(*args)
+
+        job = self.pool.submit(work)
         self.jobs[kind] += 1
 
         def finished(_):
@@ -336,7 +344,10 @@ class _Handlers:
 
         job.add_done_callback(finished)
         try:
-            return await asyncio.wrap_future(job)  # a cancelled call cancels the job if it has not started
+            return await asyncio.shield(asyncio.wrap_future(job))
+        except asyncio.CancelledError:
+            left.set()
+            raise
         except RequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except (MemoryError, self._resource_errors()) as error:

@@ -398,25 +398,52 @@ def test_streams_are_capped_idle_calls_time_out_and_info_always_answers(exported
     channel.close()
 
 
-def test_cancelled_calls_never_pile_up_work_on_the_server(exported, limited):
-    """Step calls cancelled by their client as soon as sent: their model jobs still count until they finish, so
-    the work queued on the server stays within the Step limit (2 x workers) and new calls are served."""
+def test_cancelled_calls_never_pile_up_work_on_the_server(exported, limited, monkeypatch):
+    """Step calls cancelled by their client as soon as sent, while every worker is busy: their model jobs
+    still count until they leave the pool, so the jobs queued on the server stay within the Step limit
+    (2 x workers), the queued ones skip the model, and new calls are served afterwards."""
+    import threading
     import time
 
     _, _, frames = exported
+    release, started, ran = threading.Event(), threading.Semaphore(0), []
+    model_step = limited.service.step
+
+    def slow_step(data):  # holds its worker until released, so cancelled calls must queue
+        ran.append(1)
+        started.release()
+        release.wait(60)
+        return model_step(data)
+
+    monkeypatch.setattr(limited.service, "step", slow_step)
     channel = grpc.insecure_channel(limited.address)
     step = channel.unary_unary(f"/{serve.SERVICE}/Step")
     data = serve.encode({"frame": frames[0][None], "state": np.zeros(limited.service.state_shape, np.float32),
                          "reset": np.ones([1], np.float32)})
+    busy = [step.future(data, timeout=60) for _ in range(limited.limits.workers)]
+    for _ in busy:
+        assert started.acquire(timeout=60)
     most = 0
     for _ in range(30):
-        step.future(data).cancel()
-        most = max(most, limited._pool._work_queue.qsize() + limited.limits.workers, limited.handlers.jobs["step"])
-    assert most <= limited.limits.max_steps + limited.limits.workers
+        before = limited.handlers.jobs["step"]
+        call = step.future(data)
+        deadline = time.monotonic() + 30
+        while not call.done() and limited.handlers.jobs["step"] == before:  # queued on the pool, or refused
+            assert time.monotonic() < deadline, "the call was neither queued nor refused"
+            time.sleep(0.005)
+        call.cancel()
+        time.sleep(0.05)  # the cancellation reaches the server
+        most = max(most, limited._pool._work_queue.qsize(), limited.handlers.jobs["step"] - limited.limits.workers)
+    assert most <= limited.limits.max_steps - limited.limits.workers
+    release.set()
+    for call in busy:
+        assert serve.decode(call.result())["labels"].shape == (1, *SIZE)
+    monkeypatch.setattr(limited.service, "step", model_step)
     deadline = time.monotonic() + 60
     while limited.handlers.jobs["step"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert limited.handlers.jobs == {"step": 0, "stream": 0}
+    assert len(ran) == len(busy)  # the cancelled calls' jobs never ran the model
     labels = serve.decode(step(data, timeout=60))["labels"]
     assert labels.shape == (1, *SIZE)
     channel.close()
