@@ -12,7 +12,6 @@ import pytest
 import tensorflow as tf
 
 from stt_keras.export import saved_model, serve
-from stt_keras.export import step as step_lib
 from stt_keras.models import STTSegmenter
 from stt_keras.data.synthetic import SyntheticVideo
 from tolerances import assert_labels_match_logits, model_ops_depth
