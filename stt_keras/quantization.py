@@ -61,19 +61,46 @@ def fake_quant_activation(x):
     return tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=NUM_BITS)
 
 
+class RunningRange:
+    """One tensor's int8 range as a calibration would find it: the batches' ranges, 0 included,
+    averaged over the recent steps (decay `DECAY` per call) instead of the current batch's alone.
+    Values outside it are clipped, as the int8 file clips what falls outside its calibrated range."""
+
+    DECAY = 0.9
+
+    def __init__(self):
+        self.low = tf.Variable(0.0, trainable=False)
+        self.high = tf.Variable(0.0, trainable=False)
+        self.seen = tf.Variable(False, trainable=False)
+
+    def __call__(self, x):
+        x = tf.convert_to_tensor(x)
+        if x.dtype != tf.float32:
+            return tf.cast(self(tf.cast(x, tf.float32)), x.dtype)
+        low = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
+        high = tf.stop_gradient(tf.reduce_max(x))
+        low = tf.where(self.seen, self.DECAY * self.low + (1 - self.DECAY) * low, low)
+        high = tf.maximum(tf.where(self.seen, self.DECAY * self.high + (1 - self.DECAY) * high, high), low + 1e-6)
+        with tf.control_dependencies([self.low.assign(low), self.high.assign(high), self.seen.assign(True)]):
+            return tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=NUM_BITS)
+
+
 def _hook_conv(layer):
     original = layer.convolution_op
+    input_range = RunningRange()
 
     def convolution_op(inputs, kernel):
-        return original(fake_quant_activation(inputs), fake_quant_kernel(kernel))
+        return original(input_range(inputs), fake_quant_kernel(kernel))
 
     layer.convolution_op = convolution_op
     return lambda: _unhook(layer, "convolution_op")
 
 
 def _hook_dense(layer):
+    input_range = RunningRange()
+
     def call(inputs, training=None):
-        outputs = keras.ops.matmul(fake_quant_activation(inputs), fake_quant_kernel(layer.kernel))  # as Dense.call
+        outputs = keras.ops.matmul(input_range(inputs), fake_quant_kernel(layer.kernel))  # as Dense.call
         if layer.use_bias:
             outputs = outputs + layer.bias
         return layer.activation(outputs) if layer.activation is not None else outputs
