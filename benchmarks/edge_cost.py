@@ -15,6 +15,9 @@ models are built from their presets with random weights (seed 0, 19 classes) and
   tflite_int8_float_block  the same with the whole STT block float32 (the per-frame model is the same)
   onnx           tf2onnx + ONNX Runtime (CPU provider), default form (`stt_step.onnx`)
   onnx_dense_masked  the same, the dense_masked form (`stt_gpu_step.onnx`, the Jetson's file)
+  onnx_native    not by default: the default form with the native kernels as ONNX Runtime custom ops
+                 (Python ops of onnxruntime-extensions calling them; an upper bound on what a fused
+                 attention op costs there: benchmarks/native_onnx.py; pip install onnxruntime-extensions)
 
 LiteRT and ONNX Runtime run through the edge demo's own sessions (`stt_edge_demo.runners`), all with
 --threads threads (TensorFlow's intra-op pool too). Three models per runtime:
@@ -50,6 +53,7 @@ import numpy as np  # noqa: E402
 from timing import interleaved_rounds  # noqa: E402
 
 RUNTIMES = ("keras", "tflite_float32", "tflite_int8", "tflite_int8_float_block", "onnx", "onnx_dense_masked")
+OPTIONAL_RUNTIMES = ("onnx_native",)  # needs onnxruntime-extensions: only when asked for
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
@@ -122,7 +126,11 @@ def _make_runner(runtime, model, size, threads, tmp, name, identity, calibration
 
     streaming = model.stt is not None
     form = "dense_masked" if streaming and runtime.startswith(("tflite", "onnx_dense")) else "default"
-    with block_as_identity(model) if identity else contextlib.nullcontext():
+    native = runtime == "onnx_native" and streaming and not identity  # a graph with the native ops in it
+    if native:
+        import native_onnx
+    with block_as_identity(model) if identity else contextlib.nullcontext(), \
+            native_onnx.native_kernels_traced() if native else contextlib.nullcontext():
         fn = step_lib.make_step_function(model, *size, form)
         concrete = fn.get_concrete_function()  # traced now, while the block is identity
     state_shape = list(model.state_shape(*size, packed=True)) if streaming else None
@@ -139,7 +147,13 @@ def _make_runner(runtime, model, size, threads, tmp, name, identity, calibration
                                         quantized_subscopes=() if runtime.endswith("float_block") else STT_QUANTIZED)
         tflite.check_ops(model_bytes)
         return LiteRTSession(model_bytes, threads), frame_dtype, state_shape, len(model_bytes)
-    path = os.path.join(tmp, f"{name}_{form}.onnx")
+    path = os.path.join(tmp, f"{name}_{form}{'_native' if native else ''}.onnx")
+    if native:
+        native_onnx.export(fn, step_lib.input_signature(model, *size, form), path)
+        session = native_onnx.Session(path, threads)
+        agree, state_error = native_onnx.check_parity(concrete, session, frame_dtype, state_shape, size)
+        print(f"{name}: onnx_native against TensorFlow: labels {100 * agree:.2f}%, state within {state_error:.1e}")
+        return session, frame_dtype, state_shape, os.path.getsize(path)
     onnx_export.export(fn, step_lib.input_signature(model, *size, form), path)
     return OnnxSession(path, threads), frame_dtype, state_shape, os.path.getsize(path)
 
@@ -185,9 +199,9 @@ def main():
                         "(one variant each, every runtime), e.g. num_heads=1,top_ratio=1.0: rows stt_KEY=VALUE")
     args = p.parse_args()
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
-    unknown = [r for r in runtimes if r not in RUNTIMES]
+    unknown = [r for r in runtimes if r not in RUNTIMES + OPTIONAL_RUNTIMES]
     if unknown:
-        p.error(f"--runtimes: unknown {unknown}; choose from {list(RUNTIMES)}")
+        p.error(f"--runtimes: unknown {unknown}; choose from {list(RUNTIMES + OPTIONAL_RUNTIMES)}")
     try:
         pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
