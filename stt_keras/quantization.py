@@ -11,10 +11,8 @@ What is simulated is what the int8 export quantizes (`export.tflite.convert`):
 - every convolution's and dense layer's kernel, per output channel, symmetric in [-127, 127]
   (the converter's int8 weights; a BatchNormalization or residual gate folded in later scales
   whole output channels, which per-channel rounding does not see);
-- every convolution's and dense layer's input, per tensor, asymmetric in 256 steps over a
-  running range with 0 included (`RunningRange`: the batches' ranges averaged over the recent
-  steps, values outside clipped, as the calibration fixes one range from its frames and the file
-  clips outside it);
+- every convolution's and dense layer's input, per tensor, asymmetric in 256 steps over the
+  batch's own range with 0 included (the calibration takes the min and max over its frames);
 - the STT block's linear layers' kernels (W^Q, W^K, W^V, W^O, the FFN), read through
   `weights_of`; its attention and norms stay float, as they do in the int8 file.
 
@@ -53,52 +51,29 @@ def fake_quant_kernel(kernel):
         kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True)
 
 
-class RunningRange:
-    """Rounds one tensor to asymmetric int8 over its range as a calibration would find it.
-
-    The range is the batches' ranges, 0 included, averaged over the recent steps (decay `DECAY`
-    per call; the first call takes its own batch's range), not the current batch's alone: values
-    outside it are clipped, as the int8 file clips what falls outside its calibrated range. On
-    the tests' tiny model (docs/gpu_accelerator.md) this lifted QAT's GPU-vs-CPU label agreement
-    from 99.32% to 99.36% on average over three seeds (the worst seed from 99.03% to 99.30%).
-    The range is kept in variables of the hook, outside the model: nothing of it is saved.
-    """
-
-    DECAY = 0.9  # about the last ten steps: a fine-tune of a hundred steps moves its ranges
-
-    def __init__(self):
-        self.low = tf.Variable(0.0, trainable=False)
-        self.high = tf.Variable(0.0, trainable=False)
-        self.seen = tf.Variable(False, trainable=False)
-
-    def __call__(self, x):
-        x = tf.convert_to_tensor(x)
-        if x.dtype != tf.float32:
-            return tf.cast(self(tf.cast(x, tf.float32)), x.dtype)
-        low = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
-        high = tf.stop_gradient(tf.reduce_max(x))
-        low = tf.where(self.seen, self.DECAY * self.low + (1 - self.DECAY) * low, low)
-        high = tf.maximum(tf.where(self.seen, self.DECAY * self.high + (1 - self.DECAY) * high, high), low + 1e-6)
-        with tf.control_dependencies([self.low.assign(low), self.high.assign(high), self.seen.assign(True)]):
-            return tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=NUM_BITS)
+def fake_quant_activation(x):
+    """A tensor rounded per tensor to asymmetric int8 over its own range, 0 included."""
+    x = tf.convert_to_tensor(x)
+    if x.dtype != tf.float32:
+        return tf.cast(fake_quant_activation(tf.cast(x, tf.float32)), x.dtype)
+    low = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
+    high = tf.stop_gradient(tf.maximum(tf.reduce_max(x), low + 1e-6))
+    return tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=NUM_BITS)
 
 
 def _hook_conv(layer):
     original = layer.convolution_op
-    input_range = RunningRange()
 
     def convolution_op(inputs, kernel):
-        return original(input_range(inputs), fake_quant_kernel(kernel))
+        return original(fake_quant_activation(inputs), fake_quant_kernel(kernel))
 
     layer.convolution_op = convolution_op
     return lambda: _unhook(layer, "convolution_op")
 
 
 def _hook_dense(layer):
-    input_range = RunningRange()
-
     def call(inputs, training=None):
-        outputs = keras.ops.matmul(input_range(inputs), fake_quant_kernel(layer.kernel))  # as Dense.call
+        outputs = keras.ops.matmul(fake_quant_activation(inputs), fake_quant_kernel(layer.kernel))  # as Dense.call
         if layer.use_bias:
             outputs = outputs + layer.bias
         return layer.activation(outputs) if layer.activation is not None else outputs

@@ -50,39 +50,22 @@ def test_kernel_rounding_is_the_int8_converters():
     assert np.abs(simulated - kernel).max() > 1e-4  # and it does round
 
 
-def round_once(x):
-    """An activation rounded by a fresh running range: over the batch's own range."""
-    return quantization.RunningRange()(x)
-
-
 def test_activation_rounding_has_256_levels_over_the_range_with_zero_exact():
     x = tf.constant(RNG.uniform(-0.7, 2.3, size=(2, 16, 16, 4)).astype(np.float32))
-    rounded = round_once(x).numpy()
+    rounded = quantization.fake_quant_activation(x).numpy()
     step = (rounded.max() - rounded.min()) / 255
     assert len(np.unique(rounded)) <= 256
     assert np.abs(rounded - x.numpy()).max() <= step / 2 + 1e-6
-    assert round_once(tf.constant([0.0, 0.3, 1.0])).numpy()[0] == 0.0
+    assert quantization.fake_quant_activation(tf.constant([0.0, 0.3, 1.0])).numpy()[0] == 0.0
     relu = tf.nn.relu(x)  # non-negative: the range starts at 0, as a ReLU output's calibrated range does
-    assert round_once(relu).numpy().min() == 0.0
-
-
-def test_running_range_averages_the_batches_ranges_and_clips_outside_it():
-    rounding = quantization.RunningRange()
-    rounding(tf.constant([-1.0, 0.5, 2.0]))  # the first batch's own range: [-1, 2]
-    low, high = 0.9 * -1.0 + 0.1 * -0.5, 0.9 * 2.0 + 0.1 * 10.0  # then 0.9 of it and 0.1 of the next batch's
-    wide = tf.constant([-0.5, 1.0, 10.0])
-    rounded = rounding(wide).numpy()
-    np.testing.assert_allclose([rounding.low.numpy(), rounding.high.numpy()], [low, high], rtol=1e-6)
-    expected = tf.quantization.fake_quant_with_min_max_vars(wide, low, high, num_bits=8).numpy()
-    np.testing.assert_array_equal(rounded, expected)
-    assert rounded.max() < 3.0  # 10 is clipped to the running range's top (2.8), as the int8 file clips it
+    assert quantization.fake_quant_activation(relu).numpy().min() == 0.0
 
 
 def test_gradients_pass_straight_through():
     kernel = tf.Variable(RNG.normal(size=(1, 1, 3, 2)).astype(np.float32))
     x = tf.constant(RNG.normal(size=(1, 4, 4, 3)).astype(np.float32))
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(tf.nn.conv2d(round_once(x),
+        loss = tf.reduce_sum(tf.nn.conv2d(quantization.fake_quant_activation(x),
                                           quantization.fake_quant_kernel(kernel), 1, "SAME"))
     gradient = tape.gradient(loss, kernel).numpy()
     with tf.GradientTape() as tape:
@@ -143,8 +126,8 @@ def test_stt_train_quantization_aware_traces_the_rounding_and_saves_a_float_mode
     from stt_keras.training.train import train
 
     traced = []  # the hooks look the rounding up by name when the train and validation steps are traced
-    rounding = quantization.RunningRange.__call__
-    monkeypatch.setattr(quantization.RunningRange, "__call__", lambda self, x: traced.append(1) or rounding(self, x))
+    rounding = quantization.fake_quant_activation
+    monkeypatch.setattr(quantization, "fake_quant_activation", lambda x: traced.append(1) or rounding(x))
     out = str(tmp_path / "qat")
     model = train("stt_psp_tiny", out=out, steps=2, checkpoint_every=2, batch_size=2, synthetic_sequences=2,
                   synthetic_size=(32, 64), val_batches=1, verbose=0, quantization_aware=True, skip_scan=True)
