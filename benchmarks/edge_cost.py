@@ -202,6 +202,11 @@ def main():
     unknown = [r for r in runtimes if r not in RUNTIMES + OPTIONAL_RUNTIMES]
     if unknown:
         p.error(f"--runtimes: unknown {unknown}; choose from {list(RUNTIMES + OPTIONAL_RUNTIMES)}")
+    if "onnx_native" in runtimes:
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime_extensions") is None:
+            p.error("--runtimes onnx_native needs onnxruntime-extensions (pip install onnxruntime-extensions)")
     try:
         pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
