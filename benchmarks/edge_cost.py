@@ -150,7 +150,7 @@ def _make_runner(runtime, model, size, threads, tmp, name, identity, calibration
     path = os.path.join(tmp, f"{name}_{form}{'_native' if native else ''}.onnx")
     if native:
         native_onnx.export(fn, step_lib.input_signature(model, *size, form), path)
-        session = native_onnx.Session(path, threads)
+        session = native_onnx.session(path, threads)
         agree, state_error = native_onnx.check_parity(concrete, session, frame_dtype, state_shape, size)
         print(f"{name}: onnx_native against TensorFlow: labels {100 * agree:.2f}%, state within {state_error:.1e}")
         return session, frame_dtype, state_shape, os.path.getsize(path)

@@ -12,9 +12,9 @@ Needs `pip install onnxruntime-extensions` (this benchmark only, not a dependenc
 """
 
 import contextlib
+import functools
 
 DOMAIN = "ai.onnx.contrib"  # the domain onnxruntime-extensions registers its Python ops in
-_registered = []
 
 
 @contextlib.contextmanager
@@ -44,28 +44,19 @@ def _nsm_node(ctx, node, name, args):
 
 def export(step_fn, signature, path):
     """`step_fn` (traced under `native_kernels_traced`) as ONNX at `path`, the native ops as custom nodes."""
-    import onnx
-    import tf2onnx
-
     from stt_keras.export import onnx_export
 
-    handlers = {op: (onnx_export._select_as_where, []) for op in ("Select", "SelectV2")}
-    handlers.update({"SttWindowedAttention": (_attention_node, []), "SttNsmScore": (_nsm_node, [])})
-    model, _ = tf2onnx.convert.from_function(step_fn, input_signature=signature, opset=onnx_export.OPSET,
-                                             custom_op_handlers=handlers,
-                                             extra_opset=[onnx.helper.make_opsetid(DOMAIN, 1)])
-    model = onnx_export.resize_to_sizes(model)
-    onnx.save(model, str(path))
+    model = onnx_export.export(step_fn, signature, path, custom_handlers={
+        "SttWindowedAttention": _attention_node, "SttNsmScore": _nsm_node}, custom_domains=[DOMAIN])
     custom = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
     if "SttWindowedAttention" not in custom:
         raise RuntimeError(f"{path}: no SttWindowedAttention node (custom nodes: {custom}): not the native path")
     return model
 
 
+@functools.cache
 def register_ops():
     """Registers the two Python ops (once per process); they call the native kernels through TensorFlow."""
-    if _registered:
-        return
     from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
     from stt_keras import kernels
@@ -88,8 +79,6 @@ def register_ops():
     def nsm_score(x, radius):
         return module.stt_nsm_score(x, radius=radius).numpy()
 
-    _registered.extend([attention, nsm_score])
-
 
 def check_parity(concrete, session, frame_dtype, state_shape, size, seed=0):
     """Raises unless `session` gives the TensorFlow step's labels (>= 99.9%) and state (1e-4) on one step
@@ -109,19 +98,11 @@ def check_parity(concrete, session, frame_dtype, state_shape, size, seed=0):
     return agree, state_error
 
 
-class Session:
-    """An ONNX Runtime session of such a file (`stt_edge_demo.runners.OnnxSession`'s interface)."""
+def session(path, threads=2):
+    """The edge demo's ONNX Runtime session of such a file, with the Python ops registered."""
+    from onnxruntime_extensions import get_library_path
 
-    def __init__(self, path, threads=2):
-        import onnxruntime
-        from onnxruntime_extensions import get_library_path
+    from stt_edge_demo.runners import OnnxSession
 
-        register_ops()
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.register_custom_ops_library(get_library_path())
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, **inputs):
-        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+    register_ops()
+    return OnnxSession(path, threads, custom_ops_libraries=[get_library_path()])

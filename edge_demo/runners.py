@@ -187,13 +187,15 @@ class OnnxSession:
 
     TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64"}
 
-    def __init__(self, path, threads=2, providers=("CPUExecutionProvider",)):
+    def __init__(self, path, threads=2, providers=("CPUExecutionProvider",), custom_ops_libraries=()):
         import onnxruntime
 
         available = onnxruntime.get_available_providers()
         self.providers = [p for p in providers if p in available] or available
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
+        for library in custom_ops_libraries:  # compiled custom ops the file's nodes need
+            options.register_custom_ops_library(str(library))
         source = bytes(path) if isinstance(path, (bytes, bytearray)) else str(path)  # the verified bytes, or a file
         self.session = onnxruntime.InferenceSession(source, options, providers=self.providers)
         self.output_names = [o.name for o in self.session.get_outputs()]

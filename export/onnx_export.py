@@ -29,13 +29,19 @@ def _select_as_where(ctx, node, name, args):
     Select.version_9(ctx, node)
 
 
-def export(step_fn, signature, path, opset=OPSET):
-    """Writes `step_fn` (from export.step.make_step_function) as ONNX to `path`; returns the ModelProto."""
+def export(step_fn, signature, path, opset=OPSET, custom_handlers=None, custom_domains=()):
+    """Writes `step_fn` (from export.step.make_step_function) as ONNX to `path`; returns the ModelProto.
+
+    `custom_handlers` ({TF op name: tf2onnx handler}) turn ops ONNX has not into nodes of the
+    `custom_domains` (version 1 each); benchmarks/native_onnx.py uses them for the native kernels.
+    """
     import tf2onnx  # optional dependency: only the ONNX export needs it
 
     handlers = {op: (_select_as_where, []) for op in ("Select", "SelectV2")}
+    handlers.update({op: (handler, []) for op, handler in (custom_handlers or {}).items()})
+    opsets = [onnx.helper.make_opsetid(domain, 1) for domain in custom_domains] or None
     model, _ = tf2onnx.convert.from_function(step_fn, input_signature=signature, opset=opset,
-                                             custom_op_handlers=handlers)
+                                             custom_op_handlers=handlers, extra_opset=opsets)
     model = resize_to_sizes(model)
     onnx.save(model, str(path))
     return model
