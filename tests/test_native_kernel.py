@@ -273,3 +273,31 @@ def test_unbuildable_or_corrupt_library_falls_back_to_pure_tf(tmp_path, mode):
     assert "pure-TF path" in result.stderr  # the user is told, once
     if mode == "no-compiler":
         assert "SO_FILES []" in out  # a failed build leaves nothing half-written
+
+
+def test_onnx_export_writes_a_native_op_as_a_node_of_the_given_custom_domain(tmp_path):
+    """onnx_export.export's custom handlers and domains (benchmarks/native_onnx.py): the op keeps its
+    inputs and attributes, in the domain named, and the file imports that domain."""
+    from stt_keras.export import onnx_export
+
+    module = kernels.load()
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 4], tf.float32)], autograph=False)
+    def score(x):
+        return {"score": module.stt_nsm_score(x, radius=2)}
+
+    def as_custom(ctx, node, name, args):
+        node.domain = "stt.test"
+        return node
+
+    model = onnx_export.export(score, score.input_signature, tmp_path / "score.onnx",
+                               custom_handlers={"SttNsmScore": as_custom}, custom_domains=["stt.test"])
+    nodes = [n for n in model.graph.node if n.op_type == "SttNsmScore"]
+    assert len(nodes) == 1 and nodes[0].domain == "stt.test"
+    assert [a.i for a in nodes[0].attribute if a.name == "radius"] == [2]
+    assert ("stt.test", 1) in {(o.domain, o.version) for o in model.opset_import}
+    # The edge demo's session loads the custom-op libraries such a file needs (a missing one is named).
+    from stt_edge_demo.runners import OnnxSession
+
+    with pytest.raises(Exception, match="nonexistent/libstt_ops.so"):
+        OnnxSession(tmp_path / "score.onnx", custom_ops_libraries=["/nonexistent/libstt_ops.so"])
